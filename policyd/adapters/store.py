@@ -1,0 +1,58 @@
+"""The persistent store seam: overrides and cached evidence, each record with an expiry.
+
+Values are opaque JSON-able documents; the typed (de)serialisation lives with the owner of
+each kind (``policyd.codec.records``). The store never interprets them, so SQLite and Redis
+are interchangeable behind :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Kind(enum.Enum):
+    """Record namespaces. Overrides are never dropped by ``flush``."""
+
+    OVERRIDE = "override"
+    DNS = "dns"
+    STS = "sts"
+    PROBE = "probe"
+    EVENT = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: Kind
+    key: str
+    value: str  # JSON text
+    expires_at: float | None  # seconds since the epoch; None: never
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (corrupt, unreadable, unreachable)."""
+
+
+class Store(Protocol):
+    async def put(self, record: Record) -> None: ...
+
+    async def get(self, kind: Kind, key: str) -> Record | None: ...
+
+    async def delete(self, kind: Kind, key: str) -> bool: ...
+
+    async def scan(self, kind: Kind) -> list[Record]:
+        """Every record of a kind, expired ones included (callers decide)."""
+        ...
+
+    async def flush(self, key: str | None) -> int:
+        """Drop cached evidence (never overrides) for one key, or all with None."""
+        ...
+
+    async def append_event(self, at: float, key: str, text: str) -> None:
+        """Record a level change or notable event for ``policyctl report``."""
+        ...
+
+    async def events(self, since: float) -> list[tuple[float, str, str]]: ...
+
+    async def close(self) -> None: ...

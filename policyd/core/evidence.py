@@ -1,0 +1,260 @@
+"""Typed evidence the decision core takes in. Adapters produce these; nothing here does I/O.
+
+Times are seconds since the epoch (floats), always passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from policyd.core.types import Policy
+
+
+class DnsStatus(enum.Enum):
+    """Three outcomes of a DNS lookup that must never be confused (RFC 7672 2.1.1).
+
+    SECURE: a validated answer (AD bit from the trusted local resolver), including a
+    validated NXDOMAIN/NODATA. INSECURE: a completed answer without AD. FAILED: bogus,
+    SERVFAIL, timeout, REFUSED, or any other lookup that did not complete.
+    """
+
+    SECURE = "secure"
+    INSECURE = "insecure"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Tlsa:
+    """One TLSA record (RFC 6698 2.1)."""
+
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("usage", "selector", "mtype"):
+            value = getattr(self, name)
+            if not 0 <= value <= 255:
+                raise ValueError(f"TLSA {name} {value} out of range")
+
+    @property
+    def usable(self) -> bool:
+        """Usable for SMTP per RFC 7672 3.1: DANE-TA(2) or DANE-EE(3), known selector and
+        matching type, and a digest of the right length. PKIX-TA(0)/PKIX-EE(1) are unusable."""
+        if self.usage not in (2, 3) or self.selector not in (0, 1):
+            return False
+        expected = _DIGEST_LENGTH.get(self.mtype, -1)
+        if expected == -1:
+            return False
+        if expected == 0:
+            return len(self.data) > 0
+        return len(self.data) == expected
+
+
+# Matching type -> digest length in bytes (0: full data, any non-empty length). RFC 6698 2.1.3.
+_DIGEST_LENGTH = {0: 0, 1: 32, 2: 64}
+
+
+@dataclass(frozen=True, slots=True)
+class MxHost:
+    """One MX host of a destination with what DNS said about it.
+
+    ``tlsa`` is None when TLSA was not looked up because the address records are not
+    secure (RFC 7672 2.2.2: TLSA is only sought for hosts with secure addresses).
+    """
+
+    name: str
+    preference: int
+    address: DnsStatus
+    addresses: tuple[str, ...] = ()
+    address_error: str = ""
+    tlsa: DnsStatus | None = None
+    tlsa_records: tuple[Tlsa, ...] = ()
+    tlsa_error: str = ""
+
+
+class MxKind(enum.Enum):
+    """The shape of the MX answer (RFC 5321 5.1, RFC 7505)."""
+
+    LISTED = "listed"
+    IMPLICIT = "implicit"
+    NULL = "null"
+    NXDOMAIN = "nxdomain"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsEvidence:
+    """What DNS said about a destination: the MX RRset and, per host, addresses and TLSA."""
+
+    mx: DnsStatus
+    kind: MxKind = MxKind.LISTED
+    hosts: tuple[MxHost, ...] = ()
+    error: str = ""
+    fetched_at: float = 0.0
+    expires_at: float = 0.0
+
+
+class StsMode(enum.Enum):
+    """MTA-STS policy modes (RFC 8461 5)."""
+
+    ENFORCE = "enforce"
+    TESTING = "testing"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class StsPolicy:
+    """A fetched MTA-STS policy (RFC 8461 3.2) and when it was fetched."""
+
+    mode: StsMode
+    mx: tuple[str, ...]
+    max_age: int
+    policy_id: str
+    fetched_at: float
+
+    def __post_init__(self) -> None:
+        if self.max_age < 0:
+            raise ValueError("max_age must not be negative")
+        if self.mode is StsMode.ENFORCE and not self.mx:
+            raise ValueError("an enforce policy needs at least one mx pattern")
+
+    @property
+    def expires_at(self) -> float:
+        return self.fetched_at + self.max_age
+
+    def valid_at(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class StsEvidence:
+    """The cached MTA-STS policy (if any) and how the latest discovery or fetch went.
+
+    ``error`` names a failed TXT lookup or fetch; a cached unexpired policy still applies
+    then (RFC 8461 3.3, 5.1). ``pending`` means a cold fetch is still running past the
+    lookup's time bound, so the answer is not known yet.
+    """
+
+    policy: StsPolicy | None = None
+    error: str = ""
+    pending: bool = False
+
+
+class ProbeVerdict(enum.Enum):
+    """What a STARTTLS probe of one MX address found."""
+
+    VALID = "valid"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    SELF_SIGNED = "self-signed"
+    UNKNOWN_ISSUER = "unknown-issuer"
+    NAME_MISMATCH = "name-mismatch"
+    BAD_KEY_OR_SIGNATURE = "bad-key-or-signature"
+    INVALID = "invalid"
+    NO_STARTTLS = "no-starttls"
+    TLS_INTOLERANT = "tls-intolerant"
+    UNREACHABLE = "unreachable"
+
+    @property
+    def reachable(self) -> bool:
+        """Unreachable says nothing about TLS and is never held against the host."""
+        return self is not ProbeVerdict.UNREACHABLE
+
+    @property
+    def encrypted(self) -> bool:
+        return self not in (
+            ProbeVerdict.NO_STARTTLS,
+            ProbeVerdict.TLS_INTOLERANT,
+            ProbeVerdict.UNREACHABLE,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeHost:
+    """The probe of one MX address."""
+
+    host: str
+    address: str
+    verdict: ProbeVerdict
+    detail: str = ""
+    protocol: str = ""
+    cipher: str = ""
+    leaf_sha256: str = ""
+    spki_sha256: str = ""
+    probed_at: float = 0.0
+
+
+class ProbeLevel(enum.Enum):
+    """The level probe evidence supports, strongest first."""
+
+    VERIFY = "verify"
+    ENCRYPT = "encrypt"
+    MAY = "may"
+
+    @property
+    def strength(self) -> int:
+        return {ProbeLevel.VERIFY: 3, ProbeLevel.ENCRYPT: 2, ProbeLevel.MAY: 1}[self]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    """Damped probe evidence for a destination (see :mod:`policyd.core.probe`).
+
+    ``level`` is the level in force (None: nothing reachable was ever seen); ``pending``
+    a weaker level observed but not yet confirmed, with how often and since when.
+    """
+
+    level: ProbeLevel | None
+    hosts: tuple[ProbeHost, ...] = ()
+    verified_names: tuple[str, ...] = ()
+    pending: ProbeLevel | None = None
+    pending_count: int = 0
+    pending_since: float = 0.0
+    probed_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A postmaster's manual policy for a destination, which outranks all evidence."""
+
+    key: str
+    policy: Policy | None
+    expires_at: float | None = None
+    comment: str = ""
+    author: str = ""
+    created_at: float = 0.0
+
+    def active_at(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A normalised lookup key: a domain (MX lookup) or a bracketed host (no MX lookup)."""
+
+    name: str
+    port: int = 25
+    bracketed: bool = False
+    parent_form: bool = False
+
+    @property
+    def key(self) -> str:
+        """The canonical key overrides and caches are stored under."""
+        if self.parent_form:
+            return "." + self.name
+        if self.bracketed:
+            return f"[{self.name}]" if self.port == 25 else f"[{self.name}]:{self.port}"
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Everything known about one destination, as handed to :func:`decide`."""
+
+    destination: Destination
+    override: Override | None = None
+    dns: DnsEvidence | None = None
+    sts: StsEvidence = field(default_factory=StsEvidence)
+    probe: ProbeState | None = None

@@ -1,0 +1,57 @@
+"""Policy profiles: the named choices a socketmap map name selects (``socketmap:...:NAME``)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class VerifiedAs(enum.Enum):
+    """What a destination whose every reachable MX verified gets."""
+
+    VERIFY = "verify"
+    SECURE = "secure"
+
+
+class Fallback(enum.Enum):
+    """An answer that lets Postfix's own default apply, or an explicit level."""
+
+    NOTFOUND = "NOTFOUND"
+    MAY = "may"
+    ENCRYPT = "encrypt"
+
+
+class ColdSts(enum.Enum):
+    """What to answer when a cold MTA-STS fetch outlasts the lookup's time bound."""
+
+    CONTINUE = "continue"  # answer from the other evidence, finish the fetch in background
+    TEMP = "TEMP"  # defer until the policy is known
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    probe_verified: VerifiedAs = VerifiedAs.VERIFY
+    probe_no_tls: Fallback = Fallback.MAY
+    unknown: Fallback = Fallback.NOTFOUND
+    sts_attributes: bool = False
+    sts_cold: ColdSts = ColdSts.CONTINUE
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(f"bad profile name {self.name!r}")
+        if self.probe_no_tls is Fallback.ENCRYPT:
+            raise ValueError("probe_no_tls cannot be encrypt: the probe saw no working TLS")
+
+
+DEFAULT_PROFILES: tuple[Profile, ...] = (
+    Profile("postfix"),
+    Profile(
+        "strict",
+        probe_verified=VerifiedAs.SECURE,
+        probe_no_tls=Fallback.MAY,
+        unknown=Fallback.NOTFOUND,
+        sts_attributes=True,
+        sts_cold=ColdSts.TEMP,
+    ),
+)
