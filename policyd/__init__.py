@@ -1,0 +1,3 @@
+"""policyd: per-destination outbound TLS policy for Postfix."""
+
+__version__ = "0.1.0"

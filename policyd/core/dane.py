@@ -103,8 +103,7 @@ def evaluate(dns: DnsEvidence) -> DaneOutcome:
     if with_tlsa:
         return DaneOutcome(
             DaneKind.DANE,
-            f"signed but unusable TLSA at {', '.join(with_tlsa)} (Postfix encrypts there)"
-            f"{skipped}",
+            f"signed but unusable TLSA at {', '.join(with_tlsa)} (Postfix encrypts there){skipped}",
         )
     if failed:
         return DaneOutcome(DaneKind.HOSTS_FAILED, "; ".join(failed))

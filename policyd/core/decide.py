@@ -98,12 +98,9 @@ def _from_probe(ev: Evidence, profile: Profile) -> Verdict | None:
             f"probe: TLS everywhere, certificate not verified ({', '.join(bad)}){held}",
             Policy(TlsLevel.ENCRYPT),
         )
-    no_tls = sorted(
-        {f"{h.host} {h.verdict.value}" for h in state.hosts if h.verdict.reachable}
-    )
+    no_tls = sorted({f"{h.host} {h.verdict.value}" for h in state.hosts if h.verdict.reachable})
     return _fallback(
         profile.probe_no_tls,
         Rule.PROBE,
         f"probe: an MX without working TLS ({', '.join(no_tls)}){held}",
     )
-

@@ -244,9 +244,15 @@ class Destination:
         """The canonical key overrides and caches are stored under."""
         if self.parent_form:
             return "." + self.name
+        port = "" if self.port == 25 else f":{self.port}"
         if self.bracketed:
-            return f"[{self.name}]" if self.port == 25 else f"[{self.name}]:{self.port}"
-        return self.name
+            return f"[{self.name}]{port}"
+        return self.name + port
+
+    @property
+    def is_address(self) -> bool:
+        """A bracketed IP literal: no DNS, so only an override can give it a policy."""
+        return self.bracketed and (":" in self.name or self.name.replace(".", "").isdigit())
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,155 @@
+"""Load clients for socketmap benchmarks: one lookup at a time per connection, like Postfix.
+
+Two clients: a small socket client in worker processes that records each request's latency,
+and Postfix's own ``postmap -q -`` fed with a key list (the real client, for throughput).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+READ_SIZE: Final = 65536
+CONNECT_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    connections: int
+    lookups: int
+    seconds: float
+    p50_us: float
+    p99_us: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.lookups / self.seconds if self.seconds else 0.0
+
+
+def _connect(target: str) -> socket.socket:
+    if target.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(target[5:])
+    else:
+        host, _, port = target.removeprefix("inet:").rpartition(":")
+        sock = socket.create_connection((host, int(port)), CONNECT_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_reply(sock: socket.socket, buf: bytearray) -> bytes:
+    while True:
+        colon = buf.find(b":")
+        if colon > 0:
+            size = int(buf[:colon])
+            end = colon + 1 + size
+            if len(buf) > end:
+                payload = bytes(buf[colon + 1 : end])
+                del buf[: end + 1]
+                return payload
+        chunk = sock.recv(READ_SIZE)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+
+
+def _worker(
+    target: str, name: str, keys: Sequence[str], seconds: float, start_at: float, out: mp.Queue
+) -> None:  # type: ignore[type-arg]
+    sock = _connect(target)
+    requests = [b"%d:%s," % (len(p), p) for p in (f"{name} {k}".encode() for k in keys)]
+    buf = bytearray()
+    latencies: list[int] = []
+    errors = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    deadline = time.perf_counter() + seconds
+    i = 0
+    n = len(requests)
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter_ns()
+        sock.sendall(requests[i % n])
+        reply = _read_reply(sock, buf)
+        latencies.append(time.perf_counter_ns() - t0)
+        if not reply.startswith((b"OK", b"NOTFOUND")):
+            errors += 1
+        i += 1
+    sock.close()
+    out.put((latencies, errors))
+
+
+def run_clients(
+    target: str, name: str, keys: Sequence[str], connections: int, seconds: float
+) -> Figures:
+    """``connections`` processes, each one connection doing one lookup at a time."""
+    ctx = mp.get_context("fork")
+    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    start_at = time.time() + 0.5 + connections * 0.01
+    procs = []
+    for c in range(connections):
+        share = keys[c::connections] or keys
+        p = ctx.Process(target=_worker, args=(target, name, share, seconds, start_at, out))
+        p.start()
+        procs.append(p)
+    all_lat: list[int] = []
+    errors = 0
+    for _ in procs:
+        lat, err = out.get(timeout=seconds + 60)
+        all_lat += lat
+        errors += err
+    for p in procs:
+        p.join(10)
+    all_lat.sort()
+    if not all_lat:
+        return Figures(connections, 0, seconds, 0.0, 0.0, errors)
+    p50 = all_lat[len(all_lat) // 2] / 1000
+    p99 = all_lat[min(len(all_lat) - 1, int(len(all_lat) * 0.99))] / 1000
+    return Figures(connections, len(all_lat), seconds, p50, p99, errors)
+
+
+def run_postmap(table: str, keys: Sequence[str], connections: int) -> tuple[int, float]:
+    """Parallel ``postmap -q - TABLE`` processes, each fed its share of the keys.
+
+    Returns (lookups answered, seconds).
+    """
+    shares = [keys[c::connections] for c in range(connections)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["postmap", "-q", "-", table],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in shares
+    ]
+    answered = 0
+    for proc, share in zip(procs, shares, strict=True):
+        assert proc.stdin is not None
+        proc.stdin.write(("\n".join(share) + "\n").encode())
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.stdout is not None
+        answered += proc.stdout.read().count(b"\n")
+        proc.wait()
+    return answered, time.perf_counter() - t0
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

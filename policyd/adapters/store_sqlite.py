@@ -1,0 +1,178 @@
+"""SQLite store: embedded, zero set-up, WAL, a schema version with migrations.
+
+All database work runs on one dedicated thread, so the event loop never waits on the disk
+and statements keep their order. A database that cannot be opened, is not a database, or
+has a schema newer than this program is a :class:`StoreError` at start, never a wipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar
+
+from policyd.adapters.store import Kind, Record, StoreError
+
+SCHEMA_VERSION: Final = 1
+MAX_EVENTS: Final = 50_000  # rows kept for `policyctl report`; older ones are pruned
+BUSY_TIMEOUT_MS: Final = 5_000  # another process (a backup) holding a lock
+
+# Each entry migrates from version N-1 to N.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "CREATE TABLE records (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+        " expires_at REAL, PRIMARY KEY (kind, key)) WITHOUT ROWID",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " key TEXT NOT NULL, text TEXT NOT NULL)",
+        "CREATE INDEX events_at ON events (at)",
+    ),
+}
+
+T = TypeVar("T")
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///abs/path.db`` or ``sqlite:///./relative.db`` or ``sqlite://:memory:``."""
+    scheme, sep, rest = url.partition("://")
+    if scheme != "sqlite" or not sep or not rest:
+        raise StoreError(f"not a sqlite URL: {url!r}")
+    if rest == ":memory:":
+        return rest
+    return rest[1:] if rest.startswith("/./") else rest
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policyd-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteStore:
+        store = cls(path_from_url(url))
+        await store._run(store._open)
+        return store
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            result = db.execute("PRAGMA quick_check").fetchone()
+            if result is None or result[0] != "ok":
+                raise StoreError(f"{self._path}: database is damaged: {result}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self._path}: {exc}") from exc
+        self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._path}: schema version {version} is newer than this policyd "
+                f"({SCHEMA_VERSION}); refusing to touch it"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _MIGRATIONS[target]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target}")
+            db.execute("COMMIT")
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is closed")
+        return self._db
+
+    async def put(self, record: Record) -> None:
+        def run() -> None:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO records (kind, key, value, expires_at) VALUES (?, ?, ?, ?)",
+                (record.kind.value, record.key, record.value, record.expires_at),
+            )
+
+        await self._run(run)
+
+    async def get(self, kind: Kind, key: str) -> Record | None:
+        def run() -> Record | None:
+            row = self._conn.execute(
+                "SELECT value, expires_at FROM records WHERE kind = ? AND key = ?",
+                (kind.value, key),
+            ).fetchone()
+            return None if row is None else Record(kind, key, row[0], row[1])
+
+        return await self._run(run)
+
+    async def delete(self, kind: Kind, key: str) -> bool:
+        def run() -> bool:
+            cur = self._conn.execute(
+                "DELETE FROM records WHERE kind = ? AND key = ?", (kind.value, key)
+            )
+            return cur.rowcount > 0
+
+        return await self._run(run)
+
+    async def scan(self, kind: Kind) -> list[Record]:
+        def run() -> list[Record]:
+            rows = self._conn.execute(
+                "SELECT key, value, expires_at FROM records WHERE kind = ?", (kind.value,)
+            ).fetchall()
+            return [Record(kind, k, v, e) for k, v, e in rows]
+
+        return await self._run(run)
+
+    async def flush(self, key: str | None) -> int:
+        def run() -> int:
+            if key is None:
+                cur = self._conn.execute(
+                    "DELETE FROM records WHERE kind != ?", (Kind.OVERRIDE.value,)
+                )
+            else:
+                cur = self._conn.execute(
+                    "DELETE FROM records WHERE kind != ? AND key = ?",
+                    (Kind.OVERRIDE.value, key),
+                )
+            return cur.rowcount
+
+        return await self._run(run)
+
+    async def append_event(self, at: float, key: str, text: str) -> None:
+        def run() -> None:
+            conn = self._conn
+            cur = conn.execute(
+                "INSERT INTO events (at, key, text) VALUES (?, ?, ?)", (at, key, text)
+            )
+            rowid = cur.lastrowid or 0
+            if rowid % 1000 == 0:
+                conn.execute("DELETE FROM events WHERE id <= ?", (rowid - MAX_EVENTS,))
+
+        await self._run(run)
+
+    async def events(self, since: float) -> list[tuple[float, str, str]]:
+        def run() -> list[tuple[float, str, str]]:
+            rows = self._conn.execute(
+                "SELECT at, key, text FROM events WHERE at >= ? ORDER BY id", (since,)
+            ).fetchall()
+            return [(float(a), str(k), str(t)) for a, k, t in rows]
+
+        return await self._run(run)
+
+    async def close(self) -> None:
+        def run() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(run)
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,238 @@
+"""``policyctl``: the postmaster's tool, a client of the daemon's control socket.
+
+It never opens the store itself: the daemon stays the one writer and every change applies
+at once on every listener. The socket comes from ``--socket PATH`` or from the daemon's own
+configuration file (``--config PATH``, ``[server] control``), the same way for every
+command. Exit codes: 0 ok, 1 not found or refused, 2 usage, 3 daemon unreachable, each
+failure with one line on stderr. See policyctl(8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Final, NoReturn, TextIO
+
+from policyd import __version__
+from policyd.cli import policyctl_render as render
+from policyd.codec import control
+from policyd.codec.control import ControlProtocolError, ErrorCode, JsonValue
+
+DEFAULT_CONFIG: Final = "/etc/policyd/policyd.toml"  # = policyd.config.DEFAULT_PATH
+CONNECT_TIMEOUT: Final = 5.0  # seconds to connect to the control socket
+REPLY_TIMEOUT: Final = 30.0  # seconds for a reply (explain may wait for DNS and MTA-STS)
+PROBE_WAIT_TIMEOUT: Final = 300.0  # seconds for `probe --wait`: DNS + STARTTLS to every MX
+READ_CHUNK: Final = 65536  # bytes per recv
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1  # not found, refused, or the daemon could not do it
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
+
+_EXIT_FOR: Final = {
+    ErrorCode.NOTFOUND: EXIT_FAILED,
+    ErrorCode.REFUSED: EXIT_FAILED,
+    ErrorCode.INTERNAL: EXIT_FAILED,
+    ErrorCode.USAGE: EXIT_USAGE,
+}
+
+
+class CtlError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- finding and talking to the daemon -------------------------------------------------
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    given = getattr(args, "socket", None)
+    if given:
+        return str(given)
+    # Imported here: reading the daemon's configuration pulls in its settings modules,
+    # which `--socket` users do not need.
+    from policyd.config import ConfigError, load
+
+    try:
+        spec = load(getattr(args, "config", None) or DEFAULT_CONFIG).server.control
+    except ConfigError as exc:
+        raise CtlError(EXIT_UNREACHABLE, f"cannot find the control socket: {exc}") from None
+    kind, _, path = spec.partition(":")
+    if kind != "unix" or not path:
+        raise CtlError(EXIT_UNREACHABLE, f"control socket {spec!r} is not unix:/path")
+    return path
+
+
+def call(path: str, req: control.Request, timeout: float = REPLY_TIMEOUT) -> JsonValue:
+    """Send one request and return the result; failures become :class:`CtlError`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(path)
+        except PermissionError:
+            raise CtlError(
+                EXIT_FAILED, f"permission denied on {path} (root or the control group only)"
+            ) from None
+        except OSError as exc:
+            raise CtlError(
+                EXIT_UNREACHABLE, f"daemon unreachable at {path}: {exc.strerror or exc}"
+            ) from None
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(control.encode_request(req))
+            reply = _read_reply(sock)
+        except TimeoutError:
+            raise CtlError(
+                EXIT_UNREACHABLE, f"no reply from the daemon within {timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise CtlError(
+                EXIT_UNREACHABLE, f"connection to the daemon lost: {exc.strerror or exc}"
+            ) from None
+    finally:
+        sock.close()
+    if isinstance(reply, control.Failure):
+        raise CtlError(_EXIT_FOR[reply.code], reply.message)
+    return reply.result
+
+
+def _read_reply(sock: socket.socket) -> control.Reply:
+    decoder = control.reply_decoder()
+    while True:
+        try:
+            msg = decoder.next_message()
+        except ControlProtocolError as exc:
+            raise CtlError(EXIT_UNREACHABLE, f"bad reply from the daemon: {exc}") from None
+        if msg is not control.NEED_DATA:
+            return msg
+        data = sock.recv(READ_CHUNK)
+        if not data:
+            raise CtlError(EXIT_UNREACHABLE, "the daemon closed the connection without a reply")
+        decoder.receive_data(data)
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line on stderr and exit 2, as for every other failure.
+        raise CtlError(EXIT_USAGE, f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    # SUPPRESS: given after the subcommand, these must not reset values given before it.
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket path")
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help=f"the daemon's configuration, for [server] control (default {DEFAULT_CONFIG})",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    parser = _Parser(
+        prog="policyctl",
+        description="Query and steer a running policyd through its control socket.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"policyctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ov = sub.add_parser("override", help="manual policies").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    ov_set = ov.add_parser("set", parents=[common], help="set a manual policy")
+    ov_set.add_argument("domain")
+    ov_set.add_argument(
+        "policy", nargs="+", help="a Postfix TLS policy, e.g. secure match=.example.net"
+    )
+    ov_set.add_argument("--expires", help="drop it after DURATION (30m, 12h, 7d, 1w)")
+    ov_set.add_argument("--comment", default="", help="why (shown by override list and explain)")
+    ov.add_parser("del", parents=[common], help="delete a manual policy").add_argument("domain")
+    ov.add_parser("list", parents=[common], help="list manual policies")
+
+    sub.add_parser("explain", parents=[common], help="the answer and why").add_argument("domain")
+    probe = sub.add_parser("probe", parents=[common], help="probe a destination now")
+    probe.add_argument("domain")
+    probe.add_argument("--wait", action="store_true", help="wait and show the new evidence")
+    flush = sub.add_parser("flush", parents=[common], help="drop cached evidence")
+    which = flush.add_mutually_exclusive_group(required=True)
+    which.add_argument("domain", nargs="?")
+    which.add_argument("--all", action="store_true", help="every destination")
+    report = sub.add_parser("report", parents=[common], help="what changed and why")
+    report.add_argument("--since", default="24h", help="look back DURATION (default 24h)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    sub.add_parser("status", parents=[common], help="daemon status")
+    sub.add_parser("reload", parents=[common], help="reload configuration and overrides")
+    return parser
+
+
+def build_request(args: argparse.Namespace) -> control.Request:
+    """The typed request for the command line; invalid input is a usage error (exit 2)."""
+    try:
+        cmd = args.command
+        if cmd == "override":
+            if args.action == "set":
+                expires = None if args.expires is None else control.parse_duration(args.expires)
+                return control.OverrideSet(
+                    control.parse_destination(args.domain),
+                    control.parse_policy(" ".join(args.policy)),
+                    expires,
+                    args.comment,
+                )
+            if args.action == "del":
+                return control.OverrideDel(control.parse_destination(args.domain))
+            return control.OverrideList()
+        if cmd == "explain":
+            return control.Explain(control.parse_destination(args.domain))
+        if cmd == "probe":
+            return control.Probe(control.parse_destination(args.domain), args.wait)
+        if cmd == "flush":
+            return control.Flush(None if args.all else control.parse_destination(args.domain))
+        if cmd == "report":
+            return control.Report(control.parse_duration(args.since))
+        if cmd == "status":
+            return control.Status()
+        return control.Reload()
+    except ControlProtocolError as exc:
+        raise CtlError(EXIT_USAGE, exc.message) from None
+
+
+def show(args: argparse.Namespace, req: control.Request, result: JsonValue, out: TextIO) -> None:
+    as_json = getattr(args, "json", False) or getattr(args, "format", "") == "json"
+    if as_json:
+        json.dump(result, out, indent=2, sort_keys=True, ensure_ascii=False)
+        out.write("\n")
+        return
+    doc = render.Doc.of(result)
+    if isinstance(req, control.Report) and args.format == "csv":
+        render.report_csv(doc, out)
+        return
+    out.write(render.human(req, doc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        req = build_request(args)
+        timeout = (
+            PROBE_WAIT_TIMEOUT if isinstance(req, control.Probe) and req.wait else REPLY_TIMEOUT
+        )
+        result = call(socket_path(args), req, timeout)
+        show(args, req, result, sys.stdout)
+    except CtlError as exc:
+        print(f"policyctl: {exc.message}", file=sys.stderr)
+        return exc.status
+    except ControlProtocolError as exc:
+        print(f"policyctl: unexpected reply from the daemon: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Netstrings (http://cr.yp.to/proto/netstrings.txt) as Postfix's socketmap uses them.
+
+Sans-I/O in the style of h11: feed bytes with :meth:`Decoder.receive_data`, take complete
+payloads with :meth:`Decoder.next_payload` until it returns :data:`NEED_DATA`. The only
+exception that escapes is :class:`NetstringError`. Strict: digits only, no leading zeros
+(a ``0`` length is itself fine), a ``:`` after at most ``max_digits`` digits, and a ``,``
+terminator.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class _Need(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _Need.NEED_DATA
+
+
+class NetstringError(Exception):
+    """The peer sent something that is not a valid netstring, or one over the limit."""
+
+
+# Postfix sends socketmap requests of at most 10000 bytes (socketmap_table(5)); a bit more
+# leaves room for the map name and space without accepting anything absurd.
+DEFAULT_MAX_PAYLOAD: Final = 10100
+
+
+class Decoder:
+    __slots__ = ("_buf", "_max_digits", "_max_payload", "_need")
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if max_payload < 0:
+            raise ValueError("max_payload must not be negative")
+        self._buf = bytearray()
+        self._max_payload = max_payload
+        self._max_digits = len(str(max_payload))
+        # Bytes still needed for the netstring being read (-1: header not parsed yet).
+        self._need = -1
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_payload(self) -> bytes | _Need:
+        buf = self._buf
+        colon = buf.find(b":", 0, self._max_digits + 1)
+        if colon < 0:
+            if len(buf) > self._max_digits:
+                raise NetstringError("netstring length too long or missing ':'")
+            self._check_digits(buf)
+            return NEED_DATA
+        header = buf[:colon]
+        self._check_digits(header)
+        if not header:
+            raise NetstringError("netstring without a length")
+        if len(header) > 1 and header[0:1] == b"0":
+            raise NetstringError("netstring length with a leading zero")
+        size = int(header)
+        if size > self._max_payload:
+            raise NetstringError(f"netstring of {size} bytes exceeds the {self._max_payload} limit")
+        end = colon + 1 + size
+        if len(buf) <= end:
+            return NEED_DATA
+        if buf[end] != 0x2C:  # ","
+            raise NetstringError("netstring not terminated by ','")
+        payload = bytes(buf[colon + 1 : end])
+        del buf[: end + 1]
+        return payload
+
+    @staticmethod
+    def _check_digits(chunk: bytes | bytearray) -> None:
+        if chunk and not chunk.isdigit():
+            raise NetstringError("netstring length is not a decimal number")
+
+
+def encode(payload: bytes) -> bytes:
+    return b"%d:%s," % (len(payload), payload)

@@ -1,0 +1,122 @@
+"""ProbeState <-> the JSON document kept in the store under ``Kind.PROBE``.
+
+The document carries a version so a later format can be told apart. Decoding validates
+every field and raises only ValueError, so a corrupt or foreign record is skipped, never
+half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Final
+
+from policyd.core.evidence import ProbeHost, ProbeLevel, ProbeState, ProbeVerdict
+
+VERSION: Final = 1
+MAX_RECORD_CHARS: Final = 256 * 1024  # far above 3 MX hosts x a few addresses
+MAX_HOSTS: Final = 64  # probe_host probes at most a handful of addresses per MX host
+MAX_FIELD_CHARS: Final = 1024  # details, names, fingerprints
+
+_HOST_TEXT_FIELDS: Final = (
+    "host",
+    "address",
+    "detail",
+    "protocol",
+    "cipher",
+    "leaf_sha256",
+    "spki_sha256",
+)
+
+
+def state_to_json(state: ProbeState) -> str:
+    doc = {
+        "v": VERSION,
+        "level": None if state.level is None else state.level.value,
+        "hosts": [_host_to_doc(h) for h in state.hosts],
+        "verified_names": list(state.verified_names),
+        "pending": None if state.pending is None else state.pending.value,
+        "pending_count": state.pending_count,
+        "pending_since": state.pending_since,
+        "probed_at": state.probed_at,
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def state_from_json(text: str) -> ProbeState:
+    """Raises ValueError on anything that is not a document :func:`state_to_json` wrote."""
+    if len(text) > MAX_RECORD_CHARS:
+        raise ValueError("probe record too large")
+    doc = json.loads(text)  # JSONDecodeError is a ValueError
+    if not isinstance(doc, dict):
+        raise ValueError("probe record is not an object")
+    if doc.get("v") != VERSION:
+        raise ValueError(f"unknown probe record version {doc.get('v')!r}")
+    hosts = doc.get("hosts")
+    names = doc.get("verified_names")
+    if not isinstance(hosts, list) or len(hosts) > MAX_HOSTS:
+        raise ValueError("probe record hosts must be a short list")
+    if not isinstance(names, list) or len(names) > MAX_HOSTS:
+        raise ValueError("probe record verified_names must be a short list")
+    count = doc.get("pending_count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError("probe record pending_count must be a non-negative integer")
+    return ProbeState(
+        level=_level(doc.get("level")),
+        hosts=tuple(_host_from_doc(h) for h in hosts),
+        verified_names=tuple(_text(n, "verified name") for n in names),
+        pending=_level(doc.get("pending")),
+        pending_count=count,
+        pending_since=_time(doc.get("pending_since"), "pending_since"),
+        probed_at=_time(doc.get("probed_at"), "probed_at"),
+    )
+
+
+def _host_to_doc(host: ProbeHost) -> dict[str, object]:
+    doc: dict[str, object] = {name: getattr(host, name) for name in _HOST_TEXT_FIELDS}
+    doc["verdict"] = host.verdict.value
+    doc["probed_at"] = host.probed_at
+    return doc
+
+
+def _host_from_doc(doc: object) -> ProbeHost:
+    if not isinstance(doc, dict):
+        raise ValueError("probe record host is not an object")
+    text = {name: _text(doc.get(name), name) for name in _HOST_TEXT_FIELDS}
+    verdict = doc.get("verdict")
+    if not isinstance(verdict, str):
+        raise ValueError("probe record host verdict must be a string")
+    return ProbeHost(
+        host=text["host"],
+        address=text["address"],
+        verdict=ProbeVerdict(verdict),  # ValueError for an unknown verdict
+        detail=text["detail"],
+        protocol=text["protocol"],
+        cipher=text["cipher"],
+        leaf_sha256=text["leaf_sha256"],
+        spki_sha256=text["spki_sha256"],
+        probed_at=_time(doc.get("probed_at"), "host probed_at"),
+    )
+
+
+def _level(value: object) -> ProbeLevel | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("probe level must be a string or null")
+    return ProbeLevel(value)
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
+        raise ValueError(f"probe record {what} must be a short string")
+    return value
+
+
+def _time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"probe record {what} must be a number")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"probe record {what} must be a finite, non-negative time")
+    return seconds

@@ -1,0 +1,63 @@
+"""Postfix socketmap protocol (socketmap_table(5)): ``NAME KEY`` requests, status replies.
+
+Requests and replies travel as netstrings (:mod:`policyd.codec.netstring`); this module only
+splits a request payload and renders reply payloads.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+# socketmap_table(5): the server's reply must not exceed 100000 bytes.
+MAX_REPLY: Final = 100_000
+# Longest map name we accept; profile names are short words.
+MAX_NAME: Final = 64
+
+
+class SocketmapError(Exception):
+    """A request payload that is not ``NAME<space>KEY``."""
+
+
+class Status(enum.Enum):
+    OK = "OK"
+    NOTFOUND = "NOTFOUND"
+    TEMP = "TEMP"
+    TIMEOUT = "TIMEOUT"
+    PERM = "PERM"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    name: str
+    key: str
+
+
+def parse_request(payload: bytes) -> Request:
+    name_b, sep, key_b = payload.partition(b" ")
+    if not sep:
+        raise SocketmapError("request without a space between map name and key")
+    if not name_b or len(name_b) > MAX_NAME:
+        raise SocketmapError("missing or overlong map name")
+    if not key_b:
+        raise SocketmapError("empty key")
+    try:
+        name = name_b.decode("ascii")
+        key = key_b.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SocketmapError("request is not valid UTF-8") from exc
+    if not name.isprintable() or not key.isprintable():
+        raise SocketmapError("control characters in request")
+    return Request(name, key)
+
+
+def reply(status: Status, data: str = "") -> bytes:
+    """A reply payload. Data is one line; it is cut to fit the protocol's size limit."""
+    text = data.replace("\r", " ").replace("\n", " ")
+    if status is Status.NOTFOUND:
+        text = ""
+    out = f"{status.value} {text}".encode()
+    if len(out) > MAX_REPLY:
+        out = out[:MAX_REPLY]
+    return out

@@ -1,0 +1,301 @@
+"""TOML configuration (``tomllib``) loaded into frozen dataclasses.
+
+Every table maps onto one settings dataclass; the loader walks the dataclass fields, so a
+key is valid exactly when the dataclass has a field of that name, and its type comes from
+the annotation. Unknown keys, wrong types and bad values are a :class:`ConfigError` naming
+the file, the key and the problem. ``etc/policyd.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from policyd.adapters.dns import DnsSettings, DnsTimeouts
+from policyd.core.profile import DEFAULT_PROFILES, ColdSts, Fallback, Profile, VerifiedAs
+from policyd.sources.probe import ProbeSettings
+from policyd.sources.sts import StsSettings
+
+DEFAULT_PATH: Final = "/etc/policyd/policyd.toml"
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path, self.key, self.problem = path, key, problem
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    # Listeners: "unix:/path" or "inet:HOST:PORT" (IPv6 as inet:[::1]:PORT).
+    socketmap: tuple[str, ...] = ("unix:/run/policyd/policyd.sock",)
+    control: str = "unix:/run/policyd/control.sock"
+    socket_mode: str = "0660"  # unix socketmap sockets: the postfix group needs rw
+    socket_group: str = ""  # "" keeps the daemon's group
+    max_request: int = 10100  # bytes; Postfix sends at most 10000 (socketmap_table(5))
+    request_timeout: float = 10.0  # seconds to finish a started request
+    idle_timeout: float = 300.0  # Postfix closes idle ones after 10 s; we allow longer
+    max_connections: int = 4096
+    lookup_budget: float = 8.0  # seconds before a lookup answers TEMP
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    group: str = ""  # members may change overrides and flush; "" = root only
+    read_group: str = ""  # members may run read-only commands (explain, report, status)
+    mode: str = "0660"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    url: str = "sqlite:///var/lib/policyd/policyd.db"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be one of debug, info, warning, error")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str = DEFAULT_PATH
+    server: ServerSettings = field(default_factory=ServerSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    sts: StsSettings = field(default_factory=StsSettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    profiles: tuple[Profile, ...] = DEFAULT_PROFILES
+
+    def profile(self, name: str) -> Profile | None:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        return None
+
+
+T = TypeVar("T")
+
+# [dns] is flat in the file; its timeouts live in a nested dataclass.
+_DNS_TIMEOUT_KEYS: Final = {"timeout": "per_try", "lifetime": "lifetime"}
+
+
+def _convert(path: str, key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list):
+            raise ConfigError(path, key, "expected a list")
+        return tuple(_convert(path, key, item, v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(path, key, args[0], value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(path, key, f"{value!r} is not one of {allowed}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, key, "expected true or false")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, key, "expected a number")
+        if value < 0:
+            raise ConfigError(path, key, "must not be negative")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, key, "expected an integer")
+        if value < 0:
+            raise ConfigError(path, key, "must not be negative")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, key, "expected a string")
+        return value
+    raise ConfigError(path, key, f"unsupported setting type {hint!r}")
+
+
+def _build(path: str, section: str, cls: type[T], table: Any, **extra: Any) -> T:
+    if not isinstance(table, dict):
+        raise ConfigError(path, section, "expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = dict(extra)
+    for key, value in table.items():
+        if key not in fields or key in extra:
+            raise ConfigError(path, f"{section}.{key}", "unknown key")
+        kwargs[key] = _convert(path, f"{section}.{key}", hints[key], value)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(path, section, str(exc)) from exc
+
+
+def _dns(path: str, table: Any) -> DnsSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "dns", "expected a table")
+    flat = dict(table)
+    timeouts: dict[str, Any] = {}
+    for key, name in _DNS_TIMEOUT_KEYS.items():
+        if key in flat:
+            timeouts[name] = flat.pop(key)
+    built = _build(path, "dns", DnsTimeouts, timeouts)
+    return _build(path, "dns", DnsSettings, flat, timeouts=built)
+
+
+def _profiles(path: str, table: Any) -> tuple[Profile, ...]:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "profiles", "expected tables [profiles.NAME]")
+    builtin = {p.name: p for p in DEFAULT_PROFILES}
+    out = dict(builtin)
+    for name, body in table.items():
+        base = builtin.get(name, Profile(name))
+        merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(Profile)}
+        merged.pop("name")
+        if not isinstance(body, dict):
+            raise ConfigError(path, f"profiles.{name}", "expected a table")
+        if "name" in body:
+            raise ConfigError(path, f"profiles.{name}.name", "unknown key")
+        # Keys the file leaves out keep the built-in profile's choice (or the default).
+        keep = {k: v for k, v in merged.items() if k not in body}
+        out[name] = _build(path, f"profiles.{name}", Profile, body, name=name, **keep)
+    return tuple(out.values())
+
+
+_SECTIONS: Final[dict[str, type[Any]]] = {
+    "server": ServerSettings,
+    "control": ControlSettings,
+    "tls": TlsSettings,
+    "store": StoreSettings,
+    "sts": StsSettings,
+    "probe": ProbeSettings,
+    "log": LogSettings,
+}
+
+
+def parse(data: dict[str, Any], path: str = "<config>") -> Config:
+    kwargs: dict[str, Any] = {"path": path}
+    for section, table in data.items():
+        if section == "dns":
+            kwargs["dns"] = _dns(path, table)
+        elif section == "profiles":
+            kwargs["profiles"] = _profiles(path, table)
+        elif section in _SECTIONS:
+            kwargs[section] = _build(path, section, _SECTIONS[section], table)
+        else:
+            raise ConfigError(path, section, "unknown section")
+    config = Config(**kwargs)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    path = config.path
+    if not config.server.socketmap:
+        raise ConfigError(path, "server.socketmap", "needs at least one listener")
+    for i, spec in enumerate(config.server.socketmap):
+        try:
+            parse_listener(spec)
+        except ValueError as exc:
+            raise ConfigError(path, f"server.socketmap[{i}]", str(exc)) from None
+    try:
+        parse_listener(config.server.control)
+    except ValueError as exc:
+        raise ConfigError(path, "server.control", str(exc)) from None
+    for key in ("socket_mode",):
+        _mode(path, f"server.{key}", getattr(config.server, key))
+    _mode(path, "control.mode", config.control.mode)
+    if config.profile("postfix") is None:
+        raise ConfigError(path, "profiles", "the default profile 'postfix' is missing")
+    scheme = config.store.url.partition("://")[0]
+    if scheme not in ("sqlite", "redis", "rediss"):
+        raise ConfigError(path, "store.url", "expected sqlite:///PATH or redis://HOST")
+
+
+def _mode(path: str, key: str, text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ConfigError(path, key, f"{text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(path, key, "mode out of range")
+    return mode
+
+
+def socket_mode(text: str) -> int:
+    return int(text, 8)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """``unix:/path`` or ``inet:host:port`` (``inet:[::1]:8461`` for IPv6)."""
+
+    kind: str  # "unix" or "inet"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+
+def parse_listener(spec: str) -> Listener:
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"{spec!r}: expected unix:/path or inet:host:port")
+    if kind == "unix":
+        return Listener("unix", path=rest)
+    if kind == "inet":
+        host, sep, port_text = rest.rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{spec!r}: expected inet:host:port")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host:
+            raise ValueError(f"{spec!r}: missing host")
+        return Listener("inet", host=host, port=int(port_text))
+    raise ValueError(f"{spec!r}: unknown listener type {kind!r}")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    name = str(path)
+    try:
+        raw = Path(name).read_bytes()
+    except OSError as exc:
+        raise ConfigError(name, "-", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, "-", f"not valid TOML: {exc}") from None
+    return parse(data, name)
+
+
+__all__ = [
+    "ColdSts",
+    "Config",
+    "ConfigError",
+    "Fallback",
+    "Listener",
+    "VerifiedAs",
+    "load",
+    "parse",
+    "parse_listener",
+]

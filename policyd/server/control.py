@@ -1,0 +1,237 @@
+"""The control socket: where ``policyctl`` talks to the running daemon.
+
+A unix socket only (the control channel is for local administrators, as in
+postfix-tlspol), created with ``[control] mode`` and group ``[control] group``. File
+permissions are the first fence; the second is the peer's credentials (SO_PEERCRED,
+socket(7)), checked per connection against the configuration in force, so a reload that
+changes the groups applies to the next connection:
+
+* root and members of ``[control] group`` may run every command;
+* members of ``[control] read_group`` may run the read-only ones (explain, report,
+  status, override list);
+* anyone else is refused.
+
+One JSON request per line, many per connection, answered in order. Bounded: line size
+(:data:`policyd.codec.control.MAX_LINE`), read chunk, idle time, connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Final
+
+from policyd.codec import control
+from policyd.codec.control import ErrorCode, Failure, Ok
+from policyd.server.control_commands import (
+    CommandError,
+    Commands,
+    ConfigLike,
+    ControlSettingsLike,
+    DaemonLike,
+    Peer,
+)
+
+log = logging.getLogger("policyd")
+
+READ_CHUNK: Final = 4096  # bytes per read from a control connection
+IDLE_TIMEOUT: Final = 60.0  # seconds a connection may wait between requests
+WRITE_TIMEOUT: Final = 10.0  # seconds to hand a reply to a peer that stopped reading
+MAX_CONNECTIONS: Final = 32  # concurrent control connections; more are closed at once
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+
+
+class Access(enum.Enum):
+    NONE = "none"
+    READ = "read"
+    WRITE = "write"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def _in_group(group: str, user: str, gids: set[int]) -> bool:
+    if not group:
+        return False
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        log.warning("control: group %r does not exist; nobody is in it", group)
+        return False
+    return entry.gr_gid in gids or user in entry.gr_mem
+
+
+def peer_access(uid: int, gid: int, settings: ControlSettingsLike) -> tuple[str, Access]:
+    """The peer's user name and what it may do. Blocking (NSS): run in a thread."""
+    try:
+        pw = pwd.getpwuid(uid)
+        user, gids = pw.pw_name, {gid, pw.pw_gid}
+    except KeyError:
+        user, gids = f"uid{uid}", {gid}
+    if uid == 0 or _in_group(settings.group, user, gids):
+        return user, Access.WRITE
+    if _in_group(settings.read_group, user, gids):
+        return user, Access.READ
+    return user, Access.NONE
+
+
+def allowed(access: Access, cmd: control.Command) -> bool:
+    if access is Access.WRITE:
+        return True
+    return access is Access.READ and not cmd.writes
+
+
+def unix_path(spec: str) -> str:
+    kind, sep, path = spec.partition(":")
+    if kind != "unix" or not sep or not path:
+        raise OSError(f"control socket {spec!r}: expected unix:/path")
+    return path
+
+
+class ControlServer:
+    def __init__(
+        self, daemon: DaemonLike, config: ConfigLike, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._daemon = daemon
+        self._path = unix_path(config.server.control)
+        self._mode = int(config.control.mode, 8)
+        self._group = config.control.group
+        self.commands = Commands(daemon, clock)
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    async def start(self) -> None:
+        path = self._path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _remove_stale_socket(path)
+        # Created under a tight umask so there is no moment when others could connect.
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path, limit=control.MAX_LINE
+            )
+        finally:
+            os.umask(old)
+        if self._group:
+            os.chown(path, -1, grp.getgrnam(self._group).gr_gid)
+        os.chmod(path, self._mode)
+        log.info("control: listening on unix:%s", path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            _remove_stale_socket(self._path)
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._conns) >= MAX_CONNECTIONS:
+            log.warning("control: %d connections reached, refusing one", MAX_CONNECTIONS)
+            writer.close()
+            return
+        self._conns.add(task)
+        peer_text = "unknown peer"
+        try:
+            sock = writer.get_extra_info("socket")
+            pid, uid, gid = peer_credentials(sock)
+            user, access = await asyncio.to_thread(
+                peer_access, uid, gid, self._daemon.config.control
+            )
+            peer = Peer(pid, uid, gid, user)
+            peer_text = str(peer)
+            await self._converse(reader, writer, peer, access)
+        except asyncio.CancelledError:
+            # Only close() cancels these tasks; ending quietly keeps asyncio's stream
+            # callback from logging the cancellation as an error.
+            return
+        except Exception:  # the per-connection catch-all: one bad peer never stops others
+            log.exception("control %s: internal error, closing connection", peer_text)
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    async def _converse(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        access: Access,
+    ) -> None:
+        decoder = control.request_decoder()
+        while True:
+            try:
+                req = decoder.next_message()
+            except control.ControlProtocolError as exc:
+                log.warning("control %s: bad request: %s", peer, exc.message)
+                await _send(writer, Failure(exc.code, exc.message))
+                if exc.fatal:
+                    return
+                continue
+            if req is control.NEED_DATA:
+                try:
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        data = await reader.read(READ_CHUNK)
+                except TimeoutError:
+                    return
+                if not data:
+                    return
+                decoder.receive_data(data)
+                continue
+            await _send(writer, await self._answer(req, peer, access))
+
+    async def _answer(self, req: control.Request, peer: Peer, access: Access) -> control.Reply:
+        cmd = req.command
+        if not allowed(access, cmd):
+            log.warning("control %s: refused %s", peer, cmd.value)
+            what = "changes" if cmd.writes else "queries"
+            return Failure(
+                ErrorCode.REFUSED,
+                f"{cmd.value}: user {peer.user} may not make {what} "
+                "(needs root or the control group)",
+            )
+        try:
+            return Ok(await self.commands.run(req, peer))
+        except CommandError as exc:
+            return Failure(exc.code, " ".join(exc.message.split()))
+        except Exception:  # the connection's catch-all: a bug in one command is not fatal
+            log.exception("control %s: %s failed", peer, cmd.value)
+            return Failure(ErrorCode.INTERNAL, f"{cmd.value} failed: internal error, see the log")
+
+
+async def _send(writer: asyncio.StreamWriter, reply: control.Reply) -> None:
+    writer.write(control.encode_reply(reply))
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by an earlier run; anything else at the path is left alone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket; not removing it")
+    os.unlink(path)

@@ -1,0 +1,329 @@
+"""What each control command does, given a typed request: the dispatcher behind the socket.
+
+The transport (:mod:`policyd.server.control`) has already framed, decoded and authorised
+the request; here it runs against the daemon's :class:`~policyd.service.PolicyService`
+and the result becomes a JSON document (the ``policyctl --json`` output, described in
+man/policyctl.8). Failures the postmaster can act on are a :class:`CommandError` with a
+protocol error code; anything else is a bug and is handled by the connection's catch-all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
+
+from policyd import __version__
+from policyd.codec import control, postfix_policy
+from policyd.codec.control import ErrorCode, JsonObject, JsonValue
+from policyd.core.evidence import (
+    Destination,
+    DnsEvidence,
+    Evidence,
+    Override,
+    ProbeState,
+)
+from policyd.core.types import Outcome, Verdict
+from policyd.server.control_docs import (
+    explain_doc,
+    jsonable,
+    override_doc,
+    parse_change,
+    probe_doc,
+)
+from policyd.service import PolicyService, level_text
+
+log = logging.getLogger("policyd")
+
+MAX_REPORT_CHANGES: Final = 1000  # newest level changes a report lists
+MAX_REPORT_NAMES: Final = 1000  # destinations listed per level, held, TEMP, STS failures
+
+
+class CommandError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a control connection (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.user}(uid={self.uid},pid={self.pid})"
+
+
+# -- the daemon as the dispatcher sees it ------------------------------------------------
+
+
+class ServerSettingsLike(Protocol):
+    @property
+    def socketmap(self) -> tuple[str, ...]: ...
+    @property
+    def control(self) -> str: ...
+
+
+class ControlSettingsLike(Protocol):
+    @property
+    def group(self) -> str: ...
+    @property
+    def read_group(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+
+
+class StoreSettingsLike(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+class ConfigLike(Protocol):
+    @property
+    def server(self) -> ServerSettingsLike: ...
+    @property
+    def control(self) -> ControlSettingsLike: ...
+    @property
+    def store(self) -> StoreSettingsLike: ...
+
+
+class ListenerStats(Protocol):
+    @property
+    def connections(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+
+
+class DaemonLike(Protocol):
+    @property
+    def config(self) -> ConfigLike: ...
+    @property
+    def service(self) -> PolicyService: ...
+    @property
+    def server(self) -> ListenerStats: ...
+    @property
+    def started_at(self) -> float: ...
+
+    async def reload(self) -> bool: ...
+
+
+@runtime_checkable
+class Prober(Protocol):
+    """What ``probe`` and ``status`` need of the probe source (policyd/sources/probe.py)."""
+
+    async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState: ...
+
+    def stats(self) -> object: ...
+
+
+# -- the service's memory ----------------------------------------------------------------
+
+
+def remembered(service: PolicyService) -> Mapping[tuple[str, str], Verdict]:
+    """Latest verdict per (profile, destination key), via PolicyService.remembered()."""
+    accessor = getattr(service, "remembered", None)
+    if callable(accessor):
+        result: Mapping[tuple[str, str], Verdict] = accessor()
+        return result
+    return dict(service._last)  # until PolicyService.remembered() lands
+
+
+def cached_answers(service: PolicyService) -> int:
+    size = getattr(service, "cached_answers", None)
+    if isinstance(size, int):
+        return size
+    return len(service._answers)  # until PolicyService.cached_answers lands
+
+
+# -- the dispatcher ----------------------------------------------------------------------
+
+
+class Commands:
+    def __init__(self, daemon: DaemonLike, clock: Callable[[], float] = time.time) -> None:
+        self._daemon = daemon
+        self._clock = clock
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def _service(self) -> PolicyService:
+        return self._daemon.service
+
+    async def run(self, req: control.Request, peer: Peer) -> JsonValue:
+        if isinstance(req, control.OverrideSet):
+            return await self._override_set(req, peer)
+        if isinstance(req, control.OverrideDel):
+            if not await self._service.delete_override(req.destination.key):
+                raise CommandError(ErrorCode.NOTFOUND, f"no override for {req.destination.key}")
+            log.info("control: %s deleted the override for %s", peer, req.destination.key)
+            return {"destination": req.destination.key, "deleted": True}
+        if isinstance(req, control.OverrideList):
+            now = self._clock()
+            ovs = sorted(self._service.overrides.values(), key=lambda o: o.key)
+            return {"overrides": [override_doc(o, now) for o in ovs]}
+        if isinstance(req, control.Explain):
+            return await self.explain(req.destination)
+        if isinstance(req, control.Probe):
+            return await self._probe(req, peer)
+        if isinstance(req, control.Flush):
+            key = None if req.destination is None else req.destination.key
+            count = await self._service.flush(key)
+            log.info("control: %s flushed %s", peer, key or "all cached evidence")
+            return {"destination": key, "records": count}
+        if isinstance(req, control.Report):
+            return await self._report(req)
+        if isinstance(req, control.Status):
+            return self._status()
+        if not await self._daemon.reload():
+            raise CommandError(
+                ErrorCode.INTERNAL, "reload failed, old configuration kept: see the policyd log"
+            )
+        log.info("control: %s reloaded the configuration", peer)
+        return {"reloaded": True}
+
+    async def _override_set(self, req: control.OverrideSet, peer: Peer) -> JsonValue:
+        now = self._clock()
+        ov = Override(
+            key=req.destination.key,
+            policy=req.policy,
+            expires_at=None if req.expires is None else now + req.expires,
+            comment=req.comment,
+            author=peer.user,
+            created_at=now,
+        )
+        await self._service.set_override(ov)
+        log.info(
+            "control: %s set override %s: %s%s",
+            peer,
+            ov.key,
+            postfix_policy.render(req.policy),
+            f" comment={req.comment}" if req.comment else "",
+        )
+        return override_doc(ov, now)
+
+    async def explain(self, dest: Destination) -> JsonObject:
+        rows = await self._service.explain(dest)
+        evidence = rows[0][2] if rows else Evidence(dest)
+        answers = [(p.name, v) for p, v, _ev in rows]
+        return explain_doc(dest, answers, evidence, self._clock())
+
+    async def _probe(self, req: control.Probe, peer: Peer) -> JsonValue:
+        prober = self._service.probe
+        if not isinstance(prober, Prober):
+            raise CommandError(ErrorCode.INTERNAL, "the probe source cannot probe on demand")
+        dest = req.destination
+
+        async def probe() -> None:
+            dns = await self._service.dane.gather(dest, self._clock())
+            if not dns.hosts:
+                raise CommandError(
+                    ErrorCode.NOTFOUND, f"{dest.key}: no MX host to probe ({dns.kind.value})"
+                )
+            await prober.probe_now(dest, dns)
+            self._service.invalidate(dest.key)
+
+        log.info("control: %s asked for a probe of %s", peer, dest.key)
+        if req.wait:
+            await probe()
+            return await self.explain(dest)
+        task = asyncio.get_running_loop().create_task(probe())
+        self._background.add(task)
+        task.add_done_callback(self._probe_done)
+        return {"destination": dest.key, "queued": True}
+
+    def _probe_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, CommandError):
+            log.warning("control: probe: %s", exc.message)
+        elif exc is not None:
+            log.error("control: probe failed: %r", exc)
+
+    async def _report(self, req: control.Report) -> JsonValue:
+        service = self._service
+        now = self._clock()
+        since = now - req.since
+        changes: list[JsonValue] = []
+        for at, key, text in (await service.store.events(since))[-MAX_REPORT_CHANGES:]:
+            change = parse_change(text)
+            if change is None:
+                continue
+            changes.append(
+                {
+                    "at": at,
+                    "destination": key,
+                    "profile": change.profile,
+                    "level": change.level,
+                    "previous": change.previous,
+                    "reason": change.reason,
+                }
+            )
+        levels: dict[str, dict[str, list[str]]] = {}
+        rules: dict[str, dict[str, int]] = {}
+        temp_now: list[JsonValue] = []
+        keys: set[str] = set()
+        for (profile, key), verdict in sorted(remembered(service).items()):
+            keys.add(key)
+            by_level = levels.setdefault(profile, {}).setdefault(level_text(verdict), [])
+            if len(by_level) < MAX_REPORT_NAMES:
+                by_level.append(key)
+            by_rule = rules.setdefault(profile, {})
+            by_rule[verdict.rule.value] = by_rule.get(verdict.rule.value, 0) + 1
+            if verdict.outcome is Outcome.TEMP and len(temp_now) < MAX_REPORT_NAMES:
+                temp_now.append({"destination": key, "profile": profile, "reason": verdict.reason})
+        held: list[JsonValue] = []
+        sts_failing: list[JsonValue] = []
+        for key in sorted(keys):
+            state = service.probe.cached(key)
+            if state is not None and state.pending is not None and len(held) < MAX_REPORT_NAMES:
+                held.append({"destination": key, **(probe_doc(state, now) or {})})
+            dest_name = key.partition(":")[0]
+            if dest_name.startswith(("[", ".")):
+                continue
+            sts = service.sts.cached(dest_name, now)
+            if sts.error and len(sts_failing) < MAX_REPORT_NAMES:
+                sts_failing.append(
+                    {"destination": key, "error": sts.error, "cached": sts.policy is not None}
+                )
+        return {
+            "since": since,
+            "now": now,
+            "changes": changes,
+            "levels": jsonable(levels),
+            "rules": jsonable(rules),
+            "temp": {"answers": service.stats.temp, "destinations": temp_now},
+            "held": held,
+            "sts_failing": sts_failing,
+        }
+
+    def _status(self) -> JsonValue:
+        d = self._daemon
+        service = d.service
+        cfg = d.config
+        prober = service.probe
+        probe_stats = jsonable(prober.stats()) if isinstance(prober, Prober) else None
+        server = getattr(d, "server", None)
+        return {
+            "version": __version__,
+            "uptime": round(asyncio.get_running_loop().time() - d.started_at, 1),
+            "listeners": [*cfg.server.socketmap, cfg.server.control],
+            "store": cfg.store.url.partition("://")[0],
+            "connections": None if server is None else server.connections,
+            "refused": None if server is None else server.refused,
+            "cache": {
+                "answers": cached_answers(service),
+                "verdicts": len(remembered(service)),
+                "overrides": len(service.overrides),
+            },
+            "lookups": jsonable(service.stats),
+            "probe": probe_stats,
+        }

@@ -1,0 +1,395 @@
+"""The policy service: answers from memory, gathers evidence under a time bound, decides.
+
+The hot path (:meth:`PolicyService.cached_reply`) is one dict lookup keyed by the raw
+request payload; it never awaits and never touches the disk. A miss goes to
+:meth:`PolicyService.answer`, which gathers evidence (one gathering in flight per
+destination, shared by every concurrent lookup), runs the pure decision core for the
+requested profile, logs a line when the decision changes, and caches the encoded reply
+until the earliest expiry of the evidence behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from policyd.adapters.store import Kind, Record, Store
+from policyd.codec import netstring, postfix_policy, socketmap
+from policyd.codec.destination import KeyError_, parse_key
+from policyd.core.decide import decide
+from policyd.core.evidence import (
+    Destination,
+    DnsEvidence,
+    Evidence,
+    Override,
+    ProbeState,
+    StsEvidence,
+)
+from policyd.core.profile import Profile
+from policyd.core.types import Outcome, Rule, Verdict
+
+log = logging.getLogger("policyd")
+
+# An answer is cached at most this long even when all evidence lives longer, so that a
+# changed world is noticed without a reload (seconds).
+MAX_ANSWER_TTL: Final = 3600.0
+# A TEMP answer is cached only briefly: the cause (a dead resolver) may pass at any moment.
+TEMP_ANSWER_TTL: Final = 5.0
+# Bound on cached answers and remembered verdicts (entries); beyond it the oldest go.
+MAX_ANSWERS: Final = 1_000_000
+
+
+class DaneSourceLike(Protocol):
+    async def gather(self, dest: Destination, now: float) -> DnsEvidence: ...
+
+
+class StsSourceLike(Protocol):
+    def cached(self, domain: str, now: float) -> StsEvidence: ...
+
+    async def evidence(self, domain: str) -> StsEvidence: ...
+
+    def forget(self, domain: str) -> None: ...
+
+
+class ProbeSourceLike(Protocol):
+    def cached(self, key: str) -> ProbeState | None: ...
+
+    def want(self, dest: Destination, dns: DnsEvidence) -> bool: ...
+
+    def forget(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    verdict: Verdict
+    evidence: Evidence
+    reply: bytes  # socketmap reply payload
+
+
+@dataclass(slots=True)
+class Stats:
+    lookups: int = 0
+    hits: int = 0
+    temp: int = 0
+    perm: int = 0
+
+
+class PolicyService:
+    def __init__(
+        self,
+        profiles: tuple[Profile, ...],
+        store: Store,
+        dane: DaneSourceLike,
+        sts: StsSourceLike,
+        probe: ProbeSourceLike,
+        *,
+        lookup_budget: float,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._profiles = {p.name: p for p in profiles}
+        self.store = store
+        self.dane = dane
+        self.sts = sts
+        self.probe = probe
+        self.lookup_budget = lookup_budget
+        self._clock = clock
+        self._monotonic = monotonic
+        self.overrides: dict[str, Override] = {}
+        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key)
+        self._answers: dict[bytes, tuple[bytes, float, str]] = {}
+        self._by_key: dict[str, set[bytes]] = {}
+        self._last: dict[tuple[str, str], Verdict] = {}
+        self._inflight: dict[str, asyncio.Task[Evidence]] = {}
+        self.stats = Stats()
+
+    # -- configuration ---------------------------------------------------------------
+
+    def set_profiles(self, profiles: tuple[Profile, ...]) -> None:
+        self._profiles = {p.name: p for p in profiles}
+        self.invalidate(None)
+
+    @property
+    def profiles(self) -> tuple[Profile, ...]:
+        return tuple(self._profiles.values())
+
+    async def load_overrides(self) -> None:
+        """(Re)read overrides from the store: at start and on SIGHUP."""
+        loaded: dict[str, Override] = {}
+        for rec in await self.store.scan(Kind.OVERRIDE):
+            try:
+                loaded[rec.key] = override_from_json(rec.key, rec.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("%s: ignoring unreadable override: %s", rec.key, exc)
+        self.overrides = loaded
+        self.invalidate(None)
+
+    def remembered(self) -> dict[tuple[str, str], Verdict]:
+        """The latest verdict per (profile name, destination key): policyctl report."""
+        return dict(self._last)
+
+    @property
+    def cached_answers(self) -> int:
+        """Cached socketmap replies (policyctl status)."""
+        return len(self._answers)
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def cached_reply(self, payload: bytes) -> bytes | None:
+        """The encoded reply for a request payload, if cached and fresh. Never awaits."""
+        hit = self._answers.get(payload)
+        if hit is None:
+            return None
+        if hit[1] < self._monotonic():
+            return None
+        self.stats.hits += 1
+        return hit[0]
+
+    async def reply_for(self, payload: bytes) -> bytes:
+        """The encoded netstring reply for one request payload (the slow path)."""
+        self.stats.lookups += 1
+        try:
+            req = socketmap.parse_request(payload)
+        except socketmap.SocketmapError as exc:
+            self.stats.perm += 1
+            return netstring.encode(socketmap.reply(socketmap.Status.PERM, str(exc)))
+        profile = self._profiles.get(req.name)
+        if profile is None:
+            self.stats.perm += 1
+            return netstring.encode(
+                socketmap.reply(socketmap.Status.PERM, f"unknown map name {req.name[:64]!r}")
+            )
+        try:
+            dest = parse_key(req.key)
+        except KeyError_ as exc:
+            self.stats.perm += 1
+            return netstring.encode(socketmap.reply(socketmap.Status.PERM, str(exc)))
+        answer = await self.answer(dest, profile)
+        encoded = netstring.encode(answer.reply)
+        self._remember(payload, encoded, answer, dest)
+        return encoded
+
+    def _remember(self, payload: bytes, encoded: bytes, answer: Answer, dest: Destination) -> None:
+        ttl = self._ttl(answer)
+        if ttl <= 0:
+            return
+        if len(self._answers) >= MAX_ANSWERS:
+            oldest = next(iter(self._answers))
+            self._drop_payload(oldest)
+        self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key)
+        self._by_key.setdefault(dest.key, set()).add(payload)
+
+    def _drop_payload(self, payload: bytes) -> None:
+        entry = self._answers.pop(payload, None)
+        if entry is not None:
+            keys = self._by_key.get(entry[2])
+            if keys is not None:
+                keys.discard(payload)
+                if not keys:
+                    del self._by_key[entry[2]]
+
+    def _ttl(self, answer: Answer) -> float:
+        if answer.verdict.outcome is Outcome.TEMP:
+            return TEMP_ANSWER_TTL
+        now = self._clock()
+        ev = answer.evidence
+        limits = [MAX_ANSWER_TTL]
+        if ev.dns is not None and ev.dns.expires_at:
+            limits.append(ev.dns.expires_at - now)
+        if ev.sts.policy is not None:
+            limits.append(ev.sts.policy.expires_at - now)
+        if ev.sts.pending:
+            limits.append(TEMP_ANSWER_TTL)
+        if ev.override is not None and ev.override.expires_at is not None:
+            limits.append(ev.override.expires_at - now)
+        return min(limits)
+
+    def invalidate(self, key: str | None) -> None:
+        """Forget cached answers for one destination key, or all of them."""
+        if key is None:
+            self._answers.clear()
+            self._by_key.clear()
+            return
+        for payload in self._by_key.pop(key, set()):
+            self._answers.pop(payload, None)
+
+    # -- deciding ----------------------------------------------------------------------
+
+    async def answer(self, dest: Destination, profile: Profile) -> Answer:
+        now = self._clock()
+        override = self._override(dest, now)
+        if override is not None:
+            # An override outranks all evidence: answer without gathering any.
+            evidence = Evidence(dest, override=override)
+            return self._finish(dest, profile, decide(evidence, profile, now), evidence)
+        try:
+            async with asyncio.timeout(self.lookup_budget):
+                evidence = await self._evidence(dest)
+        except TimeoutError:
+            verdict = Verdict(
+                Outcome.TEMP,
+                Rule.DNS_FAILURE,
+                f"lookup did not complete within {self.lookup_budget:g}s",
+            )
+            return self._finish(dest, profile, verdict, Evidence(dest))
+        verdict = decide(evidence, profile, self._clock())
+        return self._finish(dest, profile, verdict, evidence)
+
+    def _finish(
+        self, dest: Destination, profile: Profile, verdict: Verdict, evidence: Evidence
+    ) -> Answer:
+        if verdict.outcome is Outcome.TEMP:
+            self.stats.temp += 1
+        self._log_change(dest, profile, verdict)
+        return Answer(verdict, evidence, render_reply(verdict))
+
+    def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
+        slot = (profile.name, dest.key)
+        before = self._last.get(slot)
+        if before is not None and (before.outcome, before.policy) == (
+            verdict.outcome,
+            verdict.policy,
+        ):
+            return
+        if len(self._last) >= MAX_ANSWERS:
+            del self._last[next(iter(self._last))]
+        self._last[slot] = verdict
+        shown = "" if profile.name == "postfix" else f" profile={profile.name}"
+        text = f"level={level_text(verdict)}{shown} reason={verdict.reason}"
+        log.info("%s: %s", dest.key, text)
+        if before is not None:
+            text = f"{text} previous={level_text(before)}"
+        task = asyncio.get_running_loop().create_task(
+            self.store.append_event(self._clock(), dest.key, text)
+        )
+        task.add_done_callback(_log_task_failure)
+
+    def _override(self, dest: Destination, now: float) -> Override | None:
+        ov = self.overrides.get(dest.key)
+        if ov is None or not ov.active_at(now):
+            return None
+        return ov
+
+    async def _evidence(self, dest: Destination) -> Evidence:
+        task = self._inflight.get(dest.key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._gather(dest))
+            self._inflight[dest.key] = task
+            key = dest.key
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        # shield: one slow caller timing out must not cancel the others' shared work.
+        return await asyncio.shield(task)
+
+    async def _gather(self, dest: Destination) -> Evidence:
+        now = self._clock()
+        override = self._override(dest, now)
+        if dest.parent_form or dest.is_address:
+            return Evidence(dest, override=override)
+        sts_wanted = not dest.bracketed and dest.port == 25
+        dns_task = asyncio.ensure_future(self.dane.gather(dest, now))
+        # For a known domain the STS source answers from memory at once and refreshes
+        # in the background; a cold one is fetched inline within the source's budget.
+        sts_ev = await self.sts.evidence(dest.name) if sts_wanted else StsEvidence()
+        dns = await dns_task
+        if dns.hosts:
+            self.probe.want(dest, dns)
+        return Evidence(
+            dest,
+            override=override,
+            dns=dns,
+            sts=sts_ev,
+            probe=self.probe.cached(dest.key),
+        )
+
+    async def explain(self, dest: Destination) -> list[tuple[Profile, Verdict, Evidence]]:
+        evidence = await self._evidence(dest)
+        now = self._clock()
+        return [(p, decide(evidence, p, now), evidence) for p in self._profiles.values()]
+
+    # -- overrides and flushing --------------------------------------------------------
+
+    async def set_override(self, ov: Override) -> None:
+        await self.store.put(Record(Kind.OVERRIDE, ov.key, override_to_json(ov), ov.expires_at))
+        self.overrides[ov.key] = ov
+        self.invalidate(ov.key)
+
+    async def delete_override(self, key: str) -> bool:
+        found = await self.store.delete(Kind.OVERRIDE, key)
+        found = self.overrides.pop(key, None) is not None or found
+        self.invalidate(key)
+        return found
+
+    async def flush(self, key: str | None) -> int:
+        count = await self.store.flush(key)
+        if key is None:
+            self.invalidate(None)
+            self._last.clear()
+        else:
+            self.invalidate(key)
+            self.sts.forget(key)
+            self.probe.forget(key)
+        return count
+
+    def expire_overrides(self) -> None:
+        """Drop expired overrides from memory (periodic housekeeping)."""
+        now = self._clock()
+        for key in [k for k, o in self.overrides.items() if not o.active_at(now)]:
+            del self.overrides[key]
+            self.invalidate(key)
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("store: could not record an event: %s", exc)
+
+
+def level_text(verdict: Verdict) -> str:
+    if verdict.outcome is Outcome.TEMP:
+        return "TEMP"
+    if verdict.policy is None:
+        return "NOTFOUND"
+    return postfix_policy.render(verdict.policy).replace(" ", ",")
+
+
+def render_reply(verdict: Verdict) -> bytes:
+    if verdict.outcome is Outcome.TEMP:
+        return socketmap.reply(socketmap.Status.TEMP, verdict.reason)
+    if verdict.policy is None:
+        return socketmap.reply(socketmap.Status.NOTFOUND)
+    return socketmap.reply(socketmap.Status.OK, postfix_policy.render(verdict.policy))
+
+
+def override_to_json(ov: Override) -> str:
+    return json.dumps(
+        {
+            "policy": None if ov.policy is None else postfix_policy.render(ov.policy),
+            "expires_at": ov.expires_at,
+            "comment": ov.comment,
+            "author": ov.author,
+            "created_at": ov.created_at,
+        },
+        sort_keys=True,
+    )
+
+
+def override_from_json(key: str, text: str) -> Override:
+    doc = json.loads(text)
+    pol_text = doc["policy"]
+    pol = None if pol_text is None else postfix_policy.parse(pol_text)
+    expires = doc.get("expires_at")
+    return Override(
+        key=key,
+        policy=pol,
+        expires_at=None if expires is None else float(expires),
+        comment=str(doc.get("comment", "")),
+        author=str(doc.get("author", "")),
+        created_at=float(doc.get("created_at", 0.0)),
+    )

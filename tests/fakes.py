@@ -1,0 +1,101 @@
+"""Fakes for unit tests: an in-memory store and evidence sources driven by the test."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from policyd.adapters.store import Kind, Record
+from policyd.core.evidence import (
+    Destination,
+    DnsEvidence,
+    DnsStatus,
+    MxHost,
+    ProbeState,
+    StsEvidence,
+)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.records: dict[tuple[Kind, str], Record] = {}
+        self.event_log: list[tuple[float, str, str]] = []
+
+    async def put(self, record: Record) -> None:
+        self.records[(record.kind, record.key)] = record
+
+    async def get(self, kind: Kind, key: str) -> Record | None:
+        return self.records.get((kind, key))
+
+    async def delete(self, kind: Kind, key: str) -> bool:
+        return self.records.pop((kind, key), None) is not None
+
+    async def scan(self, kind: Kind) -> list[Record]:
+        return [r for (k, _), r in self.records.items() if k is kind]
+
+    async def flush(self, key: str | None) -> int:
+        doomed = [
+            k
+            for k in self.records
+            if k[0] is not Kind.OVERRIDE and (key is None or k[1] == key)
+        ]
+        for k in doomed:
+            del self.records[k]
+        return len(doomed)
+
+    async def append_event(self, at: float, key: str, text: str) -> None:
+        self.event_log.append((at, key, text))
+
+    async def events(self, since: float) -> list[tuple[float, str, str]]:
+        return [e for e in self.event_log if e[0] >= since]
+
+    async def close(self) -> None:
+        return None
+
+
+def plain_dns(name: str, now: float, ttl: float = 300.0) -> DnsEvidence:
+    host = MxHost(f"mx.{name}", 10, DnsStatus.SECURE, ("192.0.2.1",), tlsa=DnsStatus.SECURE)
+    return DnsEvidence(DnsStatus.SECURE, hosts=(host,), fetched_at=now, expires_at=now + ttl)
+
+
+@dataclass
+class FakeDane:
+    answers: dict[str, DnsEvidence] = field(default_factory=dict)
+    calls: int = 0
+    delay: float = 0.0
+
+    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return self.answers.get(dest.name) or plain_dns(dest.name, now)
+
+
+@dataclass
+class FakeSts:
+    answers: dict[str, StsEvidence] = field(default_factory=dict)
+
+    def cached(self, domain: str, now: float) -> StsEvidence:
+        return self.answers.get(domain, StsEvidence())
+
+    async def evidence(self, domain: str) -> StsEvidence:
+        return self.answers.get(domain, StsEvidence())
+
+    def forget(self, domain: str) -> None:
+        self.answers.pop(domain, None)
+
+
+@dataclass
+class FakeProbe:
+    states: dict[str, ProbeState] = field(default_factory=dict)
+    wanted: list[str] = field(default_factory=list)
+
+    def cached(self, key: str) -> ProbeState | None:
+        return self.states.get(key)
+
+    def want(self, dest: Destination, dns: DnsEvidence) -> bool:
+        self.wanted.append(dest.key)
+        return True
+
+    def forget(self, key: str) -> None:
+        self.states.pop(key, None)
