@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import tomllib
 import types
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from policyd.adapters.dns import DnsSettings, DnsTimeouts
+from policyd.adapters.https import HttpsTimeouts
 from policyd.core.profile import DEFAULT_PROFILES, ColdSts, Fallback, Profile, VerifiedAs
 from policyd.sources.probe import ProbeSettings
 from policyd.sources.sts import StsSettings
@@ -81,6 +83,7 @@ class Config:
     tls: TlsSettings = field(default_factory=TlsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     sts: StsSettings = field(default_factory=StsSettings)
+    sts_timeouts: HttpsTimeouts = field(default_factory=HttpsTimeouts)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     log: LogSettings = field(default_factory=LogSettings)
     profiles: tuple[Profile, ...] = DEFAULT_PROFILES
@@ -94,8 +97,13 @@ class Config:
 
 T = TypeVar("T")
 
-# [dns] is flat in the file; its timeouts live in a nested dataclass.
+# [dns] and [sts] are flat in the file; their timeouts live in nested dataclasses.
 _DNS_TIMEOUT_KEYS: Final = {"timeout": "per_try", "lifetime": "lifetime"}
+_STS_TIMEOUT_KEYS: Final = {
+    "connect_timeout": "connect",
+    "read_timeout": "read",
+    "fetch_timeout": "total",
+}
 
 
 def _convert(path: str, key: str, hint: Any, value: Any) -> Any:
@@ -121,6 +129,8 @@ def _convert(path: str, key: str, hint: Any, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, key, "expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(path, key, "must be a finite number")
         if value < 0:
             raise ConfigError(path, key, "must not be negative")
         return float(value)
@@ -137,32 +147,62 @@ def _convert(path: str, key: str, hint: Any, value: Any) -> Any:
     raise ConfigError(path, key, f"unsupported setting type {hint!r}")
 
 
-def _build(path: str, section: str, cls: type[T], table: Any, **extra: Any) -> T:
+def _build(
+    path: str,
+    section: str,
+    cls: type[T],
+    table: Any,
+    names: dict[str, str] | None = None,
+    **extra: Any,
+) -> T:
+    """Build ``cls`` from a TOML table. ``names`` maps field names to the keys the file
+    uses where they differ, so that errors name what the postmaster wrote."""
     if not isinstance(table, dict):
         raise ConfigError(path, section, "expected a table")
+    names = names or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = dict(extra)
     for key, value in table.items():
+        label = f"{section}.{names.get(key, key)}"
         if key not in fields or key in extra:
-            raise ConfigError(path, f"{section}.{key}", "unknown key")
-        kwargs[key] = _convert(path, f"{section}.{key}", hints[key], value)
+            raise ConfigError(path, label, "unknown key")
+        kwargs[key] = _convert(path, label, hints[key], value)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(path, section, str(exc)) from exc
+        # A validation error with a single key given can only be about that key.
+        label = section
+        if len(table) == 1:
+            label = f"{section}.{names.get(next(iter(table)), next(iter(table)))}"
+        raise ConfigError(path, label, str(exc)) from exc
+
+
+def _split(
+    path: str, section: str, table: Any, keys: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate the timeout keys of a flat table from the rest, renamed for their class."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, section, "expected a table")
+    rest = dict(table)
+    timeouts = {name: rest.pop(key) for key, name in keys.items() if key in rest}
+    return rest, timeouts
+
+
+def _reverse(keys: dict[str, str]) -> dict[str, str]:
+    return {field_name: key for key, field_name in keys.items()}
 
 
 def _dns(path: str, table: Any) -> DnsSettings:
-    if not isinstance(table, dict):
-        raise ConfigError(path, "dns", "expected a table")
-    flat = dict(table)
-    timeouts: dict[str, Any] = {}
-    for key, name in _DNS_TIMEOUT_KEYS.items():
-        if key in flat:
-            timeouts[name] = flat.pop(key)
-    built = _build(path, "dns", DnsTimeouts, timeouts)
-    return _build(path, "dns", DnsSettings, flat, timeouts=built)
+    rest, timeouts = _split(path, "dns", table, _DNS_TIMEOUT_KEYS)
+    built = _build(path, "dns", DnsTimeouts, timeouts, _reverse(_DNS_TIMEOUT_KEYS))
+    return _build(path, "dns", DnsSettings, rest, timeouts=built)
+
+
+def _sts(path: str, table: Any) -> tuple[StsSettings, HttpsTimeouts]:
+    rest, timeouts = _split(path, "sts", table, _STS_TIMEOUT_KEYS)
+    built = _build(path, "sts", HttpsTimeouts, timeouts, _reverse(_STS_TIMEOUT_KEYS))
+    return _build(path, "sts", StsSettings, rest), built
 
 
 def _profiles(path: str, table: Any) -> tuple[Profile, ...]:
@@ -171,7 +211,10 @@ def _profiles(path: str, table: Any) -> tuple[Profile, ...]:
     builtin = {p.name: p for p in DEFAULT_PROFILES}
     out = dict(builtin)
     for name, body in table.items():
-        base = builtin.get(name, Profile(name))
+        try:
+            base = builtin.get(name) or Profile(name)
+        except ValueError as exc:
+            raise ConfigError(path, f"profiles.{name}", str(exc)) from None
         merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(Profile)}
         merged.pop("name")
         if not isinstance(body, dict):
@@ -180,7 +223,7 @@ def _profiles(path: str, table: Any) -> tuple[Profile, ...]:
             raise ConfigError(path, f"profiles.{name}.name", "unknown key")
         # Keys the file leaves out keep the built-in profile's choice (or the default).
         keep = {k: v for k, v in merged.items() if k not in body}
-        out[name] = _build(path, f"profiles.{name}", Profile, body, name=name, **keep)
+        out[name] = _build(path, f"profiles.{name}", Profile, body, None, name=name, **keep)
     return tuple(out.values())
 
 
@@ -189,7 +232,6 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "control": ControlSettings,
     "tls": TlsSettings,
     "store": StoreSettings,
-    "sts": StsSettings,
     "probe": ProbeSettings,
     "log": LogSettings,
 }
@@ -200,8 +242,12 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
     for section, table in data.items():
         if section == "dns":
             kwargs["dns"] = _dns(path, table)
+        elif section == "sts":
+            kwargs["sts"], kwargs["sts_timeouts"] = _sts(path, table)
         elif section == "profiles":
             kwargs["profiles"] = _profiles(path, table)
+        elif section == "milter":
+            continue  # policyd-milter's own table, validated by `policyd-milter --check-config`
         elif section in _SECTIONS:
             kwargs[section] = _build(path, section, _SECTIONS[section], table)
         else:
@@ -221,9 +267,12 @@ def _check(config: Config) -> None:
         except ValueError as exc:
             raise ConfigError(path, f"server.socketmap[{i}]", str(exc)) from None
     try:
-        parse_listener(config.server.control)
+        control = parse_listener(config.server.control)
     except ValueError as exc:
         raise ConfigError(path, "server.control", str(exc)) from None
+    if control.kind != "unix":
+        # Control commands come only from local peers whose credentials can be checked.
+        raise ConfigError(path, "server.control", "must be a unix:/path socket")
     for key in ("socket_mode",):
         _mode(path, f"server.{key}", getattr(config.server, key))
     _mode(path, "control.mode", config.control.mode)
@@ -266,7 +315,8 @@ def parse_listener(spec: str) -> Listener:
         return Listener("unix", path=rest)
     if kind == "inet":
         host, sep, port_text = rest.rpartition(":")
-        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        digits = port_text.isascii() and port_text.isdigit()
+        if not sep or not digits or not 0 < int(port_text) < 65536:
             raise ValueError(f"{spec!r}: expected inet:host:port")
         host = host.removeprefix("[").removesuffix("]")
         if not host:

@@ -53,7 +53,7 @@ class StsSourceLike(Protocol):
 
     async def evidence(self, domain: str) -> StsEvidence: ...
 
-    def forget(self, domain: str) -> None: ...
+    def forget(self, domain: str | None) -> None: ...
 
 
 class ProbeSourceLike(Protocol):
@@ -61,7 +61,7 @@ class ProbeSourceLike(Protocol):
 
     def want(self, dest: Destination, dns: DnsEvidence) -> bool: ...
 
-    def forget(self, key: str) -> None: ...
+    def forget(self, key: str | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +329,8 @@ class PolicyService:
         if key is None:
             self.invalidate(None)
             self._last.clear()
+            self.sts.forget(None)
+            self.probe.forget(None)
         else:
             self.invalidate(key)
             self.sts.forget(key)

@@ -81,8 +81,11 @@ class FakeSts:
     async def evidence(self, domain: str) -> StsEvidence:
         return self.answers.get(domain, StsEvidence())
 
-    def forget(self, domain: str) -> None:
-        self.answers.pop(domain, None)
+    def forget(self, domain: str | None) -> None:
+        if domain is None:
+            self.answers.clear()
+        else:
+            self.answers.pop(domain, None)
 
 
 @dataclass
@@ -97,5 +100,8 @@ class FakeProbe:
         self.wanted.append(dest.key)
         return True
 
-    def forget(self, key: str) -> None:
-        self.states.pop(key, None)
+    def forget(self, key: str | None) -> None:
+        if key is None:
+            self.states.clear()
+        else:
+            self.states.pop(key, None)

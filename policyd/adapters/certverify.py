@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -56,11 +58,15 @@ def load_roots(ca_file: str | Path) -> Store:
     cannot load. Raises OSError when unreadable and ValueError when nothing usable is in it."""
     data = Path(ca_file).read_bytes()
     roots: list[x509.Certificate] = []
-    for block in _PEM_CERT.findall(data):
-        try:
-            roots.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            continue  # e.g. a negative serial or an unknown critical extension
+    with warnings.catch_warnings():
+        # Some distribution bundles carry old roots with non-positive serials; cryptography
+        # warns about each at every start. They load (or are skipped below) all the same.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for block in _PEM_CERT.findall(data):
+            try:
+                roots.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                continue  # e.g. a negative serial or an unknown critical extension
     if not roots:
         raise ValueError(f"{ca_file}: no usable CA certificate")
     return Store(roots)
@@ -103,13 +109,9 @@ def _classify_failure(
     chain: list[x509.Certificate], name: str, store: Store, now: datetime, message: str
 ) -> tuple[ProbeVerdict, str]:
     leaf = chain[0]
-    for i, cert in enumerate(chain):
-        which = "leaf" if i == 0 else f"chain certificate {cert.subject.rfc4514_string()}"
-        if cert.not_valid_after_utc < now:
-            return ProbeVerdict.EXPIRED, f"{which} expired {cert.not_valid_after_utc:%Y-%m-%d}"
-        if cert.not_valid_before_utc > now:
-            when = f"{cert.not_valid_before_utc:%Y-%m-%d}"
-            return ProbeVerdict.NOT_YET_VALID, f"{which} not valid before {when}"
+    dated = _dates(leaf, now, "leaf")
+    if dated is not None:
+        return dated
     if _chains_to_store(chain, store, now, _EE_NAME_RELAXED):
         # Trusted once the name is not checked: the name is the problem, unless it matches
         # by RFC 6125 and the failure lies in something the relaxed policy let through.
@@ -122,6 +124,12 @@ def _classify_failure(
             more = ", ..." if len(names) > MAX_NAMES_IN_DETAIL else ""
             return ProbeVerdict.NAME_MISMATCH, f"certificate names {shown}{more}; need {name}"
         return ProbeVerdict.INVALID, message
+    # Only now the other certificates' dates: servers still send extra, expired
+    # cross-signs that path building rightly ignores, and those must not hide a name error.
+    for cert in chain[1:]:
+        dated = _dates(cert, now, f"chain certificate {cert.subject.rfc4514_string()}")
+        if dated is not None:
+            return dated
     if leaf.issuer == leaf.subject:
         # Not a trust anchor itself, or the relaxed verification above would have passed.
         return ProbeVerdict.SELF_SIGNED, f"self-signed {leaf.subject.rfc4514_string()}"
@@ -136,46 +144,52 @@ def _classify_path(
 ) -> tuple[ProbeVerdict, str]:
     """Follow issuers through the presented certificates: a bad signature on the way, or
     a top that does not lead to a trusted root."""
-    current, seen = chain[0], {0}
-    while True:
-        issuer_index = next(
-            (
-                i
-                for i, c in enumerate(chain)
-                if i not in seen and c.subject == current.issuer and c.subject != c.issuer
-            ),
+    current, used = chain[0], {0}
+    root: x509.Certificate | None = None
+    while root is None:
+        index = next(
+            (i for i, c in enumerate(chain) if i not in used and c.subject == current.issuer),
             None,
         )
-        if issuer_index is None:
+        if index is None:
             break
-        issuer = chain[issuer_index]
-        try:
-            current.verify_directly_issued_by(issuer)
-        except InvalidSignature:
-            subject = current.subject.rfc4514_string()
-            return ProbeVerdict.BAD_KEY_OR_SIGNATURE, f"bad signature on {subject}"
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            return ProbeVerdict.BAD_KEY_OR_SIGNATURE, f"cannot check signature: {exc}"
-        current = issuer
-        seen.add(issuer_index)
-    root = next((c for c in chain if c.subject == current.issuer == c.issuer), None)
+        issuer = chain[index]
+        problem = _signature_problem(current, issuer)
+        if problem:
+            return ProbeVerdict.BAD_KEY_OR_SIGNATURE, problem
+        if issuer.issuer == issuer.subject:
+            root = issuer
+        else:
+            current = issuer
+            used.add(index)
+    if _chains_to_store([current], store, now, ExtensionPolicy.permit_all()):
+        return ProbeVerdict.INVALID, message  # the presented path leads to a trusted root
+    issuer_name = current.issuer.rfc4514_string()
     if root is not None:
-        try:
-            current.verify_directly_issued_by(root)
-        except InvalidSignature:
-            subject = current.subject.rfc4514_string()
-            return ProbeVerdict.BAD_KEY_OR_SIGNATURE, f"bad signature on {subject}"
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            return ProbeVerdict.BAD_KEY_OR_SIGNATURE, f"cannot check signature: {exc}"
-    if not _chains_to_store([current], store, now, ExtensionPolicy.permit_all()):
-        issuer_name = current.issuer.rfc4514_string()
-        if root is not None:
-            return ProbeVerdict.UNKNOWN_ISSUER, f"untrusted root {issuer_name}"
-        return (
-            ProbeVerdict.UNKNOWN_ISSUER,
-            f"issuer {issuer_name} not presented and not trusted (missing intermediate?)",
-        )
-    return ProbeVerdict.INVALID, message
+        return ProbeVerdict.UNKNOWN_ISSUER, f"untrusted root {issuer_name}"
+    return (
+        ProbeVerdict.UNKNOWN_ISSUER,
+        f"issuer {issuer_name} not presented and not trusted (missing intermediate?)",
+    )
+
+
+def _signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except InvalidSignature:
+        return f"bad signature on {cert.subject.rfc4514_string()}"
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        return f"cannot check the signature on {cert.subject.rfc4514_string()}: {exc}"
+    return ""
+
+
+def _dates(cert: x509.Certificate, now: datetime, which: str) -> tuple[ProbeVerdict, str] | None:
+    if cert.not_valid_after_utc < now:
+        return ProbeVerdict.EXPIRED, f"{which} expired {cert.not_valid_after_utc:%Y-%m-%d}"
+    if cert.not_valid_before_utc > now:
+        when = f"{cert.not_valid_before_utc:%Y-%m-%d}"
+        return ProbeVerdict.NOT_YET_VALID, f"{which} not valid before {when}"
+    return None
 
 
 def _chains_to_store(

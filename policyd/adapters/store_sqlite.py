@@ -17,6 +17,7 @@ from typing import Final, TypeVar
 from policyd.adapters.store import Kind, Record, StoreError
 
 SCHEMA_VERSION: Final = 1
+SQLITE_MAGIC: Final = b"SQLite format 3\x00"  # the first 16 bytes of every database file
 MAX_EVENTS: Final = 50_000  # rows kept for `policyctl report`; older ones are pruned
 BUSY_TIMEOUT_MS: Final = 5_000  # another process (a backup) holding a lock
 
@@ -49,39 +50,70 @@ class SqliteStore:
         self._path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policyd-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, url: str) -> SqliteStore:
         store = cls(path_from_url(url))
-        await store._run(store._open)
+        try:
+            await store._run(store._open)
+        except StoreError:
+            store._pool.shutdown(wait=True)
+            raise
         return store
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _check_file(self) -> None:
+        """Refuse anything at the path that is not an SQLite database before SQLite sees it:
+        SQLite treats a file shorter than its header as empty and would overwrite it."""
+        path = Path(self._path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"{self._path}: {exc.strerror or exc}") from exc
+        if head and head != SQLITE_MAGIC:
+            raise StoreError(f"{self._path}: not an SQLite database; refusing to touch it")
 
     def _open(self) -> None:
         if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            self._check_file()
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             result = db.execute("PRAGMA quick_check").fetchone()
             if result is None or result[0] != "ok":
                 raise StoreError(f"{self._path}: database is damaged: {result}")
+            self._check_version(db)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             self._migrate(db)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, StoreError) as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{self._path}: {exc}") from exc
         self._db = db
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
+    def _check_version(self, db: sqlite3.Connection) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self._path}: schema version {version} is newer than this policyd "
                 f"({SCHEMA_VERSION}); refusing to touch it"
             )
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
         for target in range(version + 1, SCHEMA_VERSION + 1):
             db.execute("BEGIN IMMEDIATE")
             for statement in _MIGRATIONS[target]:
@@ -169,10 +201,14 @@ class SqliteStore:
         return await self._run(run)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+
         def run() -> None:
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
         await self._run(run)
+        self._closed = True
         self._pool.shutdown(wait=True)

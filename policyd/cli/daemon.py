@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import resource
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Final
 
 from policyd import __version__
@@ -63,11 +62,22 @@ class Daemon:
             log.error("store: %s", exc)
             return 1
         resolver = Resolver(cfg.dns)
-        fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
+        try:
+            fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
+            prober = make_prober(cfg.probe, cfg.tls.ca_file)
+        except (OSError, ValueError) as exc:
+            log.error("tls.ca_file %s: %s", cfg.tls.ca_file, exc)
+            await store.close()
+            return 1
         sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
-        probe = ProbeSource(store, make_prober(cfg.probe, cfg.tls.ca_file), cfg.probe, log=log)
-        await sts.load()
-        await probe.load()
+        probe = ProbeSource(store, prober, cfg.probe, log=log)
+        try:
+            await sts.load()
+            await probe.load()
+        except StoreError as exc:
+            log.error("store: %s", exc)
+            await store.close()
+            return 1
         service = PolicyService(
             cfg.profiles,
             store,
@@ -115,11 +125,8 @@ class Daemon:
         await store.close()
         return 0
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            await coro
-
-        task = asyncio.get_running_loop().create_task(guarded())
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(_report_crash)
         self._tasks.append(task)
 
@@ -201,11 +208,11 @@ def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = No
     raise_fd_limit()
     if run is not None:
         return run(config)
-    with contextlib.suppress(ImportError):
+    try:
         import uvloop
-
-        uvloop.install()
-    return asyncio.run(Daemon(config).run())
+    except ImportError:  # uvloop is optional: the stock loop works, only slower
+        return asyncio.run(Daemon(config).run())
+    return int(uvloop.run(Daemon(config).run()))
 
 
 if __name__ == "__main__":

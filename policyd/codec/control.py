@@ -41,6 +41,9 @@ MAX_COMMENT: Final = 500  # characters in an override comment
 MAX_ERROR: Final = 1000  # characters of an error message kept on decoding
 # Longest duration accepted for --expires and --since: ten years, in seconds.
 MAX_DURATION: Final = 3650 * 86400
+# Destinations in one ``warm`` request: the milter sends a message's new recipient
+# domains, and Postfix's default smtpd_recipient_limit is 1000 recipients.
+MAX_WARM_DOMAINS: Final = 100
 
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 JsonObject: TypeAlias = dict[str, JsonValue]
@@ -128,6 +131,8 @@ class Command(enum.Enum):
     REPORT = "report"
     STATUS = "status"
     RELOAD = "reload"
+    WARM = "warm"
+    CHECK = "check"
 
     @property
     def writes(self) -> bool:
@@ -264,8 +269,46 @@ class Reload:
         return {}
 
 
+@dataclass(frozen=True, slots=True)
+class Warm:
+    """Start gathering evidence for these destinations in the background (policyd-milter)."""
+
+    destinations: tuple[Destination, ...]
+
+    command = Command.WARM
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.destinations) <= MAX_WARM_DOMAINS:
+            raise ControlProtocolError(f"warm: give 1 to {MAX_WARM_DOMAINS} domains")
+
+    def args(self) -> JsonObject:
+        return {"domains": [d.key for d in self.destinations]}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The current verdict for the default profile and whether it can be met now."""
+
+    destination: Destination
+
+    command = Command.CHECK
+
+    def args(self) -> JsonObject:
+        return {"domain": self.destination.key}
+
+
 Request: TypeAlias = (
-    OverrideSet | OverrideDel | OverrideList | Explain | Probe | Flush | Report | Status | Reload
+    OverrideSet
+    | OverrideDel
+    | OverrideList
+    | Explain
+    | Probe
+    | Flush
+    | Report
+    | Status
+    | Reload
+    | Warm
+    | Check
 )
 
 
@@ -303,6 +346,14 @@ class _Args:
             raise ControlProtocolError(f"{self._cmd.value}: {name} must be true or false")
         return value
 
+    def texts(self, name: str, *, limit: int) -> list[str]:
+        value = self._raw.get(name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ControlProtocolError(f"{self._cmd.value}: {name} must be a list of strings")
+        if len(value) > limit:
+            raise ControlProtocolError(f"{self._cmd.value}: more than {limit} {name}")
+        return [v for v in value if isinstance(v, str)]
+
     def only(self, *names: str) -> None:
         extra = sorted(set(self._raw) - set(names))
         if extra:
@@ -325,10 +376,16 @@ def _build_request(cmd: Command, a: _Args) -> Request:
             a.seconds("expires", default=None),
             a.text("comment", default=""),
         )
-    if cmd in (Command.OVERRIDE_DEL, Command.EXPLAIN):
+    if cmd in (Command.OVERRIDE_DEL, Command.EXPLAIN, Command.CHECK):
         a.only("domain")
         dest = parse_destination(a.text("domain"))
+        if cmd is Command.CHECK:
+            return Check(dest)
         return OverrideDel(dest) if cmd is Command.OVERRIDE_DEL else Explain(dest)
+    if cmd is Command.WARM:
+        a.only("domains")
+        keys = a.texts("domains", limit=MAX_WARM_DOMAINS)
+        return Warm(tuple(parse_destination(k) for k in keys))
     if cmd is Command.PROBE:
         a.only("domain", "wait")
         return Probe(parse_destination(a.text("domain")), a.flag("wait"))

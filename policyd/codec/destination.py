@@ -42,7 +42,7 @@ def _a_label_name(name: str) -> str:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5 or text.startswith("0"):
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or text.startswith("0"):
         raise KeyError_(f"invalid port {text[:8]!r}")
     port = int(text)
     if not 0 < port < 65536:
@@ -64,7 +64,8 @@ def parse_key(key: str) -> Destination:
                 raise KeyError_("garbage after ']'")
             port = _port(rest[1:])
         try:
-            literal = ipaddress.ip_address(host.removeprefix("ipv6:"))
+            # RFC 5321 4.1.3 spells the tag "IPv6:"; compare it case-insensitively.
+            literal = ipaddress.ip_address(host[5:] if host[:5].lower() == "ipv6:" else host)
         except ValueError:
             return Destination(_a_label_name(host), port, bracketed=True)
         return Destination(literal.compressed, port, bracketed=True)

@@ -59,5 +59,6 @@ def reply(status: Status, data: str = "") -> bytes:
         text = ""
     out = f"{status.value} {text}".encode()
     if len(out) > MAX_REPLY:
-        out = out[:MAX_REPLY]
+        # Cut at a character boundary: Postfix must never get half a UTF-8 sequence.
+        out = out[:MAX_REPLY].decode("utf-8", "ignore").encode()
     return out

@@ -67,7 +67,7 @@ def _classify(host: MxHost) -> tuple[_HostClass, str]:
 def evaluate(dns: DnsEvidence) -> DaneOutcome:
     """Apply RFC 7672 to one destination's DNS evidence."""
     if dns.mx is DnsStatus.FAILED:
-        return DaneOutcome(DaneKind.TEMP, f"MX lookup failed ({dns.error})")
+        return DaneOutcome(DaneKind.TEMP, dns.error or "MX lookup failed")
     if dns.kind is MxKind.NXDOMAIN:
         return DaneOutcome(DaneKind.NO_MAIL, "domain does not exist (NXDOMAIN)")
     if dns.kind is MxKind.NULL:
@@ -95,7 +95,9 @@ def evaluate(dns: DnsEvidence) -> DaneOutcome:
         return DaneOutcome(
             DaneKind.DANE, f"usable TLSA at {', '.join(with_usable)}, {why}{skipped}"
         )
-    if with_tlsa and len(with_tlsa) == len(usable):
+    # With a failed host, encrypt would let Postfix use that host unauthenticated: the
+    # failure may hide usable TLSA. Fall through to dane, which makes Postfix skip it.
+    if with_tlsa and len(with_tlsa) == len(usable) and not failed:
         return DaneOutcome(
             DaneKind.ENCRYPT,
             f"signed TLSA but none usable at {', '.join(with_tlsa)}{skipped}",

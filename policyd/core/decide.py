@@ -8,7 +8,7 @@ evidence without the failure (tests/unit/test_decide.py checks that property).
 from __future__ import annotations
 
 from policyd.core import dane, sts
-from policyd.core.evidence import Evidence, ProbeLevel, StsMode
+from policyd.core.evidence import Evidence, ProbeLevel, ProbeVerdict, StsMode
 from policyd.core.profile import ColdSts, Fallback, Profile, VerifiedAs
 from policyd.core.types import Policy, Rule, TlsLevel, Verdict, notfound, policy, temp
 
@@ -92,7 +92,13 @@ def _from_probe(ev: Evidence, profile: Profile) -> Verdict | None:
             pol = Policy(TlsLevel.VERIFY)
         return policy(Rule.PROBE, f"probe: every reachable MX verified{held}", pol)
     if state.level is ProbeLevel.ENCRYPT:
-        bad = sorted({f"{h.host} {h.verdict.value}" for h in state.hosts if h.verdict.reachable})
+        bad = sorted(
+            {
+                f"{h.host} {h.verdict.value}"
+                for h in state.hosts
+                if h.verdict.reachable and h.verdict is not ProbeVerdict.VALID
+            }
+        )
         return policy(
             Rule.PROBE,
             f"probe: TLS everywhere, certificate not verified ({', '.join(bad)}){held}",

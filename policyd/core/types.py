@@ -64,8 +64,10 @@ class Policy:
     def __post_init__(self) -> None:
         if self.match and not self.level.takes_match:
             raise ValueError(f"level {self.level.value} takes no match= attribute")
+        # match= joins patterns with ":" (with "|" for fingerprint, whose digests hold ":").
+        sep = "|" if self.level is TlsLevel.FINGERPRINT else ":"
         for pattern in self.match:
-            if not pattern or any(c.isspace() for c in pattern):
+            if not pattern or sep in pattern or any(c.isspace() for c in pattern):
                 raise ValueError(f"bad match pattern {pattern!r}")
         for name, value in self.attrs:
             if not name or not name.replace("_", "").isalnum():

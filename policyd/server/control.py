@@ -83,7 +83,9 @@ def peer_access(uid: int, gid: int, settings: ControlSettingsLike) -> tuple[str,
         user, gids = f"uid{uid}", {gid}
     if uid == 0 or _in_group(settings.group, user, gids):
         return user, Access.WRITE
-    if _in_group(settings.read_group, user, gids):
+    # The daemon's own user (policyd-milter runs as it) may read: it could read the
+    # store's files anyway.
+    if uid == os.getuid() or _in_group(settings.read_group, user, gids):
         return user, Access.READ
     return user, Access.NONE
 
@@ -166,6 +168,8 @@ class ControlServer:
             # Only close() cancels these tasks; ending quietly keeps asyncio's stream
             # callback from logging the cancellation as an error.
             return
+        except ConnectionError:
+            log.debug("control %s: peer left before its reply", peer_text)
         except Exception:  # the per-connection catch-all: one bad peer never stops others
             log.exception("control %s: internal error, closing connection", peer_text)
         finally:

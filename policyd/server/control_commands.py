@@ -10,6 +10,8 @@ protocol error code; anything else is a bug and is handled by the connection's c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +21,7 @@ from typing import Final, Protocol, runtime_checkable
 from policyd import __version__
 from policyd.codec import control, postfix_policy
 from policyd.codec.control import ErrorCode, JsonObject, JsonValue
+from policyd.core import feasibility
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -26,6 +29,7 @@ from policyd.core.evidence import (
     Override,
     ProbeState,
 )
+from policyd.core.profile import Profile
 from policyd.core.types import Outcome, Verdict
 from policyd.server.control_docs import (
     explain_doc,
@@ -40,6 +44,10 @@ log = logging.getLogger("policyd")
 
 MAX_REPORT_CHANGES: Final = 1000  # newest level changes a report lists
 MAX_REPORT_NAMES: Final = 1000  # destinations listed per level, held, TEMP, STS failures
+# Background lookups started by `warm` (policyd-milter) at once; beyond it a warm request
+# is skipped: a flood of recipients must not turn into a flood of DNS, HTTPS and probes.
+MAX_WARM_TASKS: Final = 256
+DEFAULT_PROFILE: Final = "postfix"  # the profile `warm` and `check` decide for
 
 
 class CommandError(Exception):
@@ -151,6 +159,7 @@ class Commands:
         self._daemon = daemon
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        self._warming: dict[str, asyncio.Task[object]] = {}
 
     @property
     def _service(self) -> PolicyService:
@@ -181,6 +190,10 @@ class Commands:
             return await self._report(req)
         if isinstance(req, control.Status):
             return self._status()
+        if isinstance(req, control.Warm):
+            return self._warm(req)
+        if isinstance(req, control.Check):
+            return await self._check(req.destination)
         if not await self._daemon.reload():
             raise CommandError(
                 ErrorCode.INTERNAL, "reload failed, old configuration kept: see the policyd log"
@@ -247,6 +260,57 @@ class Commands:
             log.warning("control: probe: %s", exc.message)
         elif exc is not None:
             log.error("control: probe failed: %r", exc)
+
+    def _default_profile(self) -> Profile:
+        profiles = self._service.profiles
+        for p in profiles:
+            if p.name == DEFAULT_PROFILE:
+                return p
+        return profiles[0]
+
+    def _warm(self, req: control.Warm) -> JsonValue:
+        """Start a lookup per destination and answer at once: the milter must not wait."""
+        profile = self._default_profile()
+        scheduled = 0
+        for dest in req.destinations:
+            if dest.key in self._warming or len(self._warming) >= MAX_WARM_TASKS:
+                continue
+            task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+                self._service.answer(dest, profile)
+            )
+            self._warming[dest.key] = task
+            task.add_done_callback(functools.partial(self._warm_done, dest.key))
+            scheduled += 1
+        return {"scheduled": scheduled, "requested": len(req.destinations)}
+
+    def _warm_done(self, key: str, task: asyncio.Task[object]) -> None:
+        self._warming.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("control: warming %s failed: %r", key, task.exception())
+
+    async def _check(self, dest: Destination) -> JsonValue:
+        """The verdict Postfix gets now and, if it cannot be met, why (policyd-milter)."""
+        service = self._service
+        answer = await service.answer(dest, self._default_profile())
+        evidence = answer.evidence
+        if evidence.override is not None and evidence.dns is None:
+            # An override answers without evidence; judging it needs DNS and the probe.
+            try:
+                async with asyncio.timeout(service.lookup_budget):
+                    rows = await service.explain(dest)
+                evidence = rows[0][2] if rows else evidence
+            except TimeoutError:
+                pass
+        if evidence.probe is None:
+            evidence = dataclasses.replace(evidence, probe=service.probe.cached(dest.key))
+        verdict = answer.verdict
+        return {
+            "destination": dest.key,
+            "level": level_text(verdict),
+            "rule": verdict.rule.value,
+            "reason": verdict.reason,
+            "problem": feasibility.problem(verdict, evidence, self._clock()),
+        }
 
     async def _report(self, req: control.Report) -> JsonValue:
         service = self._service

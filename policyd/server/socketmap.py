@@ -19,6 +19,7 @@ import logging
 import os
 import stat
 import time
+import typing
 from typing import Final
 
 from policyd.codec import netstring, socketmap
@@ -60,7 +61,8 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer) if peer else "unix"

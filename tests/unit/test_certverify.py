@@ -154,6 +154,20 @@ def test_expired_intermediate() -> None:
     assert "Old Issuing" in detail
 
 
+def test_extra_expired_certificate_does_not_hide_a_wrong_name(pki: Pki) -> None:
+    old_key = new_key()
+    stale = make_cert(
+        "Stale Cross-sign", old_key, ca=True, not_before=NOW - 900 * DAY, not_after=NOW - 300 * DAY
+    )
+    leaf, _ = pki.leaf("mail.other.test")
+    chain = [leaf, pki.inter, stale]
+    verdict, _ = verdict_for(chain, "mx.example.test", pki.store, NOW)
+    assert verdict is ProbeVerdict.NAME_MISMATCH
+    leaf, _ = pki.leaf("mx.example.test")
+    verdict, _ = verdict_for([leaf, pki.inter, stale], "mx.example.test", pki.store, NOW)
+    assert verdict is ProbeVerdict.VALID
+
+
 def test_not_yet_valid(pki: Pki) -> None:
     leaf, _ = pki.leaf("mx.example.test", not_before=NOW + DAY, not_after=NOW + 90 * DAY)
     verdict, _ = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)

@@ -154,7 +154,7 @@ async def test_slow_evidence_gives_temp_within_budget() -> None:
 
 
 async def test_dns_failure_is_temp_and_briefly_cached() -> None:
-    failed = DnsEvidence(DnsStatus.FAILED, error="SERVFAIL")
+    failed = DnsEvidence(DnsStatus.FAILED, error="MX lookup for broken.test: SERVFAIL")
     svc, clock, _ = make(dane=FakeDane({"broken.test": failed}))
     assert reply(await svc.reply_for(b"postfix broken.test")).startswith(b"TEMP MX lookup")
     clock.mono += 6

@@ -1,0 +1,379 @@
+"""DNS lookups with the DNSSEC outcome of each answer, over ``dns.asyncresolver``.
+
+The daemon trusts the AD bit of a validating resolver on this host (RFC 6698 4.1,
+RFC 7672 2.1.1). Every lookup ends in one of three states that are never confused:
+SECURE (AD set), INSECURE (completed, AD clear) and FAILED (SERVFAIL, bogus, REFUSED,
+timeout...). NXDOMAIN and NODATA are completed answers with their own AD bit, never
+failures. Every dnspython exception is translated into a FAILED :class:`DnsAnswer`
+here; nothing from the library escapes :meth:`Resolver.query`.
+
+Answers are cached by TTL (clamped), failures briefly; concurrent queries for the same
+name and type share one lookup.
+
+Seam for tests: ``Resolver(..., servers=[...])`` takes ``dns.nameserver.Nameserver``
+objects in place of the configured addresses. A fake one returns real
+``dns.message`` responses (or raises), and the whole of dnspython's resolution logic
+(rcodes, NXDOMAIN, CNAME chains, retries) runs as it does against a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import dns.asyncresolver
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rcode
+import dns.rdatatype
+import dns.rdtypes.ANY.TLSA
+import dns.resolver
+
+from policyd.core.evidence import DnsStatus
+
+# Seconds per query attempt: a local validating resolver answers from cache in
+# milliseconds; a cold DNSSEC chase rarely needs more than one second.
+DEFAULT_PER_TRY: Final = 2.0
+# Seconds for the whole lookup, retries and fallback to TCP included. Kept well below
+# Postfix's smtp_tls_policy_maps patience so a slow zone costs a TEMP, not the daemon.
+DEFAULT_LIFETIME: Final = 5.0
+# The standard DNS port (RFC 1035 4.2).
+DEFAULT_PORT: Final = 53
+# Cached answers live at least this many seconds: very short TTLs would turn every
+# mail into a DNS round trip, and the resolver behind us caches by TTL anyway.
+DEFAULT_MIN_TTL: Final = 60
+# ... and at most one day: a key rollover or a moved MX is picked up within a day even
+# if a zone publishes week-long TTLs (RFC 2181 8 allows up to 2^31-1 seconds).
+DEFAULT_MAX_TTL: Final = 86400
+# Negative answers (NXDOMAIN, NODATA) are cached at most this long (RFC 2308 5: the
+# SOA minimum can be long; a newly published MX or TLSA should show up soon).
+DEFAULT_NEGATIVE_TTL_MAX: Final = 900
+# Cached answers at most; the least recently used are evicted first.
+DEFAULT_CACHE_ENTRIES: Final = 100_000
+# A failed lookup is cached this long: a dead resolver is not hammered by every
+# queued mail, yet a recovered one is used again within seconds.
+FAILED_TTL: Final = 5
+# EDNS(0) UDP payload size: the DNS Flag Day 2020 value, which avoids IP fragmentation.
+EDNS_PAYLOAD: Final = 1232
+# Where the nameservers come from when none are configured (resolv.conf(5)).
+RESOLV_CONF: Final = "/etc/resolv.conf"
+
+# Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
+_BOGUS_EDE: Final = frozenset(
+    {
+        dns.edns.EDECode.DNSSEC_BOGUS,
+        dns.edns.EDECode.SIGNATURE_EXPIRED,
+        dns.edns.EDECode.SIGNATURE_NOT_YET_VALID,
+        dns.edns.EDECode.DNSKEY_MISSING,
+        dns.edns.EDECode.RRSIGS_MISSING,
+        dns.edns.EDECode.NO_ZONE_KEY_BIT_SET,
+        dns.edns.EDECode.NSEC_MISSING,
+    }
+)
+
+
+# dnspython >= 2.8 rejects a TLSA record whose data length does not fit its matching
+# type, and with it the whole response (FormError): one malformed record would turn the
+# lookup into a failure and the domain into a deferral. RFC 7672 3.1 and Postfix treat
+# such a record as unusable and go on with the others, so TLSA data is taken as
+# published and judged by policyd.core.evidence.Tlsa.usable. (TLSA only, not SMIMEA.)
+dns.rdtypes.ANY.TLSA.TLSA._cert_length_by_mtype = {}
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTimeouts:
+    """Two time budgets, as in dnspython: one per query attempt, one per lookup."""
+
+    per_try: float = DEFAULT_PER_TRY
+    lifetime: float = DEFAULT_LIFETIME
+
+    def __post_init__(self) -> None:
+        for name in ("per_try", "lifetime"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """Where to send queries, how long to wait, and how long to keep answers."""
+
+    nameservers: tuple[str, ...] = ()  # empty: the nameservers of /etc/resolv.conf
+    port: int = DEFAULT_PORT
+    timeouts: DnsTimeouts = field(default_factory=DnsTimeouts)
+    min_ttl: int = DEFAULT_MIN_TTL
+    max_ttl: int = DEFAULT_MAX_TTL
+    negative_ttl_max: int = DEFAULT_NEGATIVE_TTL_MAX
+    cache_entries: int = DEFAULT_CACHE_ENTRIES
+
+    def __post_init__(self) -> None:
+        for address in self.nameservers:
+            ipaddress.ip_address(address)  # ValueError names the bad address
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if not 0 <= self.min_ttl <= self.max_ttl:
+            raise ValueError("need 0 <= min_ttl <= max_ttl")
+        if self.negative_ttl_max < 0:
+            raise ValueError("negative_ttl_max must not be negative")
+        if self.cache_entries < 1:
+            raise ValueError("cache_entries must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """The outcome of one lookup.
+
+    ``records`` are dnspython rdata of the queried type, at the end of any CNAME chain
+    (``canonical_name``). ``rcode`` is "NOERROR" or "NXDOMAIN" for completed answers
+    (NODATA: NOERROR without records), the failing rcode or "" for FAILED ones.
+    ``ttl`` is how many more seconds the answer may be used. ``error`` is set exactly
+    when the status is FAILED.
+    """
+
+    name: str
+    rdtype: str
+    status: DnsStatus
+    rcode: str
+    records: tuple[Any, ...] = ()
+    canonical_name: str = ""
+    ttl: int = 0
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.status is DnsStatus.FAILED) != bool(self.error):
+            raise ValueError("a FAILED answer needs an error, and only a FAILED one")
+        if self.ttl < 0:
+            raise ValueError("ttl must not be negative")
+
+    @property
+    def failed(self) -> bool:
+        return self.status is DnsStatus.FAILED
+
+    @property
+    def secure(self) -> bool:
+        return self.status is DnsStatus.SECURE
+
+    @property
+    def nxdomain(self) -> bool:
+        return self.rcode == "NXDOMAIN" and not self.failed
+
+    @property
+    def nodata(self) -> bool:
+        return self.rcode == "NOERROR" and not self.failed and not self.records
+
+    @property
+    def negative(self) -> bool:
+        """NXDOMAIN or NODATA (RFC 2308 1)."""
+        return self.nxdomain or self.nodata
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower() or "."
+
+
+def _status(response: dns.message.Message | None) -> DnsStatus:
+    """AD set by the trusted resolver: validated (RFC 4035 3.2.3, RFC 6840 5.8)."""
+    if response is not None and response.flags & dns.flags.AD:
+        return DnsStatus.SECURE
+    return DnsStatus.INSECURE
+
+
+def _describe(error: object, response: dns.message.Message | None) -> str:
+    """One server's failure, naming DNSSEC validation failures as "bogus" (RFC 8914)."""
+    if response is not None:
+        for ede in response.extended_errors():
+            if ede.code in _BOGUS_EDE:
+                detail = dns.edns.EDECode.to_text(ede.code)
+                return f"bogus (EDE {int(ede.code)} {detail}{': ' + ede.text if ede.text else ''})"
+    if isinstance(error, str):
+        return error  # an rcode: SERVFAIL, REFUSED, NOTIMP...
+    if isinstance(error, dns.exception.Timeout):
+        return "timeout"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _errors(errors: Sequence[tuple[Any, ...]]) -> tuple[str, str]:
+    """(error text, rcode) from dnspython's (server, tcp, port, error, response) list."""
+    texts: list[str] = []
+    rcode = ""
+    for entry in errors:
+        error, response = entry[3], entry[4]
+        if response is not None and not rcode:
+            rcode = dns.rcode.to_text(response.rcode())
+        text = _describe(error, response)
+        if text not in texts:
+            texts.append(text)
+    return "; ".join(texts) or "no nameservers", rcode
+
+
+class Resolver:
+    """Cached, coalescing DNS lookups that report DNSSEC status (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: DnsSettings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        servers: Sequence[dns.nameserver.Nameserver] = (),
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._servers = tuple(servers)
+        self._library: dns.asyncresolver.Resolver | None = None
+        self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
+        self._generation = 0
+
+    def clear(self) -> None:
+        """Forget every cached answer (policyctl flush); lookups under way are not stored.
+
+        The nameservers of /etc/resolv.conf are read again on the next lookup."""
+        self._cache.clear()
+        self._inflight.clear()
+        self._library = None
+        self._generation += 1
+
+    @property
+    def cached(self) -> int:
+        """How many answers are cached (for status output)."""
+        return len(self._cache)
+
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        """Look up ``rdtype`` records of ``name`` (absolute; no search list)."""
+        rdtype = rdtype.upper()
+        if dns.rdatatype.is_metatype(dns.rdatatype.from_text(rdtype)):
+            raise ValueError(f"{rdtype} is not a data type")  # a caller's bug, not DNS
+        key = (name.rstrip(".").lower() or ".", rdtype)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(key, self._generation))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._done(key, t))
+        # One caller giving up (cancelled) does not cancel the lookup the others share.
+        return await asyncio.shield(task)
+
+    def _cached(self, key: tuple[str, str]) -> DnsAnswer | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        expires, answer = entry
+        remaining = expires - self._clock()
+        if remaining <= 0:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return replace(answer, ttl=math.ceil(remaining))
+
+    def _done(self, key: tuple[str, str], task: asyncio.Task[DnsAnswer]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+
+    async def _lookup(self, key: tuple[str, str], generation: int) -> DnsAnswer:
+        answer = await self._resolve(*key)
+        answer = replace(answer, ttl=self._cache_ttl(answer))
+        if generation == self._generation and answer.ttl > 0:
+            self._cache[key] = (self._clock() + answer.ttl, answer)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._settings.cache_entries:
+                self._cache.popitem(last=False)
+        return answer
+
+    def _cache_ttl(self, answer: DnsAnswer) -> int:
+        s = self._settings
+        if answer.failed:
+            return FAILED_TTL
+        ttl = max(s.min_ttl, min(answer.ttl, s.max_ttl))
+        if answer.negative:
+            ttl = min(ttl, s.negative_ttl_max)
+        return ttl
+
+    def _resolver(self) -> dns.asyncresolver.Resolver:
+        """The library resolver, built on first use (reading /etc/resolv.conf then)."""
+        if self._library is not None:
+            return self._library
+        s = self._settings
+        library = dns.asyncresolver.Resolver(configure=False)
+        servers: list[str | dns.nameserver.Nameserver] = list(self._servers)
+        if not servers:
+            servers = list(s.nameservers) or list(_resolv_conf_nameservers())
+        library.nameservers = servers
+        library.port = s.port
+        library.timeout = s.timeouts.per_try
+        library.lifetime = s.timeouts.lifetime
+        library.cache = None  # this class caches, with its own TTL bounds
+        library.retry_servfail = False  # a validator's SERVFAIL (bogus) will not improve
+        # DO asks for DNSSEC records and AD in the query says we read the AD bit
+        # (RFC 3225 3, RFC 6840 5.7). CD stays clear: the resolver must validate.
+        library.use_edns(0, dns.flags.DO, EDNS_PAYLOAD)
+        library.flags = dns.flags.RD | dns.flags.AD
+        self._library = library
+        return library
+
+    async def _resolve(self, name: str, rdtype: str) -> DnsAnswer:
+        """One lookup through dnspython; every library exception becomes FAILED here."""
+
+        def failed(error: str, rcode: str = "") -> DnsAnswer:
+            return DnsAnswer(
+                name, rdtype, DnsStatus.FAILED, rcode, canonical_name=name, error=error
+            )
+
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:  # label too long, bad IDNA...
+            return failed(f"invalid name: {exc}")
+        try:
+            library = self._resolver()
+            result = await library.resolve(qname, rdtype, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as exc:
+            # A completed answer: its AD bit says whether the denial was validated.
+            response = exc.kwargs.get("responses", {}).get(qname)
+            canonical, ttl = _chain(qname, response)
+            return DnsAnswer(name, rdtype, _status(response), "NXDOMAIN", (), canonical, ttl)
+        except dns.resolver.LifetimeTimeout:
+            return failed("timeout")
+        except dns.resolver.NoNameservers as exc:
+            error, rcode = _errors(exc.kwargs.get("errors", []))
+            return failed(error, rcode)
+        except dns.resolver.YXDOMAIN:
+            return failed("YXDOMAIN", "YXDOMAIN")
+        except dns.resolver.NoResolverConfiguration:
+            return failed(f"no nameservers in {RESOLV_CONF}")
+        except dns.exception.DNSException as exc:  # the library's root: anything else of it
+            return failed(f"{type(exc).__name__}: {exc}")
+        records = tuple(result.rrset) if result.rrset is not None else ()
+        canonical, ttl = _chain(qname, result.response)
+        return DnsAnswer(name, rdtype, _status(result.response), "NOERROR", records, canonical, ttl)
+
+
+def _chain(qname: dns.name.Name, response: dns.message.Message | None) -> tuple[str, int]:
+    """The end of the CNAME chain and the smallest TTL along it; for NXDOMAIN and
+    NODATA the SOA's negative TTL is included (RFC 2308 5)."""
+    if not isinstance(response, dns.message.QueryMessage):
+        return _text(qname), 0
+    try:
+        chain = response.resolve_chaining()
+    except dns.exception.DNSException:
+        return _text(qname), 0
+    return _text(chain.canonical_name), int(chain.minimum_ttl)
+
+
+def _resolv_conf_nameservers() -> Sequence[str | dns.nameserver.Nameserver]:
+    """Only the nameservers of resolv.conf: search lists, ndots and rotation do not apply
+    to the absolute names we look up. Raises NoResolverConfiguration (translated by the
+    caller) if there are none."""
+    reader = dns.resolver.Resolver(configure=False)
+    reader.read_resolv_conf(RESOLV_CONF)
+    return reader.nameservers

@@ -1,0 +1,215 @@
+"""Fetch an MTA-STS policy file over HTTPS (RFC 8461 3.3), with httpx.
+
+``https://mta-sts.<domain>/.well-known/mta-sts.txt``: the certificate must verify against
+the configured CA bundle for ``mta-sts.<domain>``, only HTTP 200 counts, redirects are not
+followed, no HTTP cache is used, the media type must be ``text/plain``, the body is read as
+a stream and abandoned past :data:`MAX_POLICY_BYTES`, and the whole fetch runs under one
+overall deadline. Every library, TLS and OS error becomes one :class:`FetchError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+import httpx
+
+from policyd.codec.mtasts import MAX_POLICY_BYTES
+
+__all__ = ["MAX_POLICY_BYTES", "FetchError", "HttpsTimeouts", "PolicyFetcher", "fetch_policy"]
+
+WELL_KNOWN_PATH: Final = "/.well-known/mta-sts.txt"  # RFC 8461 3.2
+POLICY_HOST_PREFIX: Final = "mta-sts."  # RFC 8461 3.2
+MAX_REASON_CHARS: Final = 200  # keep log lines and explain output short
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+_MAX_NAME: Final = 253  # RFC 1035 2.3.4
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsTimeouts:
+    """Seconds per phase; ``total`` bounds the whole fetch however slowly bytes trickle.
+
+    RFC 8461 3.3 leaves the values to the sender; these are short because a cold lookup
+    waits on the fetch (bounded further by the source's cold budget).
+    """
+
+    connect: float = 5.0
+    read: float = 5.0
+    total: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "total"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"https timeout {name} must be positive")
+
+
+class FetchError(Exception):
+    """The policy could not be fetched; ``reason`` is short and fit for a log line."""
+
+    def __init__(self, domain: str, reason: str) -> None:
+        reason = reason[:MAX_REASON_CHARS]
+        super().__init__(f"{domain}: {reason}")
+        self.domain = domain
+        self.reason = reason
+
+
+def policy_url_host(domain: str) -> str:
+    """``mta-sts.<domain>`` for a lower-case A-label domain, or FetchError."""
+    name = domain.rstrip(".").lower()
+    if not name or len(name) > _MAX_NAME - len(POLICY_HOST_PREFIX):
+        raise FetchError(domain, "invalid domain name")
+    if not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise FetchError(domain, "invalid domain name")
+    return POLICY_HOST_PREFIX + name
+
+
+class PolicyFetcher:
+    """One TLS context and one HTTP client, shared by every fetch.
+
+    ``address_override`` maps a host name to the address to connect to (unit tests only);
+    TLS still sends and verifies the real name. Production resolves through the system
+    resolver.
+    """
+
+    def __init__(
+        self,
+        ca_file: str,
+        timeouts: HttpsTimeouts | None = None,
+        *,
+        port: int = 443,
+        address_override: Callable[[str], str] | None = None,
+    ) -> None:
+        self.timeouts = timeouts or HttpsTimeouts()
+        self.port = port
+        self._override = address_override
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load CA file {ca_file}: {exc}") from exc
+        t = self.timeouts
+        self._client = httpx.AsyncClient(
+            verify=context,
+            follow_redirects=False,  # RFC 8461 3.3: redirects MUST NOT be followed
+            trust_env=False,  # no proxy or CA settings from the environment
+            http2=False,
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
+            # No keep-alive: fetches are rare, and a pooled connection must never be reused
+            # for another name (the override seam connects several names to one address).
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    async def fetch(self, domain: str) -> bytes:
+        """The policy body, at most MAX_POLICY_BYTES; FetchError for anything else."""
+        host = policy_url_host(domain)
+        try:
+            async with asyncio.timeout(self.timeouts.total):
+                return await self._get(domain, host)
+        except TimeoutError:
+            raise FetchError(domain, "timeout") from None
+        except httpx.TimeoutException:
+            raise FetchError(domain, "timeout") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(domain, _describe(exc)) from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise FetchError(domain, _describe(exc)) from exc
+
+    async def _get(self, domain: str, host: str) -> bytes:
+        netloc = host if self.port == 443 else f"{host}:{self.port}"
+        target = host if self._override is None else self._override(host)
+        if ":" in target:
+            target = f"[{target}]"
+        url = f"https://{target}:{self.port}{WELL_KNOWN_PATH}"
+        headers = {
+            "Host": netloc,
+            "Accept": "text/plain",
+            # A compressed body could expand far past the cap in one chunk; ask for none.
+            "Accept-Encoding": "identity",
+            "Cache-Control": "no-cache",  # RFC 8461 3.3: HTTP caching MUST NOT be used
+        }
+        request = self._client.build_request(
+            "GET", url, headers=headers, extensions={"sni_hostname": host}
+        )
+        response = await self._client.send(request, stream=True)
+        try:
+            return await _read_policy(domain, response)
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def _read_policy(domain: str, response: httpx.Response) -> bytes:
+    status = response.status_code
+    if 300 <= status < 400:
+        raise FetchError(domain, f"redirect not followed (HTTP {status})")
+    if status != 200:
+        raise FetchError(domain, f"HTTP {status}")
+    media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "text/plain":  # RFC 8461 3.2; parameters such as charset are ignored
+        raise FetchError(domain, f"Content-Type {media or '(none)'}"[:80])
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise FetchError(domain, f"Content-Encoding {coding[:40]} not accepted")
+    length = response.headers.get("content-length")
+    if (
+        length is not None
+        and length.isascii()
+        and length.isdigit()
+        and int(length) > MAX_POLICY_BYTES
+    ):
+        raise FetchError(domain, f"body over {MAX_POLICY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > MAX_POLICY_BYTES:
+            raise FetchError(domain, f"body over {MAX_POLICY_BYTES} bytes")
+    return bytes(body)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason, preferring the TLS verification message buried in the cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS error: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    kind = type(exc).__name__
+    text = str(exc) or kind
+    if isinstance(exc, httpx.ConnectError | OSError):
+        return f"connect failed: {text}"
+    if isinstance(exc, httpx.ProtocolError):
+        return f"HTTP protocol error: {text}"
+    return f"{kind}: {text}"
+
+
+async def fetch_policy(
+    domain: str,
+    ca_file: str,
+    timeouts: HttpsTimeouts | None = None,
+    *,
+    port: int = 443,
+    address_override: Callable[[str], str] | None = None,
+) -> bytes:
+    """One fetch with a throwaway client (tools and tests; the daemon keeps a fetcher)."""
+    fetcher = PolicyFetcher(ca_file, timeouts, port=port, address_override=address_override)
+    async with fetcher:
+        return await fetcher.fetch(domain)

@@ -1,0 +1,433 @@
+"""``policyd-milter``: warm policyd's answer for each recipient domain while the client is
+still in the SMTP dialogue, and optionally warn about (or defer) mail whose destination's
+enforced TLS policy cannot currently be met. See policyd-milter(8).
+
+Why a separate process, talking to the daemon only through its control socket (commands
+``warm`` and ``check``) rather than a milter listener inside the daemon:
+
+* pymilter runs each SMTP connection's callbacks on libmilter's own POSIX threads. Kept
+  in another process, those threads never touch the daemon's asyncio loop, its caches or
+  its store, so no cross-thread bridge can stall or corrupt the socketmap hot path.
+* Least privilege: the milter needs a listening socket for Postfix's smtpd and the right
+  to send two read-only commands; it never resolves, fetches or probes anything itself.
+* A bounded cost: every exchange with the daemon has one deadline
+  (``[milter] timeout``, default 0.5 s) on a blocking unix socket. A slow, dead or
+  restarting daemon costs an SMTP client at most that bound per RCPT (and once at
+  end-of-message), after which the milter answers CONTINUE: policyd being down never
+  stalls, defers or rejects mail. So does any other error here.
+
+Actions (``[milter] action``): ``none`` only warms; ``log`` (default) logs a warning at
+end of message for each recipient domain with a problem; ``header`` also adds
+``X-Policyd-TLS: <domain> <problem>``; ``tempfail`` checks at RCPT time instead and answers
+``451 4.7.5`` for a recipient in such a domain (Postfix retries; the client keeps the mail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import Milter
+
+from policyd import __version__
+from policyd.codec import control
+from policyd.codec.destination import KeyError_, parse_key
+
+log = logging.getLogger("policyd.milter")
+
+DEFAULT_CONFIG: Final = "/etc/policyd/policyd.toml"  # = policyd.config.DEFAULT_PATH
+DEFAULT_SOCKET: Final = "inet:8893@127.0.0.1"  # libmilter socket spec (smfi_setconn)
+DEFAULT_CONTROL: Final = "/run/policyd/control.sock"  # = [server] control's default
+# One exchange with the daemon, connect to last reply (seconds). Postfix waits
+# milter_command_timeout (30 s) for a milter; an SMTP client should notice nothing.
+DEFAULT_TIMEOUT: Final = 0.5
+MAX_TIMEOUT: Final = 10.0  # seconds: a larger bound would let a dead daemon slow SMTP
+DEFAULT_MAX_DOMAINS: Final = 50  # recipient domains warmed and checked per message
+# Domains warmed within this many seconds are not warmed again, by any connection: the
+# daemon keeps their evidence fresh, and a busy domain should not cost a round trip a mail.
+WARM_MEMO_SECONDS: Final = 60.0
+WARM_MEMO_ENTRIES: Final = 10_000  # domains remembered; the oldest are forgotten first
+READ_CHUNK: Final = 65536  # bytes per recv from the control socket
+HEADER: Final = "X-Policyd-TLS"
+MAX_TEXT: Final = 400  # characters of a problem in a header, log line or SMTP reply
+TEMPFAIL_REPLY: Final = ("451", "4.7.5")  # RFC 3463 X.7.5: cryptographic failure
+MILTER_NAME: Final = "policyd-milter"
+
+T = TypeVar("T")
+
+
+class MilterAction(enum.Enum):
+    NONE = "none"
+    LOG = "log"
+    HEADER = "header"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True, slots=True)
+class MilterSettings:
+    """``[milter]`` in policyd.toml; read only by policyd-milter."""
+
+    socket: str = DEFAULT_SOCKET  # where Postfix connects: inet:PORT@HOST or unix:/path
+    control: str = DEFAULT_CONTROL  # the daemon's control socket (unix:/path or /path)
+    action: MilterAction = MilterAction.LOG
+    timeout: float = DEFAULT_TIMEOUT
+    max_domains: int = DEFAULT_MAX_DOMAINS
+
+    def __post_init__(self) -> None:
+        kind = self.socket.partition(":")[0]
+        if kind not in ("inet", "inet6", "unix", "local") or ":" not in self.socket:
+            raise ValueError(f"socket {self.socket!r}: expected inet:PORT@HOST or unix:/path")
+        if not self.control_path:
+            raise ValueError(f"control {self.control!r}: expected unix:/path")
+        if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
+            raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
+        if not 1 <= self.max_domains <= control.MAX_WARM_DOMAINS:
+            raise ValueError(f"max_domains must be 1 to {control.MAX_WARM_DOMAINS}")
+
+    @property
+    def control_path(self) -> str:
+        path = self.control.removeprefix("unix:")
+        return path if path.startswith("/") or (path and ":" not in path) else ""
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _typed(key: str, value: object, kind: type[T]) -> T:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise ConfigError(f"milter.{key}: expected {kind.__name__}")
+    return value
+
+
+def settings_from(data: dict[str, Any]) -> MilterSettings:
+    """The ``[milter]`` table of a parsed policyd.toml. Without ``control`` it uses the
+    daemon's ``[server] control``, so one file configures both ends."""
+    table = data.get("milter", {})
+    if not isinstance(table, dict):
+        raise ConfigError("milter: expected a table")
+    kwargs: dict[str, Any] = {}
+    server = data.get("server", {})
+    if isinstance(server, dict) and isinstance(server.get("control"), str):
+        kwargs["control"] = server["control"]
+    types: dict[str, type[Any]] = {
+        "socket": str,
+        "control": str,
+        "action": str,
+        "timeout": float,
+        "max_domains": int,
+    }
+    for key, value in table.items():
+        if key not in types:
+            raise ConfigError(f"milter.{key}: unknown key")
+        kwargs[key] = _typed(key, value, types[key])
+    if "action" in kwargs:
+        try:
+            kwargs["action"] = MilterAction(kwargs["action"])
+        except ValueError:
+            allowed = ", ".join(a.value for a in MilterAction)
+            raise ConfigError(f"milter.action: expected one of {allowed}") from None
+    try:
+        return MilterSettings(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"milter: {exc}") from None
+
+
+def load_settings(path: str) -> MilterSettings:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    return settings_from(data)
+
+
+# -- the daemon, with a deadline -------------------------------------------------------
+
+
+class Unavailable(Exception):
+    """The daemon did not answer in time, refused, or answered nonsense."""
+
+
+class ControlClient:
+    """Blocking request/reply over the control socket, one deadline per exchange.
+
+    Safe to share between libmilter threads: each exchange has its own connection. Logs
+    when the daemon becomes unavailable and when it is back, not on every failure.
+    """
+
+    def __init__(
+        self, path: str, timeout: float, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._down = False
+
+    def exchange(self, requests: Sequence[control.Request]) -> list[control.Reply]:
+        """Send the requests on one connection; the replies that arrived in time, in order."""
+        deadline = self._monotonic() + self.timeout
+        replies: list[control.Reply] = []
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+                sock.sendall(b"".join(control.encode_request(r) for r in requests))
+                decoder = control.reply_decoder()
+                while len(replies) < len(requests):
+                    msg = decoder.next_message()
+                    if msg is not control.NEED_DATA:
+                        replies.append(msg)
+                        continue
+                    remaining = deadline - self._monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    sock.settimeout(remaining)
+                    data = sock.recv(READ_CHUNK)
+                    if not data:
+                        raise Unavailable("the daemon closed the connection")
+                    decoder.receive_data(data)
+        except TimeoutError:
+            self._health(f"no reply within {self.timeout:g}s")
+        except OSError as exc:
+            self._health(str(exc.strerror or exc))
+        except control.ControlProtocolError as exc:
+            self._health(f"bad reply: {exc.message}")
+        except Unavailable as exc:
+            self._health(str(exc))
+        else:
+            # A refusal (the milter's user is not in [control] read_group) is an outage too.
+            failed = [r for r in replies if isinstance(r, control.Failure)]
+            self._health(f"{failed[0].code.value}: {failed[0].message}" if failed else None)
+        return replies
+
+    def _health(self, problem: str | None) -> None:
+        with self._lock:
+            was_down, self._down = self._down, problem is not None
+        if problem is not None and not was_down:
+            log.warning("policyd at %s unavailable: %s; mail continues", self.path, problem)
+        elif problem is None and was_down:
+            log.info("policyd at %s answers again", self.path)
+
+
+class WarmMemo:
+    """Domains warmed recently, shared by all connections (bounded, thread-safe)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._at: dict[str, float] = {}
+
+    def claim(self, keys: Sequence[str]) -> list[str]:
+        """The keys not warmed in the last WARM_MEMO_SECONDS, now marked as warmed."""
+        now = self._monotonic()
+        fresh: list[str] = []
+        with self._lock:
+            for key in keys:
+                at = self._at.get(key)
+                if at is not None and now - at < WARM_MEMO_SECONDS:
+                    continue
+                self._at.pop(key, None)
+                self._at[key] = now
+                fresh.append(key)
+            while len(self._at) > WARM_MEMO_ENTRIES:
+                del self._at[next(iter(self._at))]
+        return fresh
+
+
+def one_line(text: str) -> str:
+    """A problem made safe for a header, a log line and an SMTP reply."""
+    clean = "".join(
+        " " if c.isspace() else c if c.isprintable() and c.isascii() else "?" for c in text
+    )
+    return " ".join(clean.split())[:MAX_TEXT]
+
+
+def recipient_domain(rcpt: str) -> str | None:
+    """``<user@Exämple.COM>`` -> ``xn--exmple-cua.com``; None for anything without a
+    domain or with an address literal (nothing to look up)."""
+    address = rcpt.strip().removeprefix("<").removesuffix(">")
+    _, at, domain = address.rpartition("@")
+    if not at or not domain or domain.startswith("["):
+        return None
+    try:
+        dest = parse_key(domain)
+    except KeyError_:
+        return None
+    if dest.bracketed or dest.parent_form or dest.port != 25:
+        return None
+    return dest.key
+
+
+# -- the milter ------------------------------------------------------------------------
+
+
+def _problems(replies: Sequence[control.Reply]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for reply in replies:
+        if not isinstance(reply, control.Ok) or not isinstance(reply.result, dict):
+            continue
+        domain, problem = reply.result.get("destination"), reply.result.get("problem")
+        if isinstance(domain, str) and isinstance(problem, str) and problem:
+            found.append((domain, one_line(problem)))
+    return found
+
+
+class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no types
+    """One SMTP connection. Every callback returns CONTINUE unless ``tempfail`` applies."""
+
+    def __init__(self, settings: MilterSettings, client: ControlClient, memo: WarmMemo) -> None:
+        super().__init__()
+        self.settings = settings
+        self.client = client
+        self.memo = memo
+        self.domains: list[str] = []  # this message's recipient domains, in order
+        self._deferred: set[str] = set()  # domains answered 451 at RCPT in this message
+
+    def _guard(self, callback: Callable[[], int]) -> int:
+        # The callback boundary is this milter's per-connection loop: an exception escaping
+        # into pymilter becomes a TEMPFAIL for the client, so nothing may escape.
+        try:
+            return callback()
+        except Exception:
+            log.exception("%s: internal error; mail continues", MILTER_NAME)
+            return int(Milter.CONTINUE)
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.domains = []
+        self._deferred = set()
+        return int(Milter.CONTINUE)
+
+    def envrcpt(self, to: str, *params: str) -> int:
+        return self._guard(lambda: self._recipient(to))
+
+    def _recipient(self, to: str) -> int:
+        domain = recipient_domain(to)
+        if domain is None:
+            return int(Milter.CONTINUE)
+        if domain in self._deferred:
+            return self._tempfail(domain, "", logged=True)
+        if domain in self.domains or len(self.domains) >= self.settings.max_domains:
+            return int(Milter.CONTINUE)
+        self.domains.append(domain)
+        dest = parse_key(domain)
+        requests: list[control.Request] = []
+        if self.memo.claim([domain]):
+            requests.append(control.Warm((dest,)))
+        if self.settings.action is MilterAction.TEMPFAIL:
+            requests.append(control.Check(dest))
+        if not requests:
+            return int(Milter.CONTINUE)
+        for found, problem in _problems(self.client.exchange(requests)):
+            if found == domain:
+                self._deferred.add(domain)
+                return self._tempfail(domain, problem, logged=False)
+        return int(Milter.CONTINUE)
+
+    def _tempfail(self, domain: str, problem: str, *, logged: bool) -> int:
+        if not logged:
+            log.warning("%s: %s: deferring recipient: %s", self._queue_id(), domain, problem)
+        text = f"TLS policy for {domain} cannot be met now, try again later"
+        self.setreply(*TEMPFAIL_REPLY, text.replace("%", "%%"))
+        return int(Milter.TEMPFAIL)
+
+    def eom(self) -> int:
+        return self._guard(self._end_of_message)
+
+    def _end_of_message(self) -> int:
+        action = self.settings.action
+        if action in (MilterAction.NONE, MilterAction.TEMPFAIL) or not self.domains:
+            return int(Milter.CONTINUE)
+        checks: list[control.Request] = [control.Check(parse_key(d)) for d in self.domains]
+        for domain, problem in _problems(self.client.exchange(checks)):
+            log.warning("%s: %s: %s", self._queue_id(), domain, problem)
+            if action is MilterAction.HEADER:
+                self.addheader(HEADER, f"{domain} {problem}")
+        return int(Milter.CONTINUE)
+
+    def abort(self) -> int:
+        self.domains = []
+        self._deferred = set()
+        return int(Milter.CONTINUE)
+
+    def _queue_id(self) -> str:
+        qid = self.getsymval("i")  # Postfix sends it at RCPT and end of message
+        return qid if isinstance(qid, str) and qid else "NOQUEUE"
+
+
+# -- the program -----------------------------------------------------------------------
+
+
+def make_factory(settings: MilterSettings) -> Callable[[], PolicydMilter]:
+    client = ControlClient(settings.control_path, settings.timeout)
+    memo = WarmMemo()
+    return lambda: PolicydMilter(settings, client, memo)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    # Postfix style, like the daemon: "policyd-milter[PID]: message".
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{MILTER_NAME}[{os.getpid()}]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=MILTER_NAME, description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (TOML)")
+    parser.add_argument(
+        "--check-config", action="store_true", help="check the [milter] table and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"{MILTER_NAME} {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"{MILTER_NAME}: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    if args.check_config:
+        print(f"{MILTER_NAME}: {args.config}: configuration ok")
+        return 0
+    setup_logging()
+    Milter.factory = make_factory(settings)
+    # Ask Postfix only for the one modification this milter may make.
+    flags = Milter.ADDHDRS if settings.action is MilterAction.HEADER else 0
+    Milter.set_flags(flags)
+    log.info(
+        "listening on %s, daemon %s, action %s, bound %gs",
+        settings.socket,
+        settings.control_path,
+        settings.action.value,
+        settings.timeout,
+    )
+    try:
+        Milter.runmilter(MILTER_NAME, settings.socket, timeout=0)
+    except Milter.milter.error as exc:
+        log.error("cannot run: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""DNS evidence for DANE (RFC 7672): MX hosts, their addresses and TLSA records.
+
+What is looked up, and why:
+
+* A domain's MX RRset (RFC 5321 5.1). A null MX ends it (RFC 7505); NODATA means the
+  domain itself is the one host (implicit MX); NXDOMAIN means there is nothing to
+  deliver to. A bracketed ``[host]:port`` destination skips MX: its name comes from
+  Postfix's configuration, not from DNS, so that step is as trustworthy as it gets.
+* Per host, A and AAAA at once. TLSA is sought only when both are secure and name an
+  address (RFC 7672 2.2.2): an attacker who can forge addresses can route around TLSA.
+  An unsigned NXDOMAIN for one host makes that host INSECURE, not a failure, so one
+  stale MX record cannot hold up a whole domain.
+* TLSA at ``_port._tcp.`` of the host's secure CNAME expansion first, then of the
+  host name itself (RFC 7672 2.2.2, RFC 7671 7).
+
+The evidence expires with the shortest TTL among the answers used; the resolver gives
+failed answers a short TTL, so a failure is retried soon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import dns.name
+import dns.rdtypes.ANY.MX
+import dns.rdtypes.tlsabase
+
+from policyd.adapters.dns import DnsAnswer
+from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
+
+# MX hosts examined per destination, most preferred first. Postfix tries at most
+# smtp_mx_session_limit (2) hosts and smtp_mx_address_limit (5) addresses per delivery;
+# ten leaves room for hosts that fail while bounding the lookups an MX RRset can cause.
+DEFAULT_MAX_MX_HOSTS: Final = 10
+# An IP literal has no DNS to change; its (empty) evidence is kept this long (seconds).
+ADDRESS_LITERAL_TTL: Final = 86400
+
+
+class DnsQuery(Protocol):
+    """What the source needs of :class:`policyd.adapters.dns.Resolver` (tests fake it)."""
+
+    async def query(self, name: str, rdtype: str) -> DnsAnswer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """One host's evidence and the answers it came from (for the expiry)."""
+
+    host: MxHost
+    answers: tuple[DnsAnswer, ...]
+
+
+class DaneSource:
+    """Gathers :class:`DnsEvidence` for a destination through a DNS resolver."""
+
+    def __init__(self, resolver: DnsQuery, max_mx_hosts: int = DEFAULT_MAX_MX_HOSTS) -> None:
+        if max_mx_hosts < 1:
+            raise ValueError("max_mx_hosts must be at least 1")
+        self._resolver = resolver
+        self._max_mx_hosts = max_mx_hosts
+
+    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+        if dest.is_address:
+            # No DNS name, so no DANE: the literal is the one host, without TLSA.
+            host = MxHost(dest.name, 0, DnsStatus.INSECURE, (dest.name,))
+            return DnsEvidence(
+                DnsStatus.SECURE, MxKind.LISTED, (host,), "", now, now + ADDRESS_LITERAL_TTL
+            )
+        if dest.bracketed:
+            # [host]:port: no MX lookup (Postfix smtp(8)); the name is configuration.
+            hosts = await self._hosts([(dest.name, 0)], dest.port)
+            return _evidence(DnsStatus.SECURE, MxKind.LISTED, hosts, [], now)
+        mx = await self._resolver.query(dest.name, "MX")
+        if mx.failed:
+            error = f"MX lookup for {dest.name}: {mx.error}"
+            return DnsEvidence(
+                DnsStatus.FAILED, error=error, fetched_at=now, expires_at=now + mx.ttl
+            )
+        if mx.nxdomain:
+            return _evidence(mx.status, MxKind.NXDOMAIN, [], [mx], now)
+        if mx.nodata:
+            # No MX RRset: the domain itself is the implicit MX, preference 0 (RFC 5321 5.1).
+            hosts = await self._hosts([(dest.name, 0)], dest.port)
+            return _evidence(mx.status, MxKind.IMPLICIT, hosts, [mx], now)
+        listed = _mx_hosts(mx.records)
+        if not listed:
+            # Only "." exchanges: the domain accepts no mail (RFC 7505 3).
+            return _evidence(mx.status, MxKind.NULL, [], [mx], now)
+        hosts = await self._hosts(listed[: self._max_mx_hosts], dest.port)
+        return _evidence(mx.status, MxKind.LISTED, hosts, [mx], now)
+
+    async def _hosts(self, hosts: list[tuple[str, int]], port: int) -> list[_Host]:
+        return list(await asyncio.gather(*(self._host(n, p, port) for n, p in hosts)))
+
+    async def _host(self, name: str, preference: int, port: int) -> _Host:
+        a, aaaa = await asyncio.gather(
+            self._resolver.query(name, "A"), self._resolver.query(name, "AAAA")
+        )
+        addresses = tuple(r.address for r in (*a.records, *aaaa.records))
+        if a.failed or aaaa.failed:
+            error = "; ".join(f"{x.rdtype} {name}: {x.error}" for x in (a, aaaa) if x.failed)
+            host = MxHost(name, preference, DnsStatus.FAILED, addresses, address_error=error)
+            return _Host(host, (a, aaaa))
+        if not (a.secure and aaaa.secure):
+            # A completed unsigned answer, NXDOMAIN included: no DANE for this host, but
+            # no failure either (RFC 7672 2.2.2).
+            return _Host(MxHost(name, preference, DnsStatus.INSECURE, addresses), (a, aaaa))
+        if not addresses:
+            # Secure denial: the host cannot receive mail; nothing to authenticate.
+            return _Host(MxHost(name, preference, DnsStatus.SECURE), (a, aaaa))
+        tlsa, used = await self._tlsa(name, _expansion(name, a, aaaa), port)
+        records = tuple(_tlsa_records(tlsa.records))
+        host = MxHost(
+            name,
+            preference,
+            DnsStatus.SECURE,
+            addresses,
+            tlsa=tlsa.status,
+            tlsa_records=records,
+            tlsa_error=f"TLSA {tlsa.name}: {tlsa.error}" if tlsa.failed else "",
+        )
+        return _Host(host, (a, aaaa, *used))
+
+    async def _tlsa(
+        self, name: str, expanded: str | None, port: int
+    ) -> tuple[DnsAnswer, tuple[DnsAnswer, ...]]:
+        """TLSA at the secure CNAME expansion, else at the original name (RFC 7672 2.2.2)."""
+        used: tuple[DnsAnswer, ...] = ()
+        if expanded is not None:
+            first = await self._resolver.query(f"_{port}._tcp.{expanded}", "TLSA")
+            if first.failed or first.records:
+                return first, (first,)
+            used = (first,)
+        answer = await self._resolver.query(f"_{port}._tcp.{name}", "TLSA")
+        return answer, (*used, answer)
+
+
+def _expansion(name: str, *answers: DnsAnswer) -> str | None:
+    """The name the secure address records were found at, if a CNAME led elsewhere."""
+    for answer in answers:
+        if answer.records and answer.canonical_name not in ("", name.lower()):
+            return answer.canonical_name
+    return None
+
+
+def _mx_hosts(records: Iterable[object]) -> list[tuple[str, int]]:
+    """Deliverable (name, preference) pairs, most preferred first, each name once."""
+    best: dict[str, int] = {}
+    for r in records:
+        if not isinstance(r, dns.rdtypes.ANY.MX.MX) or r.exchange == dns.name.root:
+            continue  # "." is the null MX (RFC 7505), never a host
+        name = r.exchange.to_text(omit_final_dot=True).lower()
+        best[name] = min(r.preference, best.get(name, r.preference))
+    return sorted(best.items(), key=lambda item: (item[1], item[0]))
+
+
+def _tlsa_records(records: Iterable[object]) -> Iterable[Tlsa]:
+    for r in records:
+        if not isinstance(r, dns.rdtypes.tlsabase.TLSABase):
+            continue
+        try:
+            yield Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert))
+        except ValueError:
+            continue  # malformed: skipped; Tlsa.usable judges the rest (RFC 7672 3.1)
+
+
+def _evidence(
+    mx: DnsStatus,
+    kind: MxKind,
+    hosts: list[_Host],
+    answers: list[DnsAnswer],
+    now: float,
+) -> DnsEvidence:
+    used = [*answers, *(a for h in hosts for a in h.answers)]
+    ttl = min((a.ttl for a in used), default=ADDRESS_LITERAL_TTL)
+    return DnsEvidence(
+        mx,
+        kind,
+        tuple(h.host for h in hosts),
+        fetched_at=now,
+        expires_at=now + ttl,
+    )

@@ -1,0 +1,368 @@
+"""The STARTTLS probe scheduler: which destinations to probe, when, and what it means.
+
+Lookups ask for a probe with :meth:`ProbeSource.want`, which never blocks: the request
+joins a bounded queue (a full queue drops it and counts the drop) unless the destination
+was probed recently or is already waiting. A pool of workers probes the most preferred MX
+hosts, folds the findings into the damped state (:func:`policyd.core.probe.advance`) and
+persists it under ``Kind.PROBE``. Lookups read the state from memory (:meth:`cached`).
+
+Politeness: an MX host shared by many domains is probed at most once per
+``host_min_interval`` (later domains reuse the findings), and a destination with nothing
+reachable is retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from policyd.adapters.certverify import load_roots
+from policyd.adapters.smtp_probe import ProbeTimeouts, probe_host
+from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.codec.probe_record import state_from_json, state_to_json
+from policyd.core.evidence import (
+    Destination,
+    DnsEvidence,
+    DnsStatus,
+    MxHost,
+    ProbeHost,
+    ProbeState,
+)
+from policyd.core.probe import (
+    DEFAULT_CONFIRM_PROBES,
+    DEFAULT_CONFIRM_SECONDS,
+    Damping,
+    advance,
+    observed_level,
+)
+
+Prober = Callable[[MxHost], Awaitable[list[ProbeHost]]]
+T = TypeVar("T")
+
+MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x backoff_initial is past any backoff_max
+MAX_HOSTS_IN_LOG: Final = 6  # addresses listed per log line
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """``[probe]`` in policyd.toml. Times in seconds."""
+
+    enabled: bool = True
+    concurrency: int = 8  # destinations probed at once
+    queue_size: int = 1000  # waiting destinations; more are dropped (and counted)
+    max_mx_hosts: int = 3  # most preferred MX hosts probed per destination
+    reprobe_interval: float = 86400.0  # a destination's evidence is refreshed daily
+    host_min_interval: float = 60.0  # one MX host is probed at most this often
+    backoff_initial: float = 900.0  # first retry when no MX address was reachable ...
+    backoff_max: float = 86400.0  # ... doubling up to this
+    confirm_probes: int = DEFAULT_CONFIRM_PROBES  # damping: a weaker level needs K probes
+    confirm_seconds: float = DEFAULT_CONFIRM_SECONDS  # ... spread over at least T
+    retention: float = 30 * 86400.0  # a stored result is forgotten this long after its probe
+    port: int = 25  # RFC 5321 4.5.4.1 (tests use another)
+    helo_name: str = ""  # EHLO name; empty: this host's FQDN (set it to Postfix myhostname)
+    connect_timeout: float = 10.0  # see policyd.adapters.smtp_probe.ProbeTimeouts
+    banner_timeout: float = 30.0
+    command_timeout: float = 15.0
+    tls_timeout: float = 15.0
+    total_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "queue_size", "max_mx_hosts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"probe {name} must be at least 1")
+        for name in ("reprobe_interval", "host_min_interval", "retention"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"probe {name} must be a non-negative number of seconds")
+        if not (0 < self.backoff_initial <= self.backoff_max and math.isfinite(self.backoff_max)):
+            raise ValueError("probe backoff needs 0 < backoff_initial <= backoff_max")
+        if not 1 <= self.port <= 65535:
+            raise ValueError("probe port must be 1-65535")
+        if any(c.isspace() for c in self.helo_name):
+            raise ValueError("probe helo_name must not contain white space")
+        _ = (self.timeouts, self.damping)  # constructing them validates them
+
+    @property
+    def timeouts(self) -> ProbeTimeouts:
+        return ProbeTimeouts(
+            connect=self.connect_timeout,
+            banner=self.banner_timeout,
+            command=self.command_timeout,
+            tls=self.tls_timeout,
+            total=self.total_timeout,
+        )
+
+    @property
+    def damping(self) -> Damping:
+        return Damping(self.confirm_probes, self.confirm_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStats:
+    queued: int  # waiting in the queue
+    running: int  # being probed now
+    dropped: int  # requests refused because the queue was full, since start
+    done: int  # queued probes finished, since start
+    known: int  # destinations with probe evidence in memory
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    dest: Destination
+    dns: DnsEvidence
+
+
+def make_prober(
+    settings: ProbeSettings, ca_file: str, clock: Callable[[], float] = time.time
+) -> Prober:
+    """The real prober: STARTTLS to each address of an MX host, chains judged against
+    ``ca_file`` (read once here: OSError or ValueError when unusable)."""
+    roots = load_roots(ca_file)
+    helo_name = settings.helo_name or default_helo_name()
+    timeouts = settings.timeouts
+
+    async def prober(mx: MxHost) -> list[ProbeHost]:
+        return await probe_host(
+            mx, port=settings.port, roots=roots, timeouts=timeouts, helo_name=helo_name, now=clock
+        )
+
+    return prober
+
+
+def default_helo_name() -> str:
+    """This host's FQDN (RFC 5321 4.1.4: EHLO gives the client's primary host name)."""
+    name = socket.getfqdn()
+    return name if name and not any(c.isspace() for c in name) else "localhost"
+
+
+class ProbeSource:
+    def __init__(
+        self,
+        store: Store,
+        prober: Prober,
+        settings: ProbeSettings = ProbeSettings(),
+        clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self._store = store
+        self._prober = prober
+        self.settings = settings
+        self._clock = clock
+        self._log = log or logging.getLogger(__name__)
+        self.on_change: Callable[[str], None] | None = None
+        self._states: dict[str, ProbeState] = {}
+        self._due: dict[str, float] = {}  # key -> earliest time of its next probe
+        self._failures: dict[str, int] = {}  # key -> rounds in a row with nothing reachable
+        self._waiting: set[str] = set()  # keys queued or being probed by a worker
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
+        self._inflight: dict[str, asyncio.Task[ProbeState]] = {}  # one probe per key
+        self._host_tasks: dict[str, asyncio.Future[list[ProbeHost]]] = {}  # one per MX host
+        self._recent: dict[str, tuple[float, list[ProbeHost]]] = {}  # MX host -> findings
+        self._running = 0
+        self._dropped = 0
+        self._done = 0
+
+    async def load(self) -> None:
+        """Read the stored states; unreadable or expired records are skipped. StoreError
+        escapes: without its store the daemon should not start."""
+        now = self._clock()
+        for record in await self._store.scan(Kind.PROBE):
+            if record.expires_at is not None and record.expires_at <= now:
+                continue
+            try:
+                state = state_from_json(record.value)
+            except ValueError as exc:
+                self._log.warning("%s: stored probe result ignored: %s", record.key, exc)
+                continue
+            self._states[record.key] = state
+            self._due[record.key] = state.probed_at + self._interval(state, reachable=True)
+
+    def cached(self, key: str) -> ProbeState | None:
+        return self._states.get(key)
+
+    def want(self, dest: Destination, dns: DnsEvidence) -> bool:
+        """Queue a probe of ``dest`` unless one is waiting or not yet due; never blocks.
+        Returns whether a probe was queued."""
+        key = dest.key
+        if not self.settings.enabled or dest.parent_form or dest.is_address:
+            return False
+        if key in self._waiting or self._clock() < self._due.get(key, 0.0):
+            return False
+        if not self._targets(dns):
+            return False
+        try:
+            self._queue.put_nowait(_Job(dest, dns))
+        except asyncio.QueueFull:
+            self._dropped += 1
+            return False
+        self._waiting.add(key)
+        return True
+
+    async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState:
+        """Probe at once, whatever is due (``policyctl probe --wait``); a probe of the same
+        destination already running is joined. Nothing to probe: the state as it is."""
+        if not self._targets(dns):
+            return self._states.get(dest.key) or ProbeState(level=None)
+        return await self._shared_probe(dest, dns, fresh=True)
+
+    async def run(self) -> None:
+        """The worker pool; runs until cancelled, and then stops the probes it shared."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.settings.concurrency):
+                    group.create_task(self._worker())
+        finally:
+            # Shielded shared probes outlive their askers; at shutdown they must not
+            # outlive the store they would write to.
+            for probe in self._inflight.values():
+                probe.cancel()
+            for host_probe in self._host_tasks.values():
+                host_probe.cancel()
+
+    async def join(self) -> None:
+        """Wait until every queued probe is done."""
+        await self._queue.join()
+
+    def stats(self) -> ProbeStats:
+        return ProbeStats(
+            queued=self._queue.qsize(),
+            running=self._running,
+            dropped=self._dropped,
+            done=self._done,
+            known=len(self._states),
+        )
+
+    def forget(self, key: str | None) -> None:
+        """Drop what memory holds for ``key``, or for every key with None (the store is
+        flushed by its owner)."""
+        if key is None:
+            self._states.clear()
+            self._due.clear()
+            self._failures.clear()
+            return
+        self._states.pop(key, None)
+        self._due.pop(key, None)
+        self._failures.pop(key, None)
+
+    # -- workers ---------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            key = job.dest.key
+            self._running += 1
+            try:
+                if self._clock() >= self._due.get(key, 0.0):  # probe_now may have run since
+                    await self._shared_probe(job.dest, job.dns, fresh=False)
+            except Exception:  # noqa: BLE001 (per-job boundary, like a per-connection loop)
+                self._log.exception("%s: probe failed", key)
+                self._due[key] = self._clock() + self.settings.backoff_initial
+            finally:
+                self._running -= 1
+                self._waiting.discard(key)
+                self._done += 1
+                self._queue.task_done()
+
+    async def _shared_probe(self, dest: Destination, dns: DnsEvidence, fresh: bool) -> ProbeState:
+        key = dest.key
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._probe(dest, dns, fresh))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(_drop_entry, self._inflight, key))
+        # shield: a cancelled caller (policyctl gone) must not cancel the shared probe.
+        return await asyncio.shield(task)
+
+    async def _probe(self, dest: Destination, dns: DnsEvidence, fresh: bool) -> ProbeState:
+        key = dest.key
+        hosts: list[ProbeHost] = []
+        for mx in self._targets(dns):
+            hosts.extend(await self._probe_mx(mx, fresh))
+        now = self._clock()
+        old = self._states.get(key)
+        new, held = advance(old, tuple(hosts), now, self.settings.damping)
+        self._states[key] = new
+        reachable = observed_level(tuple(hosts)) is not None
+        self._failures[key] = 0 if reachable else self._failures.get(key, 0) + 1
+        self._due[key] = now + self._interval(new, reachable, self._failures[key])
+        self._report(key, new, held)
+        record = Record(Kind.PROBE, key, state_to_json(new), now + self.settings.retention)
+        try:
+            await self._store.put(record)
+        except StoreError as exc:
+            self._log.warning("%s: cannot store the probe result: %s", key, exc)
+        before = None if old is None else (old.level, old.verified_names)
+        if before != (new.level, new.verified_names) and self.on_change is not None:
+            self.on_change(key)
+        return new
+
+    async def _probe_mx(self, mx: MxHost, fresh: bool) -> list[ProbeHost]:
+        """The findings for one MX host: recent ones if another destination's probe saw it
+        within ``host_min_interval``, else a probe (shared with concurrent askers)."""
+        name = mx.name.rstrip(".").lower()
+        started = self._clock()
+        limit = self.settings.host_min_interval
+        for old_name, (at, _) in list(self._recent.items()):
+            if started - at >= limit:
+                del self._recent[old_name]
+        recent = self._recent.get(name)
+        if recent is not None and not fresh:
+            return recent[1]
+        task = self._host_tasks.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._prober(mx))
+            self._host_tasks[name] = task
+            task.add_done_callback(functools.partial(_drop_entry, self._host_tasks, name))
+        findings = await asyncio.shield(task)
+        self._recent[name] = (started, findings)
+        return findings
+
+    def _targets(self, dns: DnsEvidence) -> tuple[MxHost, ...]:
+        """The most preferred MX hosts whose addresses are known (secure or not)."""
+        usable = [h for h in dns.hosts if h.address is not DnsStatus.FAILED and h.addresses]
+        usable.sort(key=lambda h: h.preference)  # stable: DNS order breaks ties
+        return tuple(usable[: self.settings.max_mx_hosts])
+
+    def _interval(self, state: ProbeState, reachable: bool, failures: int = 0) -> float:
+        """Seconds until the next probe of a destination."""
+        s = self.settings
+        if not reachable:
+            doublings = min(failures - 1, MAX_BACKOFF_DOUBLINGS)
+            return min(s.backoff_initial * 2.0**doublings, s.backoff_max)
+        if state.level is None:
+            return s.backoff_initial
+        if state.pending is not None:
+            # A weaker level is held: look again soon enough to confirm or clear it
+            # within confirm_seconds instead of after confirm_probes days.
+            spread = s.confirm_seconds / max(s.confirm_probes - 1, 1)
+            return min(max(spread, s.host_min_interval), s.reprobe_interval)
+        return s.reprobe_interval
+
+    def _report(self, key: str, state: ProbeState, held: bool) -> None:
+        shown = [f"{h.host}[{h.address}]={h.verdict.value}" for h in state.hosts]
+        if len(shown) > MAX_HOSTS_IN_LOG:
+            shown = [*shown[:MAX_HOSTS_IN_LOG], "..."]
+        level = state.level.value if state.level is not None else "none"
+        self._log.info("%s: probe level=%s hosts=%s", key, level, ",".join(shown) or "-")
+        if held and state.pending is not None:
+            self._log.warning(
+                "%s: probe saw weaker level %s (%d/%d), holding %s: possible attack",
+                key,
+                state.pending.value,
+                state.pending_count,
+                self.settings.confirm_probes,
+                level,
+            )
+
+
+def _drop_entry(table: dict[str, T], key: str, done: object) -> None:
+    """Done-callback: forget a finished shared task (but not a newer one under the key)."""
+    if table.get(key) is done:
+        del table[key]

@@ -1,0 +1,420 @@
+"""The MTA-STS source: discovery, fetch and a downgrade-proof cache (RFC 8461 3.3, 5.1).
+
+A cached, unexpired policy is answered from memory at once; refreshes run in the
+background. Nothing an attacker can do on the path (block DNS, block HTTPS, remove the TXT
+record, serve a bad policy) removes a cached policy before its ``max_age``: only a
+successfully fetched new policy replaces it, and only a fetched ``mode: none`` removes it.
+Policies are persisted, so they survive restarts. Lookups for a domain without a cached
+policy wait at most ``cold_budget`` for discovery and fetch, then answer "pending" while
+the fetch finishes in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from dns.rdtypes.txtbase import TXTBase
+
+from policyd.adapters.https import FetchError
+from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.codec.mtasts import (
+    ParsedPolicy,
+    StsGrammarError,
+    StsTxtProblem,
+    TxtProblemKind,
+    discover,
+    parse_policy,
+)
+from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
+
+TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
+_NEVER: Final = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class StsSettings:
+    """The ``[sts]`` settings; all in seconds except the fetch count."""
+
+    # How long a lookup without a cached policy waits for discovery and fetch before it
+    # answers "pending": far below Postfix's socketmap timeout (100 s) and smtp's.
+    cold_budget: float = 3.0
+    # Refetch a cached policy this old even when its id is unchanged (RFC 8461 3.3 and 10.2
+    # recommend proactive refresh); short-lived policies are refetched at half their max_age.
+    refresh_interval: float = 86400.0
+    # After a failed TXT lookup or fetch, no new attempt for that domain sooner than this
+    # (RFC 8461 3.3 and 10.3: rate-limit fetch attempts).
+    retry_after_failure: float = 300.0
+    # How often a lookup re-reads the TXT record of a domain in use, to see a changed id
+    # (RFC 8461 3.1), or to find a policy for a domain that had none.
+    recheck_interval: float = 3600.0
+    max_concurrent_fetches: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("cold_budget", "refresh_interval", "retry_after_failure", "recheck_interval"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"sts {name} must not be negative")
+        if self.max_concurrent_fetches < 1:
+            raise ValueError("sts max_concurrent_fetches must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TxtResult:
+    """The TXT RRset at ``_mta-sts.<domain>``: one string per record. An NXDOMAIN or empty
+    answer is an answer with no records; only ``FAILED`` is a failure."""
+
+    status: DnsStatus
+    records: tuple[str, ...] = ()
+    error: str = ""
+
+
+TxtLookup = Callable[[str], Awaitable[TxtResult]]
+
+
+class PolicyFetcherProtocol(Protocol):
+    async def fetch(self, domain: str) -> bytes:
+        """The policy body, or :class:`policyd.adapters.https.FetchError`."""
+        ...
+
+
+class TxtAnswerLike(Protocol):
+    """What :func:`txt_lookup_from` needs of ``policyd.adapters.dns`` answers."""
+
+    @property
+    def status(self) -> DnsStatus: ...
+
+    @property
+    def records(self) -> Sequence[object]: ...
+
+    @property
+    def error(self) -> str: ...
+
+
+class TxtResolverLike(Protocol):
+    async def query(self, name: str, rdtype: str) -> TxtAnswerLike: ...
+
+
+def txt_lookup_from(resolver: TxtResolverLike) -> TxtLookup:
+    """Adapt the DNS adapter's ``query(name, "TXT")`` to a :data:`TxtLookup`."""
+
+    async def lookup(name: str) -> TxtResult:
+        answer = await resolver.query(name, "TXT")
+        if answer.status is DnsStatus.FAILED:
+            return TxtResult(DnsStatus.FAILED, (), answer.error or "lookup failed")
+        # Character-strings are concatenated (RFC 8461 3.1); anything not ASCII cannot be
+        # a valid record, so replacement characters only make it fail the grammar.
+        records = tuple(
+            b"".join(r.strings).decode("utf-8", "replace")
+            for r in answer.records
+            if isinstance(r, TXTBase)
+        )
+        return TxtResult(answer.status, records, answer.error)
+
+    return lookup
+
+
+class _Domain:
+    """What the source knows about one domain (mutable; private to the source)."""
+
+    __slots__ = ("absent_until", "checked_at", "error", "failed_at", "last", "task")
+
+    def __init__(self) -> None:
+        # The last policy fetched successfully, any mode; mode none is kept only in memory
+        # so an unchanged id is not refetched, and never counts as a cached policy.
+        self.last: StsPolicy | None = None
+        self.checked_at = _NEVER  # last TXT answer (not failure)
+        self.failed_at = _NEVER  # last failed lookup or fetch
+        self.absent_until = _NEVER  # no policy published: do not look again before this
+        self.error = ""
+        self.task: asyncio.Task[None] | None = None
+
+    def policy(self, now: float) -> StsPolicy | None:
+        last = self.last
+        if last is None or last.mode is StsMode.NONE or not last.valid_at(now):
+            return None
+        return last
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+def _normalise(domain: str) -> str:
+    return domain.lower().rstrip(".")
+
+
+def _describe(policy: StsPolicy) -> str:
+    mx = ",".join(policy.mx) or "-"
+    return f"id={policy.policy_id} mode={policy.mode.value} mx={mx} max_age={policy.max_age}"
+
+
+def _same(a: StsPolicy | None, b: StsPolicy | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.policy_id, a.mode, a.mx, a.max_age) == (b.policy_id, b.mode, b.mx, b.max_age)
+
+
+class StsSource:
+    def __init__(
+        self,
+        store: Store,
+        txt_lookup: TxtLookup,
+        fetcher: PolicyFetcherProtocol,
+        settings: StsSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings or StsSettings()
+        self._store = store
+        self._txt_lookup = txt_lookup
+        self._fetcher = fetcher
+        self._clock = clock
+        self._log = log or logging.getLogger("policyd.sts")
+        self._domains: dict[str, _Domain] = {}
+        self._fetches = asyncio.Semaphore(self.settings.max_concurrent_fetches)
+        # Called with the domain whenever its cached policy appears, changes or goes, so
+        # the service can drop answers it built from the old one.
+        self.on_change: Callable[[str | None], None] | None = None
+
+    # -- start-up and housekeeping ---------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read persisted policies (a StoreError propagates: without them the daemon would
+        be open to the downgrade the cache exists to prevent)."""
+        now = self._clock()
+        loaded = 0
+        for rec in await self._store.scan(Kind.STS):
+            try:
+                policy = policy_from_json(rec.value)
+            except ValueError as exc:
+                self._log.warning("%s: ignoring unreadable mta-sts record: %s", rec.key, exc)
+                continue
+            if policy.mode is StsMode.NONE or not policy.valid_at(now):
+                continue
+            self._entry(_normalise(rec.key)).last = policy
+            loaded += 1
+        self._log.info("mta-sts: loaded %d cached policies", loaded)
+
+    async def refresh_due(self) -> int:
+        """Start a background refresh of every cached policy that is due, and drop what
+        memory no longer needs. Returns the number of refreshes started."""
+        now = self._clock()
+        started = 0
+        for domain, entry in list(self._domains.items()):
+            policy = entry.policy(now)
+            if policy is not None:
+                if self._refresh_due(entry, policy, now, recheck=False):
+                    self._start(domain, entry)
+                    started += 1
+            elif not entry.running and now >= entry.absent_until and self._may_try(entry, now):
+                del self._domains[domain]  # nothing cached, no throttle left to remember
+        return started
+
+    async def wait_idle(self) -> None:
+        """Wait for every running discovery and fetch (tests, shutdown)."""
+        tasks = [e.task for e in self._domains.values() if e.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def forget(self, domain: str | None) -> None:
+        """``policyctl flush``: drop what is known about a domain (None: every domain)."""
+        doomed = list(self._domains) if domain is None else [_normalise(domain)]
+        for name in doomed:
+            entry = self._domains.pop(name, None)
+            if entry is not None and entry.task is not None:
+                entry.task.cancel()
+
+    # -- the lookup path -------------------------------------------------------------------
+
+    def cached(self, domain: str, now: float) -> StsEvidence:
+        """From memory only, never awaits."""
+        entry = self._domains.get(_normalise(domain))
+        if entry is None:
+            return StsEvidence()
+        return self._evidence(entry, now)
+
+    async def evidence(self, domain: str) -> StsEvidence:
+        domain = _normalise(domain)
+        now = self._clock()
+        entry = self._domains.get(domain)
+        if entry is not None:
+            policy = entry.policy(now)
+            if policy is not None:
+                if self._refresh_due(entry, policy, now, recheck=True):
+                    self._start(domain, entry)
+                return self._evidence(entry, now)
+            if not entry.running and not self._discovery_due(entry, now):
+                return self._evidence(entry, now)
+        task = self._start(domain, entry or self._entry(domain))
+        # Wait on the shared task without cancelling it: concurrent lookups join one fetch,
+        # and one that outlives the budget still lands in the cache.
+        await asyncio.wait({task}, timeout=self.settings.cold_budget)
+        return self.cached(domain, self._clock())
+
+    def _evidence(self, entry: _Domain, now: float) -> StsEvidence:
+        policy = entry.policy(now)
+        return StsEvidence(policy, entry.error, pending=policy is None and entry.running)
+
+    def _stale(self, policy: StsPolicy, now: float) -> bool:
+        """Due for a refetch: older than refresh_interval or past half its lifetime."""
+        age = now - policy.fetched_at
+        return age >= min(self.settings.refresh_interval, policy.max_age / 2)
+
+    def _may_try(self, entry: _Domain, now: float) -> bool:
+        return now - entry.failed_at >= self.settings.retry_after_failure
+
+    def _refresh_due(self, entry: _Domain, policy: StsPolicy, now: float, *, recheck: bool) -> bool:
+        """A cached policy wants a refresh when stale (but a stale policy whose TXT record
+        is gone is looked at again only after retry_after_failure) or, on the lookup path,
+        when its TXT id has not been checked for recheck_interval."""
+        if entry.running or not self._may_try(entry, now):
+            return False
+        since_check = now - entry.checked_at
+        if self._stale(policy, now) and since_check >= self.settings.retry_after_failure:
+            return True
+        return recheck and since_check >= self.settings.recheck_interval
+
+    def _discovery_due(self, entry: _Domain, now: float) -> bool:
+        return self._may_try(entry, now) and now >= entry.absent_until
+
+    def _entry(self, domain: str) -> _Domain:
+        entry = self._domains.get(domain)
+        if entry is None:
+            entry = self._domains[domain] = _Domain()
+        return entry
+
+    def _start(self, domain: str, entry: _Domain) -> asyncio.Task[None]:
+        if entry.task is not None and not entry.task.done():
+            return entry.task
+        task = asyncio.get_running_loop().create_task(
+            self._run(domain, entry), name=f"mta-sts {domain}"
+        )
+        entry.task = task
+        task.add_done_callback(functools.partial(self._finished, domain, entry))
+        return task
+
+    def _finished(self, domain: str, entry: _Domain, task: asyncio.Task[None]) -> None:
+        if entry.task is task:
+            entry.task = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A bug, not an expected failure: report it, and hold off like after a failure.
+            entry.failed_at = self._clock()
+            entry.error = f"internal error: {type(exc).__name__}"
+            self._log.error("%s: mta-sts refresh crashed: %r", domain, exc)
+
+    # -- discovery and fetch ---------------------------------------------------------------
+
+    async def _run(self, domain: str, entry: _Domain) -> None:
+        async with self._fetches:
+            await self._refresh(domain, entry)
+
+    async def _refresh(self, domain: str, entry: _Domain) -> None:
+        answer = await self._txt_lookup(TXT_PREFIX + domain)
+        now = self._clock()
+        if answer.status is DnsStatus.FAILED:
+            self._fail(domain, entry, now, f"TXT lookup failed: {answer.error or 'no answer'}")
+            return
+        found = discover(answer.records)
+        if isinstance(found, StsTxtProblem):
+            # No usable record: no policy to discover, but a cached one stays until its
+            # max_age (RFC 8461 5.1), so removing the record cannot downgrade us.
+            entry.checked_at = now
+            entry.absent_until = now + self.settings.recheck_interval
+            entry.error = "" if found.kind is TxtProblemKind.NONE else found.detail
+            if entry.error:
+                self._log.warning("%s: mta-sts %s", domain, entry.error)
+            return
+        last = entry.last
+        if (
+            last is not None
+            and last.policy_id == found.policy_id
+            and last.valid_at(now)
+            and not self._stale(last, now)
+        ):
+            entry.checked_at = now  # unchanged id, fresh enough: nothing to fetch
+            entry.error = ""
+            return
+        try:
+            body = await self._fetcher.fetch(domain)
+            parsed = parse_policy(body, domain, self._clock())
+            policy = parsed.policy(found.policy_id)
+        except FetchError as exc:
+            self._fail(domain, entry, now, f"policy fetch failed: {exc.reason}")
+            return
+        except StsGrammarError as exc:
+            self._fail(domain, entry, now, f"invalid policy: {exc}")
+            return
+        entry.checked_at = now
+        entry.failed_at = _NEVER
+        entry.error = ""
+        await self._install(domain, entry, parsed, policy)
+
+    def _fail(self, domain: str, entry: _Domain, now: float, reason: str) -> None:
+        """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""
+        entry.failed_at = now
+        entry.error = reason
+        kept = entry.policy(now)
+        if kept is None:
+            self._log.warning("%s: mta-sts %s", domain, reason)
+        else:
+            self._log.warning(
+                "%s: mta-sts %s; keeping cached policy id=%s for %d more seconds",
+                domain,
+                reason,
+                kept.policy_id,
+                int(kept.expires_at - now),
+            )
+
+    async def _install(
+        self, domain: str, entry: _Domain, parsed: ParsedPolicy, policy: StsPolicy
+    ) -> None:
+        now = self._clock()
+        before = entry.policy(now)
+        changed = not _same(entry.last, policy)
+        entry.last = policy
+        if parsed.capped:
+            self._log.warning(
+                "%s: mta-sts max_age %d capped to %d",
+                domain,
+                parsed.declared_max_age,
+                policy.max_age,
+            )
+        if parsed.ignored:
+            self._log.warning(
+                "%s: mta-sts repeated fields ignored: %s", domain, ",".join(parsed.ignored)
+            )
+        if policy.mode is StsMode.NONE:
+            entry.absent_until = now + self.settings.recheck_interval
+            if changed:
+                removed = "; cached policy removed" if before is not None else ""
+                self._log.info("%s: mta-sts policy %s%s", domain, _describe(policy), removed)
+            await self._persist(domain, None)
+        else:
+            entry.absent_until = _NEVER
+            if changed:
+                self._log.info("%s: mta-sts policy %s", domain, _describe(policy))
+            await self._persist(domain, policy)
+        if (before is None) != (entry.policy(now) is None) or changed:
+            self._notify(domain)
+
+    async def _persist(self, domain: str, policy: StsPolicy | None) -> None:
+        try:
+            if policy is None:
+                await self._store.delete(Kind.STS, domain)
+            else:
+                record = Record(Kind.STS, domain, policy_to_json(policy), policy.expires_at)
+                await self._store.put(record)
+        except StoreError as exc:
+            self._log.error("%s: mta-sts policy not saved: %s", domain, exc)
+
+    def _notify(self, domain: str) -> None:
+        if self.on_change is not None:
+            self.on_change(domain)

@@ -1,0 +1,697 @@
+"""policyd.core.decide: the decision order as a golden table, and "a failure never weakens"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policyd.codec.postfix_policy import render
+from policyd.core.decide import decide
+from policyd.core.evidence import (
+    Destination,
+    DnsEvidence,
+    DnsStatus,
+    Evidence,
+    MxHost,
+    MxKind,
+    Override,
+    ProbeHost,
+    ProbeLevel,
+    ProbeState,
+    ProbeVerdict,
+    StsEvidence,
+    StsMode,
+    StsPolicy,
+    Tlsa,
+)
+from policyd.core.profile import DEFAULT_PROFILES, Fallback, Profile
+from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
+
+NOW = 1_700_000_000.0
+PROFILES = {p.name: p for p in DEFAULT_PROFILES}
+DEST = Destination("example.com")
+
+USABLE = Tlsa(3, 1, 1, b"\x01" * 32)
+USABLE_TA = Tlsa(2, 0, 2, b"\x02" * 64)
+UNUSABLE = Tlsa(1, 1, 1, b"\x03" * 32)  # PKIX-EE: unusable for SMTP (RFC 7672 3.1.3)
+
+S, INS, F = DnsStatus.SECURE, DnsStatus.INSECURE, DnsStatus.FAILED
+
+
+def text(v: Verdict) -> str:
+    """What the socketmap would answer, in one string."""
+    if v.outcome is Outcome.TEMP:
+        return "TEMP"
+    if v.outcome is Outcome.NOTFOUND:
+        return "NOTFOUND"
+    assert v.policy is not None
+    return render(v.policy)
+
+
+def host(
+    name: str,
+    address: DnsStatus = S,
+    tlsa: DnsStatus | None = S,
+    records: tuple[Tlsa, ...] = (USABLE,),
+    pref: int = 10,
+) -> MxHost:
+    if address is not S:
+        tlsa, records = None, ()
+    if tlsa is not S:
+        records = ()
+    return MxHost(
+        name,
+        pref,
+        address,
+        ("192.0.2.1",) if address is not F else (),
+        address_error="SERVFAIL" if address is F else "",
+        tlsa=tlsa,
+        tlsa_records=records,
+        tlsa_error="timeout" if tlsa is F else "",
+    )
+
+
+def dns(*hosts: MxHost, mx: DnsStatus = S, kind: MxKind = MxKind.LISTED) -> DnsEvidence:
+    return DnsEvidence(mx, kind, hosts, error="SERVFAIL" if mx is F else "", fetched_at=NOW)
+
+
+def sts_policy(
+    mode: StsMode = StsMode.ENFORCE,
+    mx: tuple[str, ...] = ("mx.example.com", "*.example.net"),
+    age: float = 100.0,
+    max_age: int = 86400,
+) -> StsPolicy:
+    return StsPolicy(mode, mx, max_age, "abc123", NOW - age)
+
+
+def probe_hosts(*pairs: tuple[str, ProbeVerdict]) -> tuple[ProbeHost, ...]:
+    return tuple(ProbeHost(h, "192.0.2.1", v, probed_at=NOW) for h, v in pairs)
+
+
+def probe(
+    level: ProbeLevel | None,
+    *pairs: tuple[str, ProbeVerdict],
+    names: tuple[str, ...] = (),
+    pending: ProbeLevel | None = None,
+    count: int = 0,
+) -> ProbeState:
+    return ProbeState(
+        level,
+        probe_hosts(*pairs),
+        names,
+        pending=pending,
+        pending_count=count,
+        pending_since=NOW - 10 if pending else 0.0,
+        probed_at=NOW,
+    )
+
+
+V, SS, NT = ProbeVerdict.VALID, ProbeVerdict.SELF_SIGNED, ProbeVerdict.NO_STARTTLS
+PROBE_VERIFY = probe(
+    ProbeLevel.VERIFY,
+    ("mx1.example.com", V),
+    ("mx2.example.com", V),
+    names=("mx1.example.com", "mx2.example.com"),
+)
+PROBE_ENCRYPT = probe(ProbeLevel.ENCRYPT, ("mx1.example.com", V), ("mx2.example.com", SS))
+PROBE_MAY = probe(ProbeLevel.MAY, ("mx1.example.com", NT), ("mx2.example.com", V))
+INSECURE_DNS = dns(host("mx1.example.com", INS), host("mx2.example.com", INS), mx=INS)
+DANE_ONLY_DNS = dns(host("mx1.example.com"), host("mx2.example.com", records=(USABLE_TA,)))
+ENFORCE = StsEvidence(sts_policy())
+
+STS_SECURE = "secure match=mx.example.com:.example.net servername=hostname"
+STS_STRICT = (
+    STS_SECURE + " policy_type=sts policy_domain=example.com"
+    " mx_host_pattern=mx.example.com mx_host_pattern=*.example.net"
+)
+SECURE_NAMES = "secure match=mx1.example.com:mx2.example.com"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    ev: Evidence
+    postfix: str
+    strict: str
+    rule: Rule
+    reason: str  # a fragment the reason must contain (for both profiles)
+
+
+def ev(**kw: object) -> Evidence:
+    kw.setdefault("destination", DEST)
+    return Evidence(**kw)  # type: ignore[arg-type]
+
+
+ROWS = [
+    # --- overrides --------------------------------------------------------------------
+    Row(
+        "override-active",
+        ev(
+            override=Override(
+                "example.com",
+                Policy(TlsLevel.SECURE, ("mx.example.com",)),
+                expires_at=NOW + 60,
+                comment="pinned",
+                author="alice",
+            ),
+            dns=DANE_ONLY_DNS,
+        ),
+        "secure match=mx.example.com",
+        "secure match=mx.example.com",
+        Rule.OVERRIDE,
+        "override by alice: pinned",
+    ),
+    Row(
+        "override-permanent-beats-mx-failure",
+        ev(override=Override("example.com", Policy(TlsLevel.MAY)), dns=dns(mx=F)),
+        "may",
+        "may",
+        Rule.OVERRIDE,
+        "override by postmaster",
+    ),
+    Row(
+        "override-expired",
+        ev(
+            override=Override("example.com", Policy(TlsLevel.NONE), expires_at=NOW),
+            dns=DANE_ONLY_DNS,
+        ),
+        "dane-only",
+        "dane-only",
+        Rule.DANE,
+        "DANE: signed MX",
+    ),
+    Row(
+        "override-notfound",
+        ev(override=Override("example.com", None, comment="let postfix"), dns=DANE_ONLY_DNS),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.OVERRIDE,
+        "let postfix",
+    ),
+    Row(
+        "parent-form",
+        ev(destination=Destination("example.com", parent_form=True), dns=DANE_ONLY_DNS),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "parent-domain",
+    ),
+    Row(
+        "parent-form-override",
+        ev(
+            destination=Destination("example.com", parent_form=True),
+            override=Override(".example.com", Policy(TlsLevel.ENCRYPT)),
+        ),
+        "encrypt",
+        "encrypt",
+        Rule.OVERRIDE,
+        "override",
+    ),
+    # --- DNS answers --------------------------------------------------------------------
+    Row(
+        "mx-failed",
+        ev(dns=dns(mx=F), sts=ENFORCE, probe=PROBE_VERIFY),
+        "TEMP",
+        "TEMP",
+        Rule.DNS_FAILURE,
+        "SERVFAIL",
+    ),
+    Row(
+        "nxdomain",
+        ev(dns=dns(mx=S, kind=MxKind.NXDOMAIN)),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.NO_MAIL,
+        "NXDOMAIN",
+    ),
+    Row(
+        "null-mx",
+        ev(dns=dns(mx=INS, kind=MxKind.NULL), probe=PROBE_VERIFY),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.NO_MAIL,
+        "null MX",
+    ),
+    Row(
+        "no-mx-hosts",
+        ev(dns=dns(mx=S)),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "no DANE, MTA-STS or probe evidence",
+    ),
+    # --- DANE ---------------------------------------------------------------------------
+    Row(
+        "dane-only",
+        ev(dns=DANE_ONLY_DNS, sts=ENFORCE, probe=PROBE_MAY),
+        "dane-only",
+        "dane-only",
+        Rule.DANE,
+        "usable TLSA at every MX host (mx1.example.com, mx2.example.com)",
+    ),
+    Row(
+        "dane-insecure-mx",
+        ev(dns=dns(host("mx1.example.com"), mx=INS)),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "MX RRset not signed",
+    ),
+    Row(
+        "dane-not-every-host",
+        ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", INS))),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "usable TLSA at mx1.example.com, not at every MX host",
+    ),
+    Row(
+        "dane-no-tlsa-at-one-host",
+        ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", S, INS))),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "usable TLSA at mx1.example.com",
+    ),
+    Row(
+        "dane-encrypt-unusable-tlsa",
+        ev(dns=dns(host("mx1.example.com", records=(UNUSABLE,))), sts=ENFORCE),
+        "encrypt",
+        "encrypt",
+        Rule.DANE,
+        "none usable at mx1.example.com",
+    ),
+    Row(
+        "dane-unusable-and-plain",
+        ev(dns=dns(host("mx1.example.com", records=(UNUSABLE,)), host("mx2.example.com", INS))),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "signed but unusable TLSA at mx1.example.com",
+    ),
+    Row(
+        "dane-skips-failed-host",
+        ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", F))),
+        "dane-only",
+        "dane-only",
+        Rule.DANE,
+        "skipped: address lookup for mx2.example.com failed (SERVFAIL)",
+    ),
+    Row(
+        "all-hosts-failed",
+        ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", S, F)), sts=ENFORCE),
+        "TEMP",
+        "TEMP",
+        Rule.DNS_FAILURE,
+        "no usable MX host",
+    ),
+    Row(
+        "hosts-failed-no-probe",
+        ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS))),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "Postfix skips failing hosts: address lookup for mx1.example.com failed",
+    ),
+    Row(
+        "hosts-failed-tlsa-no-probe",
+        ev(dns=dns(host("mx1.example.com", S, F), host("mx2.example.com", INS))),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "TLSA lookup for mx1.example.com failed (timeout)",
+    ),
+    Row(
+        "hosts-failed-probe-verify",
+        ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS)), probe=PROBE_VERIFY),
+        "verify",
+        SECURE_NAMES,
+        Rule.PROBE,
+        "every reachable MX verified",
+    ),
+    Row(
+        "hosts-failed-probe-encrypt",
+        ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS)), probe=PROBE_ENCRYPT),
+        "dane",
+        "dane",
+        Rule.DANE,
+        "Postfix skips failing hosts",
+    ),
+    Row(
+        "hosts-failed-sts-enforce",
+        ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS)), sts=ENFORCE),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "MTA-STS enforce id=abc123",
+    ),
+    # --- MTA-STS ------------------------------------------------------------------------
+    Row(
+        "sts-enforce",
+        ev(dns=INSECURE_DNS, sts=ENFORCE, probe=PROBE_MAY),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "MTA-STS enforce id=abc123 mx=mx.example.com,*.example.net fetched 100s ago",
+    ),
+    Row(
+        "sts-enforce-without-dns",
+        ev(sts=ENFORCE),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "MTA-STS enforce",
+    ),
+    Row(
+        "sts-dedup-and-case",
+        ev(sts=StsEvidence(sts_policy(mx=("*.Example.NET.", "*.example.net", "MX.example.com")))),
+        "secure match=.example.net:mx.example.com servername=hostname",
+        "secure match=.example.net:mx.example.com servername=hostname policy_type=sts"
+        " policy_domain=example.com mx_host_pattern=*.example.net"
+        " mx_host_pattern=*.example.net mx_host_pattern=mx.example.com",
+        Rule.MTA_STS,
+        "MTA-STS enforce",
+    ),
+    Row(
+        "sts-refresh-error-keeps-cache",
+        ev(dns=INSECURE_DNS, sts=StsEvidence(sts_policy(), error="fetch timed out")),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "refresh failed: fetch timed out",
+    ),
+    Row(
+        "sts-expired-not-used",
+        ev(dns=INSECURE_DNS, sts=StsEvidence(sts_policy(age=86401.0))),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "no DANE, MTA-STS or probe evidence",
+    ),
+    Row(
+        "sts-expired-falls-to-probe",
+        ev(dns=INSECURE_DNS, sts=StsEvidence(sts_policy(age=86400.0)), probe=PROBE_ENCRYPT),
+        "encrypt",
+        "encrypt",
+        Rule.PROBE,
+        "mx2.example.com self-signed",
+    ),
+    Row(
+        "sts-testing-not-enforced",
+        ev(dns=INSECURE_DNS, sts=StsEvidence(sts_policy(StsMode.TESTING))),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "MTA-STS testing: not enforced",
+    ),
+    Row(
+        "sts-none-mode",
+        ev(sts=StsEvidence(sts_policy(StsMode.NONE, mx=()))),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "no DANE, MTA-STS or probe evidence",
+    ),
+    Row(
+        "sts-pending-cold",
+        ev(dns=INSECURE_DNS, sts=StsEvidence(pending=True)),
+        "NOTFOUND",
+        "TEMP",
+        Rule.DEFAULT,
+        "",
+    ),
+    Row(
+        "sts-pending-cold-with-probe",
+        ev(dns=INSECURE_DNS, sts=StsEvidence(pending=True), probe=PROBE_VERIFY),
+        "verify",
+        "TEMP",
+        Rule.PROBE,
+        "",
+    ),
+    Row(
+        "sts-pending-but-cached",
+        ev(sts=StsEvidence(sts_policy(), pending=True)),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "MTA-STS enforce",
+    ),
+    Row(
+        "sts-pending-dane-first",
+        ev(dns=DANE_ONLY_DNS, sts=StsEvidence(pending=True)),
+        "dane-only",
+        "dane-only",
+        Rule.DANE,
+        "DANE",
+    ),
+    # --- probe --------------------------------------------------------------------------
+    Row(
+        "probe-verify",
+        ev(dns=INSECURE_DNS, probe=PROBE_VERIFY),
+        "verify",
+        SECURE_NAMES,
+        Rule.PROBE,
+        "probe: every reachable MX verified",
+    ),
+    Row(
+        "probe-verify-without-names",
+        ev(probe=probe(ProbeLevel.VERIFY)),
+        "verify",
+        "verify",
+        Rule.PROBE,
+        "probe: every reachable MX verified",
+    ),
+    Row(
+        "probe-verify-held",
+        ev(probe=replace(PROBE_VERIFY, pending=ProbeLevel.MAY, pending_count=2)),
+        "verify",
+        SECURE_NAMES,
+        Rule.PROBE,
+        "holding against may seen 2x",
+    ),
+    Row(
+        "probe-encrypt",
+        ev(dns=INSECURE_DNS, probe=PROBE_ENCRYPT),
+        "encrypt",
+        "encrypt",
+        Rule.PROBE,
+        "TLS everywhere, certificate not verified (mx2.example.com self-signed)",
+    ),
+    Row(
+        "probe-may",
+        ev(dns=INSECURE_DNS, probe=PROBE_MAY),
+        "may",
+        "may",
+        Rule.PROBE,
+        "an MX without working TLS (mx1.example.com no-starttls, mx2.example.com valid)",
+    ),
+    Row(
+        "probe-nothing-reachable",
+        ev(probe=probe(None, ("mx1.example.com", ProbeVerdict.UNREACHABLE))),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "no DANE, MTA-STS or probe evidence",
+    ),
+    # --- default ------------------------------------------------------------------------
+    Row(
+        "unknown",
+        ev(),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "no DANE, MTA-STS or probe evidence",
+    ),
+    Row(
+        "ip-literal",
+        ev(destination=Destination("192.0.2.1", bracketed=True)),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.DEFAULT,
+        "no DANE",
+    ),
+]
+
+
+@pytest.mark.parametrize("profile", ["postfix", "strict"])
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_golden(row: Row, profile: str) -> None:
+    verdict = decide(row.ev, PROFILES[profile], NOW)
+    expected = row.postfix if profile == "postfix" else row.strict
+    assert text(verdict) == expected
+    if expected == "TEMP" and row.rule is not Rule.DNS_FAILURE:
+        assert verdict.rule is Rule.MTA_STS
+        assert "MTA-STS policy fetch still running" in verdict.reason
+    else:
+        assert verdict.rule is row.rule
+        assert row.reason in verdict.reason
+    assert "\n" not in verdict.reason
+
+
+def test_golden_table_covers_every_rule_and_outcome() -> None:
+    verdicts = [decide(r.ev, p, NOW) for r in ROWS for p in DEFAULT_PROFILES]
+    assert {v.rule for v in verdicts} == set(Rule)
+    assert {v.outcome for v in verdicts} == set(Outcome)
+    levels = {v.policy.level for v in verdicts if v.policy is not None}
+    assert levels >= set(TlsLevel) - {TlsLevel.NONE, TlsLevel.FINGERPRINT}
+
+
+@pytest.mark.parametrize(
+    ("unknown", "expected"),
+    [(Fallback.NOTFOUND, "NOTFOUND"), (Fallback.MAY, "may"), (Fallback.ENCRYPT, "encrypt")],
+)
+def test_custom_profile_unknown(unknown: Fallback, expected: str) -> None:
+    assert text(decide(ev(), Profile("custom", unknown=unknown), NOW)) == expected
+
+
+def test_custom_profile_probe_no_tls_notfound() -> None:
+    prof = Profile("custom", probe_no_tls=Fallback.NOTFOUND)
+    v = decide(ev(probe=PROBE_MAY), prof, NOW)
+    assert text(v) == "NOTFOUND"
+    assert v.rule is Rule.PROBE
+
+
+def test_sts_age_in_reason_moves_with_now() -> None:
+    v = decide(ev(sts=ENFORCE), PROFILES["postfix"], NOW + 900)
+    assert "fetched 1000s ago" in v.reason
+
+
+def test_override_expiry_boundary() -> None:
+    e = ev(override=Override("example.com", Policy(TlsLevel.MAY), expires_at=NOW + 1))
+    assert text(decide(e, PROFILES["postfix"], NOW)) == "may"
+    assert text(decide(e, PROFILES["postfix"], NOW + 1)) == "NOTFOUND"
+
+
+# --- property: adding a failure never yields a weaker verdict -------------------------
+
+HOST_NAMES = ("mx1.example.com", "mx2.example.com", "mx.example.net")
+
+
+@st.composite
+def mx_hosts(draw: st.DrawFn, name: str) -> MxHost:
+    address = draw(st.sampled_from(list(DnsStatus)))
+    tlsa: DnsStatus | None = None
+    records: tuple[Tlsa, ...] = ()
+    if address is S:
+        tlsa = draw(st.sampled_from([None, S, INS, F]))
+        if tlsa is S:
+            records = tuple(draw(st.lists(st.sampled_from([USABLE, USABLE_TA, UNUSABLE]))))
+    return host(name, address, tlsa, records, pref=draw(st.integers(0, 20)))
+
+
+@st.composite
+def dns_evidence(draw: st.DrawFn) -> DnsEvidence:
+    names = draw(st.lists(st.sampled_from(HOST_NAMES), max_size=3, unique=True))
+    hosts = tuple(draw(mx_hosts(n)) for n in names)
+    kind = draw(
+        st.sampled_from([MxKind.LISTED] * 6 + [MxKind.IMPLICIT, MxKind.NULL, MxKind.NXDOMAIN])
+    )
+    mx = draw(st.sampled_from(list(DnsStatus)))
+    return dns(*hosts, mx=mx, kind=kind)
+
+
+@st.composite
+def sts_evidence(draw: st.DrawFn) -> StsEvidence:
+    pol: StsPolicy | None = None
+    if draw(st.booleans()):
+        mode = draw(st.sampled_from(list(StsMode)))
+        mx = tuple(
+            draw(
+                st.lists(
+                    st.sampled_from(["mx1.example.com", "*.example.com", "*.example.net"]),
+                    min_size=1,
+                    max_size=3,
+                )
+            )
+        )
+        pol = sts_policy(
+            mode, mx, age=draw(st.sampled_from([0.0, 100.0, 86399.0, 86400.0, 90000.0]))
+        )
+    return StsEvidence(
+        pol, error=draw(st.sampled_from(["", "TXT lookup failed"])), pending=draw(st.booleans())
+    )
+
+
+@st.composite
+def probe_states(draw: st.DrawFn) -> ProbeState:
+    level = draw(st.sampled_from([None, *ProbeLevel]))
+    verdicts = st.sampled_from(list(ProbeVerdict))
+    pairs = tuple(
+        (n, draw(verdicts))
+        for n in draw(st.lists(st.sampled_from(HOST_NAMES), max_size=3, unique=True))
+    )
+    names = tuple(draw(st.lists(st.sampled_from(HOST_NAMES), max_size=2, unique=True)))
+    pending = draw(st.sampled_from([None, *ProbeLevel]))
+    return probe(level, *pairs, names=names, pending=pending, count=1 if pending else 0)
+
+
+@st.composite
+def evidence(draw: st.DrawFn) -> Evidence:
+    override = None
+    if draw(st.integers(0, 9)) == 0:
+        override = Override(
+            "example.com",
+            draw(st.sampled_from([None, Policy(TlsLevel.MAY)])),
+            expires_at=draw(st.sampled_from([None, NOW - 1])),
+        )
+    return Evidence(
+        destination=draw(
+            st.sampled_from([DEST] * 9 + [Destination("example.com", parent_form=True)])
+        ),
+        override=override,
+        dns=draw(st.one_of(st.none(), dns_evidence(), dns_evidence(), dns_evidence())),
+        sts=draw(sts_evidence()),
+        probe=draw(st.one_of(st.none(), probe_states())),
+    )
+
+
+def failures(e: Evidence) -> list[tuple[str, Evidence]]:
+    """Every single failure that can be injected into ``e``."""
+    out: list[tuple[str, Evidence]] = []
+    d = e.dns
+    if d is not None:
+        if d.mx is not F:
+            out.append(("mx failed", replace(e, dns=replace(d, mx=F, error="SERVFAIL"))))
+        for i, h in enumerate(d.hosts):
+            if h.address is not F:
+                failed = host(h.name, F, pref=h.preference)
+                hosts = (*d.hosts[:i], failed, *d.hosts[i + 1 :])
+                out.append((f"{h.name} address failed", replace(e, dns=replace(d, hosts=hosts))))
+            if h.address is S and h.tlsa is not F:
+                failed = host(h.name, S, F, pref=h.preference)
+                hosts = (*d.hosts[:i], failed, *d.hosts[i + 1 :])
+                out.append((f"{h.name} TLSA failed", replace(e, dns=replace(d, hosts=hosts))))
+    if e.sts.policy is not None and not e.sts.error:
+        out.append(
+            ("sts refresh failed", replace(e, sts=replace(e.sts, error="refresh timed out")))
+        )
+    return out
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(evidence())
+def test_adding_a_failure_never_weakens(e: Evidence) -> None:
+    for prof in DEFAULT_PROFILES:
+        before = decide(e, prof, NOW)
+        for what, failed in failures(e):
+            after = decide(failed, prof, NOW)
+            assert after.strength >= before.strength, (
+                f"{prof.name}: {what}: {text(before)!r} ({before.reason}) -> "
+                f"{text(after)!r} ({after.reason})"
+            )
+
+
+def test_known_counterexample_unusable_tlsa_left() -> None:
+    """The shrunk counterexample of the property above, kept as a plain regression test.
+
+    mx1 has usable TLSA, mx2 only unusable TLSA: ``dane`` (3). mx1's address lookup fails:
+    only mx2 is left, all its TLSA unusable, so ``encrypt`` (2): weaker than before.
+    """
+    e = ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", records=(UNUSABLE,))))
+    failed = ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", records=(UNUSABLE,))))
+    for prof in DEFAULT_PROFILES:
+        assert text(decide(e, prof, NOW)) == "dane"
+        assert decide(failed, prof, NOW).strength >= TlsLevel.DANE.strength

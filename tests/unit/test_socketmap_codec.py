@@ -1,0 +1,121 @@
+"""policyd.codec.socketmap: ``NAME KEY`` requests and status replies (socketmap_table(5))."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policyd.codec import netstring
+from policyd.codec.socketmap import (
+    MAX_NAME,
+    MAX_REPLY,
+    Request,
+    SocketmapError,
+    Status,
+    parse_request,
+    reply,
+)
+
+
+@pytest.mark.parametrize(
+    ("payload", "name", "key"),
+    [
+        (b"postfix example.com", "postfix", "example.com"),
+        (b"strict [mx.example.com]:587", "strict", "[mx.example.com]:587"),
+        (b"postfix .example.com", "postfix", ".example.com"),
+        ("postfix bücher.example".encode(), "postfix", "bücher.example"),
+        (b"n k", "n", "k"),
+        (b"postfix a b", "postfix", "a b"),  # only the first space separates
+        (b"x" * MAX_NAME + b" k", "x" * MAX_NAME, "k"),
+    ],
+)
+def test_parse_request(payload: bytes, name: str, key: str) -> None:
+    assert parse_request(payload) == Request(name, key)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"postfix", id="no-space"),
+        pytest.param(b" example.com", id="empty-name"),
+        pytest.param(b"postfix ", id="empty-key"),
+        pytest.param(b"x" * (MAX_NAME + 1) + b" k", id="long-name"),
+        pytest.param("pöstfix k".encode(), id="non-ascii-name"),
+        pytest.param(b"postfix \xff\xfe", id="bad-utf8-key"),
+        pytest.param(b"postfix exa\x00mple.com", id="nul-in-key"),
+        pytest.param(b"postfix example.com\n", id="newline-in-key"),
+        pytest.param(b"post\x01fix example.com", id="control-in-name"),
+        pytest.param(b"postfix \x7f", id="del-in-key"),
+    ],
+)
+def test_parse_request_errors(payload: bytes) -> None:
+    with pytest.raises(SocketmapError):
+        parse_request(payload)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200))
+def test_parse_request_only_raises_socketmap_error(payload: bytes) -> None:
+    try:
+        req = parse_request(payload)
+    except SocketmapError:
+        return
+    assert req.name and req.key
+    assert f"{req.name} {req.key}".encode() == payload
+
+
+@pytest.mark.parametrize(
+    ("status", "data", "wire"),
+    [
+        (Status.OK, "secure match=mx.example.com", b"OK secure match=mx.example.com"),
+        (Status.NOTFOUND, "", b"NOTFOUND "),
+        (Status.NOTFOUND, "ignored reason", b"NOTFOUND "),
+        (Status.TEMP, "MX lookup failed", b"TEMP MX lookup failed"),
+        (Status.TIMEOUT, "budget", b"TIMEOUT budget"),
+        (Status.PERM, "bad key", b"PERM bad key"),
+        (Status.TEMP, "two\r\nlines", b"TEMP two  lines"),
+        (Status.OK, "é", "OK é".encode()),
+    ],
+)
+def test_reply(status: Status, data: str, wire: bytes) -> None:
+    assert reply(status, data) == wire
+
+
+def test_reply_capped_at_protocol_limit() -> None:
+    out = reply(Status.OK, "x" * (2 * MAX_REPLY))
+    assert len(out) == MAX_REPLY
+    assert out.startswith(b"OK xxx")
+
+
+def test_reply_cap_keeps_utf8_valid() -> None:
+    """Cutting in the middle of a multibyte character sends Postfix invalid UTF-8."""
+    out = reply(Status.OK, "é" * MAX_REPLY)
+    assert len(out) <= MAX_REPLY
+    out.decode("utf-8")  # raises if a character was cut in half
+
+
+@given(st.sampled_from(list(Status)), st.text(max_size=300))
+def test_reply_is_one_line_within_limit(status: Status, data: str) -> None:
+    out = reply(status, data)
+    assert len(out) <= MAX_REPLY
+    assert b"\n" not in out and b"\r" not in out
+    assert out.startswith(status.value.encode() + b" ")
+    # The reply travels as a netstring the decoder reads back unchanged.
+    dec = netstring.Decoder(max_payload=MAX_REPLY)
+    dec.receive_data(netstring.encode(out))
+    assert dec.next_payload() == out
+
+
+def test_request_through_netstring_bytewise_and_trailing() -> None:
+    wire = netstring.encode(b"postfix example.com") + netstring.encode(b"strict x.org") + b"5:pos"
+    dec = netstring.Decoder()
+    got: list[Request] = []
+    for i in range(len(wire)):
+        dec.receive_data(wire[i : i + 1])
+        item = dec.next_payload()
+        if isinstance(item, bytes):
+            got.append(parse_request(item))
+    assert got == [Request("postfix", "example.com"), Request("strict", "x.org")]
+    assert dec.buffered == 5

@@ -1,0 +1,284 @@
+"""policyd.adapters.store_sqlite: records, events, schema versions, damaged files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from policyd.adapters import store_sqlite
+from policyd.adapters.store import Kind, Record, StoreError
+from policyd.adapters.store_sqlite import SCHEMA_VERSION, SqliteStore, path_from_url
+
+
+def url(path: Path) -> str:
+    return f"sqlite://{path}"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(url(tmp_path / "policyd.db"))
+    yield s
+    await s.close()
+
+
+def rec(kind: Kind, key: str, value: str = '{"v": 1}', expires: float | None = 100.0) -> Record:
+    return Record(kind, key, value, expires)
+
+
+# --- URLs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("u", "path"),
+    [
+        ("sqlite:///var/lib/policyd/policyd.db", "/var/lib/policyd/policyd.db"),
+        ("sqlite:///./var/policyd.db", "./var/policyd.db"),
+        ("sqlite://:memory:", ":memory:"),
+    ],
+)
+def test_path_from_url(u: str, path: str) -> None:
+    assert path_from_url(u) == path
+
+
+@pytest.mark.parametrize("u", ["", "sqlite:", "sqlite://", "redis://localhost", "/var/x.db"])
+def test_path_from_url_errors(u: str) -> None:
+    with pytest.raises(StoreError):
+        path_from_url(u)
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+async def test_put_get_replace(store: SqliteStore) -> None:
+    assert await store.get(Kind.DNS, "example.com") is None
+    r = rec(Kind.DNS, "example.com")
+    await store.put(r)
+    assert await store.get(Kind.DNS, "example.com") == r
+    r2 = rec(Kind.DNS, "example.com", '{"v": 2}', None)
+    await store.put(r2)
+    assert await store.get(Kind.DNS, "example.com") == r2
+
+
+async def test_kinds_are_separate_namespaces(store: SqliteStore) -> None:
+    for kind in Kind:
+        await store.put(rec(kind, "example.com", f'"{kind.value}"'))
+    for kind in Kind:
+        got = await store.get(kind, "example.com")
+        assert got is not None and got.value == f'"{kind.value}"' and got.kind is kind
+
+
+async def test_values_and_keys_kept_exactly(store: SqliteStore) -> None:
+    r = rec(Kind.OVERRIDE, "[xn--bcher-kva.example]:587", '{"c": "ünï\\n\'\\"", "x": null}', 1.5)
+    await store.put(r)
+    assert await store.get(Kind.OVERRIDE, r.key) == r
+
+
+async def test_delete(store: SqliteStore) -> None:
+    await store.put(rec(Kind.STS, "a"))
+    assert await store.delete(Kind.STS, "a") is True
+    assert await store.delete(Kind.STS, "a") is False
+    assert await store.get(Kind.STS, "a") is None
+    assert await store.delete(Kind.PROBE, "never") is False
+
+
+async def test_scan_includes_expired(store: SqliteStore) -> None:
+    await store.put(rec(Kind.PROBE, "a", expires=1.0))
+    await store.put(rec(Kind.PROBE, "b", expires=None))
+    await store.put(rec(Kind.DNS, "c"))
+    got = sorted(await store.scan(Kind.PROBE), key=lambda r: r.key)
+    assert got == [rec(Kind.PROBE, "a", expires=1.0), rec(Kind.PROBE, "b", expires=None)]
+    assert await store.scan(Kind.STS) == []
+
+
+async def test_flush_all_keeps_overrides(store: SqliteStore) -> None:
+    for kind in Kind:
+        await store.put(rec(kind, "a"))
+        await store.put(rec(kind, "b"))
+    assert await store.flush(None) == 2 * (len(Kind) - 1)
+    assert sorted(r.key for r in await store.scan(Kind.OVERRIDE)) == ["a", "b"]
+    for kind in Kind:
+        if kind is not Kind.OVERRIDE:
+            assert await store.scan(kind) == []
+
+
+async def test_flush_one_key_keeps_overrides_and_others(store: SqliteStore) -> None:
+    for kind in Kind:
+        await store.put(rec(kind, "a"))
+        await store.put(rec(kind, "b"))
+    assert await store.flush("a") == len(Kind) - 1
+    assert await store.get(Kind.OVERRIDE, "a") is not None
+    assert await store.get(Kind.DNS, "a") is None
+    assert await store.get(Kind.DNS, "b") is not None
+    assert await store.flush("a") == 0
+    assert await store.flush("missing") == 0
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+async def test_events_in_order_since(store: SqliteStore) -> None:
+    await store.append_event(30.0, "c", "third by time, first inserted")
+    await store.append_event(10.0, "a", "dane -> may")
+    await store.append_event(20.0, "b", "encrypt -> verify")
+    assert await store.events(0.0) == [
+        (30.0, "c", "third by time, first inserted"),
+        (10.0, "a", "dane -> may"),
+        (20.0, "b", "encrypt -> verify"),
+    ]
+    assert await store.events(20.0) == [
+        (30.0, "c", "third by time, first inserted"),
+        (20.0, "b", "encrypt -> verify"),
+    ]
+    assert await store.events(31.0) == []
+
+
+async def test_events_pruned(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_sqlite, "MAX_EVENTS", 10)
+    for i in range(1, 1001):
+        await store.append_event(float(i), "k", str(i))
+    got = await store.events(0.0)
+    assert [t for _, _, t in got] == [str(i) for i in range(991, 1001)]
+
+
+# --- persistence, schema, damaged files ---------------------------------------------------
+
+
+async def test_reopen_keeps_data(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "dir" / "policyd.db"  # parent directories are created
+    s = await SqliteStore.open(url(db))
+    await s.put(rec(Kind.OVERRIDE, "example.com"))
+    await s.append_event(1.0, "example.com", "x")
+    await s.close()
+    s = await SqliteStore.open(url(db))
+    assert await s.get(Kind.OVERRIDE, "example.com") == rec(Kind.OVERRIDE, "example.com")
+    assert await s.events(0.0) == [(1.0, "example.com", "x")]
+    await s.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_memory_store() -> None:
+    s = await SqliteStore.open("sqlite://:memory:")
+    await s.put(rec(Kind.DNS, "a"))
+    assert await s.get(Kind.DNS, "a") == rec(Kind.DNS, "a")
+    await s.close()
+
+
+async def test_migrates_from_version_zero(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.commit()
+    conn.close()
+    s = await SqliteStore.open(url(db))
+    await s.put(rec(Kind.DNS, "a"))
+    await s.close()
+    conn = sqlite3.connect(db)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"unrelated", "records", "events"} <= tables
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+async def test_failed_migration_is_store_error_and_rolled_back(tmp_path: Path) -> None:
+    db = tmp_path / "clash.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE events (x)")  # clashes with migration 1
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError):
+        await SqliteStore.open(url(db))
+    conn = sqlite3.connect(db)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "records" not in tables
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
+
+
+def _make_future_db(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE records (x)")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+
+
+async def test_newer_schema_refused(tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    _make_future_db(db)
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteStore.open(url(db))
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    conn.close()
+
+
+async def test_newer_schema_file_left_untouched(tmp_path: Path) -> None:
+    """ "Refusing to touch it" must hold byte for byte: no switch to WAL before the check."""
+    db = tmp_path / "future.db"
+    _make_future_db(db)
+    before = db.read_bytes()
+    with pytest.raises(StoreError):
+        await SqliteStore.open(url(db))
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["future.db"]
+
+
+@pytest.mark.parametrize("size", [1, 100, 4096, 65536])
+async def test_corrupt_file_raises_and_is_left_untouched(tmp_path: Path, size: int) -> None:
+    db = tmp_path / "policyd.db"
+    junk = os.urandom(size)
+    if junk.startswith(b"SQLite format 3\x00"):  # pragma: no cover - 2**-128
+        junk = b"x" + junk[1:]
+    db.write_bytes(junk)
+    with pytest.raises(StoreError):
+        await SqliteStore.open(url(db))
+    assert db.read_bytes() == junk
+
+
+async def test_damaged_database_raises_and_is_left_untouched(tmp_path: Path) -> None:
+    """A real database whose pages were overwritten: the header is fine, the tree is not."""
+    db = tmp_path / "policyd.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("x" * 500,) for _ in range(200)])
+    conn.commit()
+    conn.close()
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page : page + 64] = b"\xff" * 64  # smash the first b-tree page after the header
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError):
+        await SqliteStore.open(url(db))
+    assert db.read_bytes() == bytes(data)
+
+
+async def test_unopenable_path_is_store_error(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError):
+        await SqliteStore.open(url(tmp_path / "dir.db"))
+
+
+async def test_parent_is_a_file_is_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError):
+        await SqliteStore.open(url(tmp_path / "file" / "policyd.db"))
+
+
+async def test_use_after_close_is_store_error(tmp_path: Path) -> None:
+    s = await SqliteStore.open(url(tmp_path / "p.db"))
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.get(Kind.DNS, "a")
+
+
+async def test_close_twice(tmp_path: Path) -> None:
+    s = await SqliteStore.open(url(tmp_path / "p.db"))
+    await s.close()
+    await s.close()

@@ -1,0 +1,586 @@
+"""policyd.sources.sts: discovery, fetch and the downgrade-proof cache, with fakes.
+
+Time is a fake clock moved by the tests; the only real waiting is a few loop iterations
+and, for the "pending" cases, a cold budget of a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import dns.rdata
+import pytest
+
+from policyd.adapters.https import FetchError
+from policyd.adapters.store import Kind, Record, StoreError
+from policyd.codec.mtasts import MAX_AGE_CAP
+from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.core.evidence import DnsStatus, StsMode, StsPolicy
+from policyd.sources.sts import StsSettings, StsSource, TxtResult, txt_lookup_from
+
+T0 = 1_700_000_000.0
+DOMAIN = "example.com"
+
+
+def policy_body(mode: str = "enforce", max_age: int = 604800, mx: str = "mx.example.com") -> bytes:
+    return f"version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: {max_age}\n".encode()
+
+
+def txt(policy_id: str) -> TxtResult:
+    return TxtResult(DnsStatus.INSECURE, ("v=spf1 -all", f"v=STSv1; id={policy_id}"))
+
+
+NO_TXT = TxtResult(DnsStatus.SECURE, ())
+DNS_FAILED = TxtResult(DnsStatus.FAILED, (), "SERVFAIL")
+
+
+# -- fakes -------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.records: dict[tuple[Kind, str], Record] = {}
+        self.fail = False
+
+    async def put(self, record: Record) -> None:
+        if self.fail:
+            raise StoreError("disk full")
+        self.records[(record.kind, record.key)] = record
+
+    async def get(self, kind: Kind, key: str) -> Record | None:
+        return self.records.get((kind, key))
+
+    async def delete(self, kind: Kind, key: str) -> bool:
+        return self.records.pop((kind, key), None) is not None
+
+    async def scan(self, kind: Kind) -> list[Record]:
+        return [r for (k, _), r in self.records.items() if k is kind]
+
+    async def flush(self, key: str | None) -> int:
+        return 0
+
+    async def append_event(self, at: float, key: str, text: str) -> None:
+        return None
+
+    async def events(self, since: float) -> list[tuple[float, str, str]]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class FakeTxt:
+    answers: dict[str, TxtResult] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+    async def __call__(self, name: str) -> TxtResult:
+        self.names.append(name)
+        return self.answers.get(name.removeprefix("_mta-sts."), NO_TXT)
+
+    def set(self, domain: str, result: TxtResult) -> None:
+        self.answers[domain] = result
+
+
+@dataclass
+class FakeFetcher:
+    bodies: dict[str, bytes | Exception] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+
+    async def fetch(self, domain: str) -> bytes:
+        self.calls.append(domain)
+        if self.gate is not None:
+            await self.gate.wait()
+        body = self.bodies.get(domain, FetchError(domain, "HTTP 404"))
+        if isinstance(body, Exception):
+            raise body
+        return body
+
+
+@dataclass
+class World:
+    clock: Clock
+    store: MemoryStore
+    txt: FakeTxt
+    fetcher: FakeFetcher
+    source: StsSource
+    changes: list[str | None]
+
+    def restart(self, settings: StsSettings | None = None) -> StsSource:
+        self.source = make_source(self, settings)
+        return self.source
+
+
+def make_source(w: World, settings: StsSettings | None = None) -> StsSource:
+    source = StsSource(
+        w.store,
+        w.txt,
+        w.fetcher,
+        settings or StsSettings(),
+        clock=w.clock,
+        log=logging.getLogger("test.sts"),
+    )
+    source.on_change = w.changes.append
+    return source
+
+
+@pytest.fixture
+def w() -> World:
+    world = World(Clock(), MemoryStore(), FakeTxt(), FakeFetcher(), None, [])  # type: ignore[arg-type]
+    world.restart()
+    return world
+
+
+def publish(w: World, policy_id: str = "id1", body: bytes | None = None) -> None:
+    w.txt.set(DOMAIN, txt(policy_id))
+    w.fetcher.bodies[DOMAIN] = policy_body() if body is None else body
+
+
+async def tick() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# -- cold lookups ------------------------------------------------------------------------
+
+
+async def test_cold_fetch_within_budget(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    publish(w)
+    caplog.set_level(logging.INFO, "test.sts")
+    ev = await w.source.evidence(DOMAIN)
+    assert not ev.pending and ev.error == ""
+    assert ev.policy == StsPolicy(StsMode.ENFORCE, ("mx.example.com",), 604800, "id1", T0)
+    assert w.txt.names == ["_mta-sts.example.com"]
+    rec = w.store.records[(Kind.STS, DOMAIN)]
+    assert rec.expires_at == T0 + 604800
+    assert policy_from_json(rec.value) == ev.policy
+    assert w.changes == [DOMAIN]
+    assert (
+        "example.com: mta-sts policy id=id1 mode=enforce mx=mx.example.com max_age=604800"
+        in caplog.messages
+    )
+    assert w.source.cached("EXAMPLE.com.", T0) == ev
+
+
+async def test_no_policy_published(w: World) -> None:
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is None and not ev.pending and ev.error == ""
+    assert w.fetcher.calls == []
+    # Negative caching: no new TXT lookup before recheck_interval.
+    w.clock.advance(StsSettings().recheck_interval - 1)
+    await w.source.evidence(DOMAIN)
+    assert len(w.txt.names) == 1
+    w.clock.advance(1)
+    publish(w)
+    assert (await w.source.evidence(DOMAIN)).policy is not None
+    assert len(w.txt.names) == 2
+
+
+async def test_slow_cold_fetch_pending_then_stored(w: World) -> None:
+    publish(w)
+    w.fetcher.gate = asyncio.Event()
+    w.restart(StsSettings(cold_budget=0.01))
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.pending and ev.policy is None
+    assert w.source.cached(DOMAIN, T0).pending
+    assert w.changes == []
+    w.fetcher.gate.set()
+    await w.source.wait_idle()
+    done = w.source.cached(DOMAIN, T0)
+    assert not done.pending and done.policy is not None and done.policy.policy_id == "id1"
+    assert (Kind.STS, DOMAIN) in w.store.records
+    assert w.changes == [DOMAIN]  # the service drops the answer it built while pending
+
+
+async def test_concurrent_lookups_share_one_fetch(w: World) -> None:
+    publish(w)
+    w.fetcher.gate = asyncio.Event()
+    lookups = [asyncio.create_task(w.source.evidence(DOMAIN)) for _ in range(5)]
+    await tick()
+    assert w.fetcher.calls == [DOMAIN]
+    w.fetcher.gate.set()
+    results = await asyncio.gather(*lookups)
+    assert {r.policy.policy_id for r in results if r.policy} == {"id1"}
+    assert all(r.policy is not None for r in results)
+    assert len(w.txt.names) == 1 and w.fetcher.calls == [DOMAIN]
+
+
+async def test_pending_lookup_joins_running_fetch(w: World) -> None:
+    publish(w)
+    w.fetcher.gate = asyncio.Event()
+    w.restart(StsSettings(cold_budget=0.01))
+    assert (await w.source.evidence(DOMAIN)).pending
+    assert (await w.source.evidence(DOMAIN)).pending
+    assert len(w.fetcher.calls) == 1
+    w.fetcher.gate.set()
+    await w.source.wait_idle()
+
+
+async def test_concurrent_fetches_bounded(w: World) -> None:
+    w.fetcher.gate = asyncio.Event()
+    domains = [f"d{i}.example" for i in range(6)]
+    for d in domains:
+        w.txt.set(d, txt("a"))
+        w.fetcher.bodies[d] = policy_body()
+    w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=2))
+    results = await asyncio.gather(*(w.source.evidence(d) for d in domains))
+    assert all(r.pending for r in results)
+    assert len(w.fetcher.calls) == 2
+    w.fetcher.gate.set()
+    await w.source.wait_idle()
+    assert len(w.fetcher.calls) == 6
+    assert all(w.source.cached(d, T0).policy is not None for d in domains)
+
+
+# -- failures keep the cached policy -----------------------------------------------------
+
+
+async def cached_then_stale(w: World) -> StsPolicy:
+    """A policy cached at T0, then the clock moved past refresh_interval."""
+    publish(w)
+    first = (await w.source.evidence(DOMAIN)).policy
+    assert first is not None
+    w.clock.advance(StsSettings().refresh_interval + 1)
+    return first
+
+
+@pytest.mark.parametrize(
+    ("txt_result", "body", "error"),
+    [
+        (DNS_FAILED, None, "TXT lookup failed: SERVFAIL"),
+        (txt("id1"), FetchError(DOMAIN, "HTTP 503"), "policy fetch failed: HTTP 503"),
+        (txt("id2"), FetchError(DOMAIN, "timeout"), "policy fetch failed: timeout"),
+        (txt("id2"), b"<html>hi</html>", "invalid policy: line: line 1 is not 'key: value'"),
+        (txt("id2"), policy_body(mx="*.*.bad"), "invalid policy: mx: invalid mx pattern '*.*.bad'"),
+        (NO_TXT, None, ""),
+        (
+            TxtResult(DnsStatus.SECURE, ("v=STSv1; id=1", "v=STSv1; id=2")),
+            None,
+            "2 v=STSv1 TXT records (must be one)",
+        ),
+        (TxtResult(DnsStatus.SECURE, ("v=STSv1; id=",)), None, "invalid v=STSv1 TXT record"),
+    ],
+)
+async def test_cached_policy_survives(
+    w: World, txt_result: TxtResult, body: bytes | Exception | None, error: str
+) -> None:
+    first = await cached_then_stale(w)
+    w.txt.set(DOMAIN, txt_result)
+    if body is not None:
+        w.fetcher.bodies[DOMAIN] = body
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy == first  # answered at once from the cache
+    await w.source.wait_idle()
+    after = w.source.cached(DOMAIN, w.clock.now)
+    assert after.policy == first
+    assert after.error.startswith(error)
+    assert (Kind.STS, DOMAIN) in w.store.records
+    # It still expires at its own max_age.
+    assert w.source.cached(DOMAIN, first.expires_at).policy is None
+
+
+async def test_retry_not_before_five_minutes(w: World) -> None:
+    w.txt.set(DOMAIN, txt("id1"))  # the fetch fails: HTTP 404
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is None and ev.error == "policy fetch failed: HTTP 404"
+    w.clock.advance(299)
+    assert (await w.source.evidence(DOMAIN)).error == "policy fetch failed: HTTP 404"
+    assert len(w.fetcher.calls) == 1 and len(w.txt.names) == 1
+    w.clock.advance(1)
+    w.fetcher.bodies[DOMAIN] = policy_body()
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.error == ""
+    assert len(w.fetcher.calls) == 2
+
+
+async def test_retry_after_failure_for_cached_policy(w: World) -> None:
+    await cached_then_stale(w)
+    w.txt.set(DOMAIN, DNS_FAILED)
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    names = len(w.txt.names)
+    w.clock.advance(299)
+    await w.source.evidence(DOMAIN)
+    await w.source.refresh_due()
+    await w.source.wait_idle()
+    assert len(w.txt.names) == names
+    w.clock.advance(1)
+    w.txt.set(DOMAIN, txt("id1"))
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    assert len(w.txt.names) == names + 1
+    refreshed = w.source.cached(DOMAIN, w.clock.now)
+    assert refreshed.error == "" and refreshed.policy is not None
+    assert refreshed.policy.fetched_at == w.clock.now
+
+
+async def test_vanished_txt_does_not_refetch_each_lookup(w: World) -> None:
+    await cached_then_stale(w)
+    w.txt.set(DOMAIN, NO_TXT)
+    for _ in range(3):
+        await w.source.evidence(DOMAIN)
+        await w.source.wait_idle()
+    assert len(w.txt.names) == 2 and len(w.fetcher.calls) == 1
+
+
+# -- ids, refreshes, modes ---------------------------------------------------------------
+
+
+async def test_id_change_refetches(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "test.sts")
+    publish(w)
+    await w.source.evidence(DOMAIN)
+    w.clock.advance(StsSettings().recheck_interval)
+    publish(w, "id2", policy_body(mx="*.example.net", max_age=86400))
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.policy.policy_id == "id1"  # old one, at once
+    await w.source.wait_idle()
+    new = w.source.cached(DOMAIN, w.clock.now).policy
+    assert new is not None and (new.policy_id, new.mx) == ("id2", ("*.example.net",))
+    assert policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value) == new
+    assert w.changes == [DOMAIN, DOMAIN]
+    assert (
+        "example.com: mta-sts policy id=id2 mode=enforce mx=*.example.net max_age=86400"
+        in caplog.messages
+    )
+
+
+async def test_same_id_no_refetch(w: World) -> None:
+    publish(w)
+    await w.source.evidence(DOMAIN)
+    w.clock.advance(StsSettings().recheck_interval - 1)
+    await w.source.evidence(DOMAIN)
+    assert len(w.txt.names) == 1  # not even a TXT check yet
+    w.clock.advance(1)
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    assert len(w.txt.names) == 2 and len(w.fetcher.calls) == 1
+    assert w.changes == [DOMAIN]
+
+
+async def test_same_id_refetched_after_refresh_interval(w: World) -> None:
+    publish(w)
+    await w.source.evidence(DOMAIN)
+    w.clock.advance(StsSettings().refresh_interval)
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    assert len(w.fetcher.calls) == 2
+    pol = w.source.cached(DOMAIN, w.clock.now).policy
+    assert pol is not None and pol.fetched_at == w.clock.now
+    assert w.changes == [DOMAIN]  # same content: no change to report
+
+
+async def test_mode_none_removes(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "test.sts")
+    publish(w)
+    await w.source.evidence(DOMAIN)
+    w.clock.advance(StsSettings().recheck_interval)
+    publish(w, "id2", b"version: STSv1\nmode: none\nmax_age: 86400\n")
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    assert w.source.cached(DOMAIN, w.clock.now).policy is None
+    assert (Kind.STS, DOMAIN) not in w.store.records
+    assert w.changes == [DOMAIN, DOMAIN]
+    assert any("mode=none" in m and "removed" in m for m in caplog.messages)
+    # The none policy is remembered: no refetch of the same id on the next lookups.
+    w.clock.advance(StsSettings().recheck_interval)
+    assert (await w.source.evidence(DOMAIN)).policy is None
+    assert len(w.fetcher.calls) == 2
+
+
+async def test_mode_none_cold_is_no_policy(w: World) -> None:
+    publish(w, body=b"version: STSv1\nmode: none\nmax_age: 86400\n")
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is None and not ev.pending and ev.error == ""
+    assert w.store.records == {}
+
+
+async def test_testing_mode_cached_as_testing(w: World) -> None:
+    publish(w, body=policy_body(mode="testing"))
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.policy.mode is StsMode.TESTING
+    assert policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value).mode is StsMode.TESTING
+
+
+async def test_max_age_expiry(w: World) -> None:
+    publish(w, body=policy_body(max_age=600))
+    first = (await w.source.evidence(DOMAIN)).policy
+    assert first is not None and first.expires_at == T0 + 600
+    assert w.source.cached(DOMAIN, T0 + 599).policy == first
+    assert w.source.cached(DOMAIN, T0 + 600).policy is None
+    # Once expired, the next lookup is a cold one again, and a dead server means no policy.
+    w.clock.advance(600)
+    w.fetcher.bodies[DOMAIN] = FetchError(DOMAIN, "timeout")
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is None and ev.error == "policy fetch failed: timeout"
+
+
+async def test_short_policy_refreshed_before_expiry(w: World) -> None:
+    publish(w, body=policy_body(max_age=600))
+    await w.source.evidence(DOMAIN)
+    w.clock.advance(299)
+    assert await w.source.refresh_due() == 0
+    w.clock.advance(1)  # half its max_age
+    assert await w.source.refresh_due() == 1
+    await w.source.wait_idle()
+    pol = w.source.cached(DOMAIN, w.clock.now).policy
+    assert pol is not None and pol.fetched_at == T0 + 300
+
+
+async def test_max_age_capped_and_logged(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    publish(w, body=policy_body(max_age=99_999_999))
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.policy.max_age == MAX_AGE_CAP
+    assert f"example.com: mta-sts max_age 99999999 capped to {MAX_AGE_CAP}" in caplog.messages
+
+
+# -- persistence, housekeeping, flush ----------------------------------------------------
+
+
+async def test_load_after_restart(w: World) -> None:
+    publish(w)
+    first = (await w.source.evidence(DOMAIN)).policy
+    w.store.records[(Kind.STS, "old.example")] = Record(
+        Kind.STS,
+        "old.example",
+        policy_to_json(StsPolicy(StsMode.ENFORCE, ("mx.old.example",), 10, "x", T0 - 100)),
+        T0 - 90,
+    )
+    w.store.records[(Kind.STS, "junk.example")] = Record(Kind.STS, "junk.example", "{", None)
+    w.txt.set(DOMAIN, DNS_FAILED)  # the attacker blocks DNS after the restart
+    w.fetcher.bodies[DOMAIN] = FetchError(DOMAIN, "timeout")
+    w.clock.advance(3600)
+    source = w.restart()
+    await source.load()
+    assert source.cached(DOMAIN, w.clock.now).policy == first
+    assert source.cached("old.example", w.clock.now).policy is None
+    assert source.cached("junk.example", w.clock.now).policy is None
+    names = len(w.txt.names)
+    ev = await source.evidence(DOMAIN)
+    assert ev.policy == first
+    await source.wait_idle()  # a TXT check was started (id never checked since restart)
+    assert len(w.txt.names) == names + 1
+    assert source.cached(DOMAIN, w.clock.now).policy == first
+
+
+async def test_refresh_due(w: World) -> None:
+    for name in ("a.example", "b.example"):
+        w.txt.set(name, txt("1"))
+        w.fetcher.bodies[name] = policy_body()
+    await w.source.evidence("a.example")
+    w.clock.advance(43200)
+    await w.source.evidence("b.example")
+    await w.source.evidence("nothing.example")  # no policy: negative entry
+    w.clock.advance(43200)
+    assert await w.source.refresh_due() == 1  # only a.example is a day old
+    await w.source.wait_idle()
+    assert w.fetcher.calls.count("a.example") == 2
+    assert w.fetcher.calls.count("b.example") == 1
+    assert await w.source.refresh_due() == 0
+
+
+async def test_forget(w: World) -> None:
+    publish(w)
+    await w.source.evidence(DOMAIN)
+    w.source.forget("Example.COM")
+    assert w.source.cached(DOMAIN, w.clock.now).policy is None
+    w.fetcher.gate = asyncio.Event()
+    w.restart(StsSettings(cold_budget=0.01))
+    assert (await w.source.evidence(DOMAIN)).pending
+    w.source.forget(None)
+    await tick()
+    assert w.source.cached(DOMAIN, w.clock.now) == w.source.cached("unknown.example", T0)
+
+
+async def test_store_failure_keeps_policy_in_memory(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(w)
+    w.store.fail = True
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None
+    assert "example.com: mta-sts policy not saved: disk full" in caplog.messages
+
+
+async def test_unexpected_error_is_logged_not_raised(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    w.txt.set(DOMAIN, txt("1"))
+    w.fetcher.bodies[DOMAIN] = RuntimeError("bug")
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is None and not ev.pending
+    assert ev.error == "internal error: RuntimeError"
+    assert any("refresh crashed" in m for m in caplog.messages)
+    await w.source.evidence(DOMAIN)  # held off like after any failure
+    assert len(w.fetcher.calls) == 1
+
+
+def test_settings_validate() -> None:
+    with pytest.raises(ValueError, match="max_concurrent_fetches"):
+        StsSettings(max_concurrent_fetches=0)
+    with pytest.raises(ValueError, match="cold_budget"):
+        StsSettings(cold_budget=-1)
+
+
+# -- the DNS adapter seam ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeAnswer:
+    status: DnsStatus
+    rcode: str
+    records: tuple[object, ...]
+    error: str = ""
+
+
+class FakeResolver:
+    def __init__(self, answer: FakeAnswer) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, str]] = []
+
+    async def query(self, name: str, rdtype: str) -> FakeAnswer:
+        self.asked.append((name, rdtype))
+        return self.answer
+
+
+def rdata(text: str) -> object:
+    return dns.rdata.from_text("IN", "TXT", text)
+
+
+async def test_txt_lookup_from_resolver() -> None:
+    records = (rdata('"v=STSv1; " "id=abc"'), rdata('"v=spf1 -all"'))
+    resolver = FakeResolver(FakeAnswer(DnsStatus.SECURE, "NOERROR", records))
+    result = await txt_lookup_from(resolver)("_mta-sts.example.com")
+    assert result == TxtResult(DnsStatus.SECURE, ("v=STSv1; id=abc", "v=spf1 -all"))
+    assert resolver.asked == [("_mta-sts.example.com", "TXT")]
+
+
+async def test_txt_lookup_from_nxdomain_and_failure() -> None:
+    nx = FakeResolver(FakeAnswer(DnsStatus.INSECURE, "NXDOMAIN", ()))
+    assert await txt_lookup_from(nx)("x") == TxtResult(DnsStatus.INSECURE, ())
+    failed = FakeResolver(FakeAnswer(DnsStatus.FAILED, "SERVFAIL", (), "timeout"))
+    assert await txt_lookup_from(failed)("x") == TxtResult(DnsStatus.FAILED, (), "timeout")
+    bogus = FakeResolver(FakeAnswer(DnsStatus.FAILED, "SERVFAIL", ()))
+    assert (await txt_lookup_from(bogus)("x")).error == "lookup failed"
+
+
+async def test_txt_lookup_non_utf8_fails_grammar_not_decode() -> None:
+    resolver = FakeResolver(
+        FakeAnswer(DnsStatus.SECURE, "NOERROR", (rdata('"v=STSv1; id=\\255"'),))
+    )
+    result = await txt_lookup_from(resolver)("x")
+    assert result.records == ("v=STSv1; id=\ufffd",)
