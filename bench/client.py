@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,8 +63,13 @@ def _read_reply(sock: socket.socket, buf: bytearray) -> bytes:
 
 
 def _worker(
-    target: str, name: str, keys: Sequence[str], seconds: float, start_at: float, out: mp.Queue
-) -> None:  # type: ignore[type-arg]
+    target: str,
+    name: str,
+    keys: Sequence[str],
+    seconds: float,
+    start_at: float,
+    out: mp.Queue[tuple[list[int], int]],
+) -> None:
     sock = _connect(target)
     requests = [b"%d:%s," % (len(p), p) for p in (f"{name} {k}".encode() for k in keys)]
     buf = bytearray()
@@ -91,7 +97,7 @@ def run_clients(
 ) -> Figures:
     """``connections`` processes, each one connection doing one lookup at a time."""
     ctx = mp.get_context("fork")
-    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    out: mp.Queue[tuple[list[int], int]] = ctx.Queue()
     start_at = time.time() + 0.5 + connections * 0.01
     procs = []
     for c in range(connections):
@@ -131,15 +137,19 @@ def run_postmap(table: str, keys: Sequence[str], connections: int) -> tuple[int,
         )
         for _ in shares
     ]
-    answered = 0
-    for proc, share in zip(procs, shares, strict=True):
-        assert proc.stdin is not None
-        proc.stdin.write(("\n".join(share) + "\n").encode())
-        proc.stdin.close()
-    for proc in procs:
-        assert proc.stdout is not None
-        answered += proc.stdout.read().count(b"\n")
-        proc.wait()
+    # Feed and drain each process from its own thread: writing every stdin before reading
+    # any stdout would deadlock once the pipes fill.
+    outputs: list[bytes] = [b""] * len(procs)
+
+    def talk(i: int) -> None:
+        outputs[i] = procs[i].communicate(("\n".join(shares[i]) + "\n").encode())[0]
+
+    threads = [threading.Thread(target=talk, args=(i,)) for i in range(len(procs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    answered = sum(out.count(b"\n") for out in outputs)
     return answered, time.perf_counter() - t0
 
 

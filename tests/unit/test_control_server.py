@@ -112,8 +112,8 @@ class FakeSts:
     async def evidence(self, domain: str) -> StsEvidence:
         return self.cached(domain, NOW)
 
-    def forget(self, domain: str) -> None:
-        self.forgotten.append(domain)
+    def forget(self, domain: str | None) -> None:
+        self.forgotten.append(domain or "*")
 
 
 def _valid(host: str, address: str, at: float) -> ProbeHost:
@@ -151,8 +151,11 @@ class FakeProbe:
     def want(self, dest: Destination, dns: DnsEvidence) -> bool:
         return False
 
-    def forget(self, key: str) -> None:
-        self.states.pop(key, None)
+    def forget(self, key: str | None) -> None:
+        if key is None:
+            self.states.clear()
+        else:
+            self.states.pop(key, None)
 
     async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState:
         self.probed.append(dest.key)

@@ -1,0 +1,303 @@
+"""Redis store: one cache shared by a fleet of mail hosts.
+
+Layout under a configurable prefix (default ``policyd:``):
+
+* ``{prefix}schema``: the schema version, the string ``"1"``. Written with SET NX by the
+  first host to open an empty server; a higher version is a :class:`StoreError` at open
+  ("refusing to touch it"), never an overwrite.
+* ``{prefix}{kind}`` (``policyd:override``, ``policyd:dns``, ...): one hash per
+  :class:`Kind`, field = record key, value = JSON ``{"value": <JSON text>, "expires_at":
+  <float|null>}``. The record value stays the caller's JSON *text* (a string inside the
+  envelope), so it comes back byte for byte: the store never interprets it.
+* ``{prefix}event-log``: a stream of ``at`` / ``key`` / ``text`` entries, trimmed exactly to
+  ``max_events`` on every XADD. Stream IDs are stable, so reading it page by page stays
+  consistent while other hosts append and trim.
+
+No Redis TTLs, on purpose. Like the SQLite store, ``expires_at`` is stored and returned but
+not enforced: callers decide what an expired record still means (stale evidence may still be
+used when a fresh lookup fails; an expired override stays visible to ``policyctl override
+list`` until cleaned). A key per record with EXPIRE would make Redis forget evidence behind
+policyd's back and turn ``scan`` and ``flush(None)`` into SCANs over the whole keyspace; a
+hash per kind keeps them to HSCAN and DEL of a handful of keys. Hash fields cannot carry
+their own TTL before Redis 7.4 (HEXPIRE), and Debian ships 7.0.
+
+URLs, as redis-py parses them: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
+for TLS, and ``unix://[[user]:password@]/path/to/redis.sock[?db=N]`` for a local socket.
+Multi-key updates use MULTI, so every key must live on one server: Redis Cluster is not
+supported (a replicated primary behind one address is fine).
+
+Every redis-py or OS error is translated into :class:`StoreError` at this boundary; time
+spent on a dead or stuck server is bounded by the connect and command timeouts below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from typing import Final
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from policyd.adapters.store import Kind, Record, StoreError
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_PREFIX: Final = "policyd:"
+SCHEMES: Final = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
+CONNECT_TIMEOUT: Final = 5.0  # seconds to establish a connection (TCP, TLS or unix socket)
+COMMAND_TIMEOUT: Final = 5.0  # seconds to wait for a reply; a stopped server fails, not hangs
+# One immediate reconnect: a pooled connection may have been closed by a server restart or a
+# failover since its last use. Worst case per call: (1 + RETRIES) * (connect + command).
+RETRIES: Final = 1
+MAX_EVENTS: Final = 50_000  # entries kept for `policyctl report`, as in the SQLite store
+EVENTS_PAGE: Final = 1_000  # stream entries per XRANGE round trip
+SCAN_COUNT: Final = 500  # HSCAN COUNT hint: fields per round trip
+
+# Record kinds that `flush` drops: everything but overrides, as in the SQLite store.
+_EVIDENCE_KINDS: Final = tuple(k for k in Kind if k is not Kind.OVERRIDE)
+
+
+def _describe(url: str) -> str:
+    """The URL for messages and logs, without the password."""
+    if "://" not in url:
+        return "<not a URL>"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable redis URL>"
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _encode(record: Record) -> str:
+    return json.dumps({"value": record.value, "expires_at": record.expires_at})
+
+
+def _decode(kind: Kind, key: str, raw: str) -> Record:
+    """A hash field back into a :class:`Record`; anything else in our namespace is an error."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise StoreError(f"{kind.value} {key!r}: malformed record: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise StoreError(f"{kind.value} {key!r}: malformed record: not an object")
+    value = doc.get("value")
+    expires_at = doc.get("expires_at")
+    if not isinstance(value, str):
+        raise StoreError(f"{kind.value} {key!r}: malformed record: value is not a string")
+    if expires_at is not None and (
+        isinstance(expires_at, bool) or not isinstance(expires_at, int | float)
+    ):
+        raise StoreError(f"{kind.value} {key!r}: malformed record: bad expires_at")
+    return Record(kind, key, value, None if expires_at is None else float(expires_at))
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        name: str,
+        prefix: str = DEFAULT_PREFIX,
+        max_events: int = MAX_EVENTS,
+    ) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be positive, not {max_events}")
+        self._client = client
+        self._name = name  # the URL without its password, for messages
+        self._prefix = prefix
+        self._max_events = max_events
+        self._schema_key = f"{prefix}schema"
+        self._events_key = f"{prefix}event-log"
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_events: int = MAX_EVENTS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> RedisStore:
+        """Connect, PING and check (or write) the schema marker; a :class:`StoreError` if any
+        of it fails. See the module docstring for the URL forms."""
+        name = _describe(url)
+        scheme, sep, _ = url.partition("://")
+        if scheme not in SCHEMES or not sep:
+            expected = ", ".join(f"{s}://" for s in SCHEMES)
+            raise StoreError(f"not a redis URL: {name} (expected one of {expected})")
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=command_timeout,
+                retry=Retry(NoBackoff(), RETRIES),
+            )
+        except (ValueError, RedisError) as exc:  # redis-py rejects a malformed URL with either
+            raise StoreError(f"{name}: {exc}") from exc
+        store = cls(client, name=name, prefix=prefix, max_events=max_events)
+        try:
+            await store._open()
+        except StoreError:
+            await store._disconnect()
+            raise
+        return store
+
+    async def _open(self) -> None:
+        try:
+            await self._client.ping()
+            await self._client.set(self._schema_key, str(SCHEMA_VERSION), nx=True)
+            raw = await self._client.get(self._schema_key)
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+        try:
+            version = int(str(raw))
+            if version < 1:
+                raise ValueError(version)
+        except ValueError:
+            raise StoreError(
+                f"{self._name}: {self._schema_key} is {raw!r}, not a policyd schema version; "
+                "refusing to touch it"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._name}: schema version {version} is newer than this policyd "
+                f"({SCHEMA_VERSION}); refusing to touch it"
+            )
+        # Versions below SCHEMA_VERSION would migrate here; version 1 is the first.
+
+    def _error(self, exc: RedisError | OSError) -> StoreError:
+        detail = str(exc) or type(exc).__name__
+        return StoreError(f"{self._name}: {detail}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    def _hash(self, kind: Kind) -> str:
+        return f"{self._prefix}{kind.value}"
+
+    async def put(self, record: Record) -> None:
+        self._check_open()
+        try:
+            await self._client.hset(self._hash(record.kind), record.key, _encode(record))
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+
+    async def get(self, kind: Kind, key: str) -> Record | None:
+        self._check_open()
+        try:
+            raw = await self._client.hget(self._hash(kind), key)
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+        return None if raw is None else _decode(kind, key, str(raw))
+
+    async def delete(self, kind: Kind, key: str) -> bool:
+        self._check_open()
+        try:
+            removed = await self._client.hdel(self._hash(kind), key)
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+        return removed > 0
+
+    async def scan(self, kind: Kind) -> list[Record]:
+        """Every record of a kind, expired ones included (callers decide). HSCAN may return
+        a field twice while the hash is rehashed; the dict keeps one."""
+        self._check_open()
+        found: dict[str, str] = {}
+        try:
+            async for field, raw in self._client.hscan_iter(self._hash(kind), count=SCAN_COUNT):
+                found[str(field)] = str(raw)
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+        return [_decode(kind, key, raw) for key, raw in found.items()]
+
+    async def flush(self, key: str | None) -> int:
+        """Drop cached evidence (never overrides) for one key, or all with None; the number
+        of records dropped. One MULTI, so other hosts never see half a flush."""
+        self._check_open()
+        hashes = [self._hash(kind) for kind in _EVIDENCE_KINDS]
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                if key is None:
+                    for name in hashes:
+                        pipe.hlen(name)
+                    pipe.delete(*hashes)
+                    counts = (await pipe.execute())[: len(hashes)]
+                else:
+                    for name in hashes:
+                        pipe.hdel(name, key)
+                    counts = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+        return sum(int(n) for n in counts)
+
+    async def append_event(self, at: float, key: str, text: str) -> None:
+        """Exact trimming (MAXLEN =, not ~): the cap is a real bound whatever its size, and
+        at policyd's event rate the cost of evicting one entry per append is nothing."""
+        self._check_open()
+        try:
+            await self._client.xadd(
+                self._events_key,
+                {"at": repr(float(at)), "key": key, "text": text},
+                maxlen=self._max_events,
+                approximate=False,
+            )
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+
+    async def events(self, since: float) -> list[tuple[float, str, str]]:
+        """Events with ``at >= since``, oldest first (in append order, as SQLite's ``id``).
+        ``at`` comes from each host's clock, so the whole stream is read and filtered rather
+        than cut off at the first older entry."""
+        self._check_open()
+        out: list[tuple[float, str, str]] = []
+        start = "-"
+        try:
+            while True:
+                page = await self._client.xrange(
+                    self._events_key, min=start, max="+", count=EVENTS_PAGE
+                )
+                entries = page or []
+                for _entry_id, fields in entries:
+                    if not fields:
+                        continue  # XRANGE reports no fields for an entry deleted meanwhile
+                    at = self._event_time(fields.get("at"))
+                    if at >= since:
+                        out.append((at, str(fields.get("key", "")), str(fields.get("text", ""))))
+                if len(entries) < EVENTS_PAGE:
+                    return out
+                start = f"({entries[-1][0]!s}"  # exclusive: resume after the last entry seen
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from exc
+
+    def _event_time(self, raw: object) -> float:
+        try:
+            at = float(str(raw))
+        except ValueError:
+            raise StoreError(f"{self._name}: malformed event time {raw!r}") from None
+        if math.isnan(at):
+            raise StoreError(f"{self._name}: malformed event time {raw!r}")
+        return at
+
+    async def _disconnect(self) -> None:
+        # Closing sockets to a server that is already gone: nothing left to do.
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
+
+    async def close(self) -> None:
+        """Idempotent; every later call is a :class:`StoreError`."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._disconnect()
