@@ -146,10 +146,12 @@ def postmap(table: str, keys: tuple[str, ...] | list[str]) -> list[str]:
             timeout=POSTMAP_TIMEOUT,
             check=False,
         )
-        if res.returncode == 1 and not res.stdout:
+        err = res.stderr.decode(errors="replace").strip()
+        if res.returncode == 1 and not res.stdout and not err:
             return ["NOTFOUND"]
         if res.returncode != 0:
-            return ["ERROR " + res.stderr.decode(errors="replace").strip()]
+            # TEMP/PERM replies: postmap warns with the reason and exits 1.
+            return ["ERROR " + err]
         return [res.stdout.decode().rstrip("\n")]
     res = subprocess.run(
         ["postmap", "-q", "-", table],

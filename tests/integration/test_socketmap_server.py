@@ -144,9 +144,9 @@ def test_keys_as_postfix_sends_them(daemon: Daemon) -> None:
         (b"10000000:" + b"a" * 4096, True),  # 10 MB length prefix followed by data
         (b"01:a,", True),  # leading zero
         (b"5:hello!", True),  # wrong terminator
-        (b"11:postfixfoo,", False),  # missing space: a PERM reply, connection kept
+        (b"10:postfixfoo,", False),  # missing space: a PERM reply, connection kept
         (b"0:,", False),  # empty request
-        (b"15:postfix \xff\xfe\xfd\xfc\xfb\xfa,", False),  # invalid UTF-8
+        (b"14:postfix \xff\xfe\xfd\xfc\xfb\xfa,", False),  # invalid UTF-8
     ],
 )
 def test_bad_input_then_still_serving(daemon: Daemon, raw: bytes, closes: bool) -> None:

@@ -8,8 +8,12 @@ from the world's CA, so later SMTP servers can present exactly what the TLSA rec
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 from tests.world.addresses import HOSTS
 from tests.world.ca import tlsa_rdata
@@ -157,10 +161,60 @@ def zones(pki: Pki) -> list[Zone]:
     ]
 
 
+class Extension(Protocol):
+    """A module that grows the world (MTA-STS HTTPS servers, SMTP servers, ...).
+
+    ``HOSTS``: its own host names and addresses (disjoint from every other table);
+    ``zones(pki)``: zones to add (each extension owns its zones);
+    ``start(world)``: start its servers once DNS runs, returning a stop function;
+    ``SCENARIOS``: name -> (domain, expected answer) for tests.
+    """
+
+    HOSTS: Mapping[str, str]
+    SCENARIOS: Mapping[str, tuple[str, str]]
+
+    def zones(self, pki: Pki) -> list[Zone]: ...
+
+    def start(self, world: World) -> Callable[[], None]: ...
+
+
+# Extension modules, in start order; each lives in its own file under tests/world/.
+EXTENSIONS: tuple[str, ...] = ("tests.world.sts_world", "tests.world.smtp_world")
+
+
+def _extensions() -> list[Extension]:
+    found: list[Extension] = []
+    for name in EXTENSIONS:
+        if importlib.util.find_spec(name) is not None:
+            found.append(cast(Extension, importlib.import_module(name)))
+    return found
+
+
 def build(tmpdir: Path) -> World:
-    """The DANE world: a CA with a leaf per host, the scenario zones, named and unbound."""
-    pki = Pki.create(tmpdir / "pki", list(HOSTS))
-    world = build_world(tmpdir, zones(pki), pki=pki)
+    """The world: a CA with a leaf per host, every zone, named and unbound, then the
+    extensions' servers."""
+    exts = _extensions()
+    hosts = dict(HOSTS)
+    for ext in exts:
+        clash = hosts.keys() & ext.HOSTS.keys()
+        if clash or set(hosts.values()) & set(ext.HOSTS.values()):
+            raise ValueError(f"world extension reuses hosts or addresses: {sorted(clash)}")
+        hosts.update(ext.HOSTS)
+    pki = Pki.create(tmpdir / "pki", list(hosts))
+    all_zones = zones(pki)
+    for ext in exts:
+        all_zones += ext.zones(pki)
+    world = build_world(tmpdir, all_zones, pki=pki)
+    world.hosts = hosts
     world.scenarios = {s.name: s.domain for s in SCENARIOS}
     world.expected = {s.domain: s.expected for s in SCENARIOS}
+    try:
+        for ext in exts:
+            for name, (domain, expected) in ext.SCENARIOS.items():
+                world.scenarios[name] = domain
+                world.expected[domain] = expected
+            world.closers.append(ext.start(world))
+    except BaseException:
+        world.close()
+        raise
     return world

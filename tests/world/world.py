@@ -8,7 +8,7 @@ only the world's loopback network.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +51,8 @@ class World:
     scenarios: dict[str, str] = field(default_factory=dict)
     expected: dict[str, str] = field(default_factory=dict)
     entered: netns.Entered | None = None
+    # Stop functions of the servers extensions started (HTTPS, SMTP), run at close().
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def ca(self) -> CertAuthority:
@@ -96,7 +98,10 @@ class World:
         self.restart_unbound()
 
     def close(self) -> None:
-        """Stop both daemons, take this thread back home, delete the namespace; idempotent."""
+        """Stop extension servers and both daemons, take this thread back home, delete the
+        namespace; idempotent."""
+        while self.closers:
+            self.closers.pop()()
         try:
             self.unbound.stop()
         finally:
