@@ -279,8 +279,10 @@ def _check(config: Config) -> None:
     if config.profile("postfix") is None:
         raise ConfigError(path, "profiles", "the default profile 'postfix' is missing")
     scheme = config.store.url.partition("://")[0]
-    if scheme not in ("sqlite", "redis", "rediss"):
-        raise ConfigError(path, "store.url", "expected sqlite:///PATH or redis://HOST")
+    if scheme not in ("sqlite", "redis", "rediss", "unix"):
+        raise ConfigError(
+            path, "store.url", "expected sqlite:///PATH, redis://HOST[:PORT][/DB] or unix:///PATH"
+        )
 
 
 def _mode(path: str, key: str, text: str) -> int:

@@ -119,15 +119,23 @@ class PolicyService:
         return tuple(self._profiles.values())
 
     async def load_overrides(self) -> None:
-        """(Re)read overrides from the store: at start and on SIGHUP."""
+        """(Re)read overrides from the store: at start, on SIGHUP, and periodically so that
+        hosts sharing a Redis store see each other's overrides. Only changed keys lose
+        their cached answers."""
         loaded: dict[str, Override] = {}
         for rec in await self.store.scan(Kind.OVERRIDE):
             try:
                 loaded[rec.key] = override_from_json(rec.key, rec.value)
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("%s: ignoring unreadable override: %s", rec.key, exc)
+        changed = {
+            k
+            for k in loaded.keys() | self.overrides.keys()
+            if loaded.get(k) != self.overrides.get(k)
+        }
         self.overrides = loaded
-        self.invalidate(None)
+        for key in changed:
+            self.invalidate(key)
 
     def remembered(self) -> dict[tuple[str, str], Verdict]:
         """The latest verdict per (profile name, destination key): policyctl report."""

@@ -35,9 +35,7 @@ class MemoryStore:
 
     async def flush(self, key: str | None) -> int:
         doomed = [
-            k
-            for k in self.records
-            if k[0] is not Kind.OVERRIDE and (key is None or k[1] == key)
+            k for k in self.records if k[0] is not Kind.OVERRIDE and (key is None or k[1] == key)
         ]
         for k in doomed:
             del self.records[k]

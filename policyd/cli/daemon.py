@@ -38,7 +38,7 @@ HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh
 
 
 async def open_store(url: str) -> Store:
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "unix://")):
         from policyd.adapters.store_redis import RedisStore
 
         return await RedisStore.open(url)
@@ -156,6 +156,10 @@ class Daemon:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             self.service.expire_overrides()
+            try:
+                await self.service.load_overrides()
+            except StoreError as exc:
+                log.error("store: cannot reload overrides: %s", exc)
             await sts.refresh_due()
 
 
