@@ -115,9 +115,13 @@ def _dns(dns: Doc | None, now: float) -> list[str]:
     if dns is None:
         return ["DNS: not looked up (parent-domain form or address literal)"]
     status = dns.text("mx_status")
-    signed = {"secure": "DNSSEC-validated", "insecure": "not signed", "failed": "lookup FAILED"}
+    signed = {"secure": "DNSSEC-validated", "insecure": "not signed"}
     expires = dns.num("expires_at")
-    line = f"DNS: MX {dns.text('kind')}, {status} ({signed.get(status, status)})"
+    if status == "failed":
+        # The kind of a failed lookup means nothing: "MX listed" would read as found.
+        line = "DNS: MX lookup FAILED"
+    else:
+        line = f"DNS: MX {dns.text('kind')}, {status} ({signed.get(status, status)})"
     line += f", fetched {ago(dns.num('age'))}"
     if expires is not None:
         line += f", expires {within(expires - now)}"

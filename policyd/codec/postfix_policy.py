@@ -6,6 +6,7 @@ colons and Postfix separates them with ``|``.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from policyd.core.types import Policy, TlsLevel
@@ -32,6 +33,11 @@ KNOWN_ATTRS: Final = frozenset(
         "mx_host_pattern",
     }
 )
+
+
+# A fingerprint digest: hex, bytes optionally separated by ":" (Postfix ignores anything
+# else with "malformed fingerprint value", so such an override could never match).
+_DIGEST: Final = re.compile(r"[0-9A-Fa-f]+(?::[0-9A-Fa-f]+)*")
 
 
 class PolicySyntaxError(ValueError):
@@ -73,6 +79,10 @@ def parse(text: str) -> Policy:
             match = tuple(p for p in value.split(_match_sep(level)) if p)
             if not match:
                 raise PolicySyntaxError("empty match=")
+            if level is TlsLevel.FINGERPRINT:
+                for digest in match:
+                    if _DIGEST.fullmatch(digest) is None:
+                        raise PolicySyntaxError(f"fingerprint {digest[:32]!r} is not hex digits")
         elif name in KNOWN_ATTRS:
             attrs.append((name, value))
         else:

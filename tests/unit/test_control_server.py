@@ -21,7 +21,7 @@ import pytest
 
 from policyd import __version__
 from policyd.adapters.store_sqlite import SqliteStore
-from policyd.cli import policyctl
+from policyd.cli import policyctl, policyctl_render
 from policyd.codec import control
 from policyd.core.evidence import (
     Destination,
@@ -287,6 +287,15 @@ async def test_explain_dane(env: Env) -> None:
     assert "MTA-STS: no policy" in out
     assert "Probe: no probe results yet" in out
     assert "Override: none" in out
+
+
+def test_explain_failed_dns_does_not_read_as_found() -> None:
+    dns = {"mx_status": "failed", "kind": "listed", "error": "MX lookup: bogus", "hosts": []}
+    out = policyctl_render.explain(
+        policyctl_render.Doc({"destination": "bogus.example", "now": NOW, "dns": dns})
+    )
+    assert "DNS: MX lookup FAILED, fetched never\n  error: MX lookup: bogus\n" in out
+    assert "listed" not in out
 
 
 async def test_explain_json_has_the_evidence(env: Env) -> None:
