@@ -24,7 +24,6 @@ import logging
 import os
 import pwd
 import socket
-import stat
 import struct
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from policyd.server.control_commands import (
     DaemonLike,
     Peer,
 )
+from policyd.server.unixsock import apply_socket_perms, prepare_unix_path, remove_stale_socket
 
 log = logging.getLogger("policyd")
 
@@ -121,8 +121,7 @@ class ControlServer:
 
     async def start(self) -> None:
         path = self._path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _remove_stale_socket(path)
+        prepare_unix_path(path)
         # Created under a tight umask so there is no moment when others could connect.
         old = os.umask(0o177)
         try:
@@ -131,9 +130,7 @@ class ControlServer:
             )
         finally:
             os.umask(old)
-        if self._group:
-            os.chown(path, -1, grp.getgrnam(self._group).gr_gid)
-        os.chmod(path, self._mode)
+        apply_socket_perms(path, self._mode, self._group)
         log.info("control: listening on unix:%s", path)
 
     async def close(self) -> None:
@@ -143,7 +140,7 @@ class ControlServer:
             task.cancel()
         await asyncio.gather(*self._conns, return_exceptions=True)
         if self._server is not None:
-            _remove_stale_socket(self._path)
+            remove_stale_socket(self._path)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -228,14 +225,3 @@ async def _send(writer: asyncio.StreamWriter, reply: control.Reply) -> None:
     writer.write(control.encode_reply(reply))
     async with asyncio.timeout(WRITE_TIMEOUT):
         await writer.drain()
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket left by an earlier run; anything else at the path is left alone."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket; not removing it")
-    os.unlink(path)

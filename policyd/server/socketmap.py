@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import grp
 import logging
-import os
-import stat
 import time
 import typing
 from typing import Final
 
 from policyd.codec import netstring, socketmap
 from policyd.config import Listener, ServerSettings, parse_listener, socket_mode
+from policyd.server.unixsock import apply_socket_perms, prepare_unix_path, remove_stale_socket
 from policyd.service import PolicyService
 
 log = logging.getLogger("policyd")
@@ -246,30 +244,3 @@ def describe(listener: Listener) -> str:
         return f"unix:{listener.path}"
     host = f"[{listener.host}]" if ":" in listener.host else listener.host
     return f"inet:{host}:{listener.port}"
-
-
-def prepare_unix_path(path: str) -> None:
-    """Create the directory and remove a stale socket left by a previous run.
-
-    Anything at the path that is not a socket is left alone and reported: a config typo
-    must not delete a postmaster's file.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    remove_stale_socket(path)
-
-
-def remove_stale_socket(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket; not removing it")
-    os.unlink(path)
-
-
-def apply_socket_perms(path: str, mode: int, group: str) -> None:
-    if group:
-        gid = grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
