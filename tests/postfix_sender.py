@@ -1,0 +1,200 @@
+"""A throwaway, real *sending* Postfix for end-to-end tests: its own config and queue
+directories, services without chroot, ``master -c DIR -s -d`` under ``ip netns exec`` (so
+it reads the world's resolv.conf), TLS policy from policyd over socketmap."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import smtplib
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Final
+
+from tests.world.procs import Background
+from tests.world.smtp_world import POSTFIX_MASTER, POSTFIX_SERVICES, QUEUE_SUBDIRS
+from tests.world.world import World
+
+START_TIMEOUT: Final = 20.0
+POLL: Final = 0.1
+QUEUED = re.compile(r"queued as ([0-9A-F]+)")
+
+
+@dataclass
+class Submitted:
+    queue_id: str
+    message_id: str
+    recipient: str
+
+
+class PostfixSender:
+    """The instance: ``address:25`` takes submissions from 127.0.0.0/8."""
+
+    def __init__(
+        self,
+        world: World,
+        base: Path,
+        address: str,
+        policy_socket: str,
+        ca_file: Path,
+        *,
+        milter: str | None = None,
+        hold_smtp: bool = False,
+    ) -> None:
+        self.base = base
+        self.address = address
+        self.conf = base / "conf"
+        self.queue = base / "queue"
+        self.maillog = base / "maillog"
+        self._setup(policy_socket, ca_file, milter, hold_smtp)
+        self.master = Background(
+            f"sending postfix {address}",
+            [*world.exec_prefix(), POSTFIX_MASTER, "-c", str(self.conf), "-s", "-d"],
+            self.maillog,
+        )
+
+    def _setup(
+        self, policy_socket: str, ca_file: Path, milter: str | None, hold_smtp: bool
+    ) -> None:
+        conf, queue = self.conf, self.queue
+        data = queue / "data"  # relative data_directory: see smtp_world.postfix_instance
+        for d in (conf, queue, data):
+            d.mkdir(parents=True, exist_ok=True)
+        owner = pwd.getpwnam("postfix")
+        postdrop = grp.getgrnam("postdrop").gr_gid
+        for name in QUEUE_SUBDIRS:
+            (queue / name).mkdir(exist_ok=True)
+            os.chown(queue / name, owner.pw_uid, owner.pw_gid)
+            os.chmod(queue / name, 0o700)
+        (queue / "pid").mkdir(exist_ok=True)
+        for name, mode in (("maildrop", 0o730), ("public", 0o710)):
+            (queue / name).mkdir(exist_ok=True)
+            os.chown(queue / name, owner.pw_uid, postdrop)
+            os.chmod(queue / name, mode)
+        os.chown(data, owner.pw_uid, owner.pw_gid)
+        lines = [
+            "compatibility_level = 3.6",
+            f"queue_directory = {queue}",
+            "data_directory = data",
+            "mail_owner = postfix",
+            "setgid_group = postdrop",
+            "inet_interfaces = loopback-only",
+            "inet_protocols = ipv4",
+            "myhostname = sender.policyd.test",
+            "mydomain = policyd.test",
+            "myorigin = sender.policyd.test",
+            "mydestination =",
+            "relay_domains =",
+            "mynetworks = 127.0.0.0/8",
+            "alias_maps =",
+            "alias_database =",
+            "local_recipient_maps =",
+            # Postfix's own log (postlogd, the postlog service of master.cf) goes to the
+            # master's stdout, which is the maillog file.
+            "maillog_file = /dev/stdout",
+            "smtpd_peername_lookup = no",
+            "smtp_dns_support_level = dnssec",
+            "smtp_address_preference = ipv4",
+            "smtp_tls_security_level = may",
+            f"smtp_tls_policy_maps = socketmap:unix:{policy_socket}:postfix",
+            f"smtp_tls_CAfile = {ca_file}",
+            "smtp_tls_loglevel = 1",
+            "smtp_connect_timeout = 5s",
+            "queue_run_delay = 1s",
+            "minimal_backoff_time = 1s",
+            "maximal_backoff_time = 2s",
+            "bounce_queue_lifetime = 1h",
+            "maximal_queue_lifetime = 1h",
+            "delay_warning_time = 0",
+            # The recorder behind mx.probe-valid.test's smtpd_proxy_filter (aiosmtpd, no
+            # DSN) refuses the ORCPT parameter the receiving Postfix would pass on.
+            "smtp_discard_ehlo_keywords = dsn",
+        ]
+        if milter is not None:
+            lines += [
+                f"smtpd_milters = {milter}",
+                "milter_default_action = accept",
+                "milter_protocol = 6",
+            ]
+        if hold_smtp:
+            lines.append("defer_transports = smtp")  # smtp(8) never asks policyd
+        (conf / "main.cf").write_text("\n".join(lines) + "\n")
+        (conf / "master.cf").write_text(
+            f"{self.address}:25 inet n - n - - smtpd\n" + POSTFIX_SERVICES
+        )
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self.address, 25), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        self.master.start(self._listening, START_TIMEOUT)
+
+    def stop(self) -> None:
+        self.master.stop()
+
+    def log(self) -> str:
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    def submit(self, recipient: str, subject: str) -> Submitted:
+        """One message through the smtpd listener; returns its queue id."""
+        msg = EmailMessage()
+        message_id = f"<{uuid.uuid4().hex}@sender.policyd.test>"
+        msg["From"] = "tester@sender.policyd.test"
+        msg["To"] = recipient
+        msg["Subject"] = subject
+        msg["Message-ID"] = message_id
+        msg.set_content(f"end-to-end test: {subject}\n")
+        with smtplib.SMTP(self.address, 25, timeout=30) as smtp:
+            smtp.ehlo("client.policyd.test")
+            code, resp = smtp.mail("tester@sender.policyd.test")
+            assert code == 250, resp
+            code, resp = smtp.rcpt(recipient)
+            assert code == 250, resp
+            code, resp = smtp.data(msg.as_bytes())
+            assert code == 250, resp
+        found = QUEUED.search(resp.decode())
+        assert found is not None, resp
+        return Submitted(found.group(1), message_id, recipient)
+
+    def wait_status(self, sub: Submitted, status: str, timeout: float = 30.0) -> str:
+        """The first delivery log line of ``sub`` with ``status=<status>``."""
+        pattern = re.compile(
+            rf"^.*{sub.queue_id}: to=<{re.escape(sub.recipient)}>.*"
+            rf"status={status}\b.*$",
+            re.M,
+        )
+        deadline = time.monotonic() + timeout
+        while (found := pattern.search(self.log())) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no status={status} for {sub.queue_id}:\n{self.log()[-4000:]}"
+                )
+            time.sleep(POLL)
+        return found.group(0)
+
+    def tls_before(self, status_line: str) -> str | None:
+        """The ``... TLS connection established ...`` line the same smtp(8) process logged
+        last before ``status_line`` (None: that delivery was not encrypted)."""
+        pid = re.search(r"postfix/\w+\[(\d+)\]", status_line)
+        assert pid is not None, status_line
+        text = self.log()
+        head = text[: text.index(status_line)]
+        # Only this delivery's session: after the process's previous status= line.
+        previous = list(re.finditer(rf"postfix/smtp\[{pid.group(1)}\]: .* status=", head))
+        if previous:
+            head = head[previous[-1].end() :]
+        pattern = re.compile(
+            rf"^.*postfix/smtp\[{pid.group(1)}\]: \w+ TLS connection established .*$", re.M
+        )
+        lines = [m.group(0) for m in pattern.finditer(head)]
+        return lines[-1] if lines else None
