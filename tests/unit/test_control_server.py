@@ -290,7 +290,12 @@ async def test_explain_dane(env: Env) -> None:
 
 
 def test_explain_failed_dns_does_not_read_as_found() -> None:
-    dns = {"mx_status": "failed", "kind": "listed", "error": "MX lookup: bogus", "hosts": []}
+    dns: control.JsonObject = {
+        "mx_status": "failed",
+        "kind": "listed",
+        "error": "MX lookup: bogus",
+        "hosts": [],
+    }
     out = policyctl_render.explain(
         policyctl_render.Doc({"destination": "bogus.example", "now": NOW, "dns": dns})
     )
