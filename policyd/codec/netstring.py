@@ -30,7 +30,7 @@ DEFAULT_MAX_PAYLOAD: Final = 10100
 
 
 class Decoder:
-    __slots__ = ("_buf", "_max_digits", "_max_payload", "_need")
+    __slots__ = ("_buf", "_max_digits", "_max_payload")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if max_payload < 0:
@@ -38,8 +38,6 @@ class Decoder:
         self._buf = bytearray()
         self._max_payload = max_payload
         self._max_digits = len(str(max_payload))
-        # Bytes still needed for the netstring being read (-1: header not parsed yet).
-        self._need = -1
 
     @property
     def buffered(self) -> int:
