@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -30,7 +30,7 @@ from policyd.core.evidence import (
     ProbeState,
 )
 from policyd.core.profile import Profile
-from policyd.core.types import Outcome, Verdict
+from policyd.core.types import Outcome
 from policyd.server.control_docs import (
     explain_doc,
     jsonable,
@@ -130,25 +130,6 @@ class Prober(Protocol):
     async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState: ...
 
     def stats(self) -> object: ...
-
-
-# -- the service's memory ----------------------------------------------------------------
-
-
-def remembered(service: PolicyService) -> Mapping[tuple[str, str], Verdict]:
-    """Latest verdict per (profile, destination key), via PolicyService.remembered()."""
-    accessor = getattr(service, "remembered", None)
-    if callable(accessor):
-        result: Mapping[tuple[str, str], Verdict] = accessor()
-        return result
-    return dict(service._last)  # until PolicyService.remembered() lands
-
-
-def cached_answers(service: PolicyService) -> int:
-    size = getattr(service, "cached_answers", None)
-    if isinstance(size, int):
-        return size
-    return len(service._answers)  # until PolicyService.cached_answers lands
 
 
 # -- the dispatcher ----------------------------------------------------------------------
@@ -335,7 +316,7 @@ class Commands:
         rules: dict[str, dict[str, int]] = {}
         temp_now: list[JsonValue] = []
         keys: set[str] = set()
-        for (profile, key), verdict in sorted(remembered(service).items()):
+        for (profile, key), verdict in sorted(service.remembered().items()):
             keys.add(key)
             by_level = levels.setdefault(profile, {}).setdefault(level_text(verdict), [])
             if len(by_level) < MAX_REPORT_NAMES:
@@ -384,8 +365,8 @@ class Commands:
             "connections": None if server is None else server.connections,
             "refused": None if server is None else server.refused,
             "cache": {
-                "answers": cached_answers(service),
-                "verdicts": len(remembered(service)),
+                "answers": service.cached_answers,
+                "verdicts": len(service.remembered()),
                 "overrides": len(service.overrides),
             },
             "lookups": jsonable(service.stats),
