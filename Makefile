@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := postfix bind9 bind9-utils bind9-dnsutils unbound iproute2 redis-server \
 	libmilter-dev groff-base man-db swaks systemd util-linux ca-certificates
 
-.PHONY: run test venv deps lint typecheck unit integration bench clean
+.PHONY: run test venv deps lint typecheck unit integration bench clean tracked
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ run: venv
 	mkdir -p var run
 	$(BIN)/policyd --config etc/policyd.local.toml
 
-deps: $(BIN)/python
+# Nothing built may be tracked (a committed .venv broke every clone at another path).
+tracked:
+	@$(PYTHON) .ci/check_tracked.py
+
+deps: tracked $(BIN)/python
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \

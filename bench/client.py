@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from tests.postfix_conf import postmap_cmd
+
 READ_SIZE: Final = 65536
 CONNECT_TIMEOUT: Final = 10.0
 
@@ -130,7 +132,7 @@ def run_postmap(table: str, keys: Sequence[str], connections: int) -> tuple[int,
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["postmap", "-q", "-", table],
+            postmap_cmd("-q", "-", table),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from tests.postfix_conf import postmap_cmd
+
 START_TIMEOUT: Final = 20.0  # seconds for the daemon to create its sockets
 STOP_TIMEOUT: Final = 10.0
 POSTMAP_TIMEOUT: Final = 60.0
@@ -141,7 +143,7 @@ class Daemon:
 def postmap(table: str, keys: tuple[str, ...] | list[str]) -> list[str]:
     if len(keys) == 1:
         res = subprocess.run(
-            ["postmap", "-q", keys[0], table],
+            postmap_cmd("-q", keys[0], table),
             capture_output=True,
             timeout=POSTMAP_TIMEOUT,
             check=False,
@@ -154,7 +156,7 @@ def postmap(table: str, keys: tuple[str, ...] | list[str]) -> list[str]:
             return ["ERROR " + err]
         return [res.stdout.decode().rstrip("\n")]
     res = subprocess.run(
-        ["postmap", "-q", "-", table],
+        postmap_cmd("-q", "-", table),
         input="\n".join(keys).encode() + b"\n",
         capture_output=True,
         timeout=POSTMAP_TIMEOUT,

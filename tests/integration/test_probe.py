@@ -16,6 +16,7 @@ from typing import Any, Final
 import pytest
 
 from tests.daemon import Daemon, base_sections
+from tests.postfix_conf import client_env
 from tests.world import smtp_world
 from tests.world.smtp_world import CASES
 from tests.world.world import World
@@ -206,6 +207,7 @@ def finger(world: World, host: str) -> str:
         capture_output=True,
         text=True,
         timeout=FINGER_TIMEOUT,
+        env=client_env(),
     )
     return str(res.stdout) + str(res.stderr)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.codec.postfix_policy import render
@@ -671,7 +671,7 @@ def failures(e: Evidence) -> list[tuple[str, Evidence]]:
     return out
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3000)
 @given(evidence())
 def test_adding_a_failure_never_weakens(e: Evidence) -> None:
     for prof in DEFAULT_PROFILES:
