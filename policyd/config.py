@@ -26,6 +26,7 @@ from policyd.sources.probe import ProbeSettings
 from policyd.sources.sts import StsSettings
 
 DEFAULT_PATH: Final = "/etc/policyd/policyd.toml"
+DEFAULT_PORT: Final = 7672  # the default socketmap listener: inet:127.0.0.1:7672
 
 
 class ConfigError(Exception):
@@ -37,10 +38,12 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     # Listeners: "unix:/path" or "inet:HOST:PORT" (IPv6 as inet:[::1]:PORT).
-    socketmap: tuple[str, ...] = ("unix:/run/policyd/policyd.sock",)
+    # Loopback TCP reaches Postfix's chrooted smtp(8), its unchrooted programs and postmap
+    # alike, with no file permissions to get wrong (the port is RFC 7672's number).
+    socketmap: tuple[str, ...] = (f"inet:127.0.0.1:{DEFAULT_PORT}",)
     control: str = "unix:/run/policyd/control.sock"
     socket_mode: str = "0660"  # unix socketmap sockets: the postfix group needs rw
-    socket_group: str = ""  # "" keeps the daemon's group
+    socket_group: str = ""  # "": the postfix group when it exists (see unixsock)
     max_request: int = 10100  # bytes; Postfix sends at most 10000 (socketmap_table(5))
     request_timeout: float = 10.0  # seconds to finish a started request
     idle_timeout: float = 300.0  # Postfix closes idle ones after 10 s; we allow longer

@@ -98,6 +98,9 @@ class Daemon:
             await control.start()
         except OSError as exc:
             log.error("cannot listen: %s", exc)
+            await control.close()  # removes only sockets this process bound
+            await server.close()
+            await fetcher.aclose()
             await store.close()
             return 1
         self.server = server
@@ -209,6 +212,11 @@ def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = No
         print(f"policyd: {config.path}: configuration ok")
         return 0
     setup_logging(config.log.level)
+    if os.geteuid() == 0:
+        log.warning(
+            "running as root: policyd needs no privileges. Run it as its own user "
+            "(systemd/policyd.service runs it as policyd with the postfix group)."
+        )
     raise_fd_limit()
     if run is not None:
         return run(config)
