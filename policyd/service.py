@@ -11,7 +11,6 @@ until the earliest expiry of the evidence behind it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Final, Protocol
 from policyd.adapters.store import Kind, Record, Store
 from policyd.codec import netstring, postfix_policy, socketmap
 from policyd.codec.destination import KeyError_, parse_key
+from policyd.codec.override_record import override_from_json, override_to_json
 from policyd.core.decide import decide
 from policyd.core.evidence import (
     Destination,
@@ -126,7 +126,7 @@ class PolicyService:
         for rec in await self.store.scan(Kind.OVERRIDE):
             try:
                 loaded[rec.key] = override_from_json(rec.key, rec.value)
-            except (ValueError, KeyError, TypeError) as exc:
+            except ValueError as exc:  # the codec raises nothing else
                 log.error("%s: ignoring unreadable override: %s", rec.key, exc)
         changed = {
             k
@@ -375,31 +375,3 @@ def render_reply(verdict: Verdict) -> bytes:
     if verdict.policy is None:
         return socketmap.reply(socketmap.Status.NOTFOUND)
     return socketmap.reply(socketmap.Status.OK, postfix_policy.render(verdict.policy))
-
-
-def override_to_json(ov: Override) -> str:
-    return json.dumps(
-        {
-            "policy": None if ov.policy is None else postfix_policy.render(ov.policy),
-            "expires_at": ov.expires_at,
-            "comment": ov.comment,
-            "author": ov.author,
-            "created_at": ov.created_at,
-        },
-        sort_keys=True,
-    )
-
-
-def override_from_json(key: str, text: str) -> Override:
-    doc = json.loads(text)
-    pol_text = doc["policy"]
-    pol = None if pol_text is None else postfix_policy.parse(pol_text)
-    expires = doc.get("expires_at")
-    return Override(
-        key=key,
-        policy=pol,
-        expires_at=None if expires is None else float(expires),
-        comment=str(doc.get("comment", "")),
-        author=str(doc.get("author", "")),
-        created_at=float(doc.get("created_at", 0.0)),
-    )

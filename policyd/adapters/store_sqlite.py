@@ -8,6 +8,8 @@ has a schema newer than this program is a :class:`StoreError` at start, never a 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,24 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 T = TypeVar("T")
+
+log = logging.getLogger("policyd.store")
+
+
+def _record(kind: Kind, key: object, value: object, expires_at: object) -> Record | None:
+    """A row as a :class:`Record`, or None for a row of the wrong types: SQLite's columns
+    take any type, and a hand-edited row must be skipped, not crash whoever reads it."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        return None
+    if expires_at is None:
+        return Record(kind, key, value, None)
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        return None
+    try:
+        seconds = float(expires_at)
+    except OverflowError:
+        return None
+    return None if math.isnan(seconds) else Record(kind, key, value, seconds)
 
 
 def path_from_url(url: str) -> str:
@@ -142,7 +162,12 @@ class SqliteStore:
                 "SELECT value, expires_at FROM records WHERE kind = ? AND key = ?",
                 (kind.value, key),
             ).fetchone()
-            return None if row is None else Record(kind, key, row[0], row[1])
+            if row is None:
+                return None
+            record = _record(kind, key, row[0], row[1])
+            if record is None:
+                log.warning("%s: %s %r: skipped: malformed row", self._path, kind.value, key)
+            return record
 
         return await self._run(run)
 
@@ -160,7 +185,14 @@ class SqliteStore:
             rows = self._conn.execute(
                 "SELECT key, value, expires_at FROM records WHERE kind = ?", (kind.value,)
             ).fetchall()
-            return [Record(kind, k, v, e) for k, v, e in rows]
+            records = []
+            for k, v, e in rows:
+                record = _record(kind, k, v, e)
+                if record is None:
+                    log.warning("%s: %s %.128r: skipped: malformed row", self._path, kind.value, k)
+                else:
+                    records.append(record)
+            return records
 
         return await self._run(run)
 

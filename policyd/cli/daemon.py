@@ -71,13 +71,6 @@ class Daemon:
             return 1
         sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
         probe = ProbeSource(store, prober, cfg.probe, log=log)
-        try:
-            await sts.load()
-            await probe.load()
-        except StoreError as exc:
-            log.error("store: %s", exc)
-            await store.close()
-            return 1
         service = PolicyService(
             cfg.profiles,
             store,
@@ -86,7 +79,16 @@ class Daemon:
             probe,
             lookup_budget=cfg.server.lookup_budget,
         )
-        await service.load_overrides()
+        try:
+            # Unreadable records are skipped with a log line each; only a store that
+            # cannot be read at all stops the start.
+            await sts.load()
+            await probe.load()
+            await service.load_overrides()
+        except StoreError as exc:
+            log.error("store: %s", exc)
+            await store.close()
+            return 1
         probe.on_change = service.invalidate
         sts.on_change = service.invalidate
         self.service = service

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Final
 
 from policyd.core.evidence import ProbeHost, ProbeLevel, ProbeState, ProbeVerdict
@@ -17,6 +18,12 @@ VERSION: Final = 1
 MAX_RECORD_CHARS: Final = 256 * 1024  # far above 3 MX hosts x a few addresses
 MAX_HOSTS: Final = 64  # probe_host probes at most a handful of addresses per MX host
 MAX_FIELD_CHARS: Final = 1024  # details, names, fingerprints
+
+# LDH labels of 1-63 characters, at most 253 in all (RFC 1035 2.3.4, RFC 5890 2.3.1).
+_HOST_NAME: Final = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 _HOST_TEXT_FIELDS: Final = (
     "host",
@@ -47,7 +54,10 @@ def state_from_json(text: str) -> ProbeState:
     """Raises ValueError on anything that is not a document :func:`state_to_json` wrote."""
     if len(text) > MAX_RECORD_CHARS:
         raise ValueError("probe record too large")
-    doc = json.loads(text)  # JSONDecodeError is a ValueError
+    try:
+        doc = json.loads(text)  # JSONDecodeError is a ValueError
+    except RecursionError:
+        raise ValueError("probe record nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("probe record is not an object")
     if doc.get("v") != VERSION:
@@ -64,7 +74,7 @@ def state_from_json(text: str) -> ProbeState:
     return ProbeState(
         level=_level(doc.get("level")),
         hosts=tuple(_host_from_doc(h) for h in hosts),
-        verified_names=tuple(_text(n, "verified name") for n in names),
+        verified_names=tuple(_host_name(n) for n in names),
         pending=_level(doc.get("pending")),
         pending_count=count,
         pending_since=_time(doc.get("pending_since"), "pending_since"),
@@ -107,6 +117,14 @@ def _level(value: object) -> ProbeLevel | None:
     return ProbeLevel(value)
 
 
+def _host_name(value: object) -> str:
+    """A verified name becomes a ``secure match=`` pattern: only a DNS host name, so a
+    stored ``x,tafile=/etc/passwd`` can never reach Postfix as an attribute."""
+    if not isinstance(value, str) or _HOST_NAME.fullmatch(value) is None:
+        raise ValueError(f"probe record verified name {str(value)[:64]!r} is not a host name")
+    return value
+
+
 def _text(value: object, what: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
         raise ValueError(f"probe record {what} must be a short string")
@@ -116,7 +134,10 @@ def _text(value: object, what: str) -> str:
 def _time(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"probe record {what} must be a number")
-    seconds = float(value)
+    try:
+        seconds = float(value)  # OverflowError for an integer beyond a float's range
+    except OverflowError:
+        raise ValueError(f"probe record {what} is out of range") from None
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"probe record {what} must be a finite, non-negative time")
     return seconds

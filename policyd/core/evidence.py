@@ -63,6 +63,8 @@ class MxHost:
 
     ``tlsa`` is None when TLSA was not looked up because the address records are not
     secure (RFC 7672 2.2.2: TLSA is only sought for hosts with secure addresses).
+    ``address_error`` names failed address lookups: with ``address`` FAILED none gave
+    an address; otherwise one family failed and the host is used over the other.
     """
 
     name: str

@@ -59,13 +59,25 @@ def test_verdict_strength_order() -> None:
         (Outcome.POLICY, None, "r"),
         (Outcome.NOTFOUND, Policy(TlsLevel.MAY), "r"),
         (Outcome.TEMP, Policy(TlsLevel.MAY), "r"),
-        (Outcome.NOTFOUND, None, "two\nlines"),
-        (Outcome.NOTFOUND, None, "cr\r"),
     ],
 )
 def test_verdict_validates(outcome: Outcome, pol: Policy | None, reason: str) -> None:
     with pytest.raises(ValueError):
         Verdict(outcome, Rule.DEFAULT, reason, pol)
+
+
+@pytest.mark.parametrize(
+    ("reason", "escaped"),
+    [
+        ("two\nlines", "two\\nlines"),
+        ("cr\r", "cr\\r"),
+        ("nul\0 esc\x1b", "nul\\x00 esc\\x1b"),
+        ("line\u2028sep", "line\\u2028sep"),
+    ],
+)
+def test_verdict_reason_is_one_line_escaped_never_refused(reason: str, escaped: str) -> None:
+    # Refusing would make the lookup TEMP (a newline in an override comment did).
+    assert Verdict(Outcome.NOTFOUND, Rule.DEFAULT, reason).reason == escaped
 
 
 @pytest.mark.parametrize(

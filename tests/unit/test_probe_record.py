@@ -66,6 +66,15 @@ def _doc() -> dict[str, object]:
         ("hosts", [{"host": "x"}]),
         ("verified_names", [1]),
         ("verified_names", "mx"),
+        # A verified name becomes a secure match= pattern: no attribute smuggled in.
+        ("verified_names", ["x,tafile=/etc/passwd"]),
+        ("verified_names", ["mx.example.test servername=evil"]),
+        ("verified_names", ["mx\x00"]),
+        ("verified_names", ["a:b"]),
+        ("verified_names", [""]),
+        # A JSON integer beyond a float's range (OverflowError before the fix).
+        ("probed_at", 10**400),
+        ("pending_since", 10**400),
     ],
 )
 def test_rejects_bad_fields(field: str, value: object) -> None:
@@ -82,6 +91,20 @@ def test_rejects_unknown_verdict() -> None:
     hosts[0]["verdict"] = "great"
     with pytest.raises(ValueError):
         state_from_json(json.dumps(doc))
+
+
+def test_rejects_huge_integer_in_a_host_time() -> None:
+    doc = _doc()
+    hosts = doc["hosts"]
+    assert isinstance(hosts, list)
+    hosts[0]["probed_at"] = 10**400
+    with pytest.raises(ValueError, match="out of range"):
+        state_from_json(json.dumps(doc))
+
+
+def test_rejects_deep_nesting() -> None:
+    with pytest.raises(ValueError, match="nested"):
+        state_from_json("[" * 100_000)
 
 
 @pytest.mark.parametrize("text", ["", "null", "[]", "{", '{"v": 1}', "1e999", "NaN"])
@@ -136,7 +159,9 @@ _levels = st.none() | st.sampled_from(ProbeLevel)
         ProbeState,
         level=_levels,
         hosts=st.lists(_hosts, max_size=5).map(tuple),
-        verified_names=st.lists(st.text(max_size=20), max_size=3).map(tuple),
+        verified_names=st.lists(
+            st.from_regex(r"\A[a-z0-9]{1,8}(\.[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?)*\Z"), max_size=3
+        ).map(tuple),
         pending=_levels,
         pending_count=st.integers(min_value=0, max_value=100),
         pending_since=st.floats(min_value=0, max_value=4e9),

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
 from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import (
@@ -133,6 +134,44 @@ async def test_overrides_survive_reload_from_store() -> None:
     await fresh.load_overrides()
     got = reply(await fresh.reply_for(b"postfix example.test"))
     assert got == b"OK secure match=.example.test"
+
+
+async def test_newline_in_an_override_comment_never_makes_temp() -> None:
+    # A stored comment with a newline (written by hand or by an older policyd) made every
+    # lookup of the key TEMP: Verdict refused the two-line reason.
+    svc, _, store = make()
+    doc = '{"policy": "encrypt", "comment": "ticket 1\\nsecond line", "author": "root"}'
+    await store.put(Record(Kind.OVERRIDE, "example.test", doc, None))
+    await svc.load_overrides()
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
+    ov = svc.overrides["example.test"]
+    assert ov.comment == "ticket 1\\nsecond line"  # escaped on load, one line
+    # The core escapes rather than refuses even an unescaped one.
+    await svc.set_override(Override("example.test", parse("verify"), comment="a\nb"))
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+
+
+async def test_unreadable_overrides_are_skipped_and_the_rest_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    svc, _, store = make()
+    bad = {
+        "inject.test": '{"policy": "verify match=.inject.test,tafile=/etc/passwd"}',
+        "nul.test": '{"policy": "encrypt ciphers=high\\u0000"}',
+        "huge.test": '{"policy": "encrypt", "expires_at": 1' + "0" * 400 + "}",
+        "created.test": '{"policy": "encrypt", "created_at": 1' + "0" * 400 + "}",
+        "list.test": "[1, 2]",
+        "notjson.test": "{",
+    }
+    for key, doc in bad.items():
+        await store.put(Record(Kind.OVERRIDE, key, doc, None))
+    await store.put(Record(Kind.OVERRIDE, "good.test", '{"policy": "encrypt"}', None))
+    with caplog.at_level(logging.ERROR):
+        await svc.load_overrides()
+    assert set(svc.overrides) == {"good.test"}
+    for key in bad:
+        assert f"{key}: ignoring unreadable override" in caplog.text
+    assert reply(await svc.reply_for(b"postfix inject.test")) == b"NOTFOUND "
 
 
 async def test_concurrent_lookups_share_one_gathering() -> None:
