@@ -6,8 +6,11 @@ which is what makes the hot path fast. Replies leave in request order; misses ar
 by tasks whose results are written as the head of the per-connection queue completes.
 
 Limits, each named in :class:`~policyd.config.ServerSettings`: request size (PERM and close
-beyond it), time to finish a started request, idle time, number of connections, and a cap
-on pipelined requests per connection (reading pauses beyond it).
+beyond it), time to finish a started request (counted from its first byte, so trickling
+bytes does not keep a slot), idle time, number of connections (at the limit the
+longest-idle connection is closed to admit the new one: a Postfix process that connects
+now needs an answer more than one that has said nothing for longest), and a cap on
+pipelined requests per connection (reading pauses beyond it).
 """
 
 from __future__ import annotations
@@ -64,9 +67,7 @@ class _Conn(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer) if peer else "unix"
-        if not self._server.admit(self):
-            transport.abort()
-            self._closed = True
+        self._server.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -86,9 +87,12 @@ class _Conn(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         decoder = self._decoder
+        ongoing = decoder.buffered > 0  # a request began in an earlier read
         decoder.receive_data(data)
         now = time.monotonic()
         self.last_activity = now
+        self._server.touch(self)
+        completed = False
         service = self._server.service
         transport = self._transport
         assert transport is not None
@@ -100,6 +104,7 @@ class _Conn(asyncio.Protocol):
                 return
             if payload is netstring.NEED_DATA:
                 break
+            completed = True
             if not self._pending:
                 hit = service.cached_reply(payload)
                 if hit is not None:
@@ -111,7 +116,11 @@ class _Conn(asyncio.Protocol):
             if len(self._pending) >= MAX_PIPELINE and not self._paused:
                 self._paused = True
                 transport.pause_reading()
-        self.started_at = now if decoder.buffered else 0.0
+        if not decoder.buffered:
+            self.started_at = 0.0
+        elif completed or not ongoing:
+            self.started_at = now  # a new request began in this read
+        # else: the same unfinished request; its clock keeps running from its first byte
 
     def _flush(self, _done: asyncio.Future[bytes]) -> None:
         pending = self._pending
@@ -133,6 +142,7 @@ class _Conn(asyncio.Protocol):
             self._paused = False
             transport.resume_reading()
         self.last_activity = time.monotonic()
+        self._server.touch(self)
 
     def _fail(self, why: str) -> None:
         """PERM for a protocol error, then close: the stream cannot be resynchronised."""
@@ -155,32 +165,53 @@ class SocketmapServer:
     def __init__(self, service: PolicyService, settings: ServerSettings) -> None:
         self.service = service
         self.settings = settings
-        self._conns: set[_Conn] = set()
+        # Insertion order is activity order: touch() moves a connection to the end, so the
+        # first one is the longest idle (an O(1) choice at the limit).
+        self._conns: dict[_Conn, None] = {}
         self._servers: list[asyncio.Server] = []
         self._bound: list[BoundSocket] = []
         self._sweeper: asyncio.Task[None] | None = None
-        self.refused = 0
+        self.evicted = 0  # idle connections closed to admit new ones, since start
 
     @property
     def connections(self) -> int:
         return len(self._conns)
 
-    def admit(self, conn: _Conn) -> bool:
-        if len(self._conns) >= self.settings.max_connections:
-            self.refused += 1
-            if self.refused % 100 == 1:
+    @property
+    def refused(self) -> int:
+        """Connections closed at ``max_connections`` (the status field keeps its name;
+        new connections are no longer refused)."""
+        return self.evicted
+
+    def admit(self, conn: _Conn) -> None:
+        """Take a new connection; at ``max_connections`` close the longest-idle one first
+        (one with no lookup in flight if there is any), never the newcomer."""
+        while len(self._conns) >= self.settings.max_connections:
+            victim = next((c for c in self._conns if not c.busy), None)
+            if victim is None:
+                victim = next(iter(self._conns))
+            del self._conns[victim]
+            victim.close()
+            self.evicted += 1
+            if self.evicted % 100 == 1:
                 log.warning(
-                    "socketmap: %d connections reached, refusing %s (refused so far: %d)",
+                    "socketmap: %d connections reached, closed the longest-idle %s to admit "
+                    "%s (closed so far: %d)",
                     self.settings.max_connections,
+                    victim.peer,
                     conn.peer,
-                    self.refused,
+                    self.evicted,
                 )
-            return False
-        self._conns.add(conn)
-        return True
+        self._conns[conn] = None
+
+    def touch(self, conn: _Conn) -> None:
+        """A connection was active: it becomes the last to be evicted."""
+        if conn in self._conns:
+            del self._conns[conn]
+            self._conns[conn] = None
 
     def forget(self, conn: _Conn) -> None:
-        self._conns.discard(conn)
+        self._conns.pop(conn, None)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -232,3 +232,53 @@ def test_decision_change_log_line(daemon: Daemon) -> None:
         assert time.monotonic() < deadline, daemon.log()
         time.sleep(0.05)
     assert "policyd[" in daemon.log()
+
+
+def test_trickled_request_closed_after_request_timeout(daemon: Daemon) -> None:
+    # One byte per 0.5 s never leaves the connection silent, but the request started at the
+    # first byte: request_timeout (2 s here, swept every second) closes it by about 3 s.
+    request = b"60:postfix " + b"a" * 100
+    with connect(daemon) as s:
+        t0 = time.monotonic()
+        closed_after = None
+        for byte in request:
+            try:
+                s.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - t0
+                break
+            s.settimeout(0.5)
+            try:
+                if s.recv(100) == b"":
+                    closed_after = time.monotonic() - t0
+                    break
+            except TimeoutError:
+                continue
+        assert closed_after is not None, "a trickled request kept its connection"
+        assert closed_after < 4.5
+    still_serving(daemon)
+
+
+def test_max_connections_closes_the_longest_idle(world: World, tmp_path: Path) -> None:
+    sections = base_sections(tmp_path, world.resolver)
+    sections["server"]["max_connections"] = 20
+    put_overrides(tmp_path / "policyd.db", {"override.test": "encrypt"})
+    d = Daemon(tmp_path, sections)
+    d.start()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            socks.append(connect(d))
+        # the first one speaks, so the second is now the longest idle
+        assert ask(socks[0], b"postfix override.test") == b"OK encrypt"
+        time.sleep(0.2)
+        with connect(d) as newcomer:
+            assert ask(newcomer, b"postfix override.test") == b"OK encrypt"
+            socks[1].settimeout(5)
+            assert socks[1].recv(1) == b""  # closed to admit the newcomer
+            assert ask(socks[0], b"postfix override.test") == b"OK encrypt"
+            assert ask(socks[2], b"postfix override.test") == b"OK encrypt"
+    finally:
+        for s in socks:
+            s.close()
+        d.stop()
