@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 
 from policyd.adapters.dns import DnsSettings, DnsTimeouts
 from policyd.adapters.https import HttpsTimeouts
+from policyd.alerts import AlertSettings
 from policyd.core.profile import DEFAULT_PROFILES, ColdSts, Fallback, Profile, VerifiedAs
 from policyd.sources.probe import ProbeSettings
 from policyd.sources.sts import StsSettings
@@ -78,6 +79,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    # Prometheus scrapes GET /metrics here: "inet:HOST:PORT" or "unix:/path"; "": off.
+    listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = DEFAULT_PATH
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -89,6 +96,8 @@ class Config:
     sts_timeouts: HttpsTimeouts = field(default_factory=HttpsTimeouts)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     profiles: tuple[Profile, ...] = DEFAULT_PROFILES
 
     def profile(self, name: str) -> Profile | None:
@@ -237,6 +246,8 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "store": StoreSettings,
     "probe": ProbeSettings,
     "log": LogSettings,
+    "metrics": MetricsSettings,
+    "alerts": AlertSettings,
 }
 
 
@@ -276,6 +287,11 @@ def _check(config: Config) -> None:
     if control.kind != "unix":
         # Control commands come only from local peers whose credentials can be checked.
         raise ConfigError(path, "server.control", "must be a unix:/path socket")
+    if config.metrics.listen:
+        try:
+            parse_listener(config.metrics.listen)
+        except ValueError as exc:
+            raise ConfigError(path, "metrics.listen", str(exc)) from None
     for key in ("socket_mode",):
         _mode(path, f"server.{key}", getattr(config.server, key))
     _mode(path, "control.mode", config.control.mode)

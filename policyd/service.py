@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from policyd.adapters.store import Kind, Record, Store
+from policyd.alerts import AlertKind, Alerts
 from policyd.codec import netstring, postfix_policy, socketmap
 from policyd.codec.destination import KeyError_, parse_key
 from policyd.codec.override_record import override_from_json, override_to_json
@@ -32,6 +33,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import Profile
 from policyd.core.types import Outcome, Rule, Verdict
+from policyd.counters import ServiceCounters
 
 log = logging.getLogger("policyd")
 
@@ -42,6 +44,11 @@ MAX_ANSWER_TTL: Final = 3600.0
 TEMP_ANSWER_TTL: Final = 5.0
 # Bound on cached answers and remembered verdicts (entries); beyond it the oldest go.
 MAX_ANSWERS: Final = 1_000_000
+# One cache hit in this many is timed for the latency histogram: timing costs about as
+# much as the hit itself, and a sample shows the distribution as well as every hit would.
+HOT_SAMPLE_EVERY: Final = 64
+# TEMP answers of these rules are a DNS(SEC) failure where DANE may apply (dane-temp alert).
+_DANE_TEMP_RULES: Final = frozenset({Rule.DANE, Rule.DNS_FAILURE})
 
 
 class DaneSourceLike(Protocol):
@@ -91,6 +98,8 @@ class PolicyService:
         lookup_budget: float,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        alerts: Alerts | None = None,
+        dane_temp_after: float = 0.0,
     ) -> None:
         self._profiles = {p.name: p for p in profiles}
         self.store = store
@@ -101,12 +110,18 @@ class PolicyService:
         self._clock = clock
         self._monotonic = monotonic
         self.overrides: dict[str, Override] = {}
-        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key)
-        self._answers: dict[bytes, tuple[bytes, float, str]] = {}
+        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key,
+        # the answers counter cell of its profile and level)
+        self._answers: dict[bytes, tuple[bytes, float, str, list[int]]] = {}
         self._by_key: dict[str, set[bytes]] = {}
         self._last: dict[tuple[str, str], Verdict] = {}
         self._inflight: dict[str, asyncio.Task[Evidence]] = {}
         self.stats = Stats()
+        self.counters = ServiceCounters()
+        self.alerts = alerts or Alerts(log)
+        self.dane_temp_after = dane_temp_after  # seconds; 0: no dane-temp alert
+        self._temp_since: dict[str, float] = {}  # dest key -> first TEMP of this episode
+        self._sample_in = HOT_SAMPLE_EVERY
 
     # -- configuration ---------------------------------------------------------------
 
@@ -146,20 +161,47 @@ class PolicyService:
         """Cached socketmap replies (policyctl status)."""
         return len(self._answers)
 
+    @property
+    def cached_destinations(self) -> int:
+        """Destinations with at least one cached reply (metrics)."""
+        return len(self._by_key)
+
     # -- the hot path ------------------------------------------------------------------
 
     def cached_reply(self, payload: bytes) -> bytes | None:
         """The encoded reply for a request payload, if cached and fresh. Never awaits."""
+        self._sample_in -= 1
+        if not self._sample_in:
+            return self._timed_cached_reply(payload)
         hit = self._answers.get(payload)
         if hit is None:
             return None
         if hit[1] < self._monotonic():
             return None
         self.stats.hits += 1
+        hit[3][0] += 1
+        return hit[0]
+
+    def _timed_cached_reply(self, payload: bytes) -> bytes | None:
+        self._sample_in = HOT_SAMPLE_EVERY
+        started = time.perf_counter()
+        hit = self._answers.get(payload)
+        if hit is None or hit[1] < self._monotonic():
+            return None
+        self.stats.hits += 1
+        hit[3][0] += 1
+        self.counters.hot.observe(time.perf_counter() - started)
         return hit[0]
 
     async def reply_for(self, payload: bytes) -> bytes:
         """The encoded netstring reply for one request payload (the slow path)."""
+        started = time.perf_counter()
+        try:
+            return await self._reply_for(payload)
+        finally:
+            self.counters.slow.observe(time.perf_counter() - started)
+
+    async def _reply_for(self, payload: bytes) -> bytes:
         self.stats.lookups += 1
         try:
             req = socketmap.parse_request(payload)
@@ -178,18 +220,26 @@ class PolicyService:
             self.stats.perm += 1
             return netstring.encode(socketmap.reply(socketmap.Status.PERM, str(exc)))
         answer = await self.answer(dest, profile)
+        if answer.verdict.outcome is Outcome.TEMP:
+            self.counters.temp += 1
+        else:
+            self.counters.misses += 1
+        cell = self.counters.answers.cell(profile.name, answer_label(answer, profile))
+        cell[0] += 1
         encoded = netstring.encode(answer.reply)
-        self._remember(payload, encoded, answer, dest)
+        self._remember(payload, encoded, answer, dest, cell)
         return encoded
 
-    def _remember(self, payload: bytes, encoded: bytes, answer: Answer, dest: Destination) -> None:
+    def _remember(
+        self, payload: bytes, encoded: bytes, answer: Answer, dest: Destination, cell: list[int]
+    ) -> None:
         ttl = self._ttl(answer)
         if ttl <= 0:
             return
         if len(self._answers) >= MAX_ANSWERS:
             oldest = next(iter(self._answers))
             self._drop_payload(oldest)
-        self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key)
+        self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key, cell)
         self._by_key.setdefault(dest.key, set()).add(payload)
 
     def _drop_payload(self, payload: bytes) -> None:
@@ -253,8 +303,35 @@ class PolicyService:
     ) -> Answer:
         if verdict.outcome is Outcome.TEMP:
             self.stats.temp += 1
+        self._watch_temp(dest, verdict)
         self._log_change(dest, profile, verdict)
+        if profile.dry_run:
+            # Decided, logged and counted as if live; Postfix keeps its own default.
+            self.counters.dry_run.inc(profile.name, label_of(verdict))
+            return Answer(verdict, evidence, socketmap.reply(socketmap.Status.NOTFOUND))
         return Answer(verdict, evidence, render_reply(verdict))
+
+    def _watch_temp(self, dest: Destination, verdict: Verdict) -> None:
+        """The dane-temp alert: TEMP for a DNS(SEC) reason for longer than allowed."""
+        key = dest.key
+        if verdict.outcome is not Outcome.TEMP or verdict.rule not in _DANE_TEMP_RULES:
+            if self._temp_since.pop(key, None) is not None:
+                self.alerts.close(AlertKind.DANE_TEMP, key)
+            return
+        now = self._clock()
+        since = self._temp_since.get(key)
+        if since is None:
+            if len(self._temp_since) >= MAX_ANSWERS:
+                del self._temp_since[next(iter(self._temp_since))]
+            self._temp_since[key] = since = now
+        if self.dane_temp_after and now - since >= self.dane_temp_after:
+            self.alerts.open(
+                AlertKind.DANE_TEMP,
+                key,
+                f"destination={key}",
+                seconds=int(now - since),
+                reason=verdict.reason,
+            )
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
         slot = (profile.name, dest.key)
@@ -268,14 +345,34 @@ class PolicyService:
             del self._last[next(iter(self._last))]
         self._last[slot] = verdict
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
-        text = f"level={level_text(verdict)}{shown} reason={verdict.reason}"
+        dry = " dry-run=yes" if profile.dry_run else ""
+        text = f"level={level_text(verdict)}{shown}{dry} reason={verdict.reason}"
         log.info("%s: %s", dest.key, text)
         if before is not None:
             text = f"{text} previous={level_text(before)}"
+            self._alert_if_weaker(dest, profile, before, verdict)
         task = asyncio.get_running_loop().create_task(
             self.store.append_event(self._clock(), dest.key, text)
         )
         task.add_done_callback(_log_task_failure)
+
+    def _alert_if_weaker(
+        self, dest: Destination, profile: Profile, before: Verdict, after: Verdict
+    ) -> None:
+        """The level-dropped alert. Probe damping has already held back unconfirmed
+        weaker results; TEMP (no delivery) and overrides (the postmaster's own) are not
+        drops."""
+        if Outcome.TEMP in (before.outcome, after.outcome) or after.rule is Rule.OVERRIDE:
+            return
+        if after.strength < before.strength:
+            self.alerts.fire(
+                AlertKind.LEVEL_DROPPED,
+                f"destination={dest.key}",
+                profile=profile.name,
+                previous=level_text(before),
+                level=level_text(after),
+                reason=after.reason,
+            )
 
     def _override(self, dest: Destination, now: float) -> Override | None:
         ov = self.overrides.get(dest.key)
@@ -359,6 +456,20 @@ def _log_task_failure(task: asyncio.Task[None]) -> None:
     exc = task.exception()
     if exc is not None:
         log.error("store: could not record an event: %s", exc)
+
+
+def label_of(verdict: Verdict) -> str:
+    """The level as a metrics label: TEMP, NOTFOUND or the policy's level keyword."""
+    if verdict.outcome is Outcome.TEMP:
+        return "TEMP"
+    if verdict.policy is None:
+        return "NOTFOUND"
+    return verdict.policy.level.value
+
+
+def answer_label(answer: Answer, profile: Profile) -> str:
+    """The level label of what Postfix was told (dry-run profiles tell NOTFOUND)."""
+    return "NOTFOUND" if profile.dry_run else label_of(answer.verdict)
 
 
 def level_text(verdict: Verdict) -> str:

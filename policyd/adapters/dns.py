@@ -40,6 +40,7 @@ import dns.rdtypes.ANY.TLSA
 import dns.resolver
 
 from policyd.core.evidence import DnsStatus
+from policyd.counters import DnsCounters
 
 # Seconds per query attempt: a local validating resolver answers from cache in
 # milliseconds; a cold DNSSEC chase rarely needs more than one second.
@@ -233,6 +234,7 @@ class Resolver:
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
         self._generation = 0
+        self.counters = DnsCounters()
 
     def clear(self) -> None:
         """Forget every cached answer (policyctl flush); lookups under way are not stored.
@@ -283,6 +285,7 @@ class Resolver:
 
     async def _lookup(self, key: tuple[str, str], generation: int) -> DnsAnswer:
         answer = await self._resolve(*key)
+        self.counters.outcomes.inc(answer.status.value)
         answer = replace(answer, ttl=self._cache_ttl(answer))
         if generation == self._generation and answer.ttl > 0:
             self._cache[key] = (self._clock() + answer.ttl, answer)

@@ -22,9 +22,13 @@ from policyd import __version__
 from policyd.adapters.dns import Resolver
 from policyd.adapters.https import PolicyFetcher
 from policyd.adapters.store import Store, StoreError
+from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_sqlite import SqliteStore
+from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
+from policyd.server.alert_checks import check_resolver, check_sts, watch_resolver
 from policyd.server.control import ControlServer
+from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
 from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
@@ -57,7 +61,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.started_at = loop.time()
         try:
-            store = await open_store(cfg.store.url)
+            store = CountedStore(await open_store(cfg.store.url))
         except StoreError as exc:
             log.error("store: %s", exc)
             return 1
@@ -71,6 +75,8 @@ class Daemon:
             return 1
         sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
         probe = ProbeSource(store, prober, cfg.probe, log=log)
+        alerts = Alerts(log)
+        self.alerts = alerts
         service = PolicyService(
             cfg.profiles,
             store,
@@ -78,6 +84,8 @@ class Daemon:
             sts,
             probe,
             lookup_budget=cfg.server.lookup_budget,
+            alerts=alerts,
+            dane_temp_after=cfg.alerts.dane_temp_after,
         )
         try:
             # Unreadable records are skipped with a log line each; only a store that
@@ -95,9 +103,23 @@ class Daemon:
         self.resolver = resolver
         server = SocketmapServer(service, cfg.server)
         control = ControlServer(self, cfg)
+        metrics = None
+        if cfg.metrics.listen:
+            collector = PolicydCollector(
+                service=service,
+                listeners=server,
+                probe=probe,
+                sts=sts,
+                resolver=resolver,
+                store=store,
+                alerts=alerts,
+            )
+            metrics = MetricsServer(cfg.metrics.listen, collector)
         try:
             await server.start()
             await control.start()
+            if metrics is not None:
+                await metrics.start()
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             await control.close()  # removes only sockets this process bound
@@ -106,6 +128,9 @@ class Daemon:
             await store.close()
             return 1
         self.server = server
+        if cfg.alerts.resolver_check_interval:
+            await check_resolver(resolver, cfg.alerts, alerts)
+            self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
         notifier = Notifier()
         for sig, handler in (
             (signal.SIGTERM, self._stop.set),
@@ -122,6 +147,8 @@ class Daemon:
         notifier.stopping()
         log.info("stopping")
         await control.close()
+        if metrics is not None:
+            await metrics.close()
         await server.close()
         for task in self._tasks:
             task.cancel()
@@ -150,6 +177,7 @@ class Daemon:
         self.config = new
         set_log_level(new.log.level)
         self.service.set_profiles(new.profiles)
+        self.service.dane_temp_after = new.alerts.dane_temp_after
         await self.service.load_overrides()
         log.info("reloaded %s", new.path)
         return True
@@ -166,6 +194,7 @@ class Daemon:
             except StoreError as exc:
                 log.error("store: cannot reload overrides: %s", exc)
             await sts.refresh_due()
+            check_sts(sts, self.config.alerts, self.alerts)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

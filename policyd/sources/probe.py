@@ -42,6 +42,7 @@ from policyd.core.probe import (
     advance,
     observed_level,
 )
+from policyd.counters import ProbeCounters
 
 Prober = Callable[[MxHost], Awaitable[list[ProbeHost]]]
 T = TypeVar("T")
@@ -167,6 +168,7 @@ class ProbeSource:
         self._recent: dict[str, tuple[float, list[ProbeHost]]] = {}  # MX host -> findings
         self._running = 0
         self._dropped = 0
+        self.counters = ProbeCounters()
         self._done = 0
 
     async def load(self) -> None:
@@ -239,6 +241,10 @@ class ProbeSource:
             known=len(self._states),
         )
 
+    def held_back(self) -> int:
+        """Destinations whose weaker probe result damping holds back now (metrics)."""
+        return sum(1 for state in self._states.values() if state.pending is not None)
+
     def forget(self, key: str | None) -> None:
         """Drop what memory holds for ``key``, or for every key with None (the store is
         flushed by its owner)."""
@@ -288,6 +294,9 @@ class ProbeSource:
         now = self._clock()
         old = self._states.get(key)
         new, held = advance(old, tuple(hosts), now, self.settings.damping)
+        for host in hosts:
+            self.counters.verdicts.inc(host.verdict.value)
+        self.counters.held += held
         self._states[key] = new
         reachable = observed_level(tuple(hosts)) is not None
         self._failures[key] = 0 if reachable else self._failures.get(key, 0) + 1

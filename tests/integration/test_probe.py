@@ -169,9 +169,13 @@ def test_damping(daemon: Daemon, world: World) -> None:
             assert "possible attack" in daemon.log()
         explained = json.dumps(explain(daemon, domain))
         assert "holding against encrypt" in explained
+        # Held back: no alert yet (issue 15: the alert comes after damping).
+        assert f"alert=level-dropped destination={domain}" not in daemon.log()
         time.sleep(max(0.0, CONFIRM_SECONDS + 0.2 - (time.monotonic() - first_weaker)))
         probe(daemon, domain)
         assert daemon.postmap(domain) == ["encrypt"]
+        wanted = f"alert=level-dropped destination={domain} profile=postfix previous=verify"
+        assert f"{wanted} level=encrypt" in daemon.log()
         assert host_verdicts(explain(daemon, domain)) == {"mx.probe-damping.test": "expired"}
     finally:
         smtp_world.switch(world, domain, "valid")
