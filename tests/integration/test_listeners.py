@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from policyd.config import DEFAULT_PORT, ServerSettings
-from tests.daemon import Daemon, base_sections, postmap
+from tests.daemon import Daemon, postmap, started
 from tests.postfix_conf import postmap_cmd
 from tests.world.world import World
 
@@ -35,14 +35,8 @@ def files() -> Iterator[Path]:
 
 @pytest.fixture
 def daemon(world: World, files: Path) -> Iterator[Daemon]:
-    sections = base_sections(files, world.resolver)
-    del sections["server"]["socket_mode"]  # the shipped defaults: 0660, postfix group
-    d = Daemon(files, sections)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
+    # The shipped permissions of unix socketmap sockets (0660, postfix group).
+    yield from started(files, server={"socket_mode": ServerSettings().socket_mode})
 
 
 def as_postfix(cmd: list[str]) -> subprocess.CompletedProcess[str]:
