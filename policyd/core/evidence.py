@@ -155,6 +155,10 @@ class ProbeVerdict(enum.Enum):
     NAME_MISMATCH = "name-mismatch"
     BAD_KEY_OR_SIGNATURE = "bad-key-or-signature"
     INVALID = "invalid"
+    # The handshake completes only as Postfix does at may/encrypt (OpenSSL security level
+    # 0), never at verify/secure: say TLS 1.0/1.1 with SHA-1 signatures ("legacy sigalg
+    # disallowed"). Encrypted, never verified, whatever the certificate.
+    LEGACY_TLS = "legacy-tls"
     NO_STARTTLS = "no-starttls"
     TLS_INTOLERANT = "tls-intolerant"
     UNREACHABLE = "unreachable"
