@@ -83,7 +83,11 @@ def _from_probe(ev: Evidence, profile: Profile) -> Verdict | None:
     if state is None or state.level is None:
         return None
     held = ""
-    if state.pending is not None:
+    if state.pending_names:
+        held = (
+            f", holding names against {','.join(state.pending_names)} seen {state.pending_count}x"
+        )
+    elif state.pending is not None:
         held = f", holding against {state.pending.value} seen {state.pending_count}x"
     if state.level is ProbeLevel.VERIFY:
         # The probe sent SNI (the MX host name) and judged what came back; Postfix sends

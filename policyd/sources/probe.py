@@ -376,7 +376,16 @@ class ProbeSource:
             shown = [*shown[:MAX_HOSTS_IN_LOG], "..."]
         level = state.level.value if state.level is not None else "none"
         self._log.info("%s: probe level=%s hosts=%s", key, level, ",".join(shown) or "-")
-        if held and state.pending is not None:
+        if held and state.pending_names:
+            self._log.warning(
+                "%s: probe verified other MX names %s (%d/%d), keeping %s: possible attack",
+                key,
+                ",".join(state.pending_names),
+                state.pending_count,
+                self.settings.confirm_probes,
+                ",".join(state.verified_names),
+            )
+        elif held and state.pending is not None:
             self._log.warning(
                 "%s: probe saw weaker level %s (%d/%d), holding %s: possible attack",
                 key,

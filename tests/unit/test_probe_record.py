@@ -38,6 +38,25 @@ def test_round_trip() -> None:
     assert state_from_json(state_to_json(STATE)) == STATE
 
 
+def test_round_trip_held_names() -> None:
+    held = ProbeState(
+        ProbeLevel.VERIFY,
+        (HOST,),
+        ("mx.example.test",),
+        pending=ProbeLevel.VERIFY,
+        pending_names=("mx.other.test",),
+        pending_count=1,
+        pending_since=5.0,
+    )
+    assert state_from_json(state_to_json(held)) == held
+
+
+def test_record_without_pending_names_loads() -> None:
+    doc = _doc()
+    del doc["pending_names"]  # written before the field existed
+    assert state_from_json(json.dumps(doc)) == STATE
+
+
 def test_round_trip_empty_state() -> None:
     empty = ProbeState(level=None)
     assert state_from_json(state_to_json(empty)) == empty
@@ -72,6 +91,8 @@ def _doc() -> dict[str, object]:
         ("verified_names", ["mx\x00"]),
         ("verified_names", ["a:b"]),
         ("verified_names", [""]),
+        ("pending_names", ["x,tafile=/etc/passwd"]),
+        ("pending_names", "mx"),
         # A JSON integer beyond a float's range (OverflowError before the fix).
         ("probed_at", 10**400),
         ("pending_since", 10**400),

@@ -328,6 +328,28 @@ async def test_damping_holds_verify_then_applies(caplog: pytest.LogCaptureFixtur
     assert w.changes == [key, key]
 
 
+async def test_other_verified_names_are_held_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = make_world()
+    async with running(w.source):
+        assert w.source.want(dest("example.test"), dns(mx("mx.example.test")))
+        await w.source.join()
+        w.clock.now += SETTINGS.host_min_interval
+        with caplog.at_level(logging.WARNING):
+            assert w.source.want(dest("example.test"), dns(mx("mx.forged.test")))
+            await w.source.join()
+    state = w.source.cached("example.test")
+    assert state is not None
+    assert state.verified_names == ("mx.example.test",)
+    assert state.pending_names == ("mx.forged.test",)
+    assert w.changes == ["example.test"]  # the held names changed no answer
+    assert (
+        "example.test: probe verified other MX names mx.forged.test (1/3), "
+        "keeping mx.example.test: possible attack"
+    ) in caplog.messages
+
+
 async def test_held_downgrade_is_reprobed_sooner() -> None:
     w = make_world()
     ev = dns(mx("mx.example.test"))
