@@ -145,6 +145,17 @@ def test_dane_delivered_verified(world: World, sender: PostfixSender) -> None:
     assert header(copy, "X-World-TLS").startswith("TLS")
 
 
+def test_aaaa_servfail_delivered_over_ipv4_with_dane(world: World, sender: PostfixSender) -> None:
+    # mx.aaaa-bogus.test: bogus AAAA (SERVFAIL), secure A and TLSA. policyd answered TEMP
+    # for the whole domain; now dane-only, and Postfix delivers over IPv4 with DANE.
+    _, line, tls, copy = delivered(
+        world, sender, "aaaa-bogus.test", "mx.dane-ee.test", "aaaa-bogus"
+    )
+    assert "relay=mx.aaaa-bogus.test[127.0.1.1]:25" in line
+    assert tls is not None and tls.split(": ", 1)[1].startswith(("Verified TLS", "Trusted TLS"))
+    assert header(copy, "X-World-TLS").startswith("TLS")
+
+
 def test_mtasts_delivered_verified(world: World, sender: PostfixSender) -> None:
     _, line, tls, copy = delivered(
         world, sender, "sts-enforce.test", "mx.sts-enforce.test", "mta-sts"
