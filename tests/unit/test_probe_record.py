@@ -150,7 +150,12 @@ def test_only_value_error_escapes(text: str) -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**308, max_value=10**400)  # beyond a float: OverflowError
+    | st.floats()
+    | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=20,
 )
@@ -184,6 +189,7 @@ _levels = st.none() | st.sampled_from(ProbeLevel)
             st.from_regex(r"\A[a-z0-9]{1,8}(\.[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?)*\Z"), max_size=3
         ).map(tuple),
         pending=_levels,
+        pending_names=st.lists(st.sampled_from(["mx.a.test", "b.test"]), max_size=2).map(tuple),
         pending_count=st.integers(min_value=0, max_value=100),
         pending_since=st.floats(min_value=0, max_value=4e9),
         probed_at=st.floats(min_value=0, max_value=4e9),
