@@ -196,6 +196,12 @@ def _probe(probe: Doc | None) -> list[str]:
     damping = probe.doc("damping")
     if damping is None:
         out.append("  damping: nothing held back")
+    elif damping.strs("pending_names"):
+        out.append(
+            f"  damping: HOLDING verified names; other names"
+            f" {', '.join(damping.strs('pending_names'))} seen {damping.text('count')} time(s)"
+            f" since {ago(damping.num('age'))}, not yet confirmed"
+        )
     else:
         out.append(
             f"  damping: HOLDING {damping.text('held_level', '-')}; weaker"
