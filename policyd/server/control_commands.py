@@ -342,12 +342,37 @@ class Commands:
         return {
             "since": since,
             "now": now,
+            "dry_run": self._dry_run(),
             "changes": changes,
             "levels": jsonable(levels),
             "rules": jsonable(rules),
             "temp": {"answers": service.stats.temp, "destinations": temp_now},
             "held": held,
             "sts_failing": sts_failing,
+        }
+
+    def _dry_run(self) -> JsonValue:
+        """Per dry-run profile: what Postfix would have been told instead of NOTFOUND,
+        destination by destination (the latest decision), and the answers counted."""
+        service = self._service
+        dry = {p.name for p in service.profiles if p.dry_run}
+        would: dict[str, dict[str, list[str]]] = {name: {} for name in sorted(dry)}
+        for (profile, key), verdict in sorted(service.remembered().items()):
+            if profile not in dry:
+                continue
+            level = level_text(verdict)
+            if level == "NOTFOUND":
+                continue  # what Postfix got anyway: no change
+            names = would[profile].setdefault(level, [])
+            if len(names) < MAX_REPORT_NAMES:
+                names.append(key)
+        answers: dict[str, dict[str, int]] = {name: {} for name in sorted(dry)}
+        for (profile, level), count in service.counters.dry_run.items():
+            if profile in answers:
+                answers[profile][level] = count
+        return {
+            name: {"would_change": jsonable(would[name]), "answers": jsonable(answers[name])}
+            for name in sorted(dry)
         }
 
     def _status(self) -> JsonValue:
