@@ -28,7 +28,7 @@ from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
-from policyd.server.alert_checks import check_resolver, check_sts, watch_resolver
+from policyd.server.alert_checks import check_resolver, watch_resolver, watch_sts
 from policyd.server.control import ControlServer
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
@@ -131,6 +131,7 @@ class Daemon:
         if cfg.alerts.resolver_check_interval:
             await check_resolver(resolver, cfg.alerts, alerts)
             self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
+        self._spawn(watch_sts(sts, lambda: self.config.alerts, alerts))
         notifier = Notifier()
         for sig, handler in (
             (signal.SIGTERM, self._stop.set),
@@ -196,7 +197,6 @@ class Daemon:
             except StoreError as exc:
                 log.error("store: cannot reload overrides: %s", exc)
             await sts.refresh_due()
-            check_sts(sts, self.config.alerts, self.alerts)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -5,8 +5,9 @@
   must come back with the AD bit. Without it every DANE answer is silently lost, and a
   resolver that sets AD without validating cannot be told apart here: that is why policyd
   must only use a resolver on this host.
-* ``sts-stale``: every housekeeping round, cached MTA-STS policies that could not be
-  refreshed for ``[alerts] sts_stale_after`` (RFC 8461 3.3 asks senders to alert).
+* ``sts-stale``: cached MTA-STS policies that could not be refreshed for ``[alerts]
+  sts_stale_after`` (RFC 8461 3.3 asks senders to alert), checked every quarter of that
+  time (between STS_CHECK_MIN and STS_CHECK_MAX).
 
 The level-dropped and dane-temp alerts are raised by :mod:`policyd.service` as lookups
 happen.
@@ -25,6 +26,11 @@ from policyd.core.evidence import DnsStatus
 from policyd.sources.sts import StsSource
 
 RESOLVER_SUBJECT: Final = "resolver"  # the episode key of the resolver alert
+# Seconds between sts-stale checks: a quarter of sts_stale_after, within these bounds, so
+# the alert comes at most a quarter late and a check (one pass over the cached domains)
+# never runs more than once a second.
+STS_CHECK_MIN: Final = 1.0
+STS_CHECK_MAX: Final = 60.0
 
 
 class DnsQuery(Protocol):
@@ -81,6 +87,18 @@ def check_sts(
         if domain not in still:
             alerts.close(AlertKind.STS_STALE, domain)
     return len(stale)
+
+
+def sts_check_interval(settings: AlertSettings) -> float:
+    if not settings.sts_stale_after:
+        return STS_CHECK_MAX
+    return min(STS_CHECK_MAX, max(STS_CHECK_MIN, settings.sts_stale_after / 4))
+
+
+async def watch_sts(sts: StsSource, settings: Callable[[], AlertSettings], alerts: Alerts) -> None:
+    while True:
+        await asyncio.sleep(sts_check_interval(settings()))
+        check_sts(sts, settings(), alerts)
 
 
 async def watch_resolver(
