@@ -65,14 +65,24 @@ class Daemon:
         try:
             store = CountedStore(await open_store(cfg.store.url))
         except StoreError as exc:
-            log.error("store: %s", exc)
+            log.error(
+                "cannot open the store ([store] url %s): %s; its directory must exist and "
+                "belong to the user policyd runs as (policyctl doctor checks it)",
+                cfg.store.url,
+                exc,
+            )
             return 1
         resolver = Resolver(cfg.dns)
         try:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
             prober = make_prober(cfg.probe, cfg.tls.ca_file)
         except (OSError, ValueError) as exc:
-            log.error("tls.ca_file %s: %s", cfg.tls.ca_file, exc)
+            log.error(
+                "[tls] ca_file %s is not usable: %s; install ca-certificates or name a PEM "
+                "bundle of trusted CAs",
+                cfg.tls.ca_file,
+                exc,
+            )
             await store.close()
             return 1
         sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)

@@ -272,7 +272,8 @@ class Commands:
     async def _check(self, dest: Destination) -> JsonValue:
         """The verdict Postfix gets now and, if it cannot be met, why (policyd-milter)."""
         service = self._service
-        answer = await service.answer(dest, self._default_profile())
+        profile = self._default_profile()
+        answer = await service.answer(dest, profile)
         evidence = answer.evidence
         if evidence.override is not None and evidence.dns is None:
             # An override answers without evidence; judging it needs DNS and the probe.
@@ -290,7 +291,10 @@ class Commands:
             "level": level_text(verdict),
             "rule": verdict.rule.value,
             "reason": verdict.reason,
-            "problem": feasibility.problem(verdict, evidence, self._clock()),
+            # A dry-run profile enforces nothing: nothing for the milter to act on.
+            "problem": None
+            if profile.dry_run
+            else feasibility.problem(verdict, evidence, self._clock()),
         }
 
     async def _report(self, req: control.Report) -> JsonValue:
