@@ -94,7 +94,8 @@ def explain(doc: Doc) -> str:
     out = [f"{dest}: {head}"]
     width = max((len(a.text("profile")) for a in answers), default=0)
     for a in answers:
-        out.append(f"  {a.text('profile'):<{width}}  {a.text('reply')}")
+        dry = f"  (dry run: would be {a.text('would_reply')})" if a.flag("dry_run") else ""
+        out.append(f"  {a.text('profile'):<{width}}  {a.text('reply')}{dry}")
         out.append(f"  {'':<{width}}  decided by {a.text('rule')}: {a.text('reason')}")
     out += ["", *_dns(doc.doc("dns"), now), "", *_dane(doc.doc("dns"))]
     out += ["", *_sts(doc.doc("mta_sts"))]

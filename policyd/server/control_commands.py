@@ -206,7 +206,15 @@ class Commands:
         rows = await self._service.explain(dest)
         evidence = rows[0][2] if rows else Evidence(dest)
         answers = [(p.name, v) for p, v, _ev in rows]
-        return explain_doc(dest, answers, evidence, self._clock())
+        doc = explain_doc(dest, answers, evidence, self._clock())
+        dry = {p.name for p, _v, _ev in rows if p.dry_run}
+        for row in doc["answers"] if isinstance(doc["answers"], list) else []:
+            if isinstance(row, dict) and row.get("profile") in dry:
+                # Postfix is told NOTFOUND; the decision is what it would be told.
+                row["dry_run"] = True
+                row["would_reply"] = row["reply"]
+                row["reply"] = "NOTFOUND"
+        return doc
 
     async def _probe(self, req: control.Probe, peer: Peer) -> JsonValue:
         prober = self._service.probe

@@ -149,6 +149,16 @@ def test_dry_run_profile(daemon: Daemon) -> None:
     ).stdout  # fmt: skip
     assert "Dry run (profile trial):" in table
     assert "dane-ta.test" in table.split("Dry run (profile trial):")[1]
+    explained = subprocess.run(
+        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", daemon.control, "explain",
+         "dane-ta.test", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    rows = {a["profile"]: a for a in json.loads(explained)["answers"]}
+    assert rows["trial"]["reply"] == "NOTFOUND"
+    assert rows["trial"]["would_reply"] == "OK dane-only"
+    assert rows["trial"]["dry_run"] is True
+    assert rows["postfix"]["reply"] == "OK dane-only" and "dry_run" not in rows["postfix"]
 
 
 def test_other_paths_are_not_found(daemon: Daemon) -> None:
