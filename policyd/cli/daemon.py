@@ -28,7 +28,7 @@ from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
-from policyd.server.alert_checks import check_resolver, watch_resolver, watch_sts
+from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
@@ -131,16 +131,11 @@ class Daemon:
             if metrics is not None:
                 await metrics.start()
         except OSError as exc:
-            log.error(
-                "cannot listen: %s (is another policyd running? see [server] and [metrics])",
-                exc,
-            )
+            log.error("cannot listen: %s", exc)
             await store.close()
             return 1
         self.server = server
-        if cfg.alerts.resolver_check_interval:
-            await check_resolver(resolver, cfg.alerts, alerts)
-            self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
+        self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
         self._spawn(watch_sts(sts, lambda: self.config.alerts, alerts))
         notifier = Notifier()
         for sig, handler in (

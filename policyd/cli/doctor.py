@@ -35,6 +35,7 @@ POSTCONF_TIMEOUT: Final = 30.0  # seconds for one postconf run
 CONNECT_TIMEOUT: Final = 5.0  # seconds for a test connection or the SQLite lock
 MAX_CHILD_OUTPUT: Final = 4096  # bytes a check run as another user may report
 STS_ATTRIBUTES_SINCE: Final = (3, 10)  # Postfix parses policy_type= etc. from 3.10 on
+SERVERNAME_SINCE: Final = (3, 4)  # servername= in TLS policies (postconf(5), Postfix 3.4)
 INSECURE_MX_POLICY_SINCE: Final = (3, 6)  # smtp_tls_dane_insecure_mx_policy appeared
 RESOLV_CONF: Final = "/etc/resolv.conf"
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"  # Debian's ca-certificates
@@ -232,6 +233,14 @@ class Doctor:
                 )
                 continue
             yield Check("smtp_tls_policy_maps", Status.OK, f"{table.text} (profile {profile.name})")
+            if version < SERVERNAME_SINCE:
+                yield Check(
+                    "profile-attributes",
+                    Status.FAIL,
+                    f"MTA-STS answers carry servername=hostname, which Postfix {version_text} "
+                    "cannot parse",
+                    "upgrade to Postfix 3.4 or later",
+                )
             if profile.sts_attributes and version < STS_ATTRIBUTES_SINCE:
                 yield Check(
                     "profile-attributes",
@@ -349,7 +358,16 @@ class Doctor:
         shown = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
         problem = connect_as(owner, target)
         who = f"user {owner}" + (f" ({where})" if where else "")
+        if os.geteuid() != 0:
+            who = f"this user, not {owner} (doctor is not root)" + (f" ({where})" if where else "")
         if problem is None:
+            if os.geteuid() != 0:
+                return Check(
+                    name,
+                    Status.WARN,
+                    f"{who} reaches {shown}",
+                    f"run doctor as root to test {owner}",
+                )
             return Check(name, Status.OK, f"{who} reaches {shown}")
         if problem == "permission":
             return Check(

@@ -119,6 +119,31 @@ def _read_reply(sock: socket.socket) -> control.Reply:
 # -- the command line ------------------------------------------------------------------
 
 
+# Shown by `policyctl COMMAND --help`; the one-line help of each is in the main --help.
+DESCRIPTIONS: Final = {
+    "override": "Set, delete or list policies set by hand. An override outranks DANE, "
+    "MTA-STS and probes until it expires or is deleted.",
+    "explain": "Show what Postfix is told for DOMAIN under each profile, which rule chose "
+    "it, and the evidence behind it: DNS and DANE records, the MTA-STS policy, probe "
+    "results, any override.",
+    "probe": "Connect to DOMAIN's MX hosts with STARTTLS now and record what their "
+    "certificates show; with --wait, print the result as explain does.",
+    "flush": "Forget cached evidence and answers for DOMAIN (or --all), so the next lookup "
+    "starts fresh. Overrides stay.",
+    "report": "What changed: level changes with their reasons, destinations per level, TEMP "
+    "answers, weaker results held back by damping, failing MTA-STS fetches, and what "
+    "dry-run profiles would have changed.",
+    "status": "Version, uptime, listeners, connections, cache sizes, lookups served and "
+    "the probe queue.",
+    "reload": "Apply a changed policyd.toml and the overrides without dropping connections, "
+    "as systemctl reload policyd does.",
+    "doctor": "Check the installation end to end: Postfix's settings (read with postconf), "
+    "whether Postfix can reach policyd's socket (also from its chroot), whether the "
+    "resolver validates DNSSEC, and whether the store is writable. One line per check "
+    "with what to change; exit status 1 when a check fails. Run it as root.",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line on stderr and exit 2, as for every other failure.
@@ -187,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="level changes, current levels, held and failing destinations, dry runs",
     )
-    report.add_argument("--since", default="24h", help="look back DURATION (default 24h)")
+    report.add_argument(
+        "--since", default="24h", metavar="DURATION", help="look back DURATION (default 24h)"
+    )
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     sub.add_parser("status", parents=[common], help="uptime, connections, caches, probe queue")
     sub.add_parser(
@@ -201,8 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--config-directory",
         default="/etc/postfix",
+        metavar="DIR",
         help="Postfix's configuration directory, as postconf -c (default /etc/postfix)",
     )
+    for name, text in DESCRIPTIONS.items():
+        sub.choices[name].description = text
     return parser
 
 

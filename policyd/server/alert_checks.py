@@ -29,6 +29,7 @@ RESOLVER_SUBJECT: Final = "resolver"  # the episode key of the resolver alert
 # Seconds between sts-stale checks: a quarter of sts_stale_after, within these bounds, so
 # the alert comes at most a quarter late and a check (one pass over the cached domains)
 # never runs more than once a second.
+RESOLVER_RECHECK_OFF: Final = 60.0  # seconds between looks at a turned-off check's setting
 STS_CHECK_MIN: Final = 1.0
 STS_CHECK_MAX: Final = 60.0
 
@@ -106,9 +107,9 @@ async def watch_resolver(
     settings: Callable[[], AlertSettings],
     alerts: Alerts,
 ) -> None:
-    """Check the resolver every interval (the first check is the caller's, at start)."""
+    """Check the resolver now (at start) and then every resolver_check_interval; an
+    interval of 0 turns the checks off (a reload may turn them on again)."""
     while True:
-        current = settings()
-        await asyncio.sleep(current.resolver_check_interval or 3600.0)
         if settings().resolver_check_interval:
             await check_resolver(resolver, settings(), alerts)
+        await asyncio.sleep(settings().resolver_check_interval or RESOLVER_RECHECK_OFF)

@@ -31,6 +31,7 @@ from policyd.alerts import AlertKind, Alerts
 from policyd.config import Listener, parse_listener
 from policyd.counters import Histogram
 from policyd.server.alert_checks import RESOLVER_SUBJECT
+from policyd.server.unixsock import prepare_unix_path, remove_stale_socket
 from policyd.service import PolicyService
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
@@ -234,6 +235,7 @@ class MetricsServer:
 
     async def start(self) -> None:
         if self.listener.kind == "unix":
+            prepare_unix_path(self.listener.path)
             self._server = await asyncio.start_unix_server(
                 self._handle, self.listener.path, limit=MAX_REQUEST_HEAD
             )
@@ -250,6 +252,8 @@ class MetricsServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            if self.listener.kind == "unix":
+                remove_stale_socket(self.listener.path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._active >= MAX_SCRAPERS:
