@@ -31,7 +31,6 @@ from policyd.alerts import AlertKind, Alerts
 from policyd.config import Listener, parse_listener
 from policyd.counters import Histogram
 from policyd.server.alert_checks import RESOLVER_SUBJECT
-from policyd.server.unixsock import prepare_unix_path, remove_stale_socket
 from policyd.service import PolicyService
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
@@ -234,26 +233,19 @@ class MetricsServer:
         return generate_latest(self.registry)
 
     async def start(self) -> None:
-        if self.listener.kind == "unix":
-            prepare_unix_path(self.listener.path)
-            self._server = await asyncio.start_unix_server(
-                self._handle, self.listener.path, limit=MAX_REQUEST_HEAD
-            )
-        else:
-            self._server = await asyncio.start_server(
-                self._handle,
-                self.listener.host,
-                self.listener.port,
-                limit=MAX_REQUEST_HEAD,
-                reuse_address=True,
-            )
+        # inet only ([metrics] listen is checked by policyd.config): Prometheus scrapes TCP.
+        self._server = await asyncio.start_server(
+            self._handle,
+            self.listener.host,
+            self.listener.port,
+            limit=MAX_REQUEST_HEAD,
+            reuse_address=True,
+        )
         log.info("metrics: Prometheus can scrape http on %s", _shown(self.listener))
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            if self.listener.kind == "unix":
-                remove_stale_socket(self.listener.path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._active >= MAX_SCRAPERS:
@@ -287,6 +279,5 @@ class MetricsServer:
 
 
 def _shown(listener: Listener) -> str:
-    if listener.kind == "unix":
-        return f"unix:{listener.path}"
-    return f"http://{listener.host}:{listener.port}/metrics"
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    return f"http://{host}:{listener.port}/metrics"

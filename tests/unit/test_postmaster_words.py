@@ -63,6 +63,8 @@ def test_check_config_warns_about_dry_run(
 def test_new_keys_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"metrics\.listen"):
         parse({"metrics": {"listen": "tcp:9464"}})
+    with pytest.raises(ConfigError, match="must be inet:HOST:PORT"):
+        parse({"metrics": {"listen": "unix:/run/policyd/metrics.sock"}})
     with pytest.raises(ConfigError, match="alerts"):
         parse({"alerts": {"resolver_check_name": "two words"}})
     with pytest.raises(ConfigError, match=r"alerts\.dane_temp_after: must not be negative"):
