@@ -190,7 +190,8 @@ class PolicydCollector:
         )
         yield CounterMetricFamily(
             "policyd_connections_refused",
-            "Socketmap connections refused at [server] max_connections.",
+            "Socketmap connections closed at [server] max_connections "
+            "(refused, or the longest-idle one closed to admit a new one).",
             value=self.listeners.refused,
         )
         alerts = CounterMetricFamily(
