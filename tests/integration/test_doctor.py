@@ -253,6 +253,31 @@ def test_store_not_writable_by_its_owner(daemon: Daemon, open_tmp: Path) -> None
     assert [p.name for p in open_tmp.iterdir() if p.name.startswith("ro.db")] == ["ro.db"]
 
 
+def test_dry_run_profile_warns(daemon: Daemon, tmp_path: Path) -> None:
+    config = {"profiles.postfix": {"dry_run": True}}
+    code, out = doctor(daemon, tmp_path, config=config)
+    assert code == 0, out  # a warning, not a failure
+    assert "WARN profile-dry-run: profile postfix is a dry run: Postfix is told NOTFOUND" in out
+
+
+def test_daemon_not_running(daemon: Daemon, open_tmp: Path) -> None:
+    """The configuration names sockets nobody listens on: doctor says so, with the reason."""
+    sock = f"{open_tmp}/down.sock"
+    config = {"server": {"socketmap": [f"unix:{sock}"], "control": f"unix:{open_tmp}/ctl.sock"}}
+    main_cf = {"smtp_tls_policy_maps": f"socketmap:unix:{sock}:postfix"}
+    code, out = doctor(daemon, open_tmp, main_cf, config=config)
+    assert code == 1
+    assert f"FAIL reach: user postfix cannot connect to {sock}: no such socket" in out
+    assert "FAIL daemon: daemon unreachable at" in out
+
+
+def test_resolver_down(daemon: Daemon, tmp_path: Path) -> None:
+    config = {"dns": {"nameservers": ["127.0.0.9"], "timeout": 0.5, "lifetime": 1.0}}
+    code, out = doctor(daemon, tmp_path, config=config)
+    assert code == 1
+    assert "FAIL resolver-validates: 127.0.0.9: . DNSKEY lookup failed" in out
+
+
 def test_json(daemon: Daemon, tmp_path: Path) -> None:
     main_cf = {"smtp_dns_support_level": "disabled"}
     code, out = doctor(daemon, tmp_path, main_cf, MASTER_CF_PLAIN, None, "--json")
