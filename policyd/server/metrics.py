@@ -24,6 +24,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from policyd.adapters.dns import Resolver
 from policyd.adapters.store_counted import CountedStore
@@ -223,7 +224,7 @@ def _buckets(hist: Histogram) -> list[tuple[str, float]]:
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.0 on the event loop; every other request gets 404."""
 
-    def __init__(self, listen: str, collector: PolicydCollector) -> None:
+    def __init__(self, listen: str, collector: Collector) -> None:
         self.listener: Listener = parse_listener(listen)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
@@ -262,6 +263,8 @@ class MetricsServer:
             pass  # a half-sent or oversized request: just close
         except OSError as exc:
             log.debug("metrics: connection failed: %s", exc)
+        except Exception:  # the per-connection catch-all: a scrape bug never stops policyd
+            log.exception("metrics: internal error answering a scrape")
         finally:
             self._active -= 1
             writer.close()

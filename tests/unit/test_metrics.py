@@ -12,6 +12,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from policyd.adapters.dns import DnsSettings, Resolver
@@ -235,3 +238,18 @@ async def test_http_listener_on_loopback() -> None:
         assert (await ask(b"GET /metrics HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.0 200")
     finally:
         await server.close()
+
+
+@given(st.binary(max_size=300))
+def test_any_request_head_gets_an_http_answer(head: bytes) -> None:
+    server = MetricsServer("inet:127.0.0.1:9464", EMPTY)
+    answer = server._respond(head)
+    assert answer.startswith((b"HTTP/1.0 200 OK\r\n", b"HTTP/1.0 404 Not Found\r\n"))
+
+
+class _Empty:
+    def collect(self) -> list[Metric]:
+        return []
+
+
+EMPTY = _Empty()  # a collector with no metrics: _respond is what is under test
