@@ -66,7 +66,7 @@ class Daemon:
             store = CountedStore(await open_store(cfg.store.url))
         except StoreError as exc:
             log.error(
-                "cannot open the store ([store] url %s): %s; its directory must exist and "
+                "store: cannot open [store] url %s: %s; its directory must exist and "
                 "belong to the user policyd runs as (policyctl doctor checks it)",
                 cfg.store.url,
                 exc,
