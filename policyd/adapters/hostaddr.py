@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
+from typing import Final
+
+RESOLV_CONF: Final = "/etc/resolv.conf"  # where policyd's resolver looks when [dns] is empty
 
 
 def is_local_address(text: str) -> bool:
@@ -23,6 +27,15 @@ def is_local_address(text: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def resolv_conf_nameservers(path: str = RESOLV_CONF) -> list[str]:
+    """The ``nameserver`` lines of resolv.conf(5); none when it cannot be read."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
 
 
 def remote_nameservers(nameservers: tuple[str, ...]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Final
 
 from policyd import __version__
 from policyd.adapters.dns import Resolver
-from policyd.adapters.hostaddr import remote_nameservers
+from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
 from policyd.adapters.store import Store, StoreError
 from policyd.adapters.store_counted import CountedStore
@@ -211,11 +211,13 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 def config_warnings(config: Config) -> list[str]:
     """Settings that load but put mail at risk (``--check-config``, and at start)."""
+    where = "[dns] nameservers" if config.dns.nameservers else "/etc/resolv.conf"
+    configured = config.dns.nameservers or tuple(resolv_conf_nameservers())
     out = [
-        f"[dns] nameservers: {ns} is not on this host; policyd trusts the resolver's "
+        f"{where}: {ns} is not on this host; policyd trusts the resolver's "
         "DNSSEC (AD bit), which anyone on the path to it can forge: run a validating "
-        "resolver here (unbound) and name 127.0.0.1"
-        for ns in remote_nameservers(config.dns.nameservers)
+        "resolver here (unbound) and name 127.0.0.1 in [dns] nameservers"
+        for ns in remote_nameservers(configured)
     ]
     out += [
         f"[profiles.{p.name}] dry_run = true: Postfix is told NOTFOUND for every "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from policyd.adapters.dns import Resolver
-from policyd.adapters.hostaddr import remote_nameservers
+from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import path_from_url
 from policyd.config import Config, Listener, parse_listener
@@ -37,7 +37,6 @@ MAX_CHILD_OUTPUT: Final = 4096  # bytes a check run as another user may report
 STS_ATTRIBUTES_SINCE: Final = (3, 10)  # Postfix parses policy_type= etc. from 3.10 on
 SERVERNAME_SINCE: Final = (3, 4)  # servername= in TLS policies (postconf(5), Postfix 3.4)
 INSECURE_MX_POLICY_SINCE: Final = (3, 6)  # smtp_tls_dane_insecure_mx_policy appeared
-RESOLV_CONF: Final = "/etc/resolv.conf"
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"  # Debian's ca-certificates
 # Delivery agents that read smtp_tls_policy_maps (master.cf command column).
 SMTP_COMMANDS: Final = frozenset({"smtp", "lmtp"})
@@ -564,14 +563,6 @@ async def redis_check(url: str) -> Check:
     except StoreError as exc:
         return Check("store", Status.FAIL, f"redis: {exc}", "check [store] url and Redis")
     return Check("store", Status.OK, "redis writable")
-
-
-def resolv_conf_nameservers(path: str = RESOLV_CONF) -> list[str]:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return []
-    return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
 
 
 def _in_chroot(qdir: str, path: str) -> str:

@@ -8,13 +8,13 @@ import io
 import json
 from pathlib import Path
 
+from policyd.adapters.hostaddr import resolv_conf_nameservers
 from policyd.cli.doctor import (
     Check,
     Status,
     _in_chroot,
     parse_tables,
     render,
-    resolv_conf_nameservers,
     version_tuple,
 )
 from policyd.config import Listener

@@ -97,3 +97,11 @@ def test_policyctl_lists_doctor() -> None:
     help_text = policyctl.build_parser().format_help()
     assert "doctor" in help_text
     assert "check Postfix" in " ".join(help_text.split())
+
+
+def test_empty_nameservers_checks_resolv_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon, "resolv_conf_nameservers", lambda: ["192.0.2.7", "127.0.0.53"])
+    (warning,) = daemon.config_warnings(parse({}))
+    assert warning.startswith("/etc/resolv.conf: 192.0.2.7 is not on this host")
+    monkeypatch.setattr(daemon, "resolv_conf_nameservers", lambda: ["127.0.0.53"])
+    assert daemon.config_warnings(parse({})) == []
