@@ -111,13 +111,13 @@ async def test_level_dropped_after_probe_confirms(caplog: pytest.LogCaptureFixtu
     svc, _ = make(probe=probe)
     payload = b"postfix example.test"
     with caplog.at_level(logging.WARNING, logger="policyd"):
-        assert reply(await svc.reply_for(payload)) == b"OK verify"
+        assert reply(await svc.reply_for(payload)) == b"OK verify servername=hostname"
         # Damping held a weaker result back: the level in force is unchanged, no alert.
         probe.states["example.test"] = ProbeState(
             ProbeLevel.VERIFY, pending=ProbeLevel.ENCRYPT, pending_count=1
         )
         svc.invalidate(None)
-        assert reply(await svc.reply_for(payload)) == b"OK verify"
+        assert reply(await svc.reply_for(payload)) == b"OK verify servername=hostname"
         assert alerts_logged(caplog, "level-dropped") == []
         # Confirmed: the level drops, and that is the alert.
         probe.states["example.test"] = ProbeState(ProbeLevel.ENCRYPT)
@@ -125,7 +125,7 @@ async def test_level_dropped_after_probe_confirms(caplog: pytest.LogCaptureFixtu
         assert reply(await svc.reply_for(payload)) == b"OK encrypt"
     (line,) = alerts_logged(caplog, "level-dropped")
     assert line.startswith(
-        "alert=level-dropped destination=example.test profile=postfix previous=verify "
+        "alert=level-dropped destination=example.test profile=postfix previous=verify,servername=hostname "
         "level=encrypt reason="
     )
     assert svc.alerts.counts[AlertKind.LEVEL_DROPPED] == 1
@@ -141,7 +141,7 @@ async def test_stronger_level_and_override_raise_no_alert(
         await svc.reply_for(payload)
         probe.states["example.test"] = ProbeState(ProbeLevel.VERIFY)
         svc.invalidate(None)
-        assert reply(await svc.reply_for(payload)) == b"OK verify"
+        assert reply(await svc.reply_for(payload)) == b"OK verify servername=hostname"
         await svc.set_override(Override("example.test", parse("may"), author="root"))
         assert reply(await svc.reply_for(payload)) == b"OK may"
     assert alerts_logged(caplog, "level-dropped") == []

@@ -105,14 +105,17 @@ async def test_dry_run_answers_notfound_and_counts_what_it_would_answer(
     svc = service((*DEFAULT_PROFILES, trial))
     with caplog.at_level(logging.INFO, logger="policyd"):
         assert reply(await svc.reply_for(b"trial example.test")) == b"NOTFOUND "
-        assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+        assert (
+            reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+        )
     assert svc.cached_reply(b"trial example.test") == netstring.encode(b"NOTFOUND ")
     assert dict(svc.counters.dry_run.items()) == {("trial", "verify"): 1}
     answers = dict(svc.counters.answers.items())
     assert answers[("trial", "NOTFOUND")] == 2  # the miss and the hit
     assert answers[("postfix", "verify")] == 1
-    assert "example.test: level=verify profile=trial dry-run=yes reason=" in "\n".join(
-        caplog.messages
+    assert (
+        "example.test: level=verify,servername=hostname profile=trial dry-run=yes reason="
+        in "\n".join(caplog.messages)
     )
     assert svc.remembered()[("trial", "example.test")].policy is not None  # for the report
 
