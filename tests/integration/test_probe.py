@@ -174,8 +174,11 @@ def test_damping(daemon: Daemon, world: World) -> None:
         time.sleep(max(0.0, CONFIRM_SECONDS + 0.2 - (time.monotonic() - first_weaker)))
         probe(daemon, domain)
         assert daemon.postmap(domain) == ["encrypt"]
-        wanted = f"alert=level-dropped destination={domain} profile=postfix previous=verify"
-        assert f"{wanted} level=encrypt" in daemon.log()
+        wanted = (
+            f"alert=level-dropped destination={domain} profile=postfix "
+            "previous=verify,servername=hostname level=encrypt"
+        )
+        assert wanted in daemon.log()
         assert host_verdicts(explain(daemon, domain)) == {"mx.probe-damping.test": "expired"}
     finally:
         smtp_world.switch(world, domain, "valid")
