@@ -8,8 +8,12 @@ depth. Postfix >= 3.10 closes it when given ``mx_host_pattern=`` attributes with
 
 from __future__ import annotations
 
+from typing import Final
+
 from policyd.core.evidence import StsPolicy
 from policyd.core.types import Policy, TlsLevel
+
+MX_SHOWN: Final = 8  # mx patterns quoted in one reason or log line
 
 
 def mx_matches(pattern: str, host: str) -> bool:
@@ -28,15 +32,19 @@ def postfix_match(pattern: str) -> str:
     return pattern[1:] if pattern.startswith("*.") else pattern
 
 
+def describe_mx(patterns: tuple[str, ...]) -> str:
+    """The patterns for a reason or log line, at most :data:`MX_SHOWN` of them."""
+    shown = ",".join(patterns[:MX_SHOWN])
+    more = len(patterns) - MX_SHOWN
+    return f"{shown} (+{more} more)" if more > 0 else shown
+
+
 def to_policy(domain: str, sts: StsPolicy, with_sts_attributes: bool) -> Policy:
     """``secure match=... servername=hostname`` plus, optionally, Postfix 3.10 STS attributes."""
-    match: list[str] = []
-    for pattern in sts.mx:
-        mapped = postfix_match(pattern)
-        if mapped not in match:
-            match.append(mapped)
+    # dict.fromkeys: order-preserving de-duplication in linear time.
+    match = tuple(dict.fromkeys(postfix_match(p) for p in sts.mx))
     attrs: list[tuple[str, str]] = [("servername", "hostname")]
     if with_sts_attributes:
         attrs += [("policy_type", "sts"), ("policy_domain", domain)]
         attrs += [("mx_host_pattern", p.lower().rstrip(".")) for p in sts.mx]
-    return Policy(TlsLevel.SECURE, tuple(match), tuple(attrs))
+    return Policy(TlsLevel.SECURE, match, tuple(attrs))

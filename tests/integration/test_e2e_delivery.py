@@ -18,6 +18,7 @@ import pytest
 from tests.daemon import Daemon, base_sections
 from tests.integration.test_mtasts import NsDaemon
 from tests.postfix_sender import PostfixSender, Submitted
+from tests.world import sts_world
 from tests.world.smtp_world import received
 from tests.world.world import World
 
@@ -55,6 +56,9 @@ def daemon(world: World, files: Path) -> Iterator[Daemon]:
     sections = base_sections(files, world.resolver)
     sections["tls"] = {"ca_file": str(world.ca_file)}
     sections["sts"] = {"cold_budget": 3.0}
+    # DNS answers live 2 s at most, so that the daemon sees a changed (forged) MX RRset
+    # within seconds, as it would once a real record's TTL ran out.
+    sections["dns"].update({"min_ttl": 0, "max_ttl": 2})
     sections["probe"] = {
         "host_min_interval": 0.0,
         "reprobe_interval": 3600.0,
@@ -202,6 +206,48 @@ def test_dane_mismatch_stays_deferred(world: World, sender: PostfixSender) -> No
     ]
     copies = [p.read_text(errors="replace") for p in received(world, "mx.dane-mismatch.test")]
     assert not [c for c in copies if sub.message_id in c]
+
+
+def test_forged_mx_of_cached_sts_domain_defers(
+    world: World, sender: PostfixSender, daemon: Daemon
+) -> None:
+    """Security review C1, live: sts-forged.test (unsigned zone) has an enforce policy
+    cached; an attacker forges its MX to mx.dane-ee.test, a host in the attacker's signed
+    zone with TLSA 3 1 1 of the key it serves. policyd keeps the policy's secure match=,
+    so real Postfix defers rather than hand the mail to the forged host (before the fix it
+    answered dane, which Postfix applies to that host and delivers)."""
+    domain, real_mx, forged_mx = "sts-forged.test", "mx.sts-forged.test", sts_world.FORGED_TO
+    _, line, tls, _ = delivered(world, sender, domain, real_mx, "before the forgery")
+    assert f"relay={real_mx}[" in line
+    assert tls is not None and ": Verified TLS connection established" in tls, tls
+    # From now on only the cached policy protects the domain: its policy host goes away.
+    sts_world.take_down(world, domain)
+    sts_world.set_mx(world, domain, forged_mx)
+    try:
+        time.sleep(2.5)  # the daemon's cached MX answer expires (max_ttl = 2 s)
+        sub = sender.submit(f"postmaster@{domain}", "after the forgery")
+        line = sender.wait_status(sub, "deferred", DELIVERY_TIMEOUT)
+        print(line)
+        assert f"relay={forged_mx}[" in line or forged_mx in line, line
+        assert "Server certificate not verified" in line, line
+        time.sleep(4.0)  # let the queue manager retry (backoff 1-2 s)
+        log = sender.log()
+        attempts = [x for x in log.splitlines() if f"{sub.queue_id}: to=<{sub.recipient}>" in x]
+        assert len(attempts) >= 2, attempts
+        assert not [x for x in attempts if "status=sent" in x], attempts
+        copies = [p.read_text(errors="replace") for p in received(world, forged_mx)]
+        assert not [c for c in copies if sub.message_id in c]
+        explained = policyctl(daemon, "explain", domain)
+        print(explained.stdout)
+        assert explained.returncode == 0, explained.stderr
+        assert f"secure match={real_mx} servername=hostname" in explained.stdout
+        assert (
+            f"DANE not on every path (usable TLSA at {forged_mx}, MX RRset not signed)"
+            in explained.stdout
+        ), explained.stdout
+    finally:
+        sts_world.set_mx(world, domain, real_mx)
+        sts_world.bring_up(world, domain)
 
 
 @pytest.fixture

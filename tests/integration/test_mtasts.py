@@ -125,6 +125,9 @@ FAILURES: Final = {
         ("enforce", secure("mx.sts-enforce.test")),
         # MTA-STS *.sts-wild.test (one label) becomes Postfix's wider .sts-wild.test.
         ("wild", secure(".sts-wild.test")),
+        # Unsigned zone, MX host mx.dane-ee.test in a signed zone with TLSA 3 1 1: DANE
+        # from an unsigned MX RRset never outranks the enforce policy (security review H1).
+        ("unsigneddane", secure("mx.dane-ee.test")),
         *((label, "NOTFOUND") for label in FAILURES),
     ],
 )
@@ -168,6 +171,20 @@ def test_dane_outranks_sts(daemon: Daemon) -> None:
     # dane-sts.test publishes an _mta-sts TXT too: DANE wins (RFC 8461 2).
     assert daemon.postmap("dane-sts.test") == ["dane-only"]
     assert daemon.postmap("dane-sts.test", name="strict") == ["dane-only"]
+
+
+def test_unsigned_mx_with_tlsa_host_keeps_sts(daemon: Daemon) -> None:
+    """Without MTA-STS the unsigned MX RRset pointing at mx.dane-ee.test gives ``dane``;
+    with an enforce policy cached, both profiles answer the policy's ``secure``."""
+    assert daemon.postmap("unsignedmx.test") == ["dane"]
+    domain = domain_of("unsigneddane")
+    assert daemon.postmap(domain) == [secure("mx.dane-ee.test")]
+    assert daemon.postmap(domain, name="strict")[0].startswith(secure("mx.dane-ee.test"))
+    wait_log(
+        daemon,
+        rf"{re.escape(domain)}: level=secure[ ,].*reason=MTA-STS enforce .*"
+        r"DANE not on every path \(usable TLSA at mx\.dane-ee\.test, MX RRset not signed\)",
+    )
 
 
 def test_slow_server_is_bounded_by_cold_budget(daemon: Daemon) -> None:
