@@ -251,10 +251,11 @@ class PolicyService:
     def _finish(
         self, dest: Destination, profile: Profile, verdict: Verdict, evidence: Evidence
     ) -> Answer:
+        verdict, reply = as_answered(verdict)
         if verdict.outcome is Outcome.TEMP:
             self.stats.temp += 1
         self._log_change(dest, profile, verdict)
-        return Answer(verdict, evidence, render_reply(verdict))
+        return Answer(verdict, evidence, reply)
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
         slot = (profile.name, dest.key)
@@ -317,7 +318,9 @@ class PolicyService:
     async def explain(self, dest: Destination) -> list[tuple[Profile, Verdict, Evidence]]:
         evidence = await self._evidence(dest)
         now = self._clock()
-        return [(p, decide(evidence, p, now), evidence) for p in self._profiles.values()]
+        return [
+            (p, as_answered(decide(evidence, p, now))[0], evidence) for p in self._profiles.values()
+        ]
 
     # -- overrides and flushing --------------------------------------------------------
 
@@ -369,12 +372,27 @@ def level_text(verdict: Verdict) -> str:
     return postfix_policy.render(verdict.policy).replace(" ", ",")
 
 
-def render_reply(verdict: Verdict) -> bytes:
+def _render(verdict: Verdict) -> bytes:
     if verdict.outcome is Outcome.TEMP:
         return socketmap.reply(socketmap.Status.TEMP, verdict.reason)
     if verdict.policy is None:
         return socketmap.reply(socketmap.Status.NOTFOUND)
     return socketmap.reply(socketmap.Status.OK, postfix_policy.render(verdict.policy))
+
+
+def as_answered(verdict: Verdict) -> tuple[Verdict, bytes]:
+    """The verdict as Postfix gets it, with its socketmap reply payload. A policy too long
+    for one reply (socketmap_table(5): 100,000 bytes) is answered TEMP: truncated, it would
+    be a different policy, and weaker than the one decided."""
+    try:
+        return verdict, _render(verdict)
+    except socketmap.ReplyTooLong as exc:
+        deferred = Verdict(Outcome.TEMP, verdict.rule, f"policy not sent: {exc}")
+        return deferred, _render(deferred)
+
+
+def render_reply(verdict: Verdict) -> bytes:
+    return as_answered(verdict)[1]
 
 
 def override_to_json(ov: Override) -> str:

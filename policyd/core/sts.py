@@ -13,7 +13,7 @@ from typing import Final
 from policyd.core.evidence import StsPolicy
 from policyd.core.types import Policy, TlsLevel
 
-MX_SHOWN: Final = 8  # mx patterns quoted in one reason or log line
+MX_SHOWN_CHARS: Final = 200  # characters of mx patterns quoted in a reason or log line
 
 
 def mx_matches(pattern: str, host: str) -> bool:
@@ -33,10 +33,17 @@ def postfix_match(pattern: str) -> str:
 
 
 def describe_mx(patterns: tuple[str, ...]) -> str:
-    """The patterns for a reason or log line, at most :data:`MX_SHOWN` of them."""
-    shown = ",".join(patterns[:MX_SHOWN])
-    more = len(patterns) - MX_SHOWN
-    return f"{shown} (+{more} more)" if more > 0 else shown
+    """The patterns for a reason or log line: as many as fit :data:`MX_SHOWN_CHARS`
+    (at least one), then how many more there are."""
+    shown: list[str] = []
+    used = 0
+    for pattern in patterns:
+        if shown and used + len(pattern) > MX_SHOWN_CHARS:
+            break
+        shown.append(pattern)
+        used += len(pattern) + 1
+    more = len(patterns) - len(shown)
+    return ",".join(shown) + (f" (+{more} more)" if more else "")
 
 
 def to_policy(domain: str, sts: StsPolicy, with_sts_attributes: bool) -> Policy:

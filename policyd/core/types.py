@@ -7,7 +7,13 @@ here everything is an enum or a frozen dataclass that validates on construction.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
+from typing import Final
+
+# Characters of a verdict's reason: it is sent with TEMP, logged and kept in the event log,
+# and parts of it come from remote parties (policy patterns, MX host names).
+MAX_REASON: Final = 512
 
 
 class TlsLevel(enum.Enum):
@@ -32,6 +38,13 @@ class TlsLevel(enum.Enum):
         """Levels for which Postfix accepts a ``match=`` attribute."""
         return self in (TlsLevel.FINGERPRINT, TlsLevel.VERIFY, TlsLevel.SECURE)
 
+
+# Attributes whose value may hold spaces: Postfix (>= 3.10) reads them in the
+# "{ name = value }" form (smtp_tls_policy.c: extpar), such as the MTA-STS policy lines of
+# policy_string for TLSRPT. Their values are printable ASCII without braces.
+SPACED_ATTRS: Final = frozenset({"policy_string"})
+_SPACE: Final = re.compile(r"\s")
+_SPACED_VALUE: Final = re.compile(r"[!-z|~](?:[ -z|~]*[!-z|~])?")
 
 # Opportunistic DANE authenticates the hosts with usable TLSA and encrypts
 # opportunistically elsewhere, so it sits between encrypt and the mandatory levels.
@@ -67,12 +80,16 @@ class Policy:
         # match= joins patterns with ":" (with "|" for fingerprint, whose digests hold ":").
         sep = "|" if self.level is TlsLevel.FINGERPRINT else ":"
         for pattern in self.match:
-            if not pattern or sep in pattern or any(c.isspace() for c in pattern):
+            if not pattern or sep in pattern or _SPACE.search(pattern):
                 raise ValueError(f"bad match pattern {pattern!r}")
         for name, value in self.attrs:
             if not name or not name.replace("_", "").isalnum():
                 raise ValueError(f"bad attribute name {name!r}")
-            if not value or any(c.isspace() for c in value):
+            if name in SPACED_ATTRS:
+                bad = _SPACED_VALUE.fullmatch(value) is None
+            else:
+                bad = not value or _SPACE.search(value) is not None
+            if bad:
                 raise ValueError(f"bad value {value!r} for attribute {name}")
             if name == "match":
                 raise ValueError("match is a field of its own, not an attribute")
@@ -112,6 +129,8 @@ class Verdict:
             raise ValueError("a policy verdict needs a policy, and only it")
         if "\n" in self.reason or "\r" in self.reason:
             raise ValueError("a reason is one line")
+        if len(self.reason) > MAX_REASON:
+            object.__setattr__(self, "reason", self.reason[: MAX_REASON - 3] + "...")
 
     @property
     def strength(self) -> int:

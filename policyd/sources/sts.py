@@ -34,6 +34,7 @@ from policyd.codec.mtasts import (
 )
 from policyd.codec.sts_record import policy_from_json, policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
+from policyd.core.sts import describe_mx
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 _NEVER: Final = -math.inf
@@ -151,7 +152,7 @@ def _normalise(domain: str) -> str:
 
 
 def _describe(policy: StsPolicy) -> str:
-    mx = ",".join(policy.mx) or "-"
+    mx = describe_mx(policy.mx) or "-"
     return f"id={policy.policy_id} mode={policy.mode.value} mx={mx} max_age={policy.max_age}"
 
 
@@ -390,6 +391,12 @@ class StsSource:
         if parsed.ignored:
             self._log.warning(
                 "%s: mta-sts repeated fields ignored: %s", domain, ",".join(parsed.ignored)
+            )
+        if parsed.ignored_mx:
+            self._log.warning(
+                "%s: mta-sts mx patterns that are IP addresses ignored: %s",
+                domain,
+                describe_mx(parsed.ignored_mx),
             )
         if policy.mode is StsMode.NONE:
             entry.absent_until = now + self.settings.recheck_interval

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from policyd.codec.postfix_policy import render
 from policyd.core.decide import decide
 from policyd.core.evidence import (
+    MAX_MX_PATTERNS,
     Destination,
     DnsEvidence,
     DnsStatus,
@@ -28,8 +29,8 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES, Fallback, Profile
-from policyd.core.sts import to_policy
-from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
+from policyd.core.sts import MX_SHOWN_CHARS, describe_mx, to_policy
+from policyd.core.types import MAX_REASON, Outcome, Policy, Rule, TlsLevel, Verdict
 
 NOW = 1_700_000_000.0
 PROFILES = {p.name: p for p in DEFAULT_PROFILES}
@@ -844,3 +845,35 @@ def test_only_dane_only_preempts_an_enforce_policy(e: Evidence) -> None:
         else:
             assert v.rule is Rule.MTA_STS, v
             assert v.policy == to_policy("example.com", e.sts.policy, prof.sts_attributes)
+
+
+# --- hostile policies: bounded work and bounded text --------------------------------------
+
+
+def test_sts_policy_refuses_ip_literals_and_too_many_patterns() -> None:
+    with pytest.raises(ValueError, match="IP address"):
+        StsPolicy(StsMode.ENFORCE, ("mx.example.com", "192.0.2.1"), 86400, "a", NOW)
+    many = tuple(f"m{i}.example.com" for i in range(MAX_MX_PATTERNS + 1))
+    with pytest.raises(ValueError, match=f"more than {MAX_MX_PATTERNS}"):
+        StsPolicy(StsMode.ENFORCE, many, 86400, "a", NOW)
+
+
+def test_policy_at_the_cap_gives_bounded_reason_and_linear_match() -> None:
+    names = tuple(f"m{i}." + "x" * 60 + ".example.com" for i in range(MAX_MX_PATTERNS // 2))
+    e = ev(sts=StsEvidence(sts_policy(mx=(*names, *("*." + n for n in names)))))
+    for prof in DEFAULT_PROFILES:
+        v = decide(e, prof, NOW)
+        assert v.policy is not None
+        assert len(v.policy.match) == MAX_MX_PATTERNS  # mx.* and *.mx.* map apart
+        assert len(v.reason) <= MAX_REASON
+        assert f"(+{MAX_MX_PATTERNS - 2} more)" in v.reason  # 2 of 76 characters fit
+    assert describe_mx(("a", "b")) == "a,b"
+    assert describe_mx(("x" * 300, "b")) == "x" * 300 + " (+1 more)"
+    assert len(describe_mx(names)) <= MX_SHOWN_CHARS + len(" (+99 more)")
+
+
+def test_reason_is_bounded() -> None:
+    v = Verdict(Outcome.TEMP, Rule.DNS_FAILURE, "x" * 10_000)
+    assert len(v.reason) == MAX_REASON
+    assert v.reason.endswith("...")
+    assert Verdict(Outcome.TEMP, Rule.DNS_FAILURE, "short").reason == "short"

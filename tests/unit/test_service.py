@@ -8,7 +8,9 @@ import logging
 import pytest
 
 from policyd.codec import netstring
-from policyd.codec.postfix_policy import parse
+from policyd.codec.destination import parse_key
+from policyd.codec.postfix_policy import parse, render
+from policyd.codec.socketmap import MAX_REPLY
 from policyd.core.evidence import (
     DnsEvidence,
     DnsStatus,
@@ -20,6 +22,7 @@ from policyd.core.evidence import (
     StsPolicy,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.types import Outcome, Policy, Rule, TlsLevel
 from policyd.service import PolicyService
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
 
@@ -112,6 +115,23 @@ async def test_override_wins_and_invalidates_cache() -> None:
     assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await svc.delete_override("example.test")
     assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+
+
+async def test_policy_longer_than_a_reply_is_temp_never_cut() -> None:
+    """Security review H2: a policy that does not fit one socketmap reply (100,000 bytes)
+    is answered TEMP, logged and explained as TEMP, never sent truncated."""
+    names = tuple(f"mx{i:05d}.example.test" for i in range(5000))
+    huge = Policy(TlsLevel.SECURE, names)
+    assert len(render(huge)) > MAX_REPLY
+    svc, _, _ = make()
+    await svc.set_override(Override("example.test", huge))
+    got = reply(await svc.reply_for(b"postfix example.test"))
+    assert got.startswith(b"TEMP policy not sent: reply of ")
+    assert b"exceeds the socketmap limit of 100000" in got
+    assert svc.stats.temp == 1
+    [(_, verdict, _), *_] = await svc.explain(parse_key("example.test"))
+    assert verdict.outcome is Outcome.TEMP
+    assert verdict.rule is Rule.OVERRIDE
 
 
 async def test_expired_override_no_longer_applies() -> None:

@@ -448,6 +448,33 @@ async def test_max_age_capped_and_logged(w: World, caplog: pytest.LogCaptureFixt
     assert f"example.com: mta-sts max_age 99999999 capped to {MAX_AGE_CAP}" in caplog.messages
 
 
+async def test_ip_literal_mx_dropped_and_logged(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    body = b"version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: 192.0.2.25\nmax_age: 86400\n"
+    publish(w, body=body)
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.policy.mx == ("mx.example.com",)
+    assert "example.com: mta-sts mx patterns that are IP addresses ignored: 192.0.2.25" in (
+        caplog.messages
+    )
+
+
+async def test_oversized_policy_refused_cached_one_kept(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refreshed policy with too many patterns is an invalid policy: the cached one
+    stays until its max_age, and the log line stays short."""
+    first = await cached_then_stale(w)
+    many = "".join(f"mx: m{i}.example.com\n" for i in range(3000))
+    w.fetcher.bodies[DOMAIN] = f"version: STSv1\nmode: enforce\n{many}max_age: 1\n".encode()
+    w.txt.set(DOMAIN, txt("id2"))
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    ev = w.source.cached(DOMAIN, w.clock.now)
+    assert ev.policy == first
+    assert "3000 mx patterns, more than the 64 accepted" in ev.error
+    assert max(len(m) for m in caplog.messages) < 300
+
+
 # -- persistence, housekeeping, flush ----------------------------------------------------
 
 
