@@ -2,8 +2,11 @@
 
 The gap between the two pattern languages: an MTA-STS ``*.example.com`` matches exactly one
 left-most label (RFC 8461 4.1), while Postfix's ``.example.com`` in ``match=`` matches any
-depth. Postfix >= 3.10 closes it when given ``mx_host_pattern=`` attributes with
-``policy_type=sts`` (``smtp_tls_enforce_sts_mx_patterns``), which profiles can turn on.
+depth. Postfix >= 3.10.5 closes it when given ``mx_host_pattern=`` attributes with
+``policy_type=sts`` (``smtp_tls_enforce_sts_mx_patterns``), which profiles can turn on
+(``sts_attributes``). With them go ``policy_domain`` and one ``policy_string`` per policy
+line, which Postfix >= 3.10 passes to TLSRPT as the RFC 8460 4.4 policy-string. Postfix
+before 3.10 defers mail on any of these attributes ("invalid attribute name").
 """
 
 from __future__ import annotations
@@ -54,4 +57,16 @@ def to_policy(domain: str, sts: StsPolicy, with_sts_attributes: bool) -> Policy:
     if with_sts_attributes:
         attrs += [("policy_type", "sts"), ("policy_domain", domain)]
         attrs += [("mx_host_pattern", p.lower().rstrip(".")) for p in sts.mx]
+        attrs += [("policy_string", line) for line in policy_lines(sts)]
     return Policy(TlsLevel.SECURE, match, tuple(attrs))
+
+
+def policy_lines(sts: StsPolicy) -> tuple[str, ...]:
+    """The policy as RFC 8460 4.4 reports it, one string per line (RFC 8461 3.2), from the
+    fields as policyd keeps them (mx patterns in lower case, max_age capped)."""
+    return (
+        "version: STSv1",
+        f"mode: {sts.mode.value}",
+        *(f"mx: {p}" for p in sts.mx),
+        f"max_age: {sts.max_age}",
+    )

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 SENDER_ADDRESS: Final = "127.0.9.1"
 MILTER_SENDER_ADDRESS: Final = "127.0.9.2"
+STRICT_SENDER_ADDRESS: Final = "127.0.9.3"
 MILTER_PORT: Final = 8893
 CTL_TIMEOUT: Final = 60.0
 DELIVERY_TIMEOUT: Final = 30.0
@@ -206,6 +207,69 @@ def test_dane_mismatch_stays_deferred(world: World, sender: PostfixSender) -> No
     ]
     copies = [p.read_text(errors="replace") for p in received(world, "mx.dane-mismatch.test")]
     assert not [c for c in copies if sub.message_id in c]
+
+
+@pytest.fixture(scope="module")
+def strict_sender(world: World, daemon: Daemon, files: Path) -> Iterator[PostfixSender]:
+    """A sending Postfix whose smtp_tls_policy_maps names the shipped strict profile."""
+    pf = PostfixSender(
+        world,
+        world.dir / "postfix-strict",
+        STRICT_SENDER_ADDRESS,
+        daemon.socket,
+        files / "ca.pem",
+        profile="strict",
+    )
+    pf.start()
+    try:
+        yield pf
+    finally:
+        pf.stop()
+
+
+def test_strict_profile_answers_accepted_by_this_postfix(
+    world: World, sender: PostfixSender, strict_sender: PostfixSender, daemon: Daemon
+) -> None:
+    """The shipped strict profile must not break Postfix before 3.10, which defers on
+    attributes it does not know ("invalid attribute name"): its MTA-STS answer is
+    delivered over verified TLS by the Postfix of this machine."""
+    version = subprocess.run(
+        ["postconf", "-c", str(strict_sender.conf), "-h", "mail_version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print("Postfix", version)
+    assert daemon.postmap("sts-enforce.test", name="strict") == [
+        "secure match=mx.sts-enforce.test servername=hostname"
+    ]
+    _, line, tls, _ = delivered(
+        world, strict_sender, "sts-enforce.test", "mx.sts-enforce.test", "strict mta-sts"
+    )
+    assert "relay=mx.sts-enforce.test[" in line
+    assert tls is not None and ": Verified TLS connection established" in tls, tls
+    assert "invalid attribute name" not in strict_sender.log()
+    _, line, tls, _ = delivered(world, strict_sender, "dane-ee.test", "mx.dane-ee.test", "strict")
+    assert tls is not None and tls.split(": ", 1)[1].startswith(("Verified TLS", "Trusted TLS"))
+
+
+def test_dane_for_unsigned_mx_means_dane(world: World, sender: PostfixSender) -> None:
+    """unsignedmx.test: unsigned MX RRset pointing at mx.dane-ee.test (signed, TLSA).
+    policyd answers dane; with smtp_tls_dane_insecure_mx_policy = dane (the main.cf
+    snippet) Postfix 3.7 authenticates the host by its TLSA records instead of falling
+    back to opportunistic TLS (its default there unless smtp_tls_security_level = dane)."""
+    _, line, tls, _ = delivered(
+        world, sender, "unsignedmx.test", "mx.dane-ee.test", "dane, insecure mx"
+    )
+    assert "relay=mx.dane-ee.test[127.0.1.1]:25" in line
+    # Postfix logs "Trusted" both ways (DANE for an insecure MX does not authenticate the
+    # MX name; may checks the chain against smtp_tls_CAfile): the TLSA match tells.
+    assert tls is not None and ": Trusted TLS connection established" in tls, tls
+    session = sender.session(line)
+    assert any(
+        "mx.dane-ee.test[127.0.1.1]:25: Matched DANE EE certificate at depth 0: 3 1 1" in ln
+        for ln in session
+    ), session
 
 
 def test_forged_mx_of_cached_sts_domain_defers(

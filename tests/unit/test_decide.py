@@ -125,10 +125,9 @@ DANE_ONLY_DNS = dns(host("mx1.example.com"), host("mx2.example.com", records=(US
 ENFORCE = StsEvidence(sts_policy())
 
 STS_SECURE = "secure match=mx.example.com:.example.net servername=hostname"
-STS_STRICT = (
-    STS_SECURE + " policy_type=sts policy_domain=example.com"
-    " mx_host_pattern=mx.example.com mx_host_pattern=*.example.net"
-)
+# The built-in strict profile leaves the Postfix 3.10 attributes off (older Postfix defers
+# on them); test_profile_with_sts_attributes checks them.
+STS_STRICT = STS_SECURE
 SECURE_NAMES = "secure match=mx1.example.com:mx2.example.com"
 
 
@@ -455,9 +454,7 @@ ROWS = [
         "sts-dedup-and-case",
         ev(sts=StsEvidence(sts_policy(mx=("*.Example.NET.", "*.example.net", "MX.example.com")))),
         "secure match=.example.net:mx.example.com servername=hostname",
-        "secure match=.example.net:mx.example.com servername=hostname policy_type=sts"
-        " policy_domain=example.com mx_host_pattern=*.example.net"
-        " mx_host_pattern=*.example.net mx_host_pattern=mx.example.com",
+        "secure match=.example.net:mx.example.com servername=hostname",
         Rule.MTA_STS,
         "MTA-STS enforce",
     ),
@@ -877,3 +874,15 @@ def test_reason_is_bounded() -> None:
     assert len(v.reason) == MAX_REASON
     assert v.reason.endswith("...")
     assert Verdict(Outcome.TEMP, Rule.DNS_FAILURE, "short").reason == "short"
+
+
+def test_profile_with_sts_attributes() -> None:
+    """Postfix >= 3.10: the STS attributes and, for TLSRPT, one policy_string per line."""
+    v = decide(ev(dns=INSECURE_DNS, sts=ENFORCE), Profile("tlsrpt", sts_attributes=True), NOW)
+    assert text(v) == (
+        STS_SECURE + " policy_type=sts policy_domain=example.com"
+        " mx_host_pattern=mx.example.com mx_host_pattern=*.example.net"
+        " { policy_string = version: STSv1 } { policy_string = mode: enforce }"
+        " { policy_string = mx: mx.example.com } { policy_string = mx: *.example.net }"
+        " { policy_string = max_age: 86400 }"
+    )

@@ -95,8 +95,8 @@ async def test_sts_enforce_and_profiles() -> None:
     svc, _, _ = make(sts=FakeSts({"example.test": StsEvidence(pol)}))
     got = reply(await svc.reply_for(b"postfix example.test"))
     assert got == b"OK secure match=mx.example.test servername=hostname"
-    strict = reply(await svc.reply_for(b"strict example.test"))
-    assert b"policy_type=sts policy_domain=example.test mx_host_pattern=mx.example.test" in strict
+    # strict leaves the Postfix 3.10 attributes off: older Postfix defers on them.
+    assert reply(await svc.reply_for(b"strict example.test")) == got
 
 
 async def test_unknown_profile_and_bad_key_are_perm() -> None:
