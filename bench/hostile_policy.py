@@ -24,10 +24,12 @@ from policyd.codec.mtasts import MAX_POLICY_BYTES, StsGrammarError, parse_policy
 from policyd.codec.socketmap import MAX_REPLY
 from policyd.core.decide import decide
 from policyd.core.evidence import MAX_MX_PATTERNS, Destination, Evidence, StsEvidence
-from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.service import render_reply
 
 BUDGET_MS = 10.0  # the bound issue 12 sets for parse + decide
+# The built-in profiles, and one with the Postfix 3.10 attributes (the longest replies).
+PROFILES = (*DEFAULT_PROFILES, Profile("tlsrpt", sts_attributes=True))
 NOW = 1_800_000_000.0
 DOMAIN = "hostile.example"
 
@@ -57,23 +59,25 @@ def long_name(i: int) -> str:
     return ".".join(labels)
 
 
-def median_ms(fn: Callable[[], object], runs: int) -> float:
+def timed_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    """Median and best of ``runs`` runs, in milliseconds (the best shows the cost itself
+    on a machine other jobs share)."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def parse_and_decide(raw: bytes) -> tuple[str, int]:
-    """Parse, then decide for every built-in profile; the longest reply in bytes."""
+    """Parse, then decide for every profile of PROFILES; the longest reply in bytes."""
     try:
         policy = parse_policy(raw, DOMAIN, NOW).policy("hostile1")
     except StsGrammarError as exc:
         return f"refused ({exc})", 0
     ev = Evidence(Destination(DOMAIN), sts=StsEvidence(policy))
-    longest = max(len(render_reply(decide(ev, p, NOW))) for p in DEFAULT_PROFILES)
+    longest = max(len(render_reply(decide(ev, p, NOW))) for p in PROFILES)
     return f"valid, {len(policy.mx)} distinct patterns", longest
 
 
@@ -88,15 +92,21 @@ def main() -> int:
             [long_name(i) for i in range(MAX_MX_PATTERNS)]
         ),
     }
-    print(f"budget {BUDGET_MS:g} ms for parse + decide (both profiles); median of {args.runs}")
+    runs = args.runs
+    print(
+        f"budget {BUDGET_MS:g} ms for parse + decide ({len(PROFILES)} profiles), median of {runs}"
+    )
     worst = 0.0
     for name, raw in cases.items():
         count = raw.count(b"\nmx: ")
         outcome, reply = parse_and_decide(raw)
-        ms = median_ms(lambda raw=raw: parse_and_decide(raw), args.runs)  # type: ignore[misc]
+        ms, best = timed_ms(lambda raw=raw: parse_and_decide(raw), args.runs)  # type: ignore[misc]
         worst = max(worst, ms)
         fits = f", longest reply {reply} of {MAX_REPLY} bytes" if reply else ""
-        print(f"{name}: {len(raw)} bytes, {count} mx lines: {ms:.2f} ms, {outcome}{fits}")
+        print(
+            f"{name}: {len(raw)} bytes, {count} mx lines: {ms:.2f} ms (best {best:.2f}),"
+            f" {outcome}{fits}"
+        )
     print(f"worst: {worst:.2f} ms ({'within' if worst < BUDGET_MS else 'OVER'} budget)")
     return 0 if worst < BUDGET_MS else 1
 

@@ -191,13 +191,15 @@ _REQUIRED: Final = ("version", "mode", "max_age")
 
 # The body is scanned by these patterns rather than line by line in Python: a 64 KiB
 # policy holds some 8,000 lines, and the whole parse must stay within a few milliseconds.
+# They run over "\n" + body + "\n", so that every line starts after a "\n" (a literal the
+# regex engine finds fast) and ends before one.
 # A line is empty (LF or CRLF) or "name:" and a value (RFC 8461 3.2 sts-policy-field).
-_BAD_LINE: Final = re.compile(r"^(?![A-Za-z0-9][A-Za-z0-9_.-]{0,31}:|\r?$)", re.MULTILINE)
-# field-delim = ":" *WSP; WSP after the value is dropped too, and CR before the LF. The mx
-# pattern starts with a literal, which the regex engine searches fast; a value it cannot
-# take (spaces inside, non-ASCII) leaves its line uncounted, which the caller checks.
+_BAD_LINE: Final = re.compile(r"\n(?![A-Za-z0-9][A-Za-z0-9_.-]{0,31}:|\r?\n|\Z)")
+# field-delim = ":" *WSP; WSP after the value is dropped too, and CR before the LF. An mx
+# value the pattern cannot take (spaces inside, non-ASCII) leaves its line uncounted,
+# which the caller checks.
 _MX_FIELD: Final = re.compile(r"\nmx:[ \t]*([!-~]*)[ \t]*\r?(?=\n)")
-_OTHER_FIELD: Final = re.compile(r"^(version|mode|max_age):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
+_OTHER_FIELD: Final = re.compile(r"\n(version|mode|max_age):[ \t]*([^\n]*?)[ \t]*\r?(?=\n)")
 
 
 def _split_fields(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
@@ -209,20 +211,20 @@ def _split_fields(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StsGrammarError("body", f"not UTF-8 at byte {exc.start}") from None
-    bad = _BAD_LINE.search(text)
+    lines = f"\n{text}\n"
+    bad = _BAD_LINE.search(lines)
     if bad is not None:
-        number = text.count("\n", 0, bad.start()) + 1
+        number = lines.count("\n", 0, bad.start()) + 1
         raise StsGrammarError("line", f"line {number} is not 'key: value'")
     first: dict[str, str] = {}
     ignored: list[str] = []
-    for name, value in _OTHER_FIELD.findall(text):
+    for name, value in _OTHER_FIELD.findall(lines):
         if name in first:
             # RFC 8461 3.2: a repeated non-mx field: all but the first SHALL be ignored.
             if name not in ignored:
                 ignored.append(name)
         else:
             first[name] = value
-    lines = f"\n{text}\n"
     mx: list[str] = _MX_FIELD.findall(lines)
     if len(mx) != lines.count("\nmx:"):
         raise StsGrammarError("mx", "an mx value that is no pattern (spaces, non-ASCII)")
