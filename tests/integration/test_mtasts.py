@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from policyd.codec import netstring
 from tests.daemon import START_TIMEOUT, Daemon, base_sections
 from tests.world import sts_world
 from tests.world.sts_world import domain_of
@@ -259,6 +261,72 @@ def test_https_down_after_caching_keeps_secure(eager: Daemon, world: World) -> N
         assert eager.postmap(domain) == [secure("mx.sts-down.test")]
     finally:
         sts_world.bring_up(world, domain)
+
+
+def pipelined_lookups(daemon: Daemon, keys: list[str], per_connection: int = 50) -> list[bytes]:
+    """Ask for every key at once, ``per_connection`` requests pipelined per unix socket
+    connection (the server answers up to 64 at a time each); the replies in order."""
+    socks = []
+    for start in range(0, len(keys), per_connection):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(WAIT)
+        sock.connect(daemon.socket)
+        batch = keys[start : start + per_connection]
+        sock.sendall(b"".join(netstring.encode(f"postfix {k}".encode()) for k in batch))
+        socks.append((sock, len(batch)))
+    replies: list[bytes] = []
+    for sock, count in socks:
+        decoder = netstring.Decoder()
+        got: list[bytes] = []
+        while len(got) < count:
+            payload = decoder.next_payload()
+            if payload is netstring.NEED_DATA:
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                decoder.receive_data(data)
+                continue
+            assert isinstance(payload, bytes)
+            got.append(payload)
+        sock.close()
+        replies += got
+    return replies
+
+
+@pytest.fixture
+def flooded(world: World, tmp_path: Path) -> Iterator[Daemon]:
+    """A fresh daemon, and every <label>.bulk.test policy host trickling its body."""
+    d = make_daemon(world, tmp_path, cold_budget=1.0)
+    d.start()
+    sts_world.set_bulk_behaviour(world, "slow")
+    try:
+        yield d
+    finally:
+        sts_world.set_bulk_behaviour(world, "ok")
+        d.stop()
+
+
+def test_slow_domain_flood_does_not_starve_first_contact(flooded: Daemon) -> None:
+    """Security review H3 in the world: 400 domains whose policy fetch never finishes are
+    looked up (16 fetching, the rest queued); the first lookup of a real MTA-STS domain
+    still gets its policy within cold_budget."""
+    t0 = time.monotonic()
+    replies = pipelined_lookups(flooded, [f"flood{i}.bulk.test" for i in range(400)])
+    print(f"400 slow lookups answered in {time.monotonic() - t0:.1f}s")
+    assert set(replies) == {b"NOTFOUND "}, set(replies)
+    t0 = time.monotonic()
+    assert flooded.postmap("sts-enforce.test") == [secure("mx.sts-enforce.test")]
+    elapsed = time.monotonic() - t0
+    print(f"first lookup of sts-enforce.test: {elapsed:.2f}s")
+    assert elapsed < 1.0 + MARGIN
+    status = subprocess.run(
+        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", flooded.control, "status"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    ).stdout
+    print(status)
+    assert re.search(r"sts fetches +running=16, queued=3\d\d, dropped=0, preempted=[1-9]", status)
 
 
 def test_restart_keeps_secure_from_store(eager: Daemon, world: World) -> None:

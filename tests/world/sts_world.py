@@ -429,6 +429,13 @@ def update_behaviour(world: World, domain: str, **changes: Any) -> None:
     running.reload()
 
 
+def set_bulk_behaviour(world: World, behaviour: str) -> None:
+    """What every ``<label>.bulk.test`` policy host serves (``ok`` or ``slow``)."""
+    running = _running(world)
+    running.config["bulk"]["behaviour"] = behaviour
+    running.reload()
+
+
 def take_down(world: World, domain: str) -> None:
     """Close the policy host's listener: connections to it are refused."""
     update_behaviour(world, domain, behaviour="down")
