@@ -31,7 +31,7 @@ from policyd.core.evidence import (
     StsEvidence,
 )
 from policyd.core.profile import Profile
-from policyd.core.types import Outcome, Rule, Verdict
+from policyd.core.types import SPACED_ATTRS, Outcome, Policy, Rule, Verdict
 
 log = logging.getLogger("policyd")
 
@@ -369,7 +369,11 @@ def level_text(verdict: Verdict) -> str:
         return "TEMP"
     if verdict.policy is None:
         return "NOTFOUND"
-    return postfix_policy.render(verdict.policy).replace(" ", ",")
+    # One word for log lines and reports: without the policy_string lines (spaces inside),
+    # which repeat the mx patterns for TLSRPT.
+    pol = verdict.policy
+    brief = Policy(pol.level, pol.match, tuple(a for a in pol.attrs if a[0] not in SPACED_ATTRS))
+    return postfix_policy.render(brief).replace(" ", ",")
 
 
 def _render(verdict: Verdict) -> bytes:

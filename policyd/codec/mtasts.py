@@ -30,7 +30,6 @@ _WSP: Final = " \t"  # RFC 5234 B.1
 _ID = re.compile(r"[A-Za-z0-9]{1,32}", re.ASCII)  # sts-id, RFC 8461 3.1
 _TXT_EXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)  # sts-ext-name
 _TXT_EXT_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+", re.ASCII)  # sts-ext-value
-_POLICY_FIELD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)  # 3.2
 _MAX_AGE = re.compile(r"[0-9]{1,10}", re.ASCII)  # sts-policy-max-age-value = 1*10DIGIT
 # RFC 5321 4.1.2 sub-domain: Let-dig [Ldh-str], at most 63 octets (RFC 1035 2.3.4).
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)

@@ -49,8 +49,9 @@ def _match_sep(level: TlsLevel) -> str:
 
 
 def _attribute(name: str, value: str) -> str:
-    # A value with spaces goes in braces, "{ name = value }" (Postfix >= 3.10 reads the
-    # form for any attribute; only SPACED_ATTRS values may hold spaces).
+    # A value with spaces goes in braces, "{ name = value }", as Postfix >= 3.10 reads
+    # policy_string (smtp_tls_policy.c: mystrtokq, extpar); only SPACED_ATTRS values
+    # may hold spaces.
     return f"{{ {name} = {value} }}" if " " in value else f"{name}={value}"
 
 

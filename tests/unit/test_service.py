@@ -21,7 +21,7 @@ from policyd.core.evidence import (
     StsMode,
     StsPolicy,
 )
-from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel
 from policyd.service import PolicyService
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
@@ -97,6 +97,24 @@ async def test_sts_enforce_and_profiles() -> None:
     assert got == b"OK secure match=mx.example.test servername=hostname"
     # strict leaves the Postfix 3.10 attributes off: older Postfix defers on them.
     assert reply(await svc.reply_for(b"strict example.test")) == got
+
+
+async def test_sts_attributes_profile_logs_one_word_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pol = StsPolicy(StsMode.ENFORCE, ("mx.example.test",), 86400, "1", NOW - 10)
+    svc, _, _ = make(sts=FakeSts({"example.test": StsEvidence(pol)}))
+    svc.set_profiles((*DEFAULT_PROFILES, Profile("tlsrpt", sts_attributes=True)))
+    caplog.set_level(logging.INFO, "policyd")
+    got = reply(await svc.reply_for(b"tlsrpt example.test"))
+    assert got.endswith(
+        b"{ policy_string = mx: mx.example.test } { policy_string = max_age: 86400 }"
+    )
+    [line] = [m for m in caplog.messages if m.startswith("example.test: ")]
+    assert line.startswith(
+        "example.test: level=secure,match=mx.example.test,servername=hostname,policy_type=sts,"
+        "policy_domain=example.test,mx_host_pattern=mx.example.test profile=tlsrpt reason="
+    )
 
 
 async def test_unknown_profile_and_bad_key_are_perm() -> None:
