@@ -156,7 +156,7 @@ class StsEvidence:
 
     ``error`` names a failed TXT lookup or fetch; a cached unexpired policy still applies
     then (RFC 8461 3.3, 5.1). ``pending`` means a cold fetch is still running past the
-    lookup's time bound, so the answer is not known yet.
+    lookup's time bound, or could not be queued, so the answer is not known yet.
     """
 
     policy: StsPolicy | None = None

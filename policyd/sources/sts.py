@@ -133,7 +133,16 @@ def txt_lookup_from(resolver: TxtResolverLike) -> TxtLookup:
 class _Domain:
     """What the source knows about one domain (mutable; private to the source)."""
 
-    __slots__ = ("absent_until", "checked_at", "error", "failed_at", "job", "last", "waiters")
+    __slots__ = (
+        "absent_until",
+        "checked_at",
+        "error",
+        "failed_at",
+        "job",
+        "last",
+        "refused",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         # The last policy fetched successfully, any mode; mode none is kept only in memory
@@ -145,6 +154,7 @@ class _Domain:
         self.error = ""
         self.job: asyncio.Future[None] | None = None  # queued or running discovery/refresh
         self.waiters = 0  # lookups waiting for the job right now
+        self.refused = False  # the last job was not run (queue full): not known yet
 
     def policy(self, now: float) -> StsPolicy | None:
         last = self.last
@@ -285,7 +295,8 @@ class StsSource:
 
     def _evidence(self, entry: _Domain, now: float) -> StsEvidence:
         policy = entry.policy(now)
-        return StsEvidence(policy, entry.error, pending=policy is None and entry.running)
+        unknown = entry.running or entry.refused
+        return StsEvidence(policy, entry.error, pending=policy is None and unknown)
 
     def _stale(self, policy: StsPolicy, now: float) -> bool:
         """Due for a refetch: older than refresh_interval or past half its lifetime."""
@@ -319,6 +330,7 @@ class StsSource:
         job = self._fetches.submit(domain, lane, functools.partial(self._refresh, domain, entry))
         if entry.job is not job:
             entry.job = job
+            entry.refused = False
             if job.done():  # refused at once: say so to the lookup asking now
                 self._finished(domain, entry, job)
             else:
@@ -331,7 +343,9 @@ class StsSource:
         if job.cancelled() or (exc := job.exception()) is None:
             return
         if isinstance(exc, FetchQueueFull):
-            # Not a failure of the domain: its next lookup asks again.
+            # Not a failure of the domain: the policy is not known yet (pending: short-lived
+            # answers, TEMP in sts_cold = "TEMP" profiles), and the next lookup asks again.
+            entry.refused = True
             entry.error = f"not fetched: {exc}"
             dropped = self._fetches.stats().dropped
             if dropped % DROPS_LOGGED_EVERY == 1:

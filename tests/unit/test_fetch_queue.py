@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, Work
+
+
+@pytest.fixture(autouse=True)
+async def no_runs_left() -> AsyncIterator[None]:
+    """Stop what a test leaves running, so no task outlives its loop."""
+    yield
+    left = [t for t in asyncio.all_tasks() if t.get_name().startswith("mta-sts ")]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
 
 
 async def settle() -> None:

@@ -341,7 +341,7 @@ async def test_queue_bounded_refuses_and_says_so(
     assert stats.dropped == 1 and stats.queued <= 10
     dropped = [w.source.cached(d, w.clock.now) for d in slow]
     dropped = [e for e in dropped if e.error]
-    assert len(dropped) == 1 and not dropped[0].pending
+    assert len(dropped) == 1 and dropped[0].pending
     assert dropped[0].error == "not fetched: dropped for more urgent fetches"
     assert any("mta-sts not fetched" in m for m in caplog.messages)
     w.source.forget(None)
@@ -349,7 +349,8 @@ async def test_queue_bounded_refuses_and_says_so(
 
 async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
     """With only waited-for work queued, a new discovery is refused at once: the lookup
-    answers without the policy (not pending) and the next lookup asks again."""
+    answers at once, the policy still unknown (pending: strict profiles defer, answers
+    live only seconds), and the next lookup asks again."""
     w.restart(StsSettings(cold_budget=5.0, max_concurrent_fetches=1, max_queued_fetches=2))
     w.fetcher.gate = asyncio.Event()
     names = ["a.example", "b.example", "c.example"]
@@ -361,7 +362,7 @@ async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
     assert w.source.queue_stats().queued == 2
     publish(w)
     refused = await w.source.evidence(DOMAIN)
-    assert not refused.pending and refused.policy is None
+    assert refused.pending and refused.policy is None  # not known yet
     assert refused.error == "not fetched: 2 fetches already queued"
     assert w.source.queue_stats().dropped == 1
     w.fetcher.gate.set()
