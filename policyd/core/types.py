@@ -41,10 +41,11 @@ class TlsLevel(enum.Enum):
 
 # Attributes whose value may hold spaces: Postfix (>= 3.10) reads them in the
 # "{ name = value }" form (smtp_tls_policy.c: extpar), such as the MTA-STS policy lines of
-# policy_string for TLSRPT. Their values are printable ASCII without braces.
+# policy_string for TLSRPT. Their values are printable ASCII without braces or commas (a
+# value without spaces is sent as name=value, where Postfix splits at a comma).
 SPACED_ATTRS: Final = frozenset({"policy_string"})
 _SPACE: Final = re.compile(r"\s")
-_SPACED_VALUE: Final = re.compile(r"[!-z|~](?:[ -z|~]*[!-z|~])?")
+_SPACED_VALUE: Final = re.compile(r"[!-+\--z|~](?:[ -+\--z|~]*[!-+\--z|~])?")
 
 # Opportunistic DANE authenticates the hosts with usable TLSA and encrypts
 # opportunistically elsewhere, so it sits between encrypt and the mandatory levels.

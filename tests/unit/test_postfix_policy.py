@@ -193,7 +193,7 @@ def test_policy_string_values_with_spaces_in_braces() -> None:
     assert render(pol) == "secure match=mx.example.com { policy_string = mode: enforce }"
     plain = Policy(TlsLevel.SECURE, (), (("policy_string", "x"),))
     assert parse(render(plain)) == plain  # no space: the plain form, as overrides store it
-    for bad in ["", " lead", "trail ", "a}b", "{a", "a\tb", "a\nb", "a\x00b", "é"]:
+    for bad in ["", " lead", "trail ", "a}b", "{a", "a,b", "a\tb", "a\nb", "a\x00b", "é"]:
         with pytest.raises(ValueError):
             Policy(TlsLevel.SECURE, (), (("policy_string", bad),))
     with pytest.raises(ValueError):
