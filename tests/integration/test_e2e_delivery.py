@@ -369,7 +369,11 @@ def test_milter_warms_daemon(
         assert time.monotonic() < deadline, daemon.log()[-3000:]
         time.sleep(0.1)
     print([x for x in daemon.log().splitlines() if domain in x])
-    # Postfix itself never asked: its smtp transport is deferred (defer_transports).
-    log = milter_sender.log()
-    assert f"{sub.queue_id}: from=<tester@sender.policyd.test>" in log
+    # Postfix itself never asked: its smtp transport is deferred (defer_transports). The
+    # daemon may answer the milter before the queue manager has logged the message.
+    queued = f"{sub.queue_id}: from=<tester@sender.policyd.test>"
+    deadline = time.monotonic() + 10.0
+    while queued not in (log := milter_sender.log()):
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.1)
     assert not [x for x in log.splitlines() if sub.queue_id in x and "status=sent" in x]
