@@ -32,7 +32,7 @@ from policyd.core.evidence import (
     StsEvidence,
 )
 from policyd.core.profile import Profile
-from policyd.core.types import Outcome, Rule, Verdict
+from policyd.core.types import SPACED_ATTRS, Outcome, Policy, Rule, Verdict
 from policyd.counters import ServiceCounters
 
 log = logging.getLogger("policyd")
@@ -301,6 +301,7 @@ class PolicyService:
     def _finish(
         self, dest: Destination, profile: Profile, verdict: Verdict, evidence: Evidence
     ) -> Answer:
+        verdict, reply = as_answered(verdict)
         if verdict.outcome is Outcome.TEMP:
             self.stats.temp += 1
         self._watch_temp(dest, verdict)
@@ -309,7 +310,7 @@ class PolicyService:
             # Decided, logged and counted as if live; Postfix keeps its own default.
             self.counters.dry_run.inc(profile.name, label_of(verdict))
             return Answer(verdict, evidence, socketmap.reply(socketmap.Status.NOTFOUND))
-        return Answer(verdict, evidence, render_reply(verdict))
+        return Answer(verdict, evidence, reply)
 
     def _watch_temp(self, dest: Destination, verdict: Verdict) -> None:
         """The dane-temp alert: TEMP for a DNS(SEC) reason for longer than allowed."""
@@ -414,7 +415,9 @@ class PolicyService:
     async def explain(self, dest: Destination) -> list[tuple[Profile, Verdict, Evidence]]:
         evidence = await self._evidence(dest)
         now = self._clock()
-        return [(p, decide(evidence, p, now), evidence) for p in self._profiles.values()]
+        return [
+            (p, as_answered(decide(evidence, p, now))[0], evidence) for p in self._profiles.values()
+        ]
 
     # -- overrides and flushing --------------------------------------------------------
 
@@ -477,12 +480,31 @@ def level_text(verdict: Verdict) -> str:
         return "TEMP"
     if verdict.policy is None:
         return "NOTFOUND"
-    return postfix_policy.render(verdict.policy).replace(" ", ",")
+    # One word for log lines and reports: without the policy_string lines (spaces inside),
+    # which repeat the mx patterns for TLSRPT.
+    pol = verdict.policy
+    brief = Policy(pol.level, pol.match, tuple(a for a in pol.attrs if a[0] not in SPACED_ATTRS))
+    return postfix_policy.render(brief).replace(" ", ",")
 
 
-def render_reply(verdict: Verdict) -> bytes:
+def _render(verdict: Verdict) -> bytes:
     if verdict.outcome is Outcome.TEMP:
         return socketmap.reply(socketmap.Status.TEMP, verdict.reason)
     if verdict.policy is None:
         return socketmap.reply(socketmap.Status.NOTFOUND)
     return socketmap.reply(socketmap.Status.OK, postfix_policy.render(verdict.policy))
+
+
+def as_answered(verdict: Verdict) -> tuple[Verdict, bytes]:
+    """The verdict as Postfix gets it, with its socketmap reply payload. A policy too long
+    for one reply (socketmap_table(5): 100,000 bytes) is answered TEMP: truncated, it would
+    be a different policy, and weaker than the one decided."""
+    try:
+        return verdict, _render(verdict)
+    except socketmap.ReplyTooLong as exc:
+        deferred = Verdict(Outcome.TEMP, verdict.rule, f"policy not sent: {exc}")
+        return deferred, _render(deferred)
+
+
+def render_reply(verdict: Verdict) -> bytes:
+    return as_answered(verdict)[1]

@@ -21,9 +21,23 @@ from tests.world.procs import Background
 from tests.world.smtp_world import POSTFIX_MASTER, POSTFIX_SERVICES, QUEUE_SUBDIRS
 from tests.world.world import World
 
+SNIPPET: Final = Path(__file__).resolve().parents[1] / "etc" / "postfix" / "main.cf.snippet"
 START_TIMEOUT: Final = 20.0
 POLL: Final = 0.1
 QUEUED = re.compile(r"queued as ([0-9A-F]+)")
+
+
+def snippet_settings(**replace: str) -> list[str]:
+    """The ``name = value`` lines etc/postfix/main.cf.snippet sets (comments skipped), with
+    the values in ``replace`` instead of the shipped ones."""
+    lines = []
+    for line in SNIPPET.read_text().splitlines():
+        name, eq, value = line.partition("=")
+        if not eq or line.startswith(("#", " ", "\t")):
+            continue
+        name = name.strip()
+        lines.append(f"{name} = {replace.get(name, value.strip())}")
+    return lines
 
 
 @dataclass
@@ -46,22 +60,21 @@ class PostfixSender:
         *,
         milter: str | None = None,
         hold_smtp: bool = False,
+        profile: str = "postfix",
     ) -> None:
         self.base = base
         self.address = address
         self.conf = base / "conf"
         self.queue = base / "queue"
         self.maillog = base / "maillog"
-        self._setup(policy_socket, ca_file, milter, hold_smtp)
+        self._setup(f"{policy_socket}:{profile}", ca_file, milter, hold_smtp)
         self.master = Background(
             f"sending postfix {address}",
             [*world.exec_prefix(), POSTFIX_MASTER, "-c", str(self.conf), "-s", "-d"],
             self.maillog,
         )
 
-    def _setup(
-        self, policy_socket: str, ca_file: Path, milter: str | None, hold_smtp: bool
-    ) -> None:
+    def _setup(self, policy_map: str, ca_file: Path, milter: str | None, hold_smtp: bool) -> None:
         conf, queue = self.conf, self.queue
         data = queue / "data"  # relative data_directory: see smtp_world.postfix_instance
         for d in (conf, queue, data):
@@ -99,12 +112,13 @@ class PostfixSender:
             # master's stdout, which is the maillog file.
             "maillog_file = /dev/stdout",
             "smtpd_peername_lookup = no",
-            "smtp_dns_support_level = dnssec",
             "smtp_address_preference = ipv4",
-            "smtp_tls_security_level = may",
-            f"smtp_tls_policy_maps = socketmap:unix:{policy_socket}:postfix",
+            # The shipped snippet's settings, as a postmaster adds them (smtp_tls_policy_maps
+            # pointed at the test daemon): deliveries test the snippet itself.
+            *snippet_settings(smtp_tls_policy_maps=f"socketmap:unix:{policy_map}"),
             f"smtp_tls_CAfile = {ca_file}",
-            "smtp_tls_loglevel = 1",
+            # 2: Postfix logs which TLSA record matched ("Matched DANE EE certificate").
+            "smtp_tls_loglevel = 2",
             "smtp_connect_timeout = 5s",
             "queue_run_delay = 1s",
             "minimal_backoff_time = 1s",
@@ -182,19 +196,20 @@ class PostfixSender:
             time.sleep(POLL)
         return found.group(0)
 
-    def tls_before(self, status_line: str) -> str | None:
-        """The ``... TLS connection established ...`` line the same smtp(8) process logged
-        last before ``status_line`` (None: that delivery was not encrypted)."""
+    def session(self, status_line: str) -> list[str]:
+        """The lines the smtp(8) process of ``status_line`` logged for that delivery: after
+        its previous ``status=`` line, up to this one."""
         pid = re.search(r"postfix/\w+\[(\d+)\]", status_line)
         assert pid is not None, status_line
         text = self.log()
         head = text[: text.index(status_line)]
-        # Only this delivery's session: after the process's previous status= line.
         previous = list(re.finditer(rf"postfix/smtp\[{pid.group(1)}\]: .* status=", head))
         if previous:
             head = head[previous[-1].end() :]
-        pattern = re.compile(
-            rf"^.*postfix/smtp\[{pid.group(1)}\]: \w+ TLS connection established .*$", re.M
-        )
-        lines = [m.group(0) for m in pattern.finditer(head)]
+        return [ln for ln in head.splitlines() if f"postfix/smtp[{pid.group(1)}]: " in ln]
+
+    def tls_before(self, status_line: str) -> str | None:
+        """The ``... TLS connection established ...`` line the same smtp(8) process logged
+        last before ``status_line`` (None: that delivery was not encrypted)."""
+        lines = [ln for ln in self.session(status_line) if " TLS connection established " in ln]
         return lines[-1] if lines else None

@@ -39,6 +39,7 @@ from policyd.sources.probe import ProbeSource, make_prober
 from policyd.sources.sts import StsSource, txt_lookup_from
 
 log = logging.getLogger("policyd")
+MAX_LOG_LINE: Final = 2048  # characters per log line (RFC 5424 6.1: 2048 octets)
 
 HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh check
 
@@ -237,10 +238,22 @@ def set_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
+class BoundedFormatter(logging.Formatter):
+    """Cuts a log line at MAX_LOG_LINE characters (a traceback still follows in full): some
+    of what is logged comes from remote parties, and RFC 5424 6.1 only asks syslog
+    receivers to take 2048 octets."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        if len(text) > MAX_LOG_LINE:
+            return text[: MAX_LOG_LINE - 3] + "..."
+        return text
+
+
 def setup_logging(level: str) -> None:
     # Postfix style: "policyd[PID]: message"; journald or the terminal adds the time.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"policyd[{os.getpid()}]: %(message)s"))
+    handler.setFormatter(BoundedFormatter(f"policyd[{os.getpid()}]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_log_level(level)

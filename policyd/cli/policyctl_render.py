@@ -276,6 +276,9 @@ def status(doc: Doc) -> str:
     probe = doc.doc("probe")
     if probe is not None:
         rows.append(("probe queue", ", ".join(f"{k}={_flat(v)}" for k, v in probe.items())))
+    sts = doc.doc("mta_sts")
+    if sts is not None:
+        rows.append(("sts fetches", ", ".join(f"{k}={_flat(v)}" for k, v in sts.items())))
     return "".join(f"{name:<12} {value}\n" for name, value in rows)
 
 

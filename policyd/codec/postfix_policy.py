@@ -48,11 +48,18 @@ def _match_sep(level: TlsLevel) -> str:
     return "|" if level is TlsLevel.FINGERPRINT else ":"
 
 
+def _attribute(name: str, value: str) -> str:
+    # A value with spaces goes in braces, "{ name = value }", as Postfix >= 3.10 reads
+    # policy_string (smtp_tls_policy.c: mystrtokq, extpar); only SPACED_ATTRS values
+    # may hold spaces.
+    return f"{{ {name} = {value} }}" if " " in value else f"{name}={value}"
+
+
 def render(pol: Policy) -> str:
     parts = [pol.level.value]
     if pol.match:
         parts.append("match=" + _match_sep(pol.level).join(pol.match))
-    parts += [f"{name}={value}" for name, value in pol.attrs]
+    parts += [_attribute(name, value) for name, value in pol.attrs]
     return " ".join(parts)
 
 

@@ -20,6 +20,14 @@ class SocketmapError(Exception):
     """A request payload that is not ``NAME<space>KEY``."""
 
 
+class ReplyTooLong(ValueError):
+    """An ``OK`` reply over :data:`MAX_REPLY` bytes: cut, it would be another policy."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"reply of {size} bytes exceeds the socketmap limit of {MAX_REPLY}")
+        self.size = size
+
+
 class Status(enum.Enum):
     OK = "OK"
     NOTFOUND = "NOTFOUND"
@@ -53,12 +61,16 @@ def parse_request(payload: bytes) -> Request:
 
 
 def reply(status: Status, data: str = "") -> bytes:
-    """A reply payload. Data is one line; it is cut to fit the protocol's size limit."""
+    """A reply payload; data is one line. An ``OK`` reply over the protocol's size limit
+    raises :class:`ReplyTooLong` (a policy cut mid-attribute is a different policy, so the
+    caller answers TEMP instead); the text of other replies only explains, and is cut."""
     text = data.replace("\r", " ").replace("\n", " ")
     if status is Status.NOTFOUND:
         text = ""
     out = f"{status.value} {text}".encode()
     if len(out) > MAX_REPLY:
+        if status is Status.OK:
+            raise ReplyTooLong(len(out))
         # Cut at a character boundary: Postfix must never get half a UTF-8 sequence.
         out = out[:MAX_REPLY].decode("utf-8", "ignore").encode()
     return out

@@ -3,14 +3,26 @@
 Pure: evidence and ``now`` in, a :class:`Verdict` out. A lookup failure where DANE or a
 cached MTA-STS enforce policy may apply never yields a weaker level than the same
 evidence without the failure (tests/unit/test_decide.py checks that property).
+
+DANE outranks a valid MTA-STS enforce policy only where it protects every path to the
+domain: ``dane-only``, which needs a DNSSEC-validated MX RRset and usable TLSA at every
+usable MX host. RFC 8461 2 lets DANE take precedence where it applies; it does not let a
+weaker per-host fallback replace MTA-STS. Partial DANE (``dane``: Postfix falls back to
+opportunistic TLS at hosts without TLSA), unusable TLSA (``encrypt``) and anything read
+from an unsigned MX RRset (which an attacker on the path can forge to point at a host in
+a signed zone of their own) all leave the MTA-STS ``secure match=...`` in force.
 """
 
 from __future__ import annotations
 
 from policyd.core import dane, sts
-from policyd.core.evidence import Evidence, ProbeLevel, ProbeVerdict, StsMode
+from policyd.core.evidence import DnsStatus, Evidence, ProbeLevel, ProbeVerdict, StsMode
 from policyd.core.profile import ColdSts, Fallback, Profile, VerifiedAs
 from policyd.core.types import Policy, Rule, TlsLevel, Verdict, notfound, policy, temp
+
+# DANE outcomes that leave some path unauthenticated: they decide only without a valid
+# MTA-STS enforce policy (RFC 8461 2; see the module docstring).
+_PARTIAL_DANE = (dane.DaneKind.DANE, dane.DaneKind.ENCRYPT)
 
 
 def _fallback(fb: Fallback, rule: Rule, reason: str) -> Verdict:
@@ -32,30 +44,40 @@ def decide(ev: Evidence, profile: Profile, now: float) -> Verdict:
     if dest.parent_form:
         return notfound(Rule.DEFAULT, "parent-domain form: no policy unless overridden")
 
+    sts_ev = ev.sts
+    cached = sts_ev.policy
+    enforce = (
+        cached
+        if cached is not None and cached.valid_at(now) and cached.mode is StsMode.ENFORCE
+        else None
+    )
     hosts_failed = ""
+    passed_over = ""  # the DANE outcome an enforce policy outranks, for the reason
     if ev.dns is not None:
         outcome = dane.evaluate(ev.dns)
         kind = outcome.kind
         if kind is dane.DaneKind.TEMP:
             return temp(Rule.DNS_FAILURE, outcome.reason)
-        if kind is dane.DaneKind.NO_MAIL:
+        # An unsigned "no mail here" may be forged like any unsigned MX answer: with an
+        # enforce policy cached, Postfix still gets secure (and finds no MX itself if true).
+        if kind is dane.DaneKind.NO_MAIL and (enforce is None or ev.dns.mx is DnsStatus.SECURE):
             return notfound(Rule.NO_MAIL, outcome.reason)
-        if kind in (dane.DaneKind.DANE_ONLY, dane.DaneKind.DANE, dane.DaneKind.ENCRYPT):
+        if kind is dane.DaneKind.DANE_ONLY or (enforce is None and kind in _PARTIAL_DANE):
             level = TlsLevel(kind.value)
             return policy(Rule.DANE, "DANE: " + outcome.reason, Policy(level))
         if kind is dane.DaneKind.HOSTS_FAILED:
             hosts_failed = outcome.reason
+        elif kind is not dane.DaneKind.NOT_APPLICABLE:
+            passed_over = f"; DANE not on every path ({outcome.reason})"
 
-    sts_ev = ev.sts
-    cached = sts_ev.policy
-    if cached is not None and cached.valid_at(now) and cached.mode is StsMode.ENFORCE:
-        pol = sts.to_policy(dest.name, cached, profile.sts_attributes)
+    if enforce is not None:
+        pol = sts.to_policy(dest.name, enforce, profile.sts_attributes)
         stale = f", refresh failed: {sts_ev.error}" if sts_ev.error else ""
-        age = int(now - cached.fetched_at)
+        age = int(now - enforce.fetched_at)
         return policy(
             Rule.MTA_STS,
-            f"MTA-STS enforce id={cached.policy_id} mx={','.join(cached.mx)} "
-            f"fetched {age}s ago{stale}",
+            f"MTA-STS enforce id={enforce.policy_id} mx={sts.describe_mx(enforce.mx)} "
+            f"fetched {age}s ago{stale}{passed_over}",
             pol,
         )
     if sts_ev.pending and profile.sts_cold is ColdSts.TEMP:

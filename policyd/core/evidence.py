@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
 
 from policyd.core.types import Policy
+
+# The most mx patterns one MTA-STS policy may carry. RFC 8461 sets no number and real
+# policies name a handful; a bound keeps parsing, decide() and the Postfix reply small:
+# match= plus, with STS attributes, one mx_host_pattern and one policy_string per pattern
+# stay near 52 KB even at 64 names of 253 octets, far below the socketmap reply limit of
+# 100,000 bytes. A policy with more is refused as invalid (policyd.codec.mtasts), so a
+# cached policy stays in force and a new one is not enforced half.
+MAX_MX_PATTERNS: Final = 64
 
 
 class DnsStatus(enum.Enum):
@@ -98,6 +107,15 @@ class DnsEvidence:
     expires_at: float = 0.0
 
 
+def is_ip_literal(pattern: str) -> bool:
+    """An mx pattern whose last label is all digits, such as ``192.0.2.1``: no host name
+    (RFC 3696 2: a top-level domain is never all-numeric), so it matches no MX host under
+    RFC 8461 4.1, while OpenSSL would read it in Postfix's ``match=`` as an IP address
+    check that fails every certificate (postfix-tlspol#70)."""
+    last = pattern.rstrip(".").rpartition(".")[2]
+    return last.isascii() and last.isdigit()
+
+
 class StsMode(enum.Enum):
     """MTA-STS policy modes (RFC 8461 5)."""
 
@@ -121,6 +139,10 @@ class StsPolicy:
             raise ValueError("max_age must not be negative")
         if self.mode is StsMode.ENFORCE and not self.mx:
             raise ValueError("an enforce policy needs at least one mx pattern")
+        if len(self.mx) > MAX_MX_PATTERNS:
+            raise ValueError(f"more than {MAX_MX_PATTERNS} mx patterns")
+        if any(is_ip_literal(p) for p in self.mx):
+            raise ValueError("an mx pattern is an IP address, not a host name")
 
     @property
     def expires_at(self) -> float:
@@ -136,7 +158,7 @@ class StsEvidence:
 
     ``error`` names a failed TXT lookup or fetch; a cached unexpired policy still applies
     then (RFC 8461 3.3, 5.1). ``pending`` means a cold fetch is still running past the
-    lookup's time bound, so the answer is not known yet.
+    lookup's time bound, or could not be queued, so the answer is not known yet.
     """
 
     policy: StsPolicy | None = None

@@ -46,6 +46,10 @@ class Profile:
             raise ValueError("probe_no_tls cannot be encrypt: the probe saw no working TLS")
 
 
+# Both built-in profiles work with Postfix >= 3.4 (servername=). sts_attributes stays off
+# even in strict: Postfix before 3.10 defers every delivery whose policy carries them
+# ("invalid attribute name", checked with Postfix 3.7.11); turn it on in
+# [profiles.strict] with Postfix >= 3.10.5.
 DEFAULT_PROFILES: tuple[Profile, ...] = (
     Profile("postfix"),
     Profile(
@@ -53,7 +57,7 @@ DEFAULT_PROFILES: tuple[Profile, ...] = (
         probe_verified=VerifiedAs.SECURE,
         probe_no_tls=Fallback.MAY,
         unknown=Fallback.NOTFOUND,
-        sts_attributes=True,
+        sts_attributes=False,
         sts_cold=ColdSts.TEMP,
     ),
 )

@@ -7,7 +7,13 @@ here everything is an enum or a frozen dataclass that validates on construction.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
+from typing import Final
+
+# Characters of a verdict's reason: it is sent with TEMP, logged and kept in the event log,
+# and parts of it come from remote parties (policy patterns, MX host names).
+MAX_REASON: Final = 512
 
 
 class TlsLevel(enum.Enum):
@@ -32,6 +38,13 @@ class TlsLevel(enum.Enum):
         """Levels for which Postfix accepts a ``match=`` attribute."""
         return self in (TlsLevel.FINGERPRINT, TlsLevel.VERIFY, TlsLevel.SECURE)
 
+
+# Attributes whose value may hold spaces: Postfix (>= 3.10) reads them in the
+# "{ name = value }" form (smtp_tls_policy.c: extpar), such as the MTA-STS policy lines of
+# policy_string for TLSRPT. Their values are printable ASCII without braces or commas (a
+# value without spaces is sent as name=value, where Postfix splits at a comma).
+SPACED_ATTRS: Final = frozenset({"policy_string"})
+_SPACED_VALUE: Final = re.compile(r"[!-+\--z|~](?:[ -+\--z|~]*[!-+\--z|~])?")
 
 # Opportunistic DANE authenticates the hosts with usable TLSA and encrypts
 # opportunistically elsewhere, so it sits between encrypt and the mandatory levels.
@@ -72,7 +85,11 @@ class Policy:
         for name, value in self.attrs:
             if not name.isascii() or not name.replace("_", "").isalnum():
                 raise ValueError(f"bad attribute name {name!r}")
-            if not _is_word(value):
+            if name in SPACED_ATTRS:
+                bad = _SPACED_VALUE.fullmatch(value) is None
+            else:
+                bad = not _is_word(value)
+            if bad:
                 raise ValueError(f"bad value {value!r} for attribute {name}")
             if name == "match":
                 raise ValueError("match is a field of its own, not an attribute")
@@ -124,6 +141,8 @@ class Verdict:
             # Content-Type); it is one line in logs and replies, escaped, never refused:
             # refusing would turn the lookup into TEMP.
             object.__setattr__(self, "reason", one_line(self.reason))
+        if len(self.reason) > MAX_REASON:
+            object.__setattr__(self, "reason", self.reason[: MAX_REASON - 3] + "...")
 
     @property
     def strength(self) -> int:

@@ -132,6 +132,13 @@ class Prober(Protocol):
     def stats(self) -> object: ...
 
 
+@runtime_checkable
+class StsQueue(Protocol):
+    """What ``status`` shows of the MTA-STS source (policyd/sources/sts.py)."""
+
+    def queue_stats(self) -> object: ...
+
+
 # -- the dispatcher ----------------------------------------------------------------------
 
 
@@ -393,6 +400,8 @@ class Commands:
         cfg = d.config
         prober = service.probe
         probe_stats = jsonable(prober.stats()) if isinstance(prober, Prober) else None
+        sts = service.sts
+        sts_stats = jsonable(sts.queue_stats()) if isinstance(sts, StsQueue) else None
         server = getattr(d, "server", None)
         return {
             "version": __version__,
@@ -408,4 +417,5 @@ class Commands:
             },
             "lookups": jsonable(service.stats),
             "probe": probe_stats,
+            "mta_sts": sts_stats,
         }

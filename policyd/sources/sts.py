@@ -6,7 +6,10 @@ record, serve a bad policy) removes a cached policy before its ``max_age``: only
 successfully fetched new policy replaces it, and only a fetched ``mode: none`` removes it.
 Policies are persisted, so they survive restarts. Lookups for a domain without a cached
 policy wait at most ``cold_budget`` for discovery and fetch, then answer "pending" while
-the fetch finishes in the background.
+the fetch finishes in the background. Discoveries and refreshes share a bounded,
+prioritised queue (:mod:`policyd.sources.fetch_queue`): refreshes of cached policies
+first, then discoveries a lookup waits for, then the rest, so slow domains cannot keep a
+real one from being fetched on first contact.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ from policyd.codec.mtasts import (
 )
 from policyd.codec.sts_record import policy_from_json, policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
+from policyd.core.sts import describe_mx
 from policyd.counters import StsCounters
+from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 _NEVER: Final = -math.inf
+DROPS_LOGGED_EVERY: Final = 100  # one log line per this many fetches dropped (queue full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +63,17 @@ class StsSettings:
     # (RFC 8461 3.1), or to find a policy for a domain that had none.
     recheck_interval: float = 3600.0
     max_concurrent_fetches: int = 16
+    # Discoveries and refreshes waiting for a slot; beyond it the oldest background
+    # discovery is dropped for urgent work, or the new one is refused (and counted).
+    max_queued_fetches: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("cold_budget", "refresh_interval", "retry_after_failure", "recheck_interval"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"sts {name} must not be negative")
-        if self.max_concurrent_fetches < 1:
-            raise ValueError("sts max_concurrent_fetches must be at least 1")
+        for name in ("max_concurrent_fetches", "max_queued_fetches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sts {name} must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +134,16 @@ def txt_lookup_from(resolver: TxtResolverLike) -> TxtLookup:
 class _Domain:
     """What the source knows about one domain (mutable; private to the source)."""
 
-    __slots__ = ("absent_until", "checked_at", "error", "failed_at", "last", "task")
+    __slots__ = (
+        "absent_until",
+        "checked_at",
+        "error",
+        "failed_at",
+        "job",
+        "last",
+        "refused",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         # The last policy fetched successfully, any mode; mode none is kept only in memory
@@ -134,7 +153,9 @@ class _Domain:
         self.failed_at = _NEVER  # last failed lookup or fetch
         self.absent_until = _NEVER  # no policy published: do not look again before this
         self.error = ""
-        self.task: asyncio.Task[None] | None = None
+        self.job: asyncio.Future[None] | None = None  # queued or running discovery/refresh
+        self.waiters = 0  # lookups waiting for the job right now
+        self.refused = False  # the last job was not run (queue full): not known yet
 
     def policy(self, now: float) -> StsPolicy | None:
         last = self.last
@@ -144,7 +165,7 @@ class _Domain:
 
     @property
     def running(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self.job is not None and not self.job.done()
 
 
 def _normalise(domain: str) -> str:
@@ -152,7 +173,7 @@ def _normalise(domain: str) -> str:
 
 
 def _describe(policy: StsPolicy) -> str:
-    mx = ",".join(policy.mx) or "-"
+    mx = describe_mx(policy.mx) or "-"
     return f"id={policy.policy_id} mode={policy.mode.value} mx={mx} max_age={policy.max_age}"
 
 
@@ -180,7 +201,9 @@ class StsSource:
         self._clock = clock
         self._log = log or logging.getLogger("policyd.sts")
         self._domains: dict[str, _Domain] = {}
-        self._fetches = asyncio.Semaphore(self.settings.max_concurrent_fetches)
+        self._fetches = FetchQueue(
+            self.settings.max_concurrent_fetches, self.settings.max_queued_fetches
+        )
         self.counters = StsCounters()
         # Called with the domain whenever its cached policy appears, changes or goes, so
         # the service can drop answers it built from the old one.
@@ -214,25 +237,29 @@ class StsSource:
             policy = entry.policy(now)
             if policy is not None:
                 if self._refresh_due(entry, policy, now, recheck=False):
-                    self._start(domain, entry)
+                    self._start(domain, entry, Lane.REFRESH)
                     started += 1
             elif not entry.running and now >= entry.absent_until and self._may_try(entry, now):
                 del self._domains[domain]  # nothing cached, no throttle left to remember
         return started
 
     async def wait_idle(self) -> None:
-        """Wait for every running discovery and fetch (tests, shutdown)."""
-        tasks = [e.task for e in self._domains.values() if e.task is not None]
-        if tasks:
-            await asyncio.wait(tasks)
+        """Wait for every queued or running discovery and fetch (tests, shutdown)."""
+        jobs = [e.job for e in self._domains.values() if e.job is not None]
+        if jobs:
+            await asyncio.wait(jobs)
 
     def forget(self, domain: str | None) -> None:
         """``policyctl flush``: drop what is known about a domain (None: every domain)."""
         doomed = list(self._domains) if domain is None else [_normalise(domain)]
         for name in doomed:
             entry = self._domains.pop(name, None)
-            if entry is not None and entry.task is not None:
-                entry.task.cancel()
+            if entry is not None and entry.job is not None:
+                entry.job.cancel()
+
+    def queue_stats(self) -> QueueStats:
+        """The fetch queue's figures (``policyctl status``)."""
+        return self._fetches.stats()
 
     # -- the lookup path -------------------------------------------------------------------
 
@@ -251,19 +278,27 @@ class StsSource:
             policy = entry.policy(now)
             if policy is not None:
                 if self._refresh_due(entry, policy, now, recheck=True):
-                    self._start(domain, entry)
+                    self._start(domain, entry, Lane.REFRESH)
                 return self._evidence(entry, now)
             if not entry.running and not self._discovery_due(entry, now):
                 return self._evidence(entry, now)
-        task = self._start(domain, entry or self._entry(domain))
-        # Wait on the shared task without cancelling it: concurrent lookups join one fetch,
-        # and one that outlives the budget still lands in the cache.
-        await asyncio.wait({task}, timeout=self.settings.cold_budget)
+        entry = entry or self._entry(domain)
+        job = self._start(domain, entry, Lane.WAITED)
+        # Wait on the shared job without cancelling it: concurrent lookups join one fetch,
+        # and one that outlives the budget still lands in the cache, as background work.
+        entry.waiters += 1
+        try:
+            await asyncio.wait({job}, timeout=self.settings.cold_budget)
+        finally:
+            entry.waiters -= 1
+            if not entry.waiters and not job.done():
+                self._fetches.demote(domain)
         return self.cached(domain, self._clock())
 
     def _evidence(self, entry: _Domain, now: float) -> StsEvidence:
         policy = entry.policy(now)
-        return StsEvidence(policy, entry.error, pending=policy is None and entry.running)
+        unknown = entry.running or entry.refused
+        return StsEvidence(policy, entry.error, pending=policy is None and unknown)
 
     def _stale(self, policy: StsPolicy, now: float) -> bool:
         """Due for a refetch: older than refresh_interval or past half its lifetime."""
@@ -293,30 +328,37 @@ class StsSource:
             entry = self._domains[domain] = _Domain()
         return entry
 
-    def _start(self, domain: str, entry: _Domain) -> asyncio.Task[None]:
-        if entry.task is not None and not entry.task.done():
-            return entry.task
-        task = asyncio.get_running_loop().create_task(
-            self._run(domain, entry), name=f"mta-sts {domain}"
-        )
-        entry.task = task
-        task.add_done_callback(functools.partial(self._finished, domain, entry))
-        return task
+    def _start(self, domain: str, entry: _Domain, lane: Lane) -> asyncio.Future[None]:
+        job = self._fetches.submit(domain, lane, functools.partial(self._refresh, domain, entry))
+        if entry.job is not job:
+            entry.job = job
+            entry.refused = False
+            if job.done():  # refused at once: say so to the lookup asking now
+                self._finished(domain, entry, job)
+            else:
+                job.add_done_callback(functools.partial(self._finished, domain, entry))
+        return job
 
-    def _finished(self, domain: str, entry: _Domain, task: asyncio.Task[None]) -> None:
-        if entry.task is task:
-            entry.task = None
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # A bug, not an expected failure: report it, and hold off like after a failure.
-            entry.failed_at = self._clock()
-            entry.error = f"internal error: {type(exc).__name__}"
-            self._log.error("%s: mta-sts refresh crashed: %r", domain, exc)
+    def _finished(self, domain: str, entry: _Domain, job: asyncio.Future[None]) -> None:
+        if entry.job is job:
+            entry.job = None
+        if job.cancelled() or (exc := job.exception()) is None:
+            return
+        if isinstance(exc, FetchQueueFull):
+            # Not a failure of the domain: the policy is not known yet (pending: short-lived
+            # answers, TEMP in sts_cold = "TEMP" profiles), and the next lookup asks again.
+            entry.refused = True
+            entry.error = f"not fetched: {exc}"
+            dropped = self._fetches.stats().dropped
+            if dropped % DROPS_LOGGED_EVERY == 1:
+                self._log.warning("%s: mta-sts %s (%d so far)", domain, entry.error, dropped)
+            return
+        # A bug, not an expected failure: report it, and hold off like after a failure.
+        entry.failed_at = self._clock()
+        entry.error = f"internal error: {type(exc).__name__}"
+        self._log.error("%s: mta-sts refresh crashed: %r", domain, exc)
 
     # -- discovery and fetch ---------------------------------------------------------------
-
-    async def _run(self, domain: str, entry: _Domain) -> None:
-        async with self._fetches:
-            await self._refresh(domain, entry)
 
     async def _refresh(self, domain: str, entry: _Domain) -> None:
         answer = await self._txt_lookup(TXT_PREFIX + domain)
@@ -360,7 +402,8 @@ class StsSource:
         entry.checked_at = now
         entry.failed_at = _NEVER
         entry.error = ""
-        await self._install(domain, entry, parsed, policy)
+        # Shielded: a preempted (cancelled) job must not stop a policy half installed.
+        await asyncio.shield(self._install(domain, entry, parsed, policy))
 
     def _fail(self, domain: str, entry: _Domain, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""
@@ -396,6 +439,12 @@ class StsSource:
         if parsed.ignored:
             self._log.warning(
                 "%s: mta-sts repeated fields ignored: %s", domain, ",".join(parsed.ignored)
+            )
+        if parsed.ignored_mx:
+            self._log.warning(
+                "%s: mta-sts mx patterns that are IP addresses ignored: %s",
+                domain,
+                describe_mx(parsed.ignored_mx),
             )
         if policy.mode is StsMode.NONE:
             entry.absent_until = now + self.settings.recheck_interval

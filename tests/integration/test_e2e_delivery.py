@@ -18,6 +18,7 @@ import pytest
 from tests.daemon import Daemon, base_sections
 from tests.integration.test_mtasts import NsDaemon
 from tests.postfix_sender import PostfixSender, Submitted
+from tests.world import sts_world
 from tests.world.smtp_world import received
 from tests.world.world import World
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 SENDER_ADDRESS: Final = "127.0.9.1"
 MILTER_SENDER_ADDRESS: Final = "127.0.9.2"
+STRICT_SENDER_ADDRESS: Final = "127.0.9.3"
 MILTER_PORT: Final = 8893
 CTL_TIMEOUT: Final = 60.0
 DELIVERY_TIMEOUT: Final = 30.0
@@ -61,6 +63,9 @@ def daemon(world: World, files: Path) -> Iterator[Daemon]:
     sections = base_sections(files, world.resolver)
     sections["tls"] = {"ca_file": str(world.ca_file)}
     sections["sts"] = {"cold_budget": 3.0}
+    # DNS answers live 2 s at most, so that the daemon sees a changed (forged) MX RRset
+    # within seconds, as it would once a real record's TTL ran out.
+    sections["dns"].update({"min_ttl": 0, "max_ttl": 2})
     sections["probe"] = {
         "host_min_interval": 0.0,
         "reprobe_interval": 3600.0,
@@ -242,6 +247,111 @@ def test_dane_mismatch_stays_deferred(world: World, sender: PostfixSender) -> No
     assert not [c for c in copies if sub.message_id in c]
 
 
+@pytest.fixture(scope="module")
+def strict_sender(world: World, daemon: Daemon, files: Path) -> Iterator[PostfixSender]:
+    """A sending Postfix whose smtp_tls_policy_maps names the shipped strict profile."""
+    pf = PostfixSender(
+        world,
+        world.dir / "postfix-strict",
+        STRICT_SENDER_ADDRESS,
+        daemon.socket,
+        files / "ca.pem",
+        profile="strict",
+    )
+    pf.start()
+    try:
+        yield pf
+    finally:
+        pf.stop()
+
+
+def test_strict_profile_answers_accepted_by_this_postfix(
+    world: World, sender: PostfixSender, strict_sender: PostfixSender, daemon: Daemon
+) -> None:
+    """The shipped strict profile must not break Postfix before 3.10, which defers on
+    attributes it does not know ("invalid attribute name"): its MTA-STS answer is
+    delivered over verified TLS by the Postfix of this machine."""
+    version = subprocess.run(
+        ["postconf", "-c", str(strict_sender.conf), "-h", "mail_version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print("Postfix", version)
+    assert daemon.postmap("sts-enforce.test", name="strict") == [
+        "secure match=mx.sts-enforce.test servername=hostname"
+    ]
+    _, line, tls, _ = delivered(
+        world, strict_sender, "sts-enforce.test", "mx.sts-enforce.test", "strict mta-sts"
+    )
+    assert "relay=mx.sts-enforce.test[" in line
+    assert tls is not None and ": Verified TLS connection established" in tls, tls
+    assert "invalid attribute name" not in strict_sender.log()
+    _, line, tls, _ = delivered(world, strict_sender, "dane-ee.test", "mx.dane-ee.test", "strict")
+    assert tls is not None and tls.split(": ", 1)[1].startswith(("Verified TLS", "Trusted TLS"))
+
+
+def test_dane_for_unsigned_mx_means_dane(world: World, sender: PostfixSender) -> None:
+    """unsignedmx.test: unsigned MX RRset pointing at mx.dane-ee.test (signed, TLSA).
+    policyd answers dane; with smtp_tls_dane_insecure_mx_policy = dane (the main.cf
+    snippet) Postfix 3.7 authenticates the host by its TLSA records instead of falling
+    back to opportunistic TLS (its default there unless smtp_tls_security_level = dane)."""
+    _, line, tls, _ = delivered(
+        world, sender, "unsignedmx.test", "mx.dane-ee.test", "dane, insecure mx"
+    )
+    assert "relay=mx.dane-ee.test[127.0.1.1]:25" in line
+    # Postfix logs "Trusted" both ways (DANE for an insecure MX does not authenticate the
+    # MX name; may checks the chain against smtp_tls_CAfile): the TLSA match tells.
+    assert tls is not None and ": Trusted TLS connection established" in tls, tls
+    session = sender.session(line)
+    assert any(
+        "mx.dane-ee.test[127.0.1.1]:25: Matched DANE EE certificate at depth 0: 3 1 1" in ln
+        for ln in session
+    ), session
+
+
+def test_forged_mx_of_cached_sts_domain_defers(
+    world: World, sender: PostfixSender, daemon: Daemon
+) -> None:
+    """Security review C1, live: sts-forged.test (unsigned zone) has an enforce policy
+    cached; an attacker forges its MX to mx.dane-ee.test, a host in the attacker's signed
+    zone with TLSA 3 1 1 of the key it serves. policyd keeps the policy's secure match=,
+    so real Postfix defers rather than hand the mail to the forged host (before the fix it
+    answered dane, which Postfix applies to that host and delivers)."""
+    domain, real_mx, forged_mx = "sts-forged.test", "mx.sts-forged.test", sts_world.FORGED_TO
+    _, line, tls, _ = delivered(world, sender, domain, real_mx, "before the forgery")
+    assert f"relay={real_mx}[" in line
+    assert tls is not None and ": Verified TLS connection established" in tls, tls
+    # From now on only the cached policy protects the domain: its policy host goes away.
+    sts_world.take_down(world, domain)
+    sts_world.set_mx(world, domain, forged_mx)
+    try:
+        time.sleep(2.5)  # the daemon's cached MX answer expires (max_ttl = 2 s)
+        sub = sender.submit(f"postmaster@{domain}", "after the forgery")
+        line = sender.wait_status(sub, "deferred", DELIVERY_TIMEOUT)
+        print(line)
+        assert f"relay={forged_mx}[" in line or forged_mx in line, line
+        assert "Server certificate not verified" in line, line
+        time.sleep(4.0)  # let the queue manager retry (backoff 1-2 s)
+        log = sender.log()
+        attempts = [x for x in log.splitlines() if f"{sub.queue_id}: to=<{sub.recipient}>" in x]
+        assert len(attempts) >= 2, attempts
+        assert not [x for x in attempts if "status=sent" in x], attempts
+        copies = [p.read_text(errors="replace") for p in received(world, forged_mx)]
+        assert not [c for c in copies if sub.message_id in c]
+        explained = policyctl(daemon, "explain", domain)
+        print(explained.stdout)
+        assert explained.returncode == 0, explained.stderr
+        assert f"secure match={real_mx} servername=hostname" in explained.stdout
+        assert (
+            f"DANE not on every path (usable TLSA at {forged_mx}, MX RRset not signed)"
+            in explained.stdout
+        ), explained.stdout
+    finally:
+        sts_world.set_mx(world, domain, real_mx)
+        sts_world.bring_up(world, domain)
+
+
 @pytest.fixture
 def milter_sender(world: World, daemon: Daemon, files: Path) -> Iterator[PostfixSender]:
     """A second sending Postfix with policyd-milter in smtpd_milters (action ``none``:
@@ -297,7 +407,11 @@ def test_milter_warms_daemon(
         assert time.monotonic() < deadline, daemon.log()[-3000:]
         time.sleep(0.1)
     print([x for x in daemon.log().splitlines() if domain in x])
-    # Postfix itself never asked: its smtp transport is deferred (defer_transports).
-    log = milter_sender.log()
-    assert f"{sub.queue_id}: from=<tester@sender.policyd.test>" in log
+    # Postfix itself never asked: its smtp transport is deferred (defer_transports). The
+    # daemon may answer the milter before the queue manager has logged the message.
+    queued = f"{sub.queue_id}: from=<tester@sender.policyd.test>"
+    deadline = time.monotonic() + 10.0
+    while queued not in (log := milter_sender.log()):
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.1)
     assert not [x for x in log.splitlines() if sub.queue_id in x and "status=sent" in x]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from policyd.codec import netstring
 from tests.daemon import START_TIMEOUT, Daemon, base_sections
 from tests.world import sts_world
 from tests.world.sts_world import domain_of
@@ -79,6 +81,8 @@ def make_daemon(world: World, directory: Path, **sts: Any) -> NsDaemon:
         "retry_after_failure": 1.0,
         **sts,
     }
+    # A profile for Postfix >= 3.10.5: the MTA-STS attributes (strict leaves them off).
+    sections["profiles.tlsrpt"] = {"sts_attributes": True}
     d = NsDaemon(directory, sections)
     d.prefix = world.exec_prefix()
     return d
@@ -125,6 +129,9 @@ FAILURES: Final = {
         ("enforce", secure("mx.sts-enforce.test")),
         # MTA-STS *.sts-wild.test (one label) becomes Postfix's wider .sts-wild.test.
         ("wild", secure(".sts-wild.test")),
+        # Unsigned zone, MX host mx.dane-ee.test in a signed zone with TLSA 3 1 1: DANE
+        # from an unsigned MX RRset never outranks the enforce policy (security review H1).
+        ("unsigneddane", secure("mx.dane-ee.test")),
         *((label, "NOTFOUND") for label in FAILURES),
     ],
 )
@@ -153,21 +160,46 @@ def test_testing_mode_noted(daemon: Daemon) -> None:
     wait_log(daemon, r"sts-testing\.test: .*MTA-STS testing: not enforced")
 
 
-def test_strict_profile_adds_sts_attributes(daemon: Daemon) -> None:
-    assert daemon.postmap("sts-enforce.test", name="strict") == [
+def test_sts_attributes_profile_adds_attributes_and_policy_strings(daemon: Daemon) -> None:
+    lines = " ".join(
+        f"{{ policy_string = {line} }}"
+        for line in ("version: STSv1", "mode: enforce", "mx: {mx}", f"max_age: {sts_world.MAX_AGE}")
+    )
+    assert daemon.postmap("sts-enforce.test", name="tlsrpt") == [
         "secure match=mx.sts-enforce.test servername=hostname policy_type=sts "
-        "policy_domain=sts-enforce.test mx_host_pattern=mx.sts-enforce.test"
+        "policy_domain=sts-enforce.test mx_host_pattern=mx.sts-enforce.test "
+        + lines.replace("{mx}", "mx.sts-enforce.test")
     ]
-    assert daemon.postmap("sts-wild.test", name="strict") == [
+    assert daemon.postmap("sts-wild.test", name="tlsrpt") == [
         "secure match=.sts-wild.test servername=hostname policy_type=sts "
-        "policy_domain=sts-wild.test mx_host_pattern=*.sts-wild.test"
+        "policy_domain=sts-wild.test mx_host_pattern=*.sts-wild.test "
+        + lines.replace("{mx}", "*.sts-wild.test")
     ]
+
+
+def test_strict_profile_sends_no_postfix_310_attributes(daemon: Daemon) -> None:
+    """Postfix before 3.10 defers on them (test_e2e_delivery delivers with strict)."""
+    assert daemon.postmap("sts-enforce.test", name="strict") == [secure("mx.sts-enforce.test")]
 
 
 def test_dane_outranks_sts(daemon: Daemon) -> None:
     # dane-sts.test publishes an _mta-sts TXT too: DANE wins (RFC 8461 2).
     assert daemon.postmap("dane-sts.test") == ["dane-only"]
     assert daemon.postmap("dane-sts.test", name="strict") == ["dane-only"]
+
+
+def test_unsigned_mx_with_tlsa_host_keeps_sts(daemon: Daemon) -> None:
+    """Without MTA-STS the unsigned MX RRset pointing at mx.dane-ee.test gives ``dane``;
+    with an enforce policy cached, both profiles answer the policy's ``secure``."""
+    assert daemon.postmap("unsignedmx.test") == ["dane"]
+    domain = domain_of("unsigneddane")
+    assert daemon.postmap(domain) == [secure("mx.dane-ee.test")]
+    assert daemon.postmap(domain, name="strict") == [secure("mx.dane-ee.test")]
+    wait_log(
+        daemon,
+        rf"{re.escape(domain)}: level=secure[ ,].*reason=MTA-STS enforce .*"
+        r"DANE not on every path \(usable TLSA at mx\.dane-ee\.test, MX RRset not signed\)",
+    )
 
 
 def test_slow_server_is_bounded_by_cold_budget(daemon: Daemon) -> None:
@@ -253,6 +285,72 @@ def test_policy_not_refreshed_alerts(world: World, tmp_path: Path) -> None:
     finally:
         sts_world.bring_up(world, domain)
         d.stop()
+
+
+def pipelined_lookups(daemon: Daemon, keys: list[str], per_connection: int = 50) -> list[bytes]:
+    """Ask for every key at once, ``per_connection`` requests pipelined per unix socket
+    connection (the server answers up to 64 at a time each); the replies in order."""
+    socks = []
+    for start in range(0, len(keys), per_connection):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(WAIT)
+        sock.connect(daemon.socket)
+        batch = keys[start : start + per_connection]
+        sock.sendall(b"".join(netstring.encode(f"postfix {k}".encode()) for k in batch))
+        socks.append((sock, len(batch)))
+    replies: list[bytes] = []
+    for sock, count in socks:
+        decoder = netstring.Decoder()
+        got: list[bytes] = []
+        while len(got) < count:
+            payload = decoder.next_payload()
+            if payload is netstring.NEED_DATA:
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                decoder.receive_data(data)
+                continue
+            assert isinstance(payload, bytes)
+            got.append(payload)
+        sock.close()
+        replies += got
+    return replies
+
+
+@pytest.fixture
+def flooded(world: World, tmp_path: Path) -> Iterator[Daemon]:
+    """A fresh daemon, and every <label>.bulk.test policy host trickling its body."""
+    d = make_daemon(world, tmp_path, cold_budget=1.0)
+    d.start()
+    sts_world.set_bulk_behaviour(world, "slow")
+    try:
+        yield d
+    finally:
+        sts_world.set_bulk_behaviour(world, "ok")
+        d.stop()
+
+
+def test_slow_domain_flood_does_not_starve_first_contact(flooded: Daemon) -> None:
+    """Security review H3 in the world: 400 domains whose policy fetch never finishes are
+    looked up (16 fetching, the rest queued); the first lookup of a real MTA-STS domain
+    still gets its policy within cold_budget."""
+    t0 = time.monotonic()
+    replies = pipelined_lookups(flooded, [f"flood{i}.bulk.test" for i in range(400)])
+    print(f"400 slow lookups answered in {time.monotonic() - t0:.1f}s")
+    assert set(replies) == {b"NOTFOUND "}, set(replies)
+    t0 = time.monotonic()
+    assert flooded.postmap("sts-enforce.test") == [secure("mx.sts-enforce.test")]
+    elapsed = time.monotonic() - t0
+    print(f"first lookup of sts-enforce.test: {elapsed:.2f}s")
+    assert elapsed < 1.0 + MARGIN
+    status = subprocess.run(
+        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", flooded.control, "status"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    ).stdout
+    print(status)
+    assert re.search(r"sts fetches +running=16, queued=3\d\d, dropped=0, preempted=[1-9]", status)
 
 
 def test_restart_keeps_secure_from_store(eager: Daemon, world: World) -> None:

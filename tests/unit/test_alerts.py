@@ -125,8 +125,8 @@ async def test_level_dropped_after_probe_confirms(caplog: pytest.LogCaptureFixtu
         assert reply(await svc.reply_for(payload)) == b"OK encrypt"
     (line,) = alerts_logged(caplog, "level-dropped")
     assert line.startswith(
-        "alert=level-dropped destination=example.test profile=postfix previous=verify,servername=hostname "
-        "level=encrypt reason="
+        "alert=level-dropped destination=example.test profile=postfix "
+        "previous=verify,servername=hostname level=encrypt reason="
     )
     assert svc.alerts.counts[AlertKind.LEVEL_DROPPED] == 1
 

@@ -142,7 +142,6 @@ def test_full_valid_file(tmp_path: Path) -> None:
         probe_verified=VerifiedAs.SECURE,
         probe_no_tls=Fallback.MAY,
         unknown=Fallback.MAY,
-        sts_attributes=True,
         sts_cold=ColdSts.TEMP,
     )
     # a new profile starts from the defaults

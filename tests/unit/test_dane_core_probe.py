@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policyd.codec.postfix_policy import render
 from policyd.core import dane, probe, sts
 from policyd.core.decide import decide
 from policyd.core.evidence import (
@@ -293,6 +294,17 @@ def test_to_policy_with_sts_attributes() -> None:
         ("policy_domain", "example.com"),
         ("mx_host_pattern", "mx1.example.com"),
         ("mx_host_pattern", "*.example.net"),
+        ("policy_string", "version: STSv1"),
+        ("policy_string", "mode: enforce"),
+        ("policy_string", "mx: MX1.example.com."),
+        ("policy_string", "mx: *.example.net"),
+        ("policy_string", "max_age: 86400"),
+    )
+    # Postfix >= 3.10 reads values with spaces in braces (smtp_tls_policy.c: extpar).
+    assert render(got).endswith(
+        "mx_host_pattern=*.example.net { policy_string = version: STSv1 }"
+        " { policy_string = mode: enforce } { policy_string = mx: MX1.example.com. }"
+        " { policy_string = mx: *.example.net } { policy_string = max_age: 86400 }"
     )
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from policyd.codec.postfix_policy import render
 from policyd.core.decide import decide
 from policyd.core.evidence import (
+    MAX_MX_PATTERNS,
     Destination,
     DnsEvidence,
     DnsStatus,
@@ -28,7 +29,8 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES, Fallback, Profile
-from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
+from policyd.core.sts import MX_SHOWN_CHARS, describe_mx, to_policy
+from policyd.core.types import MAX_REASON, Outcome, Policy, Rule, TlsLevel, Verdict
 
 NOW = 1_700_000_000.0
 PROFILES = {p.name: p for p in DEFAULT_PROFILES}
@@ -123,10 +125,9 @@ DANE_ONLY_DNS = dns(host("mx1.example.com"), host("mx2.example.com", records=(US
 ENFORCE = StsEvidence(sts_policy())
 
 STS_SECURE = "secure match=mx.example.com:.example.net servername=hostname"
-STS_STRICT = (
-    STS_SECURE + " policy_type=sts policy_domain=example.com"
-    " mx_host_pattern=mx.example.com mx_host_pattern=*.example.net"
-)
+# The built-in strict profile leaves the Postfix 3.10 attributes off (older Postfix defers
+# on them); test_profile_with_sts_attributes checks them.
+STS_STRICT = STS_SECURE
 # Probe answers ask Postfix for the SNI the probe sent (issue 12 point 3).
 SECURE_NAMES = "secure match=mx1.example.com:mx2.example.com servername=hostname"
 PROBE_VERIFIED = "verify servername=hostname"
@@ -280,7 +281,7 @@ ROWS = [
     ),
     Row(
         "dane-encrypt-unusable-tlsa",
-        ev(dns=dns(host("mx1.example.com", records=(UNUSABLE,))), sts=ENFORCE),
+        ev(dns=dns(host("mx1.example.com", records=(UNUSABLE,)))),
         "encrypt",
         "encrypt",
         Rule.DANE,
@@ -350,6 +351,90 @@ ROWS = [
         Rule.MTA_STS,
         "MTA-STS enforce id=abc123",
     ),
+    # --- DANE with an MTA-STS enforce policy: only dane-only pre-empts it ----------------
+    Row(
+        "sts-beats-unusable-tlsa",
+        ev(dns=dns(host("mx1.example.com", records=(UNUSABLE,))), sts=ENFORCE),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "DANE not on every path (signed TLSA but none usable at mx1.example.com)",
+    ),
+    Row(
+        # security review C1 (a): a forged unsigned MX pointing at a host in the
+        # attacker's signed zone with PKIX-TA TLSA must not turn secure into encrypt.
+        "sts-beats-forged-mx-unusable-tlsa",
+        ev(dns=dns(host("mx.attacker.example", records=(UNUSABLE,)), mx=INS), sts=ENFORCE),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "MTA-STS enforce id=abc123",
+    ),
+    Row(
+        # C1 (b): the same with DANE-EE TLSA of the attacker's own key.
+        "sts-beats-forged-mx-dane-ee",
+        ev(dns=dns(host("mx.attacker.example"), mx=INS), sts=ENFORCE, probe=PROBE_VERIFY),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "MX RRset not signed",
+    ),
+    Row(
+        # H1 (b): an unsigned domain hosted at a DANE-signed provider.
+        "sts-beats-insecure-mx-every-host-tlsa",
+        ev(
+            dns=dns(host("mx1.example.com"), host("mx2.example.com", records=(USABLE_TA,)), mx=INS),
+            sts=ENFORCE,
+        ),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "DANE not on every path",
+    ),
+    Row(
+        # H1 (a): signed MX, the backup host has no TLSA (Postfix: may there).
+        "sts-beats-dane-not-every-host",
+        ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", INS)), sts=ENFORCE),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "usable TLSA at mx1.example.com, not at every MX host",
+    ),
+    Row(
+        "sts-beats-unusable-and-plain",
+        ev(
+            dns=dns(host("mx1.example.com", records=(UNUSABLE,)), host("mx2.example.com", INS)),
+            sts=ENFORCE,
+        ),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "signed but unusable TLSA at mx1.example.com",
+    ),
+    Row(
+        "sts-beats-forged-null-mx",
+        ev(dns=dns(mx=INS, kind=MxKind.NULL), sts=ENFORCE),
+        STS_SECURE,
+        STS_STRICT,
+        Rule.MTA_STS,
+        "DANE not on every path (null MX",
+    ),
+    Row(
+        "sts-signed-null-mx-no-mail",
+        ev(dns=dns(mx=S, kind=MxKind.NULL), sts=ENFORCE),
+        "NOTFOUND",
+        "NOTFOUND",
+        Rule.NO_MAIL,
+        "null MX",
+    ),
+    Row(
+        "dane-only-skipping-failed-host-beats-sts",
+        ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", F)), sts=ENFORCE),
+        "dane-only",
+        "dane-only",
+        Rule.DANE,
+        "skipped: address lookup for mx2.example.com failed",
+    ),
     # --- MTA-STS ------------------------------------------------------------------------
     Row(
         "sts-enforce",
@@ -371,9 +456,7 @@ ROWS = [
         "sts-dedup-and-case",
         ev(sts=StsEvidence(sts_policy(mx=("*.Example.NET.", "*.example.net", "MX.example.com")))),
         "secure match=.example.net:mx.example.com servername=hostname",
-        "secure match=.example.net:mx.example.com servername=hostname policy_type=sts"
-        " policy_domain=example.com mx_host_pattern=*.example.net"
-        " mx_host_pattern=*.example.net mx_host_pattern=mx.example.com",
+        "secure match=.example.net:mx.example.com servername=hostname",
         Rule.MTA_STS,
         "MTA-STS enforce",
     ),
@@ -585,13 +668,15 @@ def mx_hosts(draw: st.DrawFn, name: str) -> MxHost:
 
 
 @st.composite
-def dns_evidence(draw: st.DrawFn) -> DnsEvidence:
+def dns_evidence(
+    draw: st.DrawFn, mx_status: tuple[DnsStatus, ...] = tuple(DnsStatus)
+) -> DnsEvidence:
     names = draw(st.lists(st.sampled_from(HOST_NAMES), max_size=3, unique=True))
     hosts = tuple(draw(mx_hosts(n)) for n in names)
     kind = draw(
         st.sampled_from([MxKind.LISTED] * 6 + [MxKind.IMPLICIT, MxKind.NULL, MxKind.NXDOMAIN])
     )
-    mx = draw(st.sampled_from(list(DnsStatus)))
+    mx = draw(st.sampled_from(mx_status))
     return dns(*hosts, mx=mx, kind=kind)
 
 
@@ -697,3 +782,109 @@ def test_known_counterexample_unusable_tlsa_left() -> None:
     for prof in DEFAULT_PROFILES:
         assert text(decide(e, prof, NOW)) == "dane"
         assert decide(failed, prof, NOW).strength >= TlsLevel.DANE.strength
+
+
+# --- property: DANE pre-empts a valid MTA-STS enforce policy only as dane-only ------------
+
+ENFORCE_MX = st.lists(
+    st.sampled_from(["mx1.example.com", "*.example.com", "*.example.net"]),
+    min_size=1,
+    max_size=3,
+)
+
+
+@st.composite
+def enforced(draw: st.DrawFn, mx_status: tuple[DnsStatus, ...]) -> Evidence:
+    """Evidence with a valid enforce policy and no override, any other evidence."""
+    pol = sts_policy(
+        StsMode.ENFORCE,
+        tuple(draw(ENFORCE_MX)),
+        age=draw(st.sampled_from([0.0, 100.0, 86399.0])),
+    )
+    return ev(
+        dns=draw(st.one_of(st.none(), dns_evidence(mx_status))),
+        sts=StsEvidence(
+            pol,
+            error=draw(st.sampled_from(["", "TXT lookup failed"])),
+            pending=draw(st.booleans()),
+        ),
+        probe=draw(st.one_of(st.none(), probe_states())),
+    )
+
+
+@settings(max_examples=1500)
+@given(enforced(mx_status=(INS, F)))
+def test_unsigned_mx_never_weakens_an_enforce_policy(e: Evidence) -> None:
+    """Security review C1: whatever an unsigned (forgeable) MX RRset says, a valid enforce
+    policy gives at least ``secure`` (or TEMP)."""
+    for prof in DEFAULT_PROFILES:
+        v = decide(e, prof, NOW)
+        assert v.outcome is Outcome.TEMP or v.strength >= TlsLevel.SECURE.strength, (
+            f"{prof.name}: {text(v)!r} ({v.reason})"
+        )
+
+
+@settings(max_examples=1500)
+@given(enforced(mx_status=tuple(DnsStatus)))
+def test_only_dane_only_preempts_an_enforce_policy(e: Evidence) -> None:
+    """With a valid enforce policy the answer is the policy's secure match=..., dane-only
+    from a signed MX RRset, TEMP, or a signed "no mail here"; nothing else."""
+    assert e.sts.policy is not None
+    for prof in DEFAULT_PROFILES:
+        v = decide(e, prof, NOW)
+        signed = e.dns is not None and e.dns.mx is S
+        if v.outcome is Outcome.TEMP:
+            continue
+        if v.outcome is Outcome.NOTFOUND:
+            assert v.rule is Rule.NO_MAIL and signed, v
+            continue
+        assert v.policy is not None
+        if v.policy.level is TlsLevel.DANE_ONLY:
+            assert signed, v
+        else:
+            assert v.rule is Rule.MTA_STS, v
+            assert v.policy == to_policy("example.com", e.sts.policy, prof.sts_attributes)
+
+
+# --- hostile policies: bounded work and bounded text --------------------------------------
+
+
+def test_sts_policy_refuses_ip_literals_and_too_many_patterns() -> None:
+    with pytest.raises(ValueError, match="IP address"):
+        StsPolicy(StsMode.ENFORCE, ("mx.example.com", "192.0.2.1"), 86400, "a", NOW)
+    many = tuple(f"m{i}.example.com" for i in range(MAX_MX_PATTERNS + 1))
+    with pytest.raises(ValueError, match=f"more than {MAX_MX_PATTERNS}"):
+        StsPolicy(StsMode.ENFORCE, many, 86400, "a", NOW)
+
+
+def test_policy_at_the_cap_gives_bounded_reason_and_linear_match() -> None:
+    names = tuple(f"m{i}." + "x" * 60 + ".example.com" for i in range(MAX_MX_PATTERNS // 2))
+    e = ev(sts=StsEvidence(sts_policy(mx=(*names, *("*." + n for n in names)))))
+    for prof in DEFAULT_PROFILES:
+        v = decide(e, prof, NOW)
+        assert v.policy is not None
+        assert len(v.policy.match) == MAX_MX_PATTERNS  # mx.* and *.mx.* map apart
+        assert len(v.reason) <= MAX_REASON
+        assert f"(+{MAX_MX_PATTERNS - 2} more)" in v.reason  # 2 of 76 characters fit
+    assert describe_mx(("a", "b")) == "a,b"
+    assert describe_mx(("x" * 300, "b")) == "x" * 300 + " (+1 more)"
+    assert len(describe_mx(names)) <= MX_SHOWN_CHARS + len(" (+99 more)")
+
+
+def test_reason_is_bounded() -> None:
+    v = Verdict(Outcome.TEMP, Rule.DNS_FAILURE, "x" * 10_000)
+    assert len(v.reason) == MAX_REASON
+    assert v.reason.endswith("...")
+    assert Verdict(Outcome.TEMP, Rule.DNS_FAILURE, "short").reason == "short"
+
+
+def test_profile_with_sts_attributes() -> None:
+    """Postfix >= 3.10: the STS attributes and, for TLSRPT, one policy_string per line."""
+    v = decide(ev(dns=INSECURE_DNS, sts=ENFORCE), Profile("tlsrpt", sts_attributes=True), NOW)
+    assert text(v) == (
+        STS_SECURE + " policy_type=sts policy_domain=example.com"
+        " mx_host_pattern=mx.example.com mx_host_pattern=*.example.net"
+        " { policy_string = version: STSv1 } { policy_string = mode: enforce }"
+        " { policy_string = mx: mx.example.com } { policy_string = mx: *.example.net }"
+        " { policy_string = max_age: 86400 }"
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.codec.mtasts import (
@@ -16,6 +17,7 @@ from policyd.codec.mtasts import (
     StsTxt,
     StsTxtProblem,
     TxtProblemKind,
+    _split_fields,
     discover,
     is_mx_pattern,
     parse_policy,
@@ -23,7 +25,7 @@ from policyd.codec.mtasts import (
     parse_txt,
 )
 from policyd.codec.sts_record import policy_from_json, policy_to_json
-from policyd.core.evidence import StsMode, StsPolicy
+from policyd.core.evidence import MAX_MX_PATTERNS, StsMode, StsPolicy
 
 GOOD = b"version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 604800\n"
 
@@ -249,7 +251,6 @@ def test_policy_mx_repeated_deduplicated_lowercased() -> None:
         "localhost",
         "xn--bcher-kva.example",
         "a-b.c0.example",
-        "1.2.3.4",
         "a" * 63 + ".example",
     ],
 )
@@ -285,6 +286,120 @@ def test_mx_pattern_invalid(pattern: str) -> None:
     assert not is_mx_pattern(pattern)
     body = b"version: STSv1\nmode: testing\nmx: " + pattern.encode() + b"\nmax_age: 1\n"
     assert error_field(body) == "mx"
+
+
+@pytest.mark.parametrize("literal", ["1.2.3.4", "212.114.86.56", "*.0.2.1", "10.1"])
+def test_mx_ip_literals_dropped(literal: str) -> None:
+    """RFC review D5 (a real policy lists its MX's address): an IP literal is grammatical
+    but names no host, and OpenSSL would read it in match= as an address check; it is
+    dropped and reported, the host names stay."""
+    assert is_mx_pattern(literal)
+    body = (
+        b"version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: "
+        + literal.encode()
+        + b"\nmx: *.example.net\nmax_age: 1\n"
+    )
+    parsed = parse_policy(body, "example.com", 0.0)
+    assert parsed.mx == ("mail.example.com", "*.example.net")
+    assert parsed.ignored_mx == (literal,)
+    only = b"version: STSv1\nmode: enforce\nmx: " + literal.encode() + b"\nmax_age: 1\n"
+    with pytest.raises(StsGrammarError, match="at least one mx besides IP addresses"):
+        parse_policy(only, "example.com", 0.0)
+
+
+def _names(count: int) -> list[bytes]:
+    return [f"m{i}.example.com".encode() for i in range(count)]
+
+
+def _mx_body(patterns: list[bytes]) -> bytes:
+    lines = [b"version: STSv1", b"mode: enforce", *(b"mx: " + p for p in patterns)]
+    return b"\n".join([*lines, b"max_age: 86400", b""])
+
+
+def test_mx_pattern_cap() -> None:
+    at_cap = parse_policy(_mx_body(_names(MAX_MX_PATTERNS)), "example.com", 0.0)
+    assert len(at_cap.mx) == MAX_MX_PATTERNS
+    assert at_cap.policy("a").mx == at_cap.mx
+    with pytest.raises(StsGrammarError, match=f"more than the {MAX_MX_PATTERNS} accepted") as e:
+        parse_policy(_mx_body(_names(MAX_MX_PATTERNS + 1)), "example.com", 0.0)
+    assert e.value.field == "mx"
+
+
+def test_mx_patterns_counted_after_deduplication() -> None:
+    """4,000 lines of a few patterns (any case) are a valid policy of those patterns."""
+    few = [b"a.example", b"B.example", b"b.EXAMPLE", b"*.c.example"]
+    parsed = parse_policy(_mx_body(few * 1000), "example.com", 0.0)
+    assert parsed.mx == ("a.example", "b.example", "*.c.example")
+
+
+def test_hostile_64k_policy_refused_or_reduced() -> None:
+    """The security review's H2 body: 64 KiB of distinct patterns is refused (the timing
+    is bench/hostile_policy.py's to measure, not a unit test's)."""
+    letters, alnum = "abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz0123456789"
+    names = [
+        (letters[i // 1296] + alnum[i // 36 % 36] + alnum[i % 36]).encode() for i in range(8000)
+    ]
+    body = _mx_body(names)
+    assert len(body) <= MAX_POLICY_BYTES
+    assert error_field(body) == "mx"
+
+
+def _reference_split(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
+    """The line-by-line reading the scanning _split_fields replaced, for comparison."""
+    text = body.decode("utf-8")
+    first: dict[str, str] = {}
+    mx: list[str] = []
+    ignored: list[str] = []
+    for raw in text.split("\n"):
+        line = raw.removesuffix("\r")
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name, re.ASCII):
+            raise StsGrammarError("line", "not 'key: value'")
+        if name not in ("version", "mode", "max_age", "mx"):
+            continue
+        value = value.strip(" \t")
+        if name == "mx":
+            mx.append(value)
+        elif name in first:
+            if name not in ignored:
+                ignored.append(name)
+        else:
+            first[name] = value
+    return first, mx, ignored
+
+
+_FIELD_NAMES = st.sampled_from(["version", "mode", "max_age", "mx", "MX", "foo", "x_y", " mx", ""])
+_VALUES = st.text(alphabet="ab.*-é \t\r\x0b:", max_size=8)
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.tuples(_FIELD_NAMES, st.sampled_from([":", ": ", ":\t", "", " :"]), _VALUES),
+        max_size=10,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+)
+def test_split_fields_reads_as_line_by_line(lines: list[tuple[str, str, str]], term: str) -> None:
+    """The scanning reader agrees with a plain line-by-line reading, except that it
+    refuses an mx value with characters no pattern has at once (field mx)."""
+    body = term.join(n + sep + v for n, sep, v in lines).encode()
+    try:
+        expected = _reference_split(body)
+    except StsGrammarError as exc:
+        with pytest.raises(StsGrammarError) as info:
+            _split_fields(body)
+        assert info.value.field == exc.field
+        return
+    try:
+        got = _split_fields(body)
+    except StsGrammarError as exc:
+        assert exc.field == "mx"
+        assert not all(is_mx_pattern(v) for v in expected[1])
+        return
+    assert got == expected
 
 
 def test_mx_pattern_invalid_even_for_mode_none() -> None:
@@ -390,6 +505,8 @@ def _doc(**changes: object) -> str:
         _doc(mx="mx.example.com"),
         _doc(mx=["*.*.example.com"]),
         _doc(mx=[]),
+        _doc(mx=["mx.example.com", "192.0.2.1"]),
+        _doc(mx=[f"m{i}.example.com" for i in range(MAX_MX_PATTERNS + 1)]),
         _doc(max_age=-1),
         _doc(max_age=MAX_AGE_CAP + 1),
         _doc(max_age=True),

@@ -196,7 +196,7 @@ def test_arbitrary_text_only_raises_syntax_error(text: str) -> None:
 
 
 _token = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=":|,"),
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=":|,{}"),
     min_size=1,
     max_size=12,
 )
@@ -222,3 +222,17 @@ def test_generated_policies_round_trip(pol: Policy) -> None:
     assert "\n" not in text
     assert parse(text) == pol
     assert render(parse(text)) == text
+
+
+def test_policy_string_values_with_spaces_in_braces() -> None:
+    """Postfix >= 3.10 reads { name = value } (smtp_tls_policy.c: extpar); only
+    policy_string values may hold spaces, and never braces or control characters."""
+    pol = Policy(TlsLevel.SECURE, ("mx.example.com",), (("policy_string", "mode: enforce"),))
+    assert render(pol) == "secure match=mx.example.com { policy_string = mode: enforce }"
+    plain = Policy(TlsLevel.SECURE, (), (("policy_string", "x"),))
+    assert parse(render(plain)) == plain  # no space: the plain form, as overrides store it
+    for bad in ["", " lead", "trail ", "a}b", "{a", "a,b", "a\tb", "a\nb", "a\x00b", "é"]:
+        with pytest.raises(ValueError):
+            Policy(TlsLevel.SECURE, (), (("policy_string", bad),))
+    with pytest.raises(ValueError):
+        Policy(TlsLevel.SECURE, (), (("servername", "two words"),))

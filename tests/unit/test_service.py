@@ -9,7 +9,9 @@ import pytest
 
 from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
-from policyd.codec.postfix_policy import parse
+from policyd.codec.destination import parse_key
+from policyd.codec.postfix_policy import parse, render
+from policyd.codec.socketmap import MAX_REPLY
 from policyd.core.evidence import (
     DnsEvidence,
     DnsStatus,
@@ -20,7 +22,8 @@ from policyd.core.evidence import (
     StsMode,
     StsPolicy,
 )
-from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.profile import DEFAULT_PROFILES, Profile
+from policyd.core.types import Outcome, Policy, Rule, TlsLevel
 from policyd.service import PolicyService
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
 
@@ -93,8 +96,26 @@ async def test_sts_enforce_and_profiles() -> None:
     svc, _, _ = make(sts=FakeSts({"example.test": StsEvidence(pol)}))
     got = reply(await svc.reply_for(b"postfix example.test"))
     assert got == b"OK secure match=mx.example.test servername=hostname"
-    strict = reply(await svc.reply_for(b"strict example.test"))
-    assert b"policy_type=sts policy_domain=example.test mx_host_pattern=mx.example.test" in strict
+    # strict leaves the Postfix 3.10 attributes off: older Postfix defers on them.
+    assert reply(await svc.reply_for(b"strict example.test")) == got
+
+
+async def test_sts_attributes_profile_logs_one_word_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pol = StsPolicy(StsMode.ENFORCE, ("mx.example.test",), 86400, "1", NOW - 10)
+    svc, _, _ = make(sts=FakeSts({"example.test": StsEvidence(pol)}))
+    svc.set_profiles((*DEFAULT_PROFILES, Profile("tlsrpt", sts_attributes=True)))
+    caplog.set_level(logging.INFO, "policyd")
+    got = reply(await svc.reply_for(b"tlsrpt example.test"))
+    assert got.endswith(
+        b"{ policy_string = mx: mx.example.test } { policy_string = max_age: 86400 }"
+    )
+    [line] = [m for m in caplog.messages if m.startswith("example.test: ")]
+    assert line.startswith(
+        "example.test: level=secure,match=mx.example.test,servername=hostname,policy_type=sts,"
+        "policy_domain=example.test,mx_host_pattern=mx.example.test profile=tlsrpt reason="
+    )
 
 
 async def test_unknown_profile_and_bad_key_are_perm() -> None:
@@ -113,6 +134,23 @@ async def test_override_wins_and_invalidates_cache() -> None:
     assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await svc.delete_override("example.test")
     assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+
+
+async def test_policy_longer_than_a_reply_is_temp_never_cut() -> None:
+    """Security review H2: a policy that does not fit one socketmap reply (100,000 bytes)
+    is answered TEMP, logged and explained as TEMP, never sent truncated."""
+    names = tuple(f"mx{i:05d}.example.test" for i in range(5000))
+    huge = Policy(TlsLevel.SECURE, names)
+    assert len(render(huge)) > MAX_REPLY
+    svc, _, _ = make()
+    await svc.set_override(Override("example.test", huge))
+    got = reply(await svc.reply_for(b"postfix example.test"))
+    assert got.startswith(b"TEMP policy not sent: reply of ")
+    assert b"exceeds the socketmap limit of 100000" in got
+    assert svc.stats.temp == 1
+    [(_, verdict, _), *_] = await svc.explain(parse_key("example.test"))
+    assert verdict.outcome is Outcome.TEMP
+    assert verdict.rule is Rule.OVERRIDE
 
 
 async def test_expired_override_no_longer_applies() -> None:

@@ -10,6 +10,7 @@ from policyd.codec import netstring
 from policyd.codec.socketmap import (
     MAX_NAME,
     MAX_REPLY,
+    ReplyTooLong,
     Request,
     SocketmapError,
     Status,
@@ -83,15 +84,28 @@ def test_reply(status: Status, data: str, wire: bytes) -> None:
     assert reply(status, data) == wire
 
 
-def test_reply_capped_at_protocol_limit() -> None:
-    out = reply(Status.OK, "x" * (2 * MAX_REPLY))
+def test_ok_reply_over_the_limit_is_refused_not_cut() -> None:
+    """Security review H2: a policy cut mid-attribute is another policy; the caller must
+    answer something else (TEMP), so the codec refuses to build it."""
+    fits = "x" * (MAX_REPLY - len("OK "))
+    assert len(reply(Status.OK, fits)) == MAX_REPLY
+    with pytest.raises(ReplyTooLong) as info:
+        reply(Status.OK, fits + "x")
+    assert info.value.size == MAX_REPLY + 1
+    with pytest.raises(ReplyTooLong):
+        reply(Status.OK, "é" * MAX_REPLY)
+
+
+@pytest.mark.parametrize("status", [Status.TEMP, Status.PERM, Status.TIMEOUT])
+def test_explaining_reply_capped_at_protocol_limit(status: Status) -> None:
+    out = reply(status, "x" * (2 * MAX_REPLY))
     assert len(out) == MAX_REPLY
-    assert out.startswith(b"OK xxx")
+    assert out.startswith(status.value.encode() + b" xxx")
 
 
 def test_reply_cap_keeps_utf8_valid() -> None:
     """Cutting in the middle of a multibyte character sends Postfix invalid UTF-8."""
-    out = reply(Status.OK, "é" * MAX_REPLY)
+    out = reply(Status.TEMP, "é" * MAX_REPLY)
     assert len(out) <= MAX_REPLY
     out.decode("utf-8")  # raises if a character was cut in half
 

@@ -100,11 +100,21 @@ class FakeFetcher:
     bodies: dict[str, bytes | Exception] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     gate: asyncio.Event | None = None
+    hang: set[str] = field(default_factory=set)  # domains whose fetch never ends
+    active: int = 0
+    most_active: int = 0  # the most fetches in progress at once
 
     async def fetch(self, domain: str) -> bytes:
         self.calls.append(domain)
-        if self.gate is not None:
-            await self.gate.wait()
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            if domain in self.hang:
+                await asyncio.Event().wait()
+            if self.gate is not None:
+                await self.gate.wait()
+        finally:
+            self.active -= 1
         body = self.bodies.get(domain, FetchError(domain, "HTTP 404"))
         if isinstance(body, Exception):
             raise body
@@ -239,11 +249,143 @@ async def test_concurrent_fetches_bounded(w: World) -> None:
     w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=2))
     results = await asyncio.gather(*(w.source.evidence(d) for d in domains))
     assert all(r.pending for r in results)
-    assert len(w.fetcher.calls) == 2
+    assert w.fetcher.most_active == 2
     w.fetcher.gate.set()
     await w.source.wait_idle()
-    assert len(w.fetcher.calls) == 6
+    # Slow discoveries nobody waits for any more may be stopped for waited ones and run
+    # again: every domain is fetched, never more than two at once.
+    assert set(w.fetcher.calls) == set(domains)
+    assert w.fetcher.most_active == 2
     assert all(w.source.cached(d, T0).policy is not None for d in domains)
+
+
+# -- the fetch queue: first contact is not a downgrade window -----------------------------
+
+
+def mta_sts_tasks() -> int:
+    return sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("mta-sts "))
+
+
+async def settle() -> None:
+    """Enough loop turns for queued work to be started, stopped or finished."""
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+async def flood(w: World, count: int, first: int = 0) -> list[str]:
+    """``count`` attacker domains whose TXT answers and whose policy host never finishes
+    the fetch, each looked up once (every lookup gives up after cold_budget)."""
+    slow = [f"r{i}.attacker.example" for i in range(first, first + count)]
+    for d in slow:
+        w.txt.set(d, txt("a"))
+        w.fetcher.hang.add(d)
+    results = await asyncio.gather(*(w.source.evidence(d) for d in slow))
+    assert all(r.pending and r.policy is None for r in results)
+    return slow
+
+
+async def test_real_domain_cached_on_first_lookup_despite_400_slow_domains(w: World) -> None:
+    """Security review H3: with 400 slow domains queued (16 fetching, 384 waiting), the
+    first lookup of a real MTA-STS domain still gets its policy within cold_budget plus
+    its own fetch time: discoveries nobody waits for make way for one a lookup waits for."""
+    budget = 0.2
+    w.restart(StsSettings(cold_budget=budget, max_concurrent_fetches=16))
+    await flood(w, 400)
+    stats = w.source.queue_stats()
+    assert (stats.running, stats.queued, stats.dropped) == (16, 384, 0)
+    assert w.fetcher.most_active == 16 and mta_sts_tasks() == 16
+    publish(w)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    ev = await w.source.evidence(DOMAIN)
+    elapsed = loop.time() - t0
+    assert ev.policy is not None and ev.policy.policy_id == "id1", ev
+    assert not ev.pending
+    assert elapsed < budget
+    assert w.fetcher.most_active == 16  # one slow fetch was stopped to make room
+    assert w.source.queue_stats().preempted == 1
+    assert mta_sts_tasks() <= 16
+    w.source.forget(None)
+    await tick()
+    assert mta_sts_tasks() == 0
+
+
+async def test_refresh_of_cached_policy_goes_first(w: World) -> None:
+    """A due refresh of a cached policy starts ahead of 100 queued discoveries."""
+    publish(w)
+    assert (await w.source.evidence(DOMAIN)).policy is not None
+    w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=4))
+    await w.source.load()
+    await flood(w, 100)
+    w.fetcher.calls.clear()
+    w.clock.advance(StsSettings().refresh_interval + 1)
+    w.txt.set(DOMAIN, txt("id2"))
+    assert await w.source.refresh_due() == 1
+    await settle()
+    assert w.fetcher.calls[0] == DOMAIN  # then a background discovery takes the slot
+    refreshed = w.source.cached(DOMAIN, w.clock.now).policy
+    assert refreshed is not None and refreshed.policy_id == "id2"
+    w.source.forget(None)
+
+
+async def test_queue_bounded_refuses_and_says_so(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=2, max_queued_fetches=10))
+    slow = await flood(w, 12)  # 2 fetching, 10 waiting
+    assert w.source.queue_stats().queued == 10
+    publish(w)
+    # A new discovery a lookup waits for drops the oldest background one.
+    assert (await w.source.evidence(DOMAIN)).policy is not None
+    stats = w.source.queue_stats()
+    assert stats.dropped == 1 and stats.queued <= 10
+    dropped = [w.source.cached(d, w.clock.now) for d in slow]
+    dropped = [e for e in dropped if e.error]
+    assert len(dropped) == 1 and dropped[0].pending
+    assert dropped[0].error == "not fetched: dropped for more urgent fetches"
+    assert any("mta-sts not fetched" in m for m in caplog.messages)
+    w.source.forget(None)
+
+
+async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
+    """With only waited-for work queued, a new discovery is refused at once: the lookup
+    answers at once, the policy still unknown (pending: strict profiles defer, answers
+    live only seconds), and the next lookup asks again."""
+    w.restart(StsSettings(cold_budget=5.0, max_concurrent_fetches=1, max_queued_fetches=2))
+    w.fetcher.gate = asyncio.Event()
+    names = ["a.example", "b.example", "c.example"]
+    for d in names:
+        w.txt.set(d, txt("a"))
+        w.fetcher.bodies[d] = policy_body()
+    waiting = [asyncio.create_task(w.source.evidence(d)) for d in names]
+    await settle()
+    assert w.source.queue_stats().queued == 2
+    publish(w)
+    refused = await w.source.evidence(DOMAIN)
+    assert refused.pending and refused.policy is None  # not known yet
+    assert refused.error == "not fetched: 2 fetches already queued"
+    assert w.source.queue_stats().dropped == 1
+    w.fetcher.gate.set()
+    assert all(r.policy is not None for r in await asyncio.gather(*waiting))
+    assert (await w.source.evidence(DOMAIN)).policy is not None  # asked again
+
+
+async def test_preempted_discovery_runs_again(w: World) -> None:
+    """A slow discovery stopped for urgent work is queued again, and finishes later."""
+    w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=1))
+    w.txt.set("slow.example", txt("s"))
+    w.fetcher.bodies["slow.example"] = policy_body()
+    w.fetcher.gate = asyncio.Event()
+    assert (await w.source.evidence("slow.example")).pending
+    publish(w)
+    lookup = asyncio.create_task(w.source.evidence(DOMAIN))
+    await settle()
+    assert w.fetcher.calls == ["slow.example", DOMAIN]
+    w.fetcher.gate.set()
+    assert (await lookup).policy is not None
+    await w.source.wait_idle()
+    assert w.fetcher.calls == ["slow.example", DOMAIN, "slow.example"]
+    assert w.source.cached("slow.example", w.clock.now).policy is not None
 
 
 # -- failures keep the cached policy -----------------------------------------------------
@@ -448,6 +590,33 @@ async def test_max_age_capped_and_logged(w: World, caplog: pytest.LogCaptureFixt
     assert f"example.com: mta-sts max_age 99999999 capped to {MAX_AGE_CAP}" in caplog.messages
 
 
+async def test_ip_literal_mx_dropped_and_logged(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    body = b"version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: 192.0.2.25\nmax_age: 86400\n"
+    publish(w, body=body)
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.policy.mx == ("mx.example.com",)
+    assert "example.com: mta-sts mx patterns that are IP addresses ignored: 192.0.2.25" in (
+        caplog.messages
+    )
+
+
+async def test_oversized_policy_refused_cached_one_kept(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refreshed policy with too many patterns is an invalid policy: the cached one
+    stays until its max_age, and the log line stays short."""
+    first = await cached_then_stale(w)
+    many = "".join(f"mx: m{i}.example.com\n" for i in range(3000))
+    w.fetcher.bodies[DOMAIN] = f"version: STSv1\nmode: enforce\n{many}max_age: 1\n".encode()
+    w.txt.set(DOMAIN, txt("id2"))
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    ev = w.source.cached(DOMAIN, w.clock.now)
+    assert ev.policy == first
+    assert "3000 mx patterns, more than the 64 accepted" in ev.error
+    assert max(len(m) for m in caplog.messages) < 300
+
+
 # -- persistence, housekeeping, flush ----------------------------------------------------
 
 
@@ -532,6 +701,8 @@ async def test_unexpected_error_is_logged_not_raised(
 def test_settings_validate() -> None:
     with pytest.raises(ValueError, match="max_concurrent_fetches"):
         StsSettings(max_concurrent_fetches=0)
+    with pytest.raises(ValueError, match="max_queued_fetches"):
+        StsSettings(max_queued_fetches=0)
     with pytest.raises(ValueError, match="cold_budget"):
         StsSettings(cold_budget=-1)
 

@@ -64,8 +64,17 @@ DOMAINS: Final = (
     "idchange",
     "down",
     "persist",
+    "unsigneddane",
+    "forged",
 )
 BULK: Final = "bulk.test"
+# Domains whose own zone is not signed (their MX RRset is insecure, so forgeable).
+UNSIGNED: Final = frozenset({"unsigneddane", "forged"})
+# Domains whose MX host lives in another zone of the world: a DANE host of the base world
+# (tests/world/scenarios.py), signed, with TLSA 3 1 1 of its own leaf.
+FOREIGN_MX: Final[Mapping[str, str]] = MappingProxyType({"unsigneddane": "mx.dane-ee.test"})
+# The signed host with TLSA that tests forge an MTA-STS domain's MX to (security review C1).
+FORGED_TO: Final = "mx.dane-ee.test"
 
 
 def domain_of(label: str) -> str:
@@ -73,14 +82,18 @@ def domain_of(label: str) -> str:
 
 
 def mx_of(label: str) -> str:
-    """The MX host: ``mx1.`` for the wildcard domain (matched by ``*.``), else ``mx.``."""
+    """The MX host: ``mx1.`` for the wildcard domain (matched by ``*.``), a host of another
+    zone for FOREIGN_MX domains, else ``mx.``."""
+    if label in FOREIGN_MX:
+        return FOREIGN_MX[label]
     return f"{'mx1' if label == 'wild' else 'mx'}.{domain_of(label)}"
 
 
 def _hosts() -> dict[str, str]:
     hosts: dict[str, str] = {}
     for i, label in enumerate(DOMAINS):
-        hosts[mx_of(label)] = f"127.0.2.{2 * i + 1}"
+        if label not in FOREIGN_MX:
+            hosts[mx_of(label)] = f"127.0.2.{2 * i + 1}"
         hosts[f"mta-sts.{domain_of(label)}"] = f"127.0.2.{2 * i + 2}"
     hosts["mx2.sts-idchange.test"] = "127.0.2.100"  # the MX the changed policy names
     hosts[f"mx.{BULK}"] = "127.0.2.101"
@@ -218,6 +231,19 @@ CASES: Final[tuple[Case, ...]] = (
         "tests restart the daemon with HTTPS down",
         _enforce("persist"),
     ),
+    Case(
+        "unsigneddane",
+        _secure("mx.dane-ee.test"),
+        "unsigned domain, enforce policy, its MX host in a signed zone with TLSA: only "
+        "dane-only outranks MTA-STS, and an unsigned MX RRset never gives dane-only",
+        _enforce("unsigneddane"),
+    ),
+    Case(
+        "forged",
+        _secure("mx.sts-forged.test"),
+        "unsigned domain with an enforce policy; tests forge its MX to mx.dane-ee.test",
+        _enforce("forged"),
+    ),
 )
 
 SCENARIOS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
@@ -239,13 +265,13 @@ def zones(pki: Pki) -> list[Zone]:
         policy_host = f"mta-sts.{domain}"
         records = [
             f"@ MX 10 {mx}.",
-            f"{mx}. A {HOSTS[mx]}",
+            *([] if case.label in FOREIGN_MX else [f"{mx}. A {HOSTS[mx]}"]),
             f"{policy_host}. A {HOSTS[policy_host]}",
             *(_txt(t) for t in case.txt),
         ]
         if case.label == "idchange":
             records += ["@ MX 20 mx2", f"mx2 A {HOSTS['mx2.sts-idchange.test']}"]
-        out.append(Zone(domain, records))
+        out.append(Zone(domain, records, signed=case.label not in UNSIGNED))
     out.append(
         Zone(
             BULK,
@@ -403,6 +429,13 @@ def update_behaviour(world: World, domain: str, **changes: Any) -> None:
     running.reload()
 
 
+def set_bulk_behaviour(world: World, behaviour: str) -> None:
+    """What every ``<label>.bulk.test`` policy host serves (``ok`` or ``slow``)."""
+    running = _running(world)
+    running.config["bulk"]["behaviour"] = behaviour
+    running.reload()
+
+
 def take_down(world: World, domain: str) -> None:
     """Close the policy host's listener: connections to it are refused."""
     update_behaviour(world, domain, behaviour="down")
@@ -432,3 +465,21 @@ def set_txt(world: World, domain: str, records: list[str] | tuple[str, ...]) -> 
 
 def set_txt_id(world: World, domain: str, policy_id: str) -> None:
     set_txt(world, domain, [f"v=STSv1; id={policy_id}"])
+
+
+def set_mx(world: World, domain: str, host: str) -> None:
+    """Replace ``domain``'s MX RRset with one record for ``host`` (absolute), as a DNS
+    forger would for an unsigned zone; restart named and unbound so nothing stale is
+    served."""
+    built = world.tree.find(domain)
+    lines = [
+        ln for ln in built.unsigned_file.read_text().splitlines() if not re.match(r"@\s+MX\s", ln)
+    ]
+    at = lines.index("; declared records") + 1
+    lines[at:at] = [f"@ MX 10 {host.rstrip('.')}."]
+    built.unsigned_file.write_text("\n".join(lines) + "\n")
+    if built.keys is not None:
+        sign(built)
+    world.named.stop()
+    world.named.start()
+    world.restart_unbound()
