@@ -1,7 +1,7 @@
 """A Postfix configuration directory of the suite's own for the Postfix client programs the
 tests and benchmarks run (``postmap``, ``posttls-finger``).
 
-Debian's postfix package installed with "No configuration" leaves no /etc/postfix/main.cf,
+Debian's postfix package installed with "No configuration" leaves the system without a main.cf,
 and a machine that has one carries someone else's settings: neither may decide a test.
 Every Postfix command the suite runs names this directory (``postmap -c DIR``, or
 ``MAIL_CONFIG`` for programs whose ``-c`` means something else).
