@@ -19,6 +19,7 @@ from typing import Any, Final
 import pytest
 
 from tests.daemon import Daemon, base_sections, render_toml
+from tests.postfix_conf import client_config_dir
 from tests.world.world import World
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,8 @@ def daemon(world: World) -> Iterator[Daemon]:
     directory.chmod(0o755)
     sections = base_sections(directory, world.resolver)
     sections["probe"] = {"enabled": False}
+    # The Postfix 3.10 MTA-STS attributes (the built-in strict profile leaves them off).
+    sections["profiles.sts310"] = {"sts_attributes": True}
     d = Daemon(directory, sections)
     d.start()
     yield d
@@ -165,16 +168,19 @@ def test_unknown_profile(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_profile_attributes_this_postfix_cannot_parse(daemon: Daemon, tmp_path: Path) -> None:
     version = subprocess.run(
-        ["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True, check=True
+        ["postconf", "-c", str(client_config_dir()), "-d", "-h", "mail_version"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
-    maps = {"smtp_tls_policy_maps": f"socketmap:unix:{daemon.socket}:strict"}
+    maps = {"smtp_tls_policy_maps": f"socketmap:unix:{daemon.socket}:sts310"}
     code, out = doctor(daemon, tmp_path, maps)
     major, minor = (int(x) for x in version.split(".")[:2])
     if (major, minor) >= (3, 10):
         assert "profile-attributes" not in out
     else:
         assert code == 1
-        assert "profile-attributes: profile strict adds policy_type" in out
+        assert "profile-attributes: profile sts310 adds policy_type" in out
         assert f"Postfix {version} cannot parse" in out
 
 
