@@ -6,6 +6,13 @@ request payload; it never awaits and never touches the disk. A miss goes to
 destination, shared by every concurrent lookup), runs the pure decision core for the
 requested profile, logs a line when the decision changes, and caches the encoded reply
 until the earliest expiry of the evidence behind it.
+
+Through a resolver outage (the DNS adapter's breaker is open) a destination that would now
+get TEMP keeps the last answer decided for it from fresh evidence, for at most
+``KEEP_ANSWERS_FOR`` (serve-stale, RFC 8767): from memory, else from the store (after a
+restart, or once evicted from memory). Those answers are saved per destination under
+``Kind.ANSWER``; events and saved answers leave through the write-behind queue, never on
+the answer's path.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from policyd.adapters.store import Kind, Record, Store
+from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.adapters.write_behind import WriteBehind
 from policyd.codec import netstring, postfix_policy, socketmap
 from policyd.codec.destination import KeyError_, parse_key
 from policyd.core.decide import decide
@@ -42,6 +50,12 @@ MAX_ANSWER_TTL: Final = 3600.0
 TEMP_ANSWER_TTL: Final = 5.0
 # Bound on cached answers and remembered verdicts (entries); beyond it the oldest go.
 MAX_ANSWERS: Final = 1_000_000
+# Seconds a destination's last answer is kept for a resolver outage (RFC 8767 4 suggests
+# 1 to 3 days of serve-stale; one day: a longer outage defers mail, never weakens it).
+KEEP_ANSWERS_FOR: Final = 86400.0
+# A kept answer confirmed by fresh evidence is saved again after this many seconds, so
+# that its stored copy does not expire while the destination stays in use.
+KEEP_REFRESH: Final = KEEP_ANSWERS_FOR / 4
 
 
 class DaneSourceLike(Protocol):
@@ -69,6 +83,21 @@ class Answer:
     verdict: Verdict
     evidence: Evidence
     reply: bytes  # socketmap reply payload
+    kept: bool = False  # an earlier answer, kept through a resolver outage
+
+
+class _Seen:
+    """The latest verdict for a (profile, destination), and when it was last saved."""
+
+    __slots__ = ("saved_at", "verdict")
+
+    def __init__(self, verdict: Verdict, saved_at: float) -> None:
+        self.verdict = verdict
+        self.saved_at = saved_at
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(slots=True)
@@ -91,6 +120,7 @@ class PolicyService:
         lookup_budget: float,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        dns_down: Callable[[], bool] = _never,
     ) -> None:
         self._profiles = {p.name: p for p in profiles}
         self.store = store
@@ -104,8 +134,11 @@ class PolicyService:
         # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key)
         self._answers: dict[bytes, tuple[bytes, float, str]] = {}
         self._by_key: dict[str, set[bytes]] = {}
-        self._last: dict[tuple[str, str], Verdict] = {}
+        self._last: dict[tuple[str, str], _Seen] = {}
         self._inflight: dict[str, asyncio.Task[Evidence]] = {}
+        self._dns_down = dns_down
+        # Events and kept answers reach the store from here; the daemon runs writes.run().
+        self.writes = WriteBehind(store)
         self.stats = Stats()
 
     # -- configuration ---------------------------------------------------------------
@@ -139,7 +172,7 @@ class PolicyService:
 
     def remembered(self) -> dict[tuple[str, str], Verdict]:
         """The latest verdict per (profile name, destination key): policyctl report."""
-        return dict(self._last)
+        return {slot: seen.verdict for slot, seen in self._last.items()}
 
     @property
     def cached_answers(self) -> int:
@@ -202,8 +235,8 @@ class PolicyService:
                     del self._by_key[entry[2]]
 
     def _ttl(self, answer: Answer) -> float:
-        if answer.verdict.outcome is Outcome.TEMP:
-            return TEMP_ANSWER_TTL
+        if answer.verdict.outcome is Outcome.TEMP or answer.kept:
+            return TEMP_ANSWER_TTL  # a kept answer is asked again soon: the outage may end
         now = self._clock()
         ev = answer.evidence
         limits = [MAX_ANSWER_TTL]
@@ -244,9 +277,37 @@ class PolicyService:
                 Rule.DNS_FAILURE,
                 f"lookup did not complete within {self.lookup_budget:g}s",
             )
-            return self._finish(dest, profile, verdict, Evidence(dest))
-        verdict = decide(evidence, profile, self._clock())
+            evidence = Evidence(dest)
+        else:
+            verdict = decide(evidence, profile, self._clock())
+        if verdict.outcome is Outcome.TEMP and self._dns_down():
+            kept = await self._kept(dest, profile)
+            if kept is not None:
+                return Answer(kept, evidence, render_reply(kept), kept=True)
         return self._finish(dest, profile, verdict, evidence)
+
+    async def _kept(self, dest: Destination, profile: Profile) -> Verdict | None:
+        """The last answer decided from fresh evidence, if saved within KEEP_ANSWERS_FOR:
+        from memory, else from the store (a store error: nothing kept, TEMP stands)."""
+        now = self._clock()
+        seen = self._last.get((profile.name, dest.key))
+        if seen is not None:
+            # A TEMP decided from fresh evidence (a bogus zone) is the latest truth: what
+            # was decided before it is not kept.
+            fresh = now - seen.saved_at <= KEEP_ANSWERS_FOR
+            return seen.verdict if seen.verdict.outcome is not Outcome.TEMP and fresh else None
+        try:
+            record = await self.store.get(Kind.ANSWER, dest.key)
+        except StoreError as exc:
+            log.error("%s: cannot read the kept answer: %s", dest.key, exc)
+            return None
+        if record is None or (record.expires_at is not None and record.expires_at <= now):
+            return None
+        try:
+            return answers_from_json(record.value).get(profile.name)
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            log.error("%s: ignoring an unreadable kept answer: %s", dest.key, exc)
+            return None
 
     def _finish(
         self, dest: Destination, profile: Profile, verdict: Verdict, evidence: Evidence
@@ -258,24 +319,46 @@ class PolicyService:
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
         slot = (profile.name, dest.key)
-        before = self._last.get(slot)
-        if before is not None and (before.outcome, before.policy) == (
-            verdict.outcome,
-            verdict.policy,
+        now = self._clock()
+        seen = self._last.get(slot)
+        before = None if seen is None else seen.verdict
+        if (
+            seen is not None
+            and before is not None
+            and (before.outcome, before.policy)
+            == (
+                verdict.outcome,
+                verdict.policy,
+            )
         ):
+            if verdict.outcome is not Outcome.TEMP and now - seen.saved_at > KEEP_REFRESH:
+                seen.saved_at = now
+                self._save_kept(dest.key, now)
             return
-        if len(self._last) >= MAX_ANSWERS:
+        if seen is None and len(self._last) >= MAX_ANSWERS:
             del self._last[next(iter(self._last))]
-        self._last[slot] = verdict
+        self._last[slot] = _Seen(verdict, now)
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         text = f"level={level_text(verdict)}{shown} reason={verdict.reason}"
         log.info("%s: %s", dest.key, text)
         if before is not None:
             text = f"{text} previous={level_text(before)}"
-        task = asyncio.get_running_loop().create_task(
-            self.store.append_event(self._clock(), dest.key, text)
-        )
-        task.add_done_callback(_log_task_failure)
+        self.writes.event(now, dest.key, text)
+        self._save_kept(dest.key, now)
+
+    def _save_kept(self, key: str, now: float) -> None:
+        """Queue the record of the answers to keep for ``key``: every profile's latest
+        verdict that is not TEMP (a TEMP from fresh evidence removes what was kept).
+        Nothing is saved during an outage: a TEMP then says nothing new."""
+        if self._dns_down():
+            return
+        kept = {}
+        for name in self._profiles:
+            seen = self._last.get((name, key))
+            if seen is not None and seen.verdict.outcome is not Outcome.TEMP:
+                kept[name] = seen.verdict
+        value = answers_to_json(kept)
+        self.writes.put(Record(Kind.ANSWER, key, value, now + KEEP_ANSWERS_FOR))
 
     def _override(self, dest: Destination, now: float) -> Override | None:
         ov = self.overrides.get(dest.key)
@@ -353,14 +436,6 @@ class PolicyService:
             self.invalidate(key)
 
 
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("store: could not record an event: %s", exc)
-
-
 def level_text(verdict: Verdict) -> str:
     if verdict.outcome is Outcome.TEMP:
         return "TEMP"
@@ -403,3 +478,38 @@ def override_from_json(key: str, text: str) -> Override:
         author=str(doc.get("author", "")),
         created_at=float(doc.get("created_at", 0.0)),
     )
+
+
+def answers_to_json(kept: dict[str, Verdict]) -> str:
+    """Kept answers per profile name: the policy (Postfix syntax, null for NOTFOUND), the
+    rule and the reason."""
+    return json.dumps(
+        {
+            name: {
+                "policy": None if v.policy is None else postfix_policy.render(v.policy),
+                "rule": v.rule.value,
+                "reason": v.reason,
+            }
+            for name, v in kept.items()
+        },
+        sort_keys=True,
+    )
+
+
+def answers_from_json(text: str) -> dict[str, Verdict]:
+    """Inverse of :func:`answers_to_json`; ValueError (or KeyError, TypeError) when bad."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("kept answers: expected an object")
+    out: dict[str, Verdict] = {}
+    for name, item in doc.items():
+        pol_text = item["policy"]
+        rule = Rule(item["rule"])
+        reason = str(item["reason"])
+        if pol_text is None:
+            out[str(name)] = Verdict(Outcome.NOTFOUND, rule, reason)
+        else:
+            out[str(name)] = Verdict(
+                Outcome.POLICY, rule, reason, postfix_policy.parse(str(pol_text))
+            )
+    return out

@@ -10,6 +10,14 @@ here; nothing from the library escapes :meth:`Resolver.query`.
 Answers are cached by TTL (clamped), failures briefly; concurrent queries for the same
 name and type share one lookup.
 
+A circuit breaker tells a dead resolver from a slow zone: when a query goes unanswered
+for ``HealthTimes.after`` seconds (or fails with no response at all), the resolver itself
+is asked for ``localhost.`` (RFC 6761 6.3: resolvers answer it themselves, from memory).
+No response within ``HealthTimes.timeout`` opens the breaker: lookups under way and new
+ones end FAILED at once ("resolver not answering") instead of each waiting its lifetime,
+and the check is repeated every ``HealthTimes.retry`` seconds until any response closes
+the breaker by itself.
+
 Seam for tests: ``Resolver(..., servers=[...])`` takes ``dns.nameserver.Nameserver``
 objects in place of the configured addresses. A fake one returns real
 ``dns.message`` responses (or raises), and the whole of dnspython's resolution logic
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -27,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+import dns.asyncbackend
 import dns.asyncresolver
 import dns.edns
 import dns.exception
@@ -67,6 +77,13 @@ FAILED_TTL: Final = 5
 EDNS_PAYLOAD: Final = 1232
 # Where the nameservers come from when none are configured (resolv.conf(5)).
 RESOLV_CONF: Final = "/etc/resolv.conf"
+# The breaker's health check asks for this name: every resolver answers it without
+# recursion (RFC 6761 6.3), so only a dead or unreachable resolver leaves it unanswered.
+HEALTH_NAME: Final = "localhost."
+# The error of lookups failed by the open breaker.
+NOT_ANSWERING: Final = "resolver not answering"
+
+log = logging.getLogger("policyd")
 
 # Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
 _BOGUS_EDE: Final = frozenset(
@@ -102,6 +119,23 @@ class DnsTimeouts:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTimes:
+    """The breaker's clock, in seconds (see the module doc). A cold DNSSEC chase may take
+    longer than ``after``: that only costs one health check, answered in microseconds by
+    a live resolver."""
+
+    after: float = 1.0  # a query unanswered this long makes the resolver suspect
+    timeout: float = 1.0  # a live local resolver answers localhost in well under this
+    retry: float = 1.0  # while open, the resolver is asked again this often
+
+    def __post_init__(self) -> None:
+        for name in ("after", "timeout", "retry"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"health {name} must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +259,15 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
         *,
         servers: Sequence[dns.nameserver.Nameserver] = (),
+        health: HealthTimes | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._servers = tuple(servers)
+        self._health = health or HealthTimes()
+        self._down = False  # the breaker is open
+        self._checker: asyncio.Task[None] | None = None
+        self._first_check: asyncio.Future[None] | None = None  # the checker's first verdict
         self._library: dns.asyncresolver.Resolver | None = None
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
@@ -248,6 +287,16 @@ class Resolver:
         """How many answers are cached (for status output)."""
         return len(self._cache)
 
+    def close(self) -> None:
+        """Stop the health check (shutdown)."""
+        if self._checker is not None:
+            self._checker.cancel()
+
+    @property
+    def down(self) -> bool:
+        """The breaker is open: the resolver did not answer its health check."""
+        return self._down
+
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         """Look up ``rdtype`` records of ``name`` (absolute; no search list)."""
         rdtype = rdtype.upper()
@@ -257,6 +306,8 @@ class Resolver:
         cached = self._cached(key)
         if cached is not None:
             return cached
+        if self._down:
+            return _failed(key[0], rdtype, NOT_ANSWERING)
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(self._lookup(key, self._generation))
@@ -282,7 +333,16 @@ class Resolver:
             del self._inflight[key]
 
     async def _lookup(self, key: tuple[str, str], generation: int) -> DnsAnswer:
-        answer = await self._resolve(*key)
+        try:
+            answer = await self._ask(*key)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._down or task is None:
+                raise
+            task.uncancel()  # our own cancel (see _watch): the lookup ends FAILED
+            answer = _failed(key[0], key[1], NOT_ANSWERING)
+        if answer.error == NOT_ANSWERING:
+            return answer  # not cached: the breaker answers as long as the outage lasts
         answer = replace(answer, ttl=self._cache_ttl(answer))
         if generation == self._generation and answer.ttl > 0:
             self._cache[key] = (self._clock() + answer.ttl, answer)
@@ -290,6 +350,80 @@ class Resolver:
             while len(self._cache) > self._settings.cache_entries:
                 self._cache.popitem(last=False)
         return answer
+
+    async def _ask(self, name: str, rdtype: str) -> DnsAnswer:
+        """One resolution, watched by the breaker."""
+        suspect = asyncio.get_running_loop().call_later(self._health.after, self._suspect)
+        try:
+            answer, responded = await self._resolve(name, rdtype)
+        finally:
+            suspect.cancel()
+        if not responded:
+            # No server said anything: wait for the health check's verdict (at most its
+            # timeout) so that an outage is known before this failure is reported.
+            await asyncio.shield(self._suspect())
+            if self._down:
+                return replace(answer, error=NOT_ANSWERING)
+        return answer
+
+    # -- the breaker -------------------------------------------------------------------
+
+    def _suspect(self) -> asyncio.Future[None]:
+        """A query went unanswered: check the resolver itself, once at a time. Returns a
+        future done when the check has its first verdict (``down`` is then current)."""
+        if self._checker is None or self._checker.done():
+            loop = asyncio.get_running_loop()
+            self._first_check = loop.create_future()
+            self._checker = loop.create_task(self._check(self._first_check))
+        assert self._first_check is not None
+        return self._first_check
+
+    async def _check(self, first: asyncio.Future[None]) -> None:
+        """Ask until the resolver answers: open the breaker on the first silence, close it
+        on the first response."""
+        try:
+            await self._watch(first)
+        finally:
+            if not first.done():
+                first.set_result(None)
+
+    async def _watch(self, first: asyncio.Future[None]) -> None:
+        while not await self._alive():
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "dns: resolver not answering; lookups fail at once until it does "
+                    "(cached answers are kept)"
+                )
+                for task in list(self._inflight.values()):
+                    task.cancel()  # each ends FAILED in _lookup
+            if not first.done():
+                first.set_result(None)
+            await asyncio.sleep(self._health.retry)
+        if self._down:
+            self._down = False
+            log.warning("dns: resolver answers again")
+
+    async def _alive(self) -> bool:
+        """Any response of any nameserver to the health query, whatever its rcode."""
+        try:
+            library = self._resolver()
+        except dns.exception.DNSException:
+            return False  # no nameservers configured: nothing to wait for
+        request = dns.message.make_query(HEALTH_NAME, "A", flags=dns.flags.RD)
+        backend = dns.asyncbackend.get_default_backend()
+        for entry in library.nameservers:
+            server = (
+                dns.nameserver.Do53Nameserver(entry, library.port)
+                if isinstance(entry, str)
+                else entry
+            )
+            try:
+                await server.async_query(request, self._health.timeout, None, 0, False, backend)
+            except (dns.exception.DNSException, OSError, EOFError, ValueError):
+                continue
+            return True
+        return False
 
     def _cache_ttl(self, answer: DnsAnswer) -> int:
         s = self._settings
@@ -315,20 +449,21 @@ class Resolver:
         library.lifetime = s.timeouts.lifetime
         library.cache = None  # this class caches, with its own TTL bounds
         library.retry_servfail = False  # a validator's SERVFAIL (bogus) will not improve
-        # DO asks for DNSSEC records and AD in the query says we read the AD bit
-        # (RFC 3225 3, RFC 6840 5.7). CD stays clear: the resolver must validate.
-        library.use_edns(0, dns.flags.DO, EDNS_PAYLOAD)
+        # AD in the query asks for the AD bit alone (RFC 6840 5.7); without DO the resolver
+        # leaves out RRSIG and NSEC records (RFC 3225 3), which nothing here reads: answers
+        # stay small and quick to parse. EDNS stays for the payload size and for Extended
+        # DNS Errors (RFC 8914). CD stays clear: the resolver must validate.
+        library.use_edns(0, 0, EDNS_PAYLOAD)
         library.flags = dns.flags.RD | dns.flags.AD
         self._library = library
         return library
 
-    async def _resolve(self, name: str, rdtype: str) -> DnsAnswer:
-        """One lookup through dnspython; every library exception becomes FAILED here."""
+    async def _resolve(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool]:
+        """One lookup through dnspython, and whether any server responded at all; every
+        library exception becomes FAILED here."""
 
-        def failed(error: str, rcode: str = "") -> DnsAnswer:
-            return DnsAnswer(
-                name, rdtype, DnsStatus.FAILED, rcode, canonical_name=name, error=error
-            )
+        def failed(error: str, rcode: str = "") -> tuple[DnsAnswer, bool]:
+            return _failed(name, rdtype, error, rcode), True
 
         try:
             qname = dns.name.from_text(name)
@@ -341,12 +476,15 @@ class Resolver:
             # A completed answer: its AD bit says whether the denial was validated.
             response = exc.kwargs.get("responses", {}).get(qname)
             canonical, ttl = _chain(qname, response)
-            return DnsAnswer(name, rdtype, _status(response), "NXDOMAIN", (), canonical, ttl)
-        except dns.resolver.LifetimeTimeout:
-            return failed("timeout")
+            status = _status(response)
+            return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), canonical, ttl), True
+        except dns.resolver.LifetimeTimeout as exc:
+            errors = exc.kwargs.get("errors", [])
+            return _failed(name, rdtype, "timeout"), any(e[4] is not None for e in errors)
         except dns.resolver.NoNameservers as exc:
-            error, rcode = _errors(exc.kwargs.get("errors", []))
-            return failed(error, rcode)
+            errors = exc.kwargs.get("errors", [])
+            error, rcode = _errors(errors)
+            return _failed(name, rdtype, error, rcode), any(e[4] is not None for e in errors)
         except dns.resolver.YXDOMAIN:
             return failed("YXDOMAIN", "YXDOMAIN")
         except dns.resolver.NoResolverConfiguration:
@@ -355,7 +493,12 @@ class Resolver:
             return failed(f"{type(exc).__name__}: {exc}")
         records = tuple(result.rrset) if result.rrset is not None else ()
         canonical, ttl = _chain(qname, result.response)
-        return DnsAnswer(name, rdtype, _status(result.response), "NOERROR", records, canonical, ttl)
+        status = _status(result.response)
+        return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, ttl), True
+
+
+def _failed(name: str, rdtype: str, error: str, rcode: str = "") -> DnsAnswer:
+    return DnsAnswer(name, rdtype, DnsStatus.FAILED, rcode, canonical_name=name, error=error)
 
 
 def _chain(qname: dns.name.Name, response: dns.message.Message | None) -> tuple[str, int]:

@@ -3,7 +3,10 @@
 Wires config -> store -> DNS/MTA-STS/probe sources -> service -> listeners, then runs until
 SIGTERM. SIGHUP reloads the configuration and the overrides without dropping connections
 (a bad new file is logged and the old configuration kept). systemd is told READY=1 once
-the listeners are up, WATCHDOG=1 while the loop is alive, and STOPPING=1 on the way out.
+the listeners are up, WATCHDOG=1 while the loop and every background task are alive (a
+task that dies stops the pings, so systemd restarts the daemon), and STOPPING=1 on the way
+out. Housekeeping runs each of its steps on its own: a failing step is logged and the
+others, and the next round, go on.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Final
 
 from policyd import __version__
 from policyd.adapters.dns import Resolver
 from policyd.adapters.https import PolicyFetcher
-from policyd.adapters.store import Store, StoreError
+from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
 from policyd.server.control import ControlServer
@@ -85,6 +89,7 @@ class Daemon:
             sts,
             probe,
             lookup_budget=cfg.server.lookup_budget,
+            dns_down=lambda: resolver.down,
         )
         await service.load_overrides()
         probe.on_change = service.invalidate
@@ -109,8 +114,9 @@ class Daemon:
         ):
             loop.add_signal_handler(sig, handler)
         self._spawn(probe.run())
-        self._spawn(self._housekeeping(sts))
-        self._spawn(notifier.watchdog())
+        self._spawn(self._housekeeping(sts, probe, store))
+        self._spawn(service.writes.run())
+        watchdog = loop.create_task(notifier.watchdog(self.tasks_alive))
         notifier.ready()
         log.info("policyd %s ready (store %s)", __version__, cfg.store.url.partition("://")[0])
         await self._stop.wait()
@@ -118,9 +124,11 @@ class Daemon:
         log.info("stopping")
         await control.close()
         await server.close()
+        watchdog.cancel()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(watchdog, *self._tasks, return_exceptions=True)
+        resolver.close()
         await fetcher.aclose()
         await store.close()
         return 0
@@ -129,6 +137,10 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(_report_crash)
         self._tasks.append(task)
+
+    def tasks_alive(self) -> bool:
+        """Every background task still runs (they end only by cancellation at shutdown)."""
+        return not any(task.done() for task in self._tasks)
 
     def request_reload(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
@@ -152,20 +164,53 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _housekeeping(self, sts: StsSource) -> None:
+    async def _housekeeping(self, sts: StsSource, probe: ProbeSource, store: Store) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            self.service.expire_overrides()
-            try:
-                await self.service.load_overrides()
-            except StoreError as exc:
-                log.error("store: cannot reload overrides: %s", exc)
-            await sts.refresh_due()
+            await housekeep(self.service, sts, probe, store)
+
+
+async def housekeep(
+    service: PolicyService, sts: StsSource, probe: ProbeSource, store: Store
+) -> None:
+    """One round of housekeeping. Each step on its own: one that fails (a damaged store, a
+    bug) is logged and the others still run."""
+
+    async def expire_overrides() -> None:
+        service.expire_overrides()
+
+    async def prune_probes() -> None:
+        probe.prune()
+
+    async def delete_expired() -> None:
+        if isinstance(store, ExpiringStore):
+            deleted = await store.delete_expired(time.time())
+            if deleted:
+                log.info("store: deleted %d expired records", deleted)
+
+    steps: tuple[tuple[str, Callable[[], Awaitable[object]]], ...] = (
+        ("expire overrides", expire_overrides),
+        ("reload overrides", service.load_overrides),
+        ("refresh mta-sts policies", sts.refresh_due),
+        ("prune probe states", prune_probes),
+        ("delete expired store records", delete_expired),
+    )
+    for name, step in steps:
+        try:
+            await step()
+        except StoreError as exc:
+            log.error("housekeeping: %s: store: %s", name, exc)
+        except Exception:  # per-step boundary: the next steps must run
+            log.exception("housekeeping: %s failed", name)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed: %r", task.exception())
+        log.error(
+            "background task failed: %r; the systemd watchdog is no longer fed, so systemd "
+            "restarts policyd",
+            task.exception(),
+        )
 
 
 def set_log_level(level: str) -> None:
