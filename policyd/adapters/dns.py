@@ -18,6 +18,11 @@ ones end FAILED at once ("resolver not answering") instead of each waiting its l
 and the check is repeated every ``HealthTimes.retry`` seconds until any response closes
 the breaker by itself.
 
+Queries to configured addresses go through :mod:`policyd.adapters.dns_udp` (long-lived
+UDP sockets, :mod:`policyd.codec.dns_wire` to read responses): on the cold path that costs
+a fraction of dnspython's resolver. dnspython still serves what that path does not: a
+truncated response (retried over TCP), a name that is not ASCII, and test servers.
+
 Seam for tests: ``Resolver(..., servers=[...])`` takes ``dns.nameserver.Nameserver``
 objects in place of the configured addresses. A fake one returns real
 ``dns.message`` responses (or raises), and the whole of dnspython's resolution logic
@@ -45,10 +50,17 @@ import dns.message
 import dns.name
 import dns.nameserver
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TLSA
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
 import dns.resolver
 
+from policyd.adapters.dns_udp import NoResponse, UdpResolver
+from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus
 
 # Seconds per query attempt: a local validating resolver answers from cache in
@@ -268,6 +280,7 @@ class Resolver:
         self._down = False  # the breaker is open
         self._checker: asyncio.Task[None] | None = None
         self._first_check: asyncio.Future[None] | None = None  # the checker's first verdict
+        self._fast: list[UdpResolver] | None = None  # built with the library resolver
         self._library: dns.asyncresolver.Resolver | None = None
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
@@ -280,6 +293,10 @@ class Resolver:
         self._cache.clear()
         self._inflight.clear()
         self._library = None
+        if self._fast is not None:
+            for client in self._fast:
+                client.close()
+        self._fast = None
         self._generation += 1
 
     @property
@@ -288,9 +305,11 @@ class Resolver:
         return len(self._cache)
 
     def close(self) -> None:
-        """Stop the health check (shutdown)."""
+        """Stop the health check and close the sockets (shutdown)."""
         if self._checker is not None:
             self._checker.cancel()
+        for client in self._fast or ():
+            client.close()
 
     @property
     def down(self) -> bool:
@@ -456,7 +475,75 @@ class Resolver:
         library.use_edns(0, 0, EDNS_PAYLOAD)
         library.flags = dns.flags.RD | dns.flags.AD
         self._library = library
+        self._fast = (
+            []
+            if self._servers
+            else [
+                UdpResolver(ns.address, ns.port, EDNS_PAYLOAD)
+                for ns in library.nameservers
+                if isinstance(ns, dns.nameserver.Do53Nameserver)
+            ]
+        )
         return library
+
+    async def _resolve_fast(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool] | None:
+        """One lookup over :mod:`policyd.adapters.dns_udp`, with dnspython's semantics (a
+        try per server until the lifetime ends; SERVFAIL final; REFUSED and the like move
+        on to the next server; an unreachable server is dropped for this lookup). None:
+        not for this path (test servers, a truncated response, a name that is not ASCII)."""
+        qtype = dns_wire.TYPES.get(rdtype)
+        try:
+            self._resolver()
+        except dns.exception.DNSException:
+            return None
+        clients = list(self._fast or ())
+        if qtype is None or not clients or not name.isascii():
+            return None
+        try:
+            dns_wire.encode_name(name)
+        except dns_wire.DnsWireError:
+            return None
+        timeouts = self._settings.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.lifetime
+        errors: list[str] = []
+        rcode = ""
+        responded = False
+        while clients:
+            for client in list(clients):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    response = await client.query(name, qtype, min(timeouts.per_try, left))
+                except NoResponse:
+                    errors.append("timeout")
+                    continue
+                except OSError as exc:
+                    errors.append(_describe(exc, None))
+                    clients.remove(client)
+                    continue
+                except dns_wire.DnsWireError as exc:
+                    responded = True
+                    errors.append(f"FormError: {exc}")
+                    clients.remove(client)
+                    continue
+                responded = True
+                if response.truncated:
+                    return None  # dnspython retries over TCP
+                answer = _from_wire(name, rdtype, qtype, response)
+                if answer is not None:
+                    return answer, True
+                text = dns.rcode.to_text(dns.rcode.Rcode.make(response.rcode))
+                errors.append(_describe_wire(text, response.ede))
+                rcode = rcode or text
+                clients.remove(client)
+            if loop.time() >= deadline:
+                break
+        if errors and all(e == "timeout" for e in errors):
+            return _failed(name, rdtype, "timeout"), responded
+        unique = list(dict.fromkeys(e for e in errors if e != "timeout")) or ["timeout"]
+        return _failed(name, rdtype, "; ".join(unique), rcode), responded
 
     async def _resolve(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool]:
         """One lookup through dnspython, and whether any server responded at all; every
@@ -465,6 +552,9 @@ class Resolver:
         def failed(error: str, rcode: str = "") -> tuple[DnsAnswer, bool]:
             return _failed(name, rdtype, error, rcode), True
 
+        fast = await self._resolve_fast(name, rdtype)
+        if fast is not None:
+            return fast
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException as exc:  # label too long, bad IDNA...
@@ -495,6 +585,62 @@ class Resolver:
         canonical, ttl = _chain(qname, result.response)
         status = _status(result.response)
         return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, ttl), True
+
+
+def _describe_wire(rcode: str, ede: Sequence[tuple[int, str]]) -> str:
+    """As :func:`_describe`, for a response read by :mod:`policyd.codec.dns_wire`."""
+    for code, text in ede:
+        if code in _BOGUS_EDE:
+            detail = dns.edns.EDECode.to_text(dns.edns.EDECode.make(code))
+            return f"bogus (EDE {code} {detail}{': ' + text if text else ''})"
+    return rcode
+
+
+_IN = dns.rdataclass.IN
+
+
+def _wire_name(text: str) -> dns.name.Name:
+    if not text:
+        return dns.name.root
+    return dns.name.Name([*(label.encode("latin-1") for label in text.split(".")), b""])
+
+
+def _rdata(rtype: int, data: object) -> object:
+    """A record of :mod:`policyd.codec.dns_wire` as the dnspython rdata callers read."""
+    if rtype == dns_wire.TYPE_A:
+        return dns.rdtypes.IN.A.A(_IN, dns.rdatatype.A, str(data))  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_AAAA:
+        return dns.rdtypes.IN.AAAA.AAAA(_IN, dns.rdatatype.AAAA, str(data))  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_MX:
+        assert isinstance(data, tuple)
+        return dns.rdtypes.ANY.MX.MX(_IN, dns.rdatatype.MX, data[0], _wire_name(data[1]))  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_TLSA:
+        assert isinstance(data, tuple)
+        return dns.rdtypes.ANY.TLSA.TLSA(_IN, dns.rdatatype.TLSA, *data)  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_TXT:
+        assert isinstance(data, tuple)
+        return dns.rdtypes.ANY.TXT.TXT(_IN, dns.rdatatype.TXT, data)
+    return data
+
+
+def _from_wire(name: str, rdtype: str, qtype: int, response: dns_wire.Response) -> DnsAnswer | None:
+    """A completed answer (NOERROR, NXDOMAIN) from a decoded response; None for other
+    rcodes (failures, left to the caller)."""
+    if response.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return None
+    status = DnsStatus.SECURE if response.authentic else DnsStatus.INSECURE
+    try:
+        chain = dns_wire.follow(response, name, qtype)
+    except dns_wire.DnsWireError:
+        chain = dns_wire.Chain(name.lower(), (), 0)
+    canonical = chain.canonical or "."
+    if response.rcode == dns.rcode.NXDOMAIN:
+        return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), canonical, chain.ttl)
+    try:
+        records = tuple(_rdata(r.rtype, r.data) for r in chain.records)
+    except (ValueError, TypeError, dns.exception.DNSException) as exc:
+        return _failed(name, rdtype, f"FormError: {exc}", "NOERROR")
+    return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, chain.ttl)
 
 
 def _failed(name: str, rdtype: str, error: str, rcode: str = "") -> DnsAnswer:
