@@ -479,9 +479,11 @@ class Resolver:
             []
             if self._servers
             else [
-                UdpResolver(ns.address, ns.port, EDNS_PAYLOAD)
+                UdpResolver(ns, s.port, EDNS_PAYLOAD)
+                if isinstance(ns, str)
+                else UdpResolver(ns.address, ns.port, EDNS_PAYLOAD)
                 for ns in library.nameservers
-                if isinstance(ns, dns.nameserver.Do53Nameserver)
+                if isinstance(ns, str | dns.nameserver.Do53Nameserver)
             ]
         )
         return library

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import typing
 from typing import Final
 
 from policyd.codec.dns_wire import DnsWireError, Response, decode_response, encode_query
@@ -38,8 +39,8 @@ class _Socket(asyncio.DatagramProtocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.DatagramTransport without subclassing it.
+        self.transport = typing.cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         if len(data) < 2:
