@@ -81,6 +81,7 @@ class UdpResolver:
         self._port = port
         self._payload = payload
         self._sockets: list[_Socket] = []
+        self._opening = asyncio.Lock()
         self._next = 0
 
     async def _socket(self) -> _Socket:
@@ -95,12 +96,14 @@ class UdpResolver:
             live.append(sock)
         self._sockets = live
         if len(self._sockets) < SOCKETS:
-            loop = asyncio.get_running_loop()
-            _, protocol = await loop.create_datagram_endpoint(
-                _Socket, remote_addr=(self._address, self._port)
-            )
-            self._sockets.append(protocol)
-            return protocol
+            async with self._opening:  # concurrent first queries open SOCKETS, not more
+                if len(self._sockets) < SOCKETS:
+                    loop = asyncio.get_running_loop()
+                    _, protocol = await loop.create_datagram_endpoint(
+                        _Socket, remote_addr=(self._address, self._port)
+                    )
+                    self._sockets.append(protocol)
+                    return protocol
         self._next = (self._next + 1) % len(self._sockets)
         return self._sockets[self._next]
 
