@@ -48,8 +48,13 @@ log = logging.getLogger("policyd")
 MAX_ANSWER_TTL: Final = 3600.0
 # A TEMP answer is cached only briefly: the cause (a dead resolver) may pass at any moment.
 TEMP_ANSWER_TTL: Final = 5.0
-# Bound on cached answers and remembered verdicts (entries); beyond it the oldest go.
-MAX_ANSWERS: Final = 1_000_000
+# Destinations whose answers and latest verdicts are kept in memory, by default
+# ([server] max_destinations); beyond it the least recently used is forgotten and comes
+# back from the slow path (fresh evidence) or, in an outage, from the store.
+DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
+# Cached request payloads per destination (profiles, spellings of the key); more are
+# answered but not cached, so that one destination cannot hold unbounded memory.
+MAX_PAYLOADS_PER_DESTINATION: Final = 8
 # Seconds a destination's last answer is kept for a resolver outage (RFC 8767 4 suggests
 # 1 to 3 days of serve-stale; one day: a longer outage defers mail, never weakens it).
 KEEP_ANSWERS_FOR: Final = 86400.0
@@ -121,7 +126,10 @@ class PolicyService:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         dns_down: Callable[[], bool] = _never,
+        max_destinations: int = DEFAULT_MAX_DESTINATIONS,
     ) -> None:
+        if max_destinations < 1:
+            raise ValueError("max_destinations must be at least 1")
         self._profiles = {p.name: p for p in profiles}
         self.store = store
         self.dane = dane
@@ -133,7 +141,14 @@ class PolicyService:
         self.overrides: dict[str, Override] = {}
         # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key)
         self._answers: dict[bytes, tuple[bytes, float, str]] = {}
-        self._by_key: dict[str, set[bytes]] = {}
+        # Destination key -> its cached payloads, in least-recently-used-first order: every
+        # destination with a cached answer or a latest verdict is here, and only
+        # max_destinations of them (see _touch).
+        self._by_key: dict[str, tuple[bytes, ...]] = {}
+        self.max_destinations = max_destinations
+        self.evicted = 0  # destinations forgotten at the bound, since start
+        # Encoded replies shared by every destination that gets the same one (NOTFOUND...).
+        self._replies: dict[bytes, bytes] = {}
         self._last: dict[tuple[str, str], _Seen] = {}
         self._inflight: dict[str, asyncio.Task[Evidence]] = {}
         self._dns_down = dns_down
@@ -145,6 +160,8 @@ class PolicyService:
 
     def set_profiles(self, profiles: tuple[Profile, ...]) -> None:
         self._profiles = {p.name: p for p in profiles}
+        for slot in [s for s in self._last if s[0] not in self._profiles]:
+            del self._last[slot]  # a removed profile's verdicts would escape eviction
         self.invalidate(None)
 
     @property
@@ -189,6 +206,11 @@ class PolicyService:
         if hit[1] < self._monotonic():
             return None
         self.stats.hits += 1
+        # Least recently used order: this destination goes last.
+        by_key = self._by_key
+        payloads = by_key.pop(hit[2], None)
+        if payloads is not None:
+            by_key[hit[2]] = payloads
         return hit[0]
 
     async def reply_for(self, payload: bytes) -> bytes:
@@ -219,20 +241,34 @@ class PolicyService:
         ttl = self._ttl(answer)
         if ttl <= 0:
             return
-        if len(self._answers) >= MAX_ANSWERS:
-            oldest = next(iter(self._answers))
-            self._drop_payload(oldest)
+        payloads = self._touch(dest.key)
+        if payload not in payloads:
+            if len(payloads) >= MAX_PAYLOADS_PER_DESTINATION:
+                return
+            self._by_key[dest.key] = (*payloads, payload)
+        encoded = (
+            self._replies.setdefault(encoded, encoded) if len(self._replies) < 1024 else encoded
+        )
         self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key)
-        self._by_key.setdefault(dest.key, set()).add(payload)
 
-    def _drop_payload(self, payload: bytes) -> None:
-        entry = self._answers.pop(payload, None)
-        if entry is not None:
-            keys = self._by_key.get(entry[2])
-            if keys is not None:
-                keys.discard(payload)
-                if not keys:
-                    del self._by_key[entry[2]]
+    def _touch(self, key: str) -> tuple[bytes, ...]:
+        """Make ``key`` the most recently used destination (adding it if new, and then
+        forgetting the least recently used beyond max_destinations); its payloads."""
+        by_key = self._by_key
+        payloads = by_key.pop(key, ())
+        by_key[key] = payloads
+        while len(by_key) > self.max_destinations:
+            self._evict(next(iter(by_key)))
+        return payloads
+
+    def _evict(self, key: str) -> None:
+        """Forget a destination's cached answers and latest verdicts (not its store
+        records): its next lookup gathers fresh evidence."""
+        for payload in self._by_key.pop(key, ()):
+            self._answers.pop(payload, None)
+        for name in self._profiles:
+            self._last.pop((name, key), None)
+        self.evicted += 1
 
     def _ttl(self, answer: Answer) -> float:
         if answer.verdict.outcome is Outcome.TEMP or answer.kept:
@@ -254,10 +290,13 @@ class PolicyService:
         """Forget cached answers for one destination key, or all of them."""
         if key is None:
             self._answers.clear()
-            self._by_key.clear()
+            for dest in self._by_key:
+                self._by_key[dest] = ()
             return
-        for payload in self._by_key.pop(key, set()):
-            self._answers.pop(payload, None)
+        if key in self._by_key:
+            for payload in self._by_key[key]:
+                self._answers.pop(payload, None)
+            self._by_key[key] = ()
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -335,8 +374,7 @@ class PolicyService:
                 seen.saved_at = now
                 self._save_kept(dest.key, now)
             return
-        if seen is None and len(self._last) >= MAX_ANSWERS:
-            del self._last[next(iter(self._last))]
+        self._touch(dest.key)
         self._last[slot] = _Seen(verdict, now)
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         text = f"level={level_text(verdict)}{shown} reason={verdict.reason}"
@@ -420,6 +458,7 @@ class PolicyService:
         if key is None:
             self.invalidate(None)
             self._last.clear()
+            self._by_key.clear()
             self.sts.forget(None)
             self.probe.forget(None)
         else:

@@ -90,6 +90,7 @@ class Daemon:
             probe,
             lookup_budget=cfg.server.lookup_budget,
             dns_down=lambda: resolver.down,
+            max_destinations=cfg.server.max_destinations,
         )
         await service.load_overrides()
         probe.on_change = service.invalidate

@@ -295,3 +295,51 @@ def test_kept_answers_round_trip() -> None:
     assert service_module.answers_from_json(service_module.answers_to_json(kept)) == kept
     with pytest.raises(ValueError):
         service_module.answers_from_json("[]")
+
+
+# -- a bound on destinations in memory, least recently used evicted ---------------------------
+
+
+def capped(cap: int) -> tuple[PolicyService, FakeDane]:
+    dane = FakeDane()
+    svc = PolicyService(
+        DEFAULT_PROFILES,
+        MemoryStore(),
+        dane,
+        FakeSts(),
+        FakeProbe(),
+        lookup_budget=1.0,
+        max_destinations=cap,
+    )
+    return svc, dane
+
+
+async def test_destinations_in_memory_are_capped_lru() -> None:
+    svc, dane = capped(3)
+    for name in ("a", "b", "c"):
+        await svc.reply_for(f"postfix {name}.test".encode())
+    assert svc.cached_reply(b"postfix a.test") is not None  # a is now the most recent
+    await svc.reply_for(b"postfix d.test")  # evicts b, the least recently used
+    assert svc.cached_reply(b"postfix b.test") is None
+    for name in ("a", "c", "d"):
+        assert svc.cached_reply(f"postfix {name}.test".encode()) is not None
+    assert svc.evicted == 1
+    assert len(svc.remembered()) == 3
+    assert ("postfix", "b.test") not in svc.remembered()
+    # an evicted destination comes back from the slow path, with fresh evidence
+    calls = dane.calls
+    assert reply(await svc.reply_for(b"postfix b.test")) == b"NOTFOUND "
+    assert dane.calls == calls + 1
+
+
+async def test_payloads_per_destination_are_bounded() -> None:
+    svc, _ = capped(10)
+    spellings = [f"postfix {'Example.Test'[:i].upper()}{'example.test'[i:]}" for i in range(12)]
+    for text in spellings:
+        await svc.reply_for(text.encode())
+    assert svc.cached_answers <= service_module.MAX_PAYLOADS_PER_DESTINATION
+
+
+async def test_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        capped(0)
