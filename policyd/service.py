@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.adapters.write_behind import WriteBehind
@@ -55,6 +55,9 @@ DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
 # Cached request payloads per destination (profiles, spellings of the key); more are
 # answered but not cached, so that one destination cannot hold unbounded memory.
 MAX_PAYLOADS_PER_DESTINATION: Final = 8
+# Distinct verdicts and encoded replies shared between destinations (most destinations get
+# one of a few: NOTFOUND for want of evidence, ...); beyond it new ones are not shared.
+MAX_SHARED: Final = 4096
 # Seconds a destination's last answer is kept for a resolver outage (RFC 8767 4 suggests
 # 1 to 3 days of serve-stale; one day: a longer outage defers mail, never weakens it).
 KEEP_ANSWERS_FOR: Final = 86400.0
@@ -105,6 +108,19 @@ def _never() -> bool:
     return False
 
 
+_T = TypeVar("_T")
+
+
+def _shared(table: dict[_T, _T], value: _T) -> _T:
+    """One copy of equal values for many destinations, up to MAX_SHARED of them."""
+    found = table.get(value)
+    if found is not None:
+        return found
+    if len(table) < MAX_SHARED:
+        table[value] = value
+    return value
+
+
 @dataclass(slots=True)
 class Stats:
     lookups: int = 0
@@ -149,6 +165,7 @@ class PolicyService:
         self.evicted = 0  # destinations forgotten at the bound, since start
         # Encoded replies shared by every destination that gets the same one (NOTFOUND...).
         self._replies: dict[bytes, bytes] = {}
+        self._verdicts: dict[Verdict, Verdict] = {}
         self._last: dict[tuple[str, str], _Seen] = {}
         self._inflight: dict[str, asyncio.Task[Evidence]] = {}
         self._dns_down = dns_down
@@ -246,9 +263,7 @@ class PolicyService:
             if len(payloads) >= MAX_PAYLOADS_PER_DESTINATION:
                 return
             self._by_key[dest.key] = (*payloads, payload)
-        encoded = (
-            self._replies.setdefault(encoded, encoded) if len(self._replies) < 1024 else encoded
-        )
+        encoded = _shared(self._replies, encoded)
         self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key)
 
     def _touch(self, key: str) -> tuple[bytes, ...]:
@@ -375,7 +390,7 @@ class PolicyService:
                 self._save_kept(dest.key, now)
             return
         self._touch(dest.key)
-        self._last[slot] = _Seen(verdict, now)
+        self._last[slot] = _Seen(_shared(self._verdicts, verdict), now)
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         text = f"level={level_text(verdict)}{shown} reason={verdict.reason}"
         log.info("%s: %s", dest.key, text)
