@@ -501,10 +501,6 @@ class Resolver:
         clients = list(self._fast or ())
         if qtype is None or not clients or not name.isascii():
             return None
-        try:
-            dns_wire.encode_name(name)
-        except dns_wire.DnsWireError:
-            return None
         timeouts = self._settings.timeouts
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.lifetime
@@ -518,16 +514,18 @@ class Resolver:
                     break
                 try:
                     response = await client.query(name, qtype, min(timeouts.per_try, left))
+                except dns_wire.DnsWireError as exc:
+                    if not responded and not errors:
+                        return None  # a name this path cannot send: dnspython's turn
+                    responded = True
+                    errors.append(f"FormError: {exc}")
+                    clients.remove(client)
+                    continue
                 except NoResponse:
                     errors.append("timeout")
                     continue
                 except OSError as exc:
                     errors.append(_describe(exc, None))
-                    clients.remove(client)
-                    continue
-                except dns_wire.DnsWireError as exc:
-                    responded = True
-                    errors.append(f"FormError: {exc}")
                     clients.remove(client)
                     continue
                 responded = True

@@ -16,7 +16,8 @@ queries anyway.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
+import random
 import typing
 from typing import Final
 
@@ -73,6 +74,11 @@ class _Socket(asyncio.DatagramProtocol):
                 future.set_exception(exc or ConnectionError("socket closed"))
 
 
+def _expire(future: asyncio.Future[Response]) -> None:
+    if not future.done():
+        future.set_exception(NoResponse("timeout"))
+
+
 class UdpResolver:
     """One nameserver address and port; sockets opened on first use."""
 
@@ -83,8 +89,16 @@ class UdpResolver:
         self._sockets: list[_Socket] = []
         self._opening = asyncio.Lock()
         self._next = 0
+        # Query IDs: unpredictable from outside (seeded by the OS), without a system call
+        # per query as secrets would make.
+        self._ids = random.Random(os.urandom(16))
 
     async def _socket(self) -> _Socket:
+        if len(self._sockets) == SOCKETS:
+            self._next = (self._next + 1) % SOCKETS
+            sock = self._sockets[self._next]
+            if not sock.closed and sock.sent < MAX_QUERIES_PER_SOCKET:
+                return sock
         live: list[_Socket] = []
         for sock in self._sockets:
             if sock.closed:
@@ -112,21 +126,21 @@ class UdpResolver:
         sock = await self._socket()
         if len(sock.pending) >= MAX_INFLIGHT:
             raise NoResponse("too many queries in flight")
-        qid = secrets.randbits(16)
+        qid = self._ids.getrandbits(16)
         while qid in sock.pending:
-            qid = secrets.randbits(16)
-        wire = encode_query(qid, qname, qtype, self._payload)
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            qid = self._ids.getrandbits(16)
+        wire = encode_query(qid, qname, qtype, self._payload)  # DnsWireError: not sendable
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
         sock.pending[qid] = (future, qname, qtype)
         sock.sent += 1
+        timer = loop.call_later(timeout, _expire, future)
         try:
             assert sock.transport is not None
             sock.transport.sendto(wire)
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise NoResponse("timeout") from None
+            return await future
         finally:
+            timer.cancel()
             del sock.pending[qid]
             if sock.sent >= MAX_QUERIES_PER_SOCKET and not sock.pending and sock.transport:
                 sock.transport.close()
