@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration and end-to-end tests start for real.
 DEB_PACKAGES := postfix bind9 bind9-utils bind9-dnsutils unbound iproute2 redis-server \
-	libmilter-dev groff-base man-db swaks systemd util-linux ca-certificates
+	libmilter-dev groff-base man-db swaks systemd util-linux ca-certificates \
+	python3-venv adduser
 
 .PHONY: run test venv deps lint typecheck unit integration bench clean tracked
 
@@ -34,6 +35,9 @@ deps: tracked $(BIN)/python
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# Wheels of policyd and its dependencies: the install test (tests/integration/test_install.py)
+	@# installs them into a venv of Debian's python3 as the README does, offline in its namespace.
+	$(BIN)/pip wheel --quiet --wheel-dir $(VENV)/wheelhouse .
 
 lint: deps
 	$(BIN)/ruff check .
@@ -53,4 +57,4 @@ bench: deps
 	$(BIN)/python bench/bench_lookup.py
 
 clean:
-	rm -rf var run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf var run build .mypy_cache .ruff_cache .pytest_cache

@@ -21,11 +21,13 @@ from typing import Any, Final, TypeVar
 
 from policyd.adapters.dns import DnsSettings, DnsTimeouts
 from policyd.adapters.https import HttpsTimeouts
+from policyd.alerts import AlertSettings
 from policyd.core.profile import DEFAULT_PROFILES, ColdSts, Fallback, Profile, VerifiedAs
 from policyd.sources.probe import ProbeSettings
 from policyd.sources.sts import StsSettings
 
 DEFAULT_PATH: Final = "/etc/policyd/policyd.toml"
+DEFAULT_PORT: Final = 7672  # the default socketmap listener: inet:127.0.0.1:7672
 
 
 class ConfigError(Exception):
@@ -37,10 +39,12 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     # Listeners: "unix:/path" or "inet:HOST:PORT" (IPv6 as inet:[::1]:PORT).
-    socketmap: tuple[str, ...] = ("unix:/run/policyd/policyd.sock",)
+    # Loopback TCP reaches Postfix's chrooted smtp(8), its unchrooted programs and postmap
+    # alike, with no file permissions to get wrong (the port is RFC 7672's number).
+    socketmap: tuple[str, ...] = (f"inet:127.0.0.1:{DEFAULT_PORT}",)
     control: str = "unix:/run/policyd/control.sock"
     socket_mode: str = "0660"  # unix socketmap sockets: the postfix group needs rw
-    socket_group: str = ""  # "" keeps the daemon's group
+    socket_group: str = ""  # "": the postfix group when it exists (see unixsock)
     max_request: int = 10100  # bytes; Postfix sends at most 10000 (socketmap_table(5))
     request_timeout: float = 10.0  # seconds to finish a started request
     idle_timeout: float = 300.0  # Postfix closes idle ones after 10 s; we allow longer
@@ -78,6 +82,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    # Prometheus scrapes GET /metrics here: "inet:HOST:PORT"; "": off.
+    listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = DEFAULT_PATH
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -89,6 +99,8 @@ class Config:
     sts_timeouts: HttpsTimeouts = field(default_factory=HttpsTimeouts)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     profiles: tuple[Profile, ...] = DEFAULT_PROFILES
 
     def profile(self, name: str) -> Profile | None:
@@ -237,6 +249,8 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "store": StoreSettings,
     "probe": ProbeSettings,
     "log": LogSettings,
+    "metrics": MetricsSettings,
+    "alerts": AlertSettings,
 }
 
 
@@ -276,6 +290,14 @@ def _check(config: Config) -> None:
     if control.kind != "unix":
         # Control commands come only from local peers whose credentials can be checked.
         raise ConfigError(path, "server.control", "must be a unix:/path socket")
+    if config.metrics.listen:
+        try:
+            metrics = parse_listener(config.metrics.listen)
+        except ValueError as exc:
+            raise ConfigError(path, "metrics.listen", str(exc)) from None
+        if metrics.kind != "inet":
+            # Prometheus scrapes over TCP; a unix socket would need a proxy in front.
+            raise ConfigError(path, "metrics.listen", "must be inet:HOST:PORT")
     for key in ("socket_mode",):
         _mode(path, f"server.{key}", getattr(config.server, key))
     _mode(path, "control.mode", config.control.mode)

@@ -27,8 +27,10 @@ from typing import Final, Protocol, TypeVar
 
 from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.adapters.write_behind import WriteBehind
+from policyd.alerts import AlertKind, Alerts
 from policyd.codec import netstring, postfix_policy, socketmap
 from policyd.codec.destination import KeyError_, parse_key
+from policyd.codec.override_record import override_from_json, override_to_json
 from policyd.core.decide import decide
 from policyd.core.evidence import (
     Destination,
@@ -40,6 +42,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import Profile
 from policyd.core.types import Outcome, Rule, Verdict
+from policyd.counters import ServiceCounters
 
 log = logging.getLogger("policyd")
 
@@ -64,6 +67,11 @@ KEEP_ANSWERS_FOR: Final = 86400.0
 # A kept answer confirmed by fresh evidence is saved again after this many seconds, so
 # that its stored copy does not expire while the destination stays in use.
 KEEP_REFRESH: Final = KEEP_ANSWERS_FOR / 4
+# One cache hit in this many is timed for the latency histogram: timing costs about as
+# much as the hit itself, and a sample shows the distribution as well as every hit would.
+HOT_SAMPLE_EVERY: Final = 64
+# TEMP answers of these rules are a DNS(SEC) failure where DANE may apply (dane-temp alert).
+_DANE_TEMP_RULES: Final = frozenset({Rule.DANE, Rule.DNS_FAILURE})
 
 
 class DaneSourceLike(Protocol):
@@ -143,6 +151,8 @@ class PolicyService:
         monotonic: Callable[[], float] = time.monotonic,
         dns_down: Callable[[], bool] = _never,
         max_destinations: int = DEFAULT_MAX_DESTINATIONS,
+        alerts: Alerts | None = None,
+        dane_temp_after: float = 0.0,
     ) -> None:
         if max_destinations < 1:
             raise ValueError("max_destinations must be at least 1")
@@ -155,8 +165,9 @@ class PolicyService:
         self._clock = clock
         self._monotonic = monotonic
         self.overrides: dict[str, Override] = {}
-        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key)
-        self._answers: dict[bytes, tuple[bytes, float, str]] = {}
+        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key,
+        # the answers counter cell of its profile and level)
+        self._answers: dict[bytes, tuple[bytes, float, str, list[int]]] = {}
         # Destination key -> its cached payloads, in least-recently-used-first order: every
         # destination with a cached answer or a latest verdict is here, and only
         # max_destinations of them (see _touch).
@@ -172,6 +183,11 @@ class PolicyService:
         # Events and kept answers reach the store from here; the daemon runs writes.run().
         self.writes = WriteBehind(store)
         self.stats = Stats()
+        self.counters = ServiceCounters()
+        self.alerts = alerts or Alerts(log)
+        self.dane_temp_after = dane_temp_after  # seconds; 0: no dane-temp alert
+        self._temp_since: dict[str, float] = {}  # dest key -> first TEMP of this episode
+        self._sample_in = HOT_SAMPLE_EVERY
 
     # -- configuration ---------------------------------------------------------------
 
@@ -193,7 +209,7 @@ class PolicyService:
         for rec in await self.store.scan(Kind.OVERRIDE):
             try:
                 loaded[rec.key] = override_from_json(rec.key, rec.value)
-            except (ValueError, KeyError, TypeError) as exc:
+            except ValueError as exc:  # the codec raises nothing else
                 log.error("%s: ignoring unreadable override: %s", rec.key, exc)
         changed = {
             k
@@ -213,16 +229,25 @@ class PolicyService:
         """Cached socketmap replies (policyctl status)."""
         return len(self._answers)
 
+    @property
+    def cached_destinations(self) -> int:
+        """Destinations with at least one cached reply (metrics)."""
+        return len(self._by_key)
+
     # -- the hot path ------------------------------------------------------------------
 
     def cached_reply(self, payload: bytes) -> bytes | None:
         """The encoded reply for a request payload, if cached and fresh. Never awaits."""
+        self._sample_in -= 1
+        if not self._sample_in:
+            return self._timed_cached_reply(payload)
         hit = self._answers.get(payload)
         if hit is None:
             return None
         if hit[1] < self._monotonic():
             return None
         self.stats.hits += 1
+        hit[3][0] += 1
         # Least recently used order: this destination goes last.
         by_key = self._by_key
         payloads = by_key.pop(hit[2], None)
@@ -230,8 +255,31 @@ class PolicyService:
             by_key[hit[2]] = payloads
         return hit[0]
 
+    def _timed_cached_reply(self, payload: bytes) -> bytes | None:
+        self._sample_in = HOT_SAMPLE_EVERY
+        started = time.perf_counter()
+        hit = self._answers.get(payload)
+        if hit is None or hit[1] < self._monotonic():
+            return None
+        self.stats.hits += 1
+        hit[3][0] += 1
+        # Least recently used order: this destination goes last.
+        by_key = self._by_key
+        payloads = by_key.pop(hit[2], None)
+        if payloads is not None:
+            by_key[hit[2]] = payloads
+        self.counters.hot.observe(time.perf_counter() - started)
+        return hit[0]
+
     async def reply_for(self, payload: bytes) -> bytes:
         """The encoded netstring reply for one request payload (the slow path)."""
+        started = time.perf_counter()
+        try:
+            return await self._reply_for(payload)
+        finally:
+            self.counters.slow.observe(time.perf_counter() - started)
+
+    async def _reply_for(self, payload: bytes) -> bytes:
         self.stats.lookups += 1
         try:
             req = socketmap.parse_request(payload)
@@ -250,11 +298,19 @@ class PolicyService:
             self.stats.perm += 1
             return netstring.encode(socketmap.reply(socketmap.Status.PERM, str(exc)))
         answer = await self.answer(dest, profile)
+        if answer.verdict.outcome is Outcome.TEMP:
+            self.counters.temp += 1
+        else:
+            self.counters.misses += 1
+        cell = self.counters.answers.cell(profile.name, answer_label(answer, profile))
+        cell[0] += 1
         encoded = netstring.encode(answer.reply)
-        self._remember(payload, encoded, answer, dest)
+        self._remember(payload, encoded, answer, dest, cell)
         return encoded
 
-    def _remember(self, payload: bytes, encoded: bytes, answer: Answer, dest: Destination) -> None:
+    def _remember(
+        self, payload: bytes, encoded: bytes, answer: Answer, dest: Destination, cell: list[int]
+    ) -> None:
         ttl = self._ttl(answer)
         if ttl <= 0:
             return
@@ -264,7 +320,7 @@ class PolicyService:
                 return
             self._by_key[dest.key] = (*payloads, payload)
         encoded = _shared(self._replies, encoded)
-        self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key)
+        self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key, cell)
 
     def _touch(self, key: str) -> tuple[bytes, ...]:
         """Make ``key`` the most recently used destination (adding it if new, and then
@@ -337,7 +393,13 @@ class PolicyService:
         if verdict.outcome is Outcome.TEMP and self._dns_down():
             kept = await self._kept(dest, profile)
             if kept is not None:
-                return Answer(kept, evidence, render_reply(kept), kept=True)
+                # a dry-run profile tells Postfix NOTFOUND, kept answer or not
+                reply = (
+                    socketmap.reply(socketmap.Status.NOTFOUND)
+                    if profile.dry_run
+                    else render_reply(kept)
+                )
+                return Answer(kept, evidence, reply, kept=True)
         return self._finish(dest, profile, verdict, evidence)
 
     async def _kept(self, dest: Destination, profile: Profile) -> Verdict | None:
@@ -368,8 +430,35 @@ class PolicyService:
     ) -> Answer:
         if verdict.outcome is Outcome.TEMP:
             self.stats.temp += 1
+        self._watch_temp(dest, verdict)
         self._log_change(dest, profile, verdict)
+        if profile.dry_run:
+            # Decided, logged and counted as if live; Postfix keeps its own default.
+            self.counters.dry_run.inc(profile.name, label_of(verdict))
+            return Answer(verdict, evidence, socketmap.reply(socketmap.Status.NOTFOUND))
         return Answer(verdict, evidence, render_reply(verdict))
+
+    def _watch_temp(self, dest: Destination, verdict: Verdict) -> None:
+        """The dane-temp alert: TEMP for a DNS(SEC) reason for longer than allowed."""
+        key = dest.key
+        if verdict.outcome is not Outcome.TEMP or verdict.rule not in _DANE_TEMP_RULES:
+            if self._temp_since.pop(key, None) is not None:
+                self.alerts.close(AlertKind.DANE_TEMP, key)
+            return
+        now = self._clock()
+        since = self._temp_since.get(key)
+        if since is None:
+            if len(self._temp_since) >= self.max_destinations:
+                del self._temp_since[next(iter(self._temp_since))]
+            self._temp_since[key] = since = now
+        if self.dane_temp_after and now - since >= self.dane_temp_after:
+            self.alerts.open(
+                AlertKind.DANE_TEMP,
+                key,
+                f"destination={key}",
+                seconds=int(now - since),
+                reason=verdict.reason,
+            )
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
         slot = (profile.name, dest.key)
@@ -392,10 +481,12 @@ class PolicyService:
         self._touch(dest.key)
         self._last[slot] = _Seen(_shared(self._verdicts, verdict), now)
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
-        text = f"level={level_text(verdict)}{shown} reason={verdict.reason}"
+        dry = " dry-run=yes" if profile.dry_run else ""
+        text = f"level={level_text(verdict)}{shown}{dry} reason={verdict.reason}"
         log.info("%s: %s", dest.key, text)
         if before is not None:
             text = f"{text} previous={level_text(before)}"
+            self._alert_if_weaker(dest, profile, before, verdict)
         self.writes.event(now, dest.key, text)
         self._save_kept(dest.key, now)
 
@@ -412,6 +503,24 @@ class PolicyService:
                 kept[name] = seen.verdict
         value = answers_to_json(kept)
         self.writes.put(Record(Kind.ANSWER, key, value, now + KEEP_ANSWERS_FOR))
+
+    def _alert_if_weaker(
+        self, dest: Destination, profile: Profile, before: Verdict, after: Verdict
+    ) -> None:
+        """The level-dropped alert. Probe damping has already held back unconfirmed
+        weaker results; TEMP (no delivery) and overrides (the postmaster's own) are not
+        drops."""
+        if Outcome.TEMP in (before.outcome, after.outcome) or after.rule is Rule.OVERRIDE:
+            return
+        if after.strength < before.strength:
+            self.alerts.fire(
+                AlertKind.LEVEL_DROPPED,
+                f"destination={dest.key}",
+                profile=profile.name,
+                previous=level_text(before),
+                level=level_text(after),
+                reason=after.reason,
+            )
 
     def _override(self, dest: Destination, now: float) -> Override | None:
         ov = self.overrides.get(dest.key)
@@ -490,6 +599,20 @@ class PolicyService:
             self.invalidate(key)
 
 
+def label_of(verdict: Verdict) -> str:
+    """The level as a metrics label: TEMP, NOTFOUND or the policy's level keyword."""
+    if verdict.outcome is Outcome.TEMP:
+        return "TEMP"
+    if verdict.policy is None:
+        return "NOTFOUND"
+    return verdict.policy.level.value
+
+
+def answer_label(answer: Answer, profile: Profile) -> str:
+    """The level label of what Postfix was told (dry-run profiles tell NOTFOUND)."""
+    return "NOTFOUND" if profile.dry_run else label_of(answer.verdict)
+
+
 def level_text(verdict: Verdict) -> str:
     if verdict.outcome is Outcome.TEMP:
         return "TEMP"
@@ -504,34 +627,6 @@ def render_reply(verdict: Verdict) -> bytes:
     if verdict.policy is None:
         return socketmap.reply(socketmap.Status.NOTFOUND)
     return socketmap.reply(socketmap.Status.OK, postfix_policy.render(verdict.policy))
-
-
-def override_to_json(ov: Override) -> str:
-    return json.dumps(
-        {
-            "policy": None if ov.policy is None else postfix_policy.render(ov.policy),
-            "expires_at": ov.expires_at,
-            "comment": ov.comment,
-            "author": ov.author,
-            "created_at": ov.created_at,
-        },
-        sort_keys=True,
-    )
-
-
-def override_from_json(key: str, text: str) -> Override:
-    doc = json.loads(text)
-    pol_text = doc["policy"]
-    pol = None if pol_text is None else postfix_policy.parse(pol_text)
-    expires = doc.get("expires_at")
-    return Override(
-        key=key,
-        policy=pol,
-        expires_at=None if expires is None else float(expires),
-        comment=str(doc.get("comment", "")),
-        author=str(doc.get("author", "")),
-        created_at=float(doc.get("created_at", 0.0)),
-    )
 
 
 def answers_to_json(kept: dict[str, Verdict]) -> str:

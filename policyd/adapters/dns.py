@@ -62,6 +62,7 @@ import dns.resolver
 from policyd.adapters.dns_udp import NoResponse, UdpResolver
 from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus
+from policyd.counters import DnsCounters
 
 # Seconds per query attempt: a local validating resolver answers from cache in
 # milliseconds; a cold DNSSEC chase rarely needs more than one second.
@@ -285,6 +286,7 @@ class Resolver:
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
         self._generation = 0
+        self.counters = DnsCounters()
 
     def clear(self) -> None:
         """Forget every cached answer (policyctl flush); lookups under way are not stored.
@@ -360,6 +362,7 @@ class Resolver:
                 raise
             task.uncancel()  # our own cancel (see _watch): the lookup ends FAILED
             answer = _failed(key[0], key[1], NOT_ANSWERING)
+        self.counters.outcomes.inc(answer.status.value)
         if answer.error == NOT_ANSWERING:
             return answer  # not cached: the breaker answers as long as the outage lasts
         answer = replace(answer, ttl=self._cache_ttl(answer))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from typing import Final
 from urllib.parse import urlsplit
@@ -56,6 +57,8 @@ RETRIES: Final = 1
 MAX_EVENTS: Final = 50_000  # entries kept for `policyctl report`, as in the SQLite store
 EVENTS_PAGE: Final = 1_000  # stream entries per XRANGE round trip
 SCAN_COUNT: Final = 500  # HSCAN COUNT hint: fields per round trip
+
+log = logging.getLogger("policyd.store")
 
 # Record kinds that `flush` drops: everything but overrides, as in the SQLite store.
 _EVIDENCE_KINDS: Final = tuple(k for k in Kind if k is not Kind.OVERRIDE)
@@ -85,18 +88,24 @@ def _decode(kind: Kind, key: str, raw: str) -> Record:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
-        raise StoreError(f"{kind.value} {key!r}: malformed record: {exc}") from exc
+        raise StoreError(f"{kind.value} {key[:128]!r}: malformed record: {exc}") from exc
     if not isinstance(doc, dict):
-        raise StoreError(f"{kind.value} {key!r}: malformed record: not an object")
+        raise StoreError(f"{kind.value} {key[:128]!r}: malformed record: not an object")
     value = doc.get("value")
     expires_at = doc.get("expires_at")
     if not isinstance(value, str):
-        raise StoreError(f"{kind.value} {key!r}: malformed record: value is not a string")
-    if expires_at is not None and (
-        isinstance(expires_at, bool) or not isinstance(expires_at, int | float)
-    ):
-        raise StoreError(f"{kind.value} {key!r}: malformed record: bad expires_at")
-    return Record(kind, key, value, None if expires_at is None else float(expires_at))
+        raise StoreError(f"{kind.value} {key[:128]!r}: malformed record: value is not a string")
+    if expires_at is None:
+        return Record(kind, key, value, None)
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        raise StoreError(f"{kind.value} {key[:128]!r}: malformed record: bad expires_at")
+    try:
+        seconds = float(expires_at)  # OverflowError for an integer beyond a float's range
+    except OverflowError:
+        seconds = math.nan
+    if math.isnan(seconds):
+        raise StoreError(f"{kind.value} {key[:128]!r}: malformed record: bad expires_at")
+    return Record(kind, key, value, seconds)
 
 
 class RedisStore:
@@ -212,7 +221,9 @@ class RedisStore:
 
     async def scan(self, kind: Kind) -> list[Record]:
         """Every record of a kind, expired ones included (callers decide). HSCAN may return
-        a field twice while the hash is rehashed; the dict keeps one."""
+        a field twice while the hash is rehashed; the dict keeps one. A malformed field is
+        skipped with a log line: one bad record written by any fleet member (or by hand)
+        must not stop every host from starting."""
         self._check_open()
         found: dict[str, str] = {}
         try:
@@ -220,7 +231,13 @@ class RedisStore:
                 found[str(field)] = str(raw)
         except (RedisError, OSError) as exc:
             raise self._error(exc) from exc
-        return [_decode(kind, key, raw) for key, raw in found.items()]
+        records = []
+        for key, raw in found.items():
+            try:
+                records.append(_decode(kind, key, raw))
+            except StoreError as exc:
+                log.warning("%s: skipped: %s", self._name, exc)
+        return records
 
     async def flush(self, key: str | None) -> int:
         """Drop cached evidence (never overrides) for one key, or all with None; the number
@@ -269,10 +286,16 @@ class RedisStore:
                     self._events_key, min=start, max="+", count=EVENTS_PAGE
                 )
                 entries = page or []
-                for _entry_id, fields in entries:
+                for entry_id, fields in entries:
                     if not fields:
                         continue  # XRANGE reports no fields for an entry deleted meanwhile
-                    at = self._event_time(fields.get("at"))
+                    try:
+                        at = self._event_time(fields.get("at"))
+                    except StoreError as exc:
+                        # One bad entry (any fleet member, a hand edit) must not hide
+                        # the whole history from `policyctl report`.
+                        log.warning("event %s: skipped: %s", entry_id, exc)
+                        continue
                     if at >= since:
                         out.append((at, str(fields.get("key", "")), str(fields.get("text", ""))))
                 if len(entries) < EVENTS_PAGE:

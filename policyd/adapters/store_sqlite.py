@@ -10,6 +10,8 @@ is a :class:`StoreError` too: no sqlite3 exception leaves this module.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,24 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 T = TypeVar("T")
+
+log = logging.getLogger("policyd.store")
+
+
+def _record(kind: Kind, key: object, value: object, expires_at: object) -> Record | None:
+    """A row as a :class:`Record`, or None for a row of the wrong types: SQLite's columns
+    take any type, and a hand-edited row must be skipped, not crash whoever reads it."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        return None
+    if expires_at is None:
+        return Record(kind, key, value, None)
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        return None
+    try:
+        seconds = float(expires_at)
+    except OverflowError:
+        return None
+    return None if math.isnan(seconds) else Record(kind, key, value, seconds)
 
 
 def path_from_url(url: str) -> str:
@@ -147,7 +167,12 @@ class SqliteStore:
                 "SELECT value, expires_at FROM records WHERE kind = ? AND key = ?",
                 (kind.value, key),
             ).fetchone()
-            return None if row is None else Record(kind, key, row[0], row[1])
+            if row is None:
+                return None
+            record = _record(kind, key, row[0], row[1])
+            if record is None:
+                log.warning("%s: %s %r: skipped: malformed row", self._path, kind.value, key)
+            return record
 
         return await self._run(run)
 
@@ -165,7 +190,14 @@ class SqliteStore:
             rows = self._conn.execute(
                 "SELECT key, value, expires_at FROM records WHERE kind = ?", (kind.value,)
             ).fetchall()
-            return [Record(kind, k, v, e) for k, v, e in rows]
+            records = []
+            for k, v, e in rows:
+                record = _record(kind, k, v, e)
+                if record is None:
+                    log.warning("%s: %s %.128r: skipped: malformed row", self._path, kind.value, k)
+                else:
+                    records.append(record)
+            return records
 
         return await self._run(run)
 
@@ -243,7 +275,13 @@ class SqliteStore:
             rows = self._conn.execute(
                 "SELECT at, key, text FROM events WHERE at >= ? ORDER BY id", (since,)
             ).fetchall()
-            return [(float(a), str(k), str(t)) for a, k, t in rows]
+            out: list[tuple[float, str, str]] = []
+            for a, k, t in rows:
+                if isinstance(a, bool) or not isinstance(a, int | float) or math.isnan(a):
+                    log.warning("%s: event at %.64r: skipped: malformed row", self._path, a)
+                    continue
+                out.append((float(a), str(k), str(t)))
+            return out
 
         return await self._run(run)
 

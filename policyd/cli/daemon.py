@@ -1,12 +1,13 @@
-"""``policyd``: the daemon's entry point and composition root.
+"""``policyd``: the daemon Postfix asks for each destination's TLS policy.
 
-Wires config -> store -> DNS/MTA-STS/probe sources -> service -> listeners, then runs until
-SIGTERM. SIGHUP reloads the configuration and the overrides without dropping connections
-(a bad new file is logged and the old configuration kept). systemd is told READY=1 once
-the listeners are up, WATCHDOG=1 while the loop and every background task are alive (a
-task that dies stops the pings, so systemd restarts the daemon), and STOPPING=1 on the way
-out. Housekeeping runs each of its steps on its own: a failing step is logged and the
-others, and the next round, go on.
+This module is the composition root: it wires config -> store -> DNS/MTA-STS/probe
+sources -> service -> listeners, then runs until SIGTERM. SIGHUP reloads the
+configuration and the overrides without dropping connections (a bad new file is logged
+and the old configuration kept). systemd is told READY=1 once the listeners are up,
+WATCHDOG=1 while the loop and every background task are alive (a task that dies stops
+the pings, so systemd restarts the daemon), and STOPPING=1 on the way out. Housekeeping
+runs each of its steps on its own: a failing step is logged and the others, and the next
+round, go on.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from typing import Final
 
 from policyd import __version__
 from policyd.adapters.dns import Resolver
+from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
 from policyd.adapters.store import ExpiringStore, Store, StoreError
+from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_sqlite import SqliteStore
+from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
+from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
+from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
 from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
@@ -61,27 +67,32 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.started_at = loop.time()
         try:
-            store = await open_store(cfg.store.url)
+            store = CountedStore(await open_store(cfg.store.url))
         except StoreError as exc:
-            log.error("store: %s", exc)
+            log.error(
+                "store: cannot open [store] url %s: %s; its directory must exist and "
+                "belong to the user policyd runs as (policyctl doctor checks it)",
+                cfg.store.url,
+                exc,
+            )
             return 1
         resolver = Resolver(cfg.dns)
         try:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
             prober = make_prober(cfg.probe, cfg.tls.ca_file)
         except (OSError, ValueError) as exc:
-            log.error("tls.ca_file %s: %s", cfg.tls.ca_file, exc)
+            log.error(
+                "[tls] ca_file %s is not usable: %s; install ca-certificates or name a PEM "
+                "bundle of trusted CAs",
+                cfg.tls.ca_file,
+                exc,
+            )
             await store.close()
             return 1
         sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
         probe = ProbeSource(store, prober, cfg.probe, log=log)
-        try:
-            await sts.load()
-            await probe.load()
-        except StoreError as exc:
-            log.error("store: %s", exc)
-            await store.close()
-            return 1
+        alerts = Alerts(log)
+        self.alerts = alerts
         service = PolicyService(
             cfg.profiles,
             store,
@@ -91,22 +102,52 @@ class Daemon:
             lookup_budget=cfg.server.lookup_budget,
             dns_down=lambda: resolver.down,
             max_destinations=cfg.server.max_destinations,
+            alerts=alerts,
+            dane_temp_after=cfg.alerts.dane_temp_after,
         )
-        await service.load_overrides()
+        try:
+            # Unreadable records are skipped with a log line each; only a store that
+            # cannot be read at all stops the start.
+            await sts.load()
+            await probe.load()
+            await service.load_overrides()
+        except StoreError as exc:
+            log.error("store: %s", exc)
+            await store.close()
+            return 1
         probe.on_change = service.invalidate
         sts.on_change = service.invalidate
         self.service = service
         self.resolver = resolver
         server = SocketmapServer(service, cfg.server)
         control = ControlServer(self, cfg)
+        metrics = None
+        if cfg.metrics.listen:
+            collector = PolicydCollector(
+                service=service,
+                listeners=server,
+                probe=probe,
+                sts=sts,
+                resolver=resolver,
+                store=store,
+                alerts=alerts,
+            )
+            metrics = MetricsServer(cfg.metrics.listen, collector)
         try:
             await server.start()
             await control.start()
+            if metrics is not None:
+                await metrics.start()
         except OSError as exc:
             log.error("cannot listen: %s", exc)
+            await control.close()  # removes only sockets this process bound
+            await server.close()
+            await fetcher.aclose()
             await store.close()
             return 1
         self.server = server
+        self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
+        self._spawn(watch_sts(sts, lambda: self.config.alerts, alerts))
         notifier = Notifier()
         for sig, handler in (
             (signal.SIGTERM, self._stop.set),
@@ -119,11 +160,15 @@ class Daemon:
         self._spawn(service.writes.run())
         watchdog = loop.create_task(notifier.watchdog(self.tasks_alive))
         notifier.ready()
+        for warning in config_warnings(cfg):
+            log.warning("%s: %s", cfg.path, warning)
         log.info("policyd %s ready (store %s)", __version__, cfg.store.url.partition("://")[0])
         await self._stop.wait()
         notifier.stopping()
         log.info("stopping")
         await control.close()
+        if metrics is not None:
+            await metrics.close()
         await server.close()
         watchdog.cancel()
         for task in self._tasks:
@@ -140,8 +185,12 @@ class Daemon:
         self._tasks.append(task)
 
     def tasks_alive(self) -> bool:
-        """Every background task still runs (they end only by cancellation at shutdown)."""
-        return not any(task.done() for task in self._tasks)
+        """No background task has died of an exception (they run until cancelled at
+        shutdown; one that has nothing to do may return)."""
+        return not any(
+            task.done() and not task.cancelled() and task.exception() is not None
+            for task in self._tasks
+        )
 
     def request_reload(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
@@ -158,6 +207,7 @@ class Daemon:
         self.config = new
         set_log_level(new.log.level)
         self.service.set_profiles(new.profiles)
+        self.service.dane_temp_after = new.alerts.dane_temp_after
         await self.service.load_overrides()
         log.info("reloaded %s", new.path)
         return True
@@ -214,6 +264,25 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         )
 
 
+def config_warnings(config: Config) -> list[str]:
+    """Settings that load but put mail at risk (``--check-config``, and at start)."""
+    where = "[dns] nameservers" if config.dns.nameservers else "/etc/resolv.conf"
+    configured = config.dns.nameservers or tuple(resolv_conf_nameservers())
+    out = [
+        f"{where}: {ns} is not on this host; policyd trusts the resolver's "
+        "DNSSEC (AD bit), which anyone on the path to it can forge: run a validating "
+        "resolver here (unbound) and name 127.0.0.1 in [dns] nameservers"
+        for ns in remote_nameservers(configured)
+    ]
+    out += [
+        f"[profiles.{p.name}] dry_run = true: Postfix is told NOTFOUND for every "
+        "destination of this profile"
+        for p in config.profiles
+        if p.dry_run
+    ]
+    return out
+
+
 def set_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
@@ -234,11 +303,31 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+DESCRIPTION: Final = """\
+Tell Postfix, per destination, how strictly to check TLS when sending mail:
+DANE where DNSSEC allows, MTA-STS where the domain publishes it, and verified or
+encrypted TLS where STARTTLS probes show it works. Postfix asks over
+smtp_tls_policy_maps = socketmap:unix:/run/policyd/policyd.sock:postfix.
+Usually started by systemd (systemctl start policyd); see policyd(8)."""
+
+EPILOG: Final = """\
+policyctl explain DOMAIN shows what Postfix is told and why; policyctl doctor
+checks Postfix's settings, the sockets, the resolver and the store."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="policyd", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=DEFAULT_PATH, help="configuration file (TOML)")
+    parser = argparse.ArgumentParser(prog="policyd", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
-        "--check-config", action="store_true", help="check the configuration and exit"
+        "--config",
+        default=DEFAULT_PATH,
+        metavar="PATH",
+        help=f"the configuration file, policyd.toml(5) (default {DEFAULT_PATH})",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration file, print what is wrong or 'configuration ok', "
+        "and exit (0: ok, 1: errors)",
     )
     parser.add_argument("--version", action="version", version=f"policyd {__version__}")
     return parser.parse_args(argv)
@@ -252,9 +341,16 @@ def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = No
         print(f"policyd: {exc}", file=sys.stderr)
         return 1
     if args.check_config:
+        for warning in config_warnings(config):
+            print(f"policyd: {config.path}: warning: {warning}", file=sys.stderr)
         print(f"policyd: {config.path}: configuration ok")
         return 0
     setup_logging(config.log.level)
+    if os.geteuid() == 0:
+        log.warning(
+            "running as root: policyd needs no privileges. Run it as its own user "
+            "(systemd/policyd.service runs it as policyd with the postfix group)."
+        )
     raise_fd_limit()
     if run is not None:
         return run(config)

@@ -170,8 +170,9 @@ class OverrideSet:
         _check_seconds("expires", self.expires)
         if len(self.comment) > MAX_COMMENT:
             raise ControlProtocolError(f"comment longer than {MAX_COMMENT} characters")
-        if any(c in self.comment for c in "\r\n\0"):
-            raise ControlProtocolError("a comment is one line")
+        if not self.comment.isprintable():
+            # Newlines, ESC, NUL...: a comment ends up in reasons, logs and terminals.
+            raise ControlProtocolError("a comment is one line of printable text")
 
     def args(self) -> JsonObject:
         return {

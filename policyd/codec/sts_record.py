@@ -34,7 +34,10 @@ def policy_from_json(text: str) -> StsPolicy:
     """Raises ValueError on anything that is not a document :func:`policy_to_json` wrote."""
     if len(text) > MAX_RECORD_CHARS:
         raise ValueError("sts record too large")
-    doc = json.loads(text)  # JSONDecodeError is a ValueError
+    try:
+        doc = json.loads(text)  # JSONDecodeError is a ValueError
+    except RecursionError:
+        raise ValueError("sts record nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("sts record is not an object")
     if doc.get("v") != VERSION:
@@ -54,7 +57,11 @@ def policy_from_json(text: str) -> StsPolicy:
     fetched_at = doc.get("fetched_at")
     if isinstance(fetched_at, bool) or not isinstance(fetched_at, int | float):
         raise ValueError("sts record fetched_at must be a number")
-    if not math.isfinite(fetched_at) or fetched_at < 0:
+    try:
+        fetched = float(fetched_at)  # OverflowError for an integer beyond a float's range
+    except OverflowError:
+        raise ValueError("sts record fetched_at is out of range") from None
+    if not math.isfinite(fetched) or fetched < 0:
         raise ValueError("sts record fetched_at must be a finite, non-negative time")
     # StsMode() and StsPolicy() raise ValueError for an unknown mode or an enforce without mx.
-    return StsPolicy(StsMode(mode), tuple(mx), max_age, policy_id, float(fetched_at))
+    return StsPolicy(StsMode(mode), tuple(mx), max_age, policy_id, fetched)

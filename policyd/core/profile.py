@@ -36,6 +36,8 @@ class Profile:
     unknown: Fallback = Fallback.NOTFOUND
     sts_attributes: bool = False
     sts_cold: ColdSts = ColdSts.CONTINUE
+    # Decide, log and count as usual but answer NOTFOUND: watch before enforcing.
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):

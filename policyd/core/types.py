@@ -67,15 +67,24 @@ class Policy:
         # match= joins patterns with ":" (with "|" for fingerprint, whose digests hold ":").
         sep = "|" if self.level is TlsLevel.FINGERPRINT else ":"
         for pattern in self.match:
-            if not pattern or sep in pattern or any(c.isspace() for c in pattern):
+            if not _is_word(pattern) or sep in pattern:
                 raise ValueError(f"bad match pattern {pattern!r}")
         for name, value in self.attrs:
-            if not name or not name.replace("_", "").isalnum():
+            if not name.isascii() or not name.replace("_", "").isalnum():
                 raise ValueError(f"bad attribute name {name!r}")
-            if not value or any(c.isspace() for c in value):
+            if not _is_word(value):
                 raise ValueError(f"bad value {value!r} for attribute {name}")
             if name == "match":
                 raise ValueError("match is a field of its own, not an attribute")
+
+
+def _is_word(text: str) -> bool:
+    """Printable ASCII without ",": Postfix splits a policy on ", \t\r\n"
+    (smtp_tls_policy.c), so a comma or any blank would start a new attribute (say
+    ``match=a,tafile=/x``), and a NUL or control character would cut or corrupt it."""
+    return (
+        bool(text) and text.isascii() and text.isprintable() and " " not in text and "," not in text
+    )
 
 
 class Outcome(enum.Enum):
@@ -110,8 +119,11 @@ class Verdict:
     def __post_init__(self) -> None:
         if (self.outcome is Outcome.POLICY) != (self.policy is not None):
             raise ValueError("a policy verdict needs a policy, and only it")
-        if "\n" in self.reason or "\r" in self.reason:
-            raise ValueError("a reason is one line")
+        if not self.reason.isprintable():
+            # A reason quotes text from outside (an override comment, a TLS alert, a
+            # Content-Type); it is one line in logs and replies, escaped, never refused:
+            # refusing would turn the lookup into TEMP.
+            object.__setattr__(self, "reason", one_line(self.reason))
 
     @property
     def strength(self) -> int:
@@ -121,6 +133,11 @@ class Verdict:
         if self.policy is None:
             return -1
         return self.policy.level.strength
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character (newlines, ESC, NUL...) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def notfound(rule: Rule, reason: str) -> Verdict:

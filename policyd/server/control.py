@@ -39,7 +39,7 @@ from policyd.server.control_commands import (
     DaemonLike,
     Peer,
 )
-from policyd.server.unixsock import apply_socket_perms, prepare_unix_path, remove_stale_socket
+from policyd.server.unixsock import BoundSocket, apply_socket_perms, claim_unix_path
 
 log = logging.getLogger("policyd")
 
@@ -113,6 +113,7 @@ class ControlServer:
         self._group = config.control.group
         self.commands = Commands(daemon, clock)
         self._server: asyncio.Server | None = None
+        self._bound: BoundSocket | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
     @property
@@ -121,7 +122,7 @@ class ControlServer:
 
     async def start(self) -> None:
         path = self._path
-        prepare_unix_path(path)
+        claim_unix_path(path)
         # Created under a tight umask so there is no moment when others could connect.
         old = os.umask(0o177)
         try:
@@ -130,7 +131,8 @@ class ControlServer:
             )
         finally:
             os.umask(old)
-        apply_socket_perms(path, self._mode, self._group)
+        self._bound = BoundSocket.record(path)
+        apply_socket_perms(self._bound, self._mode, self._group)
         log.info("control: listening on unix:%s", path)
 
     async def close(self) -> None:
@@ -139,9 +141,10 @@ class ControlServer:
         for task in list(self._conns):
             task.cancel()
         await asyncio.gather(*self._conns, return_exceptions=True)
-        if self._server is not None:
-            remove_stale_socket(self._path)
-            self._server = None
+        if self._bound is not None:
+            self._bound.remove()  # only the socket this process made, never a successor's
+            self._bound = None
+        self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

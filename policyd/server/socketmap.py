@@ -24,7 +24,7 @@ from typing import Final
 
 from policyd.codec import netstring, socketmap
 from policyd.config import Listener, ServerSettings, parse_listener, socket_mode
-from policyd.server.unixsock import apply_socket_perms, prepare_unix_path, remove_stale_socket
+from policyd.server.unixsock import BoundSocket, apply_socketmap_perms, claim_unix_path
 from policyd.service import PolicyService
 
 log = logging.getLogger("policyd")
@@ -169,6 +169,7 @@ class SocketmapServer:
         # first one is the longest idle (an O(1) choice at the limit).
         self._conns: dict[_Conn, None] = {}
         self._servers: list[asyncio.Server] = []
+        self._bound: list[BoundSocket] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.evicted = 0  # idle connections closed to admit new ones, since start
 
@@ -221,14 +222,14 @@ class SocketmapServer:
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
         if listener.kind == "unix":
-            prepare_unix_path(listener.path)
+            claim_unix_path(listener.path)
             server = await loop.create_unix_server(
                 lambda: _Conn(self), listener.path, backlog=LISTEN_BACKLOG
             )
-            apply_socket_perms(
-                listener.path,
-                socket_mode(self.settings.socket_mode),
-                self.settings.socket_group,
+            bound = BoundSocket.record(listener.path)
+            self._bound.append(bound)
+            apply_socketmap_perms(
+                bound, socket_mode(self.settings.socket_mode), self.settings.socket_group
             )
         else:
             server = await loop.create_server(
@@ -264,10 +265,9 @@ class SocketmapServer:
             conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for spec in self.settings.socketmap:
-            listener = parse_listener(spec)
-            if listener.kind == "unix":
-                remove_stale_socket(listener.path)
+        for bound in self._bound:
+            bound.remove()  # only the socket this process made, never a successor's
+        self._bound.clear()
 
 
 def describe(listener: Listener) -> str:

@@ -6,10 +6,12 @@ What is looked up, and why:
   domain itself is the one host (implicit MX); NXDOMAIN means there is nothing to
   deliver to. A bracketed ``[host]:port`` destination skips MX: its name comes from
   Postfix's configuration, not from DNS, so that step is as trustworthy as it gets.
-* Per host, A and AAAA at once. TLSA is sought only when both are secure and name an
-  address (RFC 7672 2.2.2): an attacker who can forge addresses can route around TLSA.
-  An unsigned NXDOMAIN for one host makes that host INSECURE, not a failure, so one
-  stale MX record cannot hold up a whole domain.
+* Per host, A and AAAA at once. TLSA is sought only when the completed answers are
+  secure and name an address (RFC 7672 2.2.2): an attacker who can forge addresses can
+  route around TLSA. An unsigned NXDOMAIN for one host makes that host INSECURE, not a
+  failure, so one stale MX record cannot hold up a whole domain. One failed family
+  (say an AAAA SERVFAIL) leaves the host usable over the family that answered, as
+  Postfix delivers over it; only a host with no address left is FAILED.
 * TLSA at ``_port._tcp.`` of the host's secure CNAME expansion first, then of the
   host name itself (RFC 7672 2.2.2, RFC 7671 7).
 
@@ -100,14 +102,22 @@ class DaneSource:
             self._resolver.query(name, "A"), self._resolver.query(name, "AAAA")
         )
         addresses = tuple(r.address for r in (*a.records, *aaaa.records))
-        if a.failed or aaaa.failed:
-            error = "; ".join(f"{x.rdtype} {name}: {x.error}" for x in (a, aaaa) if x.failed)
-            host = MxHost(name, preference, DnsStatus.FAILED, addresses, address_error=error)
+        error = "; ".join(f"{x.rdtype} {name}: {x.error}" for x in (a, aaaa) if x.failed)
+        if error and not addresses:
+            # Nothing to connect to, and the failed family may hold the only addresses.
+            host = MxHost(name, preference, DnsStatus.FAILED, address_error=error)
             return _Host(host, (a, aaaa))
-        if not (a.secure and aaaa.secure):
+        # From here at most one family failed and the other named addresses: Postfix
+        # delivers over that family (dns_lookup_v keeps the best status, DNS_OK), and so
+        # may policyd. A and AAAA share one owner name, hence one zone: the completed
+        # answer alone says whether the host is signed, and TLSA hangs off the host name,
+        # not off a family (RFC 7672 2.2.2), so the failed answer hides nothing DANE needs.
+        completed = [x for x in (a, aaaa) if not x.failed]
+        if not all(x.secure for x in completed):
             # A completed unsigned answer, NXDOMAIN included: no DANE for this host, but
             # no failure either (RFC 7672 2.2.2).
-            return _Host(MxHost(name, preference, DnsStatus.INSECURE, addresses), (a, aaaa))
+            host = MxHost(name, preference, DnsStatus.INSECURE, addresses, address_error=error)
+            return _Host(host, (a, aaaa))
         if not addresses:
             # Secure denial: the host cannot receive mail; nothing to authenticate.
             return _Host(MxHost(name, preference, DnsStatus.SECURE), (a, aaaa))
@@ -118,6 +128,7 @@ class DaneSource:
             preference,
             DnsStatus.SECURE,
             addresses,
+            address_error=error,
             tlsa=tlsa.status,
             tlsa_records=records,
             tlsa_error=f"TLSA {tlsa.name}: {tlsa.error}" if tlsa.failed else "",

@@ -34,6 +34,7 @@ from policyd.codec.mtasts import (
 )
 from policyd.codec.sts_record import policy_from_json, policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
+from policyd.counters import StsCounters
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 _NEVER: Final = -math.inf
@@ -180,6 +181,7 @@ class StsSource:
         self._log = log or logging.getLogger("policyd.sts")
         self._domains: dict[str, _Domain] = {}
         self._fetches = asyncio.Semaphore(self.settings.max_concurrent_fetches)
+        self.counters = StsCounters()
         # Called with the domain whenever its cached policy appears, changes or goes, so
         # the service can drop answers it built from the old one.
         self.on_change: Callable[[str | None], None] | None = None
@@ -342,14 +344,17 @@ class StsSource:
             entry.checked_at = now  # unchanged id, fresh enough: nothing to fetch
             entry.error = ""
             return
+        self.counters.fetches += 1
         try:
             body = await self._fetcher.fetch(domain)
             parsed = parse_policy(body, domain, self._clock())
             policy = parsed.policy(found.policy_id)
         except FetchError as exc:
+            self.counters.fetch_failures += 1
             self._fail(domain, entry, now, f"policy fetch failed: {exc.reason}")
             return
         except StsGrammarError as exc:
+            self.counters.fetch_failures += 1
             self._fail(domain, entry, now, f"invalid policy: {exc}")
             return
         entry.checked_at = now
@@ -365,6 +370,7 @@ class StsSource:
         if kept is None:
             self._log.warning("%s: mta-sts %s", domain, reason)
         else:
+            self.counters.refresh_failures += 1
             self._log.warning(
                 "%s: mta-sts %s; keeping cached policy id=%s for %d more seconds",
                 domain,
@@ -414,6 +420,25 @@ class StsSource:
                 await self._store.put(record)
         except StoreError as exc:
             self._log.error("%s: mta-sts policy not saved: %s", domain, exc)
+
+    # -- for metrics and alerts -------------------------------------------------------------
+
+    def cached_policies(self, now: float) -> int:
+        """Domains with a cached policy in force (mode enforce or testing)."""
+        return sum(1 for entry in self._domains.values() if entry.policy(now) is not None)
+
+    def unrefreshed(self, now: float, older_than: float) -> list[tuple[str, float, str]]:
+        """(domain, seconds, last error) of cached policies neither fetched nor confirmed
+        by their TXT id for ``older_than`` seconds while refreshes fail (RFC 8461 3.3)."""
+        out: list[tuple[str, float, str]] = []
+        for domain, entry in self._domains.items():
+            policy = entry.policy(now)
+            if policy is None or not entry.error:
+                continue
+            age = now - max(policy.fetched_at, entry.checked_at)
+            if age > older_than:
+                out.append((domain, age, entry.error))
+        return out
 
     def _notify(self, domain: str) -> None:
         if self.on_change is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as syncredis
 
 from tests.daemon import Daemon, base_sections
 from tests.integration.test_store_redis import RedisServer
@@ -68,3 +70,73 @@ def test_unreachable_redis_is_a_clear_error_at_start(world: World, tmp_path: Pat
     with pytest.raises(RuntimeError, match="exited 1"):
         d.start()
     assert "store:" in d.log()
+
+
+def test_bad_records_in_the_shared_store_never_stop_a_host_from_starting(
+    world: World, tmp_path: Path, redis: RedisServer
+) -> None:
+    # One record no host can read (a hand edit, a newer or buggy fleet member) made every
+    # host exit at start: OverflowError from a huge integer, or a StoreError for the
+    # whole scan from one malformed field. Overrides could inject Postfix attributes, and
+    # a newline in a comment turned the destination into TEMP.
+    huge = "1" + "0" * 400
+    client = syncredis.Redis.from_url(redis.url, decode_responses=True)
+    try:
+
+        def envelope(value: str) -> str:
+            return json.dumps({"value": value, "expires_at": None})
+
+        client.set("policyd:schema", "1")
+        client.hset("policyd:probe", "notjson.test", "not json")
+        client.hset(
+            "policyd:probe",
+            "huge.test",
+            envelope(
+                '{"v":1,"level":"verify","hosts":[],"verified_names":[],"pending":null,'
+                f'"pending_count":0,"pending_since":0,"probed_at":{huge}}}'
+            ),
+        )
+        client.hset(
+            "policyd:sts",
+            "huge.test",
+            envelope(
+                '{"v":1,"id":"a1","mode":"enforce","mx":["mx.huge.test"],"max_age":86400,'
+                f'"fetched_at":{huge}}}'
+            ),
+        )
+        client.hset(
+            "policyd:override",
+            "expires.test",
+            envelope(f'{{"policy":"encrypt","expires_at":{huge}}}'),
+        )
+        client.hset(
+            "policyd:override",
+            "inject.test",
+            envelope('{"policy":"verify match=.inject.test,tafile=/etc/passwd"}'),
+        )
+        client.hset(
+            "policyd:override",
+            "comment.test",
+            envelope(json.dumps({"policy": "encrypt", "comment": "ticket 1\nline 2"})),
+        )
+        client.hset("policyd:override", "good.test", envelope('{"policy":"encrypt"}'))
+    finally:
+        client.close()
+    first = host(world, tmp_path / "a", redis)
+    second = host(world, tmp_path / "b", redis)
+    first.start()
+    second.start()
+    try:
+        for d in (first, second):
+            got = d.postmap("good.test", "comment.test", "inject.test")
+            assert got[:2] == ["encrypt", "encrypt"], d.log()
+            assert "tafile" not in got[2]
+            log = d.log()
+            assert "inject.test: ignoring unreadable override" in log
+            assert "expires.test: ignoring unreadable override" in log
+            assert "huge.test: stored probe result ignored" in log
+            assert "huge.test: ignoring unreadable mta-sts record" in log
+            assert "'notjson.test': malformed record" in log
+    finally:
+        second.stop()
+        first.stop()

@@ -256,6 +256,21 @@ async def test_events_in_append_order_with_since_filter(store: RedisStore) -> No
     assert await store.events(31.0) == []
 
 
+async def test_malformed_event_is_skipped(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.append_event(1.0, "a.example", "first")
+    await raw.xadd(f"{prefix}event-log", {"at": "yesterday", "key": "x", "text": "y"})
+    await raw.xadd(f"{prefix}event-log", {"at": "nan", "key": "x", "text": "y"})
+    await store.append_event(2.0, "b.example", "second")
+    with caplog.at_level("WARNING"):
+        assert await store.events(0.0) == [
+            (1.0, "a.example", "first"),
+            (2.0, "b.example", "second"),
+        ]
+    assert "malformed event time 'yesterday'" in caplog.text
+
+
 async def test_events_empty(store: RedisStore) -> None:
     assert await store.events(0.0) == []
 
@@ -349,15 +364,35 @@ async def test_layout_and_no_redis_ttl(store: RedisStore, raw: aioredis.Redis, p
         assert await raw.ttl(f"{prefix}{name}") == -1
 
 
-async def test_malformed_record_is_a_store_error(
+async def test_malformed_record_is_a_store_error_on_get(
     store: RedisStore, raw: aioredis.Redis, prefix: str
 ) -> None:
     await raw.hset(f"{prefix}dns", "bad.example", "not json")
-    await raw.hset(f"{prefix}sts", "bad.example", '{"value": 3, "expires_at": null}')
     with pytest.raises(StoreError, match="malformed"):
         await store.get(Kind.DNS, "bad.example")
-    with pytest.raises(StoreError, match="malformed"):
-        await store.scan(Kind.STS)
+
+
+async def test_scan_skips_malformed_fields_with_a_log_line(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One bad field, from any fleet member or a hand edit, failed the whole scan: every
+    # host then refused to start.
+    good = Record(Kind.STS, "good.example", '{"x": 1}', 5.0)
+    await store.put(good)
+    bad = {
+        "value.example": '{"value": 3, "expires_at": null}',
+        "json.example": "not json",
+        "list.example": "[1]",
+        "huge.example": '{"value": "{}", "expires_at": 1' + "0" * 400 + "}",
+        "nan.example": '{"value": "{}", "expires_at": NaN}',
+        "bool.example": '{"value": "{}", "expires_at": true}',
+    }
+    for key, text in bad.items():
+        await raw.hset(f"{prefix}sts", key, text)
+    with caplog.at_level("WARNING"):
+        assert await store.scan(Kind.STS) == [good]
+    for key in bad:
+        assert f"sts '{key}': malformed record" in caplog.text
 
 
 async def test_wrong_type_under_the_prefix_is_a_store_error(

@@ -162,6 +162,25 @@ def test_comment_must_be_one_short_line() -> None:
         control.OverrideSet(parse_key("a.com"), parse_policy("may"), comment="a\nb")
     with pytest.raises(ControlProtocolError):
         control.OverrideSet(parse_key("a.com"), parse_policy("may"), comment="x" * 501)
+    for bad in ("esc \x1b]52;c;AAAA\x07", "tab\tin", "del\x7f", "u2028\u2028"):
+        with pytest.raises(ControlProtocolError):
+            control.OverrideSet(parse_key("a.com"), parse_policy("may"), comment=bad)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "verify match=.victim.example,tafile=/etc/passwd",
+        "encrypt ciphers=high\x00 protocols=TLSv1.2",
+    ],
+)
+def test_override_policy_cannot_inject_attributes(policy: str) -> None:
+    # Postfix splits on ", \t\r\n": the comma would make tafile= an attribute of its own.
+    line = json.dumps(
+        {"v": 1, "cmd": "override-set", "args": {"domain": "victim.example", "policy": policy}}
+    ).encode()
+    with pytest.raises(ControlProtocolError, match="bad policy"):
+        control.decode_request(line)
 
 
 def test_flush_all_is_null_domain() -> None:

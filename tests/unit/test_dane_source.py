@@ -183,22 +183,91 @@ def test_max_mx_hosts_validates() -> None:
 # -- addresses --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failing", ["A", "AAAA"])
-async def test_address_failure_fails_that_host_only(failing: str) -> None:
+async def test_address_failure_without_addresses_fails_that_host_only() -> None:
     fake = FakeDns(
         ok("example.test", "MX", "10 bad.example.test.", "20 good.example.test."),
-        *host("bad.example.test"),
-        fail("bad.example.test", failing, "timeout"),
+        fail("bad.example.test", "A", "timeout"),  # AAAA: the secure NODATA default
         *host("good.example.test", tlsa=(TLSA_EE,)),
     )
     ev = await gather(fake)
     bad, good = ev.hosts
     assert bad.address is F
-    assert bad.address_error == f"{failing} bad.example.test: timeout"
+    assert bad.address_error == "A bad.example.test: timeout"
     assert bad.tlsa is None
     assert ("_25._tcp.bad.example.test", "TLSA") not in fake.asked
     assert good.tlsa is S
     assert ev.expires_at == NOW + FAILED_TTL
+    assert evaluate(ev).kind is DaneKind.DANE_ONLY  # the failed host is skipped
+
+
+@pytest.mark.parametrize(
+    ("answered", "failing", "address"),
+    [("A", "AAAA", "192.0.2.1"), ("AAAA", "A", "2001:db8::1")],
+)
+async def test_one_failed_family_leaves_an_unsigned_host_usable(
+    answered: str, failing: str, address: str
+) -> None:
+    # The AAAA SERVFAIL of a single unsigned MX (feedback-smtp.*.amazonses.com): Postfix
+    # delivers over IPv4, so the host is INSECURE with its IPv4 address, never TEMP.
+    fake = FakeDns(
+        ok("example.test", "MX", "10 mx.other.test.", status=I),
+        ok("mx.other.test", answered, address, status=I),
+        fail("mx.other.test", failing),
+    )
+    ev = await gather(fake)
+    (mx,) = ev.hosts
+    assert (mx.address, mx.addresses, mx.tlsa) == (I, (address,), None)
+    assert mx.address_error == f"{failing} mx.other.test: SERVFAIL"
+    assert ("_25._tcp.mx.other.test", "TLSA") not in fake.asked
+    assert ev.expires_at == NOW + FAILED_TTL  # the failed family is asked again soon
+    assert evaluate(ev).kind is DaneKind.NOT_APPLICABLE
+
+
+@pytest.mark.parametrize(
+    ("answered", "failing", "address"),
+    [("A", "AAAA", "192.0.2.1"), ("AAAA", "A", "2001:db8::1")],
+)
+async def test_one_failed_family_of_a_signed_host_still_gets_tlsa(
+    answered: str, failing: str, address: str
+) -> None:
+    # The secure answer proves the host's zone is signed; TLSA sits at the host name, not
+    # per family, so it is looked up and decides (Postfix does the same per address).
+    fake = FakeDns(
+        ok("example.test", "MX", "10 mx.example.test."),
+        ok("mx.example.test", answered, address),
+        fail("mx.example.test", failing),
+        ok("_25._tcp.mx.example.test", "TLSA", TLSA_EE),
+    )
+    ev = await gather(fake)
+    (mx,) = ev.hosts
+    assert (mx.address, mx.addresses, mx.tlsa) == (S, (address,), S)
+    assert mx.address_error == f"{failing} mx.example.test: SERVFAIL"
+    assert evaluate(ev).kind is DaneKind.DANE_ONLY
+
+
+async def test_one_failed_family_of_a_signed_host_with_failed_tlsa_is_still_skipped() -> None:
+    fake = FakeDns(
+        ok("example.test", "MX", "10 mx.example.test."),
+        ok("mx.example.test", "A", "192.0.2.1"),
+        fail("mx.example.test", "AAAA"),
+        fail("_25._tcp.mx.example.test", "TLSA"),
+    )
+    ev = await gather(fake)
+    assert evaluate(ev).kind is DaneKind.TEMP  # never weaker because a lookup failed
+
+
+@pytest.mark.parametrize("status", [S, I])
+async def test_one_failed_family_and_an_empty_answer_fail_the_host(status: DnsStatus) -> None:
+    # The failed family may hold the only addresses: nothing to deliver to yet.
+    fake = FakeDns(
+        ok("example.test", "MX", "10 mx.example.test."),
+        ok("mx.example.test", "A", status=status),
+        fail("mx.example.test", "AAAA"),
+    )
+    ev = await gather(fake)
+    (mx,) = ev.hosts
+    assert (mx.address, mx.addresses) == (F, ())
+    assert evaluate(ev).kind is DaneKind.TEMP
 
 
 async def test_both_address_lookups_failing_are_both_named() -> None:
@@ -446,13 +515,14 @@ ZONE: dict[tuple[str, str], tuple[str, ...]] = {
 def zone(
     unsigned: frozenset[str] = frozenset(), servfail: frozenset[str] = frozenset()
 ) -> FakeServer:
-    """A resolver view of ZONE: names in ``unsigned`` come without AD."""
+    """A resolver view of ZONE: names in ``unsigned`` come without AD; ``servfail`` holds
+    names, or ``"name TYPE"`` for one type only."""
 
     def handle(q: dns.message.QueryMessage) -> dns.message.Message:
         question = q.question[0]
         name, rdtype = question.name.to_text(), dns.rdatatype.to_text(question.rdtype)
         ad = name not in unsigned
-        if name in servfail:
+        if name in servfail or f"{name} {rdtype}" in servfail:
             return respond(q, ad=False, rcode=dns.rcode.SERVFAIL)
         if (name, rdtype) in ZONE:
             return respond(q, *ZONE[(name, rdtype)], ad=ad)
@@ -474,6 +544,12 @@ def zone(
         (frozenset(), frozenset({"mx1.example.test."}), DaneKind.DANE_ONLY),
         (frozenset(), frozenset({"mx1.example.test.", "mx2.example.test."}), DaneKind.TEMP),
         (frozenset(), frozenset({"example.test."}), DaneKind.TEMP),
+        # An AAAA SERVFAIL at every host: each is used over IPv4, with its TLSA.
+        (
+            frozenset(),
+            frozenset({"mx1.example.test. AAAA", "mx2.example.test. AAAA"}),
+            DaneKind.DANE_ONLY,
+        ),
     ],
 )
 async def test_end_to_end_through_the_real_resolver(

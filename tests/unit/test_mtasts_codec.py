@@ -398,6 +398,8 @@ def _doc(**changes: object) -> str:
         _doc(fetched_at=-1),
         '{"v":1,"id":"a","mode":"enforce","mx":["a.b"],"max_age":1,"fetched_at":NaN}',
         "x" * 200_000,
+        _doc(fetched_at=10**400),  # OverflowError before: stopped the daemon's start
+        "[" * 100_000,  # RecursionError before
     ],
 )
 def test_record_rejects(text: str) -> None:

@@ -141,6 +141,44 @@ def test_policy_validates(kwargs: dict[str, object]) -> None:
         Policy(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Postfix splits a policy on ", \t\r\n": each of these would be a second attribute.
+        "verify match=.victim.example,tafile=/etc/passwd",
+        "secure match=mx.example.net servername=hostname,tafile=/etc/passwd",
+        "encrypt ciphers=high,tafile=/x",
+        # NUL truncates the policy inside Postfix; other controls corrupt it.
+        "encrypt ciphers=high\x00 protocols=>=TLSv1.2",
+        "secure match=mx.example.net\x00x",
+        "secure match=mx.example.net\x1b",
+        "encrypt protocols=\x7f",
+        # Python's split() takes \x1c-\x1f and \x85 as blanks, Postfix does not.
+        "secure match=a\x1cb",
+        "secure match=caf\u00e9.example",
+    ],
+)
+def test_injection_is_refused(text: str) -> None:
+    with pytest.raises(PolicySyntaxError):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"level": TlsLevel.SECURE, "match": ("a,tafile=x",)},
+        {"level": TlsLevel.SECURE, "match": ("a\x00",)},
+        {"level": TlsLevel.SECURE, "match": ("a\tb",)},
+        {"level": TlsLevel.ENCRYPT, "attrs": (("ciphers", "high,tafile=/x"),)},
+        {"level": TlsLevel.ENCRYPT, "attrs": (("ciphers", "high\x07"),)},
+        {"level": TlsLevel.ENCRYPT, "attrs": (("c\u00efphers", "high"),)},
+    ],
+)
+def test_policy_refuses_what_postfix_would_split(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Policy(**kwargs)  # type: ignore[arg-type]
+
+
 def test_policy_rejects_pattern_holding_its_separator() -> None:
     """A match pattern containing the separator renders into a different policy."""
     with pytest.raises(ValueError):
@@ -158,7 +196,7 @@ def test_arbitrary_text_only_raises_syntax_error(text: str) -> None:
 
 
 _token = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=":|"),
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=":|,"),
     min_size=1,
     max_size=12,
 )

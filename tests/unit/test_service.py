@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from policyd import service as service_module
+from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
 from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import (
@@ -107,12 +108,12 @@ async def test_unknown_profile_and_bad_key_are_perm() -> None:
 
 async def test_override_wins_and_invalidates_cache() -> None:
     svc, _, _ = make(probe=FakeProbe({"example.test": ProbeState(ProbeLevel.VERIFY)}))
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     await svc.set_override(Override("example.test", parse("encrypt"), author="root"))
     assert svc.cached_reply(b"postfix example.test") is None
     assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await svc.delete_override("example.test")
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
 
 
 async def test_expired_override_no_longer_applies() -> None:
@@ -134,6 +135,44 @@ async def test_overrides_survive_reload_from_store() -> None:
     await fresh.load_overrides()
     got = reply(await fresh.reply_for(b"postfix example.test"))
     assert got == b"OK secure match=.example.test"
+
+
+async def test_newline_in_an_override_comment_never_makes_temp() -> None:
+    # A stored comment with a newline (written by hand or by an older policyd) made every
+    # lookup of the key TEMP: Verdict refused the two-line reason.
+    svc, _, store = make()
+    doc = '{"policy": "encrypt", "comment": "ticket 1\\nsecond line", "author": "root"}'
+    await store.put(Record(Kind.OVERRIDE, "example.test", doc, None))
+    await svc.load_overrides()
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
+    ov = svc.overrides["example.test"]
+    assert ov.comment == "ticket 1\\nsecond line"  # escaped on load, one line
+    # The core escapes rather than refuses even an unescaped one.
+    await svc.set_override(Override("example.test", parse("verify"), comment="a\nb"))
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+
+
+async def test_unreadable_overrides_are_skipped_and_the_rest_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    svc, _, store = make()
+    bad = {
+        "inject.test": '{"policy": "verify match=.inject.test,tafile=/etc/passwd"}',
+        "nul.test": '{"policy": "encrypt ciphers=high\\u0000"}',
+        "huge.test": '{"policy": "encrypt", "expires_at": 1' + "0" * 400 + "}",
+        "created.test": '{"policy": "encrypt", "created_at": 1' + "0" * 400 + "}",
+        "list.test": "[1, 2]",
+        "notjson.test": "{",
+    }
+    for key, doc in bad.items():
+        await store.put(Record(Kind.OVERRIDE, key, doc, None))
+    await store.put(Record(Kind.OVERRIDE, "good.test", '{"policy": "encrypt"}', None))
+    with caplog.at_level(logging.ERROR):
+        await svc.load_overrides()
+    assert set(svc.overrides) == {"good.test"}
+    for key in bad:
+        assert f"{key}: ignoring unreadable override" in caplog.text
+    assert reply(await svc.reply_for(b"postfix inject.test")) == b"NOTFOUND "
 
 
 async def test_concurrent_lookups_share_one_gathering() -> None:
@@ -229,11 +268,11 @@ def outage_service(
 
 async def test_known_destination_keeps_its_answer_through_an_outage() -> None:
     svc, clock, _, dane, outage = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     dane.answers["example.test"] = BROKEN
     outage.down = True
     svc.invalidate(None)
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     # kept answers are cached briefly only: the outage may end any moment
     clock.mono += 6
     assert svc.cached_reply(b"postfix example.test") is None
@@ -248,19 +287,22 @@ async def test_known_destination_keeps_its_answer_through_an_outage() -> None:
 
 async def test_kept_answer_comes_from_the_store_after_a_restart() -> None:
     svc, _, store, _, _ = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     await svc.writes.flush()
     restarted, _, _, dane, outage = outage_service(store)
     dane.answers["example.test"] = BROKEN
     outage.down = True
-    assert reply(await restarted.reply_for(b"postfix example.test")) == b"OK verify"
+    assert (
+        reply(await restarted.reply_for(b"postfix example.test"))
+        == b"OK verify servername=hostname"
+    )
 
 
 async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
     # verify, then a bogus answer (TEMP, resolver up), then the resolver dies: TEMP stays,
     # in memory and after a restart.
     svc, _, store, dane, outage = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     dane.answers["example.test"] = DnsEvidence(DnsStatus.FAILED, error="bogus")
     svc.invalidate(None)
     assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
@@ -276,7 +318,7 @@ async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
 
 async def test_kept_answers_expire() -> None:
     svc, _, store, _, _ = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     await svc.writes.flush()
     restarted, clock2, _, dane, outage = outage_service(store)
     clock2.now += service_module.KEEP_ANSWERS_FOR + 1

@@ -12,6 +12,13 @@ import pytest
 from policyd.adapters import store_sqlite
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import SCHEMA_VERSION, SqliteStore, path_from_url
+from policyd.codec.probe_record import state_to_json
+from policyd.core.evidence import ProbeLevel, ProbeState
+from policyd.core.profile import DEFAULT_PROFILES
+from policyd.service import PolicyService
+from policyd.sources.probe import ProbeSettings, ProbeSource
+from tests.fakes import FakeDane, FakeProbe, FakeSts
+from tests.unit.test_probe_source import FakeProber
 
 
 def url(path: Path) -> str:
@@ -358,3 +365,79 @@ async def test_delete_expired_keeps_overrides_and_live_records(store: SqliteStor
     assert await store.get(Kind.STS, "live.example") is not None
     assert await store.get(Kind.STS, "forever.example") is not None
     assert await store.get(Kind.OVERRIDE, "ov.example") is not None
+
+
+# --- records that do not parse ----------------------------------------------------------
+
+
+async def test_malformed_rows_are_skipped_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLite columns take any type: a hand-edited row must be skipped, not crash a reader.
+    db = tmp_path / "policyd.db"
+    s = await SqliteStore.open(url(db))
+    await s.put(rec(Kind.PROBE, "good.example"))
+    await s.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO records VALUES ('probe', 'blob.example', x'00ff', NULL)")
+        conn.execute("INSERT INTO records VALUES ('probe', 'when.example', '{}', 'tomorrow')")
+        conn.execute("INSERT INTO records VALUES ('probe', x'07', '{}', NULL)")
+    conn.close()
+    s = await SqliteStore.open(url(db))
+    try:
+        with caplog.at_level("WARNING"):
+            got = await s.scan(Kind.PROBE)
+            assert await s.get(Kind.PROBE, "when.example") is None
+        assert got == [rec(Kind.PROBE, "good.example")]
+        assert "'blob.example': skipped: malformed row" in caplog.text
+        assert "'when.example': skipped: malformed row" in caplog.text
+    finally:
+        await s.close()
+
+
+async def test_malformed_event_rows_are_skipped(tmp_path: Path) -> None:
+    db = tmp_path / "policyd.db"
+    s = await SqliteStore.open(url(db))
+    await s.append_event(1.0, "a.example", "first")
+    await s.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')")
+    conn.close()
+    s = await SqliteStore.open(url(db))
+    try:
+        assert await s.events(0.0) == [(1.0, "a.example", "first")]
+    finally:
+        await s.close()
+
+
+async def test_start_up_loaders_skip_records_that_do_not_parse(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 400-digit JSON integer raised OverflowError, which the loaders did not catch: the
+    # daemon exited at start (and with Redis, every host of the fleet did).
+    huge = "1" + "0" * 400
+    good = state_to_json(ProbeState(ProbeLevel.VERIFY, probed_at=1.0))
+    await store.put(rec(Kind.PROBE, "good.example", good, None))
+    await store.put(
+        rec(
+            Kind.PROBE, "huge.example", good.replace('"probed_at":1.0', f'"probed_at":{huge}'), None
+        )
+    )
+    await store.put(rec(Kind.OVERRIDE, "good.example", '{"policy": "encrypt"}', None))
+    await store.put(
+        rec(Kind.OVERRIDE, "huge.example", f'{{"policy": "encrypt", "expires_at": {huge}}}', None)
+    )
+    probe = ProbeSource(store, FakeProber(), ProbeSettings(), clock=lambda: 2.0)
+    service = PolicyService(
+        DEFAULT_PROFILES, store, FakeDane(), FakeSts(), FakeProbe(), lookup_budget=1.0
+    )
+    with caplog.at_level("WARNING"):
+        await probe.load()
+        await service.load_overrides()
+    assert probe.cached("good.example") is not None
+    assert probe.cached("huge.example") is None
+    assert set(service.overrides) == {"good.example"}
+    assert "huge.example: stored probe result ignored: probe record probed_at is out of range" in (
+        caplog.text
+    )
+    assert "huge.example: ignoring unreadable override" in caplog.text
