@@ -96,7 +96,11 @@ HEALTH_NAME: Final = "localhost."
 # The error of lookups failed by the open breaker.
 NOT_ANSWERING: Final = "resolver not answering"
 
-log = logging.getLogger("policyd")
+# The breaker's messages go where the caller says (the daemon: its log); one-shot users
+# (policyctl doctor) stay quiet.
+_QUIET = logging.getLogger("policyd.dns.quiet")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 # Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
 _BOGUS_EDE: Final = frozenset(
@@ -273,11 +277,13 @@ class Resolver:
         *,
         servers: Sequence[dns.nameserver.Nameserver] = (),
         health: HealthTimes | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._servers = tuple(servers)
         self._health = health or HealthTimes()
+        self._log = log or _QUIET
         self._down = False  # the breaker is open
         self._checker: asyncio.Task[None] | None = None
         self._first_check: asyncio.Future[None] | None = None  # the checker's first verdict
@@ -413,7 +419,7 @@ class Resolver:
         while not await self._alive():
             if not self._down:
                 self._down = True
-                log.warning(
+                self._log.warning(
                     "dns: resolver not answering; lookups fail at once until it does "
                     "(cached answers are kept)"
                 )
@@ -424,7 +430,7 @@ class Resolver:
             await asyncio.sleep(self._health.retry)
         if self._down:
             self._down = False
-            log.warning("dns: resolver answers again")
+            self._log.warning("dns: resolver answers again")
 
     async def _alive(self) -> bool:
         """Any response of any nameserver to the health query, whatever its rcode."""

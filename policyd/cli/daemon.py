@@ -76,7 +76,7 @@ class Daemon:
                 exc,
             )
             return 1
-        resolver = Resolver(cfg.dns)
+        resolver = Resolver(cfg.dns, log=log)
         try:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
             prober = make_prober(cfg.probe, cfg.tls.ca_file)
