@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
-from policyd.adapters.store import Kind, Record, StoreError
+from policyd.adapters.store import ExpiringStore, Kind, Record, StoreError
+from policyd.adapters.store_counted import CountedStore
+from policyd.adapters.store_sqlite import SqliteStore
+from policyd.adapters.write_behind import BatchStore
 from policyd.cli import daemon as daemon_module
 from policyd.config import Config
 from policyd.core.evidence import ProbeLevel, ProbeState
@@ -138,3 +142,30 @@ def test_probe_states_are_pruned_by_age_and_count(monkeypatch: pytest.MonkeyPatc
     assert probe.prune() == 15
     assert sorted(probe._states) == [f"new{i}" for i in range(5)]
     assert not any(k.startswith("old") for k in (*probe._due, *probe._failures))
+
+
+async def test_a_task_that_returns_is_not_dead() -> None:
+    # The watchdog task outside systemd, or an alert watcher with nothing to do, returns.
+    d = daemon_module.Daemon(Config())
+
+    async def nothing_to_do() -> None:
+        return None
+
+    d._spawn(nothing_to_do())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert d.tasks_alive()
+
+
+async def test_counted_store_passes_batches_and_expiry_through(tmp_path: Path) -> None:
+    inner = await SqliteStore.open(f"sqlite://{tmp_path / 'p.db'}")
+    store = CountedStore(inner)
+    assert isinstance(store, BatchStore) and isinstance(store, ExpiringStore)
+    await store.write_batch([Record(Kind.PROBE, "old.example", "{}", 1.0)], [(1.0, "k", "x")])
+    assert await store.events(0.0) == [(1.0, "k", "x")]
+    assert await store.delete_expired(2.0) == 1
+    await store.close()
+    memory = CountedStore(MemoryStore())  # no batch, no expiry of its own
+    await memory.write_batch([Record(Kind.PROBE, "a", "{}", 1.0)], [(1.0, "a", "x")])
+    assert await memory.get(Kind.PROBE, "a") is not None
+    assert await memory.delete_expired(2.0) == 0
