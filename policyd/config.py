@@ -50,6 +50,9 @@ class ServerSettings:
     idle_timeout: float = 300.0  # Postfix closes idle ones after 10 s; we allow longer
     max_connections: int = 4096
     lookup_budget: float = 8.0  # seconds before a lookup answers TEMP
+    # Destinations whose answers and verdicts are kept in memory; the least recently used
+    # beyond it are forgotten (their next lookup gathers fresh evidence).
+    max_destinations: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,18 +6,27 @@ request payload; it never awaits and never touches the disk. A miss goes to
 destination, shared by every concurrent lookup), runs the pure decision core for the
 requested profile, logs a line when the decision changes, and caches the encoded reply
 until the earliest expiry of the evidence behind it.
+
+Through a resolver outage (the DNS adapter's breaker is open) a destination that would now
+get TEMP keeps the last answer decided for it from fresh evidence, for at most
+``KEEP_ANSWERS_FOR`` (serve-stale, RFC 8767): from memory, else from the store (after a
+restart, or once evicted from memory). Those answers are saved per destination under
+``Kind.ANSWER``; events and saved answers leave through the write-behind queue, never on
+the answer's path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
-from policyd.adapters.store import Kind, Record, Store
+from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.adapters.write_behind import WriteBehind
 from policyd.alerts import AlertKind, Alerts
 from policyd.codec import netstring, postfix_policy, socketmap
 from policyd.codec.destination import KeyError_, parse_key
@@ -42,8 +51,22 @@ log = logging.getLogger("policyd")
 MAX_ANSWER_TTL: Final = 3600.0
 # A TEMP answer is cached only briefly: the cause (a dead resolver) may pass at any moment.
 TEMP_ANSWER_TTL: Final = 5.0
-# Bound on cached answers and remembered verdicts (entries); beyond it the oldest go.
-MAX_ANSWERS: Final = 1_000_000
+# Destinations whose answers and latest verdicts are kept in memory, by default
+# ([server] max_destinations); beyond it the least recently used is forgotten and comes
+# back from the slow path (fresh evidence) or, in an outage, from the store.
+DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
+# Cached request payloads per destination (profiles, spellings of the key); more are
+# answered but not cached, so that one destination cannot hold unbounded memory.
+MAX_PAYLOADS_PER_DESTINATION: Final = 8
+# Distinct verdicts and encoded replies shared between destinations (most destinations get
+# one of a few: NOTFOUND for want of evidence, ...); beyond it new ones are not shared.
+MAX_SHARED: Final = 4096
+# Seconds a destination's last answer is kept for a resolver outage (RFC 8767 4 suggests
+# 1 to 3 days of serve-stale; one day: a longer outage defers mail, never weakens it).
+KEEP_ANSWERS_FOR: Final = 86400.0
+# A kept answer confirmed by fresh evidence is saved again after this many seconds, so
+# that its stored copy does not expire while the destination stays in use.
+KEEP_REFRESH: Final = KEEP_ANSWERS_FOR / 4
 # One cache hit in this many is timed for the latency histogram: timing costs about as
 # much as the hit itself, and a sample shows the distribution as well as every hit would.
 HOT_SAMPLE_EVERY: Final = 64
@@ -76,6 +99,34 @@ class Answer:
     verdict: Verdict
     evidence: Evidence
     reply: bytes  # socketmap reply payload
+    kept: bool = False  # an earlier answer, kept through a resolver outage
+
+
+class _Seen:
+    """The latest verdict for a (profile, destination), and when it was last saved."""
+
+    __slots__ = ("saved_at", "verdict")
+
+    def __init__(self, verdict: Verdict, saved_at: float) -> None:
+        self.verdict = verdict
+        self.saved_at = saved_at
+
+
+def _never() -> bool:
+    return False
+
+
+_T = TypeVar("_T")
+
+
+def _shared(table: dict[_T, _T], value: _T) -> _T:
+    """One copy of equal values for many destinations, up to MAX_SHARED of them."""
+    found = table.get(value)
+    if found is not None:
+        return found
+    if len(table) < MAX_SHARED:
+        table[value] = value
+    return value
 
 
 @dataclass(slots=True)
@@ -98,9 +149,13 @@ class PolicyService:
         lookup_budget: float,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        dns_down: Callable[[], bool] = _never,
+        max_destinations: int = DEFAULT_MAX_DESTINATIONS,
         alerts: Alerts | None = None,
         dane_temp_after: float = 0.0,
     ) -> None:
+        if max_destinations < 1:
+            raise ValueError("max_destinations must be at least 1")
         self._profiles = {p.name: p for p in profiles}
         self.store = store
         self.dane = dane
@@ -113,9 +168,20 @@ class PolicyService:
         # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key,
         # the answers counter cell of its profile and level)
         self._answers: dict[bytes, tuple[bytes, float, str, list[int]]] = {}
-        self._by_key: dict[str, set[bytes]] = {}
-        self._last: dict[tuple[str, str], Verdict] = {}
+        # Destination key -> its cached payloads, in least-recently-used-first order: every
+        # destination with a cached answer or a latest verdict is here, and only
+        # max_destinations of them (see _touch).
+        self._by_key: dict[str, tuple[bytes, ...]] = {}
+        self.max_destinations = max_destinations
+        self.evicted = 0  # destinations forgotten at the bound, since start
+        # Encoded replies shared by every destination that gets the same one (NOTFOUND...).
+        self._replies: dict[bytes, bytes] = {}
+        self._verdicts: dict[Verdict, Verdict] = {}
+        self._last: dict[tuple[str, str], _Seen] = {}
         self._inflight: dict[str, asyncio.Task[Evidence]] = {}
+        self._dns_down = dns_down
+        # Events and kept answers reach the store from here; the daemon runs writes.run().
+        self.writes = WriteBehind(store)
         self.stats = Stats()
         self.counters = ServiceCounters()
         self.alerts = alerts or Alerts(log)
@@ -127,6 +193,8 @@ class PolicyService:
 
     def set_profiles(self, profiles: tuple[Profile, ...]) -> None:
         self._profiles = {p.name: p for p in profiles}
+        for slot in [s for s in self._last if s[0] not in self._profiles]:
+            del self._last[slot]  # a removed profile's verdicts would escape eviction
         self.invalidate(None)
 
     @property
@@ -154,7 +222,7 @@ class PolicyService:
 
     def remembered(self) -> dict[tuple[str, str], Verdict]:
         """The latest verdict per (profile name, destination key): policyctl report."""
-        return dict(self._last)
+        return {slot: seen.verdict for slot, seen in self._last.items()}
 
     @property
     def cached_answers(self) -> int:
@@ -180,6 +248,11 @@ class PolicyService:
             return None
         self.stats.hits += 1
         hit[3][0] += 1
+        # Least recently used order: this destination goes last.
+        by_key = self._by_key
+        payloads = by_key.pop(hit[2], None)
+        if payloads is not None:
+            by_key[hit[2]] = payloads
         return hit[0]
 
     def _timed_cached_reply(self, payload: bytes) -> bytes | None:
@@ -190,6 +263,11 @@ class PolicyService:
             return None
         self.stats.hits += 1
         hit[3][0] += 1
+        # Least recently used order: this destination goes last.
+        by_key = self._by_key
+        payloads = by_key.pop(hit[2], None)
+        if payloads is not None:
+            by_key[hit[2]] = payloads
         self.counters.hot.observe(time.perf_counter() - started)
         return hit[0]
 
@@ -236,24 +314,36 @@ class PolicyService:
         ttl = self._ttl(answer)
         if ttl <= 0:
             return
-        if len(self._answers) >= MAX_ANSWERS:
-            oldest = next(iter(self._answers))
-            self._drop_payload(oldest)
+        payloads = self._touch(dest.key)
+        if payload not in payloads:
+            if len(payloads) >= MAX_PAYLOADS_PER_DESTINATION:
+                return
+            self._by_key[dest.key] = (*payloads, payload)
+        encoded = _shared(self._replies, encoded)
         self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key, cell)
-        self._by_key.setdefault(dest.key, set()).add(payload)
 
-    def _drop_payload(self, payload: bytes) -> None:
-        entry = self._answers.pop(payload, None)
-        if entry is not None:
-            keys = self._by_key.get(entry[2])
-            if keys is not None:
-                keys.discard(payload)
-                if not keys:
-                    del self._by_key[entry[2]]
+    def _touch(self, key: str) -> tuple[bytes, ...]:
+        """Make ``key`` the most recently used destination (adding it if new, and then
+        forgetting the least recently used beyond max_destinations); its payloads."""
+        by_key = self._by_key
+        payloads = by_key.pop(key, ())
+        by_key[key] = payloads
+        while len(by_key) > self.max_destinations:
+            self._evict(next(iter(by_key)))
+        return payloads
+
+    def _evict(self, key: str) -> None:
+        """Forget a destination's cached answers and latest verdicts (not its store
+        records): its next lookup gathers fresh evidence."""
+        for payload in self._by_key.pop(key, ()):
+            self._answers.pop(payload, None)
+        for name in self._profiles:
+            self._last.pop((name, key), None)
+        self.evicted += 1
 
     def _ttl(self, answer: Answer) -> float:
-        if answer.verdict.outcome is Outcome.TEMP:
-            return TEMP_ANSWER_TTL
+        if answer.verdict.outcome is Outcome.TEMP or answer.kept:
+            return TEMP_ANSWER_TTL  # a kept answer is asked again soon: the outage may end
         now = self._clock()
         ev = answer.evidence
         limits = [MAX_ANSWER_TTL]
@@ -271,10 +361,13 @@ class PolicyService:
         """Forget cached answers for one destination key, or all of them."""
         if key is None:
             self._answers.clear()
-            self._by_key.clear()
+            for dest in self._by_key:
+                self._by_key[dest] = ()
             return
-        for payload in self._by_key.pop(key, set()):
-            self._answers.pop(payload, None)
+        if key in self._by_key:
+            for payload in self._by_key[key]:
+                self._answers.pop(payload, None)
+            self._by_key[key] = ()
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -294,9 +387,43 @@ class PolicyService:
                 Rule.DNS_FAILURE,
                 f"lookup did not complete within {self.lookup_budget:g}s",
             )
-            return self._finish(dest, profile, verdict, Evidence(dest))
-        verdict = decide(evidence, profile, self._clock())
+            evidence = Evidence(dest)
+        else:
+            verdict = decide(evidence, profile, self._clock())
+        if verdict.outcome is Outcome.TEMP and self._dns_down():
+            kept = await self._kept(dest, profile)
+            if kept is not None:
+                # a dry-run profile tells Postfix NOTFOUND, kept answer or not
+                reply = (
+                    socketmap.reply(socketmap.Status.NOTFOUND)
+                    if profile.dry_run
+                    else render_reply(kept)
+                )
+                return Answer(kept, evidence, reply, kept=True)
         return self._finish(dest, profile, verdict, evidence)
+
+    async def _kept(self, dest: Destination, profile: Profile) -> Verdict | None:
+        """The last answer decided from fresh evidence, if saved within KEEP_ANSWERS_FOR:
+        from memory, else from the store (a store error: nothing kept, TEMP stands)."""
+        now = self._clock()
+        seen = self._last.get((profile.name, dest.key))
+        if seen is not None:
+            # A TEMP decided from fresh evidence (a bogus zone) is the latest truth: what
+            # was decided before it is not kept.
+            fresh = now - seen.saved_at <= KEEP_ANSWERS_FOR
+            return seen.verdict if seen.verdict.outcome is not Outcome.TEMP and fresh else None
+        try:
+            record = await self.store.get(Kind.ANSWER, dest.key)
+        except StoreError as exc:
+            log.error("%s: cannot read the kept answer: %s", dest.key, exc)
+            return None
+        if record is None or (record.expires_at is not None and record.expires_at <= now):
+            return None
+        try:
+            return answers_from_json(record.value).get(profile.name)
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            log.error("%s: ignoring an unreadable kept answer: %s", dest.key, exc)
+            return None
 
     def _finish(
         self, dest: Destination, profile: Profile, verdict: Verdict, evidence: Evidence
@@ -322,7 +449,7 @@ class PolicyService:
         now = self._clock()
         since = self._temp_since.get(key)
         if since is None:
-            if len(self._temp_since) >= MAX_ANSWERS:
+            if len(self._temp_since) >= self.max_destinations:
                 del self._temp_since[next(iter(self._temp_since))]
             self._temp_since[key] = since = now
         if self.dane_temp_after and now - since >= self.dane_temp_after:
@@ -336,15 +463,24 @@ class PolicyService:
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
         slot = (profile.name, dest.key)
-        before = self._last.get(slot)
-        if before is not None and (before.outcome, before.policy) == (
-            verdict.outcome,
-            verdict.policy,
+        now = self._clock()
+        seen = self._last.get(slot)
+        before = None if seen is None else seen.verdict
+        if (
+            seen is not None
+            and before is not None
+            and (before.outcome, before.policy)
+            == (
+                verdict.outcome,
+                verdict.policy,
+            )
         ):
+            if verdict.outcome is not Outcome.TEMP and now - seen.saved_at > KEEP_REFRESH:
+                seen.saved_at = now
+                self._save_kept(dest.key, now)
             return
-        if len(self._last) >= MAX_ANSWERS:
-            del self._last[next(iter(self._last))]
-        self._last[slot] = verdict
+        self._touch(dest.key)
+        self._last[slot] = _Seen(_shared(self._verdicts, verdict), now)
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         dry = " dry-run=yes" if profile.dry_run else ""
         text = f"level={level_text(verdict)}{shown}{dry} reason={verdict.reason}"
@@ -352,10 +488,22 @@ class PolicyService:
         if before is not None:
             text = f"{text} previous={level_text(before)}"
             self._alert_if_weaker(dest, profile, before, verdict)
-        task = asyncio.get_running_loop().create_task(
-            self.store.append_event(self._clock(), dest.key, text)
-        )
-        task.add_done_callback(_log_task_failure)
+        self.writes.event(now, dest.key, text)
+        self._save_kept(dest.key, now)
+
+    def _save_kept(self, key: str, now: float) -> None:
+        """Queue the record of the answers to keep for ``key``: every profile's latest
+        verdict that is not TEMP (a TEMP from fresh evidence removes what was kept).
+        Nothing is saved during an outage: a TEMP then says nothing new."""
+        if self._dns_down():
+            return
+        kept = {}
+        for name in self._profiles:
+            seen = self._last.get((name, key))
+            if seen is not None and seen.verdict.outcome is not Outcome.TEMP:
+                kept[name] = seen.verdict
+        value = answers_to_json(kept)
+        self.writes.put(Record(Kind.ANSWER, key, value, now + KEEP_ANSWERS_FOR))
 
     def _alert_if_weaker(
         self, dest: Destination, profile: Profile, before: Verdict, after: Verdict
@@ -437,6 +585,7 @@ class PolicyService:
         if key is None:
             self.invalidate(None)
             self._last.clear()
+            self._by_key.clear()
             self.sts.forget(None)
             self.probe.forget(None)
         else:
@@ -451,14 +600,6 @@ class PolicyService:
         for key in [k for k, o in self.overrides.items() if not o.active_at(now)]:
             del self.overrides[key]
             self.invalidate(key)
-
-
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("store: could not record an event: %s", exc)
 
 
 def label_of(verdict: Verdict) -> str:
@@ -508,3 +649,38 @@ def as_answered(verdict: Verdict) -> tuple[Verdict, bytes]:
 
 def render_reply(verdict: Verdict) -> bytes:
     return as_answered(verdict)[1]
+
+
+def answers_to_json(kept: dict[str, Verdict]) -> str:
+    """Kept answers per profile name: the policy (Postfix syntax, null for NOTFOUND), the
+    rule and the reason."""
+    return json.dumps(
+        {
+            name: {
+                "policy": None if v.policy is None else postfix_policy.render(v.policy),
+                "rule": v.rule.value,
+                "reason": v.reason,
+            }
+            for name, v in kept.items()
+        },
+        sort_keys=True,
+    )
+
+
+def answers_from_json(text: str) -> dict[str, Verdict]:
+    """Inverse of :func:`answers_to_json`; ValueError (or KeyError, TypeError) when bad."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("kept answers: expected an object")
+    out: dict[str, Verdict] = {}
+    for name, item in doc.items():
+        pol_text = item["policy"]
+        rule = Rule(item["rule"])
+        reason = str(item["reason"])
+        if pol_text is None:
+            out[str(name)] = Verdict(Outcome.NOTFOUND, rule, reason)
+        else:
+            out[str(name)] = Verdict(
+                Outcome.POLICY, rule, reason, postfix_policy.parse(str(pol_text))
+            )
+    return out

@@ -10,6 +10,19 @@ here; nothing from the library escapes :meth:`Resolver.query`.
 Answers are cached by TTL (clamped), failures briefly; concurrent queries for the same
 name and type share one lookup.
 
+A circuit breaker tells a dead resolver from a slow zone: when a query goes unanswered
+for ``HealthTimes.after`` seconds (or fails with no response at all), the resolver itself
+is asked for ``localhost.`` (RFC 6761 6.3: resolvers answer it themselves, from memory).
+No response within ``HealthTimes.timeout`` opens the breaker: lookups under way and new
+ones end FAILED at once ("resolver not answering") instead of each waiting its lifetime,
+and the check is repeated every ``HealthTimes.retry`` seconds until any response closes
+the breaker by itself.
+
+Queries to configured addresses go through :mod:`policyd.adapters.dns_udp` (long-lived
+UDP sockets, :mod:`policyd.codec.dns_wire` to read responses): on the cold path that costs
+a fraction of dnspython's resolver. dnspython still serves what that path does not: a
+truncated response (retried over TCP), a name that is not ASCII, and test servers.
+
 Seam for tests: ``Resolver(..., servers=[...])`` takes ``dns.nameserver.Nameserver``
 objects in place of the configured addresses. A fake one returns real
 ``dns.message`` responses (or raises), and the whole of dnspython's resolution logic
@@ -20,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -27,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+import dns.asyncbackend
 import dns.asyncresolver
 import dns.edns
 import dns.exception
@@ -35,10 +50,17 @@ import dns.message
 import dns.name
 import dns.nameserver
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TLSA
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
 import dns.resolver
 
+from policyd.adapters.dns_udp import NoResponse, UdpResolver
+from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus
 from policyd.counters import DnsCounters
 
@@ -68,6 +90,17 @@ FAILED_TTL: Final = 5
 EDNS_PAYLOAD: Final = 1232
 # Where the nameservers come from when none are configured (resolv.conf(5)).
 RESOLV_CONF: Final = "/etc/resolv.conf"
+# The breaker's health check asks for this name: every resolver answers it without
+# recursion (RFC 6761 6.3), so only a dead or unreachable resolver leaves it unanswered.
+HEALTH_NAME: Final = "localhost."
+# The error of lookups failed by the open breaker.
+NOT_ANSWERING: Final = "resolver not answering"
+
+# The breaker's messages go where the caller says (the daemon: its log); one-shot users
+# (policyctl doctor) stay quiet.
+_QUIET = logging.getLogger("policyd.dns.quiet")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 # Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
 _BOGUS_EDE: Final = frozenset(
@@ -103,6 +136,23 @@ class DnsTimeouts:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTimes:
+    """The breaker's clock, in seconds (see the module doc). A cold DNSSEC chase may take
+    longer than ``after``: that only costs one health check, answered in microseconds by
+    a live resolver."""
+
+    after: float = 1.0  # a query unanswered this long makes the resolver suspect
+    timeout: float = 1.0  # a live local resolver answers localhost in well under this
+    retry: float = 1.0  # while open, the resolver is asked again this often
+
+    def __post_init__(self) -> None:
+        for name in ("after", "timeout", "retry"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"health {name} must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +276,18 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
         *,
         servers: Sequence[dns.nameserver.Nameserver] = (),
+        health: HealthTimes | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._servers = tuple(servers)
+        self._health = health or HealthTimes()
+        self._log = log or _QUIET
+        self._down = False  # the breaker is open
+        self._checker: asyncio.Task[None] | None = None
+        self._first_check: asyncio.Future[None] | None = None  # the checker's first verdict
+        self._fast: list[UdpResolver] | None = None  # built with the library resolver
         self._library: dns.asyncresolver.Resolver | None = None
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
@@ -243,12 +301,28 @@ class Resolver:
         self._cache.clear()
         self._inflight.clear()
         self._library = None
+        if self._fast is not None:
+            for client in self._fast:
+                client.close()
+        self._fast = None
         self._generation += 1
 
     @property
     def cached(self) -> int:
         """How many answers are cached (for status output)."""
         return len(self._cache)
+
+    def close(self) -> None:
+        """Stop the health check and close the sockets (shutdown)."""
+        if self._checker is not None:
+            self._checker.cancel()
+        for client in self._fast or ():
+            client.close()
+
+    @property
+    def down(self) -> bool:
+        """The breaker is open: the resolver did not answer its health check."""
+        return self._down
 
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         """Look up ``rdtype`` records of ``name`` (absolute; no search list)."""
@@ -259,6 +333,8 @@ class Resolver:
         cached = self._cached(key)
         if cached is not None:
             return cached
+        if self._down:
+            return _failed(key[0], rdtype, NOT_ANSWERING)
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(self._lookup(key, self._generation))
@@ -284,8 +360,17 @@ class Resolver:
             del self._inflight[key]
 
     async def _lookup(self, key: tuple[str, str], generation: int) -> DnsAnswer:
-        answer = await self._resolve(*key)
+        try:
+            answer = await self._ask(*key)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._down or task is None:
+                raise
+            task.uncancel()  # our own cancel (see _watch): the lookup ends FAILED
+            answer = _failed(key[0], key[1], NOT_ANSWERING)
         self.counters.outcomes.inc(answer.status.value)
+        if answer.error == NOT_ANSWERING:
+            return answer  # not cached: the breaker answers as long as the outage lasts
         answer = replace(answer, ttl=self._cache_ttl(answer))
         if generation == self._generation and answer.ttl > 0:
             self._cache[key] = (self._clock() + answer.ttl, answer)
@@ -293,6 +378,80 @@ class Resolver:
             while len(self._cache) > self._settings.cache_entries:
                 self._cache.popitem(last=False)
         return answer
+
+    async def _ask(self, name: str, rdtype: str) -> DnsAnswer:
+        """One resolution, watched by the breaker."""
+        suspect = asyncio.get_running_loop().call_later(self._health.after, self._suspect)
+        try:
+            answer, responded = await self._resolve(name, rdtype)
+        finally:
+            suspect.cancel()
+        if not responded:
+            # No server said anything: wait for the health check's verdict (at most its
+            # timeout) so that an outage is known before this failure is reported.
+            await asyncio.shield(self._suspect())
+            if self._down:
+                return replace(answer, error=NOT_ANSWERING)
+        return answer
+
+    # -- the breaker -------------------------------------------------------------------
+
+    def _suspect(self) -> asyncio.Future[None]:
+        """A query went unanswered: check the resolver itself, once at a time. Returns a
+        future done when the check has its first verdict (``down`` is then current)."""
+        if self._checker is None or self._checker.done():
+            loop = asyncio.get_running_loop()
+            self._first_check = loop.create_future()
+            self._checker = loop.create_task(self._check(self._first_check))
+        assert self._first_check is not None
+        return self._first_check
+
+    async def _check(self, first: asyncio.Future[None]) -> None:
+        """Ask until the resolver answers: open the breaker on the first silence, close it
+        on the first response."""
+        try:
+            await self._watch(first)
+        finally:
+            if not first.done():
+                first.set_result(None)
+
+    async def _watch(self, first: asyncio.Future[None]) -> None:
+        while not await self._alive():
+            if not self._down:
+                self._down = True
+                self._log.warning(
+                    "dns: resolver not answering; lookups fail at once until it does "
+                    "(cached answers are kept)"
+                )
+                for task in list(self._inflight.values()):
+                    task.cancel()  # each ends FAILED in _lookup
+            if not first.done():
+                first.set_result(None)
+            await asyncio.sleep(self._health.retry)
+        if self._down:
+            self._down = False
+            self._log.warning("dns: resolver answers again")
+
+    async def _alive(self) -> bool:
+        """Any response of any nameserver to the health query, whatever its rcode."""
+        try:
+            library = self._resolver()
+        except dns.exception.DNSException:
+            return False  # no nameservers configured: nothing to wait for
+        request = dns.message.make_query(HEALTH_NAME, "A", flags=dns.flags.RD)
+        backend = dns.asyncbackend.get_default_backend()
+        for entry in library.nameservers:
+            server = (
+                dns.nameserver.Do53Nameserver(entry, library.port)
+                if isinstance(entry, str)
+                else entry
+            )
+            try:
+                await server.async_query(request, self._health.timeout, None, 0, False, backend)
+            except (dns.exception.DNSException, OSError, EOFError, ValueError):
+                continue
+            return True
+        return False
 
     def _cache_ttl(self, answer: DnsAnswer) -> int:
         s = self._settings
@@ -318,21 +477,93 @@ class Resolver:
         library.lifetime = s.timeouts.lifetime
         library.cache = None  # this class caches, with its own TTL bounds
         library.retry_servfail = False  # a validator's SERVFAIL (bogus) will not improve
-        # DO asks for DNSSEC records and AD in the query says we read the AD bit
-        # (RFC 3225 3, RFC 6840 5.7). CD stays clear: the resolver must validate.
-        library.use_edns(0, dns.flags.DO, EDNS_PAYLOAD)
+        # AD in the query asks for the AD bit alone (RFC 6840 5.7); without DO the resolver
+        # leaves out RRSIG and NSEC records (RFC 3225 3), which nothing here reads: answers
+        # stay small and quick to parse. EDNS stays for the payload size and for Extended
+        # DNS Errors (RFC 8914). CD stays clear: the resolver must validate.
+        library.use_edns(0, 0, EDNS_PAYLOAD)
         library.flags = dns.flags.RD | dns.flags.AD
         self._library = library
+        self._fast = (
+            []
+            if self._servers
+            else [
+                UdpResolver(ns, s.port, EDNS_PAYLOAD)
+                if isinstance(ns, str)
+                else UdpResolver(ns.address, ns.port, EDNS_PAYLOAD)
+                for ns in library.nameservers
+                if isinstance(ns, str | dns.nameserver.Do53Nameserver)
+            ]
+        )
         return library
 
-    async def _resolve(self, name: str, rdtype: str) -> DnsAnswer:
-        """One lookup through dnspython; every library exception becomes FAILED here."""
+    async def _resolve_fast(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool] | None:
+        """One lookup over :mod:`policyd.adapters.dns_udp`, with dnspython's semantics (a
+        try per server until the lifetime ends; SERVFAIL final; REFUSED and the like move
+        on to the next server; an unreachable server is dropped for this lookup). None:
+        not for this path (test servers, a truncated response, a name that is not ASCII)."""
+        qtype = dns_wire.TYPES.get(rdtype)
+        try:
+            self._resolver()
+        except dns.exception.DNSException:
+            return None
+        clients = list(self._fast or ())
+        if qtype is None or not clients or not name.isascii():
+            return None
+        timeouts = self._settings.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.lifetime
+        errors: list[str] = []
+        rcode = ""
+        responded = False
+        while clients:
+            for client in list(clients):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    response = await client.query(name, qtype, min(timeouts.per_try, left))
+                except dns_wire.DnsWireError as exc:
+                    if not responded and not errors:
+                        return None  # a name this path cannot send: dnspython's turn
+                    responded = True
+                    errors.append(f"FormError: {exc}")
+                    clients.remove(client)
+                    continue
+                except NoResponse:
+                    errors.append("timeout")
+                    continue
+                except OSError as exc:
+                    errors.append(_describe(exc, None))
+                    clients.remove(client)
+                    continue
+                responded = True
+                if response.truncated:
+                    return None  # dnspython retries over TCP
+                answer = _from_wire(name, rdtype, qtype, response)
+                if answer is not None:
+                    return answer, True
+                text = dns.rcode.to_text(dns.rcode.Rcode.make(response.rcode))
+                errors.append(_describe_wire(text, response.ede))
+                rcode = rcode or text
+                clients.remove(client)
+            if loop.time() >= deadline:
+                break
+        if errors and all(e == "timeout" for e in errors):
+            return _failed(name, rdtype, "timeout"), responded
+        unique = list(dict.fromkeys(e for e in errors if e != "timeout")) or ["timeout"]
+        return _failed(name, rdtype, "; ".join(unique), rcode), responded
 
-        def failed(error: str, rcode: str = "") -> DnsAnswer:
-            return DnsAnswer(
-                name, rdtype, DnsStatus.FAILED, rcode, canonical_name=name, error=error
-            )
+    async def _resolve(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool]:
+        """One lookup through dnspython, and whether any server responded at all; every
+        library exception becomes FAILED here."""
 
+        def failed(error: str, rcode: str = "") -> tuple[DnsAnswer, bool]:
+            return _failed(name, rdtype, error, rcode), True
+
+        fast = await self._resolve_fast(name, rdtype)
+        if fast is not None:
+            return fast
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException as exc:  # label too long, bad IDNA...
@@ -344,12 +575,15 @@ class Resolver:
             # A completed answer: its AD bit says whether the denial was validated.
             response = exc.kwargs.get("responses", {}).get(qname)
             canonical, ttl = _chain(qname, response)
-            return DnsAnswer(name, rdtype, _status(response), "NXDOMAIN", (), canonical, ttl)
-        except dns.resolver.LifetimeTimeout:
-            return failed("timeout")
+            status = _status(response)
+            return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), canonical, ttl), True
+        except dns.resolver.LifetimeTimeout as exc:
+            errors = exc.kwargs.get("errors", [])
+            return _failed(name, rdtype, "timeout"), any(e[4] is not None for e in errors)
         except dns.resolver.NoNameservers as exc:
-            error, rcode = _errors(exc.kwargs.get("errors", []))
-            return failed(error, rcode)
+            errors = exc.kwargs.get("errors", [])
+            error, rcode = _errors(errors)
+            return _failed(name, rdtype, error, rcode), any(e[4] is not None for e in errors)
         except dns.resolver.YXDOMAIN:
             return failed("YXDOMAIN", "YXDOMAIN")
         except dns.resolver.NoResolverConfiguration:
@@ -358,7 +592,68 @@ class Resolver:
             return failed(f"{type(exc).__name__}: {exc}")
         records = tuple(result.rrset) if result.rrset is not None else ()
         canonical, ttl = _chain(qname, result.response)
-        return DnsAnswer(name, rdtype, _status(result.response), "NOERROR", records, canonical, ttl)
+        status = _status(result.response)
+        return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, ttl), True
+
+
+def _describe_wire(rcode: str, ede: Sequence[tuple[int, str]]) -> str:
+    """As :func:`_describe`, for a response read by :mod:`policyd.codec.dns_wire`."""
+    for code, text in ede:
+        if code in _BOGUS_EDE:
+            detail = dns.edns.EDECode.to_text(dns.edns.EDECode.make(code))
+            return f"bogus (EDE {code} {detail}{': ' + text if text else ''})"
+    return rcode
+
+
+_IN = dns.rdataclass.IN
+
+
+def _wire_name(text: str) -> dns.name.Name:
+    if not text:
+        return dns.name.root
+    return dns.name.Name([*(label.encode("latin-1") for label in text.split(".")), b""])
+
+
+def _rdata(rtype: int, data: object) -> object:
+    """A record of :mod:`policyd.codec.dns_wire` as the dnspython rdata callers read."""
+    if rtype == dns_wire.TYPE_A:
+        return dns.rdtypes.IN.A.A(_IN, dns.rdatatype.A, str(data))  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_AAAA:
+        return dns.rdtypes.IN.AAAA.AAAA(_IN, dns.rdatatype.AAAA, str(data))  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_MX:
+        assert isinstance(data, tuple)
+        return dns.rdtypes.ANY.MX.MX(_IN, dns.rdatatype.MX, data[0], _wire_name(data[1]))  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_TLSA:
+        assert isinstance(data, tuple)
+        return dns.rdtypes.ANY.TLSA.TLSA(_IN, dns.rdatatype.TLSA, *data)  # type: ignore[no-untyped-call]
+    if rtype == dns_wire.TYPE_TXT:
+        assert isinstance(data, tuple)
+        return dns.rdtypes.ANY.TXT.TXT(_IN, dns.rdatatype.TXT, data)
+    return data
+
+
+def _from_wire(name: str, rdtype: str, qtype: int, response: dns_wire.Response) -> DnsAnswer | None:
+    """A completed answer (NOERROR, NXDOMAIN) from a decoded response; None for other
+    rcodes (failures, left to the caller)."""
+    if response.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return None
+    status = DnsStatus.SECURE if response.authentic else DnsStatus.INSECURE
+    try:
+        chain = dns_wire.follow(response, name, qtype)
+    except dns_wire.DnsWireError:
+        chain = dns_wire.Chain(name.lower(), (), 0)
+    canonical = chain.canonical or "."
+    if response.rcode == dns.rcode.NXDOMAIN:
+        return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), canonical, chain.ttl)
+    try:
+        records = tuple(_rdata(r.rtype, r.data) for r in chain.records)
+    except (ValueError, TypeError, dns.exception.DNSException) as exc:
+        return _failed(name, rdtype, f"FormError: {exc}", "NOERROR")
+    return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, chain.ttl)
+
+
+def _failed(name: str, rdtype: str, error: str, rcode: str = "") -> DnsAnswer:
+    return DnsAnswer(name, rdtype, DnsStatus.FAILED, rcode, canonical_name=name, error=error)
 
 
 def _chain(qname: dns.name.Name, response: dns.message.Message | None) -> tuple[str, int]:

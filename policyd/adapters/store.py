@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Kind(enum.Enum):
@@ -20,6 +20,8 @@ class Kind(enum.Enum):
     STS = "sts"
     PROBE = "probe"
     EVENT = "event"
+    # The last answers of a destination, per profile: kept through a resolver outage.
+    ANSWER = "answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +58,10 @@ class Store(Protocol):
     async def events(self, since: float) -> list[tuple[float, str, str]]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ExpiringStore(Protocol):
+    """A store that deletes expired records itself when asked (housekeeping)."""
+
+    async def delete_expired(self, now: float) -> int: ...

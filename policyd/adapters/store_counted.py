@@ -6,10 +6,11 @@ export ``policyd_store_errors_total`` without either backend knowing about metri
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
-from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.adapters.store import ExpiringStore, Kind, Record, Store, StoreError
+from policyd.adapters.write_behind import BatchStore
 
 T = TypeVar("T")
 
@@ -46,6 +47,25 @@ class CountedStore:
 
     async def events(self, since: float) -> list[tuple[float, str, str]]:
         return await self._counted(self.inner.events(since))
+
+    async def write_batch(
+        self, records: Sequence[Record], events: Sequence[tuple[float, str, str]]
+    ) -> None:
+        """The inner store's one-transaction batch where it has one, else call by call."""
+        inner = self.inner
+        if isinstance(inner, BatchStore):
+            await self._counted(inner.write_batch(records, events))
+            return
+        for record in records:
+            await self.put(record)
+        for at, key, text in events:
+            await self.append_event(at, key, text)
+
+    async def delete_expired(self, now: float) -> int:
+        """Housekeeping: 0 for a store that does not delete expired records itself."""
+        if isinstance(self.inner, ExpiringStore):
+            return await self._counted(self.inner.delete_expired(now))
+        return 0
 
     async def close(self) -> None:
         await self.inner.close()

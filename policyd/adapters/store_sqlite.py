@@ -2,7 +2,9 @@
 
 All database work runs on one dedicated thread, so the event loop never waits on the disk
 and statements keep their order. A database that cannot be opened, is not a database, or
-has a schema newer than this program is a :class:`StoreError` at start, never a wipe.
+has a schema newer than this program is a :class:`StoreError` at start, never a wipe; any
+later ``sqlite3.Error`` (a damaged file, a full disk, a lock held past ``busy_timeout``)
+is a :class:`StoreError` too: no sqlite3 exception leaves this module.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import logging
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
@@ -85,7 +87,10 @@ class SqliteStore:
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise StoreError("store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {exc}") from exc
 
     def _check_file(self) -> None:
         """Refuse anything at the path that is not an SQLite database before SQLite sees it:
@@ -222,6 +227,48 @@ class SqliteStore:
                 conn.execute("DELETE FROM events WHERE id <= ?", (rowid - MAX_EVENTS,))
 
         await self._run(run)
+
+    async def write_batch(
+        self, records: Sequence[Record], events: Sequence[tuple[float, str, str]]
+    ) -> None:
+        """Put ``records`` and append ``events`` in one transaction (write-behind batches),
+        then prune the event log to its bound."""
+
+        def run() -> None:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO records (kind, key, value, expires_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(r.kind.value, r.key, r.value, r.expires_at) for r in records],
+                )
+                if events:
+                    conn.executemany("INSERT INTO events (at, key, text) VALUES (?, ?, ?)", events)
+                    conn.execute(
+                        "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+                        (MAX_EVENTS,),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        await self._run(run)
+
+    async def delete_expired(self, now: float) -> int:
+        """Delete cached evidence that expired before ``now`` (housekeeping); overrides
+        stay (``policyctl override`` shows and removes them)."""
+
+        def run() -> int:
+            cur = self._conn.execute(
+                "DELETE FROM records WHERE kind != ? AND expires_at IS NOT NULL AND expires_at < ?",
+                (Kind.OVERRIDE.value, now),
+            )
+            return cur.rowcount
+
+        return await self._run(run)
 
     async def events(self, since: float) -> list[tuple[float, str, str]]:
         def run() -> list[tuple[float, str, str]]:

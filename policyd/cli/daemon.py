@@ -4,7 +4,10 @@ This module is the composition root: it wires config -> store -> DNS/MTA-STS/pro
 sources -> service -> listeners, then runs until SIGTERM. SIGHUP reloads the
 configuration and the overrides without dropping connections (a bad new file is logged
 and the old configuration kept). systemd is told READY=1 once the listeners are up,
-WATCHDOG=1 while the loop is alive, and STOPPING=1 on the way out.
+WATCHDOG=1 while the loop and every background task are alive (a task that dies stops
+the pings, so systemd restarts the daemon), and STOPPING=1 on the way out. Housekeeping
+runs each of its steps on its own: a failing step is logged and the others, and the next
+round, go on.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Final
 
 from policyd import __version__
 from policyd.adapters.dns import Resolver
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
-from policyd.adapters.store import Store, StoreError
+from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.alerts import Alerts
@@ -73,7 +77,7 @@ class Daemon:
                 exc,
             )
             return 1
-        resolver = Resolver(cfg.dns)
+        resolver = Resolver(cfg.dns, log=log)
         try:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
             prober = make_prober(cfg.probe, cfg.tls.ca_file)
@@ -97,6 +101,8 @@ class Daemon:
             sts,
             probe,
             lookup_budget=cfg.server.lookup_budget,
+            dns_down=lambda: resolver.down,
+            max_destinations=cfg.server.max_destinations,
             alerts=alerts,
             dane_temp_after=cfg.alerts.dane_temp_after,
         )
@@ -151,8 +157,9 @@ class Daemon:
         ):
             loop.add_signal_handler(sig, handler)
         self._spawn(probe.run())
-        self._spawn(self._housekeeping(sts))
-        self._spawn(notifier.watchdog())
+        self._spawn(self._housekeeping(sts, probe, store))
+        self._spawn(service.writes.run())
+        watchdog = loop.create_task(notifier.watchdog(self.tasks_alive))
         notifier.ready()
         for warning in config_warnings(cfg):
             log.warning("%s: %s", cfg.path, warning)
@@ -164,9 +171,11 @@ class Daemon:
         if metrics is not None:
             await metrics.close()
         await server.close()
+        watchdog.cancel()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(watchdog, *self._tasks, return_exceptions=True)
+        resolver.close()
         await fetcher.aclose()
         await store.close()
         return 0
@@ -175,6 +184,14 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(_report_crash)
         self._tasks.append(task)
+
+    def tasks_alive(self) -> bool:
+        """No background task has died of an exception (they run until cancelled at
+        shutdown; one that has nothing to do may return)."""
+        return not any(
+            task.done() and not task.cancelled() and task.exception() is not None
+            for task in self._tasks
+        )
 
     def request_reload(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
@@ -199,20 +216,53 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _housekeeping(self, sts: StsSource) -> None:
+    async def _housekeeping(self, sts: StsSource, probe: ProbeSource, store: Store) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            self.service.expire_overrides()
-            try:
-                await self.service.load_overrides()
-            except StoreError as exc:
-                log.error("store: cannot reload overrides: %s", exc)
-            await sts.refresh_due()
+            await housekeep(self.service, sts, probe, store)
+
+
+async def housekeep(
+    service: PolicyService, sts: StsSource, probe: ProbeSource, store: Store
+) -> None:
+    """One round of housekeeping. Each step on its own: one that fails (a damaged store, a
+    bug) is logged and the others still run."""
+
+    async def expire_overrides() -> None:
+        service.expire_overrides()
+
+    async def prune_probes() -> None:
+        probe.prune()
+
+    async def delete_expired() -> None:
+        if isinstance(store, ExpiringStore):
+            deleted = await store.delete_expired(time.time())
+            if deleted:
+                log.info("store: deleted %d expired records", deleted)
+
+    steps: tuple[tuple[str, Callable[[], Awaitable[object]]], ...] = (
+        ("expire overrides", expire_overrides),
+        ("reload overrides", service.load_overrides),
+        ("refresh mta-sts policies", sts.refresh_due),
+        ("prune probe states", prune_probes),
+        ("delete expired store records", delete_expired),
+    )
+    for name, step in steps:
+        try:
+            await step()
+        except StoreError as exc:
+            log.error("housekeeping: %s: store: %s", name, exc)
+        except Exception:  # per-step boundary: the next steps must run
+            log.exception("housekeeping: %s failed", name)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed: %r", task.exception())
+        log.error(
+            "background task failed: %r; the systemd watchdog is no longer fed, so systemd "
+            "restarts policyd",
+            task.exception(),
+        )
 
 
 def config_warnings(config: Config) -> list[str]:

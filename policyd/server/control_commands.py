@@ -317,6 +317,7 @@ class Commands:
         now = self._clock()
         since = now - req.since
         changes: list[JsonValue] = []
+        await service.writes.flush()  # events still queued for the store count too
         for at, key, text in (await service.store.events(since))[-MAX_REPORT_CHANGES:]:
             change = parse_change(text)
             if change is None:

@@ -6,7 +6,9 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op, so ``make run`` needs 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from collections.abc import Callable
 
 import sdnotify
 
@@ -42,11 +44,15 @@ class Notifier:
             return None
         return int(usec) / 1_000_000 / 2
 
-    async def watchdog(self) -> None:
-        """Ping while the event loop runs: a stalled loop misses pings and systemd restarts us."""
+    async def watchdog(self, alive: Callable[[], bool] = lambda: True) -> None:
+        """Ping while the event loop runs and ``alive()`` holds: a stalled loop or a dead
+        background task misses pings, and systemd restarts us (WatchdogSec=)."""
         interval = self.watchdog_interval()
         if interval is None:
             return
-        while True:
+        while alive():
             self._send("WATCHDOG=1")
             await asyncio.sleep(interval)
+        logging.getLogger("policyd").error(
+            "a background task died: no more watchdog pings, systemd will restart policyd"
+        )

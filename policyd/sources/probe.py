@@ -50,6 +50,9 @@ T = TypeVar("T")
 
 MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x backoff_initial is past any backoff_max
 MAX_HOSTS_IN_LOG: Final = 6  # addresses listed per log line
+# Destinations with probe evidence kept in memory at most: beyond it, prune() forgets the
+# longest-unprobed (their stored copies stay until they expire).
+MAX_STATES: Final = 1_000_000
 SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: a destination without a port
 # RFC 8314 3.3: submissions speaks TLS from the first byte (smtp_tls_wrappermode); there
 # is no STARTTLS to probe, and a STARTTLS probe would only time out.
@@ -266,6 +269,27 @@ class ProbeSource:
         self._states.pop(key, None)
         self._due.pop(key, None)
         self._failures.pop(key, None)
+
+    def prune(self) -> int:
+        """Forget states older than ``retention`` (their stored copies expire with them),
+        the oldest beyond MAX_STATES, and schedules left without a state (housekeeping).
+        Returns how many destinations were forgotten."""
+        now = self._clock()
+        limit = now - self.settings.retention
+        doomed = [k for k, st in self._states.items() if st.probed_at < limit]
+        if len(self._states) - len(doomed) > MAX_STATES:
+            survivors = sorted(
+                (st.probed_at, k) for k, st in self._states.items() if st.probed_at >= limit
+            )
+            doomed += [k for _, k in survivors[: len(survivors) - MAX_STATES]]
+        for key in doomed:
+            if key not in self._waiting:
+                self.forget(key)
+        for table in (self._due, self._failures):
+            for key in [k for k in table if k not in self._states and k not in self._waiting]:
+                if self._due.get(key, 0.0) <= now:
+                    table.pop(key, None)
+        return len(doomed)
 
     # -- workers ---------------------------------------------------------------------
 

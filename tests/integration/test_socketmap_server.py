@@ -254,6 +254,9 @@ def test_trickled_request_closed_after_request_timeout(daemon: Daemon) -> None:
                     break
             except TimeoutError:
                 continue
+            except ConnectionResetError:  # closed with our bytes unread: a reset
+                closed_after = time.monotonic() - t0
+                break
         assert closed_after is not None, "a trickled request kept its connection"
         assert closed_after < 4.5
     still_serving(daemon)

@@ -161,12 +161,13 @@ async def test_ad_bit_gives_secure_or_insecure(ad: bool, status: DnsStatus) -> N
     assert not answer.failed and not answer.negative
 
 
-async def test_query_asks_for_dnssec_and_the_ad_bit() -> None:
+async def test_query_asks_for_the_ad_bit_without_do() -> None:
     resolver, server, _ = make(a_record())
     await resolver.query("mx.example.test", "A")
     (request,) = server.requests
     assert request.edns == 0
-    assert request.ednsflags & dns.flags.DO  # RFC 3225 3
+    # AD alone (RFC 6840 5.7): no DO, so no RRSIG/NSEC records to parse (RFC 3225 3)
+    assert not request.ednsflags & dns.flags.DO
     assert request.payload == EDNS_PAYLOAD
     assert request.flags & dns.flags.AD  # RFC 6840 5.7
     assert request.flags & dns.flags.RD
@@ -234,6 +235,8 @@ async def test_servfail_with_other_ede_is_plain_servfail() -> None:
 
 async def test_timeout_fails() -> None:
     def silent(q: dns.message.QueryMessage) -> dns.message.Message:
+        if q.question[0].name.to_text() == dns_adapter.HEALTH_NAME:
+            return respond(q)  # the resolver lives: this is one slow name, not an outage
         raise dns.exception.Timeout
 
     # A tiny lifetime: dnspython gives up after its first back-off (0.1 s).
@@ -247,6 +250,8 @@ async def test_timeout_fails() -> None:
 
 async def test_transport_error_fails() -> None:
     def refused(q: dns.message.QueryMessage) -> dns.message.Message:
+        if q.question[0].name.to_text() == dns_adapter.HEALTH_NAME:
+            return respond(q)  # one failing server path, the breaker stays closed
         raise ConnectionRefusedError(111, "Connection refused")
 
     resolver, _, _ = make(refused)
@@ -536,3 +541,107 @@ def test_answer_error_iff_failed(status: DnsStatus, error: str) -> None:
 def test_answer_ttl_not_negative() -> None:
     with pytest.raises(ValueError):
         DnsAnswer("x", "A", DnsStatus.SECURE, "NOERROR", ttl=-1)
+
+
+# -- the breaker: a dead resolver is known fast, and closes by itself ------------------------
+
+QUICK = dns_adapter.HealthTimes(after=0.05, timeout=0.05, retry=0.05)
+
+
+class MutableServer(FakeServer):
+    """Silent (never responds) while ``dead``; names in ``slow`` take ``slow_for`` seconds
+    to answer even when alive (a zone the resolver chases slowly)."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(handler)
+        self.dead = False
+        self.slow: set[str] = set()
+        self.slow_for = 0.3
+
+    async def async_query(
+        self,
+        request: dns.message.QueryMessage,
+        timeout: float,
+        source: str | None,
+        source_port: int,
+        max_size: bool,
+        backend: dns._asyncbackend.Backend,
+        one_rr_per_rrset: bool = False,
+        ignore_trailing: bool = False,
+    ) -> dns.message.Message:
+        self.requests.append(request)
+        if self.dead:
+            await asyncio.sleep(timeout)
+            raise dns.exception.Timeout
+        if request.question[0].name.to_text() in self.slow:
+            await asyncio.sleep(self.slow_for)
+        return self.handler(request)
+
+
+def breaker(handler: Handler) -> tuple[Resolver, MutableServer]:
+    server = MutableServer(handler)
+    return Resolver(DnsSettings(), Clock(), servers=[server], health=QUICK), server
+
+
+async def test_dead_resolver_fails_lookups_fast_once_known() -> None:
+    resolver, server = breaker(a_record())
+    server.dead = True
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    first = await resolver.query("a.example.test", "A")
+    # after + timeout (0.1 s), not the 5 s lifetime
+    assert loop.time() - t0 < 1.0
+    assert first.failed and first.error == dns_adapter.NOT_ANSWERING
+    assert resolver.down
+    asked = len(server.requests)
+    t0 = loop.time()
+    second = await resolver.query("b.example.test", "A")
+    assert loop.time() - t0 < 0.01  # known outage: no query sent, no wait
+    assert second.failed and second.error == dns_adapter.NOT_ANSWERING
+    assert len(server.requests) - asked <= 1  # at most one health check meanwhile
+
+
+async def test_breaker_keeps_cached_answers_and_closes_by_itself() -> None:
+    resolver, server = breaker(a_record())
+    assert not (await resolver.query("mx.example.test", "A")).failed
+    server.dead = True
+    assert (await resolver.query("other.example.test", "A")).failed
+    assert resolver.down
+    kept = await resolver.query("mx.example.test", "A")  # cached before the outage
+    assert not kept.failed
+    server.dead = False
+    for _ in range(100):  # the health check retries every 0.05 s
+        if not resolver.down:
+            break
+        await asyncio.sleep(0.01)
+    assert not resolver.down
+    assert not (await resolver.query("other.example.test", "A")).failed
+    assert ("localhost.", "A") in server.asked
+
+
+async def test_slow_zone_on_a_live_resolver_keeps_the_breaker_closed() -> None:
+    resolver, server = breaker(a_record())
+    server.slow = {"slow.example.test."}
+    answer = await resolver.query("slow.example.test", "A")  # 0.3 s > after (0.05 s)
+    assert not answer.failed
+    assert not resolver.down
+    assert ("localhost.", "A") in server.asked  # it was suspected, and checked
+
+
+async def test_refused_resolver_opens_the_breaker_at_once() -> None:
+    def refuse(request: dns.message.QueryMessage) -> dns.message.Message:
+        raise ConnectionRefusedError
+
+    resolver, _ = breaker(refuse)
+    answer = await resolver.query("a.example.test", "A")
+    assert answer.failed
+    for _ in range(50):
+        if resolver.down:
+            break
+        await asyncio.sleep(0.01)
+    assert resolver.down
+
+
+def test_health_times_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="after"):
+        dns_adapter.HealthTimes(after=0)

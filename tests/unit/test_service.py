@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from policyd import service as service_module
 from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
 from policyd.codec.destination import parse_key
@@ -246,7 +247,8 @@ async def test_decision_change_is_logged_once(caplog: pytest.LogCaptureFixture) 
         await svc.reply_for(b"postfix example.test")
     lines = [r.getMessage() for r in caplog.records if "example.test: level=" in r.getMessage()]
     assert lines == ["example.test: level=NOTFOUND reason=no DANE, MTA-STS or probe evidence"]
-    await asyncio.sleep(0)
+    assert store.event_log == []  # written off the answer's path, in batches
+    await svc.writes.flush()
     assert len(store.event_log) == 1
 
 
@@ -264,3 +266,160 @@ async def test_flush_forgets() -> None:
     assert svc.cached_reply(b"postfix example.test") is None
     await svc.flush(None)
     assert store.records == {}
+
+
+# -- kept answers through a resolver outage ---------------------------------------------------
+
+
+class Outage:
+    def __init__(self) -> None:
+        self.down = False
+
+    def __call__(self) -> bool:
+        return self.down
+
+
+BROKEN = DnsEvidence(DnsStatus.FAILED, error="MX lookup for example.test: resolver not answering")
+
+
+def outage_service(
+    store: MemoryStore | None = None,
+) -> tuple[PolicyService, Clock, MemoryStore, FakeDane, Outage]:
+    clock = Clock()
+    store = store or MemoryStore()
+    dane = FakeDane()
+    outage = Outage()
+    probe = FakeProbe({"example.test": ProbeState(ProbeLevel.VERIFY)})
+    svc = PolicyService(
+        DEFAULT_PROFILES,
+        store,
+        dane,
+        FakeSts(),
+        probe,
+        lookup_budget=1.0,
+        clock=clock.wall,
+        monotonic=clock.monotonic,
+        dns_down=outage,
+    )
+    return svc, clock, store, dane, outage
+
+
+async def test_known_destination_keeps_its_answer_through_an_outage() -> None:
+    svc, clock, _, dane, outage = outage_service()
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    dane.answers["example.test"] = BROKEN
+    outage.down = True
+    svc.invalidate(None)
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    # kept answers are cached briefly only: the outage may end any moment
+    clock.mono += 6
+    assert svc.cached_reply(b"postfix example.test") is None
+    # a destination never seen has nothing to keep
+    dane.answers["new.test"] = BROKEN
+    assert reply(await svc.reply_for(b"postfix new.test")).startswith(b"TEMP")
+    # the same failure with the resolver answering (not an outage) is TEMP
+    outage.down = False
+    svc.invalidate(None)
+    assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
+
+
+async def test_kept_answer_comes_from_the_store_after_a_restart() -> None:
+    svc, _, store, _, _ = outage_service()
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    await svc.writes.flush()
+    restarted, _, _, dane, outage = outage_service(store)
+    dane.answers["example.test"] = BROKEN
+    outage.down = True
+    assert (
+        reply(await restarted.reply_for(b"postfix example.test"))
+        == b"OK verify servername=hostname"
+    )
+
+
+async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
+    # verify, then a bogus answer (TEMP, resolver up), then the resolver dies: TEMP stays,
+    # in memory and after a restart.
+    svc, _, store, dane, outage = outage_service()
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    dane.answers["example.test"] = DnsEvidence(DnsStatus.FAILED, error="bogus")
+    svc.invalidate(None)
+    assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
+    await svc.writes.flush()
+    outage.down = True
+    svc.invalidate(None)
+    assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
+    restarted, _, _, dane2, outage2 = outage_service(store)
+    dane2.answers["example.test"] = BROKEN
+    outage2.down = True
+    assert reply(await restarted.reply_for(b"postfix example.test")).startswith(b"TEMP")
+
+
+async def test_kept_answers_expire() -> None:
+    svc, _, store, _, _ = outage_service()
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    await svc.writes.flush()
+    restarted, clock2, _, dane, outage = outage_service(store)
+    clock2.now += service_module.KEEP_ANSWERS_FOR + 1
+    dane.answers["example.test"] = BROKEN
+    outage.down = True
+    assert reply(await restarted.reply_for(b"postfix example.test")).startswith(b"TEMP")
+
+
+def test_kept_answers_round_trip() -> None:
+    from policyd.core.types import Outcome, Rule, Verdict
+
+    kept = {
+        "postfix": Verdict(Outcome.POLICY, Rule.DANE, "r", parse("dane-only")),
+        "strict": Verdict(Outcome.NOTFOUND, Rule.DEFAULT, "nothing"),
+    }
+    assert service_module.answers_from_json(service_module.answers_to_json(kept)) == kept
+    with pytest.raises(ValueError):
+        service_module.answers_from_json("[]")
+
+
+# -- a bound on destinations in memory, least recently used evicted ---------------------------
+
+
+def capped(cap: int) -> tuple[PolicyService, FakeDane]:
+    dane = FakeDane()
+    svc = PolicyService(
+        DEFAULT_PROFILES,
+        MemoryStore(),
+        dane,
+        FakeSts(),
+        FakeProbe(),
+        lookup_budget=1.0,
+        max_destinations=cap,
+    )
+    return svc, dane
+
+
+async def test_destinations_in_memory_are_capped_lru() -> None:
+    svc, dane = capped(3)
+    for name in ("a", "b", "c"):
+        await svc.reply_for(f"postfix {name}.test".encode())
+    assert svc.cached_reply(b"postfix a.test") is not None  # a is now the most recent
+    await svc.reply_for(b"postfix d.test")  # evicts b, the least recently used
+    assert svc.cached_reply(b"postfix b.test") is None
+    for name in ("a", "c", "d"):
+        assert svc.cached_reply(f"postfix {name}.test".encode()) is not None
+    assert svc.evicted == 1
+    assert len(svc.remembered()) == 3
+    assert ("postfix", "b.test") not in svc.remembered()
+    # an evicted destination comes back from the slow path, with fresh evidence
+    calls = dane.calls
+    assert reply(await svc.reply_for(b"postfix b.test")) == b"NOTFOUND "
+    assert dane.calls == calls + 1
+
+
+async def test_payloads_per_destination_are_bounded() -> None:
+    svc, _ = capped(10)
+    spellings = [f"postfix {'Example.Test'[:i].upper()}{'example.test'[i:]}" for i in range(12)]
+    for text in spellings:
+        await svc.reply_for(text.encode())
+    assert svc.cached_answers <= service_module.MAX_PAYLOADS_PER_DESTINATION
+
+
+async def test_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        capped(0)

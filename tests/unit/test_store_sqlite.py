@@ -291,6 +291,82 @@ async def test_close_twice(tmp_path: Path) -> None:
     await s.close()
 
 
+# --- every sqlite3 error is a StoreError (review M2) -------------------------------------
+
+
+async def test_write_to_a_read_only_database_is_a_store_error(store: SqliteStore) -> None:
+    def read_only() -> None:
+        assert store._db is not None
+        store._db.execute("PRAGMA query_only = 1")
+
+    await store._run(read_only)
+    with pytest.raises(StoreError, match="readonly"):
+        await store.put(rec(Kind.STS, "a.example"))
+    with pytest.raises(StoreError):
+        await store.append_event(1.0, "a.example", "x")
+    with pytest.raises(StoreError):
+        await store.write_batch([rec(Kind.STS, "a.example")], [(1.0, "a", "x")])
+    with pytest.raises(StoreError):
+        await store.delete_expired(1000.0)
+
+
+async def test_damaged_file_after_open_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "policyd.db"
+    s = await SqliteStore.open(url(path))
+    for i in range(200):
+        await s.put(rec(Kind.PROBE, f"k{i}.example", "x" * 500))
+
+    def to_disk() -> None:
+        assert s._db is not None
+        s._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        s._db.execute("PRAGMA cache_size = 0")  # read pages from the file again
+
+    await s._run(to_disk)
+    # overwrite the table pages behind SQLite's back (a bad restore, a disk error)
+    with path.open("r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\xde\xad\xbe\xef" * 4096)
+    with pytest.raises(StoreError):
+        await s.scan(Kind.PROBE)
+    await s.close()
+
+
+async def test_write_batch_is_one_transaction(store: SqliteStore) -> None:
+    await store.write_batch(
+        [rec(Kind.ANSWER, "a.example"), rec(Kind.ANSWER, "b.example")],
+        [(1.0, "a.example", "one"), (2.0, "b.example", "two")],
+    )
+    assert {r.key for r in await store.scan(Kind.ANSWER)} == {"a.example", "b.example"}
+    assert await store.events(0.0) == [(1.0, "a.example", "one"), (2.0, "b.example", "two")]
+    # a failing batch leaves nothing behind: the second row violates NOT NULL
+    bad = Record(Kind.ANSWER, "c.example", None, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await store.write_batch([rec(Kind.ANSWER, "d.example"), bad], [(3.0, "d", "x")])
+    assert {r.key for r in await store.scan(Kind.ANSWER)} == {"a.example", "b.example"}
+    assert len(await store.events(0.0)) == 2
+
+
+async def test_write_batch_keeps_the_event_log_bounded(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_sqlite, "MAX_EVENTS", 10)
+    for batch in range(5):
+        await store.write_batch([], [(float(batch * 10 + i), "k", "e") for i in range(10)])
+    assert len(await store.events(0.0)) == 10
+
+
+async def test_delete_expired_keeps_overrides_and_live_records(store: SqliteStore) -> None:
+    await store.put(rec(Kind.PROBE, "old.example", expires=50.0))
+    await store.put(rec(Kind.STS, "live.example", expires=500.0))
+    await store.put(rec(Kind.STS, "forever.example", expires=None))
+    await store.put(rec(Kind.OVERRIDE, "ov.example", expires=50.0))
+    assert await store.delete_expired(100.0) == 1
+    assert await store.get(Kind.PROBE, "old.example") is None
+    assert await store.get(Kind.STS, "live.example") is not None
+    assert await store.get(Kind.STS, "forever.example") is not None
+    assert await store.get(Kind.OVERRIDE, "ov.example") is not None
+
+
 # --- records that do not parse ----------------------------------------------------------
 
 

@@ -1,0 +1,122 @@
+"""Cold lookups: every lookup a never-seen destination, half NXDOMAIN, half existing names
+with an implicit MX, at 20 connections (one lookup at a time each, as Postfix does).
+
+Builds the test world (network namespace, signed bind9 tree, validating unbound: needs
+root) with the ``bench.cold_world`` zones, starts policyd (and, unless ``--no-peer``, the
+peer postfix-mta-sts-resolver as bench/head_to_head.py does) and prints lookups/s, p50,
+p99 and the errors (TEMP or worse) per daemon. Each daemon gets names of its own, so
+neither finds the other's in unbound's cache. Figures only, no assertions.
+
+    .venv/bin/python bench/cold_lookups.py [--seconds 10] [--connections 20] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import cold_world  # noqa: E402
+from bench.client import Figures, cpu_count, rss_kib, run_clients  # noqa: E402
+from bench.head_to_head import (  # noqa: E402
+    PEER_PACKAGE,
+    Running,
+    ensure_peer,
+    peer_version,
+    start_peer,
+    wait_port,
+)
+from tests.daemon import base_sections  # noqa: E402
+from tests.integration.test_mtasts import NsDaemon  # noqa: E402
+from tests.world import scenarios  # noqa: E402
+from tests.world.world import World  # noqa: E402
+
+# Lookups per second can reach a few thousand: enough never-seen names that no connection
+# wraps around to a name it asked before (bench/client.py cycles through its share).
+KEYS_PER_SECOND: Final = 12_000
+
+
+def start_policyd(world: World, directory: Path) -> Running:
+    sections = base_sections(directory, world.resolver)
+    sections["probe"] = {"enabled": False}
+    sections["dns"] = {"nameservers": [world.resolver]}  # default timeouts
+    sections["log"] = {"level": "warning"}
+    d = NsDaemon(directory, sections)
+    d.prefix = world.exec_prefix()
+    d.start()
+    assert d.proc is not None
+    wait_port(d.tcp_port, d.proc, d.log_path)
+    return Running("policyd", d.tcp_port, d.proc.pid, d.stop)
+
+
+def fmt(f: Figures) -> str:
+    return (
+        f"{f.rate:>8,.0f} lookups/s  p50 {f.p50_us / 1000:7.2f} ms  "
+        f"p99 {f.p99_us / 1000:7.2f} ms  errors {f.errors}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--connections", type=int, default=20)
+    ap.add_argument("--no-peer", action="store_true", help="policyd only")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("needs root (network namespace)", file=sys.stderr)
+        return 2
+    peer = not args.no_peer
+    if peer:
+        try:
+            ensure_peer()
+        except Exception as exc:
+            print(f"# peer unavailable ({exc}); policyd only", flush=True)
+            peer = False
+    tmp = Path(tempfile.mkdtemp(prefix="policyd-cold-"))
+    scenarios.EXTENSIONS = ("bench.cold_world",)
+    world = scenarios.build(tmp / "world")
+    daemons: list[Running] = []
+    try:
+        (tmp / "policyd").mkdir()
+        daemons.append(start_policyd(world, tmp / "policyd"))
+        if peer:
+            (tmp / "peer").mkdir()
+            daemons.append(start_peer(world, tmp / "peer", 1_000_000))
+        time.sleep(1.0)
+        version = f" vs {PEER_PACKAGE} {peer_version()}" if peer else ""
+        print(f"# cold lookups: policyd{version}")
+        print(
+            f"# {platform.python_implementation()} {platform.python_version()}, "
+            f"{cpu_count()} CPUs, {platform.machine()}; over TCP on 127.0.0.1 in the test "
+            f"world's namespace; {args.connections} connections, {args.seconds:g} s; "
+            f"every key never seen: half <n>.{cold_world.NXDOMAIN} (NXDOMAIN), half "
+            f"<n>.{cold_world.EXISTING} (implicit MX)"
+        )
+        count = int(args.seconds * KEYS_PER_SECOND)
+        for d in daemons:
+            keys = cold_world.keys(f"{d.name}-", count)
+            fig = run_clients(
+                f"inet:127.0.0.1:{d.port}", "postfix", keys, args.connections, args.seconds
+            )
+            wrapped = " (WRAPPED: some names repeated)" if fig.lookups > count else ""
+            print(f"{d.name:<8} {fmt(fig)}  RSS {rss_kib(d.pid) / 1024:.1f} MiB{wrapped}")
+        return 0
+    finally:
+        for d in reversed(daemons):
+            d.stop()
+        world.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""policyd.adapters.dns_udp and the Resolver's UDP path against a small DNS server on
+127.0.0.1 in this process (no packet leaves the host)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import typing
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.MX
+import pytest
+
+from policyd.adapters import dns_udp
+from policyd.adapters.dns import DnsSettings, DnsTimeouts, HealthTimes, Resolver
+from policyd.codec import dns_wire
+from policyd.core.evidence import DnsStatus
+
+Handler = Callable[[dns.message.Message], bytes | None]
+
+
+def answer(query: dns.message.Message, *lines: str, rcode: int = 0, ad: bool = True) -> bytes:
+    msg = dns.message.make_response(query)
+    if ad:
+        msg.flags |= dns.flags.AD
+    msg.set_rcode(dns.rcode.Rcode.make(rcode))
+    for line in lines:
+        name, ttl, _, rdtype, rdata = line.split(None, 4)
+        msg.find_rrset(
+            msg.answer,
+            dns.name.from_text(name),
+            dns.rdataclass.IN,
+            dns.rdatatype.from_text(rdtype),
+            create=True,
+        ).add(dns.rdata.from_text("IN", rdtype, rdata), int(ttl))
+    wire: bytes = msg.to_wire()
+    return wire
+
+
+@dataclass
+class Server(asyncio.DatagramProtocol):
+    handler: Handler
+    transport: asyncio.DatagramTransport | None = None
+    asked: list[str] = field(default_factory=list)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        query = dns.message.from_wire(data)
+        self.asked.append(query.question[0].name.to_text())
+        reply = self.handler(query)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        port: int = self.transport.get_extra_info("sockname")[1]
+        return port
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], asyncio.Future[Server]]]:
+    servers: list[Server] = []
+
+    async def start(handler: Handler) -> Server:
+        loop = asyncio.get_running_loop()
+        _, server = await loop.create_datagram_endpoint(
+            lambda: Server(handler), local_addr=("127.0.0.1", 0)
+        )
+        servers.append(server)
+        return server
+
+    yield start  # type: ignore[misc]
+    for s in servers:
+        assert s.transport is not None
+        s.transport.close()
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_query_gets_its_response(serve: Callable[[Handler], asyncio.Future[Server]]) -> None:
+    server = await serve(lambda q: answer(q, "a.test. 60 IN A 192.0.2.1"))
+    client = dns_udp.UdpResolver("127.0.0.1", server.port, 1232)
+    r = await client.query("a.test", dns_wire.TYPE_A, 1.0)
+    assert [rr.data for rr in r.answer] == ["192.0.2.1"]
+    client.close()
+
+
+async def test_response_for_another_question_is_ignored(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    def spoof(q: dns.message.Message) -> bytes:
+        other = dns.message.make_query("evil.test.", "A")
+        other.id = q.id  # the right ID, the wrong question (RFC 5452 9.1)
+        return answer(other, "evil.test. 60 IN A 203.0.113.1")
+
+    server = await serve(spoof)
+    client = dns_udp.UdpResolver("127.0.0.1", server.port, 1232)
+    with pytest.raises(dns_udp.NoResponse):
+        await client.query("a.test", dns_wire.TYPE_A, 0.2)
+    client.close()
+
+
+async def test_closed_port_is_an_os_error() -> None:
+    client = dns_udp.UdpResolver("127.0.0.1", closed_port(), 1232)
+    with pytest.raises((OSError, dns_udp.NoResponse)):
+        await client.query("a.test", dns_wire.TYPE_A, 0.5)
+    client.close()
+
+
+async def test_many_queries_in_flight_on_few_sockets(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    client = dns_udp.UdpResolver("127.0.0.1", server.port, 1232)
+    got = await asyncio.gather(
+        *(client.query(f"n{i}.test", dns_wire.TYPE_A, 2.0) for i in range(300))
+    )
+    assert [r.qname for r in got] == [f"n{i}.test" for i in range(300)]
+    assert len(client._sockets) <= dns_udp.SOCKETS
+    client.close()
+
+
+def resolver(port: int, lifetime: float = 2.0) -> Resolver:
+    settings = DnsSettings(
+        nameservers=("127.0.0.1",),
+        port=port,
+        timeouts=DnsTimeouts(per_try=min(1.0, lifetime), lifetime=lifetime),
+    )
+    return Resolver(settings, health=HealthTimes(0.2, 0.2, 0.2))
+
+
+async def test_resolver_uses_the_udp_path(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, "example.test. 300 IN MX 10 mx.example.test."))
+    r = resolver(server.port)
+    got = await r.query("Example.Test", "MX")
+    assert got.status is DnsStatus.SECURE and got.rcode == "NOERROR"
+    (mx,) = got.records
+    assert isinstance(mx, dns.rdtypes.ANY.MX.MX)
+    assert mx.exchange == dns.name.from_text("mx.example.test.")
+    assert got.ttl == 300
+    assert r._fast  # the UDP path, not dnspython's resolver
+    r.close()
+
+
+async def test_resolver_reports_bogus_from_the_ede(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    def bogus(q: dns.message.Message) -> bytes:
+        msg = dns.message.make_response(q)
+        msg.set_rcode(dns.rcode.SERVFAIL)
+        msg.use_edns(0, 0, 1232, options=[dns.edns.EDEOption(dns.edns.EDECode.DNSSEC_BOGUS)])
+        wire: bytes = msg.to_wire()
+        return wire
+
+    server = await serve(bogus)
+    r = resolver(server.port)
+    got = await r.query("bogus.test", "MX")
+    assert got.failed and got.rcode == "SERVFAIL"
+    assert got.error.startswith("bogus (EDE 6")
+    assert not r.down  # the resolver answered: no outage
+    r.close()
+
+
+async def test_resolver_nxdomain_and_insecure(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, rcode=dns.rcode.NXDOMAIN, ad=False))
+    r = resolver(server.port)
+    got = await r.query("gone.test", "A")
+    assert got.nxdomain and got.status is DnsStatus.INSECURE
+    r.close()
+
+
+async def test_silent_resolver_opens_the_breaker_over_udp(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: None)  # never answers
+    r = resolver(server.port, lifetime=5.0)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    got = await r.query("a.test", "A")
+    assert got.failed and r.down
+    assert loop.time() - t0 < 1.5  # after (0.2 s) + health timeout (0.2 s), not 5 s
+    r.close()
