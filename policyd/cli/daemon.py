@@ -56,11 +56,25 @@ async def open_store(url: str) -> Store:
     return await SqliteStore.open(url)
 
 
+# Config tables read once at start: a reload names them when they changed (review L6).
+RESTART_TABLES: Final = (
+    "server",
+    "dns",
+    "tls",
+    "store",
+    "sts",
+    "sts_timeouts",
+    "probe",
+    "metrics",
+)
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.started_at = 0.0
 
     async def run(self) -> int:
@@ -194,22 +208,33 @@ class Daemon:
         )
 
     def request_reload(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload())
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)  # held until done: an unreferenced task may vanish
+        task.add_done_callback(self._reloads.discard)
 
     async def reload(self) -> bool:
-        """SIGHUP: new profiles, log level and overrides; listeners need a restart."""
+        """SIGHUP: profiles, log level, [control] access, alerts and overrides apply at
+        once; the tables a restart applies are named in a warning, never dropped silently."""
         try:
             new = load(self.config.path)
         except ConfigError as exc:
             log.error("reload: keeping the old configuration: %s", exc)
             return False
-        if new.server.socketmap != self.config.server.socketmap:
-            log.warning("reload: listener changes take effect after a restart")
+        later = [
+            name for name in RESTART_TABLES if getattr(new, name) != getattr(self.config, name)
+        ]
+        if later:
+            tables = ", ".join(f"[{name.partition('_')[0]}]" for name in later)
+            log.warning("reload: changes to %s take effect after a restart", tables)
         self.config = new
         set_log_level(new.log.level)
         self.service.set_profiles(new.profiles)
         self.service.dane_temp_after = new.alerts.dane_temp_after
-        await self.service.load_overrides()
+        try:
+            await self.service.load_overrides()
+        except StoreError as exc:
+            log.error("reload: configuration applied, overrides not reloaded: %s", exc)
+            return False
         log.info("reloaded %s", new.path)
         return True
 

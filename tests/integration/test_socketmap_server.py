@@ -219,6 +219,22 @@ def test_sighup_bad_config_keeps_old_and_sigterm_exits_zero(daemon: Daemon) -> N
     assert "stopping" in daemon.log()
 
 
+def test_sighup_names_tables_that_need_a_restart(daemon: Daemon) -> None:
+    """Review L6: a change a reload cannot apply is said, never dropped silently."""
+    good = daemon.config_path.read_text()
+    daemon.config_path.write_text(good + "\n[probe]\nconcurrency = 3\n")
+    try:
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+        assert "reload: changes to [probe] take effect after a restart" in daemon.log()
+        still_serving(daemon)
+    finally:
+        daemon.config_path.write_text(good)
+
+
 def test_restart_answers_from_store(daemon: Daemon) -> None:
     assert daemon.postmap("override.test") == ["encrypt"]
     daemon.restart()
