@@ -70,6 +70,13 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetSettings:
+    # With a Redis store: one probe per MX address and one fetch per MTA-STS policy across
+    # every host on that Redis, and overrides and flushes applied by all of them at once.
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
 
@@ -92,6 +99,7 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     sts: StsSettings = field(default_factory=StsSettings)
     sts_timeouts: HttpsTimeouts = field(default_factory=HttpsTimeouts)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
@@ -244,6 +252,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "control": ControlSettings,
     "tls": TlsSettings,
     "store": StoreSettings,
+    "fleet": FleetSettings,
     "probe": ProbeSettings,
     "log": LogSettings,
     "metrics": MetricsSettings,

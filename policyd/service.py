@@ -429,8 +429,30 @@ class PolicyService:
         self.invalidate(key)
         return found
 
+    async def reload_override(self, key: str) -> None:
+        """Read one override again (a fleet member set or deleted it); StoreError escapes."""
+        rec = await self.store.get(Kind.OVERRIDE, key)
+        ov: Override | None = None
+        if rec is not None:
+            try:
+                ov = override_from_json(rec.key, rec.value)
+            except ValueError as exc:
+                log.error("%s: ignoring unreadable override: %s", rec.key, exc)
+        if ov == self.overrides.get(key):
+            return
+        if ov is None:
+            del self.overrides[key]
+        else:
+            self.overrides[key] = ov
+        self.invalidate(key)
+
     async def flush(self, key: str | None) -> int:
         count = await self.store.flush(key)
+        self.forget(key)
+        return count
+
+    def forget(self, key: str | None) -> None:
+        """Drop what memory holds for one key or all (a flush here or on a fleet member)."""
         if key is None:
             self.invalidate(None)
             self._last.clear()
@@ -440,7 +462,6 @@ class PolicyService:
             self.invalidate(key)
             self.sts.forget(key)
             self.probe.forget(key)
-        return count
 
     def expire_overrides(self) -> None:
         """Drop expired overrides from memory (periodic housekeeping)."""

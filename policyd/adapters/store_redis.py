@@ -64,7 +64,7 @@ log = logging.getLogger("policyd.store")
 _EVIDENCE_KINDS: Final = tuple(k for k in Kind if k is not Kind.OVERRIDE)
 
 
-def _describe(url: str) -> str:
+def describe_url(url: str) -> str:
     """The URL for messages and logs, without the password."""
     if "://" not in url:
         return "<not a URL>"
@@ -139,7 +139,7 @@ class RedisStore:
     ) -> RedisStore:
         """Connect, PING and check (or write) the schema marker; a :class:`StoreError` if any
         of it fails. See the module docstring for the URL forms."""
-        name = _describe(url)
+        name = describe_url(url)
         scheme, sep, _ = url.partition("://")
         if scheme not in SCHEMES or not sep:
             expected = ", ".join(f"{s}://" for s in SCHEMES)

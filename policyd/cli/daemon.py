@@ -19,20 +19,25 @@ from collections.abc import Callable, Coroutine
 from typing import Final
 
 from policyd import __version__
+from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
+from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.https import PolicyFetcher
 from policyd.adapters.store import Store, StoreError
 from policyd.adapters.store_counted import CountedStore
+from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import check_resolver, check_sts, watch_resolver
 from policyd.server.control import ControlServer
+from policyd.server.fleet_sync import FleetSync
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
 from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
 from policyd.sources.dane import DaneSource
+from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSource, make_prober
 from policyd.sources.sts import StsSource, txt_lookup_from
 
@@ -41,8 +46,11 @@ log = logging.getLogger("policyd")
 HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh check
 
 
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
 async def open_store(url: str) -> Store:
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         from policyd.adapters.store_redis import RedisStore
 
         return await RedisStore.open(url)
@@ -55,6 +63,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = 0.0
+        self.fleet: RedisFleet | None = None  # the fleet link, with a Redis store
 
     async def run(self) -> int:
         cfg = self.config
@@ -65,6 +74,12 @@ class Daemon:
         except StoreError as exc:
             log.error("store: %s", exc)
             return 1
+        fleet = None
+        if cfg.fleet.enabled and cfg.store.url.startswith(REDIS_SCHEMES):
+            fleet = RedisFleet.from_url(cfg.store.url)  # the URL opened just now
+        self.fleet = fleet
+        claims: WorkClaims = fleet if fleet is not None else LocalClaims()
+        shared: Store = store if fleet is None else PublishingStore(store, fleet.publish)
         resolver = Resolver(cfg.dns)
         try:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
@@ -73,13 +88,18 @@ class Daemon:
             log.error("tls.ca_file %s: %s", cfg.tls.ca_file, exc)
             await store.close()
             return 1
-        sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
-        probe = ProbeSource(store, prober, cfg.probe, log=log)
+        policy_fetcher = (
+            fetcher
+            if fleet is None
+            else ClaimedFetcher(fetcher, fleet, total_timeout=cfg.sts_timeouts.total)
+        )
+        sts = StsSource(shared, txt_lookup_from(resolver), policy_fetcher, cfg.sts, log=log)
+        probe = ProbeSource(shared, claimed_prober(prober, claims, cfg.probe), cfg.probe, log=log)
         alerts = Alerts(log)
         self.alerts = alerts
         service = PolicyService(
             cfg.profiles,
-            store,
+            shared,
             DaneSource(resolver),
             sts,
             probe,
@@ -113,6 +133,7 @@ class Daemon:
                 resolver=resolver,
                 store=store,
                 alerts=alerts,
+                fleet=fleet,
             )
             metrics = MetricsServer(cfg.metrics.listen, collector)
         try:
@@ -139,6 +160,9 @@ class Daemon:
         ):
             loop.add_signal_handler(sig, handler)
         self._spawn(probe.run())
+        if fleet is not None:
+            sync = FleetSync(service)
+            self._spawn(fleet.run(sync.apply, sync.resync))
         self._spawn(self._housekeeping(sts))
         self._spawn(notifier.watchdog())
         notifier.ready()
@@ -154,6 +178,8 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await fetcher.aclose()
+        if fleet is not None:
+            await fleet.close()
         await store.close()
         return 0
 

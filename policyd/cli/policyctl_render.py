@@ -269,6 +269,10 @@ def status(doc: Doc) -> str:
     probe = doc.doc("probe")
     if probe is not None:
         rows.append(("probe queue", ", ".join(f"{k}={_flat(v)}" for k, v in probe.items())))
+    fleet = doc.doc("fleet")
+    if fleet is not None:
+        counts = ", ".join(f"{k}={_flat(v)}" for k, v in fleet.items() if k != "link")
+        rows.append(("fleet", f"link {fleet.text('link')}; {counts}"))
     return "".join(f"{name:<12} {value}\n" for name, value in rows)
 
 

@@ -371,4 +371,14 @@ class Commands:
             },
             "lookups": jsonable(service.stats),
             "probe": probe_stats,
+            "fleet": _fleet_status(getattr(d, "fleet", None)),
         }
+
+
+def _fleet_status(fleet: object) -> JsonValue:
+    """The fleet link (a Redis store only): ``up`` or ``down`` with its counters."""
+    state = getattr(fleet, "state", None)
+    if not isinstance(state, str):
+        return None
+    counters = jsonable(getattr(fleet, "counters", None))
+    return {"link": state, **(counters if isinstance(counters, dict) else {})}

@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from policyd.adapters.dns import Resolver
+from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.store_counted import CountedStore
 from policyd.alerts import AlertKind, Alerts
 from policyd.config import Listener, parse_listener
@@ -63,6 +64,7 @@ class PolicydCollector:
         resolver: Resolver,
         store: CountedStore,
         alerts: Alerts,
+        fleet: RedisFleet | None = None,
     ) -> None:
         self.service = service
         self.listeners = listeners
@@ -71,10 +73,12 @@ class PolicydCollector:
         self.resolver = resolver
         self.store = store
         self.alerts = alerts
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         yield from self._lookups()
         yield from self._sources()
+        yield from self._fleet()
         yield from self._daemon()
 
     def _lookups(self) -> Iterator[Metric]:
@@ -178,6 +182,34 @@ class PolicydCollector:
         for (outcome,), value in self.resolver.counters.outcomes.items():
             dns.add_metric([outcome], value)
         yield dns
+
+    def _fleet(self) -> Iterator[Metric]:
+        if self.fleet is None:
+            return
+        yield GaugeMetricFamily(
+            "policyd_fleet_link_up",
+            "1 while the Redis fleet link (claims, change messages) is up, else 0.",
+            value=int(self.fleet.up),
+        )
+        work = CounterMetricFamily(
+            "policyd_fleet_work",
+            "Probes and MTA-STS fetches through fleet claims, by how they were settled.",
+            labels=["how"],
+        )
+        c = self.fleet.counters
+        for how, value in (
+            ("worked", c.worked),
+            ("shared", c.shared),
+            ("local", c.local),
+            ("busy", c.busy),
+        ):
+            work.add_metric([how], value)
+        yield work
+        yield CounterMetricFamily(
+            "policyd_fleet_publish_failures",
+            "Change messages not sent (the periodic override reload covers them).",
+            value=c.publish_failures,
+        )
 
     def _daemon(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
