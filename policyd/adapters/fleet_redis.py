@@ -197,7 +197,8 @@ class RedisFleet:
             if now >= next_ping:
                 await pubsub.ping()
                 next_ping = now + PING_INTERVAL
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL)
+            # Not ignore_subscribe_messages: it drops the PONG too, which proves the link alive.
+            message = await pubsub.get_message(timeout=LISTEN_POLL)
             now = self._monotonic()
             if message is not None:
                 heard = now
