@@ -39,7 +39,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -79,17 +79,23 @@ ChangeHandler = Callable[[Change], Awaitable[None]]
 ResyncHandler = Callable[[], Awaitable[None]]
 
 
+# How a claimed piece of work was settled: done here under a fleet lease; taken from
+# another host's result; done here without Redis (link down or failing); given up after
+# waiting past the holder's lease.
+SETTLED: Final = ("worked", "shared", "local", "busy")
+
+
 @dataclass(slots=True)
 class FleetCounters:
     """Since start; ``policyctl status`` and the metrics show them."""
 
-    worked: int = 0  # work done here under a fleet lease
-    shared: int = 0  # results another host's work produced
-    local: int = 0  # work done here without Redis (link down or failing)
-    busy: int = 0  # waits that ran past the holder's lease
+    work: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> SETTLED -> n
     published: int = 0  # change messages sent
     received: int = 0  # change messages applied
     publish_failures: int = 0  # change messages not sent (the periodic reload covers them)
+
+    def settled(self, kind: str, how: str) -> None:
+        self.work.setdefault(kind, dict.fromkeys(SETTLED, 0))[how] += 1
 
 
 def _ms(seconds: float) -> int:
@@ -262,6 +268,7 @@ class _SharedWork:
         self._fleet = fleet
         self._claim_key = fleet.claim_key(kind, claim)
         self._result_key = fleet.result_key(kind, result)
+        self._kind = kind
         self._describe = f"{kind} {claim}"
         self._work = work
         self._lease = lease
@@ -270,12 +277,12 @@ class _SharedWork:
     async def run(self) -> str:
         fleet = self._fleet
         if not fleet.up:
-            fleet.counters.local += 1
+            fleet.counters.settled(self._kind, "local")
             return await self._work()
         try:
             return await self._shared()
         except _Unavailable:
-            fleet.counters.local += 1
+            fleet.counters.settled(self._kind, "local")
             return await self._work()
 
     async def _shared(self) -> str:
@@ -287,7 +294,7 @@ class _SharedWork:
             try:
                 found = await client.get(self._result_key)
                 if found is not None:
-                    fleet.counters.shared += 1
+                    fleet.counters.settled(self._kind, "shared")
                     return str(found)
                 if await client.set(self._claim_key, token, nx=True, px=_ms(self._lease)):
                     # The holder before us may have written its result between our GET
@@ -295,17 +302,17 @@ class _SharedWork:
                     found = await client.get(self._result_key)
                     if found is not None:
                         await fleet._release(self._claim_key, token)
-                        fleet.counters.shared += 1
+                        fleet.counters.settled(self._kind, "shared")
                         return str(found)
                     break
             except (RedisError, OSError) as exc:
                 raise _Unavailable from exc
             if fleet._monotonic() + pause > deadline:
-                fleet.counters.busy += 1
+                fleet.counters.settled(self._kind, "busy")
                 raise ClaimBusy(f"{self._describe}: held elsewhere for over {self._lease:g}s")
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL_MAX)
-        fleet.counters.worked += 1
+        fleet.counters.settled(self._kind, "worked")
         try:
             value = await self._work()
         except BaseException:

@@ -194,16 +194,12 @@ class PolicydCollector:
         work = CounterMetricFamily(
             "policyd_fleet_work",
             "Probes and MTA-STS fetches through fleet claims, by how they were settled.",
-            labels=["how"],
+            labels=["kind", "how"],
         )
         c = self.fleet.counters
-        for how, value in (
-            ("worked", c.worked),
-            ("shared", c.shared),
-            ("local", c.local),
-            ("busy", c.busy),
-        ):
-            work.add_metric([how], value)
+        for kind, settled in c.work.items():
+            for how, value in settled.items():
+                work.add_metric([kind, how], value)
         yield work
         yield CounterMetricFamily(
             "policyd_fleet_publish_failures",

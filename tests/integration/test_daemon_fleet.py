@@ -21,8 +21,9 @@ from typing import Any, Final
 import pytest
 
 from tests.daemon import Daemon, base_sections
+from tests.integration.test_mtasts import NsDaemon
 from tests.integration.test_store_redis import RedisServer
-from tests.world import smtp_world
+from tests.world import smtp_world, sts_world
 from tests.world.smtp_world import CASES
 from tests.world.world import World
 
@@ -56,7 +57,9 @@ def fleet_host(world: World, directory: Path, redis: RedisServer) -> Daemon:
         "tls_timeout": 2.0,
         "total_timeout": 8.0,
     }
-    return Daemon(directory, sections)
+    d = NsDaemon(directory, sections)  # the policy fetcher needs the world's resolv.conf
+    d.prefix = world.exec_prefix()
+    return d
 
 
 @pytest.fixture
@@ -88,6 +91,11 @@ def fleet_status(d: Daemon) -> dict[str, Any]:
     assert res.returncode == 0, res.stderr
     doc: dict[str, Any] = json.loads(res.stdout)["fleet"] or {}
     return doc
+
+
+def settled(d: Daemon, kind: str, how: str) -> int:
+    """How many pieces of ``kind`` work ``d`` settled ``how`` (policyctl status)."""
+    return int(fleet_status(d).get("work", {}).get(kind, {}).get(how, 0))
 
 
 def wait_for(d: Daemon, ok: Callable[[Daemon], bool], seconds: float) -> None:
@@ -131,10 +139,22 @@ def test_a_destination_asked_on_every_host_is_probed_once(
     time.sleep(1.0)  # a second probe started late would show up here
     opened = {a: smtp_world.sessions(world, a) - before[a] for a in addresses}
     assert opened == dict.fromkeys(addresses, 1), [d.log()[-2000:] for d in fleet]
-    worked = sum(int(fleet_status(d).get("worked", 0)) for d in fleet)
-    shared = sum(int(fleet_status(d).get("shared", 0)) for d in fleet)
+    worked = sum(settled(d, "probe", "worked") for d in fleet)
+    shared = sum(settled(d, "probe", "shared") for d in fleet)
     assert worked == len(addresses)
     assert shared == (HOSTS - 1) * len(addresses)
+
+
+def test_a_policy_asked_on_every_host_is_fetched_once(world: World, fleet: list[Daemon]) -> None:
+    domain = "fetched-once.bulk.test"  # a wildcard domain no other test has asked for
+    before = sts_world.fetches(world, domain)
+    on_all(fleet, domain)
+    for d in fleet:
+        wait_for(d, lambda d: d.postmap(domain)[0].startswith("secure "), PROBE_DEADLINE)
+    time.sleep(1.0)
+    assert sts_world.fetches(world, domain) - before == 1, [d.log()[-2000:] for d in fleet]
+    assert sum(settled(d, "sts", "worked") for d in fleet) == 1
+    assert sum(settled(d, "sts", "shared") for d in fleet) == HOSTS - 1
 
 
 # -- changes reach every host at once ---------------------------------------------------
@@ -247,7 +267,7 @@ def test_redis_killed_and_restarted_under_load_loses_no_answer_and_weakens_none(
         assert len(re.findall(r"fleet: link to .* down", log)) == 1, log[-3000:]
         assert len(re.findall(r"fleet: link to .* up", log)) == 2, log[-3000:]
 
-    assert fleet_status(second)["local"] >= 1  # it probed the new destination by itself
+    assert settled(second, "probe", "local") >= 1  # it probed the new destination by itself
 
     # The link is back: a change on one host reaches the others within a second again.
     res = policyctl(third, "override", "set", "after.fleet.test", "encrypt")

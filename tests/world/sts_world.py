@@ -432,3 +432,13 @@ def set_txt(world: World, domain: str, records: list[str] | tuple[str, ...]) -> 
 
 def set_txt_id(world: World, domain: str, policy_id: str) -> None:
     set_txt(world, domain, [f"v=STSv1; id={policy_id}"])
+
+
+def fetches(world: World, domain: str) -> int:
+    """Policy requests the HTTPS server has seen for ``domain`` (its mta-sts host)."""
+    running = _RUNNING[world.ns]
+    log = running.config_path.with_name("requests.log")
+    if not log.exists():
+        return 0
+    host = f"mta-sts.{domain}"
+    return sum(1 for line in log.read_text().splitlines() if line == host)
