@@ -307,9 +307,12 @@ def _check(config: Config) -> None:
     if config.profile("postfix") is None:
         raise ConfigError(path, "profiles", "the default profile 'postfix' is missing")
     scheme = config.store.url.partition("://")[0]
-    if scheme not in ("sqlite", "redis", "rediss", "unix"):
+    if scheme not in ("sqlite", "redis", "rediss", "unix", "redis+sentinel"):
         raise ConfigError(
-            path, "store.url", "expected sqlite:///PATH, redis://HOST[:PORT][/DB] or unix:///PATH"
+            path,
+            "store.url",
+            "expected sqlite:///PATH, redis://HOST[:PORT][/DB], unix:///PATH or "
+            "redis+sentinel://HOST[:PORT][,...]/SERVICE",
         )
 
 

@@ -23,7 +23,7 @@ exponential backoff; while the link is down claims run the work here at once (wi
 local one-per-claim rule) and publishing is skipped. Every host re-reads the overrides
 when its link comes back, which covers the messages it missed.
 
-URLs are the store's (``redis://``, ``rediss://``, ``unix://``); the connection is a
+URLs are the store's (:mod:`policyd.adapters.redis_url`, Sentinel included); the connection is a
 separate client with short timeouts, so a stuck server delays a claim by at most
 :data:`COMMAND_TIMEOUT`, never a lookup.
 """
@@ -49,8 +49,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from policyd.adapters.claims import ClaimBusy, LocalClaims, Work
-from policyd.adapters.store import StoreError
-from policyd.adapters.store_redis import DEFAULT_PREFIX, describe_url
+from policyd.adapters.redis_url import client_from_url, describe_url
+from policyd.adapters.store_redis import DEFAULT_PREFIX
 from policyd.codec.fleet import Change, change_from_json, change_to_json
 
 KEY_VERSION: Final = "v1"  # in every fleet key: a new layout gets new keys, never a clash
@@ -126,18 +126,14 @@ class RedisFleet:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> RedisFleet:
         """No I/O here: :meth:`run` connects, and reconnects for as long as it runs."""
-        name = describe_url(url)
-        try:
-            client = aioredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except (ValueError, RedisError) as exc:
-            raise StoreError(f"{name}: {exc}") from exc
-        return cls(client, name=name, prefix=prefix)
+        client = client_from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(client, name=describe_url(url), prefix=prefix)
 
     def claim_key(self, kind: str, claim: str) -> str:
         return f"{self._base}claim:{kind}:{claim}"

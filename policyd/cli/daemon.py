@@ -23,6 +23,7 @@ from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
 from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.https import PolicyFetcher
+from policyd.adapters.redis_url import is_redis_url
 from policyd.adapters.store import Store, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
@@ -46,11 +47,8 @@ log = logging.getLogger("policyd")
 HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh check
 
 
-REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
-
-
 async def open_store(url: str) -> Store:
-    if url.startswith(REDIS_SCHEMES):
+    if is_redis_url(url):
         from policyd.adapters.store_redis import RedisStore
 
         return await RedisStore.open(url)
@@ -75,7 +73,7 @@ class Daemon:
             log.error("store: %s", exc)
             return 1
         fleet = None
-        if cfg.fleet.enabled and cfg.store.url.startswith(REDIS_SCHEMES):
+        if cfg.fleet.enabled and is_redis_url(cfg.store.url):
             fleet = RedisFleet.from_url(cfg.store.url)  # the URL opened just now
         self.fleet = fleet
         claims: WorkClaims = fleet if fleet is not None else LocalClaims()
