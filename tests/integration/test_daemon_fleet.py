@@ -20,7 +20,8 @@ from typing import Any, Final
 
 import pytest
 
-from tests.daemon import Daemon, base_sections
+from tests.daemon import Daemon, base_sections, free_port
+from tests.integration.test_metrics import scrape
 from tests.integration.test_mtasts import NsDaemon
 from tests.integration.test_store_redis import RedisServer
 from tests.world import smtp_world, sts_world
@@ -49,6 +50,7 @@ def fleet_host(world: World, directory: Path, redis: RedisServer) -> Daemon:
     sections["store"] = {"url": redis.url}
     sections["tls"] = {"ca_file": str(world.ca_file)}
     sections["sts"] = {"cold_budget": 1.0}
+    sections["metrics"] = {"listen": f"inet:127.0.0.1:{free_port()}"}
     sections["probe"] = {
         "helo_name": "probe.policyd.test",
         "connect_timeout": 2.0,
@@ -91,6 +93,11 @@ def fleet_status(d: Daemon) -> dict[str, Any]:
     assert res.returncode == 0, res.stderr
     doc: dict[str, Any] = json.loads(res.stdout)["fleet"] or {}
     return doc
+
+
+def link_metric(d: Daemon) -> float:
+    port = int(d.sections["metrics"]["listen"].rpartition(":")[2])
+    return scrape(port)[("policyd_fleet_link_up", ())]  # KeyError when it is not exported
 
 
 def settled(d: Daemon, kind: str, how: str) -> int:
@@ -249,6 +256,7 @@ def test_redis_killed_and_restarted_under_load_loses_no_answer_and_weakens_none(
         redis.stop()  # SIGKILL
         for d in fleet:
             wait_for(d, lambda d: fleet_status(d).get("link") == "down", 10.0)
+            assert link_metric(d) == 0
         during = load.answers
         time.sleep(OUTAGE)
         assert load.answers > during  # lookups kept being answered while Redis was dead
@@ -258,6 +266,7 @@ def test_redis_killed_and_restarted_under_load_loses_no_answer_and_weakens_none(
         redis.start()
         for d in fleet:
             wait_for(d, lambda d: fleet_status(d).get("link") == "up", LINK_DEADLINE)
+            assert link_metric(d) == 1
         time.sleep(1.0)
     assert load.wrong == [], load.wrong[:20]
     assert load.answers > 0
