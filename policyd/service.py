@@ -446,22 +446,22 @@ class PolicyService:
             self.overrides[key] = ov
         self.invalidate(key)
 
-    async def flush(self, key: str | None) -> int:
-        count = await self.store.flush(key)
-        self.forget(key)
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        count = await self.store.flush(key, mta_sts=mta_sts)
+        self.forget(key, mta_sts=mta_sts)
         return count
 
-    def forget(self, key: str | None) -> None:
-        """Drop what memory holds for one key or all (a flush here or on a fleet member)."""
+    def forget(self, key: str | None, *, mta_sts: bool = True) -> None:
+        """Drop what memory holds for one key or all (a flush here or on a fleet member);
+        cached MTA-STS policies only with ``mta_sts`` (trust on first use)."""
         if key is None:
             self.invalidate(None)
             self._last.clear()
-            self.sts.forget(None)
-            self.probe.forget(None)
         else:
             self.invalidate(key)
+        if mta_sts:
             self.sts.forget(key)
-            self.probe.forget(key)
+        self.probe.forget(key)
 
     def expire_overrides(self) -> None:
         """Drop expired overrides from memory (periodic housekeeping)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -163,7 +164,7 @@ class RedisFleet:
         if not self.up:
             self.counters.publish_failures += 1
             return
-        text = change_to_json(Change(change.kind, change.key, self.origin))
+        text = change_to_json(dataclasses.replace(change, origin=self.origin))
         try:
             await self._client.publish(self.channel, text)
         except (RedisError, OSError):

@@ -39,9 +39,9 @@ class PublishingStore:
     async def scan(self, kind: Kind) -> list[Record]:
         return await self._inner.scan(kind)
 
-    async def flush(self, key: str | None) -> int:
-        count = await self._inner.flush(key)
-        await self._publish(Change(ChangeKind.FLUSH, key))
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        count = await self._inner.flush(key, mta_sts=mta_sts)
+        await self._publish(Change(ChangeKind.FLUSH, key, mta_sts=mta_sts))
         return count
 
     async def append_event(self, at: float, key: str, text: str) -> None:

@@ -216,11 +216,13 @@ class RedisStore:
                 log.warning("%s: skipped: %s", self._name, exc)
         return records
 
-    async def flush(self, key: str | None) -> int:
-        """Drop cached evidence (never overrides) for one key, or all with None; the number
-        of records dropped. One MULTI, so other hosts never see half a flush."""
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        """Drop cached evidence (never overrides; MTA-STS policies only with ``mta_sts``) for
+        one key, or all with None; the number of records dropped. One MULTI, so other hosts
+        never see half a flush."""
         self._check_open()
-        hashes = [self._hash(kind) for kind in _EVIDENCE_KINDS]
+        kinds = [k for k in _EVIDENCE_KINDS if mta_sts or k is not Kind.STS]
+        hashes = [self._hash(kind) for kind in kinds]
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 if key is None:

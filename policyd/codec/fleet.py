@@ -29,6 +29,7 @@ class Change:
     kind: ChangeKind
     key: str | None  # the destination key; None: every key (flush only)
     origin: str = ""  # the publishing host, for logs
+    mta_sts: bool = True  # a flush that drops cached MTA-STS policies too
 
     def __post_init__(self) -> None:
         if self.key is None and self.kind is not ChangeKind.FLUSH:
@@ -40,7 +41,13 @@ class Change:
 
 
 def change_to_json(change: Change) -> str:
-    doc = {"v": VERSION, "kind": change.kind.value, "key": change.key, "origin": change.origin}
+    doc = {
+        "v": VERSION,
+        "kind": change.kind.value,
+        "key": change.key,
+        "origin": change.origin,
+        "mta_sts": change.mta_sts,
+    }
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
@@ -54,9 +61,11 @@ def change_from_json(text: str) -> Change:
         raise ValueError("change message nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
         raise ValueError("not a version 1 change message")
-    key, origin = doc.get("key"), doc.get("origin", "")
+    key, origin, mta_sts = doc.get("key"), doc.get("origin", ""), doc.get("mta_sts", True)
     if key is not None and not isinstance(key, str):
         raise ValueError("change key must be a string or null")
     if not isinstance(origin, str):
         raise ValueError("change origin must be a string")
-    return Change(ChangeKind(doc.get("kind")), key, origin)
+    if not isinstance(mta_sts, bool):
+        raise ValueError("change mta_sts must be true or false")
+    return Change(ChangeKind(doc.get("kind")), key, origin, mta_sts)

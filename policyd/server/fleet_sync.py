@@ -20,7 +20,7 @@ log = logging.getLogger("policyd.fleet")
 class ServiceLike(Protocol):
     async def reload_override(self, key: str) -> None: ...
 
-    def forget(self, key: str | None) -> None: ...
+    def forget(self, key: str | None, *, mta_sts: bool = True) -> None: ...
 
     async def load_overrides(self) -> None: ...
 
@@ -31,8 +31,10 @@ class FleetSync:
 
     async def apply(self, change: Change) -> None:
         if change.kind is ChangeKind.FLUSH:
-            self._service.forget(change.key)
-            log.info("fleet: %s flushed %s", change.origin or "?", change.key or "everything")
+            self._service.forget(change.key, mta_sts=change.mta_sts)
+            what = change.key or "everything"
+            sts = " (MTA-STS policies included)" if change.mta_sts else ""
+            log.info("fleet: %s flushed %s%s", change.origin or "?", what, sts)
             return
         assert change.key is not None  # Change enforces it for overrides
         try:

@@ -190,10 +190,16 @@ def test_a_flush_on_one_host_is_applied_by_every_host(fleet: list[Daemon]) -> No
     first, *others = fleet
     res = policyctl(first, "flush", "fleet-flush.test")
     assert res.returncode == 0, res.stderr
-    pattern = re.compile(r"fleet: \S+ flushed fleet-flush\.test")
+    pattern = re.compile(r"fleet: \S+ flushed fleet-flush\.test$", re.M)
     for d in others:
         wait_for(d, lambda d: pattern.search(d.log()) is not None, PROPAGATION_BOUND)
     assert pattern.search(first.log()) is None  # its own message is not applied twice
+    # Cached MTA-STS policies only when asked (review L7), on every host alike.
+    res = policyctl(first, "flush", "--all", "--include-mta-sts")
+    assert res.returncode == 0, res.stderr
+    everything = re.compile(r"fleet: \S+ flushed everything \(MTA-STS policies included\)")
+    for d in others:
+        wait_for(d, lambda d: everything.search(d.log()) is not None, PROPAGATION_BOUND)
 
 
 # -- Redis down is not mail down --------------------------------------------------------

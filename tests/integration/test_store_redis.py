@@ -225,6 +225,18 @@ async def test_flush_one_key_keeps_overrides_and_other_keys(store: RedisStore) -
     assert await store.flush("a.example") == 0
 
 
+async def test_flush_keeps_mta_sts_policies_unless_asked(store: RedisStore) -> None:
+    # Security review L7: cached policies are trust on first use (RFC 8461 5).
+    await _fill(store, ["a.example", "b.example"])
+    others = [k for k in Kind if k not in (Kind.OVERRIDE, Kind.STS)]
+    assert await store.flush("a.example", mta_sts=False) == len(others)
+    assert await store.get(Kind.STS, "a.example") is not None
+    assert await store.flush(None, mta_sts=False) == len(others)
+    assert len(await store.scan(Kind.STS)) == 2
+    assert await store.flush(None) == 2
+    assert await store.scan(Kind.STS) == []
+
+
 async def test_flush_all_keeps_overrides(store: RedisStore) -> None:
     await _fill(store, ["a.example", "b.example", "c.example"])
     evidence_kinds = [k for k in Kind if k is not Kind.OVERRIDE]

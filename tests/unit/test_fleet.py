@@ -43,6 +43,7 @@ from tests.unit.test_service import make, reply
         Change(ChangeKind.OVERRIDE, "example.com", "mx1[42]"),
         Change(ChangeKind.FLUSH, None),
         Change(ChangeKind.FLUSH, "[192.0.2.1]"),
+        Change(ChangeKind.FLUSH, None, "h", mta_sts=False),
     ],
 )
 def test_change_round_trip(change: Change) -> None:
@@ -60,6 +61,7 @@ def test_change_round_trip(change: Change) -> None:
         '{"v":1,"kind":"flush","key":7}',
         '{"v":1,"kind":"flush","key":""}',
         '{"v":1,"kind":"flush","key":null,"origin":[]}',
+        '{"v":1,"kind":"flush","key":null,"mta_sts":"yes"}',
         '{"v":1,"kind":"flush","key":"' + "a" * 3000 + '"}',
     ],
 )
@@ -258,8 +260,9 @@ class MemoryStore:
     async def scan(self, kind: Kind) -> list[Record]:
         return [r for (k, _), r in self.records.items() if k is kind]
 
-    async def flush(self, key: str | None) -> int:
-        doomed = [k for k in self.records if k[0] is not Kind.OVERRIDE and key in (None, k[1])]
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        kept = {Kind.OVERRIDE} if mta_sts else {Kind.OVERRIDE, Kind.STS}
+        doomed = [k for k in self.records if k[0] not in kept and key in (None, k[1])]
         for k in doomed:
             del self.records[k]
         return len(doomed)
@@ -287,17 +290,19 @@ async def test_the_publishing_store_announces_overrides_and_flushes_after_writin
     await store.put(Record(Kind.PROBE, "b.test", "{}", None))  # evidence: nothing to say
     await store.delete(Kind.OVERRIDE, "a.test")
     await store.flush(None)
+    await store.flush("b.test", mta_sts=False)
     assert sent == [
         (Change(ChangeKind.OVERRIDE, "a.test"), True),  # published after the write
         (Change(ChangeKind.OVERRIDE, "a.test"), False),
         (Change(ChangeKind.FLUSH, None), False),
+        (Change(ChangeKind.FLUSH, "b.test", mta_sts=False), False),
     ]
 
 
 class Service:
     def __init__(self) -> None:
         self.reloaded: list[str] = []
-        self.forgotten: list[str | None] = []
+        self.forgotten: list[tuple[str | None, bool]] = []
         self.fail = False
 
     async def reload_override(self, key: str) -> None:
@@ -305,8 +310,8 @@ class Service:
             raise StoreError("down")
         self.reloaded.append(key)
 
-    def forget(self, key: str | None) -> None:
-        self.forgotten.append(key)
+    def forget(self, key: str | None, *, mta_sts: bool = True) -> None:
+        self.forgotten.append((key, mta_sts))
 
     async def load_overrides(self) -> None:
         if self.fail:
@@ -319,10 +324,10 @@ async def test_fleet_sync_applies_changes_and_survives_a_failing_store() -> None
     sync = FleetSync(service)
     await sync.apply(Change(ChangeKind.OVERRIDE, "a.test", "h1"))
     await sync.apply(Change(ChangeKind.FLUSH, None, "h1"))
-    await sync.apply(Change(ChangeKind.FLUSH, "b.test", "h1"))
+    await sync.apply(Change(ChangeKind.FLUSH, "b.test", "h1", mta_sts=False))
     await sync.resync()
     assert service.reloaded == ["a.test", "*"]
-    assert service.forgotten == [None, "b.test"]
+    assert service.forgotten == [(None, True), ("b.test", False)]
     service.fail = True
     await sync.apply(Change(ChangeKind.OVERRIDE, "a.test", "h1"))  # logged, not raised
     await sync.resync()
@@ -343,3 +348,29 @@ async def test_a_service_applies_an_override_set_or_deleted_by_a_fleet_member() 
     await here.reload_override("never-set.test")  # nothing to do, nothing raised
     here.forget(None)  # a fleet member's flush: memory only
     assert here.cached_reply(b"postfix example.test") is None
+
+
+class RecordingSts(FakeSts):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forgotten: list[str | None] = []
+
+    def forget(self, domain: str | None) -> None:
+        self.forgotten.append(domain)
+        super().forget(domain)
+
+
+async def test_a_flush_keeps_cached_mta_sts_policies_unless_asked() -> None:
+    # Security review L7: a flush on one host now reaches the memory of every host, so
+    # cached policies (trust on first use, RFC 8461 5) stay unless the postmaster asks.
+    sts = RecordingSts()
+    svc, _, store = make(sts=sts)
+    await store.put(Record(Kind.STS, "example.test", "{}", None))
+    await store.put(Record(Kind.PROBE, "example.test", "{}", None))
+    await svc.flush("example.test", mta_sts=False)
+    assert (Kind.STS, "example.test") in store.records
+    assert (Kind.PROBE, "example.test") not in store.records
+    assert sts.forgotten == []
+    await svc.flush(None, mta_sts=True)
+    assert store.records == {}
+    assert sts.forgotten == [None]
