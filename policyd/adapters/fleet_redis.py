@@ -66,9 +66,13 @@ SILENCE_LIMIT: Final = 5.0  # seconds without any reply before the link counts a
 RECONNECT_FIRST: Final = 0.5  # seconds before the first reconnect ...
 RECONNECT_MAX: Final = 30.0  # ... doubling up to this (with +-20 % jitter)
 
-# Delete the lease only if it still holds our token (KEYS[1] lease, ARGV[1] token).
+# Only while the lease still holds our token (KEYS[1] lease, ARGV[1] token): delete it, or
+# with ARGV[2] > 0 keep it that many more milliseconds (rest between two sessions).
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[2]) > 0 then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -145,16 +149,27 @@ class RedisFleet:
     # -- work claims -------------------------------------------------------------------
 
     async def once(
-        self, kind: str, claim: str, result: str, work: Work, *, lease: float, keep: float
+        self,
+        kind: str,
+        claim: str,
+        result: str,
+        work: Work,
+        *,
+        lease: float,
+        keep: float,
+        rest: float = 0.0,
     ) -> str:
         """See :class:`policyd.adapters.claims.WorkClaims`. Work for one claim is also
-        serialised on this host first, so local askers do not poll Redis for each other."""
-        shared = _SharedWork(self, kind, claim, result, work, lease=lease, keep=keep)
-        return await self._local.once(kind, claim, result, shared.run, lease=lease, keep=keep)
+        serialised on this host first, so local askers do not poll Redis for each other
+        (the fleet lease carries the rest; the local one need not add its own)."""
+        shared = _SharedWork(self, kind, claim, result, work, lease=lease, keep=keep, rest=rest)
+        return await self._local.once(
+            kind, claim, result, shared.run, lease=lease + rest, keep=keep
+        )
 
-    async def _release(self, key: str, token: str) -> None:
+    async def _release(self, key: str, token: str, rest: float = 0.0) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._client.eval(_RELEASE, 1, key, token)
+            await self._client.eval(_RELEASE, 1, key, token, _ms(rest) if rest > 0 else 0)
 
     # -- change messages ---------------------------------------------------------------
 
@@ -261,6 +276,7 @@ class _SharedWork:
         *,
         lease: float,
         keep: float,
+        rest: float,
     ) -> None:
         self._fleet = fleet
         self._claim_key = fleet.claim_key(kind, claim)
@@ -270,6 +286,7 @@ class _SharedWork:
         self._work = work
         self._lease = lease
         self._keep = keep
+        self._rest = rest
 
     async def run(self) -> str:
         fleet = self._fleet
@@ -285,7 +302,7 @@ class _SharedWork:
     async def _shared(self) -> str:
         fleet, client = self._fleet, self._fleet._client
         token = secrets.token_hex(16)
-        deadline = fleet._monotonic() + self._lease + WAIT_GRACE
+        deadline = fleet._monotonic() + self._lease + self._rest + WAIT_GRACE
         pause = POLL_FIRST
         while True:
             try:
@@ -319,7 +336,7 @@ class _SharedWork:
         with contextlib.suppress(RedisError, OSError):  # the work is done; sharing is a bonus
             if self._keep > 0:
                 await client.set(self._result_key, value, px=_ms(self._keep))
-        await fleet._release(self._claim_key, token)
+        await fleet._release(self._claim_key, token, self._rest)
         return value
 
 

@@ -36,6 +36,10 @@ from policyd.sources.probe import Prober, ProbeSettings
 from policyd.sources.sts import PolicyFetcherProtocol
 
 LEASE_MARGIN: Final = 5.0  # seconds a lease outlasts the work's own time bound
+# Seconds between the end of one probe session to an address and the start of the next,
+# fleet-wide, whatever MX name it is for (the review's M5: names pointing at one address
+# cannot make a STARTTLS hammer); no more than host_min_interval when that is smaller.
+ADDRESS_SPACING: Final = 1.0
 # Seconds another host may reuse a finding or a fetched policy body. Probes: at least one
 # poll round for the hosts waiting on it; MTA-STS: short, because a policy published with a
 # new id within this window would be served the body fetched just before.
@@ -55,6 +59,7 @@ def claimed_prober(
     """A prober that probes each address of an MX host under a claim on that address."""
     lease = settings.total_timeout + LEASE_MARGIN
     keep = max(settings.host_min_interval, MIN_PROBE_KEEP)
+    spacing = min(ADDRESS_SPACING, settings.host_min_interval)
     port = settings.port
 
     async def probe_one(mx: MxHost, name: str, address: str) -> list[ProbeHost]:
@@ -66,7 +71,7 @@ def claimed_prober(
         where = f"[{address}]:{port}"
         try:
             text = await claims.once(
-                "probe", where, f"{where}:{name}", work, lease=lease, keep=keep
+                "probe", where, f"{where}:{name}", work, lease=lease, keep=keep, rest=spacing
             )
         except ClaimBusy:
             detail = "not probed: another probe of this address is still running"

@@ -4,6 +4,7 @@ session per remote address for many MX names, and the link going down and up."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,7 +17,7 @@ from policyd.adapters.claims import ClaimBusy, Work
 from policyd.adapters.fleet_redis import ChangeHandler, RedisFleet
 from policyd.codec.fleet import Change, ChangeKind
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
-from policyd.sources.fleet_work import claimed_prober
+from policyd.sources.fleet_work import ADDRESS_SPACING, claimed_prober
 from policyd.sources.probe import ProbeSettings
 from tests.integration.test_store_redis import RedisServer
 
@@ -128,9 +129,11 @@ async def test_many_mx_names_on_one_address_get_one_session_at_a_time(
     # The review's M5: attacker names all pointing at one third-party address.
     settings = ProbeSettings(total_timeout=5.0, host_min_interval=60.0)
     running = peak = sessions = 0
+    started: list[float] = []
 
     async def prober(mx: MxHost) -> list[ProbeHost]:
         nonlocal running, peak, sessions
+        started.append(time.monotonic())
         running += 1
         sessions += 1
         peak = max(peak, running)
@@ -141,11 +144,12 @@ async def test_many_mx_names_on_one_address_get_one_session_at_a_time(
 
     probers = [claimed_prober(prober, f, settings) for f in fleets]
     hosts = [
-        MxHost(f"mx{i}.attacker.test", 10, DnsStatus.INSECURE, ("198.51.100.25",))
-        for i in range(10)
+        MxHost(f"mx{i}.attacker.test", 10, DnsStatus.INSECURE, ("198.51.100.25",)) for i in range(4)
     ]
     found = await asyncio.gather(*(p(mx) for p in probers for mx in hosts))
     assert peak == 1  # never two sessions to the address at once, fleet-wide
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert min(gaps) >= ADDRESS_SPACING, gaps  # and spaced, whichever host probes
     assert sessions == len(hosts)  # one per MX name, not one per name and host
     assert all(len(f) == 1 and f[0].verdict is ProbeVerdict.NO_STARTTLS for f in found)
     assert {f[0].host for f in found} == {mx.name for mx in hosts}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 
 import pytest
@@ -112,6 +113,28 @@ async def test_local_claims_run_one_piece_of_work_per_claim_at_a_time() -> None:
     assert claims.in_use == 0  # the table only holds claims in use
 
 
+async def test_local_claims_rest_between_two_pieces_of_work() -> None:
+    claims = LocalClaims()
+    started: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def work() -> str:
+        started.append(loop.time())
+        return "x"
+
+    await asyncio.gather(
+        *(
+            claims.once("probe", "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1)
+            for i in range(3)
+        )
+    )
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert len(gaps) == 2 and min(gaps) >= 0.09, gaps
+    assert claims.in_use == 1  # resting after the last one ...
+    await asyncio.sleep(0.15)
+    assert claims.in_use == 0  # ... then gone
+
+
 async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
     claims = LocalClaims(grace=0.0)
     gate = asyncio.Event()
@@ -145,12 +168,20 @@ class RecordingClaims:
     def __init__(self, canned: str | None = None, busy: bool = False) -> None:
         self.canned = canned
         self.busy = busy
-        self.calls: list[tuple[str, str, str, float, float]] = []
+        self.calls: list[tuple[str, str, str, float, float, float]] = []
 
     async def once(
-        self, kind: str, claim: str, result: str, work: Work, *, lease: float, keep: float
+        self,
+        kind: str,
+        claim: str,
+        result: str,
+        work: Work,
+        *,
+        lease: float,
+        keep: float,
+        rest: float = 0.0,
     ) -> str:
-        self.calls.append((kind, claim, result, lease, keep))
+        self.calls.append((kind, claim, result, lease, keep, rest))
         if self.busy:
             raise ClaimBusy(claim)
         return self.canned if self.canned is not None else await work()
@@ -173,8 +204,8 @@ async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> N
     assert [h.address for h in found] == ["192.0.2.1", "2001:db8::1"]
     assert seen == [("192.0.2.1",), ("2001:db8::1",)]  # one address per session
     assert claims.calls == [
-        ("probe", "[192.0.2.1]:2525", "[192.0.2.1]:2525:mx.example.com", 25.0, 60.0),
-        ("probe", "[2001:db8::1]:2525", "[2001:db8::1]:2525:mx.example.com", 25.0, 60.0),
+        ("probe", "[192.0.2.1]:2525", "[192.0.2.1]:2525:mx.example.com", 25.0, 60.0, 1.0),
+        ("probe", "[2001:db8::1]:2525", "[2001:db8::1]:2525:mx.example.com", 25.0, 60.0, 1.0),
     ]
 
 
