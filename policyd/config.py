@@ -87,7 +87,7 @@ class LogSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
-    # Prometheus scrapes GET /metrics here: "inet:HOST:PORT" or "unix:/path"; "": off.
+    # Prometheus scrapes GET /metrics here: "inet:HOST:PORT"; "": off.
     listen: str = ""
 
 
@@ -298,9 +298,12 @@ def _check(config: Config) -> None:
         raise ConfigError(path, "server.control", "must be a unix:/path socket")
     if config.metrics.listen:
         try:
-            parse_listener(config.metrics.listen)
+            metrics = parse_listener(config.metrics.listen)
         except ValueError as exc:
             raise ConfigError(path, "metrics.listen", str(exc)) from None
+        if metrics.kind != "inet":
+            # Prometheus scrapes over TCP; a unix socket would need a proxy in front.
+            raise ConfigError(path, "metrics.listen", "must be inet:HOST:PORT")
     for key in ("socket_mode",):
         _mode(path, f"server.{key}", getattr(config.server, key))
     _mode(path, "control.mode", config.control.mode)

@@ -390,10 +390,24 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=MILTER_NAME, description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (TOML)")
+    parser = argparse.ArgumentParser(
+        prog=MILTER_NAME,
+        description="A milter for Postfix's smtpd (smtpd_milters): while a message is "
+        "being received, ask policyd to look up each recipient domain's TLS policy, so "
+        "the answer is ready when the mail leaves; optionally log, tag or defer mail whose "
+        "domain's enforced TLS policy cannot be met now ([milter] action). If policyd is "
+        "slow or down, mail goes on unchecked. See policyd-milter(8).",
+    )
     parser.add_argument(
-        "--check-config", action="store_true", help="check the [milter] table and exit"
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"policyd.toml, whose [milter] table is read (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the [milter] table, print what is wrong or 'ok', and exit",
     )
     parser.add_argument("--version", action="version", version=f"{MILTER_NAME} {__version__}")
     return parser.parse_args(argv)

@@ -37,6 +37,9 @@ MAX_PRESENTED_CERTS: Final = 10
 MAX_ADDRESSES_PER_HOST: Final = 5
 CLOSE_TIMEOUT: Final = 5.0  # seconds to wait for the peer to take our close (TLS close_notify)
 MAX_DETAIL: Final = 200  # characters of server text or library message kept in a detail
+# OpenSSL security level of Postfix's verify/secure handshakes: Debian's openssl.cnf
+# (CipherString = DEFAULT:@SECLEVEL=2); OpenSSL 3.0 refuses SHA-1 signatures from level 1.
+POSTFIX_SECURITY_LEVEL: Final = 2
 
 # SSL_OP_LEGACY_SERVER_CONNECT (OpenSSL ssl.h): talk to servers without RFC 5746 secure
 # renegotiation, which OpenSSL 3 refuses by default. ssl.OP_LEGACY_SERVER_CONNECT from 3.12.
@@ -52,7 +55,7 @@ class ProbeTimeouts:
     banner: float = 30.0  # RFC 5321 4.5.3.2.1 allows a 5 min greeting; we are only a probe
     command: float = 15.0  # EHLO, STARTTLS, QUIT replies; RFC 5321 4.5.3.2 (5 min) is for mail
     tls: float = 15.0  # the handshake; Postfix smtp_starttls_timeout is 300s
-    total: float = 60.0  # everything for one address, including the legacy retry
+    total: float = 60.0  # everything for one address, including the may/encrypt retry
 
     def __post_init__(self) -> None:
         for name in ("connect", "banner", "command", "tls", "total"):
@@ -152,24 +155,32 @@ async def _probe(
     target: _Target, roots: Store, now: Callable[[], float], started: float
 ) -> ProbeHost:
     host, address = target.host, target.address
-    legacy = False
+    legacy = ""
     try:
-        session = await _session(target, _modern_context())
+        session = await _session(target, _verify_context())
     except _StepFailed as first:
         if first.verdict is not ProbeVerdict.TLS_INTOLERANT:
             return ProbeHost(host, address, first.verdict, first.detail, probed_at=started)
-        # Some servers only complete a handshake with old protocols or ciphers; a new
-        # connection with a lenient context tells those from truly intolerant ones.
+        # Postfix (3.7, OpenSSL 3; seen with posttls-finger) completes at may/encrypt
+        # handshakes it refuses at verify/secure, say TLS 1.0/1.1 with SHA-1 signatures
+        # ("legacy sigalg disallowed"). A second connection, as lenient as may/encrypt,
+        # tells those servers from truly intolerant ones.
         try:
-            session = await _session(target, _legacy_context())
+            session = await _session(target, _encrypt_context())
         except _StepFailed as second:
-            detail = f"handshake failed: {first.detail}; legacy retry: {second.detail}"
+            detail = f"handshake failed: {first.detail}; as at may/encrypt: {second.detail}"
             return ProbeHost(host, address, ProbeVerdict.TLS_INTOLERANT, detail, probed_at=started)
-        legacy = True
+        legacy = first.detail
     at = datetime.fromtimestamp(now(), UTC)
     verdict, detail = verdict_for(session.chain, host, roots, at)
     if legacy:
-        detail = f"handshake needs legacy TLS: {session.protocol} ({detail})"
+        # Whatever the certificate, Postfix cannot verify a server it cannot handshake
+        # with at verify/secure: encrypted, never verified.
+        verdict = ProbeVerdict.LEGACY_TLS
+        detail = _clip(
+            f"handshake only as at may/encrypt ({session.protocol} {session.cipher}); "
+            f"at verify/secure: {legacy}; certificate: {detail}"
+        )
     leaf_fp, spki_fp = fingerprints(session.chain[0]) if session.chain else ("", "")
     return ProbeHost(
         host,
@@ -343,22 +354,26 @@ async def _read_reply(reader: asyncio.StreamReader, timeout: float, step: str) -
     return _Reply(int(codes.pop()), tuple(lines))
 
 
-def _modern_context() -> ssl.SSLContext:
-    """What a current sender offers (TLS 1.2+, Python's default ciphers), without
-    verification: the chain is judged afterwards, so every certificate is seen."""
+def _verify_context() -> ssl.SSLContext:
+    """The handshake Postfix's smtp(8) makes at verify/secure: TLS 1.0 and up (Postfix's
+    default smtp_tls_protocols), OpenSSL's DEFAULT ciphers at the security level Debian's
+    openssl.cnf sets (CipherString = DEFAULT:@SECLEVEL=2), which Postfix inherits. No
+    verification here: the chain is judged afterwards, so every certificate is seen."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        # Python warns that TLS 1.0 is deprecated; Postfix still offers it, and so do we.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers(f"DEFAULT:@SECLEVEL={POSTFIX_SECURITY_LEVEL}")
     return context
 
 
-def _legacy_context() -> ssl.SSLContext:
-    """Anything OpenSSL can still speak: TLS 1.0+, every cipher, legacy renegotiation."""
-    context = _modern_context()
-    with warnings.catch_warnings():
-        # Python warns that TLS 1.0 is deprecated; telling such servers apart is the point.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = ssl.TLSVersion.TLSv1
+def _encrypt_context() -> ssl.SSLContext:
+    """At least as lenient as Postfix at may/encrypt: anything OpenSSL can still speak
+    (security level 0), legacy renegotiation included."""
+    context = _verify_context()
     context.set_ciphers("ALL:@SECLEVEL=0")
     context.options |= _OP_LEGACY_SERVER_CONNECT
     return context

@@ -265,10 +265,16 @@ class RedisStore:
                     self._events_key, min=start, max="+", count=EVENTS_PAGE
                 )
                 entries = page or []
-                for _entry_id, fields in entries:
+                for entry_id, fields in entries:
                     if not fields:
                         continue  # XRANGE reports no fields for an entry deleted meanwhile
-                    at = self._event_time(fields.get("at"))
+                    try:
+                        at = self._event_time(fields.get("at"))
+                    except StoreError as exc:
+                        # One bad entry (any fleet member, a hand edit) must not hide
+                        # the whole history from `policyctl report`.
+                        log.warning("event %s: skipped: %s", entry_id, exc)
+                        continue
                     if at >= since:
                         out.append((at, str(fields.get("key", "")), str(fields.get("text", ""))))
                 if len(entries) < EVENTS_PAGE:

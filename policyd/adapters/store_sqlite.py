@@ -228,7 +228,13 @@ class SqliteStore:
             rows = self._conn.execute(
                 "SELECT at, key, text FROM events WHERE at >= ? ORDER BY id", (since,)
             ).fetchall()
-            return [(float(a), str(k), str(t)) for a, k, t in rows]
+            out: list[tuple[float, str, str]] = []
+            for a, k, t in rows:
+                if isinstance(a, bool) or not isinstance(a, int | float) or math.isnan(a):
+                    log.warning("%s: event at %.64r: skipped: malformed row", self._path, a)
+                    continue
+                out.append((float(a), str(k), str(t)))
+            return out
 
         return await self._run(run)
 

@@ -1,9 +1,10 @@
-"""``policyd``: the daemon's entry point and composition root.
+"""``policyd``: the daemon Postfix asks for each destination's TLS policy.
 
-Wires config -> store -> DNS/MTA-STS/probe sources -> service -> listeners, then runs until
-SIGTERM. SIGHUP reloads the configuration and the overrides without dropping connections
-(a bad new file is logged and the old configuration kept). systemd is told READY=1 once
-the listeners are up, WATCHDOG=1 while the loop is alive, and STOPPING=1 on the way out.
+This module is the composition root: it wires config -> store -> DNS/MTA-STS/probe
+sources -> service -> listeners, then runs until SIGTERM. SIGHUP reloads the
+configuration and the overrides without dropping connections (a bad new file is logged
+and the old configuration kept). systemd is told READY=1 once the listeners are up,
+WATCHDOG=1 while the loop is alive, and STOPPING=1 on the way out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from policyd import __version__
 from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
 from policyd.adapters.fleet_redis import RedisFleet
+from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
 from policyd.adapters.redis_url import is_redis_url
 from policyd.adapters.store import Store, StoreError
@@ -30,7 +32,7 @@ from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
-from policyd.server.alert_checks import check_resolver, check_sts, watch_resolver
+from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
 from policyd.server.fleet_sync import FleetSync
 from policyd.server.metrics import MetricsServer, PolicydCollector
@@ -70,7 +72,12 @@ class Daemon:
         try:
             store = CountedStore(await open_store(cfg.store.url))
         except StoreError as exc:
-            log.error("store: %s", exc)
+            log.error(
+                "store: cannot open [store] url %s: %s; its directory must exist and "
+                "belong to the user policyd runs as (policyctl doctor checks it)",
+                cfg.store.url,
+                exc,
+            )
             return 1
         fleet = None
         if cfg.fleet.enabled and is_redis_url(cfg.store.url):
@@ -83,7 +90,12 @@ class Daemon:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
             prober = make_prober(cfg.probe, cfg.tls.ca_file)
         except (OSError, ValueError) as exc:
-            log.error("tls.ca_file %s: %s", cfg.tls.ca_file, exc)
+            log.error(
+                "[tls] ca_file %s is not usable: %s; install ca-certificates or name a PEM "
+                "bundle of trusted CAs",
+                cfg.tls.ca_file,
+                exc,
+            )
             await store.close()
             return 1
         policy_fetcher = (
@@ -147,9 +159,8 @@ class Daemon:
             await store.close()
             return 1
         self.server = server
-        if cfg.alerts.resolver_check_interval:
-            await check_resolver(resolver, cfg.alerts, alerts)
-            self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
+        self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
+        self._spawn(watch_sts(sts, lambda: self.config.alerts, alerts))
         notifier = Notifier()
         for sig, handler in (
             (signal.SIGTERM, self._stop.set),
@@ -164,6 +175,8 @@ class Daemon:
         self._spawn(self._housekeeping(sts))
         self._spawn(notifier.watchdog())
         notifier.ready()
+        for warning in config_warnings(cfg):
+            log.warning("%s: %s", cfg.path, warning)
         log.info("policyd %s ready (store %s)", __version__, cfg.store.url.partition("://")[0])
         await self._stop.wait()
         notifier.stopping()
@@ -218,12 +231,30 @@ class Daemon:
             except StoreError as exc:
                 log.error("store: cannot reload overrides: %s", exc)
             await sts.refresh_due()
-            check_sts(sts, self.config.alerts, self.alerts)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task failed: %r", task.exception())
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that load but put mail at risk (``--check-config``, and at start)."""
+    where = "[dns] nameservers" if config.dns.nameservers else "/etc/resolv.conf"
+    configured = config.dns.nameservers or tuple(resolv_conf_nameservers())
+    out = [
+        f"{where}: {ns} is not on this host; policyd trusts the resolver's "
+        "DNSSEC (AD bit), which anyone on the path to it can forge: run a validating "
+        "resolver here (unbound) and name 127.0.0.1 in [dns] nameservers"
+        for ns in remote_nameservers(configured)
+    ]
+    out += [
+        f"[profiles.{p.name}] dry_run = true: Postfix is told NOTFOUND for every "
+        "destination of this profile"
+        for p in config.profiles
+        if p.dry_run
+    ]
+    return out
 
 
 def set_log_level(level: str) -> None:
@@ -246,11 +277,31 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+DESCRIPTION: Final = """\
+Tell Postfix, per destination, how strictly to check TLS when sending mail:
+DANE where DNSSEC allows, MTA-STS where the domain publishes it, and verified or
+encrypted TLS where STARTTLS probes show it works. Postfix asks over
+smtp_tls_policy_maps = socketmap:unix:/run/policyd/policyd.sock:postfix.
+Usually started by systemd (systemctl start policyd); see policyd(8)."""
+
+EPILOG: Final = """\
+policyctl explain DOMAIN shows what Postfix is told and why; policyctl doctor
+checks Postfix's settings, the sockets, the resolver and the store."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="policyd", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=DEFAULT_PATH, help="configuration file (TOML)")
+    parser = argparse.ArgumentParser(prog="policyd", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
-        "--check-config", action="store_true", help="check the configuration and exit"
+        "--config",
+        default=DEFAULT_PATH,
+        metavar="PATH",
+        help=f"the configuration file, policyd.toml(5) (default {DEFAULT_PATH})",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration file, print what is wrong or 'configuration ok', "
+        "and exit (0: ok, 1: errors)",
     )
     parser.add_argument("--version", action="version", version=f"policyd {__version__}")
     return parser.parse_args(argv)
@@ -264,6 +315,8 @@ def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = No
         print(f"policyd: {exc}", file=sys.stderr)
         return 1
     if args.check_config:
+        for warning in config_warnings(config):
+            print(f"policyd: {config.path}: warning: {warning}", file=sys.stderr)
         print(f"policyd: {config.path}: configuration ok")
         return 0
     setup_logging(config.log.level)

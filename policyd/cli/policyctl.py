@@ -119,6 +119,31 @@ def _read_reply(sock: socket.socket) -> control.Reply:
 # -- the command line ------------------------------------------------------------------
 
 
+# Shown by `policyctl COMMAND --help`; the one-line help of each is in the main --help.
+DESCRIPTIONS: Final = {
+    "override": "Set, delete or list policies set by hand. An override outranks DANE, "
+    "MTA-STS and probes until it expires or is deleted.",
+    "explain": "Show what Postfix is told for DOMAIN under each profile, which rule chose "
+    "it, and the evidence behind it: DNS and DANE records, the MTA-STS policy, probe "
+    "results, any override.",
+    "probe": "Connect to DOMAIN's MX hosts with STARTTLS now and record what their "
+    "certificates show; with --wait, print the result as explain does.",
+    "flush": "Forget cached evidence and answers for DOMAIN (or --all), so the next lookup "
+    "starts fresh. Overrides stay.",
+    "report": "What changed: level changes with their reasons, destinations per level, TEMP "
+    "answers, weaker results held back by damping, failing MTA-STS fetches, and what "
+    "dry-run profiles would have changed.",
+    "status": "Version, uptime, listeners, connections, cache sizes, lookups served and "
+    "the probe queue.",
+    "reload": "Apply a changed policyd.toml and the overrides without dropping connections, "
+    "as systemctl reload policyd does.",
+    "doctor": "Check the installation end to end: Postfix's settings (read with postconf), "
+    "whether Postfix can reach policyd's socket (also from its chroot), whether the "
+    "resolver validates DNSSEC, and whether the store is writable. One line per check "
+    "with what to change; exit status 1 when a check fails. Run it as root.",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line on stderr and exit 2, as for every other failure.
@@ -128,22 +153,34 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     # SUPPRESS: given after the subcommand, these must not reset values given before it.
-    common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket path")
+    common.add_argument(
+        "--socket",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="policyd's control socket (default: [server] control of --config)",
+    )
     common.add_argument(
         "--config",
         default=argparse.SUPPRESS,
-        help=f"the daemon's configuration, for [server] control (default {DEFAULT_CONFIG})",
+        metavar="PATH",
+        help=f"policyd's configuration file (default {DEFAULT_CONFIG})",
     )
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
     parser = _Parser(
         prog="policyctl",
-        description="Query and steer a running policyd through its control socket.",
+        description="Ask the running policyd what Postfix is told for a destination and "
+        "why, fix a destination by hand, see what changed, and check the installation "
+        "(doctor). See policyctl(8).",
+        epilog="Exit status: 0 ok, 1 not found or refused (doctor: a check failed), "
+        "2 usage, 3 policyd unreachable.",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"policyctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    ov = sub.add_parser("override", help="manual policies").add_subparsers(
+    ov = sub.add_parser("override", help="set, delete or list policies set by hand").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
     ov_set = ov.add_parser("set", parents=[common], help="set a manual policy")
@@ -156,11 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_parser("del", parents=[common], help="delete a manual policy").add_argument("domain")
     ov.add_parser("list", parents=[common], help="list manual policies")
 
-    sub.add_parser("explain", parents=[common], help="the answer and why").add_argument("domain")
-    probe = sub.add_parser("probe", parents=[common], help="probe a destination now")
+    sub.add_parser(
+        "explain", parents=[common], help="what Postfix is told for a domain, and why"
+    ).add_argument("domain")
+    probe = sub.add_parser(
+        "probe", parents=[common], help="test the STARTTLS of a domain's MX hosts now"
+    )
     probe.add_argument("domain")
     probe.add_argument("--wait", action="store_true", help="wait and show the new evidence")
-    flush = sub.add_parser("flush", parents=[common], help="drop cached evidence")
+    flush = sub.add_parser(
+        "flush", parents=[common], help="forget what is cached, so the next lookup starts fresh"
+    )
     which = flush.add_mutually_exclusive_group(required=True)
     which.add_argument("domain", nargs="?")
     which.add_argument("--all", action="store_true", help="every destination")
@@ -169,11 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop cached MTA-STS policies too (they protect against downgrades)",
     )
-    report = sub.add_parser("report", parents=[common], help="what changed and why")
-    report.add_argument("--since", default="24h", help="look back DURATION (default 24h)")
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="level changes, current levels, held and failing destinations, dry runs",
+    )
+    report.add_argument(
+        "--since", default="24h", metavar="DURATION", help="look back DURATION (default 24h)"
+    )
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    sub.add_parser("status", parents=[common], help="daemon status")
-    sub.add_parser("reload", parents=[common], help="reload configuration and overrides")
+    sub.add_parser("status", parents=[common], help="uptime, connections, caches, probe queue")
+    sub.add_parser(
+        "reload", parents=[common], help="apply a changed policyd.toml (as systemctl reload)"
+    )
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check Postfix, the listeners, the resolver and the store",
+    )
+    doctor.add_argument(
+        "--config-directory",
+        default="/etc/postfix",
+        metavar="DIR",
+        help="Postfix's configuration directory, as postconf -c (default /etc/postfix)",
+    )
+    for name, text in DESCRIPTIONS.items():
+        sub.choices[name].description = text
     return parser
 
 
@@ -202,7 +266,7 @@ def build_request(args: argparse.Namespace) -> control.Request:
             return control.Flush(dest, args.include_mta_sts)
         if cmd == "report":
             return control.Report(control.parse_duration(args.since))
-        if cmd == "status":
+        if cmd in ("status", "doctor"):
             return control.Status()
         return control.Reload()
     except ControlProtocolError as exc:
@@ -222,9 +286,33 @@ def show(args: argparse.Namespace, req: control.Request, result: JsonValue, out:
     out.write(render.human(req, doc))
 
 
+def doctor(args: argparse.Namespace) -> int:
+    """``policyctl doctor``: the installation checked end to end (policyd.cli.doctor)."""
+    from policyd.cli import doctor as checks
+    from policyd.config import ConfigError, load
+
+    config_path = getattr(args, "config", None) or DEFAULT_CONFIG
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        raise CtlError(EXIT_FAILED, f"cannot check: {exc}") from None
+
+    def control_ok() -> str | None:
+        try:
+            call(socket_path(args), control.Status())
+        except CtlError as exc:
+            return exc.message
+        return None
+
+    found = checks.Doctor(config, args.config_directory, control_ok=control_ok).run()
+    return checks.render(found, sys.stdout, as_json=getattr(args, "json", False))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "doctor":
+            return doctor(args)
         req = build_request(args)
         timeout = (
             PROBE_WAIT_TIMEOUT if isinstance(req, control.Probe) and req.wait else REPLY_TIMEOUT

@@ -94,7 +94,8 @@ def explain(doc: Doc) -> str:
     out = [f"{dest}: {head}"]
     width = max((len(a.text("profile")) for a in answers), default=0)
     for a in answers:
-        out.append(f"  {a.text('profile'):<{width}}  {a.text('reply')}")
+        dry = f"  (dry run: would be {a.text('would_reply')})" if a.flag("dry_run") else ""
+        out.append(f"  {a.text('profile'):<{width}}  {a.text('reply')}{dry}")
         out.append(f"  {'':<{width}}  decided by {a.text('rule')}: {a.text('reason')}")
     out += ["", *_dns(doc.doc("dns"), now), "", *_dane(doc.doc("dns"))]
     out += ["", *_sts(doc.doc("mta_sts"))]
@@ -196,6 +197,12 @@ def _probe(probe: Doc | None) -> list[str]:
     damping = probe.doc("damping")
     if damping is None:
         out.append("  damping: nothing held back")
+    elif damping.strs("pending_names"):
+        out.append(
+            f"  damping: HOLDING verified names; other names"
+            f" {', '.join(damping.strs('pending_names'))} seen {damping.text('count')} time(s)"
+            f" since {ago(damping.num('age'))}, not yet confirmed"
+        )
     else:
         out.append(
             f"  damping: HOLDING {damping.text('held_level', '-')}; weaker"
@@ -322,7 +329,27 @@ def report(doc: Doc) -> str:
     for f in failing:
         cached = " (cached policy still applies)" if f.flag("cached") else ""
         out.append(f"  {f.text('destination')}: {f.text('error')}{cached}")
+    out += _dry_run(doc.doc("dry_run") or Doc({}))
     return "\n".join(out) + "\n"
+
+
+def _dry_run(dry: Doc) -> list[str]:
+    """What each dry-run profile would have changed: Postfix was told NOTFOUND."""
+    out: list[str] = []
+    for profile, body in dry.items():
+        section = Doc.of(body)
+        would = section.doc("would_change") or Doc({})
+        total = sum(len(v) for _l, v in would.items() if isinstance(v, list))
+        out += ["", f"Dry run (profile {profile}): {total} destination(s) would have changed"]
+        out.append("  Postfix was told NOTFOUND; with dry_run = false it would be told:")
+        for level, names in would.items():
+            listed = [str(n) for n in names] if isinstance(names, list) else []
+            more = f", ... (+{len(listed) - NAMES_SHOWN})" if len(listed) > NAMES_SHOWN else ""
+            out.append(f"  {level:<22} {len(listed):>5}  {', '.join(listed[:NAMES_SHOWN])}{more}")
+        answers = Doc.of(section.raw("answers")).items()
+        if answers:
+            out.append("  answers since start: " + ", ".join(f"{k} {v}" for k, v in answers))
+    return out
 
 
 CSV_FIELDS: Final = ("section", "at", "destination", "profile", "level", "previous", "detail")
@@ -355,6 +382,12 @@ def report_csv(doc: Doc, out: TextIO) -> None:
         )  # fmt: skip
     for f in doc.docs("sts_failing"):
         w.writerow(("sts-failing", "", f.text("destination"), "", "", "", f.text("error")))
+    dry = doc.doc("dry_run") or Doc({})
+    for profile, body in dry.items():
+        would = Doc.of(body).doc("would_change") or Doc({})
+        for level, names in would.items():
+            for name in names if isinstance(names, list) else []:
+                w.writerow(("dry-run", "", str(name), profile, level, "NOTFOUND", ""))
 
 
 def human(req: control.Request, doc: Doc) -> str:

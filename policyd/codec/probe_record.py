@@ -43,6 +43,7 @@ def state_to_json(state: ProbeState) -> str:
         "hosts": [_host_to_doc(h) for h in state.hosts],
         "verified_names": list(state.verified_names),
         "pending": None if state.pending is None else state.pending.value,
+        "pending_names": list(state.pending_names),
         "pending_count": state.pending_count,
         "pending_since": state.pending_since,
         "probed_at": state.probed_at,
@@ -68,6 +69,9 @@ def state_from_json(text: str) -> ProbeState:
         raise ValueError("probe record hosts must be a short list")
     if not isinstance(names, list) or len(names) > MAX_HOSTS:
         raise ValueError("probe record verified_names must be a short list")
+    pending_names = doc.get("pending_names", [])  # absent in records before it existed
+    if not isinstance(pending_names, list) or len(pending_names) > MAX_HOSTS:
+        raise ValueError("probe record pending_names must be a short list")
     count = doc.get("pending_count")
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError("probe record pending_count must be a non-negative integer")
@@ -76,6 +80,7 @@ def state_from_json(text: str) -> ProbeState:
         hosts=tuple(_host_from_doc(h) for h in hosts),
         verified_names=tuple(_host_name(n) for n in names),
         pending=_level(doc.get("pending")),
+        pending_names=tuple(_host_name(n) for n in pending_names),
         pending_count=count,
         pending_since=_time(doc.get("pending_since"), "pending_since"),
         probed_at=_time(doc.get("probed_at"), "probed_at"),

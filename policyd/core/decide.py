@@ -83,13 +83,22 @@ def _from_probe(ev: Evidence, profile: Profile) -> Verdict | None:
     if state is None or state.level is None:
         return None
     held = ""
-    if state.pending is not None:
+    if state.pending_names:
+        held = (
+            f", holding names against {','.join(state.pending_names)} seen {state.pending_count}x"
+        )
+    elif state.pending is not None:
         held = f", holding against {state.pending.value} seen {state.pending_count}x"
     if state.level is ProbeLevel.VERIFY:
+        # The probe sent SNI (the MX host name) and judged what came back; Postfix sends
+        # none unless told (smtp_tls_servername is empty), and a multi-tenant server may
+        # present another certificate then. servername=hostname (Postfix >= 3.4) makes
+        # Postfix ask for exactly what the probe verified.
+        sni = (("servername", "hostname"),)
         if profile.probe_verified is VerifiedAs.SECURE and state.verified_names:
-            pol = Policy(TlsLevel.SECURE, state.verified_names)
+            pol = Policy(TlsLevel.SECURE, state.verified_names, sni)
         else:
-            pol = Policy(TlsLevel.VERIFY)
+            pol = Policy(TlsLevel.VERIFY, attrs=sni)
         return policy(Rule.PROBE, f"probe: every reachable MX verified{held}", pol)
     if state.level is ProbeLevel.ENCRYPT:
         bad = sorted(

@@ -155,6 +155,10 @@ class ProbeVerdict(enum.Enum):
     NAME_MISMATCH = "name-mismatch"
     BAD_KEY_OR_SIGNATURE = "bad-key-or-signature"
     INVALID = "invalid"
+    # The handshake completes only as Postfix does at may/encrypt (OpenSSL security level
+    # 0), never at verify/secure: say TLS 1.0/1.1 with SHA-1 signatures ("legacy sigalg
+    # disallowed"). Encrypted, never verified, whatever the certificate.
+    LEGACY_TLS = "legacy-tls"
     NO_STARTTLS = "no-starttls"
     TLS_INTOLERANT = "tls-intolerant"
     UNREACHABLE = "unreachable"
@@ -205,13 +209,16 @@ class ProbeState:
     """Damped probe evidence for a destination (see :mod:`policyd.core.probe`).
 
     ``level`` is the level in force (None: nothing reachable was ever seen); ``pending``
-    a weaker level observed but not yet confirmed, with how often and since when.
+    a weaker level observed but not yet confirmed, with how often and since when; or,
+    with ``pending`` VERIFY, ``pending_names``: other verified names than those in force,
+    not yet confirmed.
     """
 
     level: ProbeLevel | None
     hosts: tuple[ProbeHost, ...] = ()
     verified_names: tuple[str, ...] = ()
     pending: ProbeLevel | None = None
+    pending_names: tuple[str, ...] = ()
     pending_count: int = 0
     pending_since: float = 0.0
     probed_at: float = 0.0

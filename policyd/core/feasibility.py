@@ -60,6 +60,7 @@ _CERT_FAILURES: Final = frozenset(
         ProbeVerdict.UNKNOWN_ISSUER,
         ProbeVerdict.BAD_KEY_OR_SIGNATURE,
         ProbeVerdict.INVALID,
+        ProbeVerdict.LEGACY_TLS,
         ProbeVerdict.NO_STARTTLS,
         ProbeVerdict.TLS_INTOLERANT,
     }

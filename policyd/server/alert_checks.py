@@ -5,8 +5,9 @@
   must come back with the AD bit. Without it every DANE answer is silently lost, and a
   resolver that sets AD without validating cannot be told apart here: that is why policyd
   must only use a resolver on this host.
-* ``sts-stale``: every housekeeping round, cached MTA-STS policies that could not be
-  refreshed for ``[alerts] sts_stale_after`` (RFC 8461 3.3 asks senders to alert).
+* ``sts-stale``: cached MTA-STS policies that could not be refreshed for ``[alerts]
+  sts_stale_after`` (RFC 8461 3.3 asks senders to alert), checked every quarter of that
+  time (between STS_CHECK_MIN and STS_CHECK_MAX).
 
 The level-dropped and dane-temp alerts are raised by :mod:`policyd.service` as lookups
 happen.
@@ -25,6 +26,12 @@ from policyd.core.evidence import DnsStatus
 from policyd.sources.sts import StsSource
 
 RESOLVER_SUBJECT: Final = "resolver"  # the episode key of the resolver alert
+# Seconds between sts-stale checks: a quarter of sts_stale_after, within these bounds, so
+# the alert comes at most a quarter late and a check (one pass over the cached domains)
+# never runs more than once a second.
+RESOLVER_RECHECK_OFF: Final = 60.0  # seconds between looks at a turned-off check's setting
+STS_CHECK_MIN: Final = 1.0
+STS_CHECK_MAX: Final = 60.0
 
 
 class DnsQuery(Protocol):
@@ -83,14 +90,26 @@ def check_sts(
     return len(stale)
 
 
+def sts_check_interval(settings: AlertSettings) -> float:
+    if not settings.sts_stale_after:
+        return STS_CHECK_MAX
+    return min(STS_CHECK_MAX, max(STS_CHECK_MIN, settings.sts_stale_after / 4))
+
+
+async def watch_sts(sts: StsSource, settings: Callable[[], AlertSettings], alerts: Alerts) -> None:
+    while True:
+        await asyncio.sleep(sts_check_interval(settings()))
+        check_sts(sts, settings(), alerts)
+
+
 async def watch_resolver(
     resolver: DnsQuery,
     settings: Callable[[], AlertSettings],
     alerts: Alerts,
 ) -> None:
-    """Check the resolver every interval (the first check is the caller's, at start)."""
+    """Check the resolver now (at start) and then every resolver_check_interval; an
+    interval of 0 turns the checks off (a reload may turn them on again)."""
     while True:
-        current = settings()
-        await asyncio.sleep(current.resolver_check_interval or 3600.0)
         if settings().resolver_check_interval:
             await check_resolver(resolver, settings(), alerts)
+        await asyncio.sleep(settings().resolver_check_interval or RESOLVER_RECHECK_OFF)

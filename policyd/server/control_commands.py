@@ -207,7 +207,15 @@ class Commands:
         rows = await self._service.explain(dest)
         evidence = rows[0][2] if rows else Evidence(dest)
         answers = [(p.name, v) for p, v, _ev in rows]
-        return explain_doc(dest, answers, evidence, self._clock())
+        doc = explain_doc(dest, answers, evidence, self._clock())
+        dry = {p.name for p, _v, _ev in rows if p.dry_run}
+        for row in doc["answers"] if isinstance(doc["answers"], list) else []:
+            if isinstance(row, dict) and row.get("profile") in dry:
+                # Postfix is told NOTFOUND; the decision is what it would be told.
+                row["dry_run"] = True
+                row["would_reply"] = row["reply"]
+                row["reply"] = "NOTFOUND"
+        return doc
 
     async def _probe(self, req: control.Probe, peer: Peer) -> JsonValue:
         prober = self._service.probe
@@ -273,7 +281,8 @@ class Commands:
     async def _check(self, dest: Destination) -> JsonValue:
         """The verdict Postfix gets now and, if it cannot be met, why (policyd-milter)."""
         service = self._service
-        answer = await service.answer(dest, self._default_profile())
+        profile = self._default_profile()
+        answer = await service.answer(dest, profile)
         evidence = answer.evidence
         if evidence.override is not None and evidence.dns is None:
             # An override answers without evidence; judging it needs DNS and the probe.
@@ -291,7 +300,10 @@ class Commands:
             "level": level_text(verdict),
             "rule": verdict.rule.value,
             "reason": verdict.reason,
-            "problem": feasibility.problem(verdict, evidence, self._clock()),
+            # A dry-run profile enforces nothing: nothing for the milter to act on.
+            "problem": None
+            if profile.dry_run
+            else feasibility.problem(verdict, evidence, self._clock()),
         }
 
     async def _report(self, req: control.Report) -> JsonValue:
@@ -343,12 +355,37 @@ class Commands:
         return {
             "since": since,
             "now": now,
+            "dry_run": self._dry_run(),
             "changes": changes,
             "levels": jsonable(levels),
             "rules": jsonable(rules),
             "temp": {"answers": service.stats.temp, "destinations": temp_now},
             "held": held,
             "sts_failing": sts_failing,
+        }
+
+    def _dry_run(self) -> JsonValue:
+        """Per dry-run profile: what Postfix would have been told instead of NOTFOUND,
+        destination by destination (the latest decision), and the answers counted."""
+        service = self._service
+        dry = {p.name for p in service.profiles if p.dry_run}
+        would: dict[str, dict[str, list[str]]] = {name: {} for name in sorted(dry)}
+        for (profile, key), verdict in sorted(service.remembered().items()):
+            if profile not in dry:
+                continue
+            level = level_text(verdict)
+            if level == "NOTFOUND":
+                continue  # what Postfix got anyway: no change
+            names = would[profile].setdefault(level, [])
+            if len(names) < MAX_REPORT_NAMES:
+                names.append(key)
+        answers: dict[str, dict[str, int]] = {name: {} for name in sorted(dry)}
+        for (profile, level), count in service.counters.dry_run.items():
+            if profile in answers:
+                answers[profile][level] = count
+        return {
+            name: {"would_change": jsonable(would[name]), "answers": jsonable(answers[name])}
+            for name in sorted(dry)
         }
 
     def _status(self) -> JsonValue:

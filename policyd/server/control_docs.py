@@ -118,6 +118,7 @@ def probe_doc(state: ProbeState | None, now: float) -> JsonObject | None:
         damping = {
             "held_level": None if state.level is None else state.level.value,
             "pending": state.pending.value,
+            "pending_names": list(state.pending_names),
             "count": state.pending_count,
             "since": state.pending_since or None,
             "age": _age(now, state.pending_since),

@@ -24,6 +24,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from policyd.adapters.dns import Resolver
 from policyd.adapters.fleet_redis import RedisFleet
@@ -218,7 +219,8 @@ class PolicydCollector:
         )
         yield CounterMetricFamily(
             "policyd_connections_refused",
-            "Socketmap connections refused at [server] max_connections.",
+            "Socketmap connections closed at [server] max_connections "
+            "(refused, or the longest-idle one closed to admit a new one).",
             value=self.listeners.refused,
         )
         alerts = CounterMetricFamily(
@@ -250,7 +252,7 @@ def _buckets(hist: Histogram) -> list[tuple[str, float]]:
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.0 on the event loop; every other request gets 404."""
 
-    def __init__(self, listen: str, collector: PolicydCollector) -> None:
+    def __init__(self, listen: str, collector: Collector) -> None:
         self.listener: Listener = parse_listener(listen)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
@@ -261,18 +263,14 @@ class MetricsServer:
         return generate_latest(self.registry)
 
     async def start(self) -> None:
-        if self.listener.kind == "unix":
-            self._server = await asyncio.start_unix_server(
-                self._handle, self.listener.path, limit=MAX_REQUEST_HEAD
-            )
-        else:
-            self._server = await asyncio.start_server(
-                self._handle,
-                self.listener.host,
-                self.listener.port,
-                limit=MAX_REQUEST_HEAD,
-                reuse_address=True,
-            )
+        # inet only ([metrics] listen is checked by policyd.config): Prometheus scrapes TCP.
+        self._server = await asyncio.start_server(
+            self._handle,
+            self.listener.host,
+            self.listener.port,
+            limit=MAX_REQUEST_HEAD,
+            reuse_address=True,
+        )
         log.info("metrics: Prometheus can scrape http on %s", _shown(self.listener))
 
     async def close(self) -> None:
@@ -293,6 +291,8 @@ class MetricsServer:
             pass  # a half-sent or oversized request: just close
         except OSError as exc:
             log.debug("metrics: connection failed: %s", exc)
+        except Exception:  # the per-connection catch-all: a scrape bug never stops policyd
+            log.exception("metrics: internal error answering a scrape")
         finally:
             self._active -= 1
             writer.close()
@@ -311,6 +311,5 @@ class MetricsServer:
 
 
 def _shown(listener: Listener) -> str:
-    if listener.kind == "unix":
-        return f"unix:{listener.path}"
-    return f"http://{listener.host}:{listener.port}/metrics"
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    return f"http://{host}:{listener.port}/metrics"

@@ -60,13 +60,12 @@ def claimed_prober(
     lease = settings.total_timeout + LEASE_MARGIN
     keep = max(settings.host_min_interval, MIN_PROBE_KEEP)
     spacing = min(ADDRESS_SPACING, settings.host_min_interval)
-    port = settings.port
 
-    async def probe_one(mx: MxHost, name: str, address: str) -> list[ProbeHost]:
+    async def probe_one(mx: MxHost, port: int, name: str, address: str) -> list[ProbeHost]:
         single = replace(mx, addresses=(address,))
 
         async def work() -> str:
-            return state_to_json(ProbeState(level=None, hosts=tuple(await prober(single))))
+            return state_to_json(ProbeState(level=None, hosts=tuple(await prober(single, port))))
 
         where = f"[{address}]:{port}"
         try:
@@ -80,15 +79,15 @@ def claimed_prober(
             return list(state_from_json(text).hosts)
         except ValueError as exc:  # written by another (newer or broken) fleet member
             log.warning("%s: shared probe findings ignored: %s", where, exc)
-            return await prober(single)
+            return await prober(single, port)
 
-    async def probe(mx: MxHost) -> list[ProbeHost]:
+    async def probe(mx: MxHost, port: int) -> list[ProbeHost]:
         if mx.address is DnsStatus.FAILED or not mx.addresses:
-            return await prober(mx)  # nothing to connect to: the prober says why
+            return await prober(mx, port)  # nothing to connect to: the prober says why
         name = mx.name.rstrip(".").lower()
         found: list[ProbeHost] = []
         for address in mx.addresses[:MAX_ADDRESSES_PER_HOST]:
-            found.extend(await probe_one(mx, name, address))
+            found.extend(await probe_one(mx, port, name, address))
         return found
 
     return probe

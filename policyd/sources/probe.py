@@ -44,11 +44,16 @@ from policyd.core.probe import (
 )
 from policyd.counters import ProbeCounters
 
-Prober = Callable[[MxHost], Awaitable[list[ProbeHost]]]
+# Probes one MX host on a port (that of the destination's next hop).
+Prober = Callable[[MxHost, int], Awaitable[list[ProbeHost]]]
 T = TypeVar("T")
 
 MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x backoff_initial is past any backoff_max
 MAX_HOSTS_IN_LOG: Final = 6  # addresses listed per log line
+SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: a destination without a port
+# RFC 8314 3.3: submissions speaks TLS from the first byte (smtp_tls_wrappermode); there
+# is no STARTTLS to probe, and a STARTTLS probe would only time out.
+SUBMISSIONS_PORT: Final = 465
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,7 @@ class ProbeSettings:
     confirm_probes: int = DEFAULT_CONFIRM_PROBES  # damping: a weaker level needs K probes
     confirm_seconds: float = DEFAULT_CONFIRM_SECONDS  # ... spread over at least T
     retention: float = 30 * 86400.0  # a stored result is forgotten this long after its probe
-    port: int = 25  # RFC 5321 4.5.4.1 (tests use another)
+    port: int = SMTP_PORT  # for destinations without a port of their own (tests use another)
     helo_name: str = ""  # EHLO name; empty: this host's FQDN (set it to Postfix myhostname)
     connect_timeout: float = 10.0  # see policyd.adapters.smtp_probe.ProbeTimeouts
     banner_timeout: float = 30.0
@@ -118,6 +123,7 @@ class ProbeStats:
 class _Job:
     dest: Destination
     dns: DnsEvidence
+    mx_changed: bool = False  # probe even if not due: the MX hosts are not those probed
 
 
 def make_prober(
@@ -129,9 +135,9 @@ def make_prober(
     helo_name = settings.helo_name or default_helo_name()
     timeouts = settings.timeouts
 
-    async def prober(mx: MxHost) -> list[ProbeHost]:
+    async def prober(mx: MxHost, port: int) -> list[ProbeHost]:
         return await probe_host(
-            mx, port=settings.port, roots=roots, timeouts=timeouts, helo_name=helo_name, now=clock
+            mx, port=port, roots=roots, timeouts=timeouts, helo_name=helo_name, now=clock
         )
 
     return prober
@@ -195,12 +201,16 @@ class ProbeSource:
         key = dest.key
         if not self.settings.enabled or dest.parent_form or dest.is_address:
             return False
-        if key in self._waiting or self._clock() < self._due.get(key, 0.0):
+        if dest.port == SUBMISSIONS_PORT or key in self._waiting:
             return False
-        if not self._targets(dns):
+        targets = self._targets(dns)
+        if not targets:
+            return False
+        changed = self._mx_changed(key, targets)
+        if self._clock() < self._due.get(key, 0.0) and not changed:
             return False
         try:
-            self._queue.put_nowait(_Job(dest, dns))
+            self._queue.put_nowait(_Job(dest, dns, changed))
         except asyncio.QueueFull:
             self._dropped += 1
             return False
@@ -265,7 +275,8 @@ class ProbeSource:
             key = job.dest.key
             self._running += 1
             try:
-                if self._clock() >= self._due.get(key, 0.0):  # probe_now may have run since
+                due = self._clock() >= self._due.get(key, 0.0)  # probe_now may have run
+                if due or (job.mx_changed and self._mx_changed(key, self._targets(job.dns))):
                     await self._shared_probe(job.dest, job.dns, fresh=False)
             except Exception:  # noqa: BLE001 (per-job boundary, like a per-connection loop)
                 self._log.exception("%s: probe failed", key)
@@ -288,9 +299,10 @@ class ProbeSource:
 
     async def _probe(self, dest: Destination, dns: DnsEvidence, fresh: bool) -> ProbeState:
         key = dest.key
+        port = self.settings.port if dest.port == SMTP_PORT else dest.port
         hosts: list[ProbeHost] = []
         for mx in self._targets(dns):
-            hosts.extend(await self._probe_mx(mx, fresh))
+            hosts.extend(await self._probe_mx(mx, port, fresh))
         now = self._clock()
         old = self._states.get(key)
         new, held = advance(old, tuple(hosts), now, self.settings.damping)
@@ -312,10 +324,11 @@ class ProbeSource:
             self.on_change(key)
         return new
 
-    async def _probe_mx(self, mx: MxHost, fresh: bool) -> list[ProbeHost]:
-        """The findings for one MX host: recent ones if another destination's probe saw it
-        within ``host_min_interval``, else a probe (shared with concurrent askers)."""
-        name = mx.name.rstrip(".").lower()
+    async def _probe_mx(self, mx: MxHost, port: int, fresh: bool) -> list[ProbeHost]:
+        """The findings for one MX host on one port: recent ones if another destination's
+        probe saw it within ``host_min_interval``, else a probe (shared with concurrent
+        askers). A host may present other certificates on other ports (25, 587)."""
+        name = f"{mx.name.rstrip('.').lower()}:{port}"
         started = self._clock()
         limit = self.settings.host_min_interval
         for old_name, (at, _) in list(self._recent.items()):
@@ -326,12 +339,24 @@ class ProbeSource:
             return recent[1]
         task = self._host_tasks.get(name)
         if task is None:
-            task = asyncio.ensure_future(self._prober(mx))
+            task = asyncio.ensure_future(self._prober(mx, port))
             self._host_tasks[name] = task
             task.add_done_callback(functools.partial(_drop_entry, self._host_tasks, name))
         findings = await asyncio.shield(task)
         self._recent[name] = (started, findings)
         return findings
+
+    def _mx_changed(self, key: str, targets: tuple[MxHost, ...]) -> bool:
+        """Whether the MX hosts to probe are not those the evidence in force came from (a
+        moved MX): then the evidence describes other servers and is renewed at once, at
+        most once per ``host_min_interval``."""
+        state = self._states.get(key)
+        if state is None or not state.hosts:
+            return False
+        if self._clock() - state.probed_at < self.settings.host_min_interval:
+            return False
+        probed = {h.host.rstrip(".").lower() for h in state.hosts}
+        return probed != {t.name.rstrip(".").lower() for t in targets}
 
     def _targets(self, dns: DnsEvidence) -> tuple[MxHost, ...]:
         """The most preferred MX hosts whose addresses are known (secure or not)."""
@@ -360,7 +385,16 @@ class ProbeSource:
             shown = [*shown[:MAX_HOSTS_IN_LOG], "..."]
         level = state.level.value if state.level is not None else "none"
         self._log.info("%s: probe level=%s hosts=%s", key, level, ",".join(shown) or "-")
-        if held and state.pending is not None:
+        if held and state.pending_names:
+            self._log.warning(
+                "%s: probe verified other MX names %s (%d/%d), keeping %s: possible attack",
+                key,
+                ",".join(state.pending_names),
+                state.pending_count,
+                self.settings.confirm_probes,
+                ",".join(state.verified_names),
+            )
+        elif held and state.pending is not None:
             self._log.warning(
                 "%s: probe saw weaker level %s (%d/%d), holding %s: possible attack",
                 key,

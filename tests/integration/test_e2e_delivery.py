@@ -28,7 +28,13 @@ MILTER_SENDER_ADDRESS: Final = "127.0.9.2"
 MILTER_PORT: Final = 8893
 CTL_TIMEOUT: Final = 60.0
 DELIVERY_TIMEOUT: Final = 30.0
-PROBED: Final = ("probe-valid.test", "probe-expired.test", "probe-intolerant.test")
+PROBED: Final = (
+    "probe-valid.test",
+    "probe-expired.test",
+    "probe-intolerant.test",
+    "probe-sni.test",
+    "probe-legacy.test",
+)
 
 
 def policyctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,6 +151,17 @@ def test_dane_delivered_verified(world: World, sender: PostfixSender) -> None:
     assert header(copy, "X-World-TLS").startswith("TLS")
 
 
+def test_aaaa_servfail_delivered_over_ipv4_with_dane(world: World, sender: PostfixSender) -> None:
+    # mx.aaaa-bogus.test: bogus AAAA (SERVFAIL), secure A and TLSA. policyd answered TEMP
+    # for the whole domain; now dane-only, and Postfix delivers over IPv4 with DANE.
+    _, line, tls, copy = delivered(
+        world, sender, "aaaa-bogus.test", "mx.dane-ee.test", "aaaa-bogus"
+    )
+    assert "relay=mx.aaaa-bogus.test[127.0.1.1]:25" in line
+    assert tls is not None and tls.split(": ", 1)[1].startswith(("Verified TLS", "Trusted TLS"))
+    assert header(copy, "X-World-TLS").startswith("TLS")
+
+
 def test_mtasts_delivered_verified(world: World, sender: PostfixSender) -> None:
     _, line, tls, copy = delivered(
         world, sender, "sts-enforce.test", "mx.sts-enforce.test", "mta-sts"
@@ -162,6 +179,27 @@ def test_probe_valid_delivered_verified(world: World, sender: PostfixSender) -> 
     assert tls is not None and ": Verified TLS connection established" in tls, tls
     # The recorder sits behind the receiving Postfix: its Received header shows the TLS.
     assert "with ESMTPS" in copy
+
+
+def test_sni_only_delivered_verified(world: World, sender: PostfixSender) -> None:
+    # The server presents its valid certificate only to a client that sends SNI; the
+    # probe did, and policyd's "verify servername=hostname" makes Postfix do the same.
+    _, line, tls, copy = delivered(world, sender, "probe-sni.test", "mx.probe-sni.test", "sni")
+    assert "relay=mx.probe-sni.test[127.0.3.14]:25" in line
+    assert tls is not None and ": Verified TLS connection established" in tls, tls
+    assert header(copy, "X-World-TLS").startswith("TLS")
+
+
+def test_legacy_tls_delivered_encrypted(world: World, sender: PostfixSender) -> None:
+    # TLS 1.0 with a SHA-1 signed key exchange and a valid certificate: "verify" (what
+    # policyd answered before) deferred with "legacy sigalg disallowed"; encrypt delivers.
+    _, line, tls, copy = delivered(
+        world, sender, "probe-legacy.test", "mx.probe-legacy.test", "legacy"
+    )
+    assert "relay=mx.probe-legacy.test[127.0.3.15]:25" in line
+    assert tls is not None and "TLS connection established" in tls, tls
+    assert "TLSv1 with cipher" in tls, tls
+    assert header(copy, "X-World-TLS").startswith("TLS")
 
 
 def test_expired_delivered_untrusted(world: World, sender: PostfixSender) -> None:

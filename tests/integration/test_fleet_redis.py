@@ -131,7 +131,7 @@ async def test_many_mx_names_on_one_address_get_one_session_at_a_time(
     running = peak = sessions = 0
     started: list[float] = []
 
-    async def prober(mx: MxHost) -> list[ProbeHost]:
+    async def prober(mx: MxHost, port: int) -> list[ProbeHost]:
         nonlocal running, peak, sessions
         started.append(time.monotonic())
         running += 1
@@ -146,7 +146,7 @@ async def test_many_mx_names_on_one_address_get_one_session_at_a_time(
     hosts = [
         MxHost(f"mx{i}.attacker.test", 10, DnsStatus.INSECURE, ("198.51.100.25",)) for i in range(4)
     ]
-    found = await asyncio.gather(*(p(mx) for p in probers for mx in hosts))
+    found = await asyncio.gather(*(p(mx, 25) for p in probers for mx in hosts))
     assert peak == 1  # never two sessions to the address at once, fleet-wide
     gaps = [b - a for a, b in itertools.pairwise(started)]
     assert min(gaps) >= ADDRESS_SPACING, gaps  # and spaced, whichever host probes

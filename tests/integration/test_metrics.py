@@ -9,10 +9,13 @@ triggered here (resolver-not-validating, dane-temp); level-dropped is in test_pr
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -54,7 +57,7 @@ def wait_log(daemon: Daemon, text: str, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def start(directory: Path, world: World, nameserver: str, **extra: dict[str, object]) -> Daemon:
+def start(directory: Path, world: World, nameserver: str, **extra: Mapping[str, object]) -> Daemon:
     sections = base_sections(directory, nameserver)
     sections["probe"] = {"enabled": False}
     sections["tls"] = {"ca_file": str(world.ca_file)}
@@ -75,6 +78,7 @@ def daemon(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         world,
         world.resolver,
         alerts={"dane_temp_after": 1.0},
+        **{"profiles.trial": {"dry_run": True}},
     )
     yield d
     d.stop()
@@ -115,6 +119,46 @@ def test_values_move_with_lookups(daemon: Daemon) -> None:
     assert value(after, "policyd_connections_refused_total") == 0
     inf = value(after, "policyd_lookup_duration_seconds_bucket", path="slow", le="+Inf")
     assert inf == value(after, "policyd_lookup_duration_seconds_count", path="slow")
+
+
+def test_dry_run_profile(daemon: Daemon) -> None:
+    """A dry-run profile decides and counts but tells Postfix NOTFOUND; policyctl report
+    lists what it would have changed."""
+    before = scrape(port_of(daemon))
+    assert daemon.postmap("dane-ta.test", name="trial") == ["NOTFOUND"]
+    assert daemon.postmap("dane-ta.test") == ["dane-only"]  # the live profile enforces
+    wait_log(daemon, "dane-ta.test: level=dane-only profile=trial dry-run=yes")
+    after = scrape(port_of(daemon))
+    moved = value(
+        after, "policyd_dry_run_answers_total", profile="trial", level="dane-only"
+    ) - value(before, "policyd_dry_run_answers_total", profile="trial", level="dane-only")
+    assert moved == 1
+    assert value(after, "policyd_answers_total", profile="trial", level="NOTFOUND") >= 1
+    res = subprocess.run(
+        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", daemon.control, "report",
+         "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    assert "dane-ta.test" in report["dry_run"]["trial"]["would_change"]["dane-only"]
+    assert report["dry_run"]["trial"]["answers"]["dane-only"] >= 1
+    assert "postfix" not in report["dry_run"]
+    table = subprocess.run(
+        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", daemon.control, "report"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "Dry run (profile trial):" in table
+    assert "dane-ta.test" in table.split("Dry run (profile trial):")[1]
+    explained = subprocess.run(
+        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", daemon.control, "explain",
+         "dane-ta.test", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    rows = {a["profile"]: a for a in json.loads(explained)["answers"]}
+    assert rows["trial"]["reply"] == "NOTFOUND"
+    assert rows["trial"]["would_reply"] == "OK dane-only"
+    assert rows["trial"]["dry_run"] is True
+    assert rows["postfix"]["reply"] == "OK dane-only" and "dry_run" not in rows["postfix"]
 
 
 def test_other_paths_are_not_found(daemon: Daemon) -> None:

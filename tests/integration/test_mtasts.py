@@ -231,6 +231,30 @@ def test_https_down_after_caching_keeps_secure(eager: Daemon, world: World) -> N
         sts_world.bring_up(world, domain)
 
 
+def test_policy_not_refreshed_alerts(world: World, tmp_path: Path) -> None:
+    """RFC 8461 3.3: the cached policy stays in force while its server is down, and
+    once it has gone unrefreshed for [alerts] sts_stale_after, alert=sts-stale (once)."""
+    d = make_daemon(world, tmp_path, refresh_interval=1.0)
+    d.sections["alerts"] = {"sts_stale_after": 3.0}
+    d.start()
+    domain = "sts-down.test"
+    wanted = f"alert=sts-stale domain={domain} seconds="
+    try:
+        assert d.postmap(domain) == [secure("mx.sts-down.test")]
+        sts_world.take_down(world, domain)
+        deadline = time.monotonic() + WAIT
+        while wanted not in d.log():
+            assert d.postmap(domain) == [secure("mx.sts-down.test")]
+            assert time.monotonic() < deadline, d.log()[-3000:]
+            time.sleep(0.5)
+        assert "connect failed" in d.log().split(wanted)[1].splitlines()[0]
+        time.sleep(2.0)  # further checks of the same episode stay quiet
+        assert d.log().count(wanted) == 1
+    finally:
+        sts_world.bring_up(world, domain)
+        d.stop()
+
+
 def test_restart_keeps_secure_from_store(eager: Daemon, world: World) -> None:
     domain = "sts-persist.test"
     assert eager.postmap(domain) == [secure("mx.sts-persist.test")]

@@ -139,7 +139,7 @@ def test_world_scenarios_registered(world: World) -> None:
 def test_strict_profile_pins_mx_names(daemon: Daemon, name: str) -> None:
     case = CASES[name]
     got = daemon.postmap(case.domain, name="strict")
-    assert got == [f"secure match={':'.join(case.hosts)}"]
+    assert got == [f"secure match={':'.join(case.hosts)} servername=hostname"]
 
 
 def test_strict_profile_no_tls(daemon: Daemon) -> None:
@@ -157,13 +157,13 @@ def test_probe_log_lines(daemon: Daemon) -> None:
 def test_damping(daemon: Daemon, world: World) -> None:
     domain = CASES["probe-damping"].domain
     probe(daemon, domain)
-    assert daemon.postmap(domain) == ["verify"]
+    assert daemon.postmap(domain) == [smtp_world.VERIFIED]
     smtp_world.switch(world, domain, "expired")
     try:
         first_weaker = time.monotonic()
         for n in range(1, CONFIRM_PROBES):
             probe(daemon, domain)
-            assert daemon.postmap(domain) == ["verify"], f"after {n} weaker probe(s)"
+            assert daemon.postmap(domain) == [smtp_world.VERIFIED], f"after {n} weaker probe(s)"
             wanted = f"{domain}: probe saw weaker level encrypt ({n}/{CONFIRM_PROBES})"
             assert wanted in daemon.log()
             assert "possible attack" in daemon.log()
@@ -174,14 +174,17 @@ def test_damping(daemon: Daemon, world: World) -> None:
         time.sleep(max(0.0, CONFIRM_SECONDS + 0.2 - (time.monotonic() - first_weaker)))
         probe(daemon, domain)
         assert daemon.postmap(domain) == ["encrypt"]
-        wanted = f"alert=level-dropped destination={domain} profile=postfix previous=verify"
-        assert f"{wanted} level=encrypt" in daemon.log()
+        wanted = (
+            f"alert=level-dropped destination={domain} profile=postfix "
+            "previous=verify,servername=hostname level=encrypt"
+        )
+        assert wanted in daemon.log()
         assert host_verdicts(explain(daemon, domain)) == {"mx.probe-damping.test": "expired"}
     finally:
         smtp_world.switch(world, domain, "valid")
     # A stronger result applies at once.
     probe(daemon, domain)
-    assert daemon.postmap(domain) == ["verify"]
+    assert daemon.postmap(domain) == [smtp_world.VERIFIED]
 
 
 def test_switch_rejects_unknown_behaviour(world: World) -> None:
@@ -194,18 +197,22 @@ def test_switch_rejects_unknown_behaviour(world: World) -> None:
 FINGER_CASES = [n for n in STATIC if n != "probe-tarpit"]
 
 
-def finger(world: World, host: str) -> str:
+def finger(world: World, host: str, level: str = "verify", *, sni: bool = True) -> str:
+    """posttls-finger as Postfix's smtp would connect with policyd's answer: at ``level``,
+    with ``servername=hostname`` (the SNI the probe sent) unless ``sni`` is false."""
+    options = ["-s", host] if sni else []  # servername=hostname: SNI is the MX host name
     res = world.run(
         [
             *world.exec_prefix(),
             "posttls-finger",
             "-c",
             "-l",
-            "verify",
+            level,
             "-F",
             str(world.ca_file),
             "-o",
             "smtp_connect_timeout=5",
+            *options,
             f"[{host}]",
         ],
         capture_output=True,
@@ -227,9 +234,26 @@ def test_posttls_finger_agrees(daemon: Daemon, world: World, name: str) -> None:
             assert "Verified TLS connection established" in out, out
         elif verdict in ("no-starttls", "tls-intolerant"):
             assert "TLS connection established" not in out, out
+        elif verdict == "legacy-tls":
+            # Postfix cannot even complete the handshake at verify, but does at encrypt.
+            assert "TLS connection established" not in out, out
+            assert "legacy sigalg" in out, out
+            assert "TLS connection established" in finger(world, host, "encrypt"), out
         else:
             assert "Untrusted TLS connection established" in out, out
             assert "Verified TLS" not in out, out
+
+
+def test_sni_only_server_verifies_only_with_the_servername_policyd_sends(
+    daemon: Daemon, world: World
+) -> None:
+    # Without servername= Postfix sends no SNI and meets the default certificate: the
+    # plain "verify" policyd answered before would have deferred this mail for good.
+    (host,) = CASES["probe-sni"].hosts
+    assert "Verified TLS connection established" in finger(world, host)
+    without = finger(world, host, sni=False)
+    assert "Verified TLS connection established" not in without, without
+    assert "Untrusted TLS connection established" in without, without
 
 
 def test_valid_destination_is_served_by_postfix(daemon: Daemon, world: World) -> None:

@@ -278,6 +278,21 @@ async def test_events_in_append_order_with_since_filter(store: RedisStore) -> No
     assert await store.events(31.0) == []
 
 
+async def test_malformed_event_is_skipped(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.append_event(1.0, "a.example", "first")
+    await raw.xadd(f"{prefix}event-log", {"at": "yesterday", "key": "x", "text": "y"})
+    await raw.xadd(f"{prefix}event-log", {"at": "nan", "key": "x", "text": "y"})
+    await store.append_event(2.0, "b.example", "second")
+    with caplog.at_level("WARNING"):
+        assert await store.events(0.0) == [
+            (1.0, "a.example", "first"),
+            (2.0, "b.example", "second"),
+        ]
+    assert "malformed event time 'yesterday'" in caplog.text
+
+
 async def test_events_empty(store: RedisStore) -> None:
     assert await store.events(0.0) == []
 

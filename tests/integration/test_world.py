@@ -44,6 +44,8 @@ SECURE = [
     ("_25._tcp.mx.dane-ta.test.", "TLSA"),
     ("_25._tcp.mx1.dane-partial.test.", "TLSA"),
     ("_25._tcp.mx.tlsa-bogus.test.", "TLSA"),
+    ("mx.aaaa-bogus.test.", "A"),  # only its AAAA is bogus
+    ("_25._tcp.mx.aaaa-bogus.test.", "TLSA"),
     ("implicit.test.", "A"),
     ("_25._tcp.implicit.test.", "TLSA"),
     ("nullmx.test.", "MX"),
@@ -61,6 +63,7 @@ BOGUS = [
     ("expired.test.", "MX"),
     ("mx.bogushost.test.", "A"),
     ("_25._tcp.mx.bogushost.test.", "TLSA"),
+    ("mx.aaaa-bogus.test.", "AAAA"),
 ]
 
 

@@ -720,3 +720,28 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
         await server.close()
         await e.service.store.close()
         shutil.rmtree(sock_dir)
+
+
+def test_explain_shows_held_verified_names() -> None:
+    probe_doc: control.JsonObject = {
+        "level": "verify",
+        "verified_names": ["mx.example.test"],
+        "probed_at": NOW - 60,
+        "age": 60,
+        "damping": {
+            "held_level": "verify",
+            "pending": "verify",
+            "pending_names": ["mx.forged.test"],
+            "count": 1,
+            "since": NOW - 3600,
+            "age": 3600,
+        },
+        "hosts": [],
+    }
+    out = policyctl_render.explain(
+        policyctl_render.Doc({"destination": "example.test", "now": NOW, "probe": probe_doc})
+    )
+    assert (
+        "damping: HOLDING verified names; other names mx.forged.test seen 1 time(s)"
+        " since 1h ago, not yet confirmed"
+    ) in out

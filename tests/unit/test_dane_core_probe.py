@@ -9,10 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policyd.core import dane, probe, sts
+from policyd.core.decide import decide
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
     DnsStatus,
+    Evidence,
     MxHost,
     MxKind,
     Override,
@@ -500,3 +502,120 @@ def test_damping_never_lowers_without_k_probes_over_t(
             assert state.level is not None and state.level.strength < before.strength
             assert len(weaker_run) >= k and weaker_run[-1] - weaker_run[0] >= t
             weaker_run = []
+
+
+# --- probe: verified names re-pinned only after confirmation (issue 12 point 6) ----------
+
+AB = (ph(V, "a"), ph(V, "b"))
+FORGED = (ph(V, "evil"),)  # the MX forged to a host with a valid certificate of its own
+
+
+def test_other_verified_names_are_held() -> None:
+    # A DNS forger present during one probe must not re-pin secure match= to its host.
+    ((state, held),) = run([(HOUR, FORGED)], run([(0.0, AB)])[-1][0])
+    assert held
+    assert state.level is ProbeLevel.VERIFY
+    assert state.verified_names == ("a", "b")
+    assert state.pending is ProbeLevel.VERIFY and state.pending_names == ("evil",)
+    assert (state.pending_count, state.pending_since) == (1, HOUR)
+    assert state.hosts == FORGED  # what was seen, for explain
+
+
+def test_other_verified_names_apply_after_k_probes_over_t() -> None:
+    rounds = [(0.0, AB)] + [(i * 3 * HOUR, FORGED) for i in range(1, 4)]
+    res = run(rounds)
+    assert [s.verified_names for s, _ in res] == [("a", "b"), ("a", "b"), ("a", "b"), ("evil",)]
+    assert [h for _, h in res] == [False, True, True, False]
+    final = res[-1][0]
+    assert final.pending is None and final.pending_names == () and final.pending_count == 0
+
+
+def test_other_verified_names_too_fast_are_held() -> None:
+    res = run([(0.0, AB)] + [(float(i), FORGED) for i in range(1, 10)])
+    assert all(s.verified_names == ("a", "b") for s, _ in res)
+    assert res[-1][0].pending_count == 9
+
+
+def test_the_old_names_seen_again_reset_the_run() -> None:
+    res = run([(0.0, AB), (1 * HOUR, FORGED), (4 * HOUR, AB), (8 * HOUR, FORGED)])
+    assert res[2][0].pending is None and res[2][0].pending_names == ()
+    assert res[-1][0].verified_names == ("a", "b")
+    assert (res[-1][0].pending_count, res[-1][0].pending_since) == (1, 8 * HOUR)
+
+
+def test_a_different_new_set_restarts_the_count() -> None:
+    other = (ph(V, "other"),)
+    res = run([(0.0, AB), (1 * HOUR, FORGED), (4 * HOUR, other), (8 * HOUR, FORGED)])
+    assert all(s.verified_names == ("a", "b") for s, _ in res)
+    assert res[-1][0].pending_count == 1
+
+
+def test_same_names_in_another_order_are_no_change() -> None:
+    ((state, held),) = run([(HOUR, (ph(V, "b"), ph(V, "a")))], run([(0.0, AB)])[-1][0])
+    assert not held and state.verified_names == ("a", "b") and state.pending is None
+
+
+def test_an_unreachable_host_keeps_its_verified_name() -> None:
+    # Unreachable says nothing about TLS: not a change of the verified set.
+    ((state, held),) = run([(HOUR, (ph(V, "a"), ph(UR, "b")))], run([(0.0, AB)])[-1][0])
+    assert not held and state.verified_names == ("a", "b")
+
+
+def test_a_removed_mx_host_is_a_change_too() -> None:
+    ((state, held),) = run([(HOUR, (ph(V, "a"),))], run([(0.0, AB)])[-1][0])
+    assert held and state.verified_names == ("a", "b") and state.pending_names == ("a",)
+
+
+def test_weaker_round_during_a_name_change_starts_a_weaker_run() -> None:
+    res = run([(0.0, AB), (1 * HOUR, FORGED), (2 * HOUR, MAY_ROUND)])
+    state = res[-1][0]
+    assert state.level is ProbeLevel.VERIFY and state.verified_names == ("a", "b")
+    assert state.pending is ProbeLevel.MAY and state.pending_names == ()
+    assert (state.pending_count, state.pending_since) == (1, 2 * HOUR)
+
+
+def test_stronger_level_brings_its_names_at_once() -> None:
+    # From encrypt to verify the names are new, not re-pinned: applied at once as before.
+    ((state, held),) = run([(HOUR, FORGED)], run([(0.0, ENCRYPT_ROUND)])[-1][0])
+    assert not held and state.verified_names == ("evil",)
+
+
+def test_secure_profile_keeps_match_while_names_are_held() -> None:
+    strict = next(p for p in DEFAULT_PROFILES if p.name == "strict")
+    state = run([(0.0, AB), (HOUR, FORGED)])[-1][0]
+    verdict = decide(Evidence(Destination("example.com"), probe=state), strict, 2 * HOUR)
+    assert verdict.policy == Policy(TlsLevel.SECURE, ("a", "b"), (("servername", "hostname"),))
+    assert "holding names against evil seen 1x" in verdict.reason
+
+
+_name_rounds = st.lists(
+    st.tuples(st.floats(0, 10 * HOUR), st.sampled_from([AB, FORGED, (ph(V, "c"),)])),
+    max_size=12,
+)
+
+
+@given(_name_rounds, st.integers(1, 4), st.floats(0, 12 * HOUR))
+def test_names_never_change_without_k_probes_over_t(
+    steps: list[tuple[float, tuple[ProbeHost, ...]]], k: int, t: float
+) -> None:
+    """Verified names in force change only after >= K consecutive rounds naming the same
+    new set, spread over >= T."""
+    damping = probe.Damping(k, t)
+    now = 0.0
+    state, _ = probe.advance(None, AB, now, damping)
+    run_sets: list[tuple[float, frozenset[str]]] = []
+    for gap, hosts in steps:
+        now += gap
+        before = state.verified_names
+        seen = frozenset(probe.verified_names(hosts))
+        state, _ = probe.advance(state, hosts, now, damping)
+        if seen == frozenset(before):
+            run_sets = []
+        elif run_sets and run_sets[-1][1] == seen:
+            run_sets.append((now, seen))
+        else:
+            run_sets = [(now, seen)]
+        if state.verified_names != before:
+            assert frozenset(state.verified_names) == seen
+            assert len(run_sets) >= k and now - run_sets[0][0] >= t
+            run_sets = []

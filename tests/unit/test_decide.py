@@ -127,7 +127,9 @@ STS_STRICT = (
     STS_SECURE + " policy_type=sts policy_domain=example.com"
     " mx_host_pattern=mx.example.com mx_host_pattern=*.example.net"
 )
-SECURE_NAMES = "secure match=mx1.example.com:mx2.example.com"
+# Probe answers ask Postfix for the SNI the probe sent (issue 12 point 3).
+SECURE_NAMES = "secure match=mx1.example.com:mx2.example.com servername=hostname"
+PROBE_VERIFIED = "verify servername=hostname"
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,7 @@ ROWS = [
     Row(
         "hosts-failed-probe-verify",
         ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS)), probe=PROBE_VERIFY),
-        "verify",
+        PROBE_VERIFIED,
         SECURE_NAMES,
         Rule.PROBE,
         "every reachable MX verified",
@@ -426,7 +428,7 @@ ROWS = [
     Row(
         "sts-pending-cold-with-probe",
         ev(dns=INSECURE_DNS, sts=StsEvidence(pending=True), probe=PROBE_VERIFY),
-        "verify",
+        PROBE_VERIFIED,
         "TEMP",
         Rule.PROBE,
         "",
@@ -451,7 +453,7 @@ ROWS = [
     Row(
         "probe-verify",
         ev(dns=INSECURE_DNS, probe=PROBE_VERIFY),
-        "verify",
+        PROBE_VERIFIED,
         SECURE_NAMES,
         Rule.PROBE,
         "probe: every reachable MX verified",
@@ -459,15 +461,15 @@ ROWS = [
     Row(
         "probe-verify-without-names",
         ev(probe=probe(ProbeLevel.VERIFY)),
-        "verify",
-        "verify",
+        PROBE_VERIFIED,
+        PROBE_VERIFIED,
         Rule.PROBE,
         "probe: every reachable MX verified",
     ),
     Row(
         "probe-verify-held",
         ev(probe=replace(PROBE_VERIFY, pending=ProbeLevel.MAY, pending_count=2)),
-        "verify",
+        PROBE_VERIFIED,
         SECURE_NAMES,
         Rule.PROBE,
         "holding against may seen 2x",

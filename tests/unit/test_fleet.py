@@ -190,19 +190,19 @@ class RecordingClaims:
 async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> None:
     seen: list[tuple[str, ...]] = []
 
-    async def prober(mx: MxHost) -> list[ProbeHost]:
-        seen.append(mx.addresses)
+    async def prober(mx: MxHost, port: int) -> list[ProbeHost]:
+        seen.append((*mx.addresses, str(port)))
         return [
             ProbeHost("mx.example.com", a, ProbeVerdict.VALID, probed_at=5.0) for a in mx.addresses
         ]
 
     claims = RecordingClaims()
-    settings = ProbeSettings(total_timeout=20.0, host_min_interval=60.0, port=2525)
+    settings = ProbeSettings(total_timeout=20.0, host_min_interval=60.0)
     probe = claimed_prober(prober, claims, settings)
     mx = MxHost("MX.Example.com.", 10, DnsStatus.SECURE, ("192.0.2.1", "2001:db8::1"))
-    found = await probe(mx)
+    found = await probe(mx, 2525)
     assert [h.address for h in found] == ["192.0.2.1", "2001:db8::1"]
-    assert seen == [("192.0.2.1",), ("2001:db8::1",)]  # one address per session
+    assert seen == [("192.0.2.1", "2525"), ("2001:db8::1", "2525")]  # one address a session
     assert claims.calls == [
         ("probe", "[192.0.2.1]:2525", "[192.0.2.1]:2525:mx.example.com", 25.0, 60.0, 1.0),
         ("probe", "[2001:db8::1]:2525", "[2001:db8::1]:2525:mx.example.com", 25.0, 60.0, 1.0),
@@ -210,20 +210,20 @@ async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> N
 
 
 async def test_a_busy_address_is_not_probed_and_counts_as_no_evidence() -> None:
-    async def prober(mx: MxHost) -> list[ProbeHost]:
+    async def prober(mx: MxHost, port: int) -> list[ProbeHost]:
         raise AssertionError("must not probe")
 
     probe = claimed_prober(prober, RecordingClaims(busy=True), ProbeSettings(), clock=lambda: 9.0)
-    found = await probe(MxHost("mx.example.com", 10, DnsStatus.INSECURE, ("192.0.2.1",)))
+    found = await probe(MxHost("mx.example.com", 10, DnsStatus.INSECURE, ("192.0.2.1",)), 25)
     assert [(h.verdict, h.probed_at) for h in found] == [(ProbeVerdict.UNREACHABLE, 9.0)]
 
 
 async def test_foreign_shared_findings_mean_a_probe_of_our_own() -> None:
-    async def prober(mx: MxHost) -> list[ProbeHost]:
+    async def prober(mx: MxHost, port: int) -> list[ProbeHost]:
         return [ProbeHost("mx.example.com", "192.0.2.1", ProbeVerdict.EXPIRED)]
 
     probe = claimed_prober(prober, RecordingClaims(canned="not json"), ProbeSettings())
-    found = await probe(MxHost("mx.example.com", 10, DnsStatus.INSECURE, ("192.0.2.1",)))
+    found = await probe(MxHost("mx.example.com", 10, DnsStatus.INSECURE, ("192.0.2.1",)), 25)
     assert [h.verdict for h in found] == [ProbeVerdict.EXPIRED]
 
 
@@ -369,13 +369,14 @@ async def test_a_service_applies_an_override_set_or_deleted_by_a_fleet_member() 
     there = PolicyService(
         DEFAULT_PROFILES, store, FakeDane(), FakeSts(), FakeProbe(), lookup_budget=1.0
     )
-    assert reply(await here.reply_for(b"postfix example.test")) == b"OK verify"  # cached
+    evidence = reply(await here.reply_for(b"postfix example.test"))  # cached now
+    assert evidence.startswith(b"OK verify")
     await there.set_override(Override("example.test", parse("encrypt"), author="root"))
     await here.reload_override("example.test")  # what FleetSync does on the message
     assert reply(await here.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await there.delete_override("example.test")
     await here.reload_override("example.test")
-    assert reply(await here.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await here.reply_for(b"postfix example.test")) == evidence
     await here.reload_override("never-set.test")  # nothing to do, nothing raised
     here.forget(None)  # a fleet member's flush: memory only
     assert here.cached_reply(b"postfix example.test") is None

@@ -4,6 +4,7 @@ directly, without libmilter), and the daemon's side of its two commands (warm, c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -479,6 +480,18 @@ async def test_check_reports_an_unmeetable_sts_policy() -> None:
     assert "no MX host (mail.elsewhere.net)" in str(result["problem"])
     fine = await commands.run(_request({"cmd": "check", "args": {"domain": "a.example"}}), PEER)
     assert isinstance(fine, dict) and fine["problem"] is None
+
+
+async def test_check_reports_no_problem_for_a_dry_run_profile() -> None:
+    """A dry-run postfix profile enforces nothing: the milter has nothing to act on."""
+    commands, service = make_commands(FakeDane())
+    service.set_profiles(
+        tuple(dataclasses.replace(p, dry_run=p.name == "postfix") for p in service.profiles)
+    )
+    result = await commands.run(_request({"cmd": "check", "args": {"domain": "sts.example"}}), PEER)
+    assert isinstance(result, dict)
+    assert result["rule"] == "mta-sts"  # what it would have answered
+    assert result["problem"] is None
 
 
 async def test_warm_starts_lookups_in_the_background_and_answers_at_once() -> None:

@@ -38,6 +38,25 @@ def test_round_trip() -> None:
     assert state_from_json(state_to_json(STATE)) == STATE
 
 
+def test_round_trip_held_names() -> None:
+    held = ProbeState(
+        ProbeLevel.VERIFY,
+        (HOST,),
+        ("mx.example.test",),
+        pending=ProbeLevel.VERIFY,
+        pending_names=("mx.other.test",),
+        pending_count=1,
+        pending_since=5.0,
+    )
+    assert state_from_json(state_to_json(held)) == held
+
+
+def test_record_without_pending_names_loads() -> None:
+    doc = _doc()
+    del doc["pending_names"]  # written before the field existed
+    assert state_from_json(json.dumps(doc)) == STATE
+
+
 def test_round_trip_empty_state() -> None:
     empty = ProbeState(level=None)
     assert state_from_json(state_to_json(empty)) == empty
@@ -72,6 +91,8 @@ def _doc() -> dict[str, object]:
         ("verified_names", ["mx\x00"]),
         ("verified_names", ["a:b"]),
         ("verified_names", [""]),
+        ("pending_names", ["x,tafile=/etc/passwd"]),
+        ("pending_names", "mx"),
         # A JSON integer beyond a float's range (OverflowError before the fix).
         ("probed_at", 10**400),
         ("pending_since", 10**400),
@@ -129,7 +150,12 @@ def test_only_value_error_escapes(text: str) -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**308, max_value=10**400)  # beyond a float: OverflowError
+    | st.floats()
+    | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=20,
 )
@@ -163,6 +189,7 @@ _levels = st.none() | st.sampled_from(ProbeLevel)
             st.from_regex(r"\A[a-z0-9]{1,8}(\.[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?)*\Z"), max_size=3
         ).map(tuple),
         pending=_levels,
+        pending_names=st.lists(st.sampled_from(["mx.a.test", "b.test"]), max_size=2).map(tuple),
         pending_count=st.integers(min_value=0, max_value=100),
         pending_since=st.floats(min_value=0, max_value=4e9),
         probed_at=st.floats(min_value=0, max_value=4e9),

@@ -50,8 +50,11 @@ class FakeProber:
     active: int = 0
     peak: int = 0
 
-    async def __call__(self, mx: MxHost) -> list[ProbeHost]:
+    ports: list[int] = field(default_factory=list)
+
+    async def __call__(self, mx: MxHost, port: int) -> list[ProbeHost]:
         self.calls.append(mx.name)
+        self.ports.append(port)
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
@@ -210,6 +213,49 @@ async def test_reprobe_interval() -> None:
     assert len(w.prober.calls) == 2
 
 
+async def test_changed_mx_set_is_probed_again_promptly() -> None:
+    # The evidence in force describes mx.old.test; the MX moved to mx.new.test: waiting
+    # out reprobe_interval (a day) would keep answering from the old servers.
+    w = make_world()
+    old, new = dns(mx("mx.old.test")), dns(mx("mx.new.test"))
+    async with running(w.source):
+        assert w.source.want(dest("example.test"), old)
+        await w.source.join()
+        assert not w.source.want(dest("example.test"), old)  # same hosts: not due
+        # Politeness: not more often than host_min_interval, even for a moving MX set.
+        w.clock.now += SETTINGS.host_min_interval - 1
+        assert not w.source.want(dest("example.test"), new)
+        w.clock.now += 1
+        assert w.source.want(dest("example.test"), new)
+        await w.source.join()
+        state = w.source.cached("example.test")
+        assert state is not None
+        assert {h.host for h in state.hosts} == {"mx.new.test"}
+        w.clock.now += SETTINGS.host_min_interval
+        assert not w.source.want(dest("example.test"), new)  # now the probed set
+    assert w.prober.calls == ["mx.old.test", "mx.new.test"]
+
+
+async def test_probe_uses_the_port_of_the_next_hop() -> None:
+    # [smtp.provider.test]:587 is delivered to on 587, whose certificate may differ from
+    # port 25's; findings for one port are never reused for another.
+    w = make_world()
+    host = mx("smtp.provider.test")
+    async with running(w.source):
+        assert w.source.want(Destination("smtp.provider.test", 587, bracketed=True), dns(host))
+        assert w.source.want(Destination("smtp.provider.test", bracketed=True), dns(host))
+        await w.source.join()
+    assert sorted(w.prober.ports) == sorted([587, SETTINGS.port])
+
+
+async def test_submissions_port_is_not_probed() -> None:
+    # Port 465 speaks TLS at once (RFC 8314): a STARTTLS probe has nothing to find.
+    w = make_world()
+    assert not w.source.want(
+        Destination("smtp.provider.test", 465, bracketed=True), dns(mx("smtp.provider.test"))
+    )
+
+
 async def test_unreachable_backs_off_exponentially_up_to_max() -> None:
     w = make_world()
     w.prober.default = ProbeVerdict.UNREACHABLE
@@ -280,6 +326,28 @@ async def test_damping_holds_verify_then_applies(caplog: pytest.LogCaptureFixtur
     assert state.level is ProbeLevel.ENCRYPT
     assert state.pending is None
     assert w.changes == [key, key]
+
+
+async def test_other_verified_names_are_held_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = make_world()
+    async with running(w.source):
+        assert w.source.want(dest("example.test"), dns(mx("mx.example.test")))
+        await w.source.join()
+        w.clock.now += SETTINGS.host_min_interval
+        with caplog.at_level(logging.WARNING):
+            assert w.source.want(dest("example.test"), dns(mx("mx.forged.test")))
+            await w.source.join()
+    state = w.source.cached("example.test")
+    assert state is not None
+    assert state.verified_names == ("mx.example.test",)
+    assert state.pending_names == ("mx.forged.test",)
+    assert w.changes == ["example.test"]  # the held names changed no answer
+    assert (
+        "example.test: probe verified other MX names mx.forged.test (1/3), "
+        "keeping mx.example.test: possible attack"
+    ) in caplog.messages
 
 
 async def test_held_downgrade_is_reprobed_sooner() -> None:
@@ -386,7 +454,7 @@ async def test_probe_now_with_nothing_to_probe() -> None:
 
 
 async def test_worker_survives_a_failing_prober(caplog: pytest.LogCaptureFixture) -> None:
-    async def broken(host: MxHost) -> list[ProbeHost]:
+    async def broken(host: MxHost, port: int) -> list[ProbeHost]:
         raise RuntimeError("bug")
 
     source = ProbeSource(MemoryStore(), broken, SETTINGS, clock=Clock())
@@ -439,7 +507,8 @@ async def test_make_prober_without_addresses(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_bytes(make_pki().root.public_bytes(serialization.Encoding.PEM))
     prober = make_prober(ProbeSettings(helo_name="probe.example.test"), str(ca), Clock())
-    found = await prober(MxHost("mx.example.test", 10, DnsStatus.FAILED, address_error="timeout"))
+    failed = MxHost("mx.example.test", 10, DnsStatus.FAILED, address_error="timeout")
+    found = await prober(failed, 25)
     assert [(h.verdict, h.detail, h.probed_at) for h in found] == [
         (ProbeVerdict.UNREACHABLE, "timeout", T0)
     ]

@@ -107,12 +107,12 @@ async def test_unknown_profile_and_bad_key_are_perm() -> None:
 
 async def test_override_wins_and_invalidates_cache() -> None:
     svc, _, _ = make(probe=FakeProbe({"example.test": ProbeState(ProbeLevel.VERIFY)}))
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
     await svc.set_override(Override("example.test", parse("encrypt"), author="root"))
     assert svc.cached_reply(b"postfix example.test") is None
     assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await svc.delete_override("example.test")
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
 
 
 async def test_expired_override_no_longer_applies() -> None:

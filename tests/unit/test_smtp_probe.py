@@ -18,6 +18,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.verification import Store
 
 from policyd.adapters.certverify import fingerprints
@@ -197,23 +198,44 @@ async def test_handshake_dies_twice_is_tls_intolerant(answer: bytes) -> None:
     async with scripted_server(script) as (port, connections):
         result = await probe(port)
     assert result.verdict is ProbeVerdict.TLS_INTOLERANT, result.detail
-    assert "legacy retry" in result.detail
+    assert "as at may/encrypt" in result.detail
     assert len(connections) == 2
 
 
-async def test_legacy_only_server_is_judged_with_a_note(tmp_path: Path) -> None:
-    leaf, key = PKI.leaf(HOST)
+def tls10_context(tmp_path: Path, ciphers: str) -> ssl.SSLContext:
+    """A server stuck on TLS 1.0 with a publicly valid chain (an RSA leaf, as old servers
+    have, so RSA key exchange is possible)."""
+    leaf, key = PKI.leaf(HOST, key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
     context = server_context(tmp_path, [leaf, PKI.inter], key)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1  # a server stuck on TLS 1.0
-    context.set_ciphers("ALL:@SECLEVEL=0")
-    async with aiosmtpd_server(context) as port:
+        context.maximum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers(ciphers)
+    return context
+
+
+async def test_legacy_signature_server_is_encrypted_never_verified(tmp_path: Path) -> None:
+    # TLS 1.0 with ECDHE: the key exchange is signed with SHA-1, which OpenSSL 3 refuses
+    # from security level 1. posttls-finger (Postfix 3.7) establishes TLS with such a
+    # server at may and encrypt, and at verify fails: "legacy sigalg disallowed". The
+    # certificate is valid, yet Postfix can never verify it.
+    async with aiosmtpd_server(tls10_context(tmp_path, "ALL:@SECLEVEL=0")) as port:
+        result = await probe(port)
+    assert result.verdict is ProbeVerdict.LEGACY_TLS, result.detail
+    assert result.verdict.encrypted
+    assert result.protocol == "TLSv1"
+    assert "LEGACY_SIGALG" in result.detail.upper() or "legacy sigalg" in result.detail
+    assert "certificate: issued via" in result.detail
+
+
+async def test_tls10_server_without_signed_key_exchange_verifies(tmp_path: Path) -> None:
+    # RSA key exchange signs nothing: Postfix completes TLS 1.0 at verify (posttls-finger
+    # agrees), so the certificate decides as usual.
+    async with aiosmtpd_server(tls10_context(tmp_path, "AES128-SHA:@SECLEVEL=0")) as port:
         result = await probe(port)
     assert result.verdict is ProbeVerdict.VALID, result.detail
     assert result.protocol == "TLSv1"
-    assert result.detail.startswith("handshake needs legacy TLS: TLSv1 (issued via")
 
 
 async def test_tarpit_without_banner_is_unreachable() -> None:

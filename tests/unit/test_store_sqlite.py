@@ -319,6 +319,21 @@ async def test_malformed_rows_are_skipped_with_a_log_line(
         await s.close()
 
 
+async def test_malformed_event_rows_are_skipped(tmp_path: Path) -> None:
+    db = tmp_path / "policyd.db"
+    s = await SqliteStore.open(url(db))
+    await s.append_event(1.0, "a.example", "first")
+    await s.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')")
+    conn.close()
+    s = await SqliteStore.open(url(db))
+    try:
+        assert await s.events(0.0) == [(1.0, "a.example", "first")]
+    finally:
+        await s.close()
+
+
 async def test_start_up_loaders_skip_records_that_do_not_parse(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Final, Literal
 from tests.world import procs
 from tests.world.addresses import AUTHORITATIVE
 
-Bogus = Literal["bad-ds", "expired"]
+Bogus = Literal["bad-ds", "expired", "bad-aaaa-sig"]
 
 ALGORITHM: Final = "ECDSAP256SHA256"  # fast to make, and what unbound validates by default
 DS_DIGEST: Final = "SHA-256"
@@ -43,7 +43,9 @@ class Zone:
     ``records`` are zone-file lines relative to the zone (``"mx A 127.0.1.1"``,
     ``"@ MX 10 mx"``) or absolute (``"mx.example.test. A ..."``); the SOA, the apex NS and
     the delegations to child zones are added by the build.  ``bogus``: ``"bad-ds"`` puts a
-    DS for some other key in the parent; ``"expired"`` signs with signatures that expired.
+    DS for some other key in the parent; ``"expired"`` signs with signatures that expired;
+    ``"bad-aaaa-sig"`` corrupts the signatures of AAAA RRsets only (the validating resolver
+    answers SERVFAIL for AAAA, the A answers stay secure).
     """
 
     name: str
@@ -205,6 +207,8 @@ def sign(built: BuiltZone) -> None:
             (now - EXPIRED_END).strftime(stamp),
             "-P",  # skip the post-signing check: it would (rightly) reject expired signatures
         ]
+    if zone.bogus == "bad-aaaa-sig":
+        window = ["-O", "full"]  # one record per line, for the tampering below
     procs.run(
         [
             "dnssec-signzone",
@@ -222,6 +226,28 @@ def sign(built: BuiltZone) -> None:
         ],
         cwd=built.unsigned_file.parent,
     )
+    if zone.bogus == "bad-aaaa-sig":
+        built.file.write_text(_break_aaaa_signatures(built.file.read_text()))
+
+
+def _break_aaaa_signatures(text: str) -> str:
+    """Flip one character inside the signature of every RRSIG covering AAAA (not in its
+    final base64 quantum, whose last bits may be padding)."""
+    out: list[str] = []
+    broken = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if "RRSIG" in fields and fields[fields.index("RRSIG") + 1 :][:1] == ["AAAA"]:
+            sig = max(range(len(fields)), key=lambda i: len(fields[i]))
+            token = fields[sig]
+            flipped = token[:10] + ("B" if token[10] == "A" else "A") + token[11:]
+            out.append(line.replace(token, flipped))
+            broken += 1
+        else:
+            out.append(line)
+    if not broken:
+        raise RuntimeError("bad-aaaa-sig: no RRSIG covering AAAA found")
+    return "\n".join(out) + "\n"
 
 
 def build_tree(zones: Sequence[Zone], directory: Path) -> BuiltTree:

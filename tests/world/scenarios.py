@@ -56,6 +56,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         "the domain is a CNAME to real.mx-cname.test, whose signed MX host has TLSA 3 1 1",
     ),
     Scenario("implicit", "implicit.test", "dane-only", "no MX: implicit MX = apex A + TLSA"),
+    Scenario(
+        "aaaa-bogus",
+        "aaaa-bogus.test",
+        "dane-only",
+        "the one MX host's AAAA answer is bogus (SERVFAIL), its A answer secure: the host "
+        "is used over IPv4 with its TLSA, as Postfix does (was TEMP)",
+    ),
     Scenario("nullmx", "nullmx.test", "NOTFOUND", "MX 0 . (RFC 7505): no mail at all"),
     Scenario("nonexistent", "nonexistent.test", "NOTFOUND", "NXDOMAIN, validated (AD)"),
     Scenario("dane-sts", "dane-sts.test", "dane-only", "DANE outranks MTA-STS (RFC 8461 2)"),
@@ -147,6 +154,16 @@ def zones(pki: Pki) -> list[Zone]:
             ],
         ),
         Zone("implicit.test", [a("implicit.test"), tlsa_ee(pki, "implicit.test")]),
+        Zone(
+            "aaaa-bogus.test",
+            [
+                "@ MX 10 mx",
+                f"mx A {HOSTS['mx.dane-ee.test']}",  # the dane-ee server, same leaf
+                "mx AAAA 2001:db8::25",
+                f"_25._tcp.mx TLSA {tlsa_rdata(pki.leaves['mx.dane-ee.test'].cert, 3, 1, 1)}",
+            ],
+            bogus="bad-aaaa-sig",
+        ),
         Zone("nullmx.test", ["@ MX 0 ."]),
         Zone(
             "dane-sts.test",

@@ -8,7 +8,10 @@ address (port 25 of an MX host's own address), each with a ``behaviour``:
 - ``"plain"``: ESMTP without STARTTLS; mail is accepted and recorded;
 - ``"intolerant"``: offers STARTTLS, answers 220, then sends a TLS alert and hangs up; a
   client that retries without TLS can deliver (recorded);
-- ``"tarpit"``: accepts the connection and never says a word.
+- ``"tarpit"``: accepts the connection and never says a word;
+- ``"sni-only"``: a certificate for another name, unless the client sends SNI for the
+  host (then the host's valid chain);
+- ``"legacy"``: the valid chain over TLS 1.0 only, key exchange signed with SHA-1.
 
 Every accepted message becomes one file ``<record_dir>/<host>/<ns>.eml`` with
 ``X-World-*`` headers (envelope, TLS version) before the content.
@@ -27,6 +30,7 @@ import signal
 import ssl
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -86,6 +90,39 @@ def tls_context(chain: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
+def legacy_context(chain: str, key: str) -> ssl.SSLContext:
+    """TLS 1.0 only, every cipher: (EC)DHE key exchange signed with SHA-1."""
+    ctx = tls_context(chain, key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    return ctx
+
+
+def sni_context(default: ssl.SSLContext, host: str, named: ssl.SSLContext) -> ssl.SSLContext:
+    """``default``'s certificate, unless the client asks for ``host`` by SNI."""
+
+    def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if server_name is not None and server_name.lower() == host:
+            sock.context = named
+
+    default.sni_callback = pick
+    return default
+
+
+def contexts_for(srv: dict[str, Any]) -> dict[str, ssl.SSLContext]:
+    out: dict[str, ssl.SSLContext] = {}
+    for name, (chain, keyfile) in srv["certs"].items():
+        out[name] = (
+            legacy_context(chain, keyfile) if name == "legacy" else tls_context(chain, keyfile)
+        )
+    if "sni-only" in out and "valid" in out:
+        out["sni-only"] = sni_context(out["sni-only"], srv["host"], out["valid"])
+    return out
+
+
 class Servers:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
@@ -100,10 +137,7 @@ class Servers:
             key = f"{srv['address']}:{srv['port']}"
             self.behaviour[key] = srv["behaviour"]
             if key not in self.contexts:
-                self.contexts[key] = {
-                    name: tls_context(chain, keyfile)
-                    for name, (chain, keyfile) in srv["certs"].items()
-                }
+                self.contexts[key] = contexts_for(srv)
 
     def factory(self, srv: dict[str, Any]) -> asyncio.Protocol:
         key = f"{srv['address']}:{srv['port']}"

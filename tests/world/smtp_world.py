@@ -63,8 +63,15 @@ HOSTS: Final[Mapping[str, str]] = MappingProxyType(
         "mx1.probe-mixed.test": "127.0.3.11",
         "mx2.probe-mixed.test": "127.0.3.12",
         "mx.probe-damping.test": "127.0.3.13",
+        "mx.probe-sni.test": "127.0.3.14",
+        "mx.probe-legacy.test": "127.0.3.15",
     }
 )
+
+
+# What a probe that verified every MX answers (profile postfix): verify, with the SNI the
+# probe sent.
+VERIFIED: Final = "verify servername=hostname"
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class Case:
 CASES: Final[Mapping[str, Case]] = MappingProxyType(
     {
         "probe-valid": Case(
-            "probe-valid.test", ("mx.probe-valid.test",), "verify", "postfix", ("valid",)
+            "probe-valid.test", ("mx.probe-valid.test",), VERIFIED, "postfix", ("valid",)
         ),
         "probe-expired": Case(
             "probe-expired.test", ("mx.probe-expired.test",), "encrypt", "expired", ("expired",)
@@ -111,7 +118,7 @@ CASES: Final[Mapping[str, Case]] = MappingProxyType(
         "probe-wildcard": Case(
             "probe-wildcard.test",
             ("mx.probe-wildcard.test",),
-            "verify",
+            VERIFIED,
             "wildcard",
             ("valid",),
         ),
@@ -155,9 +162,19 @@ CASES: Final[Mapping[str, Case]] = MappingProxyType(
         "probe-damping": Case(
             "probe-damping.test",
             ("mx.probe-damping.test",),
-            "verify",
+            VERIFIED,
             "valid",
             ("valid",),
+        ),
+        # Valid only with SNI: without it the default certificate (another name) comes,
+        # as on a multi-tenant host. The probe sends SNI, so the answer asks Postfix to.
+        "probe-sni": Case(
+            "probe-sni.test", ("mx.probe-sni.test",), VERIFIED, "sni-only", ("valid",)
+        ),
+        # TLS 1.0 only, key exchange signed with SHA-1, a valid chain: Postfix completes
+        # the handshake at may/encrypt but never at verify ("legacy sigalg disallowed").
+        "probe-legacy": Case(
+            "probe-legacy.test", ("mx.probe-legacy.test",), "encrypt", "legacy", ("legacy-tls",)
         ),
     }
 )
@@ -226,6 +243,12 @@ def _certs(world: World, host: str) -> dict[str, tuple[str, str]]:
         certs[behaviour] = pair(ca.issue([one], stem=f"{stem}-wildcard").files)
     elif behaviour == "no-intermediate":
         certs[behaviour] = pair(valid, chain=False)  # the leaf alone
+    elif behaviour == "sni-only":
+        # the default certificate, for a name that is not the MX host's
+        other = f"default.{host.split('.', 1)[1]}"
+        certs[behaviour] = pair(ca.issue([other], stem=f"{stem}-sni-default").files)
+    elif behaviour == "legacy":
+        certs[behaviour] = pair(valid)  # served over TLS 1.0 only (smtp_servers.py)
     return certs
 
 
