@@ -7,7 +7,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,8 @@ if REDIS_SERVER is None:
     pytest.skip("redis-server not found on PATH", allow_module_level=True)
 
 READY_DEADLINE = 15.0  # seconds for the server and the sentinel to answer
+DOWN_AFTER_MS = 1000  # the Sentinel's down-after-milliseconds: failover starts after this
+FAILOVER_DEADLINE = 30.0  # seconds for the replica to be promoted and the link to follow
 
 
 def _spawn(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -50,50 +52,69 @@ def _ready(port: int, ok: str) -> None:
     pytest.fail(f"port {port} not ready ({ok})")
 
 
-@pytest.fixture
-def sentinel(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """The sentinel URL, and the primary's port (to check where the data went)."""
-    assert REDIS_SERVER is not None
-    primary_port, sentinel_port = free_port(), free_port()
-    procs = [
-        _spawn(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(primary_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            tmp_path / "redis.log",
-            tmp_path,
+class SentinelSetup:
+    """A primary, a replica of it and one Sentinel watching them, all on loopback TCP."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.primary_port, self.replica_port = free_port(), free_port()
+        self.sentinel_port = free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs["primary"] = self._server("primary", self.primary_port)
+        _ready(self.primary_port, "ping")
+        self.procs["replica"] = self._server(
+            "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port)
         )
-    ]
-    try:
-        _ready(primary_port, "ping")
-        conf = tmp_path / "sentinel.conf"  # the sentinel rewrites its file: it must be ours
+        _ready(self.replica_port, "ping")
+        conf = directory / "sentinel.conf"  # the sentinel rewrites its file: it must be ours
         conf.write_text(
-            f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-            f"sentinel monitor policyd 127.0.0.1 {primary_port} 1\n"
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor policyd 127.0.0.1 {self.primary_port} 1\n"
+            f"sentinel down-after-milliseconds policyd {DOWN_AFTER_MS}\n"
+            "sentinel failover-timeout policyd 10000\n"
         )
-        procs.append(
-            _spawn([REDIS_SERVER, str(conf), "--sentinel"], tmp_path / "sentinel.log", tmp_path)
+        self.procs["sentinel"] = _spawn(
+            [str(REDIS_SERVER), str(conf), "--sentinel"], directory / "sentinel.log", directory
         )
-        _ready(sentinel_port, "primary")
-        yield f"redis+sentinel://127.0.0.1:{sentinel_port}/policyd", primary_port
-    finally:
-        for proc in procs:
+        _ready(self.sentinel_port, "primary")
+
+    def _server(self, name: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
+        data = self.dir / name
+        data.mkdir()
+        argv = [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(data), *extra]
+        return _spawn(argv, self.dir / f"{name}.log", data)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/policyd"
+
+    def primary_now(self) -> int:
+        with syncredis.Redis(port=self.sentinel_port, decode_responses=True) as r:
+            _host, port = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "policyd")
+            return int(port)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+        self.procs[name].wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
             proc.kill()
             proc.wait(timeout=10)
 
 
-async def test_store_and_fleet_link_through_sentinel(sentinel: tuple[str, int]) -> None:
-    url, primary_port = sentinel
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
+    setup = SentinelSetup(tmp_path)
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+async def test_store_and_fleet_link_through_sentinel(sentinel: SentinelSetup) -> None:
+    url, primary_port = sentinel.url, sentinel.primary_port
     store = await RedisStore.open(url)
     fleet = RedisFleet.from_url(url)
     got: list[Change] = []
@@ -128,3 +149,49 @@ async def test_store_and_fleet_link_through_sentinel(sentinel: tuple[str, int]) 
         await asyncio.gather(task, return_exceptions=True)
         await fleet.close()
         await store.close()
+
+
+async def test_the_fleet_link_follows_a_sentinel_failover(sentinel: SentinelSetup) -> None:
+    store = await RedisStore.open(sentinel.url)
+    fleet = RedisFleet.from_url(sentinel.url)
+
+    async def ignore(change: Change) -> None:
+        del change
+
+    async def nothing() -> None:
+        return None
+
+    async def work() -> str:
+        return "done"
+
+    task = asyncio.create_task(fleet.run(ignore, nothing))
+    try:
+        await _until(lambda: fleet.up, READY_DEADLINE)
+        await store.put(Record(Kind.OVERRIDE, "kept.test", "{}", None))
+        with syncredis.Redis(port=sentinel.primary_port) as primary:
+            primary.execute_command("WAIT", 1, 5000)  # on the replica before the failover
+        sentinel.kill("primary")
+        await _until(lambda: not fleet.up, READY_DEADLINE)
+        # Meanwhile claims work here, without Redis.
+        assert await fleet.once("sts", "x.test", "x.test", work, lease=5, keep=5) == "done"
+        assert fleet.counters.work["sts"]["local"] == 1
+        await _until(lambda: sentinel.primary_now() == sentinel.replica_port, FAILOVER_DEADLINE)
+        await _until(lambda: fleet.up, FAILOVER_DEADLINE)
+        # The promoted replica serves the store and the claims.
+        assert await store.get(Kind.OVERRIDE, "kept.test") is not None
+        assert await fleet.once("sts", "y.test", "y.test", work, lease=5, keep=5) == "done"
+        assert fleet.counters.work["sts"]["worked"] == 1
+        with syncredis.Redis(port=sentinel.replica_port, decode_responses=True) as promoted:
+            assert promoted.get(fleet.result_key("sts", "y.test")) == "done"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await fleet.close()
+        await store.close()
+
+
+async def _until(ok: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not ok():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.05)
