@@ -98,9 +98,12 @@ def fleet_status(d: Daemon) -> dict[str, Any]:
     return doc
 
 
+def metrics_port(d: Daemon) -> int:
+    return int(d.sections["metrics"]["listen"].rpartition(":")[2])
+
+
 def link_metric(d: Daemon) -> float:
-    port = int(d.sections["metrics"]["listen"].rpartition(":")[2])
-    return scrape(port)[("policyd_fleet_link_up", ())]  # KeyError when it is not exported
+    return scrape(metrics_port(d))[("policyd_fleet_link_up", ())]  # KeyError if not exported
 
 
 def slow_lookups(d: Daemon) -> int:
@@ -159,6 +162,13 @@ def test_a_destination_asked_on_every_host_is_probed_once(
     shared = sum(settled(d, "probe", "shared") for d in fleet)
     assert worked == len(addresses)
     assert shared == (HOSTS - 1) * len(addresses)
+    exported = sum(
+        scrape(metrics_port(d))[
+            ("policyd_fleet_work_total", (("how", "worked"), ("kind", "probe")))
+        ]
+        for d in fleet
+    )
+    assert exported == worked
 
 
 def test_a_policy_asked_on_every_host_is_fetched_once(world: World, fleet: list[Daemon]) -> None:
