@@ -160,11 +160,11 @@ class RedisFleet:
         rest: float = 0.0,
     ) -> str:
         """See :class:`policyd.adapters.claims.WorkClaims`. Work for one claim is also
-        serialised on this host first, so local askers do not poll Redis for each other
-        (the fleet lease carries the rest; the local one need not add its own)."""
+        serialised (and rested) on this host first, so local askers do not poll Redis for
+        each other, and the spacing holds while Redis is down."""
         shared = _SharedWork(self, kind, claim, result, work, lease=lease, keep=keep, rest=rest)
         return await self._local.once(
-            kind, claim, result, shared.run, lease=lease + rest, keep=keep
+            kind, claim, result, shared.run, lease=lease, keep=keep, rest=rest
         )
 
     async def _release(self, key: str, token: str, rest: float = 0.0) -> None:

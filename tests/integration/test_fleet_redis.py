@@ -219,6 +219,17 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
         assert got == "here"
         assert time.monotonic() - started < 0.5  # no wait on a link known to be down
         assert f.counters.work["sts"]["local"] == 1
+        # Spacing between sessions to one address holds without Redis too.
+        starts: list[float] = []
+
+        async def stamp() -> str:
+            starts.append(time.monotonic())
+            return "x"
+
+        await asyncio.gather(
+            *(f.once("probe", "[192.0.2.3]:25", n, stamp, lease=5, keep=5, rest=0.3) for n in "ab")
+        )
+        assert starts[1] - starts[0] >= 0.3
         await f.publish(Change(ChangeKind.FLUSH, None))
         assert f.counters.publish_failures == 1
         await asyncio.sleep(2.0)  # several reconnect attempts fail meanwhile
