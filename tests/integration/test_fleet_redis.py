@@ -14,7 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from policyd.adapters.claims import ClaimBusy, Work
-from policyd.adapters.fleet_redis import ChangeHandler, RedisFleet
+from policyd.adapters.fleet_redis import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    PING_INTERVAL,
+    SILENCE_LIMIT,
+    ChangeHandler,
+    RedisFleet,
+)
 from policyd.codec.fleet import Change, ChangeKind
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
 from policyd.sources.fleet_work import ADDRESS_SPACING, claimed_prober
@@ -250,3 +257,24 @@ def _value(text: str) -> Work:
         return text
 
     return work
+
+
+async def test_a_stuck_redis_costs_a_claim_seconds_and_is_noticed(server: RedisServer) -> None:
+    f = RedisFleet.from_url(server.url)
+    task = asyncio.create_task(f.run(_ignore, _nothing))
+    try:
+        await until(lambda: f.up)
+        server.pause()  # SIGSTOP: connections stay open, nothing answers
+        started = time.monotonic()
+        got = await f.once("sts", "stuck.test", "stuck.test", _value("here"), lease=30, keep=5)
+        assert got == "here"
+        assert time.monotonic() - started < 2 * (CONNECT_TIMEOUT + COMMAND_TIMEOUT) + 0.5
+        assert f.counters.work["sts"]["local"] == 1
+        await until(lambda: not f.up, SILENCE_LIMIT + PING_INTERVAL + 2.0)
+        server.resume()
+        await until(lambda: f.up, 40.0)
+    finally:
+        server.resume()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await f.close()
