@@ -65,6 +65,7 @@ PING_INTERVAL: Final = 2.0  # seconds between PINGs on the subscriber connection
 SILENCE_LIMIT: Final = 5.0  # seconds without any reply before the link counts as down
 RECONNECT_FIRST: Final = 0.5  # seconds before the first reconnect ...
 RECONNECT_MAX: Final = 30.0  # ... doubling up to this (with +-20 % jitter)
+CLOSE_TIMEOUT: Final = 2.0  # seconds to close the connections at shutdown
 
 # Only while the lease still holds our token (KEYS[1] lease, ARGV[1] token): delete it, or
 # with ARGV[2] > 0 keep it that many more milliseconds (rest between two sessions).
@@ -202,8 +203,9 @@ class RedisFleet:
             except (RedisError, OSError) as exc:
                 self._set_state(up=False, reason=str(exc) or type(exc).__name__)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(pause * random.uniform(0.8, 1.2))
             pause = min(pause * 2, RECONNECT_MAX)
 
@@ -259,8 +261,10 @@ class RedisFleet:
         return "up" if self.up else "down"
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        """Bounded: closing connections to a stuck server must not stall a shutdown."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._client.aclose()
 
 
 class _SharedWork:

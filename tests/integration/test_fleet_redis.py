@@ -244,12 +244,18 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
         await until(lambda: f.up, 40.0)
         assert resynced == 2  # at the first connect and after the outage
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stopped(task)
         await f.close()
     downs = [r for r in caplog.records if "link to" in r.message and " down" in r.message]
     ups = [r for r in caplog.records if "link to" in r.message and " up" in r.message]
     assert (len(downs), len(ups)) == (1, 2)
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    """Cancel a fleet link's task; it must end promptly (shutdown waits for it)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10.0)
+    assert done, "the fleet link task did not end when cancelled"
 
 
 def _value(text: str) -> Work:
@@ -275,6 +281,5 @@ async def test_a_stuck_redis_costs_a_claim_seconds_and_is_noticed(server: RedisS
         await until(lambda: f.up, 40.0)
     finally:
         server.resume()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stopped(task)
         await f.close()
