@@ -59,7 +59,7 @@ class NullStore:
     async def scan(self, kind: Kind) -> list[Record]:
         return []
 
-    async def flush(self, key: str | None) -> int:
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
         return 0
 
     async def append_event(self, at: float, key: str, text: str) -> None:

@@ -73,6 +73,13 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetSettings:
+    # With a Redis store: one probe per MX address and one fetch per MTA-STS policy across
+    # every host on that Redis, and overrides and flushes applied by all of them at once.
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
 
@@ -95,6 +102,7 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     sts: StsSettings = field(default_factory=StsSettings)
     sts_timeouts: HttpsTimeouts = field(default_factory=HttpsTimeouts)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
@@ -247,6 +255,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "control": ControlSettings,
     "tls": TlsSettings,
     "store": StoreSettings,
+    "fleet": FleetSettings,
     "probe": ProbeSettings,
     "log": LogSettings,
     "metrics": MetricsSettings,
@@ -304,9 +313,12 @@ def _check(config: Config) -> None:
     if config.profile("postfix") is None:
         raise ConfigError(path, "profiles", "the default profile 'postfix' is missing")
     scheme = config.store.url.partition("://")[0]
-    if scheme not in ("sqlite", "redis", "rediss", "unix"):
+    if scheme not in ("sqlite", "redis", "rediss", "unix", "redis+sentinel"):
         raise ConfigError(
-            path, "store.url", "expected sqlite:///PATH, redis://HOST[:PORT][/DB] or unix:///PATH"
+            path,
+            "store.url",
+            "expected sqlite:///PATH, redis://HOST[:PORT][/DB], unix:///PATH or "
+            "redis+sentinel://HOST[:PORT][,...]/SERVICE",
         )
 
 

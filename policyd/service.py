@@ -580,19 +580,40 @@ class PolicyService:
         self.invalidate(key)
         return found
 
-    async def flush(self, key: str | None) -> int:
-        count = await self.store.flush(key)
+    async def reload_override(self, key: str) -> None:
+        """Read one override again (a fleet member set or deleted it); StoreError escapes."""
+        rec = await self.store.get(Kind.OVERRIDE, key)
+        ov: Override | None = None
+        if rec is not None:
+            try:
+                ov = override_from_json(rec.key, rec.value)
+            except ValueError as exc:
+                log.error("%s: ignoring unreadable override: %s", rec.key, exc)
+        if ov == self.overrides.get(key):
+            return
+        if ov is None:
+            del self.overrides[key]
+        else:
+            self.overrides[key] = ov
+        self.invalidate(key)
+
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        count = await self.store.flush(key, mta_sts=mta_sts)
+        self.forget(key, mta_sts=mta_sts)
+        return count
+
+    def forget(self, key: str | None, *, mta_sts: bool = True) -> None:
+        """Drop what memory holds for one key or all (a flush here or on a fleet member);
+        cached MTA-STS policies only with ``mta_sts`` (trust on first use)."""
         if key is None:
             self.invalidate(None)
             self._last.clear()
             self._by_key.clear()
-            self.sts.forget(None)
-            self.probe.forget(None)
         else:
             self.invalidate(key)
+        if mta_sts:
             self.sts.forget(key)
-            self.probe.forget(key)
-        return count
+        self.probe.forget(key)
 
     def expire_overrides(self) -> None:
         """Drop expired overrides from memory (periodic housekeeping)."""

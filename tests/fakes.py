@@ -33,10 +33,9 @@ class MemoryStore:
     async def scan(self, kind: Kind) -> list[Record]:
         return [r for (k, _), r in self.records.items() if k is kind]
 
-    async def flush(self, key: str | None) -> int:
-        doomed = [
-            k for k in self.records if k[0] is not Kind.OVERRIDE and (key is None or k[1] == key)
-        ]
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        kept = {Kind.OVERRIDE} if mta_sts else {Kind.OVERRIDE, Kind.STS}
+        doomed = [k for k in self.records if k[0] not in kept and (key is None or k[1] == key)]
         for k in doomed:
             del self.records[k]
         return len(doomed)

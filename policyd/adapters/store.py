@@ -47,8 +47,9 @@ class Store(Protocol):
         """Every record of a kind, expired ones included (callers decide)."""
         ...
 
-    async def flush(self, key: str | None) -> int:
-        """Drop cached evidence (never overrides) for one key, or all with None."""
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        """Drop cached evidence (never overrides) for one key, or all with None; cached
+        MTA-STS policies only with ``mta_sts`` (they are trust on first use, RFC 8461 5)."""
         ...
 
     async def append_event(self, at: float, key: str, text: str) -> None:

@@ -39,8 +39,8 @@ class CountedStore:
     async def scan(self, kind: Kind) -> list[Record]:
         return await self._counted(self.inner.scan(kind))
 
-    async def flush(self, key: str | None) -> int:
-        return await self._counted(self.inner.flush(key))
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        return await self._counted(self.inner.flush(key, mta_sts=mta_sts))
 
     async def append_event(self, at: float, key: str, text: str) -> None:
         await self._counted(self.inner.append_event(at, key, text))

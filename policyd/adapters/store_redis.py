@@ -21,8 +21,8 @@ policyd's back and turn ``scan`` and ``flush(None)`` into SCANs over the whole k
 hash per kind keeps them to HSCAN and DEL of a handful of keys. Hash fields cannot carry
 their own TTL before Redis 7.4 (HEXPIRE), and Debian ships 7.0.
 
-URLs, as redis-py parses them: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
-for TLS, and ``unix://[[user]:password@]/path/to/redis.sock[?db=N]`` for a local socket.
+URLs: see :mod:`policyd.adapters.redis_url` (``redis://``, ``rediss://``, ``unix://`` and
+``redis+sentinel://``).
 Multi-key updates use MULTI, so every key must live on one server: Redis Cluster is not
 supported (a replicated primary behind one address is fine).
 
@@ -37,18 +37,17 @@ import json
 import logging
 import math
 from typing import Final
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from policyd.adapters.redis_url import client_from_url, describe_url
 from policyd.adapters.store import Kind, Record, StoreError
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "policyd:"
-SCHEMES: Final = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
 CONNECT_TIMEOUT: Final = 5.0  # seconds to establish a connection (TCP, TLS or unix socket)
 COMMAND_TIMEOUT: Final = 5.0  # seconds to wait for a reply; a stopped server fails, not hangs
 # One immediate reconnect: a pooled connection may have been closed by a server restart or a
@@ -62,21 +61,6 @@ log = logging.getLogger("policyd.store")
 
 # Record kinds that `flush` drops: everything but overrides, as in the SQLite store.
 _EVIDENCE_KINDS: Final = tuple(k for k in Kind if k is not Kind.OVERRIDE)
-
-
-def _describe(url: str) -> str:
-    """The URL for messages and logs, without the password."""
-    if "://" not in url:
-        return "<not a URL>"
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparsable redis URL>"
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _encode(record: Record) -> str:
@@ -139,21 +123,14 @@ class RedisStore:
     ) -> RedisStore:
         """Connect, PING and check (or write) the schema marker; a :class:`StoreError` if any
         of it fails. See the module docstring for the URL forms."""
-        name = _describe(url)
-        scheme, sep, _ = url.partition("://")
-        if scheme not in SCHEMES or not sep:
-            expected = ", ".join(f"{s}://" for s in SCHEMES)
-            raise StoreError(f"not a redis URL: {name} (expected one of {expected})")
-        try:
-            client = aioredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=command_timeout,
-                retry=Retry(NoBackoff(), RETRIES),
-            )
-        except (ValueError, RedisError) as exc:  # redis-py rejects a malformed URL with either
-            raise StoreError(f"{name}: {exc}") from exc
+        name = describe_url(url)
+        client = client_from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=command_timeout,
+            retry=Retry(NoBackoff(), RETRIES),
+        )
         store = cls(client, name=name, prefix=prefix, max_events=max_events)
         try:
             await store._open()
@@ -239,11 +216,13 @@ class RedisStore:
                 log.warning("%s: skipped: %s", self._name, exc)
         return records
 
-    async def flush(self, key: str | None) -> int:
-        """Drop cached evidence (never overrides) for one key, or all with None; the number
-        of records dropped. One MULTI, so other hosts never see half a flush."""
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        """Drop cached evidence (never overrides; MTA-STS policies only with ``mta_sts``) for
+        one key, or all with None; the number of records dropped. One MULTI, so other hosts
+        never see half a flush."""
         self._check_open()
-        hashes = [self._hash(kind) for kind in _EVIDENCE_KINDS]
+        kinds = [k for k in _EVIDENCE_KINDS if mta_sts or k is not Kind.STS]
+        hashes = [self._hash(kind) for kind in kinds]
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 if key is None:

@@ -201,16 +201,16 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def flush(self, key: str | None) -> int:
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
+        # Kinds kept: overrides always, MTA-STS policies unless asked (both bound below).
+        kept = (Kind.OVERRIDE.value, Kind.OVERRIDE.value if mta_sts else Kind.STS.value)
+
         def run() -> int:
             if key is None:
-                cur = self._conn.execute(
-                    "DELETE FROM records WHERE kind != ?", (Kind.OVERRIDE.value,)
-                )
+                cur = self._conn.execute("DELETE FROM records WHERE kind NOT IN (?, ?)", kept)
             else:
                 cur = self._conn.execute(
-                    "DELETE FROM records WHERE kind != ? AND key = ?",
-                    (Kind.OVERRIDE.value, key),
+                    "DELETE FROM records WHERE kind NOT IN (?, ?) AND key = ?", (*kept, key)
                 )
             return cur.rowcount
 

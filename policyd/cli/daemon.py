@@ -24,21 +24,27 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Final
 
 from policyd import __version__
+from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
+from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
+from policyd.adapters.redis_url import is_redis_url
 from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_counted import CountedStore
+from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.alerts import Alerts
 from policyd.config import DEFAULT_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
+from policyd.server.fleet_sync import FleetSync
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
 from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
 from policyd.sources.dane import DaneSource
+from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSource, make_prober
 from policyd.sources.sts import StsSource, txt_lookup_from
 
@@ -49,7 +55,7 @@ HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh
 
 
 async def open_store(url: str) -> Store:
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis_url(url):
         from policyd.adapters.store_redis import RedisStore
 
         return await RedisStore.open(url)
@@ -76,6 +82,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._reloads: set[asyncio.Task[bool]] = set()
         self.started_at = 0.0
+        self.fleet: RedisFleet | None = None  # the fleet link, with a Redis store
 
     async def run(self) -> int:
         cfg = self.config
@@ -91,6 +98,12 @@ class Daemon:
                 exc,
             )
             return 1
+        fleet = None
+        if cfg.fleet.enabled and is_redis_url(cfg.store.url):
+            fleet = RedisFleet.from_url(cfg.store.url)  # the URL opened just now
+        self.fleet = fleet
+        claims: WorkClaims = fleet if fleet is not None else LocalClaims()
+        shared: Store = store if fleet is None else PublishingStore(store, fleet.publish)
         resolver = Resolver(cfg.dns, log=log)
         try:
             fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
@@ -104,13 +117,18 @@ class Daemon:
             )
             await store.close()
             return 1
-        sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
-        probe = ProbeSource(store, prober, cfg.probe, log=log)
+        policy_fetcher = (
+            fetcher
+            if fleet is None
+            else ClaimedFetcher(fetcher, fleet, total_timeout=cfg.sts_timeouts.total)
+        )
+        sts = StsSource(shared, txt_lookup_from(resolver), policy_fetcher, cfg.sts, log=log)
+        probe = ProbeSource(shared, claimed_prober(prober, claims, cfg.probe), cfg.probe, log=log)
         alerts = Alerts(log)
         self.alerts = alerts
         service = PolicyService(
             cfg.profiles,
-            store,
+            shared,
             DaneSource(resolver),
             sts,
             probe,
@@ -146,6 +164,7 @@ class Daemon:
                 resolver=resolver,
                 store=store,
                 alerts=alerts,
+                fleet=fleet,
             )
             metrics = MetricsServer(cfg.metrics.listen, collector)
         try:
@@ -171,6 +190,9 @@ class Daemon:
         ):
             loop.add_signal_handler(sig, handler)
         self._spawn(probe.run())
+        if fleet is not None:
+            sync = FleetSync(service)
+            self._spawn(fleet.run(sync.apply, sync.resync))
         self._spawn(self._housekeeping(sts, probe, store))
         self._spawn(service.writes.run())
         watchdog = loop.create_task(notifier.watchdog(self.tasks_alive))
@@ -191,6 +213,8 @@ class Daemon:
         await asyncio.gather(watchdog, *self._tasks, return_exceptions=True)
         resolver.close()
         await fetcher.aclose()
+        if fleet is not None:
+            await fleet.close()
         await store.close()
         return 0
 

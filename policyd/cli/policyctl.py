@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = flush.add_mutually_exclusive_group(required=True)
     which.add_argument("domain", nargs="?")
     which.add_argument("--all", action="store_true", help="every destination")
+    flush.add_argument(
+        "--include-mta-sts",
+        action="store_true",
+        help="drop cached MTA-STS policies too (they protect against downgrades)",
+    )
     report = sub.add_parser(
         "report",
         parents=[common],
@@ -257,7 +262,8 @@ def build_request(args: argparse.Namespace) -> control.Request:
         if cmd == "probe":
             return control.Probe(control.parse_destination(args.domain), args.wait)
         if cmd == "flush":
-            return control.Flush(None if args.all else control.parse_destination(args.domain))
+            dest = None if args.all else control.parse_destination(args.domain)
+            return control.Flush(dest, args.include_mta_sts)
         if cmd == "report":
             return control.Report(control.parse_duration(args.since))
         if cmd in ("status", "doctor"):

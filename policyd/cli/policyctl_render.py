@@ -279,6 +279,10 @@ def status(doc: Doc) -> str:
     sts = doc.doc("mta_sts")
     if sts is not None:
         rows.append(("sts fetches", ", ".join(f"{k}={_flat(v)}" for k, v in sts.items())))
+    fleet = doc.doc("fleet")
+    if fleet is not None:
+        counts = ", ".join(f"{k}={_flat(v)}" for k, v in fleet.items() if k != "link")
+        rows.append(("fleet", f"link {fleet.text('link')}; {counts}"))
     return "".join(f"{name:<12} {value}\n" for name, value in rows)
 
 

@@ -231,11 +231,15 @@ class Probe:
 @dataclass(frozen=True, slots=True)
 class Flush:
     destination: Destination | None  # None: everything
+    include_mta_sts: bool = False  # cached MTA-STS policies are kept unless asked (TOFU)
 
     command = Command.FLUSH
 
     def args(self) -> JsonObject:
-        return {"domain": None if self.destination is None else self.destination.key}
+        args: JsonObject = {"domain": None if self.destination is None else self.destination.key}
+        if self.include_mta_sts:
+            args["include_mta_sts"] = True
+        return args
 
 
 DEFAULT_REPORT_SINCE: Final = 86400  # seconds: `policyctl report` looks back one day
@@ -391,9 +395,10 @@ def _build_request(cmd: Command, a: _Args) -> Request:
         a.only("domain", "wait")
         return Probe(parse_destination(a.text("domain")), a.flag("wait"))
     if cmd is Command.FLUSH:
-        a.only("domain")
+        a.only("domain", "include_mta_sts")
         key = a.optional_text("domain")
-        return Flush(None if key is None else parse_destination(key))
+        which = None if key is None else parse_destination(key)
+        return Flush(which, a.flag("include_mta_sts"))
     if cmd is Command.REPORT:
         a.only("since")
         since = a.seconds("since", default=DEFAULT_REPORT_SINCE)

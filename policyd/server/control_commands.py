@@ -171,9 +171,10 @@ class Commands:
             return await self._probe(req, peer)
         if isinstance(req, control.Flush):
             key = None if req.destination is None else req.destination.key
-            count = await self._service.flush(key)
-            log.info("control: %s flushed %s", peer, key or "all cached evidence")
-            return {"destination": key, "records": count}
+            count = await self._service.flush(key, mta_sts=req.include_mta_sts)
+            sts = " (MTA-STS policies included)" if req.include_mta_sts else ""
+            log.info("control: %s flushed %s%s", peer, key or "all cached evidence", sts)
+            return {"destination": key, "records": count, "mta_sts": req.include_mta_sts}
         if isinstance(req, control.Report):
             return await self._report(req)
         if isinstance(req, control.Status):
@@ -419,4 +420,14 @@ class Commands:
             "lookups": jsonable(service.stats),
             "probe": probe_stats,
             "mta_sts": sts_stats,
+            "fleet": _fleet_status(getattr(d, "fleet", None)),
         }
+
+
+def _fleet_status(fleet: object) -> JsonValue:
+    """The fleet link (a Redis store only): ``up`` or ``down`` with its counters."""
+    state = getattr(fleet, "state", None)
+    if not isinstance(state, str):
+        return None
+    counters = jsonable(getattr(fleet, "counters", None))
+    return {"link": state, **(counters if isinstance(counters, dict) else {})}

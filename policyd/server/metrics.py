@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from policyd.adapters.dns import Resolver
+from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.store_counted import CountedStore
 from policyd.alerts import AlertKind, Alerts
 from policyd.config import Listener, parse_listener
@@ -64,6 +65,7 @@ class PolicydCollector:
         resolver: Resolver,
         store: CountedStore,
         alerts: Alerts,
+        fleet: RedisFleet | None = None,
     ) -> None:
         self.service = service
         self.listeners = listeners
@@ -72,10 +74,12 @@ class PolicydCollector:
         self.resolver = resolver
         self.store = store
         self.alerts = alerts
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         yield from self._lookups()
         yield from self._sources()
+        yield from self._fleet()
         yield from self._daemon()
 
     def _lookups(self) -> Iterator[Metric]:
@@ -179,6 +183,30 @@ class PolicydCollector:
         for (outcome,), value in self.resolver.counters.outcomes.items():
             dns.add_metric([outcome], value)
         yield dns
+
+    def _fleet(self) -> Iterator[Metric]:
+        if self.fleet is None:
+            return
+        yield GaugeMetricFamily(
+            "policyd_fleet_link_up",
+            "1 while the Redis fleet link (claims, change messages) is up, else 0.",
+            value=int(self.fleet.up),
+        )
+        work = CounterMetricFamily(
+            "policyd_fleet_work",
+            "Probes and MTA-STS fetches through fleet claims, by how they were settled.",
+            labels=["kind", "how"],
+        )
+        c = self.fleet.counters
+        for kind, settled in c.work.items():
+            for how, value in settled.items():
+                work.add_metric([kind, how], value)
+        yield work
+        yield CounterMetricFamily(
+            "policyd_fleet_publish_failures",
+            "Change messages not sent (the periodic override reload covers them).",
+            value=c.publish_failures,
+        )
 
     def _daemon(self) -> Iterator[Metric]:
         yield CounterMetricFamily(

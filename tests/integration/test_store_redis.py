@@ -34,20 +34,30 @@ FAILURE_BOUND = 4 * 2 * SHORT_TIMEOUT + 2.0
 
 
 class RedisServer:
-    """One redis-server process on a unix socket, nothing on TCP, nothing on disk."""
+    """One redis-server process on a unix socket, nothing on TCP, nothing on disk unless
+    ``appendonly`` (for tests that restart it)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
         assert REDIS_SERVER is not None
+        self.directory = directory
+        self.appendonly = appendonly  # an fsync'ed log on disk: data survives a SIGKILL
         self.socket_path = directory / "redis.sock"
         self.log_path = directory / "redis.log"
         self.url = f"unix://{self.socket_path}"
-        with self.log_path.open("wb") as log:
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after :meth:`stop`) on the same socket and directory."""
+        assert REDIS_SERVER is not None
+        directory = self.directory
+        with self.log_path.open("ab") as log:
             options = {
                 "port": "0",  # no TCP listener at all
                 "unixsocket": str(self.socket_path),
                 "unixsocketperm": "700",
-                "save": "",  # nothing on disk
-                "appendonly": "no",
+                "save": "",  # no snapshots
+                "appendonly": "yes" if self.appendonly else "no",
+                "appendfsync": "always",
                 "daemonize": "no",  # stay our child, so teardown can kill it
                 "dir": str(directory),
             }
@@ -213,6 +223,18 @@ async def test_flush_one_key_keeps_overrides_and_other_keys(store: RedisStore) -
         assert await store.get(kind, "b.example") is not None
     assert await store.get(Kind.OVERRIDE, "a.example") is not None
     assert await store.flush("a.example") == 0
+
+
+async def test_flush_keeps_mta_sts_policies_unless_asked(store: RedisStore) -> None:
+    # Security review L7: cached policies are trust on first use (RFC 8461 5).
+    await _fill(store, ["a.example", "b.example"])
+    others = [k for k in Kind if k not in (Kind.OVERRIDE, Kind.STS)]
+    assert await store.flush("a.example", mta_sts=False) == len(others)
+    assert await store.get(Kind.STS, "a.example") is not None
+    assert await store.flush(None, mta_sts=False) == len(others)
+    assert len(await store.scan(Kind.STS)) == 2
+    assert await store.flush(None) == 2
+    assert await store.scan(Kind.STS) == []
 
 
 async def test_flush_all_keeps_overrides(store: RedisStore) -> None:

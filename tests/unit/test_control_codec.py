@@ -35,6 +35,7 @@ REQUESTS: list[control.Request] = [
     control.Probe(parse_key("example.com"), wait=True),
     control.Flush(parse_key("example.com")),
     control.Flush(None),
+    control.Flush(None, include_mta_sts=True),
     control.Report(3600.0),
     control.Status(),
     control.Reload(),

@@ -442,11 +442,13 @@ async def test_flush_one_and_all(env: Env) -> None:
     code, out, _ = await env.ctl("flush", "probe.example")
     assert code == 0 and out.startswith("probe.example: cached evidence flushed")
     assert "probe.example" not in env.probe.states
+    assert env.sts.forgotten == []  # MTA-STS policies are trust on first use (review L7)
+    await env.ctl("flush", "probe.example", "--include-mta-sts")
     assert env.sts.forgotten == ["probe.example"]
     env.service.overrides.clear()
     await env.ctl("override", "set", "dane.example", "may")
     doc = await env.ctl_json("flush", "--all")
-    assert doc == {"destination": None, "records": 0}
+    assert doc == {"destination": None, "records": 0, "mta_sts": False}
     assert "dane.example" in env.service.overrides  # flush never drops overrides
     code, _, _ = await env.ctl("flush")
     assert code == 2

@@ -441,3 +441,16 @@ async def test_start_up_loaders_skip_records_that_do_not_parse(
         caplog.text
     )
     assert "huge.example: ignoring unreadable override" in caplog.text
+
+
+async def test_flush_keeps_mta_sts_policies_unless_asked(store: SqliteStore) -> None:
+    # Security review L7: cached policies are trust on first use (RFC 8461 5).
+    for kind in Kind:
+        await store.put(rec(kind, "a"))
+        await store.put(rec(kind, "b"))
+    assert await store.flush("a", mta_sts=False) == len(Kind) - 2
+    assert await store.get(Kind.STS, "a") is not None
+    assert await store.flush(None, mta_sts=False) == len(Kind) - 2
+    assert len(await store.scan(Kind.STS)) == 2
+    assert await store.flush(None) == 2
+    assert await store.scan(Kind.STS) == []

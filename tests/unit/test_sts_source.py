@@ -69,7 +69,7 @@ class MemoryStore:
     async def scan(self, kind: Kind) -> list[Record]:
         return [r for (k, _), r in self.records.items() if k is kind]
 
-    async def flush(self, key: str | None) -> int:
+    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
         return 0
 
     async def append_event(self, at: float, key: str, text: str) -> None:

@@ -136,6 +136,7 @@ class Server:
                 head = await reader.readuntil(b"\r\n\r\n")
             if len(head) > HEADER_LIMIT:
                 return
+            self.record(head)
             await self.respond(self.domain_spec(domain), writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
@@ -145,6 +146,15 @@ class Server:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
+
+    def record(self, head: bytes) -> None:
+        """One line per request with its Host header: tests count the fetches."""
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "host":
+                with self.config_path.with_name("requests.log").open("a") as out:
+                    out.write(value.strip().lower() + "\n")
+                return
 
     async def respond(self, spec: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         behaviour = spec.get("behaviour", "ok")

@@ -142,6 +142,11 @@ class Servers:
     def factory(self, srv: dict[str, Any]) -> asyncio.Protocol:
         key = f"{srv['address']}:{srv['port']}"
         behaviour = self.behaviour[key]
+        # One line per accepted connection: tests count the sessions a server saw.
+        sessions = Path(self.config["record_dir"]).parent / "sessions"
+        sessions.mkdir(exist_ok=True)
+        with (sessions / key).open("a") as out:
+            out.write(f"{behaviour}\n")
         if behaviour == "tarpit":
             return Tarpit()
         handler = Recorder(Path(self.config["record_dir"]), srv["host"])

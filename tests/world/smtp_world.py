@@ -299,6 +299,12 @@ def received(world: World, host: str) -> list[Path]:
     return sorted(directory.glob("*.eml"), key=lambda p: int(p.stem))
 
 
+def sessions(world: World, address: str, port: int = SMTP_PORT) -> int:
+    """Connections the helper server at ``address``:``port`` has accepted so far."""
+    path = world.dir / "smtp" / "sessions" / f"{address}:{port}"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def switch(world: World, domain: str, behaviour: str) -> None:
     """Serve ``behaviour`` (``valid``, ``expired``, ``plain``, ``intolerant``, ``tarpit``, or
     a host's own case) on every helper server of ``domain``'s MX hosts from now on."""

@@ -483,3 +483,13 @@ def set_mx(world: World, domain: str, host: str) -> None:
     world.named.stop()
     world.named.start()
     world.restart_unbound()
+
+
+def fetches(world: World, domain: str) -> int:
+    """Policy requests the HTTPS server has seen for ``domain`` (its mta-sts host)."""
+    running = _RUNNING[world.ns]
+    log = running.config_path.with_name("requests.log")
+    if not log.exists():
+        return 0
+    host = f"mta-sts.{domain}"
+    return sum(1 for line in log.read_text().splitlines() if line == host)
