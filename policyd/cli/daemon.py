@@ -262,6 +262,9 @@ class Daemon:
         log.info("reloaded %s", new.path)
         return True
 
+    def clear_dns_cache(self) -> None:
+        self.resolver.clear()
+
     def stop(self) -> None:
         self._stop.set()
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, assert_never, runtime_checkable
 
 from policyd import __version__
 from policyd.codec import control, postfix_policy
@@ -122,6 +122,9 @@ class DaemonLike(Protocol):
 
     async def reload(self) -> bool: ...
 
+    def clear_dns_cache(self) -> None:
+        """Forget cached DNS answers: after ``flush`` the next lookup asks the resolver."""
+
 
 @runtime_checkable
 class Prober(Protocol):
@@ -154,41 +157,53 @@ class Commands:
         return self._daemon.service
 
     async def run(self, req: control.Request, peer: Peer) -> JsonValue:
-        if isinstance(req, control.OverrideSet):
-            return await self._override_set(req, peer)
-        if isinstance(req, control.OverrideDel):
-            if not await self._service.delete_override(req.destination.key):
-                raise CommandError(ErrorCode.NOTFOUND, f"no override for {req.destination.key}")
-            log.info("control: %s deleted the override for %s", peer, req.destination.key)
-            return {"destination": req.destination.key, "deleted": True}
-        if isinstance(req, control.OverrideList):
-            now = self._clock()
-            ovs = sorted(self._service.overrides.values(), key=lambda o: o.key)
-            return {"overrides": [override_doc(o, now) for o in ovs]}
-        if isinstance(req, control.Explain):
-            return await self.explain(req.destination)
-        if isinstance(req, control.Probe):
-            return await self._probe(req, peer)
-        if isinstance(req, control.Flush):
-            key = None if req.destination is None else req.destination.key
-            count = await self._service.flush(key, mta_sts=req.include_mta_sts)
-            sts = " (MTA-STS policies included)" if req.include_mta_sts else ""
-            log.info("control: %s flushed %s%s", peer, key or "all cached evidence", sts)
-            return {"destination": key, "records": count, "mta_sts": req.include_mta_sts}
-        if isinstance(req, control.Report):
-            return await self._report(req)
-        if isinstance(req, control.Status):
-            return self._status()
-        if isinstance(req, control.Warm):
-            return self._warm(req)
-        if isinstance(req, control.Check):
-            return await self._check(req.destination)
-        if not await self._daemon.reload():
-            raise CommandError(
-                ErrorCode.INTERNAL, "reload failed, old configuration kept: see the policyd log"
-            )
-        log.info("control: %s reloaded the configuration", peer)
-        return {"reloaded": True}
+        """One command, dispatched exhaustively: a request type added to the codec and not
+        handled here is a type error (mypy), never a fall-through to another command."""
+        match req:
+            case control.OverrideSet():
+                return await self._override_set(req, peer)
+            case control.OverrideDel():
+                key = req.destination.key
+                if not await self._service.delete_override(key):
+                    raise CommandError(ErrorCode.NOTFOUND, f"no override for {key}")
+                log.info("control: %s deleted the override for %s", peer, key)
+                return {"destination": key, "deleted": True}
+            case control.OverrideList():
+                now = self._clock()
+                ovs = sorted(self._service.overrides.values(), key=lambda o: o.key)
+                return {"overrides": [override_doc(o, now) for o in ovs]}
+            case control.Explain():
+                return await self.explain(req.destination)
+            case control.Probe():
+                return await self._probe(req, peer)
+            case control.Flush():
+                return await self._flush(req, peer)
+            case control.Report():
+                return await self._report(req)
+            case control.Status():
+                return self._status()
+            case control.Warm():
+                return self._warm(req)
+            case control.Check():
+                return await self._check(req.destination)
+            case control.Reload():
+                if not await self._daemon.reload():
+                    raise CommandError(
+                        ErrorCode.INTERNAL,
+                        "reload failed, old configuration kept: see the policyd log",
+                    )
+                log.info("control: %s reloaded the configuration", peer)
+                return {"reloaded": True}
+            case _:
+                assert_never(req)
+
+    async def _flush(self, req: control.Flush, peer: Peer) -> JsonValue:
+        key = None if req.destination is None else req.destination.key
+        count = await self._service.flush(key, mta_sts=req.include_mta_sts)
+        self._daemon.clear_dns_cache()  # the next lookup starts from fresh DNS answers
+        sts = " (MTA-STS policies included)" if req.include_mta_sts else ""
+        log.info("control: %s flushed %s%s", peer, key or "all cached evidence", sts)
+        return {"destination": key, "records": count, "mta_sts": req.include_mta_sts}
 
     async def _override_set(self, req: control.OverrideSet, peer: Peer) -> JsonValue:
         now = self._clock()

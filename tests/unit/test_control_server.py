@@ -209,10 +209,14 @@ class FakeDaemon:
         self.started_at = asyncio.get_running_loop().time() - 3725
         self.reload_ok = True
         self.reloads = 0
+        self.dns_clears = 0
 
     async def reload(self) -> bool:
         self.reloads += 1
         return self.reload_ok
+
+    def clear_dns_cache(self) -> None:
+        self.dns_clears += 1
 
 
 @dataclass
@@ -442,6 +446,7 @@ async def test_flush_one_and_all(env: Env) -> None:
     code, out, _ = await env.ctl("flush", "probe.example")
     assert code == 0 and out.startswith("probe.example: cached evidence flushed")
     assert "probe.example" not in env.probe.states
+    assert env.daemon.dns_clears == 1  # review D2: flush reaches the DNS cache
     assert env.sts.forgotten == []  # MTA-STS policies are trust on first use (review L7)
     await env.ctl("flush", "probe.example", "--include-mta-sts")
     assert env.sts.forgotten == ["probe.example"]

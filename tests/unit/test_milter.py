@@ -441,6 +441,9 @@ class Daemon:
     async def reload(self) -> bool:
         return True
 
+    def clear_dns_cache(self) -> None:
+        pass
+
 
 PEER = Peer(1, 0, 0, "root")
 
