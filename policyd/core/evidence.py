@@ -6,8 +6,13 @@ Times are seconds since the epoch (floats), always passed in by the caller.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from policyd.core.types import Policy
 
@@ -51,15 +56,38 @@ class Tlsa:
     @property
     def usable(self) -> bool:
         """Usable for SMTP per RFC 7672 3.1: DANE-TA(2) or DANE-EE(3), known selector and
-        matching type, and a digest of the right length. PKIX-TA(0)/PKIX-EE(1) are unusable."""
+        matching type, and a digest of the right length. PKIX-TA(0)/PKIX-EE(1) are unusable.
+
+        Full data (matching type 0) must parse as what the selector names, a DER
+        certificate (0) or SubjectPublicKeyInfo (1): OpenSSL's SSL_dane_tlsa_add() refuses
+        anything else, so Postfix counts such a record unusable, and at dane-only with no
+        other usable record it fails the connection (tls_client.c) where RFC 7672 3.1
+        would have had encrypt."""
         if self.usage not in (2, 3) or self.selector not in (0, 1):
             return False
         expected = _DIGEST_LENGTH.get(self.mtype, -1)
         if expected == -1:
             return False
         if expected == 0:
-            return len(self.data) > 0
+            return _full_data_parses(self.selector, self.data)
         return len(self.data) == expected
+
+
+@functools.lru_cache(maxsize=1024)
+def _full_data_parses(selector: int, data: bytes) -> bool:
+    """Whether TLSA full data is one DER certificate (selector 0) or one DER
+    SubjectPublicKeyInfo (selector 1) with nothing after it, as OpenSSL's d2i_X509 /
+    d2i_PUBKEY in SSL_dane_tlsa_add() require. Pure parsing, cached: decide() asks often."""
+    if not data:
+        return False
+    try:
+        if selector == 0:
+            x509.load_der_x509_certificate(data)
+        else:
+            load_der_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 # Matching type -> digest length in bytes (0: full data, any non-empty length). RFC 6698 2.1.3.

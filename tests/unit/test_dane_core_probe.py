@@ -29,6 +29,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES, Fallback, Profile
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict, notfound, policy, temp
+from tests.tlsa_der import CERT_DER, SPKI_DER
 
 S, INS, F = DnsStatus.SECURE, DnsStatus.INSECURE, DnsStatus.FAILED
 HOUR = 3600.0
@@ -89,7 +90,12 @@ def test_verdict_reason_is_one_line_escaped_never_refused(reason: str, escaped: 
         (Tlsa(3, 1, 1, b"\0" * 32), True),
         (Tlsa(3, 0, 1, b"\0" * 32), True),
         (Tlsa(2, 0, 2, b"\0" * 64), True),
-        (Tlsa(2, 1, 0, b"\x30\x01"), True),
+        (Tlsa(2, 1, 0, SPKI_DER), True),
+        (Tlsa(3, 0, 0, CERT_DER), True),
+        (Tlsa(2, 1, 0, b"\x30\x01"), False),  # not a SubjectPublicKeyInfo (RFC review D11)
+        (Tlsa(3, 0, 0, SPKI_DER), False),  # selector 0 wants a certificate
+        (Tlsa(3, 1, 0, SPKI_DER + b"\0"), False),  # trailing bytes: OpenSSL refuses
+        (Tlsa(3, 0, 0, CERT_DER[:-1]), False),
         (Tlsa(3, 1, 0, b""), False),
         (Tlsa(3, 1, 1, b"\0" * 31), False),
         (Tlsa(3, 1, 1, b"\0" * 33), False),
@@ -197,7 +203,9 @@ def mx(
         (DnsEvidence(INS, hosts=(mx("a"),)), dane.DaneKind.DANE),
         (DnsEvidence(S, hosts=(mx("a"), mx("b", INS))), dane.DaneKind.DANE),
         (DnsEvidence(S, hosts=(mx("a"), mx("b", S, INS))), dane.DaneKind.DANE),
-        (DnsEvidence(S, hosts=(mx("a"), mx("b", S, None))), dane.DaneKind.DANE),
+        # b: signed denial of any address (no addresses, no TLSA looked up): Postfix
+        # skips it, so it does not stand in the way of dane-only (RFC review D17).
+        (DnsEvidence(S, hosts=(mx("a"), mx("b", S, None))), dane.DaneKind.DANE_ONLY),
         (DnsEvidence(S, hosts=(mx("a"), mx("b", S, S, ()))), dane.DaneKind.DANE),
         (DnsEvidence(S, hosts=(mx("a", recs=UNUSABLE),)), dane.DaneKind.ENCRYPT),
         (DnsEvidence(INS, hosts=(mx("a", recs=UNUSABLE),)), dane.DaneKind.ENCRYPT),
