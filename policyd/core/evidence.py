@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from policyd.core.types import Policy
+from policyd.core.types import Policy, one_line
 
 # The most mx patterns one MTA-STS policy may carry. RFC 8461 sets no number and real
 # policies name a handful; a bound keeps parsing, decide() and the Postfix reply small:
@@ -240,6 +240,16 @@ class ProbeHost:
     leaf_sha256: str = ""
     spki_sha256: str = ""
     probed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        # detail quotes the remote server (SMTP replies, TLS alerts) and ends up on the
+        # postmaster's terminal (policyctl explain) and in logs: an ESC or OSC sequence
+        # in a 554 banner must arrive as text, not act (security review L3). Escaping is
+        # idempotent, so stored records round-trip unchanged.
+        for name in ("detail", "protocol", "cipher"):
+            value = getattr(self, name)
+            if not value.isprintable():
+                object.__setattr__(self, name, one_line(value))
 
 
 class ProbeLevel(enum.Enum):

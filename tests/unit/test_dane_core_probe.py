@@ -137,6 +137,25 @@ def test_override_active() -> None:
     assert ov.active_at(9.9) and not ov.active_at(10.0)
 
 
+@pytest.mark.parametrize(
+    ("detail", "shown"),
+    [
+        ("554 \x1b]52;c;cHduZWQ=\x07 go away", "554 \\x1b]52;c;cHduZWQ=\\x07 go away"),
+        ("421 busy\r\nline two", "421 busy\\r\\nline two"),
+        ("certificate verify failed: self-signed", "certificate verify failed: self-signed"),
+        ("already \\x1b escaped", "already \\x1b escaped"),
+    ],
+)
+def test_probe_detail_from_remote_servers_is_escaped(detail: str, shown: str) -> None:
+    """Security review L3: remote SMTP reply text (an OSC 52 clipboard write, a line
+    break) reaches policyctl explain and the log as text, never as control characters."""
+    h = ProbeHost("mx.example.com", "192.0.2.1", ProbeVerdict.NO_STARTTLS, detail)
+    assert h.detail == shown
+    assert h.detail.isprintable()
+    again = ProbeHost("mx.example.com", "192.0.2.1", ProbeVerdict.NO_STARTTLS, h.detail)
+    assert again.detail == h.detail  # idempotent: stored records round-trip
+
+
 def test_probe_verdict_properties() -> None:
     assert [v for v in ProbeVerdict if not v.reachable] == [ProbeVerdict.UNREACHABLE]
     assert {v for v in ProbeVerdict if not v.encrypted} == {
