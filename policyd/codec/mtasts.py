@@ -202,12 +202,13 @@ _BAD_LINE: Final = re.compile(r"\n(?![A-Za-z0-9][A-Za-z0-9_.-]{0,31}:|\r?\n|\Z)"
 # which the caller checks.
 _MX_FIELD: Final = re.compile(r"\nmx:[ \t]*([!-~]*)[ \t]*\r?(?=\n)")
 _OTHER_FIELD: Final = re.compile(r"\n(version|mode|max_age):[ \t]*([^\n]*?)[ \t]*\r?(?=\n)")
+_BOM: Final = "\ufeff"
 
 
 def _split_fields(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
     """``key: value`` lines separated by LF or CRLF -> first value per known key, all mx
     values, and the names of ignored repeats. Unknown fields SHOULD be ignored (3.2).
-    A leading UTF-8 byte-order mark is dropped by the caller."""
+    A leading UTF-8 byte-order mark is dropped (see parse_policy)."""
     if len(body) > MAX_POLICY_BYTES:
         raise StsGrammarError("body", f"policy over {MAX_POLICY_BYTES} bytes")
     try:
@@ -235,7 +236,9 @@ def _split_fields(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
     return first, mx, ignored
 
 
-_BOM: Final = "\ufeff"
+def _without_root_dot(pattern: str) -> str:
+    """``mail.example.com.`` -> ``mail.example.com``; two dots or more stay (invalid)."""
+    return pattern[:-1] if pattern.endswith(".") and not pattern.endswith("..") else pattern
 
 
 def parse_policy(body: bytes, domain: str, fetched_at: float) -> ParsedPolicy:
@@ -263,14 +266,12 @@ def parse_policy(body: bytes, domain: str, fetched_at: float) -> ParsedPolicy:
     # One pass, linear: dict.fromkeys keeps the first of each pattern in order (a list
     # searched per pattern made 8,000 patterns cost a second of CPU).
     lowered = "\n".join(mx_values).lower().split("\n") if mx_values else []
-    dotted = [p for p in lowered if p.endswith(".") and not p.endswith("..")]
+    dotted = [p for p in lowered if _without_root_dot(p) != p]
     if dotted:
         repaired.append(
             f"trailing dot in mx {dotted[0][:80]!r}" + (" and others" * (len(dotted) > 1))
         )
-        lowered = [
-            p.removesuffix(".") if p.endswith(".") and not p.endswith("..") else p for p in lowered
-        ]
+        lowered = [_without_root_dot(p) for p in lowered]
     distinct = dict.fromkeys(lowered)
     if len(distinct) > MAX_MX_PATTERNS:
         raise StsGrammarError(
