@@ -85,7 +85,11 @@ def _full_data_parses(selector: int, data: bytes) -> bool:
             x509.load_der_x509_certificate(data)
         else:
             load_der_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except UnsupportedAlgorithm:
+        # Well-formed, but a key type this library does not know: OpenSSL may know it.
+        # Counting it unusable could turn dane-only into encrypt, a weaker answer.
+        return True
+    except (ValueError, TypeError):
         return False
     return True
 
