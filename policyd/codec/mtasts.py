@@ -158,8 +158,10 @@ class ParsedPolicy:
     ``capped`` says ``max_age`` was above :data:`MAX_AGE_CAP` and was lowered to it
     (``declared_max_age`` keeps the value served); ``ignored`` names repeated fields whose
     later occurrences were ignored (RFC 8461 3.2); ``ignored_mx`` holds mx patterns that
-    are IP addresses, dropped (see :func:`policyd.core.evidence.is_ip_literal`). All are
-    for the caller to log.
+    are IP addresses, dropped (see :func:`policyd.core.evidence.is_ip_literal`);
+    ``repaired`` says what harmless slips were mended rather than refusing the whole
+    policy (a leading byte-order mark, an mx pattern ending in a dot). All are for the
+    caller to log.
     """
 
     domain: str
@@ -171,6 +173,7 @@ class ParsedPolicy:
     capped: bool = False
     ignored: tuple[str, ...] = ()
     ignored_mx: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_age <= MAX_AGE_CAP:
@@ -199,17 +202,20 @@ _BAD_LINE: Final = re.compile(r"\n(?![A-Za-z0-9][A-Za-z0-9_.-]{0,31}:|\r?\n|\Z)"
 # which the caller checks.
 _MX_FIELD: Final = re.compile(r"\nmx:[ \t]*([!-~]*)[ \t]*\r?(?=\n)")
 _OTHER_FIELD: Final = re.compile(r"\n(version|mode|max_age):[ \t]*([^\n]*?)[ \t]*\r?(?=\n)")
+_BOM: Final = "\ufeff"
 
 
 def _split_fields(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
     """``key: value`` lines separated by LF or CRLF -> first value per known key, all mx
-    values, and the names of ignored repeats. Unknown fields SHOULD be ignored (3.2)."""
+    values, and the names of ignored repeats. Unknown fields SHOULD be ignored (3.2).
+    A leading UTF-8 byte-order mark is dropped (see parse_policy)."""
     if len(body) > MAX_POLICY_BYTES:
         raise StsGrammarError("body", f"policy over {MAX_POLICY_BYTES} bytes")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StsGrammarError("body", f"not UTF-8 at byte {exc.start}") from None
+    text = text.removeprefix(_BOM)
     lines = f"\n{text}\n"
     bad = _BAD_LINE.search(lines)
     if bad is not None:
@@ -230,8 +236,20 @@ def _split_fields(body: bytes) -> tuple[dict[str, str], list[str], list[str]]:
     return first, mx, ignored
 
 
+def _without_root_dot(pattern: str) -> str:
+    """``mail.example.com.`` -> ``mail.example.com``; two dots or more stay (invalid)."""
+    return pattern[:-1] if pattern.endswith(".") and not pattern.endswith("..") else pattern
+
+
 def parse_policy(body: bytes, domain: str, fetched_at: float) -> ParsedPolicy:
-    """The body of ``https://mta-sts.<domain>/.well-known/mta-sts.txt``."""
+    """The body of ``https://mta-sts.<domain>/.well-known/mta-sts.txt``.
+
+    Lenient where refusing costs the recipient its protection and accepting costs
+    nothing (RFC review D12): a leading UTF-8 byte-order mark (some editors write one)
+    is dropped, and one trailing dot on an mx pattern (``mail.example.com.``, the
+    absolute form of the same name) is removed. Both are named in ``repaired``.
+    """
+    repaired: list[str] = ["byte-order mark"] if body.startswith(_BOM.encode()) else []
     fields, mx_values, ignored = _split_fields(body)
     for name in _REQUIRED:
         if name not in fields:
@@ -248,6 +266,12 @@ def parse_policy(body: bytes, domain: str, fetched_at: float) -> ParsedPolicy:
     # One pass, linear: dict.fromkeys keeps the first of each pattern in order (a list
     # searched per pattern made 8,000 patterns cost a second of CPU).
     lowered = "\n".join(mx_values).lower().split("\n") if mx_values else []
+    dotted = [p for p in lowered if _without_root_dot(p) != p]
+    if dotted:
+        repaired.append(
+            f"trailing dot in mx {dotted[0][:80]!r}" + (" and others" * (len(dotted) > 1))
+        )
+        lowered = [_without_root_dot(p) for p in lowered]
     distinct = dict.fromkeys(lowered)
     if len(distinct) > MAX_MX_PATTERNS:
         raise StsGrammarError(
@@ -272,4 +296,5 @@ def parse_policy(body: bytes, domain: str, fetched_at: float) -> ParsedPolicy:
         capped=declared > MAX_AGE_CAP,
         ignored=tuple(ignored),
         ignored_mx=tuple(ip_literals),
+        repaired=tuple(repaired),
     )

@@ -10,7 +10,8 @@ Rules, in short:
   (``smtp_dns_support_level = dnssec``), skips the failing host rather than sending to
   it with a weaker policy. One broken host never blocks the others.
 * Every usable host has a secure, usable TLSA RRset: ``dane-only`` (if the MX RRset is
-  secure). Some do: ``dane`` (Postfix authenticates per host).
+  secure). Some do: ``dane`` (Postfix authenticates per host). A host with a
+  DNSSEC-validated denial of any address is set aside: Postfix cannot use it.
 * TLSA present at every usable host but none usable: ``encrypt`` (Postfix's own rule for
   unusable TLSA: mandatory TLS without authentication).
 * An insecure MX RRset whose hosts live in signed zones with TLSA: ``dane``, never
@@ -45,6 +46,7 @@ class DaneOutcome:
 
 class _HostClass(enum.Enum):
     FAILED = "failed"
+    DENIED = "denied"  # signed proof of no address: Postfix cannot and will not use it
     USABLE_TLSA = "usable-tlsa"
     UNUSABLE_TLSA = "unusable-tlsa"
     NO_DANE = "no-dane"
@@ -55,6 +57,11 @@ def _classify(host: MxHost) -> tuple[_HostClass, str]:
         return _HostClass.FAILED, f"address lookup for {host.name} failed ({host.address_error})"
     if host.address is DnsStatus.INSECURE:
         return _HostClass.NO_DANE, f"{host.name} address is not DNSSEC-signed"
+    if not host.addresses and host.tlsa is None:
+        # A validated NXDOMAIN/NODATA for both families: nothing to connect to, so
+        # nothing to authenticate. Postfix skips the host; it neither fails nor lacks
+        # DANE (RFC review D17: it used to count as no-DANE and turn dane-only to dane).
+        return _HostClass.DENIED, f"{host.name} has no address (DNSSEC-signed denial)"
     if host.tlsa is DnsStatus.FAILED:
         return _HostClass.FAILED, f"TLSA lookup for {host.name} failed ({host.tlsa_error})"
     if host.tlsa is not DnsStatus.SECURE or not host.tlsa_records:
@@ -77,9 +84,12 @@ def evaluate(dns: DnsEvidence) -> DaneOutcome:
 
     classes = [(h, *_classify(h)) for h in dns.hosts]
     failed = [why for _, c, why in classes if c is _HostClass.FAILED]
-    usable = [(h, c) for h, c, _ in classes if c is not _HostClass.FAILED]
-    if not usable:
+    aside = (_HostClass.FAILED, _HostClass.DENIED)
+    usable = [(h, c) for h, c, _ in classes if c not in aside]
+    if not usable and failed:
         return DaneOutcome(DaneKind.TEMP, "no usable MX host: " + "; ".join(failed))
+    if not usable:
+        return DaneOutcome(DaneKind.NOT_APPLICABLE, "no MX host has an address")
 
     with_usable = [h.name for h, c in usable if c is _HostClass.USABLE_TLSA]
     with_tlsa = [h.name for h, c in usable if c is not _HostClass.NO_DANE]

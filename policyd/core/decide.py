@@ -85,9 +85,13 @@ def decide(ev: Evidence, profile: Profile, now: float) -> Verdict:
 
     probe_verdict = _from_probe(ev, profile)
     if hosts_failed:
-        # Some MX hosts are unusable for DANE (failed lookups). Keep an authenticated
-        # level from lower evidence, else let Postfix skip those hosts itself with dane.
-        if probe_verdict is not None and probe_verdict.strength >= TlsLevel.DANE.strength:
+        # Some MX hosts are unusable for DANE (failed lookups) and no other host has
+        # TLSA, so at every host that did not fail dane means may to Postfix: STARTTLS
+        # can be stripped there. Any lower evidence of mandatory TLS (a probe's encrypt,
+        # verify or secure) protects every path at least as well, even the failed host,
+        # which encrypt would reach unauthenticated like the others (RFC review D13).
+        # Without it, dane lets Postfix skip the failed hosts itself.
+        if probe_verdict is not None and probe_verdict.strength >= TlsLevel.ENCRYPT.strength:
             return probe_verdict
         return policy(
             Rule.DANE, f"DANE: Postfix skips failing hosts: {hosts_failed}", Policy(TlsLevel.DANE)

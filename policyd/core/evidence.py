@@ -6,10 +6,15 @@ Times are seconds since the epoch (floats), always passed in by the caller.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Final
 
-from policyd.core.types import Policy
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from policyd.core.types import Policy, one_line
 
 # The most mx patterns one MTA-STS policy may carry. RFC 8461 sets no number and real
 # policies name a handful; a bound keeps parsing, decide() and the Postfix reply small:
@@ -51,15 +56,42 @@ class Tlsa:
     @property
     def usable(self) -> bool:
         """Usable for SMTP per RFC 7672 3.1: DANE-TA(2) or DANE-EE(3), known selector and
-        matching type, and a digest of the right length. PKIX-TA(0)/PKIX-EE(1) are unusable."""
+        matching type, and a digest of the right length. PKIX-TA(0)/PKIX-EE(1) are unusable.
+
+        Full data (matching type 0) must parse as what the selector names, a DER
+        certificate (0) or SubjectPublicKeyInfo (1): OpenSSL's SSL_dane_tlsa_add() refuses
+        anything else, so Postfix counts such a record unusable, and at dane-only with no
+        other usable record it fails the connection (tls_client.c) where RFC 7672 3.1
+        would have had encrypt."""
         if self.usage not in (2, 3) or self.selector not in (0, 1):
             return False
         expected = _DIGEST_LENGTH.get(self.mtype, -1)
         if expected == -1:
             return False
         if expected == 0:
-            return len(self.data) > 0
+            return _full_data_parses(self.selector, self.data)
         return len(self.data) == expected
+
+
+@functools.lru_cache(maxsize=1024)
+def _full_data_parses(selector: int, data: bytes) -> bool:
+    """Whether TLSA full data is one DER certificate (selector 0) or one DER
+    SubjectPublicKeyInfo (selector 1) with nothing after it, as OpenSSL's d2i_X509 /
+    d2i_PUBKEY in SSL_dane_tlsa_add() require. Pure parsing, cached: decide() asks often."""
+    if not data:
+        return False
+    try:
+        if selector == 0:
+            x509.load_der_x509_certificate(data)
+        else:
+            load_der_public_key(data)
+    except UnsupportedAlgorithm:
+        # Well-formed, but a key type this library does not know: OpenSSL may know it.
+        # Counting it unusable could turn dane-only into encrypt, a weaker answer.
+        return True
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 # Matching type -> digest length in bytes (0: full data, any non-empty length). RFC 6698 2.1.3.
@@ -212,6 +244,16 @@ class ProbeHost:
     leaf_sha256: str = ""
     spki_sha256: str = ""
     probed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        # detail quotes the remote server (SMTP replies, TLS alerts) and ends up on the
+        # postmaster's terminal (policyctl explain) and in logs: an ESC or OSC sequence
+        # in a 554 banner must arrive as text, not act (security review L3). Escaping is
+        # idempotent, so stored records round-trip unchanged.
+        for name in ("detail", "protocol", "cipher"):
+            value = getattr(self, name)
+            if not value.isprintable():
+                object.__setattr__(self, name, one_line(value))
 
 
 class ProbeLevel(enum.Enum):

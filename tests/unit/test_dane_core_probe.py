@@ -29,6 +29,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES, Fallback, Profile
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict, notfound, policy, temp
+from tests.tlsa_der import CERT_DER, SPKI_DER
 
 S, INS, F = DnsStatus.SECURE, DnsStatus.INSECURE, DnsStatus.FAILED
 HOUR = 3600.0
@@ -89,7 +90,15 @@ def test_verdict_reason_is_one_line_escaped_never_refused(reason: str, escaped: 
         (Tlsa(3, 1, 1, b"\0" * 32), True),
         (Tlsa(3, 0, 1, b"\0" * 32), True),
         (Tlsa(2, 0, 2, b"\0" * 64), True),
-        (Tlsa(2, 1, 0, b"\x30\x01"), True),
+        (Tlsa(2, 1, 0, SPKI_DER), True),
+        (Tlsa(3, 0, 0, CERT_DER), True),
+        (Tlsa(2, 1, 0, b"\x30\x01"), False),  # not a SubjectPublicKeyInfo (RFC review D11)
+        (Tlsa(3, 0, 0, SPKI_DER), False),  # selector 0 wants a certificate
+        (Tlsa(3, 1, 0, SPKI_DER + b"\0"), False),  # trailing bytes: OpenSSL refuses
+        (Tlsa(3, 0, 0, CERT_DER[:-1]), False),
+        # A well-formed SPKI of a key type cryptography does not know (OID 1.2.3.4):
+        # benefit of the doubt, OpenSSL may know it.
+        (Tlsa(3, 1, 0, bytes.fromhex("300c3005 06032a0304 0303000102".replace(" ", ""))), True),
         (Tlsa(3, 1, 0, b""), False),
         (Tlsa(3, 1, 1, b"\0" * 31), False),
         (Tlsa(3, 1, 1, b"\0" * 33), False),
@@ -129,6 +138,25 @@ def test_override_active() -> None:
     assert Override("k", None).active_at(1e12)
     ov = Override("k", None, expires_at=10.0)
     assert ov.active_at(9.9) and not ov.active_at(10.0)
+
+
+@pytest.mark.parametrize(
+    ("detail", "shown"),
+    [
+        ("554 \x1b]52;c;cHduZWQ=\x07 go away", "554 \\x1b]52;c;cHduZWQ=\\x07 go away"),
+        ("421 busy\r\nline two", "421 busy\\r\\nline two"),
+        ("certificate verify failed: self-signed", "certificate verify failed: self-signed"),
+        ("already \\x1b escaped", "already \\x1b escaped"),
+    ],
+)
+def test_probe_detail_from_remote_servers_is_escaped(detail: str, shown: str) -> None:
+    """Security review L3: remote SMTP reply text (an OSC 52 clipboard write, a line
+    break) reaches policyctl explain and the log as text, never as control characters."""
+    h = ProbeHost("mx.example.com", "192.0.2.1", ProbeVerdict.NO_STARTTLS, detail)
+    assert h.detail == shown
+    assert h.detail.isprintable()
+    again = ProbeHost("mx.example.com", "192.0.2.1", ProbeVerdict.NO_STARTTLS, h.detail)
+    assert again.detail == h.detail  # idempotent: stored records round-trip
 
 
 def test_probe_verdict_properties() -> None:
@@ -197,7 +225,9 @@ def mx(
         (DnsEvidence(INS, hosts=(mx("a"),)), dane.DaneKind.DANE),
         (DnsEvidence(S, hosts=(mx("a"), mx("b", INS))), dane.DaneKind.DANE),
         (DnsEvidence(S, hosts=(mx("a"), mx("b", S, INS))), dane.DaneKind.DANE),
-        (DnsEvidence(S, hosts=(mx("a"), mx("b", S, None))), dane.DaneKind.DANE),
+        # b: signed denial of any address (no addresses, no TLSA looked up): Postfix
+        # skips it, so it does not stand in the way of dane-only (RFC review D17).
+        (DnsEvidence(S, hosts=(mx("a"), mx("b", S, None))), dane.DaneKind.DANE_ONLY),
         (DnsEvidence(S, hosts=(mx("a"), mx("b", S, S, ()))), dane.DaneKind.DANE),
         (DnsEvidence(S, hosts=(mx("a", recs=UNUSABLE),)), dane.DaneKind.ENCRYPT),
         (DnsEvidence(INS, hosts=(mx("a", recs=UNUSABLE),)), dane.DaneKind.ENCRYPT),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from policyd.core.dane import DaneKind, evaluate
 from policyd.core.evidence import DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
+from tests.tlsa_der import CERT_DER, SPKI_DER
 
 S, I, F = DnsStatus.SECURE, DnsStatus.INSECURE, DnsStatus.FAILED  # noqa: E741
 K = DaneKind
@@ -34,7 +35,16 @@ BUG = pytest.mark.xfail(
 
 EE = Tlsa(3, 1, 1, bytes(32))  # DANE-EE SPKI SHA2-256: usable (RFC 7672 3.1.1)
 TA = Tlsa(2, 0, 2, bytes(64))  # DANE-TA full cert SHA2-512: usable (RFC 7672 3.1.2)
-FULL = Tlsa(3, 0, 0, b"\x30\x82")  # matching type 0: any non-empty data
+FULL = Tlsa(3, 0, 0, CERT_DER)  # matching type 0: a whole DER certificate
+FULL_SPKI = Tlsa(3, 1, 0, SPKI_DER)  # matching type 0: a whole DER SubjectPublicKeyInfo
+# Full data that OpenSSL's SSL_dane_tlsa_add() refuses, so Postfix counts it unusable
+# (RFC review D11): a truncated DER header, an SPKI under selector 0, trailing bytes.
+MALFORMED_FULL = (
+    Tlsa(3, 0, 0, b"\x30\x82"),
+    Tlsa(3, 0, 0, SPKI_DER),
+    Tlsa(3, 1, 0, SPKI_DER + b"\0"),
+    Tlsa(2, 1, 0, CERT_DER),
+)
 PKIX_EE = Tlsa(1, 1, 1, bytes(32))  # PKIX-EE: unusable for SMTP (RFC 7672 3.1.3)
 PKIX_TA = Tlsa(0, 0, 1, bytes(32))  # PKIX-TA: unusable
 SHORT = Tlsa(3, 1, 1, bytes(31))  # wrong digest length: unusable
@@ -64,7 +74,7 @@ CLASS = {
     "unusable": "unusable",
     "no-tlsa": "no-dane",
     "tlsa-insecure": "no-dane",
-    "not-looked-up": "no-dane",
+    "not-looked-up": "denied",
     "addr-insecure": "no-dane",
     "addr-nxdomain-unsigned": "no-dane",
     "addr-failed": "failed",
@@ -98,6 +108,18 @@ TABLE: list[tuple[str, DnsEvidence, DaneKind, str]] = [
     ("one-usable", ev(h("usable")), K.DANE_ONLY, "mx1.example.test"),
     ("one-usable-ta", ev(replace(h("usable"), tlsa_records=(TA,))), K.DANE_ONLY, ""),
     ("one-usable-full", ev(replace(h("usable"), tlsa_records=(FULL,))), K.DANE_ONLY, ""),
+    ("one-usable-full-spki", ev(replace(h("usable"), tlsa_records=(FULL_SPKI,))), K.DANE_ONLY, ""),
+    # RFC review D17: a host with a signed denial of its addresses is skipped by
+    # Postfix; it does not stop the others from giving dane-only.
+    ("denied-host-skipped", ev(h("usable"), h("not-looked-up")), K.DANE_ONLY, "usable TLSA"),
+    ("denied-host-alone", ev(h("not-looked-up")), K.NOT_APPLICABLE, "no MX host has an address"),
+    ("denied-and-failed", ev(h("not-looked-up"), h("addr-failed")), K.TEMP, "no usable"),
+    (
+        "malformed-full-data-unusable",
+        ev(replace(h("usable"), tlsa_records=MALFORMED_FULL)),
+        K.ENCRYPT,
+        "",
+    ),
     ("one-usable-among-unusable", ev(h("usable-mixed")), K.DANE_ONLY, ""),
     ("one-usable-mx-unsigned", ev(h("usable"), mx=I), K.DANE, "MX RRset not signed"),
     ("one-unusable", ev(h("unusable")), K.ENCRYPT, "none usable"),
@@ -159,9 +181,11 @@ def test_skipped_hosts_are_named() -> None:
 
 def expected(classes: list[str], mx: DnsStatus) -> DaneKind:
     """The module docstring's rules, restated over host classes."""
-    rest = [c for c in classes if c != "failed"]
+    rest = [c for c in classes if c not in ("failed", "denied")]
     if not rest:
-        return K.TEMP  # no usable host: wait
+        # No usable host: wait, unless none failed (signed denials only: Postfix finds
+        # no address itself, nothing for DANE to say).
+        return K.TEMP if "failed" in classes else K.NOT_APPLICABLE
     if all(c == "usable" for c in rest):
         return K.DANE_ONLY if mx is S else K.DANE  # RFC 7672 2.2.1
     if "usable" in rest:
@@ -221,7 +245,8 @@ def test_a_failed_host_never_weakens_to_a_level_below_dane(
     states: list[str], mx: DnsStatus
 ) -> None:
     """With a failing host, the answer is TEMP or makes Postfix do its own DANE lookups
-    (dane-only, dane, or HOSTS_FAILED, which decide() turns into dane)."""
+    (dane-only, dane, or HOSTS_FAILED, which decide() turns into dane unless a probe
+    found mandatory TLS at hosts that have no TLSA anyway)."""
     kind = evaluate(ev(*(HOSTS[s] for s in states), HOSTS["tlsa-failed"], mx=mx)).kind
     if ENCRYPT_WITH_FAILED_HOST_BUG and kind is K.ENCRYPT:
         return  # the known bug, pinned down by the BUG-marked tests

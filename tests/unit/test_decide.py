@@ -335,9 +335,29 @@ ROWS = [
         Rule.PROBE,
         "every reachable MX verified",
     ),
+    # RFC review D13: dane would be may at mx2 (no TLSA), so the probe's encrypt stands.
     Row(
         "hosts-failed-probe-encrypt",
         ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS)), probe=PROBE_ENCRYPT),
+        "encrypt",
+        "encrypt",
+        Rule.PROBE,
+        "certificate not verified",
+    ),
+    Row(
+        "hosts-failed-tlsa-probe-encrypt",
+        ev(
+            dns=dns(host("mx1.example.com", S, F), host("mx2.example.com", INS)),
+            probe=PROBE_ENCRYPT,
+        ),
+        "encrypt",
+        "encrypt",
+        Rule.PROBE,
+        "certificate not verified",
+    ),
+    Row(
+        "hosts-failed-probe-may",
+        ev(dns=dns(host("mx1.example.com", F), host("mx2.example.com", INS)), probe=PROBE_MAY),
         "dane",
         "dane",
         Rule.DANE,
@@ -758,14 +778,58 @@ def failures(e: Evidence) -> list[tuple[str, Evidence]]:
     return out
 
 
+def weakest_path(v: Verdict, e: Evidence) -> int:
+    """The strength of the weakest path Postfix may take under ``v`` (an attacker can
+    block the other MX hosts). Only ``dane`` differs from ``Verdict.strength``: Postfix
+    authenticates hosts with usable TLSA and falls back per host, to encrypt where the
+    TLSA is unusable and to may where there is none, and an unsigned MX RRset can be
+    forged to name a host without TLSA (may). Hosts whose lookups failed are left out:
+    Postfix skips them (RFC review D13)."""
+    if v.policy is None or v.policy.level is not TlsLevel.DANE:
+        return v.strength
+    d = e.dns
+    if d is None or d.mx is not S:
+        return TlsLevel.MAY.strength
+    floors = []
+    for h in d.hosts:
+        if h.address is F or h.tlsa is F:
+            continue
+        if h.address is S and h.tlsa is S and any(r.usable for r in h.tlsa_records):
+            floors.append(TlsLevel.DANE_ONLY.strength)
+        elif h.address is S and h.tlsa is S and h.tlsa_records:
+            floors.append(TlsLevel.ENCRYPT.strength)
+        else:
+            floors.append(TlsLevel.MAY.strength)
+    return min(floors, default=TlsLevel.MAY.strength)
+
+
+def test_weakest_path_of_dane() -> None:
+    mixed = ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", INS)))
+    unusable = ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", records=(UNUSABLE,))))
+    dane_v = decide(mixed, PROFILES["postfix"], NOW)
+    assert text(dane_v) == "dane"
+    assert weakest_path(dane_v, mixed) == TlsLevel.MAY.strength
+    assert weakest_path(decide(unusable, PROFILES["postfix"], NOW), unusable) == (
+        TlsLevel.ENCRYPT.strength
+    )
+    unsigned = ev(dns=dns(host("mx1.example.com"), host("mx2.example.com", INS), mx=INS))
+    assert weakest_path(dane_v, unsigned) == TlsLevel.MAY.strength
+
+
 @settings(max_examples=3000)
 @given(evidence())
 def test_adding_a_failure_never_weakens(e: Evidence) -> None:
+    """On the level scale, except that mandatory TLS (encrypt and up) may replace a
+    ``dane`` whose weakest path is no better (see weakest_path): a probe's encrypt where
+    dane is may at every host left is not a weakening (RFC review D13)."""
     for prof in DEFAULT_PROFILES:
         before = decide(e, prof, NOW)
         for what, failed in failures(e):
             after = decide(failed, prof, NOW)
-            assert after.strength >= before.strength, (
+            per_path = after.strength >= TlsLevel.ENCRYPT.strength and weakest_path(
+                after, failed
+            ) >= weakest_path(before, e)
+            assert after.strength >= before.strength or per_path, (
                 f"{prof.name}: {what}: {text(before)!r} ({before.reason}) -> "
                 f"{text(after)!r} ({after.reason})"
             )

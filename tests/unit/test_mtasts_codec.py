@@ -199,7 +199,7 @@ def test_policy_mx_required_unless_none(mode: bytes) -> None:
         (b"version: STSv1\nmode: enforce\rmx: a.example\nmax_age: 1\n", "mode"),
         (b"<html>\n<body>oops</body>\n", "line"),
         (b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1\n\xff\n", "body"),
-        (b"\xef\xbb\xbfversion: STSv1\nmode: none\nmax_age: 1\n", "line"),
+        (b"version: STSv1\n\xef\xbb\xbfmode: none\nmax_age: 1\n", "line"),
     ],
 )
 def test_policy_invalid(body: bytes, field: str) -> None:
@@ -271,7 +271,6 @@ def test_mx_pattern_valid(pattern: str) -> None:
         "*mail.example.com",
         "mail*.example.com",
         ".example.com",
-        "example.com.",
         "mail..example.com",
         "-mail.example.com",
         "mail-.example.com",
@@ -528,3 +527,47 @@ def test_record_rejects(text: str) -> None:
 def test_fuzz_record_only_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):
         policy_from_json(text)
+
+
+def test_policy_leading_byte_order_mark_dropped() -> None:
+    """RFC review D12: a BOM (some editors write one) used to invalidate the whole policy,
+    leaving the domain unprotected; it is dropped and reported."""
+    parsed = parse_policy(b"\xef\xbb\xbf" + GOOD, "example.com", 0.0)
+    assert parsed.mx == ("mail.example.com", "*.example.net")
+    assert parsed.repaired == ("byte-order mark",)
+    assert parse_policy(GOOD, "example.com", 0.0).repaired == ()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "kept"),
+    [
+        ("mail.example.com.", "mail.example.com"),
+        ("*.example.net.", "*.example.net"),
+        ("MAIL.Example.COM.", "mail.example.com"),
+    ],
+)
+def test_mx_trailing_dot_removed(pattern: str, kept: str) -> None:
+    """RFC review D12: the absolute form of a name is the same name; one trailing dot
+    used to invalidate the whole policy. It is removed and reported, and match= gets
+    the name without it."""
+    assert not is_mx_pattern(pattern)  # the grammar itself stays strict
+    body = b"version: STSv1\nmode: enforce\nmx: " + pattern.encode() + b"\nmax_age: 1\n"
+    parsed = parse_policy(body, "example.com", 0.0)
+    assert parsed.mx == (kept,)
+    assert parsed.repaired == (f"trailing dot in mx {pattern.lower()!r}",)
+
+
+def test_mx_trailing_dot_joins_its_twin() -> None:
+    body = (
+        b"version: STSv1\nmode: enforce\nmx: a.example.\nmx: a.example\nmx: b.example.\n"
+        b"max_age: 1\n"
+    )
+    parsed = parse_policy(body, "example.com", 0.0)
+    assert parsed.mx == ("a.example", "b.example")
+    assert parsed.repaired == ("trailing dot in mx 'a.example.' and others",)
+
+
+@pytest.mark.parametrize("pattern", ["example.com..", ".", "*.", "a..b."])
+def test_mx_more_than_one_dot_still_invalid(pattern: str) -> None:
+    body = b"version: STSv1\nmode: enforce\nmx: " + pattern.encode() + b"\nmax_age: 1\n"
+    assert error_field(body) == "mx"

@@ -197,3 +197,13 @@ _levels = st.none() | st.sampled_from(ProbeLevel)
 )
 def test_round_trip_property(state: ProbeState) -> None:
     assert state_from_json(state_to_json(state)) == state
+
+
+def test_stored_detail_with_control_characters_loads_escaped() -> None:
+    """Security review L3: a record written before details were escaped (or by another
+    fleet member) cannot bring terminal control sequences back into policyctl explain."""
+    doc = json.loads(state_to_json(STATE))
+    doc["hosts"][0]["detail"] = "554 \x1b]52;c;cHduZWQ=\x07"
+    loaded = state_from_json(json.dumps(doc))
+    assert loaded.hosts[0].detail == "554 \\x1b]52;c;cHduZWQ=\\x07"
+    assert state_from_json(state_to_json(loaded)) == loaded
