@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Final, TypeVar
 from policyd.adapters.store import Kind, Record, StoreError
 
 SCHEMA_VERSION: Final = 1
+DB_MODE: Final = 0o640  # the database and its journals: the daemon and its group
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"  # the first 16 bytes of every database file
 MAX_EVENTS: Final = 50_000  # rows kept for `policyctl report`; older ones are pruned
 BUSY_TIMEOUT_MS: Final = 5_000  # another process (a backup) holding a lock
@@ -110,6 +112,15 @@ class SqliteStore:
     def _open(self) -> None:
         if self._path != ":memory:":
             self._check_file()
+            try:
+                # Created owner/group-only whatever the umask (review L5); SQLite gives its
+                # -wal and -shm files the database file's permissions.
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                os.close(os.open(self._path, flags, DB_MODE))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"{self._path}: {exc.strerror or exc}") from exc
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)

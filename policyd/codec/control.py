@@ -422,7 +422,7 @@ def _load_object(line: bytes) -> JsonObject:
         raise ControlProtocolError("message is not valid UTF-8") from None
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also integers over Python's digit limit
         raise ControlProtocolError("message is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ControlProtocolError("message is not a JSON object")

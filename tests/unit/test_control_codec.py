@@ -327,3 +327,11 @@ def test_fuzz_structured_requests_only_protocol_errors(
 def test_fuzz_reply_decoder_only_protocol_errors(data: bytes) -> None:
     with contextlib.suppress(ControlProtocolError):
         control.decode_reply(data)
+
+
+def test_integer_beyond_the_digit_limit_is_a_protocol_error() -> None:
+    """Security review L3: a 5000-digit integer raised a bare ValueError and dropped the
+    connection without a reply."""
+    line = b'{"v":1,"cmd":"status","args":{"x":' + b"9" * 5000 + b"}}\n"
+    with pytest.raises(ControlProtocolError, match="not valid JSON"):
+        control.decode_request(line)

@@ -454,3 +454,18 @@ async def test_flush_keeps_mta_sts_policies_unless_asked(store: SqliteStore) -> 
     assert len(await store.scan(Kind.STS)) == 2
     assert await store.flush(None) == 2
     assert await store.scan(Kind.STS) == []
+
+
+async def test_new_database_is_not_world_readable_whatever_the_umask(tmp_path: Path) -> None:
+    """Security review L5: outside systemd the process umask (often 022) must not decide."""
+    old = os.umask(0)
+    try:
+        store = await SqliteStore.open(f"sqlite:///{tmp_path}/new.db")
+        await store.put(Record(Kind.OVERRIDE, "a.example", "{}", None))
+        await store.close()
+    finally:
+        os.umask(old)
+    for name in ("new.db", "new.db-wal", "new.db-shm"):
+        path = tmp_path / name
+        if path.exists():
+            assert path.stat().st_mode & 0o777 == store_sqlite.DB_MODE, name
