@@ -90,7 +90,14 @@ class Daemon:
             )
             await store.close()
             return 1
-        sts = StsSource(store, txt_lookup_from(resolver), fetcher, cfg.sts, log=log)
+        sts = StsSource(
+            store,
+            txt_lookup_from(resolver),
+            fetcher,
+            cfg.sts,
+            log=log,
+            max_absent=cfg.server.max_destinations,
+        )
         probe = ProbeSource(store, prober, cfg.probe, log=log)
         alerts = Alerts(log)
         self.alerts = alerts
