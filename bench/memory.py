@@ -41,7 +41,7 @@ from policyd.sources.probe import ProbeSettings, ProbeSource
 from policyd.sources.sts import StsSource, TxtResult
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
-KINDS: Final = ("notfound", "dane-only")
+KINDS: Final = ("notfound", "dane-only", "mta-sts")
 
 
 class NullStore:
@@ -73,7 +73,8 @@ class NullStore:
 
 
 class Dane:
-    """NXDOMAIN for "notfound"; a signed MX host with a usable TLSA for "dane-only"."""
+    """NXDOMAIN for "notfound"; a signed MX host with a usable TLSA for "dane-only"; an
+    unsigned MX host for "mta-sts" (whose domains publish an enforce policy)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -82,6 +83,11 @@ class Dane:
         if self.kind == "notfound":
             return DnsEvidence(
                 DnsStatus.SECURE, MxKind.NXDOMAIN, fetched_at=now, expires_at=now + 3600
+            )
+        if self.kind == "mta-sts":
+            plain = MxHost(f"mx.{dest.name}", 10, DnsStatus.INSECURE, ("192.0.2.1",))
+            return DnsEvidence(
+                DnsStatus.INSECURE, hosts=(plain,), fetched_at=now, expires_at=now + 3600
             )
         host = MxHost(
             f"mx.{dest.name}",
@@ -99,8 +105,21 @@ class NoFetch:
         raise AssertionError("no fetch: no TXT record")
 
 
+class PolicyFetch:
+    """An enforce policy naming the domain's own MX host."""
+
+    async def fetch(self, domain: str) -> bytes:
+        return (
+            f"version: STSv1\r\nmode: enforce\r\nmx: mx.{domain}\r\nmax_age: 604800\r\n"
+        ).encode()
+
+
 async def no_txt(name: str) -> TxtResult:
     return TxtResult(DnsStatus.SECURE)
+
+
+async def sts_txt(name: str) -> TxtResult:
+    return TxtResult(DnsStatus.INSECURE, ("v=STSv1; id=20260101T000000;",))
 
 
 def rss_kib() -> int:
@@ -113,7 +132,10 @@ def rss_kib() -> int:
 
 async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
     store = NullStore()
-    sts = StsSource(store, no_txt, NoFetch())
+    if kind == "mta-sts":
+        sts = StsSource(store, sts_txt, PolicyFetch())
+    else:
+        sts = StsSource(store, no_txt, NoFetch())
     probe = ProbeSource(store, None, ProbeSettings(enabled=False))  # type: ignore[arg-type]
     service = PolicyService(
         DEFAULT_PROFILES,
@@ -172,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = [
         ("notfound", args.destinations, 10_000_000),
         ("dane-only", args.others, 10_000_000),
+        ("mta-sts", args.others, 10_000_000),
         ("notfound", args.destinations, args.destinations // 10),
     ]
     if args.no_cap_run:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +113,29 @@ class _Seen:
         self.saved_at = saved_at
 
 
+def _payloads(held: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A destination's cached payloads as held in ``_by_key``: one payload is held as
+    itself."""
+    return (held,) if isinstance(held, bytes) else held
+
+
+class _Seconds:
+    """A time down to a whole second, as one float object shared by every call within that
+    second (a float of its own per destination is 24 bytes)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, at: float) -> float:
+        whole = float(math.floor(at))
+        if whole == self.last:
+            return self.last
+        self.last = whole
+        return whole
+
+
 def _never() -> bool:
     return False
 
@@ -168,16 +192,23 @@ class PolicyService:
         # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key,
         # the answers counter cell of its profile and level)
         self._answers: dict[bytes, tuple[bytes, float, str, list[int]]] = {}
-        # Destination key -> its cached payloads, in least-recently-used-first order: every
-        # destination with a cached answer or a latest verdict is here, and only
-        # max_destinations of them (see _touch).
-        self._by_key: dict[str, tuple[bytes, ...]] = {}
+        # Destination key -> its cached payloads (one payload as itself, not in a tuple: the
+        # usual case, kept small), in least-recently-used-first order: every destination
+        # with a cached answer or a latest verdict is here, and only max_destinations of
+        # them (see _touch).
+        self._by_key: dict[str, bytes | tuple[bytes, ...]] = {}
         self.max_destinations = max_destinations
         self.evicted = 0  # destinations forgotten at the bound, since start
         # Encoded replies shared by every destination that gets the same one (NOTFOUND...).
         self._replies: dict[bytes, bytes] = {}
         self._verdicts: dict[Verdict, Verdict] = {}
-        self._last: dict[tuple[str, str], _Seen] = {}
+        # Profile name -> destination key -> its latest verdict (one dict per profile: no
+        # (profile, key) tuple per destination).
+        self._last: dict[str, dict[str, _Seen]] = {p.name: {} for p in profiles}
+        # Whole seconds as one float object for every destination stamped within that
+        # second: answers' expiry (monotonic) and verdicts' saved_at (clock).
+        self._until_second = _Seconds()
+        self._saved_second = _Seconds()
         self._inflight: dict[str, asyncio.Task[Evidence]] = {}
         self._dns_down = dns_down
         # Events and kept answers reach the store from here; the daemon runs writes.run().
@@ -193,8 +224,8 @@ class PolicyService:
 
     def set_profiles(self, profiles: tuple[Profile, ...]) -> None:
         self._profiles = {p.name: p for p in profiles}
-        for slot in [s for s in self._last if s[0] not in self._profiles]:
-            del self._last[slot]  # a removed profile's verdicts would escape eviction
+        # a removed profile's verdicts would escape eviction
+        self._last = {name: self._last.get(name, {}) for name in self._profiles}
         self.invalidate(None)
 
     @property
@@ -222,7 +253,11 @@ class PolicyService:
 
     def remembered(self) -> dict[tuple[str, str], Verdict]:
         """The latest verdict per (profile name, destination key): policyctl report."""
-        return {slot: seen.verdict for slot, seen in self._last.items()}
+        return {
+            (name, key): seen.verdict
+            for name, seen_by_key in self._last.items()
+            for key, seen in seen_by_key.items()
+        }
 
     @property
     def cached_answers(self) -> int:
@@ -314,15 +349,18 @@ class PolicyService:
         ttl = self._ttl(answer)
         if ttl <= 0:
             return
-        payloads = self._touch(dest.key)
+        key = dest.key
+        payloads = _payloads(self._touch(key))
         if payload not in payloads:
             if len(payloads) >= MAX_PAYLOADS_PER_DESTINATION:
                 return
-            self._by_key[dest.key] = (*payloads, payload)
+            self._by_key[key] = (*payloads, payload) if payloads else payload
         encoded = _shared(self._replies, encoded)
-        self._answers[payload] = (encoded, self._monotonic() + ttl, dest.key, cell)
+        # Valid until a whole second no later than the exact expiry (never served longer).
+        until = self._until_second(self._monotonic() + ttl)
+        self._answers[payload] = (encoded, until, key, cell)
 
-    def _touch(self, key: str) -> tuple[bytes, ...]:
+    def _touch(self, key: str) -> bytes | tuple[bytes, ...]:
         """Make ``key`` the most recently used destination (adding it if new, and then
         forgetting the least recently used beyond max_destinations); its payloads."""
         by_key = self._by_key
@@ -335,10 +373,10 @@ class PolicyService:
     def _evict(self, key: str) -> None:
         """Forget a destination's cached answers and latest verdicts (not its store
         records): its next lookup gathers fresh evidence."""
-        for payload in self._by_key.pop(key, ()):
+        for payload in _payloads(self._by_key.pop(key, ())):
             self._answers.pop(payload, None)
-        for name in self._profiles:
-            self._last.pop((name, key), None)
+        for seen_by_key in self._last.values():
+            seen_by_key.pop(key, None)
         self.evicted += 1
 
     def _ttl(self, answer: Answer) -> float:
@@ -365,7 +403,7 @@ class PolicyService:
                 self._by_key[dest] = ()
             return
         if key in self._by_key:
-            for payload in self._by_key[key]:
+            for payload in _payloads(self._by_key[key]):
                 self._answers.pop(payload, None)
             self._by_key[key] = ()
 
@@ -406,7 +444,7 @@ class PolicyService:
         """The last answer decided from fresh evidence, if saved within KEEP_ANSWERS_FOR:
         from memory, else from the store (a store error: nothing kept, TEMP stands)."""
         now = self._clock()
-        seen = self._last.get((profile.name, dest.key))
+        seen = self._last.get(profile.name, {}).get(dest.key)
         if seen is not None:
             # A TEMP decided from fresh evidence (a bogus zone) is the latest truth: what
             # was decided before it is not kept.
@@ -462,9 +500,9 @@ class PolicyService:
             )
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
-        slot = (profile.name, dest.key)
+        seen_by_key = self._last.setdefault(profile.name, {})
         now = self._clock()
-        seen = self._last.get(slot)
+        seen = seen_by_key.get(dest.key)
         before = None if seen is None else seen.verdict
         if (
             seen is not None
@@ -476,11 +514,12 @@ class PolicyService:
             )
         ):
             if verdict.outcome is not Outcome.TEMP and now - seen.saved_at > KEEP_REFRESH:
-                seen.saved_at = now
+                seen.saved_at = self._saved_second(now)
                 self._save_kept(dest.key, now)
             return
         self._touch(dest.key)
-        self._last[slot] = _Seen(_shared(self._verdicts, verdict), now)
+        # saved_at down to the second: a kept answer lives at most KEEP_ANSWERS_FOR.
+        seen_by_key[dest.key] = _Seen(_shared(self._verdicts, verdict), self._saved_second(now))
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         dry = " dry-run=yes" if profile.dry_run else ""
         text = f"level={level_text(verdict)}{shown}{dry} reason={verdict.reason}"
@@ -498,8 +537,8 @@ class PolicyService:
         if self._dns_down():
             return
         kept = {}
-        for name in self._profiles:
-            seen = self._last.get((name, key))
+        for name, seen_by_key in self._last.items():
+            seen = seen_by_key.get(key)
             if seen is not None and seen.verdict.outcome is not Outcome.TEMP:
                 kept[name] = seen.verdict
         value = answers_to_json(kept)
@@ -607,7 +646,8 @@ class PolicyService:
         cached MTA-STS policies only with ``mta_sts`` (trust on first use)."""
         if key is None:
             self.invalidate(None)
-            self._last.clear()
+            for seen_by_key in self._last.values():
+                seen_by_key.clear()
             self._by_key.clear()
         else:
             self.invalidate(key)

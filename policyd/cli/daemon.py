@@ -122,7 +122,14 @@ class Daemon:
             if fleet is None
             else ClaimedFetcher(fetcher, fleet, total_timeout=cfg.sts_timeouts.total)
         )
-        sts = StsSource(shared, txt_lookup_from(resolver), policy_fetcher, cfg.sts, log=log)
+        sts = StsSource(
+            shared,
+            txt_lookup_from(resolver),
+            policy_fetcher,
+            cfg.sts,
+            log=log,
+            max_absent=cfg.server.max_destinations,
+        )
         probe = ProbeSource(shared, claimed_prober(prober, claims, cfg.probe), cfg.probe, log=log)
         alerts = Alerts(log)
         self.alerts = alerts

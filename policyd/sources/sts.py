@@ -42,6 +42,10 @@ from policyd.counters import StsCounters
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
+# Domains remembered as publishing no MTA-STS record (so that their TXT record is not read
+# again before recheck_interval), by default; beyond it the oldest is forgotten and its
+# next lookup reads the TXT record again (the daemon passes [server] max_destinations).
+DEFAULT_MAX_ABSENT: Final = 1_000_000
 _NEVER: Final = -math.inf
 DROPS_LOGGED_EVERY: Final = 100  # one log line per this many fetches dropped (queue full)
 
@@ -131,6 +135,9 @@ def txt_lookup_from(resolver: TxtResolverLike) -> TxtLookup:
     return lookup
 
 
+_NOTHING: Final = StsEvidence()
+
+
 class _Domain:
     """What the source knows about one domain (mutable; private to the source)."""
 
@@ -169,7 +176,12 @@ class _Domain:
 
 
 def _normalise(domain: str) -> str:
-    return domain.lower().rstrip(".")
+    # The caller's own string when already normal (the usual case), so that the source's
+    # memory shares it with the service's instead of holding a copy per domain.
+    low = domain.lower()
+    if low == domain:
+        low = domain
+    return low.rstrip(".")
 
 
 def _describe(policy: StsPolicy) -> str:
@@ -193,7 +205,10 @@ class StsSource:
         *,
         clock: Callable[[], float] = time.time,
         log: logging.Logger | None = None,
+        max_absent: int = DEFAULT_MAX_ABSENT,
     ) -> None:
+        if max_absent < 1:
+            raise ValueError("max_absent must be at least 1")
         self.settings = settings or StsSettings()
         self._store = store
         self._txt_lookup = txt_lookup
@@ -201,6 +216,14 @@ class StsSource:
         self._clock = clock
         self._log = log or logging.getLogger("policyd.sts")
         self._domains: dict[str, _Domain] = {}
+        # The common case kept compact: a domain whose last discovery found no record (and
+        # nothing else worth remembering) -> when to look again. Oldest first (insertion
+        # order: recheck_interval is one value, so also soonest due first), at most
+        # max_absent of them; a forgotten one is only read again, never answered weaker
+        # (it has no policy to lose).
+        self._absent: dict[str, float] = {}
+        self.max_absent = max_absent
+        self._until = _NEVER  # the last absent_until stored: one float shared per second
         self._fetches = FetchQueue(
             self.settings.max_concurrent_fetches, self.settings.max_queued_fetches
         )
@@ -241,6 +264,11 @@ class StsSource:
                     started += 1
             elif not entry.running and now >= entry.absent_until and self._may_try(entry, now):
                 del self._domains[domain]  # nothing cached, no throttle left to remember
+        absent = self._absent
+        for domain in list(absent):
+            if absent[domain] > now:
+                break  # oldest first: the rest are due later
+            del absent[domain]
         return started
 
     async def wait_idle(self) -> None:
@@ -251,6 +279,10 @@ class StsSource:
 
     def forget(self, domain: str | None) -> None:
         """``policyctl flush``: drop what is known about a domain (None: every domain)."""
+        if domain is None:
+            self._absent.clear()
+        else:
+            self._absent.pop(_normalise(domain), None)
         doomed = list(self._domains) if domain is None else [_normalise(domain)]
         for name in doomed:
             entry = self._domains.pop(name, None)
@@ -267,13 +299,19 @@ class StsSource:
         """From memory only, never awaits."""
         entry = self._domains.get(_normalise(domain))
         if entry is None:
-            return StsEvidence()
+            return _NOTHING  # unknown, or known to publish no record
         return self._evidence(entry, now)
 
     async def evidence(self, domain: str) -> StsEvidence:
         domain = _normalise(domain)
         now = self._clock()
         entry = self._domains.get(domain)
+        if entry is None:
+            until = self._absent.get(domain)
+            if until is not None:
+                if now < until:
+                    return _NOTHING
+                del self._absent[domain]  # due: discover again
         if entry is not None:
             policy = entry.policy(now)
             if policy is not None:
@@ -325,8 +363,28 @@ class StsSource:
     def _entry(self, domain: str) -> _Domain:
         entry = self._domains.get(domain)
         if entry is None:
+            self._absent.pop(domain, None)
             entry = self._domains[domain] = _Domain()
         return entry
+
+    def _compact(self, domain: str, entry: _Domain) -> None:
+        """Keep a domain that publishes no record as one float in ``_absent`` instead of
+        an entry, when that float is all there is to remember about it."""
+        if (
+            entry.last is not None
+            or entry.job is not None
+            or entry.refused
+            or entry.error
+            or entry.failed_at != _NEVER
+            or entry.absent_until == _NEVER
+            or self._domains.get(domain) is not entry
+        ):
+            return
+        del self._domains[domain]
+        absent = self._absent
+        if len(absent) >= self.max_absent:
+            del absent[next(iter(absent))]
+        absent[domain] = entry.absent_until
 
     def _start(self, domain: str, entry: _Domain, lane: Lane) -> asyncio.Future[None]:
         job = self._fetches.submit(domain, lane, functools.partial(self._refresh, domain, entry))
@@ -342,7 +400,11 @@ class StsSource:
     def _finished(self, domain: str, entry: _Domain, job: asyncio.Future[None]) -> None:
         if entry.job is job:
             entry.job = None
-        if job.cancelled() or (exc := job.exception()) is None:
+        if job.cancelled():
+            return
+        exc = job.exception()
+        if exc is None:
+            self._compact(domain, entry)
             return
         if isinstance(exc, FetchQueueFull):
             # Not a failure of the domain: the policy is not known yet (pending: short-lived
@@ -371,7 +433,7 @@ class StsSource:
             # No usable record: no policy to discover, but a cached one stays until its
             # max_age (RFC 8461 5.1), so removing the record cannot downgrade us.
             entry.checked_at = now
-            entry.absent_until = now + self.settings.recheck_interval
+            entry.absent_until = self._absent_until(now)
             entry.error = "" if found.kind is TxtProblemKind.NONE else found.detail
             if entry.error:
                 self._log.warning("%s: mta-sts %s", domain, entry.error)
@@ -404,6 +466,15 @@ class StsSource:
         entry.error = ""
         # Shielded: a preempted (cancelled) job must not stop a policy half installed.
         await asyncio.shield(self._install(domain, entry, parsed, policy))
+
+    def _absent_until(self, now: float) -> float:
+        """now + recheck_interval, up to the next whole second: one float object for every
+        domain found without a record within the same second."""
+        until = float(math.ceil(now + self.settings.recheck_interval))
+        if until == self._until:
+            return self._until
+        self._until = until
+        return until
 
     def _fail(self, domain: str, entry: _Domain, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""

@@ -17,7 +17,7 @@ from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
 from policyd.codec.sts_record import policy_from_json, policy_to_json
-from policyd.core.evidence import DnsStatus, StsMode, StsPolicy
+from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
 from policyd.sources.sts import StsSettings, StsSource, TxtResult, txt_lookup_from
 
 T0 = 1_700_000_000.0
@@ -198,6 +198,32 @@ async def test_no_policy_published(w: World) -> None:
     publish(w)
     assert (await w.source.evidence(DOMAIN)).policy is not None
     assert len(w.txt.names) == 2
+
+
+async def test_domains_without_record_kept_compact_and_bounded(w: World) -> None:
+    source = StsSource(
+        w.store,
+        w.txt,
+        w.fetcher,
+        StsSettings(),
+        clock=w.clock,
+        log=logging.getLogger("test.sts"),
+        max_absent=2,
+    )
+    for name in ("a.example", "b.example", "c.example"):
+        assert await source.evidence(name) == StsEvidence()
+    # One float each, not an entry; the oldest forgotten beyond max_absent.
+    assert source._domains == {}
+    assert list(source._absent) == ["b.example", "c.example"]
+    assert len(w.txt.names) == 3
+    await source.evidence("c.example")  # remembered: not read again
+    assert len(w.txt.names) == 3
+    await source.evidence("a.example")  # forgotten: read again, never answered weaker
+    assert len(w.txt.names) == 4
+    w.clock.advance(StsSettings().recheck_interval + 1)
+    await source.refresh_due()
+    assert source._absent == {}
+    source.forget(None)
 
 
 async def test_slow_cold_fetch_pending_then_stored(w: World) -> None:
