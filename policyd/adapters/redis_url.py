@@ -23,18 +23,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
-from policyd.adapters.store import StoreError
+from policyd.adapters.store import StoreError, is_redis_url
 
 PLAIN_SCHEMES: Final = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
 SENTINEL_SCHEME: Final = "redis+sentinel"
 SCHEMES: Final = (*PLAIN_SCHEMES, SENTINEL_SCHEME)
 SENTINEL_PORT: Final = 26379  # redis-sentinel's default port
 MAX_SENTINELS: Final = 16
-
-
-def is_redis_url(url: str) -> bool:
-    scheme, sep, _ = url.partition("://")
-    return bool(sep) and scheme in SCHEMES
 
 
 def describe_url(url: str) -> str:

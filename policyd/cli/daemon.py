@@ -21,16 +21,14 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from policyd import __version__
 from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
-from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
-from policyd.adapters.redis_url import is_redis_url
-from policyd.adapters.store import ExpiringStore, Store, StoreError
+from policyd.adapters.store import ExpiringStore, Store, StoreError, is_redis_url
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
@@ -47,6 +45,9 @@ from policyd.sources.dane import DaneSource
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSource, make_prober
 from policyd.sources.sts import StsSource, txt_lookup_from
+
+if TYPE_CHECKING:
+    from policyd.adapters.fleet_redis import RedisFleet
 
 log = logging.getLogger("policyd")
 MAX_LOG_LINE: Final = 2048  # characters per log line (RFC 5424 6.1: 2048 octets)
@@ -100,6 +101,8 @@ class Daemon:
             return 1
         fleet = None
         if cfg.fleet.enabled and is_redis_url(cfg.store.url):
+            from policyd.adapters.fleet_redis import RedisFleet  # redis-py: optional
+
             fleet = RedisFleet.from_url(cfg.store.url)  # the URL opened just now
         self.fleet = fleet
         claims: WorkClaims = fleet if fleet is not None else LocalClaims()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -27,7 +27,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from policyd.adapters.dns import Resolver
-from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.store_counted import CountedStore
 from policyd.alerts import AlertKind, Alerts
 from policyd.config import Listener, parse_listener
@@ -36,6 +35,9 @@ from policyd.server.alert_checks import RESOLVER_SUBJECT
 from policyd.service import PolicyService
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
+
+if TYPE_CHECKING:
+    from policyd.adapters.fleet_redis import RedisFleet
 
 log = logging.getLogger("policyd")
 

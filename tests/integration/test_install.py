@@ -254,11 +254,11 @@ def installed(world: World, prefix: Path) -> Iterator[Installation]:
     if not WHEELHOUSE.is_dir():
         pytest.fail(f"{WHEELHOUSE} missing: `make test` (make deps) builds it")
     inst = Installation(world, prefix)
-    inst.install()
-    inst.start()
     try:
+        inst.install()
+        inst.start()
         yield inst
-    finally:
+    finally:  # also when installing or starting failed: leave no user behind
         inst.stop()
         inst.remove_user()
 

@@ -9,9 +9,8 @@ from policyd.adapters.redis_url import (
     SENTINEL_PORT,
     client_from_url,
     describe_url,
-    is_redis_url,
 )
-from policyd.adapters.store import StoreError
+from policyd.adapters.store import StoreError, is_redis_url
 
 
 @pytest.mark.parametrize(
