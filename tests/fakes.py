@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from policyd.adapters.store import Kind, Record
+from policyd.codec import netstring
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -102,3 +103,33 @@ class FakeProbe:
             self.states.clear()
         else:
             self.states.pop(key, None)
+
+
+SERVICE_NOW = 1_800_000_000.0  # the wall clock the service tests start at
+
+
+class ServiceClock:
+    """The two clocks of a PolicyService (wall and monotonic), moved together by hand."""
+
+    def __init__(self) -> None:
+        self.now = SERVICE_NOW
+        self.mono = 1000.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+def reply(encoded: bytes) -> bytes:
+    """The payload of one netstring-encoded socketmap reply."""
+    dec = netstring.Decoder()
+    dec.receive_data(encoded)
+    out = dec.next_payload()
+    assert isinstance(out, bytes)
+    return out

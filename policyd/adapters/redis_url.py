@@ -23,11 +23,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
-from policyd.adapters.store import StoreError, is_redis_url
+from policyd.adapters.store import REDIS_SCHEMES, StoreError, is_redis_url
 
-PLAIN_SCHEMES: Final = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
 SENTINEL_SCHEME: Final = "redis+sentinel"
-SCHEMES: Final = (*PLAIN_SCHEMES, SENTINEL_SCHEME)
 SENTINEL_PORT: Final = 26379  # redis-sentinel's default port
 MAX_SENTINELS: Final = 16
 
@@ -55,7 +53,7 @@ def client_from_url(url: str, **options: Any) -> aioredis.Redis:
     decode_responses); StoreError for a URL that is not one of the forms above."""
     name = describe_url(url)
     if not is_redis_url(url):
-        expected = ", ".join(f"{s}://" for s in SCHEMES)
+        expected = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
         raise StoreError(f"not a redis URL: {name} (expected one of {expected})")
     try:
         if url.startswith(f"{SENTINEL_SCHEME}://"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -97,22 +97,18 @@ class PolicydCollector:
         for result, value in zip(LOOKUP_RESULTS, values, strict=True):
             lookups.add_metric([result], value)
         yield lookups
-        answers = CounterMetricFamily(
+        yield _labelled(
             "policyd_answers",
             "Answers given to Postfix by profile and level (TEMP, NOTFOUND or the TLS level).",
-            labels=["profile", "level"],
+            ["profile", "level"],
+            counters.answers.items(),
         )
-        for (profile, level), value in counters.answers.items():
-            answers.add_metric([profile, level], value)
-        yield answers
-        dry = CounterMetricFamily(
+        yield _labelled(
             "policyd_dry_run_answers",
             "Answers a dry-run profile would have given (it answered NOTFOUND instead).",
-            labels=["profile", "level"],
+            ["profile", "level"],
+            counters.dry_run.items(),
         )
-        for (profile, level), value in counters.dry_run.items():
-            dry.add_metric([profile, level], value)
-        yield dry
         latency = HistogramMetricFamily(
             "policyd_lookup_duration_seconds",
             "Time to answer one lookup inside policyd: path=hot is a cached reply "
@@ -148,14 +144,12 @@ class PolicydCollector:
             "Failed refreshes (TXT lookup or fetch) of a cached MTA-STS policy.",
             value=sts.refresh_failures,
         )
-        probes = CounterMetricFamily(
+        yield _labelled(
             "policyd_probes",
             "STARTTLS probes of MX addresses by verdict.",
-            labels=["verdict"],
+            ["verdict"],
+            self.probe.counters.verdicts.items(),
         )
-        for (verdict,), value in self.probe.counters.verdicts.items():
-            probes.add_metric([verdict], value)
-        yield probes
         pstats = self.probe.stats()
         yield GaugeMetricFamily(
             "policyd_probe_queue_depth",
@@ -177,14 +171,12 @@ class PolicydCollector:
             "Destinations whose weaker probe result is held back now.",
             value=self.probe.held_back(),
         )
-        dns = CounterMetricFamily(
+        yield _labelled(
             "policyd_dns_queries",
             "DNS queries sent to the resolver by outcome (secure, insecure, failed).",
-            labels=["outcome"],
+            ["outcome"],
+            self.resolver.counters.outcomes.items(),
         )
-        for (outcome,), value in self.resolver.counters.outcomes.items():
-            dns.add_metric([outcome], value)
-        yield dns
 
     def _fleet(self) -> Iterator[Metric]:
         if self.fleet is None:
@@ -245,6 +237,16 @@ class PolicydCollector:
             "1 when the last check found the resolver validating DNSSEC, else 0.",
             value=0 if self.alerts.is_open(AlertKind.RESOLVER, RESOLVER_SUBJECT) else 1,
         )
+
+
+def _labelled(
+    name: str, text: str, labels: list[str], items: Iterable[tuple[tuple[str, ...], int]]
+) -> CounterMetricFamily:
+    """A counter family from (label values, count) pairs."""
+    family = CounterMetricFamily(name, text, labels=labels)
+    for values, count in items:
+        family.add_metric(list(values), count)
+    return family
 
 
 def _buckets(hist: Histogram) -> list[tuple[str, float]]:

@@ -120,12 +120,11 @@ def apply_socketmap_perms(bound: BoundSocket, mode: int, group: str) -> None:
     by every local user instead, with a warning: it answers lookups only, like the loopback
     TCP listener, and a socket Postfix cannot reach would defer all outbound mail.
     """
+    if group:
+        apply_socket_perms(bound, mode, group)
+        return
     if not bound.is_ours():
         raise OSError(f"{bound.path} was replaced before its permissions were set")
-    if group:
-        os.chown(bound.path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
-        os.chmod(bound.path, mode)
-        return
     gid = postfix_gid()
     if gid is None:
         os.chmod(bound.path, mode)  # no Postfix here (a test or development machine)

@@ -10,35 +10,19 @@ import pytest
 
 from policyd.adapters.dns import DnsAnswer
 from policyd.alerts import AlertKind, Alerts, AlertSettings
-from policyd.codec import netstring
 from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import DnsEvidence, DnsStatus, Override, ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.server.alert_checks import check_resolver, check_sts
 from policyd.service import PolicyService
 from policyd.sources.sts import StsSettings
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
+from tests.fakes import ServiceClock as Clock
 from tests.unit.test_sts_source import DOMAIN, T0, FakeFetcher, FakeTxt, World, publish
 from tests.unit.test_sts_source import Clock as StsClock
 from tests.unit.test_sts_source import MemoryStore as StsStore
 
 NOW = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-        self.mono = 1000.0
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.mono += seconds
 
 
 def make(
@@ -61,14 +45,6 @@ def make(
         dane_temp_after=dane_temp_after,
     )
     return svc, clock
-
-
-def reply(encoded: bytes) -> bytes:
-    dec = netstring.Decoder()
-    dec.receive_data(encoded)
-    out = dec.next_payload()
-    assert isinstance(out, bytes)
-    return out
 
 
 def alerts_logged(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:

@@ -35,8 +35,8 @@ from policyd.server.fleet_sync import FleetSync
 from policyd.service import PolicyService
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSettings
-from tests.fakes import FakeDane, FakeProbe, FakeSts
-from tests.unit.test_service import make, reply
+from tests.fakes import FakeDane, FakeProbe, FakeSts, reply
+from tests.unit.test_service import make
 
 # -- change messages -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.service import HOT_SAMPLE_EVERY, PolicyService
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "etc" / "grafana-dashboard.json"
@@ -75,14 +75,6 @@ def test_cell_is_shared() -> None:
 def service(profiles: tuple[Profile, ...] = DEFAULT_PROFILES) -> PolicyService:
     probe = FakeProbe({"example.test": ProbeState(ProbeLevel.VERIFY)})
     return PolicyService(profiles, MemoryStore(), FakeDane(), FakeSts(), probe, lookup_budget=1.0)
-
-
-def reply(encoded: bytes) -> bytes:
-    dec = netstring.Decoder()
-    dec.receive_data(encoded)
-    out = dec.next_payload()
-    assert isinstance(out, bytes)
-    return out
 
 
 async def test_hits_count_by_profile_and_level_and_are_sampled() -> None:

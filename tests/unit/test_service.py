@@ -26,21 +26,10 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel
 from policyd.service import PolicyService
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
+from tests.fakes import ServiceClock as Clock
 
 NOW = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-        self.mono = 1000.0
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
 
 
 def make(
@@ -62,14 +51,6 @@ def make(
         monotonic=clock.monotonic,
     )
     return svc, clock, store
-
-
-def reply(encoded: bytes) -> bytes:
-    dec = netstring.Decoder()
-    dec.receive_data(encoded)
-    out = dec.next_payload()
-    assert isinstance(out, bytes)
-    return out
 
 
 async def test_miss_then_hit_from_memory() -> None:
