@@ -1,0 +1,106 @@
+"""In-flight coalescing and supervised background tasks: the two asyncio patterns every
+layer needs, written once.
+
+:class:`SingleFlight` runs one task per key however many callers ask while it runs. Each
+caller awaits the shared task through :func:`asyncio.shield`, so a caller that is cancelled
+(a Postfix connection gone, a policyctl timeout) does not cancel the work the others wait
+for. The entry disappears when the task ends, whatever the outcome; a failure reaches every
+waiting caller and is not remembered.
+
+:class:`TaskSet` holds background tasks (the event loop keeps only a weak reference to a
+task) and logs any that dies with an exception, so nothing dies silently.
+
+Imports nothing from policyd: any layer that may use asyncio may use these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+__all__ = ["SingleFlight", "TaskSet"]
+
+
+class SingleFlight(Generic[K, V]):
+    """One running task per key; callers of the same key share its result."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tasks
+
+    def task(self, key: K, factory: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Task[V]:
+        """The running task for ``key``, started from ``factory()`` if there is none."""
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(factory())
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._drop(key, done))
+        return task
+
+    async def run(self, key: K, factory: Callable[[], Coroutine[Any, Any, V]]) -> V:
+        """The result of the one task for ``key``; cancelling this caller leaves it running."""
+        return await asyncio.shield(self.task(key, factory))
+
+    def forget(self, key: K) -> None:
+        """The next caller of ``key`` starts new work; a task already running finishes for
+        the callers waiting on it."""
+        self._tasks.pop(key, None)
+
+    def cancel_all(self) -> None:
+        """Cancel every running task (shutdown, or a cache generation that is thrown away)."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+
+    def _drop(self, key: K, done: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is done:
+            del self._tasks[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters got it; no "never retrieved" warning
+
+
+class TaskSet:
+    """Background tasks held until they end; one that fails is logged, with its name."""
+
+    __slots__ = ("_log", "_tasks")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+    async def cancel_all(self) -> None:
+        """Cancel every task and wait for all of them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

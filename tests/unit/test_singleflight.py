@@ -1,0 +1,134 @@
+"""SingleFlight and TaskSet: coalescing, cancellation that spares the shared work, cleanup,
+failures that reach every caller and are logged when nobody waits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from policyd.singleflight import SingleFlight, TaskSet
+
+
+async def test_callers_of_one_key_share_one_task() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    started = 0
+
+    async def work() -> int:
+        nonlocal started
+        started += 1
+        await gate.wait()
+        return 7
+
+    callers = [asyncio.ensure_future(flight.run("a", work)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert "a" in flight and len(flight) == 1
+    gate.set()
+    assert await asyncio.gather(*callers) == [7] * 5
+    assert started == 1
+    assert len(flight) == 0
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_work() -> None:
+    flight: SingleFlight[str, str] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        await gate.wait()
+        return "done"
+
+    first = asyncio.ensure_future(flight.run("k", work))
+    second = asyncio.ensure_future(flight.run("k", work))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await second == "done"
+    assert first.cancelled()
+
+
+async def test_a_failure_reaches_every_caller_and_is_not_remembered() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    calls = 0
+
+    async def failing() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        raise RuntimeError("boom")
+
+    results = await asyncio.gather(
+        flight.run("k", failing), flight.run("k", failing), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+    assert calls == 1
+    with pytest.raises(RuntimeError):
+        await flight.run("k", failing)
+    assert calls == 2
+
+
+async def test_forget_lets_the_next_caller_start_new_work() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    runs: list[int] = []
+
+    async def work() -> int:
+        runs.append(len(runs))
+        await gate.wait()
+        return len(runs)
+
+    old = asyncio.ensure_future(flight.run("k", work))
+    await asyncio.sleep(0)
+    flight.forget("k")
+    new = asyncio.ensure_future(flight.run("k", work))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(old, new)
+    assert len(runs) == 2
+    assert len(flight) == 0  # the old task's end does not remove the new one's entry early
+
+
+async def test_cancel_all_cancels_the_running_work() -> None:
+    flight: SingleFlight[str, None] = SingleFlight()
+    never = asyncio.Event()
+    task = flight.task("k", never.wait)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    flight.cancel_all()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(flight) == 0
+
+
+async def test_task_set_logs_a_task_that_dies(caplog: pytest.LogCaptureFixture) -> None:
+    tasks = TaskSet(logging.getLogger("test.tasks"))
+
+    async def dies() -> None:
+        raise ValueError("lost")
+
+    task = tasks.spawn(dies(), name="housekeeping")
+    with pytest.raises(ValueError):
+        await task
+    await asyncio.sleep(0)
+    assert len(tasks) == 0
+    assert "background task housekeeping failed" in caplog.text
+
+
+async def test_task_set_cancel_all_waits_for_the_tasks() -> None:
+    tasks = TaskSet(logging.getLogger("test.tasks"))
+    forever = asyncio.Event()
+    ended: list[str] = []
+
+    async def runs() -> None:
+        try:
+            await forever.wait()
+        finally:
+            ended.append("yes")
+
+    tasks.spawn(runs(), name="a")
+    tasks.spawn(runs(), name="b")
+    await asyncio.sleep(0)
+    await tasks.cancel_all()
+    assert ended == ["yes", "yes"]
+    assert len(tasks) == 0
