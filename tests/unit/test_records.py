@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyd.codec.postfix_policy import parse
 from policyd.codec.records import (
     MAX_EVENT_CHARS,
     VERSION,
@@ -24,17 +23,10 @@ from policyd.codec.records import (
     sts_policy_from_json,
     sts_policy_to_json,
 )
+from policyd.core import evidence
 from policyd.core.event import Event
-from policyd.core.evidence import (
-    Override,
-    ProbeHost,
-    ProbeLevel,
-    ProbeState,
-    ProbeVerdict,
-    StsMode,
-    StsPolicy,
-)
 from policyd.core.types import Rule
+from tests.unit.test_override_record import OVERRIDE
 
 # Records exactly as policyd before this module wrote them (codec/override_record.py,
 # sts_record.py and probe_record.py of main, e370755), as a store holds them today.
@@ -73,26 +65,21 @@ EVENT = Event(
 
 
 def test_records_of_the_previous_version_load() -> None:
-    assert override_from_json("example.test", OLD_OVERRIDE) == Override(
-        "example.test",
-        parse("secure match=.example.test servername=hostname"),
-        expires_at=1_800_000_600.0,
-        comment="ticket 1234",
-        author="root",
-        created_at=1_800_000_000.0,
+    assert override_from_json("example.test", OLD_OVERRIDE) == OVERRIDE
+    assert override_from_json("nf.test", OLD_NOTFOUND_OVERRIDE) == evidence.Override(
+        "nf.test", None
     )
-    assert override_from_json("nf.test", OLD_NOTFOUND_OVERRIDE) == Override("nf.test", None)
-    assert sts_policy_from_json(OLD_STS) == StsPolicy(
-        StsMode.ENFORCE,
+    assert sts_policy_from_json(OLD_STS) == evidence.StsPolicy(
+        evidence.StsMode.ENFORCE,
         ("mx1.example.test", "*.example.test"),
         604800,
         "20240501",
         1_800_000_000.0,
     )
-    host = ProbeHost(
+    host = evidence.ProbeHost(
         "mx.example.test",
         "192.0.2.1",
-        ProbeVerdict.VALID,
+        evidence.ProbeVerdict.VALID,
         "ok",
         "TLSv1.3",
         "TLS_AES_256_GCM_SHA384",
@@ -100,11 +87,11 @@ def test_records_of_the_previous_version_load() -> None:
         "4b" * 32,
         1_800_000_000.0,
     )
-    assert probe_state_from_json(OLD_PROBE) == ProbeState(
-        ProbeLevel.VERIFY,
+    assert probe_state_from_json(OLD_PROBE) == evidence.ProbeState(
+        evidence.ProbeLevel.VERIFY,
         (host,),
         ("mx.example.test",),
-        pending=ProbeLevel.ENCRYPT,
+        pending=evidence.ProbeLevel.ENCRYPT,
         pending_count=1,
         pending_since=1_799_999_000.0,
         probed_at=1_800_000_000.0,

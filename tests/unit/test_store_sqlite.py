@@ -13,6 +13,7 @@ from policyd.adapters import store_sqlite
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import SCHEMA_VERSION, SqliteStore, path_from_url
 from policyd.codec.records import probe_state_to_json
+from policyd.core.event import Event
 from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.service import PolicyService
@@ -398,17 +399,63 @@ async def test_malformed_rows_are_skipped_with_a_log_line(
         await s.close()
 
 
-async def test_malformed_event_rows_are_skipped(tmp_path: Path) -> None:
+async def _edited(tmp_path: Path, first: Event, *sql: str) -> SqliteStore:
+    """A store holding ``first``, then changed behind its back (a hand edit, a damaged row,
+    rows of an earlier version) by ``sql``, and opened again."""
     db = tmp_path / "policyd.db"
     s = await SqliteStore.open(url(db))
-    await s.append_event(event(1.0, "a.example", "first"))
+    await s.append_event(first)
     await s.close()
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')")
+        for statement in sql:
+            conn.execute(statement)
     conn.close()
-    s = await SqliteStore.open(url(db))
+    return await SqliteStore.open(url(db))
+
+
+async def test_malformed_event_rows_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = await _edited(
+        tmp_path,
+        event(1.0, "a.example", "first"),
+        "INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')",
+        "INSERT INTO events (at, key, text) VALUES (2.0, 'x', x'00ff')",
+    )
     try:
-        assert await s.events(0.0) == [event(1.0, "a.example", "first")]
+        with caplog.at_level("WARNING"):
+            assert await s.events(0.0) == [event(1.0, "a.example", "first")]
+        assert "2 events skipped: not an event of this version" in caplog.text
+    finally:
+        await s.close()
+
+
+async def test_events_of_the_previous_text_format_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A database written by the previous version keeps its event rows as one line of text,
+    # which cannot be read back safely (D3): report goes on without them.
+    s = await _edited(
+        tmp_path,
+        event(3.0, "b.example", "new"),
+        "INSERT INTO events (at, key, text) VALUES"
+        " (1.0, 'a.example', 'level=dane-only reason=dane: usable TLSA'),"
+        " (2.0, 'a.example', 'level=encrypt reason=probe: encrypt previous=dane-only')",
+    )
+    try:
+        with caplog.at_level("WARNING"):
+            assert await s.events(0.0) == [event(3.0, "b.example", "new")]
+        assert "2 events skipped: not an event of this version" in caplog.text
+    finally:
+        await s.close()
+
+
+async def test_event_column_at_disagreeing_with_its_event(tmp_path: Path) -> None:
+    # "tomorrow" sorts after every number: the event's own time decides.
+    s = await _edited(tmp_path, event(1.0, "a.example", "old"), "UPDATE events SET at = 'tomorrow'")
+    try:
+        assert await s.events(0.0) == [event(1.0, "a.example", "old")]
+        assert await s.events(2.0) == []
     finally:
         await s.close()
 
@@ -472,46 +519,3 @@ async def test_new_database_is_not_world_readable_whatever_the_umask(tmp_path: P
         path = tmp_path / name
         if path.exists():
             assert path.stat().st_mode & 0o777 == store_sqlite.DB_MODE, name
-
-
-async def test_events_of_the_previous_text_format_are_skipped_and_counted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A database written by the previous version keeps its event rows as one line of text,
-    # which cannot be read back safely (D3): report goes on without them.
-    db = tmp_path / "policyd.db"
-    s = await SqliteStore.open(url(db))
-    await s.close()
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT INTO events (at, key, text) VALUES (?, ?, ?)",
-            [
-                (1.0, "a.example", "level=dane-only reason=dane: usable TLSA"),
-                (2.0, "a.example", "level=encrypt reason=probe: encrypt previous=dane-only"),
-            ],
-        )
-    conn.close()
-    s = await SqliteStore.open(url(db))
-    try:
-        await s.append_event(event(3.0, "b.example", "new"))
-        with caplog.at_level("WARNING"):
-            assert await s.events(0.0) == [event(3.0, "b.example", "new")]
-        assert "2 events skipped: not an event of this version" in caplog.text
-    finally:
-        await s.close()
-
-
-async def test_event_column_at_disagreeing_with_its_event(tmp_path: Path) -> None:
-    db = tmp_path / "policyd.db"
-    s = await SqliteStore.open(url(db))
-    await s.append_event(event(1.0, "a.example", "old"))
-    await s.close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE events SET at = 'tomorrow'")  # sorts after every number
-    conn.close()
-    s = await SqliteStore.open(url(db))
-    try:
-        assert await s.events(0.0) == [event(1.0, "a.example", "old")]
-        assert await s.events(2.0) == []  # the event's own time decides
-    finally:
-        await s.close()
