@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
+from policyd.codec.records import event_from_json
 from policyd.core.event import Event
 
 
@@ -66,6 +67,22 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def stored_event(raw: object) -> Event | None:
+    """An event as a backend keeps it (its JSON document), or None for one this version
+    cannot read: the one-line text of earlier versions, which cannot be read back safely
+    (a reason quoting ``previous=`` passed for another field), or a damaged entry."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        return event_from_json(raw)
+    except ValueError:
+        return None
+
+
+# The log line for the entries :meth:`Store.events` skipped: (store name, count).
+SKIPPED_EVENTS: Final = "%s: %d events skipped: not an event of this version"
 
 
 @runtime_checkable

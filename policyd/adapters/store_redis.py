@@ -48,8 +48,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from policyd.adapters.redis_url import client_from_url, describe_url
-from policyd.adapters.store import Kind, Record, StoreError
-from policyd.codec.records import event_from_json, event_to_json
+from policyd.adapters.store import SKIPPED_EVENTS, Kind, Record, StoreError, stored_event
+from policyd.codec.records import event_to_json
 from policyd.core.event import Event
 
 SCHEMA_VERSION: Final = 1
@@ -277,12 +277,11 @@ class RedisStore:
                 for _, fields in entries:
                     if not fields:
                         continue  # XRANGE reports no fields for an entry deleted meanwhile
-                    try:
-                        event = event_from_json(str(fields.get("event")))
-                    except ValueError:
+                    # An entry of an earlier version has no "event" field: skipped.
+                    event = stored_event(fields.get("event"))
+                    if event is None:
                         skipped += 1
-                        continue
-                    if event.at >= since:
+                    elif event.at >= since:
                         out.append(event)
                 if len(entries) < EVENTS_PAGE:
                     break
@@ -290,12 +289,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise self._error(exc) from exc
         if skipped:
-            log.warning(
-                "%s: %d events skipped: not an event of this version (an earlier "
-                "version's text, or a damaged entry)",
-                self._name,
-                skipped,
-            )
+            log.warning(SKIPPED_EVENTS, self._name, skipped)
         return out
 
     async def _disconnect(self) -> None:

@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from policyd.adapters.store import Kind, Record, StoreError
-from policyd.codec.records import event_from_json, event_to_json
+from policyd.adapters.store import SKIPPED_EVENTS, Kind, Record, StoreError, stored_event
+from policyd.codec.records import event_to_json
 from policyd.core.event import Event
 
 SCHEMA_VERSION: Final = 1
@@ -70,16 +70,6 @@ def _record(kind: Kind, key: object, value: object, expires_at: object) -> Recor
 
 def _event_row(event: Event) -> tuple[float, str, str]:
     return (event.at, event.key, event_to_json(event))
-
-
-def _event(text: object) -> Event | None:
-    """A row's event, or None for one this version cannot read."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return event_from_json(text)
-    except ValueError:
-        return None
 
 
 def path_from_url(url: str) -> str:
@@ -308,15 +298,10 @@ class SqliteStore:
             rows = self._conn.execute(
                 "SELECT text FROM events WHERE at >= ? ORDER BY id", (since,)
             ).fetchall()
-            found = [_event(t) for (t,) in rows]
+            found = [stored_event(t) for (t,) in rows]
             skipped = found.count(None)
             if skipped:
-                log.warning(
-                    "%s: %d events skipped: not an event of this version (an earlier "
-                    "version's text, or a damaged row)",
-                    self._path,
-                    skipped,
-                )
+                log.warning(SKIPPED_EVENTS, self._path, skipped)
             # ``at`` of a hand-edited row may disagree with its event: the event decides.
             return [e for e in found if e is not None and e.at >= since]
 
