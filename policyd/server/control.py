@@ -108,8 +108,8 @@ class ControlServer:
         self, daemon: DaemonLike, config: ConfigLike, clock: Callable[[], float] = time.time
     ) -> None:
         self._daemon = daemon
-        self._path = unix_path(config.server.control)
-        self._mode = int(config.control.mode, 8)
+        self._path = config.server.control.path  # a unix listener (checked at load)
+        self._mode = config.control.mode
         self._group = config.control.group
         self.commands = Commands(daemon, clock)
         self._server: asyncio.Server | None = None

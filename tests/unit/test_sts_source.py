@@ -18,7 +18,8 @@ from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
 from policyd.codec.sts_record import policy_from_json, policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
-from policyd.sources.sts import StsSettings, StsSource, TxtResult, txt_lookup_from
+from policyd.settings import StsSettings
+from policyd.sources.sts import StsSource, TxtResult, txt_lookup_from
 
 T0 = 1_700_000_000.0
 DOMAIN = "example.com"
