@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Final
 
 # The one configuration file of the three programs (each takes --config).
@@ -25,6 +25,14 @@ DEFAULT_PORT: Final = 7672  # the default socketmap listener: inet:127.0.0.1:767
 SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: a destination without a port
 MAX_MODE: Final = 0o777  # permission bits only: no setuid, setgid or sticky bit
 MAX_TCP_PORT: Final = 65535
+
+
+def _positive_seconds(timeouts: object, what: str) -> None:
+    """Every field of a timeouts value is a finite, positive number of seconds."""
+    for f in fields(timeouts):  # type: ignore[arg-type]
+        value = getattr(timeouts, f.name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{what} timeout {f.name} must be a positive number of seconds")
 
 
 # -- listeners and modes -----------------------------------------------------------------
@@ -176,10 +184,7 @@ class DnsTimeouts:
     lifetime: float = DEFAULT_LIFETIME
 
     def __post_init__(self) -> None:
-        for name in ("per_try", "lifetime"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} timeout must be a positive number of seconds")
+        _positive_seconds(self, "dns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +234,7 @@ class HttpsTimeouts:
     total: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("connect", "read", "total"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"https timeout {name} must be positive")
+        _positive_seconds(self, "https")
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,10 +296,7 @@ class ProbeTimeouts:
     total: float = 60.0  # everything for one address, including the may/encrypt retry
 
     def __post_init__(self) -> None:
-        for name in ("connect", "banner", "command", "tls", "total"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"probe timeout {name} must be a positive number of seconds")
+        _positive_seconds(self, "probe")
 
 
 @dataclass(frozen=True, slots=True)
