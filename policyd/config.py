@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from policyd.adapters.store import REDIS_SCHEMES
 from policyd.alerts import AlertSettings
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.settings import (
@@ -45,8 +46,7 @@ from policyd.settings import (
     parse_mode,
 )
 
-# Store URL schemes (policyd.adapters.store opens them; imported there with the drivers).
-STORE_SCHEMES: Final = ("sqlite", "redis", "rediss", "unix", "redis+sentinel")
+STORE_SCHEMES: Final = ("sqlite", *REDIS_SCHEMES)  # [store] url
 
 
 class ConfigError(Exception):

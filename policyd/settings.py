@@ -2,9 +2,10 @@
 
 One dataclass per table of policyd.toml (``etc/policyd.toml`` documents every key), each
 validated on construction. This module imports nothing heavy (no dnspython, httpx,
-cryptography, redis, asyncio), so that :mod:`policyd.config` and the client programs can
-read the file without loading the daemon. The adapters and sources take these values
-(``DnsSettings``, ``StsSettings``, ``ProbeSettings`` and their timeouts) as arguments.
+cryptography, redis, asyncio; from policyd only the netstring limit), so that
+:mod:`policyd.config` and the client programs can read the file without loading the
+daemon. The adapters and sources take these values (``DnsSettings``, ``StsSettings``,
+``ProbeSettings`` and their timeouts) as arguments.
 
 Timeouts have one style in every table: flat ``*_timeout`` keys (``[dns] timeout`` and
 ``lifetime`` as dnspython names them), gathered by a ``timeouts`` property into the value
@@ -18,6 +19,8 @@ import ipaddress
 import math
 from dataclasses import dataclass, fields
 from typing import Annotated, Final
+
+from policyd.codec.netstring import DEFAULT_MAX_PAYLOAD
 
 # The one configuration file of the three programs (each takes --config).
 DEFAULT_CONFIG_PATH: Final = "/etc/policyd/policyd.toml"
@@ -104,7 +107,7 @@ class ServerSettings:
     control: Listener = Listener(ListenerKind.UNIX, path="/run/policyd/control.sock")
     socket_mode: Annotated[int, OctalMode] = 0o660  # unix socketmap sockets: postfix needs rw
     socket_group: str = ""  # "": the postfix group when it exists (see unixsock)
-    max_request: int = 10100  # bytes; Postfix sends at most 10000 (socketmap_table(5))
+    max_request: int = DEFAULT_MAX_PAYLOAD  # bytes; Postfix sends at most 10000
     request_timeout: float = 10.0  # seconds to finish a started request
     idle_timeout: float = 300.0  # Postfix closes idle ones after 10 s; we allow longer
     max_connections: int = 4096
@@ -112,6 +115,10 @@ class ServerSettings:
     # Destinations whose answers and verdicts are kept in memory; the least recently used
     # beyond it are forgotten (their next lookup gathers fresh evidence).
     max_destinations: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:  # at 0 no connection could ever be admitted
+            raise ValueError("max_connections must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,6 +238,7 @@ def check_error(data: dict[str, Any], key: str, problem: str) -> None:
         ({"server": {"max_request": 1.5}}, "server.max_request", "expected an integer"),
         ({"server": {"max_request": True}}, "server.max_request", "expected an integer"),
         ({"server": {"max_request": -1}}, "server.max_request", "must not be negative"),
+        ({"server": {"max_connections": 0}}, "server.max_connections", "at least 1"),
         ({"server": {"request_timeout": "5"}}, "server.request_timeout", "expected a number"),
         ({"server": {"request_timeout": False}}, "server.request_timeout", "expected a number"),
         ({"server": {"request_timeout": -0.5}}, "server.request_timeout", "must not be negative"),

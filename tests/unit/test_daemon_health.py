@@ -105,7 +105,9 @@ async def test_watchdog_stops_pinging_when_a_task_dies(
     assert len(sent) <= pings + 1
 
 
-async def test_daemon_reports_tasks_alive_until_one_dies() -> None:
+async def test_daemon_reports_tasks_alive_until_one_dies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     d = daemon_module.Daemon(Config())
 
     async def dies() -> None:
@@ -116,10 +118,13 @@ async def test_daemon_reports_tasks_alive_until_one_dies() -> None:
 
     d._spawn(runs(), "runs")
     assert d.tasks_alive()
-    d._spawn(dies(), "dies")
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="policyd"):
+        d._spawn(dies(), "dies")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
     assert not d.tasks_alive()
+    assert "dies died: the systemd watchdog is no longer fed" in caplog.text
+    assert "RuntimeError: bug" in caplog.text  # the task set logs the traceback
     await d._tasks.cancel_all()
 
 
