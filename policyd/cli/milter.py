@@ -20,6 +20,11 @@ Actions (``[milter] action``): ``none`` only warms; ``log`` (default) logs a war
 end of message for each recipient domain with a problem; ``header`` also adds
 ``X-Policyd-TLS: <domain> <problem>``; ``tempfail`` checks at RCPT time instead and answers
 ``451 4.7.5`` for a recipient in such a domain (Postfix retries; the client keeps the mail).
+
+Its settings are the ``[milter]`` table of policyd.toml (:class:`policyd.settings.
+MilterSettings`), read by :mod:`policyd.config` with the rest of the file, which
+``--check-config`` checks whole. Every exchange with the daemon goes through the one
+function :func:`make_exchange` returns.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ def control_path(config: Config) -> str:
 
 
 # -- the daemon, with a deadline -------------------------------------------------------
+
+
+# Requests sent on one connection -> the replies that arrived within the bound, in order.
+Exchange = Callable[[Sequence[control.Request]], list[control.Reply]]
 
 
 class Unavailable(Exception):
@@ -196,10 +205,10 @@ def _problems(replies: Sequence[control.Reply]) -> list[tuple[str, str]]:
 class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no types
     """One SMTP connection. Every callback returns CONTINUE unless ``tempfail`` applies."""
 
-    def __init__(self, settings: MilterSettings, client: ControlClient, memo: WarmMemo) -> None:
+    def __init__(self, settings: MilterSettings, exchange: Exchange, memo: WarmMemo) -> None:
         super().__init__()
         self.settings = settings
-        self.client = client
+        self.exchange = exchange
         self.memo = memo
         self.domains: list[str] = []  # this message's recipient domains, in order
         self._deferred: set[str] = set()  # domains answered 451 at RCPT in this message
@@ -238,7 +247,7 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
             requests.append(control.Check(dest))
         if not requests:
             return int(Milter.CONTINUE)
-        for found, problem in _problems(self.client.exchange(requests)):
+        for found, problem in _problems(self.exchange(requests)):
             if found == domain:
                 self._deferred.add(domain)
                 return self._tempfail(domain, problem, logged=False)
@@ -259,7 +268,7 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
         if action in (MilterAction.NONE, MilterAction.TEMPFAIL) or not self.domains:
             return int(Milter.CONTINUE)
         checks: list[control.Request] = [control.Check(parse_key(d)) for d in self.domains]
-        for domain, problem in _problems(self.client.exchange(checks)):
+        for domain, problem in _problems(self.exchange(checks)):
             log.warning("%s: %s: %s", self._queue_id(), domain, problem)
             if action is MilterAction.HEADER:
                 self.addheader(HEADER, f"{domain} {problem}")
@@ -278,11 +287,15 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
 # -- the program -----------------------------------------------------------------------
 
 
+def make_exchange(config: Config) -> Exchange:
+    """The milter's one link to the daemon (every callback goes through it)."""
+    return ControlClient(control_path(config), config.milter.timeout).exchange
+
+
 def make_factory(config: Config) -> Callable[[], PolicydMilter]:
-    settings = config.milter
-    client = ControlClient(control_path(config), settings.timeout)  # the one client made
+    exchange = make_exchange(config)
     memo = WarmMemo()
-    return lambda: PolicydMilter(settings, client, memo)
+    return lambda: PolicydMilter(config.milter, exchange, memo)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
