@@ -55,6 +55,12 @@ class Listener:
     host: str = ""  # inet, without brackets
     port: int = 0  # inet
 
+    def __post_init__(self) -> None:
+        if self.kind is ListenerKind.UNIX and not self.path:
+            raise ValueError("a unix listener needs a path")
+        if self.kind is ListenerKind.INET and not (self.host and 0 < self.port <= MAX_TCP_PORT):
+            raise ValueError("an inet listener needs a host and a port 1-65535")
+
     def __str__(self) -> str:
         if self.kind is ListenerKind.UNIX:
             return f"unix:{self.path}"

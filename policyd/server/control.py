@@ -96,13 +96,6 @@ def allowed(access: Access, cmd: control.Command) -> bool:
     return access is Access.READ and not cmd.writes
 
 
-def unix_path(spec: str) -> str:
-    kind, sep, path = spec.partition(":")
-    if kind != "unix" or not sep or not path:
-        raise OSError(f"control socket {spec!r}: expected unix:/path")
-    return path
-
-
 class ControlServer:
     def __init__(
         self, daemon: DaemonLike, config: ConfigLike, clock: Callable[[], float] = time.time

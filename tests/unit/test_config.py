@@ -495,3 +495,17 @@ def test_config_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": ListenerKind.UNIX},
+        {"kind": ListenerKind.INET, "port": 25},
+        {"kind": ListenerKind.INET, "host": "::1"},
+        {"kind": ListenerKind.INET, "host": "::1", "port": 65536},
+    ],
+)
+def test_listener_values_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="listener needs"):
+        Listener(**kwargs)
