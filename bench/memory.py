@@ -38,7 +38,8 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.service import PolicyService
-from policyd.sources.probe import ProbeSettings, ProbeSource
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource, TxtResult
 
 CONCURRENCY: Final = 200  # lookups in flight while filling

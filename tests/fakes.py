@@ -70,11 +70,14 @@ class FakeDane:
     answers: dict[str, DnsEvidence] = field(default_factory=dict)
     calls: int = 0
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # when given, every lookup waits until it is set
 
     async def gather(self, dest: Destination, now: float) -> DnsEvidence:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         return self.answers.get(dest.name) or plain_dns(dest.name, now)
 
 

@@ -96,20 +96,13 @@ def allowed(access: Access, cmd: control.Command) -> bool:
     return access is Access.READ and not cmd.writes
 
 
-def unix_path(spec: str) -> str:
-    kind, sep, path = spec.partition(":")
-    if kind != "unix" or not sep or not path:
-        raise OSError(f"control socket {spec!r}: expected unix:/path")
-    return path
-
-
 class ControlServer:
     def __init__(
         self, daemon: DaemonLike, config: ConfigLike, clock: Callable[[], float] = time.time
     ) -> None:
         self._daemon = daemon
-        self._path = unix_path(config.server.control)
-        self._mode = int(config.control.mode, 8)
+        self._path = config.server.control.path  # a unix listener (checked at load)
+        self._mode = config.control.mode
         self._group = config.control.group
         self.commands = Commands(daemon, clock)
         self._server: asyncio.Server | None = None

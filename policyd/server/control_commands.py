@@ -21,6 +21,7 @@ from typing import Final, Protocol, assert_never, runtime_checkable
 from policyd import __version__
 from policyd.codec import control, postfix_policy
 from policyd.codec.control import ErrorCode, JsonObject, JsonValue
+from policyd.config import Listener
 from policyd.core import feasibility
 from policyd.core.evidence import (
     Destination,
@@ -74,9 +75,9 @@ class Peer:
 
 class ServerSettingsLike(Protocol):
     @property
-    def socketmap(self) -> tuple[str, ...]: ...
+    def socketmap(self) -> tuple[Listener, ...]: ...
     @property
-    def control(self) -> str: ...
+    def control(self) -> Listener: ...
 
 
 class ControlSettingsLike(Protocol):
@@ -85,7 +86,7 @@ class ControlSettingsLike(Protocol):
     @property
     def read_group(self) -> str: ...
     @property
-    def mode(self) -> str: ...
+    def mode(self) -> int: ...
 
 
 class StoreSettingsLike(Protocol):
@@ -380,7 +381,7 @@ class Commands:
         return {
             "version": __version__,
             "uptime": round(asyncio.get_running_loop().time() - d.started_at, 1),
-            "listeners": [*cfg.server.socketmap, cfg.server.control],
+            "listeners": [str(x) for x in (*cfg.server.socketmap, cfg.server.control)],
             "store": cfg.store.url.partition("://")[0],
             "connections": None if server is None else server.connections,
             "refused": None if server is None else server.refused,

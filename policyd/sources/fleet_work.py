@@ -32,7 +32,8 @@ from policyd.adapters.https import FetchError
 from policyd.adapters.smtp_probe import MAX_ADDRESSES_PER_HOST
 from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeState, ProbeVerdict
-from policyd.sources.probe import Prober, ProbeSettings
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import Prober
 from policyd.sources.sts import PolicyFetcherProtocol
 
 LEASE_MARGIN: Final = 5.0  # seconds a lease outlasts the work's own time bound

@@ -41,6 +41,7 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.control import ControlServer
 from policyd.service import PolicyService
+from policyd.settings import Listener, parse_listener
 
 NOW = 1_700_000_000.0
 LEAF = "9f" * 32
@@ -172,15 +173,15 @@ class FakeProbe:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    control: str
-    socketmap: tuple[str, ...] = ("unix:/run/policyd/policyd.sock",)
+    control: Listener
+    socketmap: tuple[Listener, ...] = (parse_listener("unix:/run/policyd/policyd.sock"),)
 
 
 @dataclass(frozen=True)
 class ControlSettings:
     group: str = ""
     read_group: str = ""
-    mode: str = "0660"
+    mode: int = 0o660
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ async def start_env(
         DEFAULT_PROFILES, store, FakeDane(), sts, probe, lookup_budget=5.0, clock=clock
     )
     path = str(sock_dir / "control.sock")
-    config = Config(ServerSettings(control=f"unix:{path}"), control)
+    config = Config(ServerSettings(control=parse_listener(f"unix:{path}")), control)
     daemon = FakeDaemon(config, service)
     server = ControlServer(daemon, config, clock)
     try:
@@ -617,7 +618,7 @@ async def test_stale_socket_and_foreign_file(
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "control.sock"))
     stale.close()
-    e, server = await start_env(tmp_path, capsys, ControlSettings(mode="0640"))
+    e, server = await start_env(tmp_path, capsys, ControlSettings(mode=0o640))
     assert oct(os.stat(e.path).st_mode & 0o777) == "0o640"
     await server.close()
     (tmp_path / "other").mkdir()
@@ -630,7 +631,7 @@ async def test_stale_socket_and_foreign_file(
 
 async def test_socket_from_config_file(env: Env, tmp_path: Path) -> None:
     config = pytest.importorskip("policyd.config", reason="policyd.config not importable yet")
-    assert config.DEFAULT_PATH == policyctl.DEFAULT_CONFIG
+    assert config.DEFAULT_CONFIG_PATH == policyctl.DEFAULT_CONFIG
     toml = tmp_path / "policyd.toml"
     toml.write_text(f'[server]\ncontrol = "unix:{env.path}"\n')
     env.capsys.readouterr()
@@ -668,9 +669,7 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
     sock_dir = Path(tempfile.mkdtemp(prefix="policyctl-", dir="/tmp"))
     sock_dir.chmod(0o755)
     # Mode 0666 so the refusal comes from SO_PEERCRED, not from file permissions.
-    e, server = await start_env(
-        sock_dir, capsys, ControlSettings(mode="0666", read_group="nogroup")
-    )
+    e, server = await start_env(sock_dir, capsys, ControlSettings(mode=0o666, read_group="nogroup"))
     try:
 
         async def as_nobody(*argv: str) -> tuple[int, str, str]:
@@ -707,7 +706,7 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
         await server.close()
         await e.service.store.close()
     # Without the read group, nobody may not even query.
-    e, server = await start_env(sock_dir, capsys, ControlSettings(mode="0666"))
+    e, server = await start_env(sock_dir, capsys, ControlSettings(mode=0o666))
     try:
         proc = await asyncio.create_subprocess_exec(
             *python,

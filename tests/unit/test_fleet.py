@@ -34,8 +34,8 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.fleet_sync import FleetSync
 from policyd.service import PolicyService
+from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
-from policyd.sources.probe import ProbeSettings
 from tests.fakes import FakeDane, FakeProbe, FakeSts, reply
 from tests.unit.test_service import make
 

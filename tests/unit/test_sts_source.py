@@ -19,7 +19,8 @@ from policyd.codec.mtasts import MAX_AGE_CAP
 from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.event import Event
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
-from policyd.sources.sts import StsSettings, StsSource, TxtResult, txt_lookup_from
+from policyd.settings import StsSettings
+from policyd.sources.sts import StsSource, TxtResult, txt_lookup_from
 
 T0 = 1_700_000_000.0
 DOMAIN = "example.com"
