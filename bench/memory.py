@@ -26,7 +26,6 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import cpu_count
-from policyd.adapters.store import Kind, Record
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -39,37 +38,10 @@ from policyd.core.profile import DEFAULT_PROFILES
 from policyd.service import PolicyService
 from policyd.sources.probe import ProbeSettings, ProbeSource
 from policyd.sources.sts import StsSource, TxtResult
+from tests.fakes import NullStore
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
 KINDS: Final = ("notfound", "dane-only", "mta-sts")
-
-
-class NullStore:
-    """Accepts and forgets: the store's own memory is not the service's."""
-
-    async def put(self, record: Record) -> None:
-        return None
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        return None
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return False
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return []
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        return 0
-
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        return None
-
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
-        return []
-
-    async def close(self) -> None:
-        return None
 
 
 class Dane:

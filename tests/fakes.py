@@ -52,6 +52,16 @@ class MemoryStore:
         return None
 
 
+class NullStore(MemoryStore):
+    """Accepts and forgets (a benchmark's: the store's own memory is not the service's)."""
+
+    async def put(self, record: Record) -> None:
+        return None
+
+    async def append_event(self, at: float, key: str, text: str) -> None:
+        return None
+
+
 def plain_dns(name: str, now: float, ttl: float = 300.0) -> DnsEvidence:
     host = MxHost(f"mx.{name}", 10, DnsStatus.SECURE, ("192.0.2.1",), tlsa=DnsStatus.SECURE)
     return DnsEvidence(DnsStatus.SECURE, hosts=(host,), fetched_at=now, expires_at=now + ttl)
