@@ -63,6 +63,15 @@ async def direct(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+async def lease_elsewhere(
+    direct: aioredis.Redis, fleet: RedisFleet, kind: str, claim: str, *, ms: int
+) -> float:
+    """A lease on ``claim`` for ``ms`` milliseconds, held by a host that never releases it
+    (dead or stuck); when it was taken (time.monotonic)."""
+    await direct.set(fleet.claim_key(kind, claim), "another-host", px=ms)
+    return time.monotonic()
+
+
 async def test_one_of_many_concurrent_askers_does_the_work(fleets: list[RedisFleet]) -> None:
     calls = 0
 
@@ -87,8 +96,7 @@ async def test_a_lease_left_by_a_dead_holder_is_taken_over_when_it_expires(
 ) -> None:
     first, second, _ = fleets
     # A holder that died mid-work: its lease stays until it expires, and no result comes.
-    await direct.set(first.claim_key("sts", "dead.test"), "someone-else", px=800)
-    started = time.monotonic()
+    started = await lease_elsewhere(direct, first, "sts", "dead.test", ms=800)
     got = await second.once(Job("sts", "dead.test", "dead.test", value("mine"), lease=5, keep=5))
     took = time.monotonic() - started
     assert got == "mine"
@@ -154,8 +162,7 @@ async def test_a_wait_is_bounded_by_the_holders_lease(
     fleets: list[RedisFleet], direct: aioredis.Redis
 ) -> None:
     first, second, _ = fleets
-    await direct.set(first.claim_key("probe", "[192.0.2.7]:25"), "stuck", px=60_000)
-    started = time.monotonic()
+    started = await lease_elsewhere(direct, first, "probe", "[192.0.2.7]:25", ms=60_000)
     with pytest.raises(ClaimBusy):
         await second.once(Job("probe", "[192.0.2.7]:25", "r", value("never"), lease=0.3, keep=1))
     assert time.monotonic() - started < 0.3 + 1.0 + 0.6  # lease + grace + one poll
