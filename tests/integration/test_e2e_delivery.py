@@ -20,6 +20,7 @@ import pytest
 from tests.daemon import Daemon, base_sections
 from tests.postfix_sender import PostfixSender, Submitted
 from tests.world import sts_world
+from tests.world.procs import Background
 from tests.world.smtp_world import received
 from tests.world.world import World
 
@@ -30,6 +31,7 @@ MILTER_SENDER_ADDRESS: Final = "127.0.9.2"
 STRICT_SENDER_ADDRESS: Final = "127.0.9.3"
 MILTER_PORT: Final = 8893
 DELIVERY_TIMEOUT: Final = 30.0
+MILTER_START: Final = 10.0  # seconds for policyd-milter to listen
 PROBED: Final = (
     "probe-valid.test",
     "probe-expired.test",
@@ -360,12 +362,9 @@ def milter_sender(world: World, daemon: Daemon, files: Path) -> Iterator[Postfix
         f'[server]\ncontrol = "unix:{daemon.control}"\n\n'
         f'[milter]\nsocket = "inet:{MILTER_PORT}@127.0.0.1"\naction = "none"\ntimeout = 2.0\n'
     )
-    log = (files / "milter.log").open("ab")
-    milter = subprocess.Popen(
-        [sys.executable, "-m", "policyd.milter", "--config", str(config)],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
+    log = files / "milter.log"
+    milter = Background(
+        "policyd-milter", [sys.executable, "-m", "policyd.milter", "--config", str(config)], log
     )
     pf = PostfixSender(
         world,
@@ -377,22 +376,12 @@ def milter_sender(world: World, daemon: Daemon, files: Path) -> Iterator[Postfix
         hold_smtp=True,
     )
     try:
-        deadline = time.monotonic() + 10.0
-        while "listening on" not in (files / "milter.log").read_text(errors="replace"):
-            assert milter.poll() is None, (files / "milter.log").read_text()
-            assert time.monotonic() < deadline, (files / "milter.log").read_text()
-            time.sleep(0.05)
+        milter.start(lambda: "listening on" in log.read_text(errors="replace"), MILTER_START)
         pf.start()
         yield pf
     finally:
         pf.stop()
-        milter.terminate()
-        try:
-            milter.wait(5.0)
-        except subprocess.TimeoutExpired:
-            milter.kill()
-            milter.wait()
-        log.close()
+        milter.stop()
 
 
 def test_milter_warms_daemon(
@@ -401,10 +390,7 @@ def test_milter_warms_daemon(
     domain = "dane-ta.test"  # asked by no other test of this module
     assert domain not in daemon.log()
     sub = milter_sender.submit(f"postmaster@{domain}", "milter")
-    deadline = time.monotonic() + 10.0
-    while f"{domain}: level=" not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.1)
+    daemon.wait_log(re.escape(f"{domain}: level="))
     print([x for x in daemon.log().splitlines() if domain in x])
     # Postfix itself never asked: its smtp transport is deferred (defer_transports). The
     # daemon may answer the milter before the queue manager has logged the message.
