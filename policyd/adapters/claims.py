@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 Work = Callable[[], Awaitable[str]]
@@ -25,18 +26,25 @@ class ClaimBusy(Exception):
     """Another worker held the claim for longer than the caller may wait."""
 
 
+class WorkKind(StrEnum):
+    """What a piece of claimed work is; named in the fleet's keys and counters."""
+
+    PROBE = "probe"  # a STARTTLS probe of one remote address and port
+    STS = "sts"  # an MTA-STS policy fetch for one policy domain
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One unit of claimed work and the names and times it is claimed under.
 
-    ``kind`` names the sort of work (``probe``, ``sts``); ``claim`` what must not be done
-    twice at once; ``result`` what the outcome is shared under for ``keep`` seconds.
-    ``lease`` bounds how long a claim holder may take before others take over (so it must
-    exceed the work's own time bound); after the work the claim stays held ``rest``
-    seconds more (spacing between two sessions to one address).
+    ``claim`` names what must not be done twice at once; ``result`` what the outcome is
+    shared under for ``keep`` seconds. ``lease`` bounds how long a claim holder may take
+    before others take over (so it must exceed the work's own time bound); after the work
+    the claim stays held ``rest`` seconds more (spacing between two sessions to one
+    address).
     """
 
-    kind: str
+    kind: WorkKind
     claim: str
     result: str
     work: Work
@@ -45,8 +53,8 @@ class Job:
     rest: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (self.kind and self.claim and self.result):
-            raise ValueError("a job needs a kind, a claim and a result name")
+        if not (self.claim and self.result):
+            raise ValueError(f"{self.kind} work needs a claim and a result name")
         if self.lease <= 0:
             raise ValueError(f"{self}: the lease must be positive")
         if self.keep < 0 or self.rest < 0:

@@ -49,7 +49,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from policyd.adapters.claims import ClaimBusy, Job, LocalClaims
+from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, WorkKind
 from policyd.adapters.redis_url import client_from_url, describe_url
 from policyd.adapters.store_redis import DEFAULT_PREFIX
 from policyd.codec.fleet import Change, change_from_json, change_to_json
@@ -100,8 +100,8 @@ class FleetCounters:
     received: int = 0  # change messages applied
     publish_failures: int = 0  # change messages not sent (the periodic reload covers them)
 
-    def settled(self, kind: str, how: str) -> None:
-        self.work.setdefault(kind, dict.fromkeys(SETTLED, 0))[how] += 1
+    def settled(self, kind: WorkKind, how: str) -> None:
+        self.work.setdefault(kind.value, dict.fromkeys(SETTLED, 0))[how] += 1
 
 
 def _ms(seconds: float) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Final
 
-from policyd.adapters.claims import ClaimBusy, Job, WorkClaims
+from policyd.adapters.claims import ClaimBusy, Job, WorkClaims, WorkKind
 from policyd.adapters.https import FetchError
 from policyd.adapters.smtp_probe import MAX_ADDRESSES_PER_HOST
 from policyd.codec.probe_record import state_from_json, state_to_json
@@ -70,7 +70,15 @@ def claimed_prober(
         where = f"[{address}]:{port}"
         try:
             text = await claims.once(
-                Job("probe", where, f"{where}:{name}", work, lease=lease, keep=keep, rest=spacing)
+                Job(
+                    WorkKind.PROBE,
+                    where,
+                    f"{where}:{name}",
+                    work,
+                    lease=lease,
+                    keep=keep,
+                    rest=spacing,
+                )
             )
         except ClaimBusy:
             detail = "not probed: another probe of this address is still running"
@@ -115,7 +123,7 @@ class ClaimedFetcher:
 
         try:
             text = await self._claims.once(
-                Job("sts", name, name, work, lease=self._lease, keep=STS_KEEP)
+                Job(WorkKind.STS, name, name, work, lease=self._lease, keep=STS_KEEP)
             )
         except ClaimBusy:
             return await self._fetcher.fetch(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from policyd.adapters.claims import ClaimBusy, Job
+from policyd.adapters.claims import ClaimBusy, Job, WorkKind
 from policyd.adapters.fleet_redis import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -82,7 +82,10 @@ async def test_one_of_many_concurrent_askers_does_the_work(fleets: list[RedisFle
         return "findings"
 
     results = await asyncio.gather(
-        *(f.once(Job("probe", "[192.0.2.1]:25", "x", work, lease=5, keep=5)) for f in fleets * 3)
+        *(
+            f.once(Job(WorkKind.PROBE, "[192.0.2.1]:25", "x", work, lease=5, keep=5))
+            for f in fleets * 3
+        )
     )
     assert results == ["findings"] * 9
     assert calls == 1
@@ -97,7 +100,9 @@ async def test_a_lease_left_by_a_dead_holder_is_taken_over_when_it_expires(
     first, second, _ = fleets
     # A holder that died mid-work: its lease stays until it expires, and no result comes.
     started = await lease_elsewhere(direct, first, "sts", "dead.test", ms=800)
-    got = await second.once(Job("sts", "dead.test", "dead.test", value("mine"), lease=5, keep=5))
+    got = await second.once(
+        Job(WorkKind.STS, "dead.test", "dead.test", value("mine"), lease=5, keep=5)
+    )
     took = time.monotonic() - started
     assert got == "mine"
     assert 0.7 < took < 2.0  # waited for the expiry, not for its own lease of 5 s
@@ -121,7 +126,8 @@ async def test_only_the_holder_releases_its_lease(
         return "x"
 
     await asyncio.gather(
-        first.once(Job("probe", "[192.0.2.9]:25", "r1", slow, lease=0.2, keep=0)), successor()
+        first.once(Job(WorkKind.PROBE, "[192.0.2.9]:25", "r1", slow, lease=0.2, keep=0)),
+        successor(),
     )
     assert await direct.get(key) == "successor"  # the late holder did not delete it
 
@@ -164,7 +170,9 @@ async def test_a_wait_is_bounded_by_the_holders_lease(
     first, second, _ = fleets
     started = await lease_elsewhere(direct, first, "probe", "[192.0.2.7]:25", ms=60_000)
     with pytest.raises(ClaimBusy):
-        await second.once(Job("probe", "[192.0.2.7]:25", "r", value("never"), lease=0.3, keep=1))
+        await second.once(
+            Job(WorkKind.PROBE, "[192.0.2.7]:25", "r", value("never"), lease=0.3, keep=1)
+        )
     assert time.monotonic() - started < 0.3 + 1.0 + 0.6  # lease + grace + one poll
     assert second.counters.work["probe"]["busy"] == 1
 
@@ -203,7 +211,9 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
         server.stop()
         await until(lambda: not f.up, LINK_DEADLINE)
         started = time.monotonic()
-        got = await f.once(Job("sts", "down.test", "down.test", value("here"), lease=5, keep=5))
+        got = await f.once(
+            Job(WorkKind.STS, "down.test", "down.test", value("here"), lease=5, keep=5)
+        )
         assert got == "here"
         assert time.monotonic() - started < 0.5  # no wait on a link known to be down
         assert f.counters.work["sts"]["local"] == 1
@@ -216,7 +226,7 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
 
         await asyncio.gather(
             *(
-                f.once(Job("probe", "[192.0.2.3]:25", n, stamp, lease=5, keep=5, rest=0.3))
+                f.once(Job(WorkKind.PROBE, "[192.0.2.3]:25", n, stamp, lease=5, keep=5, rest=0.3))
                 for n in "ab"
             )
         )
@@ -238,7 +248,7 @@ async def test_a_stuck_redis_costs_a_claim_seconds_and_is_noticed(server: RedisS
             await until(lambda: f.up, LINK_DEADLINE)
             server.pause()  # SIGSTOP: connections stay open, nothing answers
             started = time.monotonic()
-            job = Job("sts", "stuck.test", "stuck.test", value("here"), lease=30, keep=5)
+            job = Job(WorkKind.STS, "stuck.test", "stuck.test", value("here"), lease=30, keep=5)
             assert await f.once(job) == "here"
             assert time.monotonic() - started < 2 * (CONNECT_TIMEOUT + COMMAND_TIMEOUT) + 0.5
             assert f.counters.work["sts"]["local"] == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as syncredis
 
-from policyd.adapters.claims import Job
+from policyd.adapters.claims import Job, WorkKind
 from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.store import Kind, Record
 from policyd.adapters.store_redis import RedisStore
@@ -165,4 +165,4 @@ async def test_the_fleet_link_follows_a_sentinel_failover(sentinel: SentinelSetu
 
 def _job(domain: str) -> Job:
     """An MTA-STS fetch of ``domain``, as the claimed fetcher asks for one."""
-    return Job("sts", domain, domain, value("done"), lease=5, keep=5)
+    return Job(WorkKind.STS, domain, domain, value("done"), lease=5, keep=5)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, Work
+from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, Work, WorkKind
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_published import PublishingStore
@@ -106,10 +106,12 @@ async def test_local_claims_run_one_piece_of_work_per_claim_at_a_time() -> None:
 
     got = await asyncio.gather(
         *(
-            claims.once(Job("probe", "[192.0.2.1]:25", str(i), work(str(i)), lease=5, keep=0))
+            claims.once(
+                Job(WorkKind.PROBE, "[192.0.2.1]:25", str(i), work(str(i)), lease=5, keep=0)
+            )
             for i in range(5)
         ),
-        claims.once(Job("probe", "[192.0.2.2]:25", "other", work("other"), lease=5, keep=0)),
+        claims.once(Job(WorkKind.PROBE, "[192.0.2.2]:25", "other", work("other"), lease=5, keep=0)),
     )
     assert got == ["0", "1", "2", "3", "4", "other"]
     assert peak == 2  # the two addresses in parallel, never one address twice
@@ -127,7 +129,9 @@ async def test_local_claims_rest_between_two_pieces_of_work() -> None:
 
     await asyncio.gather(
         *(
-            claims.once(Job("probe", "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1))
+            claims.once(
+                Job(WorkKind.PROBE, "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1)
+            )
             for i in range(3)
         )
     )
@@ -146,10 +150,12 @@ async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
         await gate.wait()
         return "late"
 
-    holder = asyncio.create_task(claims.once(Job("sts", "a.test", "a", stuck, lease=10, keep=0)))
+    holder = asyncio.create_task(
+        claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=10, keep=0))
+    )
     await asyncio.sleep(0)
     with pytest.raises(ClaimBusy):
-        await claims.once(Job("sts", "a.test", "a", stuck, lease=0.05, keep=0))
+        await claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=0.05, keep=0))
     gate.set()
     assert await holder == "late"
 
@@ -157,8 +163,8 @@ async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
         raise RuntimeError("probe crashed")
 
     with pytest.raises(RuntimeError):
-        await claims.once(Job("sts", "a.test", "a", boom, lease=1, keep=0))
-    assert await claims.once(Job("sts", "a.test", "a", stuck, lease=1, keep=0)) == "late"
+        await claims.once(Job(WorkKind.STS, "a.test", "a", boom, lease=1, keep=0))
+    assert await claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=1, keep=0)) == "late"
     assert claims.in_use == 0
 
 
@@ -167,21 +173,20 @@ async def _nothing() -> str:
 
 
 @pytest.mark.parametrize(
-    "kind, claim, result, lease, keep, rest",
+    "claim, result, lease, keep, rest",
     [
-        ("", "a.test", "a", 1.0, 0.0, 0.0),
-        ("sts", "", "a", 1.0, 0.0, 0.0),
-        ("sts", "a.test", "", 1.0, 0.0, 0.0),
-        ("sts", "a.test", "a", 0.0, 0.0, 0.0),
-        ("sts", "a.test", "a", 1.0, -1.0, 0.0),
-        ("sts", "a.test", "a", 1.0, 0.0, -1.0),
+        ("", "a", 1.0, 0.0, 0.0),
+        ("a.test", "", 1.0, 0.0, 0.0),
+        ("a.test", "a", 0.0, 0.0, 0.0),
+        ("a.test", "a", 1.0, -1.0, 0.0),
+        ("a.test", "a", 1.0, 0.0, -1.0),
     ],
 )
 def test_a_job_without_names_or_with_impossible_times_is_refused(
-    kind: str, claim: str, result: str, lease: float, keep: float, rest: float
+    claim: str, result: str, lease: float, keep: float, rest: float
 ) -> None:
     with pytest.raises(ValueError):
-        Job(kind, claim, result, _nothing, lease=lease, keep=keep, rest=rest)
+        Job(WorkKind.STS, claim, result, _nothing, lease=lease, keep=keep, rest=rest)
 
 
 # -- the claimed prober and fetcher ---------------------------------------------------------
