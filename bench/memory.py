@@ -26,8 +26,6 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import cpu_count
-from policyd.adapters.store import Kind, Record
-from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -41,37 +39,10 @@ from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource, TxtResult
+from tests.fakes import NullStore
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
 KINDS: Final = ("notfound", "dane-only", "mta-sts")
-
-
-class NullStore:
-    """Accepts and forgets: the store's own memory is not the service's."""
-
-    async def put(self, record: Record) -> None:
-        return None
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        return None
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return False
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return []
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        return 0
-
-    async def append_event(self, event: Event) -> None:
-        return None
-
-    async def events(self, since: float) -> list[Event]:
-        return []
-
-    async def close(self) -> None:
-        return None
 
 
 class Dane:

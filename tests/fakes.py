@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from policyd.adapters.claims import ClaimBusy, Job
 from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
 from policyd.core.event import Event
@@ -58,6 +59,16 @@ def event(
 ) -> Event:
     """A decision event for store tests: the fields that tell events apart, the rest fixed."""
     return Event(at, key, "postfix", Rule.PROBE, level, reason, previous=previous)
+
+
+class NullStore(MemoryStore):
+    """Accepts and forgets (a benchmark's: the store's own memory is not the service's)."""
+
+    async def put(self, record: Record) -> None:
+        return None
+
+    async def append_event(self, event: Event) -> None:
+        return None
 
 
 def plain_dns(name: str, now: float, ttl: float = 300.0) -> DnsEvidence:
@@ -145,3 +156,19 @@ def reply(encoded: bytes) -> bytes:
     out = dec.next_payload()
     assert isinstance(out, bytes)
     return out
+
+
+class RecordingClaims:
+    """Work claims that run the work, or answer with a canned result, or are busy; every
+    job asked for is kept in ``jobs``."""
+
+    def __init__(self, canned: str | None = None, busy: bool = False) -> None:
+        self.canned = canned
+        self.busy = busy
+        self.jobs: list[Job] = []
+
+    async def once(self, job: Job) -> str:
+        self.jobs.append(job)
+        if self.busy:
+            raise ClaimBusy(str(job))
+        return self.canned if self.canned is not None else await job.work()

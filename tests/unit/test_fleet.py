@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyd.adapters.claims import ClaimBusy, LocalClaims, Work
+from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, Work, WorkKind
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_published import PublishingStore
@@ -21,7 +21,6 @@ from policyd.cli.policyctl_render import status as render_status
 from policyd.codec.control import JsonValue
 from policyd.codec.fleet import Change, ChangeKind, change_from_json, change_to_json
 from policyd.codec.postfix_policy import parse
-from policyd.core.event import Event
 from policyd.core.evidence import (
     DnsStatus,
     MxHost,
@@ -36,7 +35,7 @@ from policyd.server.fleet_sync import FleetSync
 from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
-from tests.fakes import FakeDane, FakeProbe, FakeSts, reply
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingClaims, reply
 from tests.unit.test_service import make
 
 # -- change messages -----------------------------------------------------------------------
@@ -107,10 +106,12 @@ async def test_local_claims_run_one_piece_of_work_per_claim_at_a_time() -> None:
 
     got = await asyncio.gather(
         *(
-            claims.once("probe", "[192.0.2.1]:25", str(i), work(str(i)), lease=5, keep=0)
+            claims.once(
+                Job(WorkKind.PROBE, "[192.0.2.1]:25", str(i), work(str(i)), lease=5, keep=0)
+            )
             for i in range(5)
         ),
-        claims.once("probe", "[192.0.2.2]:25", "other", work("other"), lease=5, keep=0),
+        claims.once(Job(WorkKind.PROBE, "[192.0.2.2]:25", "other", work("other"), lease=5, keep=0)),
     )
     assert got == ["0", "1", "2", "3", "4", "other"]
     assert peak == 2  # the two addresses in parallel, never one address twice
@@ -128,7 +129,9 @@ async def test_local_claims_rest_between_two_pieces_of_work() -> None:
 
     await asyncio.gather(
         *(
-            claims.once("probe", "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1)
+            claims.once(
+                Job(WorkKind.PROBE, "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1)
+            )
             for i in range(3)
         )
     )
@@ -147,10 +150,12 @@ async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
         await gate.wait()
         return "late"
 
-    holder = asyncio.create_task(claims.once("sts", "a.test", "a", stuck, lease=10, keep=0))
+    holder = asyncio.create_task(
+        claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=10, keep=0))
+    )
     await asyncio.sleep(0)
     with pytest.raises(ClaimBusy):
-        await claims.once("sts", "a.test", "a", stuck, lease=0.05, keep=0)
+        await claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=0.05, keep=0))
     gate.set()
     assert await holder == "late"
 
@@ -158,37 +163,33 @@ async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
         raise RuntimeError("probe crashed")
 
     with pytest.raises(RuntimeError):
-        await claims.once("sts", "a.test", "a", boom, lease=1, keep=0)
-    assert await claims.once("sts", "a.test", "a", stuck, lease=1, keep=0) == "late"
+        await claims.once(Job(WorkKind.STS, "a.test", "a", boom, lease=1, keep=0))
+    assert await claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=1, keep=0)) == "late"
     assert claims.in_use == 0
 
 
+async def _nothing() -> str:
+    return ""
+
+
+@pytest.mark.parametrize(
+    "claim, result, lease, keep, rest",
+    [
+        ("", "a", 1.0, 0.0, 0.0),
+        ("a.test", "", 1.0, 0.0, 0.0),
+        ("a.test", "a", 0.0, 0.0, 0.0),
+        ("a.test", "a", 1.0, -1.0, 0.0),
+        ("a.test", "a", 1.0, 0.0, -1.0),
+    ],
+)
+def test_a_job_without_names_or_with_impossible_times_is_refused(
+    claim: str, result: str, lease: float, keep: float, rest: float
+) -> None:
+    with pytest.raises(ValueError):
+        Job(WorkKind.STS, claim, result, _nothing, lease=lease, keep=keep, rest=rest)
+
+
 # -- the claimed prober and fetcher ---------------------------------------------------------
-
-
-class RecordingClaims:
-    """Runs the work, or answers with a canned result, and records the names used."""
-
-    def __init__(self, canned: str | None = None, busy: bool = False) -> None:
-        self.canned = canned
-        self.busy = busy
-        self.calls: list[tuple[str, str, str, float, float, float]] = []
-
-    async def once(
-        self,
-        kind: str,
-        claim: str,
-        result: str,
-        work: Work,
-        *,
-        lease: float,
-        keep: float,
-        rest: float = 0.0,
-    ) -> str:
-        self.calls.append((kind, claim, result, lease, keep, rest))
-        if self.busy:
-            raise ClaimBusy(claim)
-        return self.canned if self.canned is not None else await work()
 
 
 async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> None:
@@ -207,7 +208,7 @@ async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> N
     found = await probe(mx, 2525)
     assert [h.address for h in found] == ["192.0.2.1", "2001:db8::1"]
     assert seen == [("192.0.2.1", "2525"), ("2001:db8::1", "2525")]  # one address a session
-    assert claims.calls == [
+    assert [(j.kind, j.claim, j.result, j.lease, j.keep, j.rest) for j in claims.jobs] == [
         ("probe", "[192.0.2.1]:2525", "[192.0.2.1]:2525:mx.example.com", 25.0, 60.0, 1.0),
         ("probe", "[2001:db8::1]:2525", "[2001:db8::1]:2525:mx.example.com", 25.0, 60.0, 1.0),
     ]
@@ -274,42 +275,6 @@ async def test_a_busy_fetch_is_done_here() -> None:
 
 
 # -- publishing and applying changes --------------------------------------------------------
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.records: dict[tuple[Kind, str], Record] = {}
-        self.fail = False
-
-    async def put(self, record: Record) -> None:
-        self.records[(record.kind, record.key)] = record
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        if self.fail:
-            raise StoreError("down")
-        return self.records.get((kind, key))
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return self.records.pop((kind, key), None) is not None
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return [r for (k, _), r in self.records.items() if k is kind]
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        kept = {Kind.OVERRIDE} if mta_sts else {Kind.OVERRIDE, Kind.STS}
-        doomed = [k for k in self.records if k[0] not in kept and key in (None, k[1])]
-        for k in doomed:
-            del self.records[k]
-        return len(doomed)
-
-    async def append_event(self, event: Event) -> None:
-        pass
-
-    async def events(self, since: float) -> list[Event]:
-        return []
-
-    async def close(self) -> None:
-        pass
 
 
 async def test_the_publishing_store_announces_overrides_and_flushes_after_writing() -> None:
