@@ -32,10 +32,11 @@ from policyd.adapters.store import ExpiringStore, Store, StoreError, is_redis_ur
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
+from policyd.admin import Admin, Facts
 from policyd.alerts import Alerts
-from policyd.config import DEFAULT_PATH, Config, ConfigError, load
+from policyd.config import DEFAULT_PATH, Config, ConfigError, load, socket_mode
 from policyd.server.alert_checks import watch_resolver, watch_sts
-from policyd.server.control import ControlServer
+from policyd.server.control import ControlServer, unix_path
 from policyd.server.fleet_sync import FleetSync
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
@@ -161,9 +162,31 @@ class Daemon:
         probe.on_change = service.invalidate
         sts.on_change = service.invalidate
         self.service = service
-        self.resolver = resolver
         server = SocketmapServer(service, cfg.server)
-        control = ControlServer(self, cfg)
+        admin = Admin(
+            service,
+            dane=service.dane,
+            sts=sts,
+            probe=probe,
+            events=shared,
+            reload=self.reload,
+            clear_dns=resolver.clear,
+            facts=Facts(
+                listeners=(*cfg.server.socketmap, cfg.server.control),
+                store=cfg.store.url.partition("://")[0],
+                started_at=self.started_at,
+            ),
+            listeners=server,
+            fleet=fleet,
+            monotonic=loop.time,
+        )
+        control = ControlServer(
+            admin,
+            unix_path(cfg.server.control),
+            mode=socket_mode(cfg.control.mode),
+            group=cfg.control.group,
+            access=lambda: self.config.control,
+        )
         metrics = None
         if cfg.metrics.listen:
             collector = PolicydCollector(
@@ -214,6 +237,7 @@ class Daemon:
         notifier.stopping()
         log.info("stopping")
         await control.close()
+        await admin.close()
         if metrics is not None:
             await metrics.close()
         await server.close()
@@ -271,9 +295,6 @@ class Daemon:
             return False
         log.info("reloaded %s", new.path)
         return True
-
-    def clear_dns_cache(self) -> None:
-        self.resolver.clear()
 
     def stop(self) -> None:
         self._stop.set()
