@@ -133,3 +133,16 @@ def reply(encoded: bytes) -> bytes:
     out = dec.next_payload()
     assert isinstance(out, bytes)
     return out
+
+
+@dataclass
+class GatedDane(FakeDane):
+    """A FakeDane whose lookups wait until the test sets ``gate``: work in flight without
+    a delay on the clock."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+        self.calls += 1
+        await self.gate.wait()
+        return self.answers.get(dest.name) or plain_dns(dest.name, now)

@@ -1,4 +1,4 @@
-"""The control protocol codec: framing, requests, replies, durations."""
+"""The control protocol codec: framing, requests, replies, results."""
 
 from __future__ import annotations
 
@@ -250,30 +250,6 @@ def test_oversized_result_becomes_internal_failure() -> None:
 def test_bad_replies(line: bytes) -> None:
     with pytest.raises(ControlProtocolError):
         control.decode_reply(line)
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90", 90), ("45s", 45), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("1w", 604800),
-     ("1h30m", 5400), (" 2D ", 172800)],
-)  # fmt: skip
-def test_parse_duration(text: str, seconds: int) -> None:
-    assert control.parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "0", "0m", "m", "5y", "1.5h", "-1h", "3h ago", "9999999999w"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ControlProtocolError):
-        control.parse_duration(text)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(0, "0s"), (59.6, "1m"), (125, "2m"), (3600, "1h"), (7500, "2h5m"), (36000 + 60, "10h"),
-     (86400 * 3, "3d"), (86400 * 14, "2w"), (86400 * 15, "15d"), (-5, "0s")],
-)  # fmt: skip
-def test_format_duration(seconds: float, text: str) -> None:
-    assert control.format_duration(seconds) == text
 
 
 @given(st.lists(st.binary(max_size=200), max_size=8))

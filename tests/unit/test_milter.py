@@ -1,11 +1,9 @@
-"""policyd-milter: settings, the bounded control client, the milter callbacks (driven
-directly, without libmilter), and the daemon's side of its two commands (warm, check)."""
+"""policyd-milter: settings, the bounded control client and the milter callbacks (driven
+directly, without libmilter). The daemon's side of its two commands (warm, check) is
+tested in test_admin.py."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
 import logging
 import socket
 import socketserver
@@ -22,14 +20,7 @@ from policyd import milter as pm
 from policyd.codec import control
 from policyd.core.evidence import (
     Destination,
-    DnsEvidence,
-    DnsStatus,
-    MxHost,
-    StsEvidence,
-    StsMode,
-    StsPolicy,
 )
-from policyd.core.profile import DEFAULT_PROFILES
 from policyd.milter import (
     ControlClient,
     MilterAction,
@@ -39,9 +30,6 @@ from policyd.milter import (
     recipient_domain,
     settings_from,
 )
-from policyd.server.control_commands import MAX_WARM_TASKS, Commands, Peer
-from policyd.service import PolicyService
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
 
 MARGIN = 0.4  # seconds of scheduling slack on a loaded test machine
 BOUND = 0.3  # the milter's bound in these tests
@@ -420,130 +408,3 @@ def test_an_internal_error_is_logged_and_mail_continues(
 def test_problem_text_is_made_safe_for_smtp_and_headers() -> None:
     assert pm.one_line("a\r\nb\tc\x00 ü") == "a b c? ?"
     assert len(pm.one_line("x" * 5000)) == pm.MAX_TEXT
-
-
-# -- the daemon's side: warm and check -------------------------------------------------
-
-NOW = 1_700_000_000.0
-
-
-def _host(name: str) -> MxHost:
-    return MxHost(name, 10, DnsStatus.INSECURE, ("192.0.2.7",))
-
-
-class Daemon:
-    def __init__(self, service: PolicyService) -> None:
-        self.service = service
-        self.config: Any = None
-        self.server: Any = None
-        self.started_at = 0.0
-
-    async def reload(self) -> bool:
-        return True
-
-    def clear_dns_cache(self) -> None:
-        pass
-
-
-PEER = Peer(1, 0, 0, "root")
-
-
-def make_commands(dane: FakeDane) -> tuple[Commands, PolicyService]:
-    sts = FakeSts(
-        {
-            "sts.example": StsEvidence(
-                StsPolicy(StsMode.ENFORCE, ("mx.sts.example",), 86400, "1", NOW - 60)
-            )
-        }
-    )
-    insecure = DnsEvidence(DnsStatus.INSECURE, hosts=(_host("mail.elsewhere.net"),))
-    dane.answers["sts.example"] = insecure
-    service = PolicyService(
-        DEFAULT_PROFILES,
-        MemoryStore(),
-        dane,
-        sts,
-        FakeProbe(),
-        lookup_budget=2.0,
-        clock=lambda: NOW,
-    )
-    return Commands(Daemon(service), lambda: NOW), service
-
-
-def _request(doc: dict[str, Any]) -> control.Request:
-    return control.decode_request(json.dumps({"v": 1, **doc}).encode())
-
-
-async def test_check_reports_an_unmeetable_sts_policy() -> None:
-    commands, _ = make_commands(FakeDane())
-    result = await commands.run(_request({"cmd": "check", "args": {"domain": "STS.example"}}), PEER)
-    assert isinstance(result, dict)
-    assert result["destination"] == "sts.example"
-    assert result["rule"] == "mta-sts"
-    assert "no MX host (mail.elsewhere.net)" in str(result["problem"])
-    fine = await commands.run(_request({"cmd": "check", "args": {"domain": "a.example"}}), PEER)
-    assert isinstance(fine, dict) and fine["problem"] is None
-
-
-async def test_check_reports_no_problem_for_a_dry_run_profile() -> None:
-    """A dry-run postfix profile enforces nothing: the milter has nothing to act on."""
-    commands, service = make_commands(FakeDane())
-    service.set_profiles(
-        tuple(dataclasses.replace(p, dry_run=p.name == "postfix") for p in service.profiles)
-    )
-    result = await commands.run(_request({"cmd": "check", "args": {"domain": "sts.example"}}), PEER)
-    assert isinstance(result, dict)
-    assert result["rule"] == "mta-sts"  # what it would have answered
-    assert result["problem"] is None
-
-
-async def test_warm_starts_lookups_in_the_background_and_answers_at_once() -> None:
-    dane = FakeDane(delay=0.2)
-    commands, service = make_commands(dane)
-    started = asyncio.get_running_loop().time()
-    req = _request({"cmd": "warm", "args": {"domains": ["a.example", "b.example", "a.example"]}})
-    result = await commands.run(req, PEER)
-    assert asyncio.get_running_loop().time() - started < 0.1
-    assert result == {"scheduled": 2, "requested": 3}
-    await asyncio.sleep(0.4)
-    assert dane.calls == 2
-    assert {k for _p, k in service.remembered()} == {"a.example", "b.example"}
-
-
-async def test_warm_is_bounded() -> None:
-    dane = FakeDane(delay=0.5)
-    commands, _ = make_commands(dane)
-    total = 0
-    for batch in range(4):
-        names = [f"d{batch}-{i}.example" for i in range(control.MAX_WARM_DOMAINS)]
-        req = control.Warm(tuple(Destination(n) for n in names))
-        result = await commands.run(req, PEER)
-        assert isinstance(result, dict) and isinstance(result["scheduled"], int)
-        total += result["scheduled"]
-    assert total == MAX_WARM_TASKS
-    # Let the background lookups finish (bounded wait: a loaded machine is slower).
-    for _ in range(100):
-        if not commands._warming:
-            break
-        await asyncio.sleep(0.1)
-    result = await commands.run(control.Warm((Destination("late.example"),)), PEER)
-    assert result == {"scheduled": 1, "requested": 1}  # the bound frees up again
-    await asyncio.sleep(0.8)
-
-
-def test_warm_and_check_are_read_level_and_validated() -> None:
-    assert not control.Command.WARM.writes and not control.Command.CHECK.writes
-    too_many = [f"d{i}.example" for i in range(control.MAX_WARM_DOMAINS + 1)]
-    for doc in (
-        {"cmd": "warm", "args": {"domains": too_many}},
-        {"cmd": "warm", "args": {"domains": []}},
-        {"cmd": "warm", "args": {"domains": "a.example"}},
-        {"cmd": "warm", "args": {"domains": ["a..example"]}},
-        {"cmd": "check", "args": {"domain": "a.example", "x": 1}},
-    ):
-        with pytest.raises(control.ControlProtocolError):
-            _request(doc)
-    warm = control.Warm((Destination("a.example"), Destination("b.example")))
-    assert control.decode_request(control.encode_request(warm)) == warm
-    check = control.Check(Destination("a.example"))
-    assert control.decode_request(control.encode_request(check)) == check
