@@ -14,7 +14,7 @@ from policyd.cli.control_client import ControlClient, ControlError, Trouble
 from policyd.codec import control
 from policyd.codec.control import ErrorCode, results
 
-STATUS_DOC = {
+STATUS_DOC: control.JsonObject = {
     "version": "1", "uptime": 1.0, "listeners": [], "store": "sqlite", "connections": None,
     "refused": None, "cache": {"answers": 0, "verdicts": 0, "overrides": 0},
     "lookups": {"lookups": 0, "hits": 0, "temp": 0, "perm": 0}, "probe": None,
@@ -74,9 +74,12 @@ def test_call_decodes_the_typed_result(path: str) -> None:
 
 def test_a_failure_reply_raises_with_the_failure(path: str) -> None:
     failure = control.Failure(ErrorCode.NOTFOUND, "no override for a.example")
-    with _peer(path, lambda conn, _reqs: conn.sendall(control.encode_reply(failure))):
-        with pytest.raises(ControlError) as caught:
-            ControlClient(path, 5.0).call(control.OverrideList())
+    reply = control.encode_reply(failure)
+    with (
+        _peer(path, lambda conn, _reqs: conn.sendall(reply)),
+        pytest.raises(ControlError) as caught,
+    ):
+        ControlClient(path, 5.0).call(control.OverrideList())
     assert caught.value.trouble is Trouble.FAILED and caught.value.failure == failure
 
 
@@ -102,9 +105,11 @@ def test_the_deadline_bounds_the_whole_exchange(path: str) -> None:
     [(b"", Trouble.LOST), (b"garbage\n", Trouble.BAD_REPLY), (_ok({"x": 1}), Trouble.BAD_REPLY)],
 )
 def test_transport_and_protocol_trouble(path: str, reply: bytes, trouble: Trouble) -> None:
-    with _peer(path, lambda conn, _reqs: conn.sendall(reply)):
-        with pytest.raises(ControlError) as caught:
-            ControlClient(path, 5.0).call(control.Status())
+    with (
+        _peer(path, lambda conn, _reqs: conn.sendall(reply)),
+        pytest.raises(ControlError) as caught,
+    ):
+        ControlClient(path, 5.0).call(control.Status())
     assert caught.value.trouble is trouble
 
 
