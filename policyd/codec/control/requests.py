@@ -132,6 +132,37 @@ class _Args:
 
 
 @dataclass(frozen=True, slots=True)
+class _OneDestination:
+    """A request whose only argument is one destination."""
+
+    destination: Destination
+
+    command: ClassVar[Command]
+
+    def args(self) -> JsonObject:
+        return {"domain": self.destination.key}
+
+    @classmethod
+    def from_args(cls, raw: JsonObject) -> Self:
+        return cls(_Args(cls.command, raw, "domain").destination())
+
+
+@dataclass(frozen=True, slots=True)
+class _NoArgs:
+    """A request without arguments."""
+
+    command: ClassVar[Command]
+
+    def args(self) -> JsonObject:
+        return {}
+
+    @classmethod
+    def from_args(cls, raw: JsonObject) -> Self:
+        _Args(cls.command, raw)
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
 class OverrideSet:
     destination: Destination
     policy: Policy
@@ -168,47 +199,20 @@ class OverrideSet:
 
 
 @dataclass(frozen=True, slots=True)
-class OverrideDel:
-    destination: Destination
-
+class OverrideDel(_OneDestination):
     command: ClassVar[Command] = Command.OVERRIDE_DEL
 
-    def args(self) -> JsonObject:
-        return {"domain": self.destination.key}
-
-    @classmethod
-    def from_args(cls, raw: JsonObject) -> Self:
-        return cls(_Args(cls.command, raw, "domain").destination())
-
 
 @dataclass(frozen=True, slots=True)
-class Explain:
-    destination: Destination
-
+class Explain(_OneDestination):
     command: ClassVar[Command] = Command.EXPLAIN
 
-    def args(self) -> JsonObject:
-        return {"domain": self.destination.key}
-
-    @classmethod
-    def from_args(cls, raw: JsonObject) -> Self:
-        return cls(_Args(cls.command, raw, "domain").destination())
-
 
 @dataclass(frozen=True, slots=True)
-class Check:
+class Check(_OneDestination):
     """The current verdict for the default profile and whether it can be met now."""
 
-    destination: Destination
-
     command: ClassVar[Command] = Command.CHECK
-
-    def args(self) -> JsonObject:
-        return {"domain": self.destination.key}
-
-    @classmethod
-    def from_args(cls, raw: JsonObject) -> Self:
-        return cls(_Args(cls.command, raw, "domain").destination())
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,42 +296,18 @@ class Warm:
 
 
 @dataclass(frozen=True, slots=True)
-class OverrideList:
+class OverrideList(_NoArgs):
     command: ClassVar[Command] = Command.OVERRIDE_LIST
 
-    def args(self) -> JsonObject:
-        return {}
-
-    @classmethod
-    def from_args(cls, raw: JsonObject) -> Self:
-        _Args(cls.command, raw)
-        return cls()
-
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class Status(_NoArgs):
     command: ClassVar[Command] = Command.STATUS
 
-    def args(self) -> JsonObject:
-        return {}
-
-    @classmethod
-    def from_args(cls, raw: JsonObject) -> Self:
-        _Args(cls.command, raw)
-        return cls()
-
 
 @dataclass(frozen=True, slots=True)
-class Reload:
+class Reload(_NoArgs):
     command: ClassVar[Command] = Command.RELOAD
-
-    def args(self) -> JsonObject:
-        return {}
-
-    @classmethod
-    def from_args(cls, raw: JsonObject) -> Self:
-        _Args(cls.command, raw)
-        return cls()
 
 
 Request: TypeAlias = (
