@@ -49,6 +49,7 @@ from policyd.codec.control.results import (
     VerdictRow,
     Warmed,
 )
+from policyd.config import Config
 from policyd.core import feasibility
 from policyd.core.evidence import (
     Destination,
@@ -98,7 +99,6 @@ class Prober(Protocol):
     """policyd/sources/probe.py's ProbeSource."""
 
     def cached(self, key: str) -> ProbeState | None: ...
-
     async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState: ...
 
     def stats(self) -> ProbeStats: ...
@@ -108,7 +108,6 @@ class StsView(Protocol):
     """policyd/sources/sts.py's StsSource."""
 
     def cached(self, domain: str, now: float) -> StsEvidence: ...
-
     def queue_stats(self) -> QueueStats: ...
 
 
@@ -130,6 +129,11 @@ class Facts:
     listeners: tuple[str, ...]  # the socketmap listeners and the control socket
     store: str  # the store URL's scheme
     started_at: float  # on the ``monotonic`` clock given to Admin
+
+    @classmethod
+    def of(cls, config: Config, started_at: float) -> Facts:
+        listeners = (*config.server.socketmap, config.server.control)
+        return cls(listeners, config.store.url.partition("://")[0], started_at)
 
 
 class Admin:
@@ -300,13 +304,11 @@ class Admin:
         for dest in dests:
             if dest.key in self._warming or len(self._warming) >= MAX_WARM_TASKS:
                 continue
-            task = self._warming.task(dest.key, functools.partial(self._warm_one, dest, profile))
+            lookup = functools.partial(self._service.answer, dest, profile)
+            task = self._warming.task(dest.key, lookup)
             task.add_done_callback(functools.partial(_warm_done, dest.key))
             scheduled += 1
         return Warmed(scheduled, len(dests))
-
-    async def _warm_one(self, dest: Destination, profile: Profile) -> object:
-        return await self._service.answer(dest, profile)
 
     def _default_profile(self) -> Profile:
         profiles = self._service.profiles

@@ -34,9 +34,9 @@ from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.admin import Admin, Facts
 from policyd.alerts import Alerts
-from policyd.config import DEFAULT_PATH, Config, ConfigError, load, socket_mode
+from policyd.config import DEFAULT_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import watch_resolver, watch_sts
-from policyd.server.control import ControlServer, unix_path
+from policyd.server.control import ControlServer
 from policyd.server.fleet_sync import FleetSync
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
@@ -171,22 +171,12 @@ class Daemon:
             events=shared,
             reload=self.reload,
             clear_dns=resolver.clear,
-            facts=Facts(
-                listeners=(*cfg.server.socketmap, cfg.server.control),
-                store=cfg.store.url.partition("://")[0],
-                started_at=self.started_at,
-            ),
+            facts=Facts.of(cfg, self.started_at),
             listeners=server,
             fleet=fleet,
             monotonic=loop.time,
         )
-        control = ControlServer(
-            admin,
-            unix_path(cfg.server.control),
-            mode=socket_mode(cfg.control.mode),
-            group=cfg.control.group,
-            access=lambda: self.config.control,
-        )
+        control = ControlServer.of(admin, cfg, lambda: self.config.control)
         metrics = None
         if cfg.metrics.listen:
             collector = PolicydCollector(

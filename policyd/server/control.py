@@ -35,7 +35,7 @@ from policyd.admin import Admin, AdminError
 from policyd.codec import control
 from policyd.codec.control import ErrorCode, Failure, JsonObject, Ok
 from policyd.codec.postfix_policy import render as render_policy
-from policyd.config import ControlSettings
+from policyd.config import Config, ControlSettings, socket_mode
 from policyd.server.unixsock import BoundSocket, apply_socket_perms, claim_unix_path
 
 log = logging.getLogger("policyd")
@@ -138,6 +138,19 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._bound: BoundSocket | None = None
         self._conns: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def of(
+        cls, admin: Admin, config: Config, access: Callable[[], ControlSettings]
+    ) -> ControlServer:
+        """The control socket ``config`` names, with its mode and group."""
+        return cls(
+            admin,
+            unix_path(config.server.control),
+            mode=socket_mode(config.control.mode),
+            group=config.control.group,
+            access=access,
+        )
 
     @property
     def path(self) -> str:

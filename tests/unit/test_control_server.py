@@ -25,7 +25,7 @@ from policyd.admin import Admin, Facts
 from policyd.cli import policyctl, policyctl_render
 from policyd.codec import control
 from policyd.codec.control import evidence, results
-from policyd.config import Config, ControlSettings, ServerSettings, StoreSettings, socket_mode
+from policyd.config import Config, ControlSettings, ServerSettings, StoreSettings
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -42,7 +42,7 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES
-from policyd.server.control import ControlServer, unix_path
+from policyd.server.control import ControlServer
 from policyd.service import PolicyService
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
@@ -252,22 +252,12 @@ async def start_env(
         events=store,
         reload=daemon.reload,
         clear_dns=daemon.clear_dns_cache,
-        facts=Facts(
-            listeners=(*config.server.socketmap, config.server.control),
-            store=config.store.url.partition("://")[0],
-            started_at=loop.time() - 3725,
-        ),
+        facts=Facts.of(config, loop.time() - 3725),
         listeners=Listeners(),
         clock=clock,
         monotonic=loop.time,
     )
-    server = ControlServer(
-        admin,
-        unix_path(config.server.control),
-        mode=socket_mode(config.control.mode),
-        group=config.control.group,
-        access=lambda: config.control,
-    )
+    server = ControlServer.of(admin, config, lambda: config.control)
     try:
         await server.start()
     except OSError:
