@@ -24,13 +24,8 @@ from policyd import __version__
 from policyd.codec.control import ErrorCode
 from policyd.codec.control.evidence import DnsDoc, OverrideDoc, ProbeDoc, StsDoc
 from policyd.codec.control.report import (
-    ChangeRow,
     DryRunDoc,
-    HeldRow,
     ReportResult,
-    StsFailingRow,
-    TempRow,
-    TempSummary,
 )
 from policyd.codec.control.results import (
     CacheCounts,
@@ -51,6 +46,7 @@ from policyd.codec.control.results import (
 )
 from policyd.config import Config
 from policyd.core import feasibility
+from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -60,7 +56,8 @@ from policyd.core.evidence import (
     StsEvidence,
 )
 from policyd.core.profile import Profile
-from policyd.core.types import Outcome, Policy, Verdict
+from policyd.core.report import ReportLimits, build_report
+from policyd.core.types import Policy, Verdict
 from policyd.service import PolicyService, level_text, render_reply
 from policyd.singleflight import SingleFlight, TaskSet
 from policyd.sources.fetch_queue import QueueStats
@@ -112,7 +109,7 @@ class StsView(Protocol):
 
 
 class EventLog(Protocol):
-    async def events(self, since: float) -> list[tuple[float, str, str]]: ...
+    async def events(self, since: float) -> list[Event]: ...
 
 
 class ListenerStats(Protocol):
@@ -132,7 +129,7 @@ class Facts:
 
     @classmethod
     def of(cls, config: Config, started_at: float) -> Facts:
-        listeners = (*config.server.socketmap, config.server.control)
+        listeners = tuple(str(x) for x in (*config.server.socketmap, config.server.control))
         return cls(listeners, config.store.url.partition("://")[0], started_at)
 
 
@@ -317,65 +314,24 @@ class Admin:
                 return p
         return profiles[0]
 
-    # -- report: level-change events, aggregated -------------------------------------------
+    # -- report: level changes and where each destination stands ------------------------
 
     async def report(self, since_seconds: float) -> ReportResult:
         service = self._service
         now = self._clock()
         since = now - since_seconds
-        changes: list[ChangeRow] = []
         await service.writes.flush()  # events still queued for the store count too
-        for at, key, text in (await self._events.events(since))[-MAX_REPORT_CHANGES:]:
-            change = parse_change(text)
-            if change is None:
-                continue
-            changes.append(
-                ChangeRow(
-                    at=at,
-                    destination=key,
-                    profile=change.profile,
-                    level=change.level,
-                    previous=change.previous,
-                    reason=change.reason,
-                )
-            )
-        levels: dict[str, dict[str, list[str]]] = {}
-        rules: dict[str, dict[str, int]] = {}
-        temp_now: list[TempRow] = []
-        keys: set[str] = set()
-        for (profile, key), verdict in sorted(service.remembered().items()):
-            keys.add(key)
-            by_level = levels.setdefault(profile, {}).setdefault(level_text(verdict), [])
-            if len(by_level) < MAX_REPORT_NAMES:
-                by_level.append(key)
-            by_rule = rules.setdefault(profile, {})
-            by_rule[verdict.rule.value] = by_rule.get(verdict.rule.value, 0) + 1
-            if verdict.outcome is Outcome.TEMP and len(temp_now) < MAX_REPORT_NAMES:
-                temp_now.append(TempRow(key, profile, verdict.reason))
-        held: list[HeldRow] = []
-        sts_failing: list[StsFailingRow] = []
-        for key in sorted(keys):
-            state = self._probe.cached(key)
-            probe = ProbeDoc.of(state, now)
-            if probe is not None and probe.damping is not None and len(held) < MAX_REPORT_NAMES:
-                held.append(HeldRow(key, probe))
-            dest_name = key.partition(":")[0]
-            if dest_name.startswith(("[", ".")):
-                continue
-            sts = self._sts.cached(dest_name, now)
-            if sts.error and len(sts_failing) < MAX_REPORT_NAMES:
-                sts_failing.append(StsFailingRow(key, sts.error, sts.policy is not None))
-        return ReportResult(
+        report = build_report(
+            await self._events.events(since),
+            service.remembered(),
             since=since,
             now=now,
-            dry_run=self._dry_run(),
-            changes=tuple(changes),
-            levels={p: {lv: tuple(ks) for lv, ks in t.items()} for p, t in levels.items()},
-            rules=rules,
-            temp=TempSummary(service.stats.temp, tuple(temp_now)),
-            held=tuple(held),
-            sts_failing=tuple(sts_failing),
+            limits=ReportLimits(changes=MAX_REPORT_CHANGES, names=MAX_REPORT_NAMES),
+            level_of=level_text,
+            probe_of=self._probe.cached,
+            sts_of=lambda domain: self._sts.cached(domain, now),
         )
+        return ReportResult.of(report, temp_answers=service.stats.temp, dry_run=self._dry_run())
 
     def _dry_run(self) -> dict[str, DryRunDoc]:
         """Per dry-run profile: what Postfix would have been told instead of NOTFOUND,
@@ -400,30 +356,6 @@ class Admin:
             name: DryRunDoc({lv: tuple(ks) for lv, ks in would[name].items()}, answers[name])
             for name in sorted(dry)
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One event text as PolicyService._log_change writes it:
-    ``level=L [profile=P] reason=TEXT [previous=L]``."""
-
-    level: str
-    profile: str
-    reason: str
-    previous: str | None
-
-
-def parse_change(text: str) -> Change | None:
-    head, sep, rest = text.partition(" reason=")
-    if not sep or not head.startswith("level="):
-        return None
-    words = dict(w.partition("=")[::2] for w in head.split())
-    reason, sep, previous = rest.rpartition(" previous=")
-    if not sep or " " in previous:
-        reason, previous = rest, ""
-    return Change(
-        words.get("level", "?"), words.get("profile", "postfix"), reason, previous or None
-    )
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
+from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -15,12 +16,13 @@ from policyd.core.evidence import (
     ProbeState,
     StsEvidence,
 )
+from policyd.core.types import Rule
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[tuple[Kind, str], Record] = {}
-        self.event_log: list[tuple[float, str, str]] = []
+        self.event_log: list[Event] = []
 
     async def put(self, record: Record) -> None:
         self.records[(record.kind, record.key)] = record
@@ -41,14 +43,21 @@ class MemoryStore:
             del self.records[k]
         return len(doomed)
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        self.event_log.append((at, key, text))
+    async def append_event(self, event: Event) -> None:
+        self.event_log.append(event)
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
-        return [e for e in self.event_log if e[0] >= since]
+    async def events(self, since: float) -> list[Event]:
+        return [e for e in self.event_log if e.at >= since]
 
     async def close(self) -> None:
         return None
+
+
+def event(
+    at: float, key: str, reason: str = "x", level: str = "encrypt", previous: str | None = None
+) -> Event:
+    """A decision event for store tests: the fields that tell events apart, the rest fixed."""
+    return Event(at, key, "postfix", Rule.PROBE, level, reason, previous=previous)
 
 
 def plain_dns(name: str, now: float, ttl: float = 300.0) -> DnsEvidence:
@@ -61,11 +70,14 @@ class FakeDane:
     answers: dict[str, DnsEvidence] = field(default_factory=dict)
     calls: int = 0
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # when given, every lookup waits until it is set
 
     async def gather(self, dest: Destination, now: float) -> DnsEvidence:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         return self.answers.get(dest.name) or plain_dns(dest.name, now)
 
 
@@ -133,16 +145,3 @@ def reply(encoded: bytes) -> bytes:
     out = dec.next_payload()
     assert isinstance(out, bytes)
     return out
-
-
-@dataclass
-class GatedDane(FakeDane):
-    """A FakeDane whose lookups wait until the test sets ``gate``: work in flight without
-    a delay on the clock."""
-
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
-        self.calls += 1
-        await self.gate.wait()
-        return self.answers.get(dest.name) or plain_dns(dest.name, now)

@@ -60,13 +60,10 @@ def socket_path(args: argparse.Namespace) -> str:
     from policyd.config import ConfigError, load
 
     try:
-        spec = load(getattr(args, "config", None) or DEFAULT_CONFIG).server.control
+        listener = load(getattr(args, "config", None) or DEFAULT_CONFIG).server.control
     except ConfigError as exc:
         raise CtlError(EXIT_UNREACHABLE, f"cannot find the control socket: {exc}") from None
-    kind, _, path = spec.partition(":")
-    if kind != "unix" or not path:
-        raise CtlError(EXIT_UNREACHABLE, f"control socket {spec!r} is not unix:/path")
-    return path
+    return listener.path  # a unix listener: the loader checks it
 
 
 def call(path: str, req: control.Request, timeout: float | None = None) -> results.Result:

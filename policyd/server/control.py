@@ -35,8 +35,9 @@ from policyd.admin import Admin, AdminError
 from policyd.codec import control
 from policyd.codec.control import ErrorCode, Failure, JsonObject, Ok
 from policyd.codec.postfix_policy import render as render_policy
-from policyd.config import Config, ControlSettings, socket_mode
+from policyd.config import Config
 from policyd.server.unixsock import BoundSocket, apply_socket_perms, claim_unix_path
+from policyd.settings import ControlSettings
 
 log = logging.getLogger("policyd")
 
@@ -106,13 +107,6 @@ def allowed(access: Access, cmd: control.Command) -> bool:
     return access is Access.READ and not cmd.writes
 
 
-def unix_path(spec: str) -> str:
-    kind, sep, path = spec.partition(":")
-    if kind != "unix" or not sep or not path:
-        raise OSError(f"control socket {spec!r}: expected unix:/path")
-    return path
-
-
 class ControlServer:
     """The control socket in front of an :class:`~policyd.admin.Admin`.
 
@@ -146,8 +140,8 @@ class ControlServer:
         """The control socket ``config`` names, with its mode and group."""
         return cls(
             admin,
-            unix_path(config.server.control),
-            mode=socket_mode(config.control.mode),
+            config.server.control.path,  # a unix listener (checked at load)
+            mode=config.control.mode,
             group=config.control.group,
             access=access,
         )

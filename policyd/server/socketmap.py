@@ -23,7 +23,7 @@ import typing
 from typing import Final
 
 from policyd.codec import netstring, socketmap
-from policyd.config import Listener, ServerSettings, parse_listener, socket_mode
+from policyd.config import Listener, ListenerKind, ServerSettings
 from policyd.server.unixsock import BoundSocket, apply_socketmap_perms, claim_unix_path
 from policyd.service import PolicyService
 
@@ -215,22 +215,19 @@ class SocketmapServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for spec in self.settings.socketmap:
-            listener = parse_listener(spec)
+        for listener in self.settings.socketmap:
             self._servers.append(await self._listen(loop, listener))
         self._sweeper = loop.create_task(self._sweep())
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
-        if listener.kind == "unix":
+        if listener.kind is ListenerKind.UNIX:
             claim_unix_path(listener.path)
             server = await loop.create_unix_server(
                 lambda: _Conn(self), listener.path, backlog=LISTEN_BACKLOG
             )
             bound = BoundSocket.record(listener.path)
             self._bound.append(bound)
-            apply_socketmap_perms(
-                bound, socket_mode(self.settings.socket_mode), self.settings.socket_group
-            )
+            apply_socketmap_perms(bound, self.settings.socket_mode, self.settings.socket_group)
         else:
             server = await loop.create_server(
                 lambda: _Conn(self),
@@ -271,7 +268,7 @@ class SocketmapServer:
 
 
 def describe(listener: Listener) -> str:
-    if listener.kind == "unix":
+    if listener.kind is ListenerKind.UNIX:
         return f"unix:{listener.path}"
     host = f"[{listener.host}]" if ":" in listener.host else listener.host
     return f"inet:{host}:{listener.port}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -24,9 +23,9 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from policyd.adapters.certverify import load_roots
-from policyd.adapters.smtp_probe import ProbeTimeouts, probe_host
+from policyd.adapters.smtp_probe import probe_host
 from policyd.adapters.store import Kind, Record, Store, StoreError
-from policyd.codec.probe_record import state_from_json, state_to_json
+from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -35,14 +34,9 @@ from policyd.core.evidence import (
     ProbeHost,
     ProbeState,
 )
-from policyd.core.probe import (
-    DEFAULT_CONFIRM_PROBES,
-    DEFAULT_CONFIRM_SECONDS,
-    Damping,
-    advance,
-    observed_level,
-)
+from policyd.core.probe import Damping, advance, observed_level
 from policyd.counters import ProbeCounters
+from policyd.settings import ProbeSettings
 
 # Probes one MX host on a port (that of the destination's next hop).
 Prober = Callable[[MxHost, int], Awaitable[list[ProbeHost]]]
@@ -57,60 +51,6 @@ SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: a destination without a port
 # RFC 8314 3.3: submissions speaks TLS from the first byte (smtp_tls_wrappermode); there
 # is no STARTTLS to probe, and a STARTTLS probe would only time out.
 SUBMISSIONS_PORT: Final = 465
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeSettings:
-    """``[probe]`` in policyd.toml. Times in seconds."""
-
-    enabled: bool = True
-    concurrency: int = 8  # destinations probed at once
-    queue_size: int = 1000  # waiting destinations; more are dropped (and counted)
-    max_mx_hosts: int = 3  # most preferred MX hosts probed per destination
-    reprobe_interval: float = 86400.0  # a destination's evidence is refreshed daily
-    host_min_interval: float = 60.0  # one MX host is probed at most this often
-    backoff_initial: float = 900.0  # first retry when no MX address was reachable ...
-    backoff_max: float = 86400.0  # ... doubling up to this
-    confirm_probes: int = DEFAULT_CONFIRM_PROBES  # damping: a weaker level needs K probes
-    confirm_seconds: float = DEFAULT_CONFIRM_SECONDS  # ... spread over at least T
-    retention: float = 30 * 86400.0  # a stored result is forgotten this long after its probe
-    port: int = SMTP_PORT  # for destinations without a port of their own (tests use another)
-    helo_name: str = ""  # EHLO name; empty: this host's FQDN (set it to Postfix myhostname)
-    connect_timeout: float = 10.0  # see policyd.adapters.smtp_probe.ProbeTimeouts
-    banner_timeout: float = 30.0
-    command_timeout: float = 15.0
-    tls_timeout: float = 15.0
-    total_timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in ("concurrency", "queue_size", "max_mx_hosts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"probe {name} must be at least 1")
-        for name in ("reprobe_interval", "host_min_interval", "retention"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"probe {name} must be a non-negative number of seconds")
-        if not (0 < self.backoff_initial <= self.backoff_max and math.isfinite(self.backoff_max)):
-            raise ValueError("probe backoff needs 0 < backoff_initial <= backoff_max")
-        if not 1 <= self.port <= 65535:
-            raise ValueError("probe port must be 1-65535")
-        if any(c.isspace() for c in self.helo_name):
-            raise ValueError("probe helo_name must not contain white space")
-        _ = (self.timeouts, self.damping)  # constructing them validates them
-
-    @property
-    def timeouts(self) -> ProbeTimeouts:
-        return ProbeTimeouts(
-            connect=self.connect_timeout,
-            banner=self.banner_timeout,
-            command=self.command_timeout,
-            tls=self.tls_timeout,
-            total=self.total_timeout,
-        )
-
-    @property
-    def damping(self) -> Damping:
-        return Damping(self.confirm_probes, self.confirm_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +104,7 @@ class ProbeSource:
         self._store = store
         self._prober = prober
         self.settings = settings
+        self._damping = Damping(settings.confirm_probes, settings.confirm_seconds)
         self._clock = clock
         self._log = log or logging.getLogger(__name__)
         self.on_change: Callable[[str], None] | None = None
@@ -188,7 +129,7 @@ class ProbeSource:
             if record.expires_at is not None and record.expires_at <= now:
                 continue
             try:
-                state = state_from_json(record.value)
+                state = probe_state_from_json(record.value)
             except ValueError as exc:
                 self._log.warning("%s: stored probe result ignored: %s", record.key, exc)
                 continue
@@ -329,7 +270,7 @@ class ProbeSource:
             hosts.extend(await self._probe_mx(mx, port, fresh))
         now = self._clock()
         old = self._states.get(key)
-        new, held = advance(old, tuple(hosts), now, self.settings.damping)
+        new, held = advance(old, tuple(hosts), now, self._damping)
         for host in hosts:
             self.counters.verdicts.inc(host.verdict.value)
         self.counters.held += held
@@ -338,7 +279,7 @@ class ProbeSource:
         self._failures[key] = 0 if reachable else self._failures.get(key, 0) + 1
         self._due[key] = now + self._interval(new, reachable, self._failures[key])
         self._report(key, new, held)
-        record = Record(Kind.PROBE, key, state_to_json(new), now + self.settings.retention)
+        record = Record(Kind.PROBE, key, probe_state_to_json(new), now + self.settings.retention)
         try:
             await self._store.put(record)
         except StoreError as exc:

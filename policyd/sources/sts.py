@@ -35,10 +35,11 @@ from policyd.codec.mtasts import (
     discover,
     parse_policy,
 )
-from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
 from policyd.core.sts import describe_mx
 from policyd.counters import StsCounters
+from policyd.settings import StsSettings
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
@@ -48,36 +49,6 @@ TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 DEFAULT_MAX_ABSENT: Final = 1_000_000
 _NEVER: Final = -math.inf
 DROPS_LOGGED_EVERY: Final = 100  # one log line per this many fetches dropped (queue full)
-
-
-@dataclass(frozen=True, slots=True)
-class StsSettings:
-    """The ``[sts]`` settings; all in seconds except the fetch count."""
-
-    # How long a lookup without a cached policy waits for discovery and fetch before it
-    # answers "pending": far below Postfix's socketmap timeout (100 s) and smtp's.
-    cold_budget: float = 3.0
-    # Refetch a cached policy this old even when its id is unchanged (RFC 8461 3.3 and 10.2
-    # recommend proactive refresh); short-lived policies are refetched at half their max_age.
-    refresh_interval: float = 86400.0
-    # After a failed TXT lookup or fetch, no new attempt for that domain sooner than this
-    # (RFC 8461 3.3 and 10.3: rate-limit fetch attempts).
-    retry_after_failure: float = 300.0
-    # How often a lookup re-reads the TXT record of a domain in use, to see a changed id
-    # (RFC 8461 3.1), or to find a policy for a domain that had none.
-    recheck_interval: float = 3600.0
-    max_concurrent_fetches: int = 16
-    # Discoveries and refreshes waiting for a slot; beyond it the oldest background
-    # discovery is dropped for urgent work, or the new one is refused (and counted).
-    max_queued_fetches: int = 1000
-
-    def __post_init__(self) -> None:
-        for name in ("cold_budget", "refresh_interval", "retry_after_failure", "recheck_interval"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"sts {name} must not be negative")
-        for name in ("max_concurrent_fetches", "max_queued_fetches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sts {name} must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +212,7 @@ class StsSource:
         loaded = 0
         for rec in await self._store.scan(Kind.STS):
             try:
-                policy = policy_from_json(rec.value)
+                policy = sts_policy_from_json(rec.value)
             except ValueError as exc:
                 self._log.warning("%s: ignoring unreadable mta-sts record: %s", rec.key, exc)
                 continue
@@ -536,7 +507,7 @@ class StsSource:
             if policy is None:
                 await self._store.delete(Kind.STS, domain)
             else:
-                record = Record(Kind.STS, domain, policy_to_json(policy), policy.expires_at)
+                record = Record(Kind.STS, domain, sts_policy_to_json(policy), policy.expires_at)
                 await self._store.put(record)
         except StoreError as exc:
             self._log.error("%s: mta-sts policy not saved: %s", domain, exc)

@@ -363,7 +363,7 @@ def milter_sender(world: World, daemon: Daemon, files: Path) -> Iterator[Postfix
     )
     log = (files / "milter.log").open("ab")
     milter = subprocess.Popen(
-        [sys.executable, "-m", "policyd.milter", "--config", str(config)],
+        [sys.executable, "-m", "policyd.cli.milter", "--config", str(config)],
         stdout=log,
         stderr=log,
         start_new_session=True,

@@ -24,8 +24,8 @@ from policyd.adapters.fleet_redis import (
 )
 from policyd.codec.fleet import Change, ChangeKind
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ADDRESS_SPACING, claimed_prober
-from policyd.sources.probe import ProbeSettings
 from tests.integration.test_store_redis import RedisServer
 
 pytestmark = pytest.mark.integration

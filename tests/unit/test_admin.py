@@ -14,7 +14,6 @@ import pytest
 from policyd.admin import MAX_WARM_TASKS, Admin, AdminError, Facts
 from policyd.codec import control
 from policyd.codec.control import ErrorCode, results
-from policyd.config import ControlSettings
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -28,9 +27,10 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.control import ControlServer, Peer
 from policyd.service import PolicyService
+from policyd.settings import ControlSettings
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
-from tests.fakes import FakeDane, FakeProbe, FakeSts, GatedDane, MemoryStore
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
 
 NOW = 1_700_000_000.0
 PEER = Peer(1, 0, 0, "root")
@@ -129,7 +129,7 @@ async def test_check_reports_no_problem_for_a_dry_run_profile() -> None:
 
 
 async def test_warm_starts_lookups_in_the_background_and_answers_at_once() -> None:
-    dane = GatedDane()
+    dane = FakeDane(gate=asyncio.Event())
     admin, service = make_admin(dane)
     req = _request({"cmd": "warm", "args": {"domains": ["a.example", "b.example", "a.example"]}})
     assert isinstance(req, control.Warm)
@@ -137,6 +137,7 @@ async def test_warm_starts_lookups_in_the_background_and_answers_at_once() -> No
     assert admin.warm(req.destinations) == results.Warmed(scheduled=2, requested=3)
     await _settled(lambda: dane.calls == 2)
     assert service.remembered() == {}
+    assert dane.gate is not None
     dane.gate.set()
     await _settled(lambda: len(service.remembered()) == 2)
     assert dane.calls == 2
@@ -145,13 +146,14 @@ async def test_warm_starts_lookups_in_the_background_and_answers_at_once() -> No
 
 
 async def test_warm_is_bounded() -> None:
-    dane = GatedDane()
+    dane = FakeDane(gate=asyncio.Event())
     admin, service = make_admin(dane)
     total = 0
     for batch in range(4):
         names = [f"d{batch}-{i}.example" for i in range(control.MAX_WARM_DOMAINS)]
         total += admin.warm(tuple(Destination(n) for n in names)).scheduled
     assert total == MAX_WARM_TASKS
+    assert dane.gate is not None
     dane.gate.set()
     await _settled(lambda: len(service.remembered()) == MAX_WARM_TASKS)
     await _settled(lambda: admin.warm(()).scheduled == 0 and not admin._warming)

@@ -15,7 +15,7 @@ from policyd.core.evidence import DnsEvidence, DnsStatus, Override, ProbeLevel, 
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.server.alert_checks import check_resolver, check_sts
 from policyd.service import PolicyService
-from policyd.sources.sts import StsSettings
+from policyd.settings import StsSettings
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
 from tests.fakes import ServiceClock as Clock
 from tests.unit.test_sts_source import DOMAIN, T0, FakeFetcher, FakeTxt, World, publish

@@ -25,7 +25,7 @@ from policyd.admin import Admin, Facts
 from policyd.cli import policyctl, policyctl_render
 from policyd.codec import control
 from policyd.codec.control import evidence, results
-from policyd.config import Config, ControlSettings, ServerSettings, StoreSettings
+from policyd.config import Config
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -44,6 +44,7 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.control import ControlServer
 from policyd.service import PolicyService
+from policyd.settings import ControlSettings, ServerSettings, StoreSettings, parse_listener
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
 
@@ -237,7 +238,8 @@ async def start_env(
     )
     path = str(sock_dir / "control.sock")
     server_settings = ServerSettings(
-        socketmap=("unix:/run/policyd/policyd.sock",), control=f"unix:{path}"
+        socketmap=(parse_listener("unix:/run/policyd/policyd.sock"),),
+        control=parse_listener(f"unix:{path}"),
     )
     config = Config(
         server=server_settings, control=control, store=StoreSettings("sqlite://:memory:")
@@ -618,7 +620,7 @@ async def test_stale_socket_and_foreign_file(
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "control.sock"))
     stale.close()
-    e, server = await start_env(tmp_path, capsys, ControlSettings(mode="0640"))
+    e, server = await start_env(tmp_path, capsys, ControlSettings(mode=0o640))
     assert oct(os.stat(e.path).st_mode & 0o777) == "0o640"
     await server.close()
     (tmp_path / "other").mkdir()
@@ -631,7 +633,7 @@ async def test_stale_socket_and_foreign_file(
 
 async def test_socket_from_config_file(env: Env, tmp_path: Path) -> None:
     config = pytest.importorskip("policyd.config", reason="policyd.config not importable yet")
-    assert config.DEFAULT_PATH == policyctl.DEFAULT_CONFIG
+    assert config.DEFAULT_CONFIG_PATH == policyctl.DEFAULT_CONFIG
     toml = tmp_path / "policyd.toml"
     toml.write_text(f'[server]\ncontrol = "unix:{env.path}"\n')
     env.capsys.readouterr()
@@ -669,9 +671,7 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
     sock_dir = Path(tempfile.mkdtemp(prefix="policyctl-", dir="/tmp"))
     sock_dir.chmod(0o755)
     # Mode 0666 so the refusal comes from SO_PEERCRED, not from file permissions.
-    e, server = await start_env(
-        sock_dir, capsys, ControlSettings(mode="0666", read_group="nogroup")
-    )
+    e, server = await start_env(sock_dir, capsys, ControlSettings(mode=0o666, read_group="nogroup"))
     try:
 
         async def as_nobody(*argv: str) -> tuple[int, str, str]:
@@ -708,7 +708,7 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
         await server.close()
         await e.service.store.close()
     # Without the read group, nobody may not even query.
-    e, server = await start_env(sock_dir, capsys, ControlSettings(mode="0666"))
+    e, server = await start_env(sock_dir, capsys, ControlSettings(mode=0o666))
     try:
         proc = await asyncio.create_subprocess_exec(
             *python,

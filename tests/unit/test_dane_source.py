@@ -14,9 +14,10 @@ import dns.rdata
 import dns.rdatatype
 import pytest
 
-from policyd.adapters.dns import FAILED_TTL, DnsAnswer, DnsSettings, Resolver
+from policyd.adapters.dns import FAILED_TTL, DnsAnswer, Resolver
 from policyd.core.dane import DaneKind, evaluate
 from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
+from policyd.settings import DnsSettings
 from policyd.sources.dane import ADDRESS_LITERAL_TTL, DaneSource
 from tests.unit.test_dns_adapter import SOA, FakeServer, respond
 

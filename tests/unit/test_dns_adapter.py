@@ -27,21 +27,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policyd.adapters import dns as dns_adapter
-from policyd.adapters.dns import (
+from policyd.adapters.dns import EDNS_PAYLOAD, FAILED_TTL, DnsAnswer, Resolver
+from policyd.core.evidence import DnsStatus
+from policyd.settings import (
     DEFAULT_CACHE_ENTRIES,
     DEFAULT_LIFETIME,
     DEFAULT_MAX_TTL,
     DEFAULT_MIN_TTL,
     DEFAULT_NEGATIVE_TTL_MAX,
     DEFAULT_PER_TRY,
-    EDNS_PAYLOAD,
-    FAILED_TTL,
-    DnsAnswer,
     DnsSettings,
     DnsTimeouts,
-    Resolver,
 )
-from policyd.core.evidence import DnsStatus
 
 Handler = Callable[[dns.message.QueryMessage], dns.message.Message]
 
@@ -240,7 +237,7 @@ async def test_timeout_fails() -> None:
         raise dns.exception.Timeout
 
     # A tiny lifetime: dnspython gives up after its first back-off (0.1 s).
-    fast = DnsSettings(timeouts=DnsTimeouts(per_try=0.001, lifetime=0.001))
+    fast = DnsSettings(timeout=0.001, lifetime=0.001)
     resolver, _, _ = make(silent, fast)
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is DnsStatus.FAILED

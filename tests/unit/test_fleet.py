@@ -20,6 +20,7 @@ from policyd.cli.policyctl_render import status as render_status
 from policyd.codec.control.results import CacheCounts, FleetCounts, LookupCounts, StatusResult
 from policyd.codec.fleet import Change, ChangeKind, change_from_json, change_to_json
 from policyd.codec.postfix_policy import parse
+from policyd.core.event import Event
 from policyd.core.evidence import (
     DnsStatus,
     MxHost,
@@ -32,8 +33,8 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.fleet_sync import FleetSync
 from policyd.service import PolicyService
+from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
-from policyd.sources.probe import ProbeSettings
 from tests.fakes import FakeDane, FakeProbe, FakeSts, reply
 from tests.unit.test_service import make
 
@@ -300,10 +301,10 @@ class MemoryStore:
             del self.records[k]
         return len(doomed)
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
+    async def append_event(self, event: Event) -> None:
         pass
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         return []
 
     async def close(self) -> None:

@@ -16,13 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policyd.adapters.https import (
-    MAX_POLICY_BYTES,
-    FetchError,
-    HttpsTimeouts,
-    PolicyFetcher,
-    fetch_policy,
-)
+from policyd.adapters.https import MAX_POLICY_BYTES, FetchError, PolicyFetcher, fetch_policy
+from policyd.settings import HttpsTimeouts
 
 DOMAIN = "example.test"
 HOST = "mta-sts.example.test"

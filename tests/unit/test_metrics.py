@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from policyd.adapters.dns import DnsSettings, Resolver
+from policyd.adapters.dns import Resolver
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.alerts import AlertKind, Alerts
@@ -27,6 +27,7 @@ from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.counters import MAX_LABEL_SETS, OTHER, Histogram, LabelledCounter
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.service import HOT_SAMPLE_EVERY, PolicyService
+from policyd.settings import DnsSettings, parse_listener
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
@@ -123,8 +124,8 @@ class BrokenStore(MemoryStore):
 async def test_counted_store_counts_errors() -> None:
     store = CountedStore(BrokenStore())
     with pytest.raises(StoreError):
-        await store.put(Record(Kind.DNS, "k", "{}", None))
-    assert await store.get(Kind.DNS, "k") is None
+        await store.put(Record(Kind.PROBE, "k", "{}", None))
+    assert await store.get(Kind.PROBE, "k") is None
     assert store.errors == 1
 
 
@@ -172,7 +173,7 @@ async def test_collector_renders_what_was_counted() -> None:
     await svc.reply_for(b"postfix example.test")
     svc.cached_reply(b"postfix example.test")
     await svc.reply_for(b"nosuch example.test")
-    got = parsed(MetricsServer("inet:127.0.0.1:9464", col))
+    got = parsed(MetricsServer(parse_listener("inet:127.0.0.1:9464"), col))
     assert got["policyd_lookups_total"] == {
         (("result", "hit"),): 1,
         (("result", "miss"),): 1,
@@ -193,7 +194,7 @@ async def test_collector_renders_what_was_counted() -> None:
 async def test_dashboard_uses_only_exported_metrics() -> None:
     col, _ = await collector()
     names: set[str] = set()
-    text = MetricsServer("inet:127.0.0.1:9464", col).render().decode()
+    text = MetricsServer(parse_listener("inet:127.0.0.1:9464"), col).render().decode()
     for family in text_string_to_metric_families(text):
         names.add(family.name + ("_total" if family.type == "counter" else ""))
         names |= {s.name for s in family.samples}
@@ -211,7 +212,7 @@ async def test_http_listener_on_loopback() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = MetricsServer(f"inet:127.0.0.1:{port}", col)
+    server = MetricsServer(parse_listener(f"inet:127.0.0.1:{port}"), col)
     await server.start()
 
     async def ask(request: bytes) -> bytes:
@@ -237,7 +238,7 @@ async def test_http_listener_on_loopback() -> None:
 
 @given(st.binary(max_size=300))
 def test_any_request_head_gets_an_http_answer(head: bytes) -> None:
-    server = MetricsServer("inet:127.0.0.1:9464", EMPTY)
+    server = MetricsServer(parse_listener("inet:127.0.0.1:9464"), EMPTY)
     answer = server._respond(head)
     assert answer.startswith((b"HTTP/1.0 200 OK\r\n", b"HTTP/1.0 404 Not Found\r\n"))
 

@@ -1,6 +1,6 @@
-"""policyd-milter: settings, the bounded control client and the milter callbacks (driven
-directly, without libmilter). The daemon's side of its two commands (warm, check) is
-tested in test_admin.py."""
+"""policyd-milter: its settings, the bounded control client and the milter callbacks
+(driven directly, without libmilter). The daemon's side of its two commands (warm,
+check) is tested in test_warm_check.py."""
 
 from __future__ import annotations
 
@@ -16,20 +16,14 @@ from typing import Any
 import Milter
 import pytest
 
-from policyd import milter as pm
+from policyd.cli import milter as pm
+from policyd.cli.milter import ControlClient, PolicydMilter, WarmMemo, recipient_domain
 from policyd.codec import control
+from policyd.config import Config, ConfigError, parse
 from policyd.core.evidence import (
     Destination,
 )
-from policyd.milter import (
-    ControlClient,
-    MilterAction,
-    MilterSettings,
-    PolicydMilter,
-    WarmMemo,
-    recipient_domain,
-    settings_from,
-)
+from policyd.settings import MAX_MILTER_DOMAINS, MilterAction, MilterSettings
 
 MARGIN = 0.4  # seconds of scheduling slack on a loaded test machine
 BOUND = 0.3  # the milter's bound in these tests
@@ -119,52 +113,59 @@ def stuck(sock_path: str) -> Iterator[FakeDaemon]:
     d.close()
 
 
-# -- settings --------------------------------------------------------------------------
+# -- settings: [milter], read by the one loader (policyd.config) -------------------------
 
 
 def test_defaults() -> None:
     s = MilterSettings()
     assert (s.socket, s.control, s.action, s.timeout, s.max_domains) == (
         "inet:8893@127.0.0.1",
-        "/run/policyd/control.sock",
+        "",
         MilterAction.LOG,
         0.5,
         50,
     )
-    assert s.control_path == "/run/policyd/control.sock"
+    assert pm.control_path(Config()) == "/run/policyd/control.sock"
 
 
-def test_settings_from_toml_take_the_control_socket_from_the_server_table() -> None:
-    s = settings_from(
+def test_max_domains_bound_is_the_control_protocols() -> None:
+    assert MAX_MILTER_DOMAINS == control.MAX_WARM_DOMAINS
+
+
+def test_settings_take_the_control_socket_from_the_server_table() -> None:
+    config = parse(
         {
             "server": {"control": "unix:/srv/policyd/control.sock"},
             "milter": {"action": "header", "timeout": 1, "socket": "unix:/run/m.sock"},
         }
     )
-    assert s.control_path == "/srv/policyd/control.sock"
+    s = config.milter
+    assert pm.control_path(config) == "/srv/policyd/control.sock"
     assert s.action is MilterAction.HEADER and s.timeout == 1.0
-    own = settings_from({"server": {"control": "unix:/a"}, "milter": {"control": "/b"}})
-    assert own.control_path == "/b"
-    assert settings_from({}) == MilterSettings()
+    own = parse({"server": {"control": "unix:/a"}, "milter": {"control": "/b"}})
+    assert pm.control_path(own) == "/b"
+    prefixed = parse({"milter": {"control": "unix:/c"}})
+    assert pm.control_path(prefixed) == "/c"
+    assert parse({}).milter == MilterSettings()
 
 
 @pytest.mark.parametrize(
     ("table", "message"),
     [
         ({"actoin": "log"}, "milter.actoin: unknown key"),
-        ({"action": "reject"}, "milter.action: expected one of none, log, header, tempfail"),
+        ({"action": "reject"}, "milter.action: 'reject' is not one of none, log, header, tempfail"),
         ({"timeout": 0}, "timeout must be more than 0"),
         ({"timeout": 60}, "at most 10 seconds"),
-        ({"timeout": "fast"}, "milter.timeout: expected float"),
-        ({"max_domains": True}, "milter.max_domains: expected int"),
+        ({"timeout": "fast"}, "milter.timeout: expected a number"),
+        ({"max_domains": True}, "milter.max_domains: expected an integer"),
         ({"max_domains": 0}, "max_domains must be 1 to 100"),
         ({"socket": "8893"}, "expected inet:PORT@HOST"),
         ({"control": "inet:127.0.0.1:1"}, "control 'inet:127.0.0.1:1'"),
     ],
 )
 def test_bad_settings_are_named(table: dict[str, Any], message: str) -> None:
-    with pytest.raises(pm.ConfigError, match=message):
-        settings_from({"milter": table})
+    with pytest.raises(ConfigError, match=message):
+        parse({"milter": table})
 
 
 def test_main_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -313,7 +314,7 @@ class FakeCtx:
 
 def make_milter(path: str, action: MilterAction, **kw: Any) -> tuple[PolicydMilter, FakeCtx]:
     settings = MilterSettings(control=path, action=action, timeout=BOUND, **kw)
-    m = pm.make_factory(settings)()
+    m = pm.make_factory(Config(milter=settings))()
     ctx = FakeCtx()
     m._setctx(ctx)
     return m, ctx

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "policyd.toml"
-ENTRY_POINTS = ["policyd.cli.daemon", "policyd.cli.policyctl", "policyd.milter"]
+ENTRY_POINTS = ["policyd.cli.daemon", "policyd.cli.policyctl", "policyd.cli.milter"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from policyd.adapters.store import Kind, Record, StoreError
-from policyd.codec.probe_record import state_to_json
+from policyd.codec.records import probe_state_to_json
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -24,7 +24,8 @@ from policyd.core.evidence import (
     ProbeState,
     ProbeVerdict,
 )
-from policyd.sources.probe import ProbeSettings, ProbeSource, make_prober
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import ProbeSource, make_prober
 from tests.fakes import MemoryStore
 from tests.unit.test_certverify import make_pki
 
@@ -393,7 +394,7 @@ async def test_persisted_and_loaded() -> None:
     assert record.expires_at == T0 + SETTINGS.retention
 
     # Also in the store: an expired result and a corrupt one.
-    await w.store.put(Record(Kind.PROBE, "old.test", state_to_json(state), T0 - 1))
+    await w.store.put(Record(Kind.PROBE, "old.test", probe_state_to_json(state), T0 - 1))
     await w.store.put(Record(Kind.PROBE, "bad.test", "{not json", None))
 
     again = ProbeSource(w.store, FakeProber(), SETTINGS, clock=w.clock)
@@ -499,7 +500,7 @@ def test_settings_validate(kwargs: dict[str, object]) -> None:
 def test_settings_defaults() -> None:
     s = ProbeSettings()
     assert (s.concurrency, s.queue_size, s.max_mx_hosts) == (8, 1000, 3)
-    assert (s.damping.confirm_probes, s.damping.confirm_seconds) == (3, 21600.0)
+    assert (s.confirm_probes, s.confirm_seconds) == (3, 21600.0)
     assert s.timeouts.total == 60.0
 
 

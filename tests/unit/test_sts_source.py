@@ -16,9 +16,11 @@ import pytest
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
-from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
+from policyd.core.event import Event
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
-from policyd.sources.sts import StsSettings, StsSource, TxtResult, txt_lookup_from
+from policyd.settings import StsSettings
+from policyd.sources.sts import StsSource, TxtResult, txt_lookup_from
 
 T0 = 1_700_000_000.0
 DOMAIN = "example.com"
@@ -72,10 +74,10 @@ class MemoryStore:
     async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
         return 0
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
+    async def append_event(self, event: Event) -> None:
         return None
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         return []
 
     async def close(self) -> None:
@@ -177,7 +179,7 @@ async def test_cold_fetch_within_budget(w: World, caplog: pytest.LogCaptureFixtu
     assert w.txt.names == ["_mta-sts.example.com"]
     rec = w.store.records[(Kind.STS, DOMAIN)]
     assert rec.expires_at == T0 + 604800
-    assert policy_from_json(rec.value) == ev.policy
+    assert sts_policy_from_json(rec.value) == ev.policy
     assert w.changes == [DOMAIN]
     assert (
         "example.com: mta-sts policy id=id1 mode=enforce mx=mx.example.com max_age=604800"
@@ -519,7 +521,7 @@ async def test_id_change_refetches(w: World, caplog: pytest.LogCaptureFixture) -
     await w.source.wait_idle()
     new = w.source.cached(DOMAIN, w.clock.now).policy
     assert new is not None and (new.policy_id, new.mx) == ("id2", ("*.example.net",))
-    assert policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value) == new
+    assert sts_policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value) == new
     assert w.changes == [DOMAIN, DOMAIN]
     assert (
         "example.com: mta-sts policy id=id2 mode=enforce mx=*.example.net max_age=86400"
@@ -581,7 +583,7 @@ async def test_testing_mode_cached_as_testing(w: World) -> None:
     publish(w, body=policy_body(mode="testing"))
     ev = await w.source.evidence(DOMAIN)
     assert ev.policy is not None and ev.policy.mode is StsMode.TESTING
-    assert policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value).mode is StsMode.TESTING
+    assert sts_policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value).mode is StsMode.TESTING
 
 
 async def test_max_age_expiry(w: World) -> None:
@@ -652,7 +654,7 @@ async def test_load_after_restart(w: World) -> None:
     w.store.records[(Kind.STS, "old.example")] = Record(
         Kind.STS,
         "old.example",
-        policy_to_json(StsPolicy(StsMode.ENFORCE, ("mx.old.example",), 10, "x", T0 - 100)),
+        sts_policy_to_json(StsPolicy(StsMode.ENFORCE, ("mx.old.example",), 10, "x", T0 - 100)),
         T0 - 90,
     )
     w.store.records[(Kind.STS, "junk.example")] = Record(Kind.STS, "junk.example", "{", None)

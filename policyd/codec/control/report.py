@@ -9,6 +9,7 @@ from typing import Self
 from policyd.codec.control.evidence import ProbeDoc
 from policyd.codec.control.fields import Fields, read_count, read_texts
 from policyd.codec.control.framing import JsonObject, JsonValue
+from policyd.core.report import Report
 
 
 def _names_table(what: str, value: JsonValue) -> dict[str, tuple[str, ...]]:
@@ -145,6 +146,28 @@ class ReportResult:
     temp: TempSummary
     held: tuple[HeldRow, ...]
     sts_failing: tuple[StsFailingRow, ...]
+
+    @classmethod
+    def of(cls, report: Report, *, temp_answers: int, dry_run: Mapping[str, DryRunDoc]) -> Self:
+        """``temp_answers``: TEMP answers since start; ``dry_run``: the dry-run profiles."""
+        now = report.now
+        held = ((key, ProbeDoc.of(state, now)) for key, state in report.held)
+        return cls(
+            since=report.since,
+            now=now,
+            dry_run=dry_run,
+            changes=tuple(
+                ChangeRow(e.at, e.key, e.profile, e.level, e.previous, e.reason)
+                for e in report.changes
+            ),
+            levels=report.levels,
+            rules={p: {r.value: n for r, n in by.items()} for p, by in report.rules.items()},
+            temp=TempSummary(
+                temp_answers, tuple(TempRow(t.key, t.profile, t.reason) for t in report.temp)
+            ),
+            held=tuple(HeldRow(key, doc) for key, doc in held if doc is not None),
+            sts_failing=tuple(StsFailingRow(f.key, f.error, f.cached) for f in report.sts_failing),
+        )
 
     def to_json(self) -> JsonObject:
         return {
