@@ -32,6 +32,7 @@ from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
+from policyd.admin import Admin, Facts
 from policyd.alerts import Alerts
 from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import watch_resolver, watch_sts
@@ -164,9 +165,21 @@ class Daemon:
         probe.on_change = service.invalidate
         sts.on_change = service.invalidate
         self.service = service
-        self.resolver = resolver
         server = SocketmapServer(service, cfg.server)
-        control = ControlServer(self, cfg)
+        admin = Admin(
+            service,
+            dane=service.dane,
+            sts=sts,
+            probe=probe,
+            events=shared,
+            reload=self.reload,
+            clear_dns=resolver.clear,
+            facts=Facts.of(cfg, self.started_at),
+            listeners=server,
+            fleet=fleet,
+            monotonic=loop.time,
+        )
+        control = ControlServer.of(admin, cfg, lambda: self.config.control)
         metrics = None
         if cfg.metrics.listen is not None:
             collector = PolicydCollector(
@@ -217,6 +230,7 @@ class Daemon:
         notifier.stopping()
         log.info("stopping")
         await control.close()
+        await admin.close()
         if metrics is not None:
             await metrics.close()
         await server.close()
@@ -274,9 +288,6 @@ class Daemon:
             return False
         log.info("reloaded %s", new.path)
         return True
-
-    def clear_dns_cache(self) -> None:
-        self.resolver.clear()
 
     def stop(self) -> None:
         self._stop.set()

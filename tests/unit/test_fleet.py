@@ -16,9 +16,8 @@ from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, Work, WorkKind
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_published import PublishingStore
-from policyd.cli.policyctl_render import Doc
 from policyd.cli.policyctl_render import status as render_status
-from policyd.codec.control import JsonValue
+from policyd.codec.control.results import CacheCounts, FleetCounts, LookupCounts, StatusResult
 from policyd.codec.fleet import Change, ChangeKind, change_from_json, change_to_json
 from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import (
@@ -378,14 +377,14 @@ async def test_a_flush_keeps_cached_mta_sts_policies_unless_asked() -> None:
 
 
 def test_policyctl_status_shows_the_fleet_link_only_with_redis() -> None:
-    base: dict[str, JsonValue] = {"version": "0", "uptime": 1.0, "store": "sqlite"}
-    assert "fleet" not in render_status(Doc(base))
-    link: dict[str, JsonValue] = {
-        "link": "down",
-        "work": {"probe": {"worked": 1, "shared": 2, "local": 3, "busy": 0}},
-        "published": 4,
-    }
-    shown = render_status(Doc({**base, "store": "unix", "fleet": link}))
+    def status(store: str, fleet: FleetCounts | None) -> StatusResult:
+        cache, lookups = CacheCounts(0, 0, 0), LookupCounts(0, 0, 0, 0)
+        return StatusResult("0", 1.0, (), store, None, None, cache, lookups, None, None, fleet)
+
+    assert "fleet" not in render_status(status("sqlite", None))
+    work = {"probe": {"worked": 1, "shared": 2, "local": 3, "busy": 0}}
+    link = FleetCounts("down", work, published=4, received=0, publish_failures=0)
+    shown = render_status(status("unix", link))
     line = next(ln for ln in shown.splitlines() if ln.startswith("fleet "))
     assert "link down" in line
     assert '"local":3' in line and "published=4" in line
