@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import Final
 import Milter
 
 from policyd import __version__
+from policyd.cli.control_client import ControlClient, ControlError
 from policyd.codec import control
 from policyd.codec.destination import KeyError_, parse_key
 from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
@@ -53,7 +53,6 @@ log = logging.getLogger("policyd.milter")
 # daemon keeps their evidence fresh, and a busy domain should not cost a round trip a mail.
 WARM_MEMO_SECONDS: Final = 60.0
 WARM_MEMO_ENTRIES: Final = 10_000  # domains remembered; the oldest are forgotten first
-READ_CHUNK: Final = 65536  # bytes per recv from the control socket
 HEADER: Final = "X-Policyd-TLS"
 MAX_TEXT: Final = 400  # characters of a problem in a header, log line or SMTP reply
 TEMPFAIL_REPLY: Final = ("451", "4.7.5")  # RFC 3463 X.7.5: cryptographic failure
@@ -73,70 +72,37 @@ def control_path(config: Config) -> str:
 Exchange = Callable[[Sequence[control.Request]], list[control.Reply]]
 
 
-class Unavailable(Exception):
-    """The daemon did not answer in time, refused, or answered nonsense."""
-
-
-class ControlClient:
-    """Blocking request/reply over the control socket, one deadline per exchange.
-
-    Safe to share between libmilter threads: each exchange has its own connection. Logs
-    when the daemon becomes unavailable and when it is back, not on every failure.
+class DaemonLink:
+    """The milter's exchanges with the daemon, through the one control client, with the
+    daemon's health logged when it becomes unavailable and when it is back, not on every
+    failure. Safe to share between libmilter threads: each exchange has its own connection.
     """
 
-    def __init__(
-        self, path: str, timeout: float, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._monotonic = monotonic
+    def __init__(self, client: ControlClient) -> None:
+        self._client = client
         self._lock = threading.Lock()
         self._down = False
 
     def exchange(self, requests: Sequence[control.Request]) -> list[control.Reply]:
         """Send the requests on one connection; the replies that arrived in time, in order."""
-        deadline = self._monotonic() + self.timeout
-        replies: list[control.Reply] = []
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.path)
-                sock.sendall(b"".join(control.encode_request(r) for r in requests))
-                decoder = control.reply_decoder()
-                while len(replies) < len(requests):
-                    msg = decoder.next_message()
-                    if msg is not control.NEED_DATA:
-                        replies.append(msg)
-                        continue
-                    remaining = deadline - self._monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError
-                    sock.settimeout(remaining)
-                    data = sock.recv(READ_CHUNK)
-                    if not data:
-                        raise Unavailable("the daemon closed the connection")
-                    decoder.receive_data(data)
-        except TimeoutError:
-            self._health(f"no reply within {self.timeout:g}s")
-        except OSError as exc:
-            self._health(str(exc.strerror or exc))
-        except control.ControlProtocolError as exc:
-            self._health(f"bad reply: {exc.message}")
-        except Unavailable as exc:
-            self._health(str(exc))
-        else:
-            # A refusal (the milter's user is not in [control] read_group) is an outage too.
-            failed = [r for r in replies if isinstance(r, control.Failure)]
-            self._health(f"{failed[0].code.value}: {failed[0].message}" if failed else None)
+            replies = self._client.exchange(requests)
+        except ControlError as exc:
+            self._health(exc.message)
+            return list(exc.replies)
+        # A refusal (the milter's user is not in [control] read_group) is an outage too.
+        failed = [r for r in replies if isinstance(r, control.Failure)]
+        self._health(f"{failed[0].code.value}: {failed[0].message}" if failed else None)
         return replies
 
     def _health(self, problem: str | None) -> None:
         with self._lock:
             was_down, self._down = self._down, problem is not None
+        path = self._client.path
         if problem is not None and not was_down:
-            log.warning("policyd at %s unavailable: %s; mail continues", self.path, problem)
+            log.warning("policyd at %s unavailable: %s; mail continues", path, problem)
         elif problem is None and was_down:
-            log.info("policyd at %s answers again", self.path)
+            log.info("policyd at %s answers again", path)
 
 
 class WarmMemo:
@@ -289,7 +255,7 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
 
 def make_exchange(config: Config) -> Exchange:
     """The milter's one link to the daemon (every callback goes through it)."""
-    return ControlClient(control_path(config), config.milter.timeout).exchange
+    return DaemonLink(ControlClient(control_path(config), config.milter.timeout)).exchange
 
 
 def make_factory(config: Config) -> Callable[[], PolicydMilter]:

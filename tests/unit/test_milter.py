@@ -17,7 +17,8 @@ import Milter
 import pytest
 
 from policyd.cli import milter as pm
-from policyd.cli.milter import ControlClient, PolicydMilter, WarmMemo, recipient_domain
+from policyd.cli.control_client import ControlClient
+from policyd.cli.milter import DaemonLink, PolicydMilter, WarmMemo, recipient_domain
 from policyd.codec import control
 from policyd.config import Config, ConfigError, parse
 from policyd.core.evidence import (
@@ -213,7 +214,7 @@ def test_warm_memo_claims_each_domain_once_per_interval() -> None:
 
 
 def test_client_pipelines_requests_on_one_connection(daemon: FakeDaemon) -> None:
-    client = ControlClient(daemon.path, BOUND)
+    client = DaemonLink(ControlClient(daemon.path, BOUND))
     replies = client.exchange(
         [
             control.Warm((Destination("a.example"),)),
@@ -229,11 +230,11 @@ def test_client_pipelines_requests_on_one_connection(daemon: FakeDaemon) -> None
 def test_client_gives_up_after_its_bound(
     stuck: FakeDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = ControlClient(stuck.path, BOUND)
+    client = DaemonLink(ControlClient(stuck.path, BOUND))
     started = time.monotonic()
     assert client.exchange([control.Check(Destination("a.example"))]) == []
     assert time.monotonic() - started < BOUND + MARGIN
-    assert "unavailable: no reply within 0.3s" in caplog.text
+    assert "unavailable: no reply from the daemon within 0.3s" in caplog.text
     caplog.clear()
     client.exchange([control.Check(Destination("a.example"))])
     assert "unavailable" not in caplog.text  # logged once per outage, not per message
@@ -241,7 +242,7 @@ def test_client_gives_up_after_its_bound(
 
 def test_client_without_a_daemon(sock_path: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="policyd.milter")
-    client = ControlClient(sock_path, BOUND)
+    client = DaemonLink(ControlClient(sock_path, BOUND))
     assert client.exchange([control.Check(Destination("a.example"))]) == []
     assert "unavailable" in caplog.text
     d = FakeDaemon(sock_path, answering)
@@ -279,7 +280,7 @@ def test_client_survives_a_garbage_reply(sock_path: str) -> None:
     t = threading.Thread(target=babble, daemon=True)
     t.start()
     try:
-        assert ControlClient(sock_path, BOUND).exchange([control.Status()]) == []
+        assert DaemonLink(ControlClient(sock_path, BOUND)).exchange([control.Status()]) == []
     finally:
         t.join(2)
         server.close()
