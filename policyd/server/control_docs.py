@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from policyd.codec import postfix_policy
 from policyd.codec.control import JsonObject, JsonValue
+from policyd.codec.socketmap import reply_for
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -24,7 +25,7 @@ from policyd.core.evidence import (
     StsEvidence,
 )
 from policyd.core.types import Verdict
-from policyd.service import level_text, render_reply
+from policyd.service import level_text
 
 # -- evidence as JSON --------------------------------------------------------------------
 
@@ -36,7 +37,7 @@ def _age(now: float, at: float) -> float | None:
 def verdict_doc(verdict: Verdict) -> JsonObject:
     return {
         "level": level_text(verdict),
-        "reply": render_reply(verdict).decode("utf-8", "replace").rstrip(),
+        "reply": reply_for(verdict).decode("utf-8", "replace").rstrip(),
         "rule": verdict.rule.value,
         "reason": verdict.reason,
     }

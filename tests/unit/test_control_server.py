@@ -40,6 +40,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.control import ControlServer
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
 
 NOW = 1_700_000_000.0
@@ -272,7 +273,7 @@ async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterat
 
 
 async def lookup(service: PolicyService, key: str) -> bytes:
-    return await service.reply_for(f"postfix {key}".encode())
+    return await ReplyCache(service).reply_for(f"postfix {key}".encode())
 
 
 # -- explain ---------------------------------------------------------------------------
