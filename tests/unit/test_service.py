@@ -25,6 +25,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
+from policyd.held import DEFAULT_MAX_DESTINATIONS
 from policyd.kept_answers import KEEP_ANSWERS_FOR, answers_from_json, answers_to_json
 from policyd.service import TEMP_ANSWER_TTL, Answer, PolicyService
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingCache
@@ -38,6 +39,7 @@ def make(
     sts: FakeSts | None = None,
     probe: FakeProbe | None = None,
     budget: float = 1.0,
+    cap: int = DEFAULT_MAX_DESTINATIONS,
 ) -> tuple[PolicyService, Clock, MemoryStore]:
     clock = Clock()
     store = MemoryStore()
@@ -49,6 +51,7 @@ def make(
         probe or FakeProbe(),
         lookup_budget=budget,
         clock=clock.wall,
+        max_destinations=cap,
     )
     return svc, clock, store
 
@@ -343,6 +346,15 @@ def outage_service(
 VERIFY = "verify servername=hostname"
 
 
+def restarted_in_outage(store: MemoryStore, later: float = 0.0) -> PolicyService:
+    """A service started again on ``store`` (``later`` seconds on), the resolver down."""
+    restarted, clock, _, dane, outage = outage_service(store)
+    clock.now += later
+    dane.answers["example.test"] = BROKEN
+    outage.down = True
+    return restarted
+
+
 async def test_known_destination_keeps_its_answer_through_an_outage() -> None:
     svc, _, _, dane, outage = outage_service()
     assert policy_of(await ask(svc, "example.test")) == VERIFY
@@ -365,10 +377,7 @@ async def test_kept_answer_comes_from_the_store_after_a_restart() -> None:
     svc, _, store, _, _ = outage_service()
     assert policy_of(await ask(svc, "example.test")) == VERIFY
     await svc.writes.flush()
-    restarted, _, _, dane, outage = outage_service(store)
-    dane.answers["example.test"] = BROKEN
-    outage.down = True
-    assert policy_of(await ask(restarted, "example.test")) == VERIFY
+    assert policy_of(await ask(restarted_in_outage(store), "example.test")) == VERIFY
 
 
 async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
@@ -381,20 +390,14 @@ async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
     await svc.writes.flush()
     outage.down = True
     assert temp_reason(await ask(svc, "example.test"))
-    restarted, _, _, dane2, outage2 = outage_service(store)
-    dane2.answers["example.test"] = BROKEN
-    outage2.down = True
-    assert temp_reason(await ask(restarted, "example.test"))
+    assert temp_reason(await ask(restarted_in_outage(store), "example.test"))
 
 
 async def test_kept_answers_expire() -> None:
     svc, _, store, _, _ = outage_service()
     assert policy_of(await ask(svc, "example.test")) == VERIFY
     await svc.writes.flush()
-    restarted, clock2, _, dane, outage = outage_service(store)
-    clock2.now += KEEP_ANSWERS_FOR + 1
-    dane.answers["example.test"] = BROKEN
-    outage.down = True
+    restarted = restarted_in_outage(store, later=KEEP_ANSWERS_FOR + 1)
     assert temp_reason(await ask(restarted, "example.test"))
 
 
@@ -411,20 +414,8 @@ def test_kept_answers_round_trip() -> None:
 # -- a bound on destinations in memory, least recently used evicted ---------------------------
 
 
-def capped(cap: int) -> PolicyService:
-    return PolicyService(
-        DEFAULT_PROFILES,
-        MemoryStore(),
-        FakeDane(),
-        FakeSts(),
-        FakeProbe(),
-        lookup_budget=1.0,
-        max_destinations=cap,
-    )
-
-
 async def test_latest_verdicts_are_capped_lru() -> None:
-    svc = capped(2)
+    svc, _, _ = make(cap=2)
     cache = RecordingCache()
     svc.subscribe(cache)
     for name in ("a", "b", "c"):
@@ -437,4 +428,4 @@ async def test_latest_verdicts_are_capped_lru() -> None:
 
 async def test_cap_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        capped(0)
+        make(cap=0)
