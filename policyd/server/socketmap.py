@@ -3,7 +3,8 @@
 Built on ``asyncio.Protocol`` rather than streams: a cached answer is written from inside
 ``data_received`` with no task, no await and no buffer copy beyond the netstring decoder,
 which is what makes the hot path fast. Replies leave in request order; misses are answered
-by tasks whose results are written as the head of the per-connection queue completes.
+by tasks whose results are written as the head of the per-connection queue completes. The
+replies themselves, cached or not, come from :mod:`policyd.server.reply_cache`.
 
 Limits, each named in :class:`~policyd.config.ServerSettings`: request size (PERM and close
 beyond it), time to finish a started request (counted from its first byte, so trickling
