@@ -62,7 +62,7 @@ class AnswerCache(Protocol):
 class Answer:
     verdict: Verdict  # as Postfix can be told it (see policyd.told.as_sent)
     evidence: Evidence
-    ttl: float  # seconds it holds from when it was given; not above 0: do not keep it
+    ttl: float  # seconds it holds from when it was given; 0 or less: not to be cached
     kept: bool = False  # an earlier answer, kept through a resolver outage
 
 
