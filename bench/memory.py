@@ -35,6 +35,7 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource
@@ -119,6 +120,7 @@ async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
         lookup_budget=8.0,
         max_destinations=cap,
     )
+    cache = ReplyCache(service)
     writer = asyncio.get_running_loop().create_task(service.writes.run())
     gc.collect()
     before = rss_kib()
@@ -127,7 +129,7 @@ async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
 
     async def one(i: int) -> None:
         async with sem:
-            await service.reply_for(f"postfix d{i}.example-{kind}.test".encode())
+            await cache.reply_for(f"postfix d{i}.example-{kind}.test".encode())
 
     for start in range(0, count, 10_000):
         await asyncio.gather(*(one(i) for i in range(start, min(count, start + 10_000))))

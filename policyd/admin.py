@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from policyd import __version__
+from policyd.codec import socketmap
 from policyd.codec.control import ErrorCode
 from policyd.codec.control.evidence import DnsDoc, OverrideDoc, ProbeDoc, StsDoc
 from policyd.codec.control.report import (
@@ -58,10 +59,11 @@ from policyd.core.evidence import (
 from policyd.core.profile import Profile
 from policyd.core.report import ReportLimits, build_report
 from policyd.core.types import Policy, Verdict
-from policyd.service import PolicyService, level_text, render_reply
+from policyd.service import PolicyService, level_text
 from policyd.singleflight import SingleFlight, TaskSet
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
+from policyd.told import as_sent
 
 if TYPE_CHECKING:
     from policyd.adapters.fleet_redis import RedisFleet  # redis-py: optional
@@ -362,7 +364,7 @@ class Admin:
 
 
 def _verdict_row(profile: Profile, verdict: Verdict) -> VerdictRow:
-    reply = render_reply(verdict).decode("utf-8", "replace").rstrip()
+    reply = socketmap.reply_for(as_sent(verdict)).decode("utf-8", "replace").rstrip()
     rule, reason = verdict.rule.value, verdict.reason
     if profile.dry_run:
         # Postfix is told NOTFOUND; the decision is what it would be told.

@@ -172,3 +172,59 @@ class RecordingClaims:
         if self.busy:
             raise ClaimBusy(str(job))
         return self.canned if self.canned is not None else await job.work()
+
+
+@dataclass
+class RecordingCache:
+    """An answer cache subscribed to a PolicyService: records what it is told is stale."""
+
+    invalidated: list[str | None] = field(default_factory=list)
+    held: int = 0
+
+    def invalidate(self, key: str | None) -> None:
+        self.invalidated.append(key)
+
+    def __len__(self) -> int:
+        return self.held
+
+
+async def run_ready(turns: int = 20) -> None:
+    """Let every task that can run, run: turns of the event loop, no time passes."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+class FakeTransport(asyncio.Transport):
+    """What a protocol writes and asks of its transport, recorded; nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+    def is_reading(self) -> bool:
+        return not self.paused
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default

@@ -43,6 +43,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.control import ControlServer
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
 from policyd.settings import ControlSettings, ServerSettings, StoreSettings, parse_listener
 from policyd.sources.fetch_queue import QueueStats
@@ -278,7 +279,7 @@ async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterat
 
 
 async def lookup(service: PolicyService, key: str) -> bytes:
-    return await service.reply_for(f"postfix {key}".encode())
+    return await ReplyCache(service).reply_for(f"postfix {key}".encode())
 
 
 # -- explain ---------------------------------------------------------------------------

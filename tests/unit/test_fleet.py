@@ -31,6 +31,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.fleet_sync import FleetSync
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
@@ -337,17 +338,18 @@ async def test_a_service_applies_an_override_set_or_deleted_by_a_fleet_member() 
     there = PolicyService(
         DEFAULT_PROFILES, store, FakeDane(), FakeSts(), FakeProbe(), lookup_budget=1.0
     )
-    evidence = reply(await here.reply_for(b"postfix example.test"))  # cached now
+    cache = ReplyCache(here)
+    evidence = reply(await cache.reply_for(b"postfix example.test"))  # cached now
     assert evidence.startswith(b"OK verify")
     await there.set_override(Override("example.test", parse("encrypt"), author="root"))
     await here.reload_override("example.test")  # what FleetSync does on the message
-    assert reply(await here.reply_for(b"postfix example.test")) == b"OK encrypt"
+    assert reply(await cache.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await there.delete_override("example.test")
     await here.reload_override("example.test")
-    assert reply(await here.reply_for(b"postfix example.test")) == evidence
+    assert reply(await cache.reply_for(b"postfix example.test")) == evidence
     await here.reload_override("never-set.test")  # nothing to do, nothing raised
     here.forget(None)  # a fleet member's flush: memory only
-    assert here.cached_reply(b"postfix example.test") is None
+    assert cache.cached(b"postfix example.test") is None
 
 
 class RecordingSts(FakeSts):
