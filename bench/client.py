@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from policyd.codec import control
 from tests.postfix_conf import postmap_cmd
 
 READ_SIZE: Final = 65536
@@ -165,3 +166,23 @@ def rss_kib(pid: int) -> int:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def control_call(path: str, request: control.Request) -> control.JsonValue:
+    """One request on a control socket; its result, or RuntimeError for a failure."""
+    decoder = control.reply_decoder()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(path)
+        sock.sendall(control.encode_request(request))
+        while True:
+            msg = decoder.next_message()
+            if msg is not control.NEED_DATA:
+                break
+            data = sock.recv(READ_SIZE)
+            if not data:
+                raise ConnectionError("control socket closed")
+            decoder.receive_data(data)
+    if not isinstance(msg, control.Ok):
+        raise RuntimeError(f"control {request}: {msg}")
+    return msg.result
