@@ -33,6 +33,7 @@ on a shared 2-core machine read the figures as ranges.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -41,8 +42,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -70,7 +71,7 @@ TARGET_P99_US: Final = 1000.0
 TARGET_P99_CONNECTIONS: Final = 100
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Load:
     """One load generator run, as it prints it."""
 
@@ -81,6 +82,18 @@ class Load:
     p99_us: float
     p999_us: float
     errors: int
+    answered: int  # replies including the warm-up's
+    server_cpu_us: float = 0.0  # CPU time the server used during the whole run
+    wall_us: float = 0.0  # the whole run, warm-up included
+
+    @property
+    def busy(self) -> float:
+        """Share of one core the server used: near 1, the server limits the rate."""
+        return self.server_cpu_us / self.wall_us if self.wall_us else 0.0
+
+    @property
+    def cpu_per_lookup_us(self) -> float:
+        return self.server_cpu_us / self.answered if self.answered else 0.0
 
     @classmethod
     def parse(cls, line: str) -> Load:
@@ -93,10 +106,11 @@ class Load:
             p99_us=float(f["p99_us"]),
             p999_us=float(f["p999_us"]),
             errors=int(f["errors"]),
+            answered=int(f["answered"]),
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Tools:
     responder: Path
     loadgen: Path
@@ -114,11 +128,14 @@ class Tools:
                 stdout=subprocess.DEVNULL,
             )
 
-    def load(self, target: str, connections: int, seconds: float, once: bool = False) -> Load:
+    def load(
+        self, target: str, connections: int, seconds: float, pid: int = 0, once: bool = False
+    ) -> Load:
         cmd = [*self.client_prefix(), str(self.loadgen), "-t", target, "-k", str(self.keys)]
         cmd += ["-n", MAP_NAME, "-c", str(connections), "-s", str(seconds), "-w", str(WARMUP)]
         if once:
             cmd.append("-o")
+        cpu_before, wall_before = (cpu_ns(pid) if pid else 0), time.perf_counter_ns()
         done = subprocess.run(
             cmd,
             check=False,
@@ -128,7 +145,23 @@ class Tools:
         )
         if done.returncode != 0:
             raise RuntimeError(f"loadgen {target}: {done.stderr.strip()}")
-        return Load.parse(done.stdout.strip())
+        fig = Load.parse(done.stdout.strip())
+        if not pid:
+            return fig
+        cpu_us = (cpu_ns(pid) - cpu_before) / 1000
+        wall_us = (time.perf_counter_ns() - wall_before) / 1000
+        return dataclasses.replace(fig, server_cpu_us=cpu_us, wall_us=wall_us)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (the scheduler's own count)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total
 
 
 def compile_tools(directory: Path, keys: Sequence[str], pin: bool) -> Tools:
@@ -144,7 +177,7 @@ def compile_tools(directory: Path, keys: Sequence[str], pin: bool) -> Tools:
     return Tools(binaries[0], binaries[1], keyfile, pin)
 
 
-@dataclass
+@dataclasses.dataclass
 class Server:
     """A server under test: its name, pid and the loadgen target per transport."""
 
@@ -225,36 +258,36 @@ def span(values: Sequence[float], fmt: str) -> str:
 
 
 def report(figures: dict[tuple[str, int, str], list[Load]], transports: Sequence[str]) -> list[str]:
-    """The table and the target check; one line each."""
+    """The table (medians over the rounds, range in brackets) and the target check."""
     lines = [
-        f"{'transport':<9} {'conns':>5}  {'C lookups/s':<24} {'C p99 us':<22}"
-        f" {'policyd lookups/s':<24} {'policyd p50 us':<20} {'policyd p99 us':<22}"
-        f" {'policyd/C':<18}"
+        f"{'transport':<9} {'conns':>5} {'server':<8} {'lookups/s':<26} {'p50 us':<18}"
+        f" {'p99 us':<20} {'CPU us/lookup':<18} {'server busy %'}"
     ]
     verdicts = []
     for transport in transports:
         for conns in CONNECTIONS:
-            c = figures[(transport, conns, "C")]
-            p = figures[(transport, conns, "policyd")]
-            ratios = [pp.rate / cc.rate for pp, cc in zip(p, c, strict=True) if cc.rate]
-            lines.append(
-                f"{transport:<9} {conns:>5}  {span([x.rate for x in c], ',.0f'):<24}"
-                f" {span([x.p99_us for x in c], '.0f'):<22}"
-                f" {span([x.rate for x in p], ',.0f'):<24}"
-                f" {span([x.p50_us for x in p], '.0f'):<20}"
-                f" {span([x.p99_us for x in p], '.0f'):<22}"
-                f" {span([100 * r for r in ratios], '.0f') + ' %':<18}"
-            )
+            runs = {name: figures[(transport, conns, name)] for name in ("C", "policyd")}
+            for name, figs in runs.items():
+                lines.append(
+                    f"{transport:<9} {conns:>5} {name:<8}"
+                    f" {span([x.rate for x in figs], ',.0f'):<26}"
+                    f" {span([x.p50_us for x in figs], '.0f'):<18}"
+                    f" {span([x.p99_us for x in figs], '.0f'):<20}"
+                    f" {span([x.cpu_per_lookup_us for x in figs], '.1f'):<18}"
+                    f" {span([100 * x.busy for x in figs], '.0f')}"
+                )
+            pairs = zip(runs["policyd"], runs["C"], strict=True)
+            ratios = [p.rate / c.rate for p, c in pairs if c.rate]
+            lines.append(f"{'':>15} policyd/C {span([100 * r for r in ratios], '.0f')} %")
             ratio = statistics.median(ratios)
             ok = ratio >= TARGET_RATIO
             check = f"policyd/C {100 * ratio:.0f}% >= {100 * TARGET_RATIO:.0f}%"
             if conns == TARGET_P99_CONNECTIONS:
-                p99 = statistics.median(x.p99_us for x in p)
+                p99 = statistics.median(x.p99_us for x in runs["policyd"])
                 ok = ok and p99 < TARGET_P99_US
-                check += f", p99 {p99:.0f} us < {TARGET_P99_US:.0f} us"
-            verdicts.append(
-                f"  {transport}, {conns} connections: {check}: {'met' if ok else 'NOT met'}"
-            )
+                check += f", policyd p99 {p99:.0f} us < {TARGET_P99_US:.0f} us"
+            verdict = "met" if ok else "NOT met"
+            verdicts.append(f"  {transport}, {conns} connections: {check}: {verdict}")
     errors = sum(x.errors for runs in figures.values() for x in runs)
     return [*lines, "", "target (issue 14 point 6, medians):", *verdicts, f"errors: {errors}"]
 
@@ -298,7 +331,7 @@ def main() -> int:
             for transport in args.transport:
                 for conns in CONNECTIONS:
                     for server in order:
-                        fig = tools.load(server.targets[transport], conns, args.seconds)
+                        fig = tools.load(server.targets[transport], conns, args.seconds, server.pid)
                         figures.setdefault((transport, conns, server.name), []).append(fig)
                         if server is p_server:
                             asked += fig.count

@@ -10,8 +10,10 @@
  * its reply.  Requests answered during the warm-up are not recorded.  -o: ask every key
  * once and stop (used to fill a server's cache).  Prints one line:
  *
- *   count=... seconds=... rate=... p50_us=... p90_us=... p99_us=... p999_us=... max_us=... errors=...
+ *   count=... seconds=... rate=... p50_us=... p90_us=... p99_us=... p999_us=... max_us=...
+ *   errors=... answered=...
  *
+ * count: replies recorded (after the warm-up); answered: all replies, warm-up included;
  * errors counts replies that start with neither "OK" nor "NOTFOUND".
  */
 #define _GNU_SOURCE
@@ -205,9 +207,8 @@ int main(int argc, char **argv) {
     }
     double took = once ? (double)(last - start) / 1e9 : seconds;
     qsort(lat, nlat, sizeof *lat, cmp_u32);
-    printf("count=%zu seconds=%.3f rate=%.0f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f errors=%zu\n",
+    printf("count=%zu seconds=%.3f rate=%.0f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f errors=%zu answered=%zu\n",
            nlat, took, took > 0 ? (double)nlat / took : 0.0, pct(0.5), pct(0.9), pct(0.99), pct(0.999),
-           nlat ? lat[nlat - 1] / 1000.0 : 0.0, errors);
-    (void)answered;
+           nlat ? lat[nlat - 1] / 1000.0 : 0.0, errors, answered);
     return 0;
 }
