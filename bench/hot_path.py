@@ -25,7 +25,17 @@ server (every thread of it) on CPU 1.  Both servers answer from one thread, so e
 whole core and neither can borrow the client's; unpinned, the scheduler may put client and
 server on one core for some runs and not others, which made the figures wander more.  Other
 work on the machine is not pinned, so the load average (printed before and after) matters:
-on a shared 2-core machine read the figures as ranges.
+on a shared 2-core machine read the figures as ranges.  The CPU time each server spends per
+lookup (its threads' scheduler counts) is printed too: it hardly depends on how much of the
+core the server got, so the ratio it gives is the steadier one when the machine is busy.
+
+Little's law bounds the closed-loop p99 at 100 connections: with 100 requests always out, the
+mean latency is 100 / rate, so a p99 under 1 ms needs well over 100,000 lookups/s, more than
+the C responder itself reaches on 2 cores that also run the client.  So a paced load is
+measured as well (``--paced``, default 10,000 lookups/s over 100 connections, each latency
+counted from when its request was due, so a server that falls behind is not flattered): its
+p99 is the server's responsiveness rather than the queue a closed loop builds.  It is printed
+beside the issue's check, not instead of it.
 
     .venv/bin/python bench/hot_path.py [--seconds 3] [--rounds 3] [--transport tcp unix]
 """
@@ -69,6 +79,10 @@ SERVER_CPU: Final = "1"
 TARGET_RATIO: Final = 0.5
 TARGET_P99_US: Final = 1000.0
 TARGET_P99_CONNECTIONS: Final = 100
+# The paced figure: a heavy but real Postfix load (100 smtp processes, each asking at its
+# own pace) rather than 100 clients that never pause.
+PACED_RATE: Final = 10_000.0
+SERVERS: Final = ("C", "policyd")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,10 +143,21 @@ class Tools:
             )
 
     def load(
-        self, target: str, connections: int, seconds: float, pid: int = 0, once: bool = False
+        self,
+        target: str,
+        connections: int,
+        seconds: float,
+        *,
+        pid: int = 0,
+        paced: float = 0.0,
+        once: bool = False,
     ) -> Load:
+        """One loadgen run; ``pid``: the server whose CPU time to count; ``paced``: the
+        offered rate (0: closed loop); ``once``: every key once (filling a cache)."""
         cmd = [*self.client_prefix(), str(self.loadgen), "-t", target, "-k", str(self.keys)]
         cmd += ["-n", MAP_NAME, "-c", str(connections), "-s", str(seconds), "-w", str(WARMUP)]
+        if paced:
+            cmd += ["-r", str(paced)]
         if once:
             cmd.append("-o")
         cpu_before, wall_before = (cpu_ns(pid) if pid else 0), time.perf_counter_ns()
@@ -257,39 +282,84 @@ def span(values: Sequence[float], fmt: str) -> str:
     return f"{mid} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
-def report(figures: dict[tuple[str, int, str], list[Load]], transports: Sequence[str]) -> list[str]:
-    """The table (medians over the rounds, range in brackets) and the target check."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Case:
+    """One figure: a transport, a number of connections, closed loop or a paced rate."""
+
+    transport: str
+    connections: int
+    paced: float = 0.0  # offered lookups/s; 0: closed loop
+
+    def label(self) -> str:
+        how = f"paced {self.paced:,.0f}/s" if self.paced else "closed loop"
+        return f"{self.transport:<5} {self.connections:>5}  {how:<17}"
+
+
+def cases(transports: Sequence[str], paced: float) -> list[Case]:
+    closed = [Case(t, n) for t in transports for n in CONNECTIONS]
+    return closed + ([Case(t, TARGET_P99_CONNECTIONS, paced) for t in transports] if paced else [])
+
+
+def table(figures: dict[tuple[Case, str], list[Load]], order: Sequence[Case]) -> list[str]:
+    """Medians over the rounds, range in brackets; per case the rate ratio policyd/C and the
+    ratio the servers' CPU time per lookup gives (what the rates would be if both servers
+    had a whole core: steadier than rates on a shared machine)."""
     lines = [
-        f"{'transport':<9} {'conns':>5} {'server':<8} {'lookups/s':<26} {'p50 us':<18}"
-        f" {'p99 us':<20} {'CPU us/lookup':<18} {'server busy %'}"
+        f"{'':<30}{'server':<8} {'lookups/s':<26} {'p50 us':<18} {'p99 us':<22}"
+        f" {'CPU us/lookup':<18} {'server busy %'}"
     ]
-    verdicts = []
-    for transport in transports:
-        for conns in CONNECTIONS:
-            runs = {name: figures[(transport, conns, name)] for name in ("C", "policyd")}
-            for name, figs in runs.items():
-                lines.append(
-                    f"{transport:<9} {conns:>5} {name:<8}"
-                    f" {span([x.rate for x in figs], ',.0f'):<26}"
-                    f" {span([x.p50_us for x in figs], '.0f'):<18}"
-                    f" {span([x.p99_us for x in figs], '.0f'):<20}"
-                    f" {span([x.cpu_per_lookup_us for x in figs], '.1f'):<18}"
-                    f" {span([100 * x.busy for x in figs], '.0f')}"
-                )
-            pairs = zip(runs["policyd"], runs["C"], strict=True)
-            ratios = [p.rate / c.rate for p, c in pairs if c.rate]
-            lines.append(f"{'':>15} policyd/C {span([100 * r for r in ratios], '.0f')} %")
-            ratio = statistics.median(ratios)
-            ok = ratio >= TARGET_RATIO
-            check = f"policyd/C {100 * ratio:.0f}% >= {100 * TARGET_RATIO:.0f}%"
-            if conns == TARGET_P99_CONNECTIONS:
-                p99 = statistics.median(x.p99_us for x in runs["policyd"])
-                ok = ok and p99 < TARGET_P99_US
-                check += f", policyd p99 {p99:.0f} us < {TARGET_P99_US:.0f} us"
-            verdict = "met" if ok else "NOT met"
-            verdicts.append(f"  {transport}, {conns} connections: {check}: {verdict}")
+    for case in order:
+        runs = {name: figures[(case, name)] for name in SERVERS}
+        for name, figs in runs.items():
+            lines.append(
+                f"{case.label():<30}{name:<8}"
+                f" {span([x.rate for x in figs], ',.0f'):<26}"
+                f" {span([x.p50_us for x in figs], '.0f'):<18}"
+                f" {span([x.p99_us for x in figs], '.0f'):<22}"
+                f" {span([x.cpu_per_lookup_us for x in figs], '.1f'):<18}"
+                f" {span([100 * x.busy for x in figs], '.0f')}"
+            )
+        if not case.paced:
+            rates, cpu = ratios(runs["policyd"], runs["C"])
+            lines.append(
+                f"{'':<30}policyd/C: rate {span(rates, '.0f')} %,"
+                f" CPU per lookup {span(cpu, '.0f')} %"
+            )
+    return lines
+
+
+def ratios(policyd: Sequence[Load], c: Sequence[Load]) -> tuple[list[float], list[float]]:
+    """Per round, in percent: policyd's rate over C's, and C's CPU per lookup over policyd's."""
+    pairs = list(zip(policyd, c, strict=True))
+    rates = [100 * p.rate / q.rate for p, q in pairs if q.rate]
+    cpu = [100 * q.cpu_per_lookup_us / p.cpu_per_lookup_us for p, q in pairs if p.answered]
+    return rates, cpu
+
+
+def verdicts(figures: dict[tuple[Case, str], list[Load]], order: Sequence[Case]) -> list[str]:
+    """Issue 14 point 6 on the medians: the closed-loop rate ratio at 10 and 100 connections
+    and policyd's closed-loop p99 at 100; the paced p99, when measured, for information."""
+    lines = ["target (issue 14 point 6, medians):"]
+    for case in order:
+        policyd = figures[(case, "policyd")]
+        p99 = statistics.median(x.p99_us for x in policyd)
+        p99_check = f"policyd p99 {p99:,.0f} us < {TARGET_P99_US:,.0f} us"
+        if case.paced:
+            c_p99 = statistics.median(x.p99_us for x in figures[(case, "C")])
+            met = "yes" if p99 < TARGET_P99_US else "no"
+            lines.append(
+                f"  {case.label()}{p99_check}: {met} (C: {c_p99:,.0f} us; not the issue's test)"
+            )
+            continue
+        ratio = statistics.median(ratios(policyd, figures[(case, "C")])[0])
+        ok = ratio >= 100 * TARGET_RATIO
+        check = f"policyd/C {ratio:.0f}% >= {100 * TARGET_RATIO:.0f}%"
+        if case.connections == TARGET_P99_CONNECTIONS:
+            ok = ok and p99 < TARGET_P99_US
+            check += f", {p99_check}"
+        lines.append(f"  {case.label()}{check}: {'met' if ok else 'NOT met'}")
     errors = sum(x.errors for runs in figures.values() for x in runs)
-    return [*lines, "", "target (issue 14 point 6, medians):", *verdicts, f"errors: {errors}"]
+    return [*lines, f"errors (replies neither OK nor NOTFOUND): {errors}"]
 
 
 def main() -> int:
@@ -299,6 +369,12 @@ def main() -> int:
     ap.add_argument("--destinations", type=int, default=10_000, help="overrides in policyd")
     ap.add_argument("--transport", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS))
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
+    ap.add_argument(
+        "--paced",
+        type=float,
+        default=PACED_RATE,
+        help=f"also offer this many lookups/s over {TARGET_P99_CONNECTIONS} connections (0: off)",
+    )
     args = ap.parse_args()
     if shutil.which("cc") is None or (args.pin and shutil.which("taskset") is None):
         print("needs cc (and taskset unless --no-pin)", file=sys.stderr)
@@ -324,19 +400,22 @@ def main() -> int:
             f"{args.rounds} rounds x {args.seconds:g}s per figure, {len(keys)} keys,"
             f" one request at a time per connection\n"
         )
-        figures: dict[tuple[str, int, str], list[Load]] = {}
+        order = cases(args.transport, args.paced)
+        figures: dict[tuple[Case, str], list[Load]] = {}
         asked = 0
         for r in range(args.rounds):
-            order = (c_server, p_server) if r % 2 == 0 else (p_server, c_server)
-            for transport in args.transport:
-                for conns in CONNECTIONS:
-                    for server in order:
-                        fig = tools.load(server.targets[transport], conns, args.seconds, server.pid)
-                        figures.setdefault((transport, conns, server.name), []).append(fig)
-                        if server is p_server:
-                            asked += fig.count
+            servers = (c_server, p_server) if r % 2 == 0 else (p_server, c_server)
+            for case in order:
+                for server in servers:
+                    target = server.targets[case.transport]
+                    fig = tools.load(
+                        target, case.connections, args.seconds, pid=server.pid, paced=case.paced
+                    )
+                    figures.setdefault((case, server.name), []).append(fig)
+                    if server is p_server:
+                        asked += fig.count
         hits_after = hits(daemon)
-        print("\n".join(report(figures, args.transport)))
+        print("\n".join([*table(figures, order), "", *verdicts(figures, order)]))
         if hits_before is not None and hits_after is not None:
             # warm-up requests are answered but not counted, so hits run above `asked`
             print(

@@ -3,11 +3,15 @@
  * little CPU as possible and the server under test is what limits the rate.
  *
  *   loadgen -t unix:PATH|inet:HOST:PORT -k KEYFILE [-n MAPNAME] [-c CONNS]
- *           [-s SECONDS] [-w WARMUP_SECONDS] [-o]
+ *           [-s SECONDS] [-w WARMUP_SECONDS] [-r RATE] [-o]
  *
  * KEYFILE has one key per line; connection i asks keys i, i+CONNS, i+2*CONNS, ... (wrapping).
  * Each request's latency runs from just before its write(2) to the read(2) that completes
- * its reply.  Requests answered during the warm-up are not recorded.  -o: ask every key
+ * its reply.  -r RATE paces the load instead: RATE requests per second in all, each
+ * connection sending at its own even interval (still one request at a time, so a slow reply
+ * delays that connection's next request); latency then runs from the time a request was
+ * due, not sent, so that a server which falls behind is not flattered by the client waiting
+ * for it (coordinated omission).  Requests answered during the warm-up are not recorded.  -o: ask every key
  * once and stop (used to fill a server's cache).  Prints one line:
  *
  *   count=... seconds=... rate=... p50_us=... p90_us=... p99_us=... p999_us=... max_us=...
@@ -39,7 +43,9 @@ struct conn {
     int fd;
     size_t next;     /* index of the next key this connection asks */
     size_t have;
-    uint64_t sent_at;
+    uint64_t sent_at;  /* when the request went out, or was due when paced */
+    uint64_t due;      /* paced: when the next request is due */
+    int waiting;       /* a request is out */
     char buf[BUF_SIZE];
 };
 
@@ -47,6 +53,7 @@ static char **requests;
 static size_t *request_len, nkeys;
 static uint32_t *lat;
 static size_t nlat, caplat;
+static uint64_t interval_ns;  /* paced: between one connection's requests; 0: closed loop */
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -111,7 +118,13 @@ static void send_next(struct conn *c, size_t stride) {
     const char *req = requests[c->next % nkeys];
     size_t len = request_len[c->next % nkeys], done = 0;
     c->next += stride;
-    c->sent_at = now_ns();
+    c->waiting = 1;
+    if (interval_ns) {
+        c->sent_at = c->due;
+        c->due += interval_ns;
+    } else {
+        c->sent_at = now_ns();
+    }
     while (done < len) {  /* a request is small: it goes in one write unless the peer stalls */
         ssize_t w = write(c->fd, req + done, len - done);
         if (w < 0 && (errno == EAGAIN || errno == EINTR)) continue;
@@ -143,23 +156,25 @@ static double pct(double p) {
 int main(int argc, char **argv) {
     const char *target = NULL, *keyfile = NULL, *name = "postfix";
     int conns = 1, opt, once = 0;
-    double seconds = 5, warmup = 0.5;
-    while ((opt = getopt(argc, argv, "t:k:n:c:s:w:o")) != -1) {
+    double seconds = 5, warmup = 0.5, rate = 0;
+    while ((opt = getopt(argc, argv, "t:k:n:c:s:w:r:o")) != -1) {
         if (opt == 't') target = optarg;
         else if (opt == 'k') keyfile = optarg;
         else if (opt == 'n') name = optarg;
         else if (opt == 'c') conns = atoi(optarg);
         else if (opt == 's') seconds = atof(optarg);
         else if (opt == 'w') warmup = atof(optarg);
+        else if (opt == 'r') rate = atof(optarg);
         else if (opt == 'o') once = 1;
         else return 2;
     }
     if (!target || !keyfile || conns < 1) {
-        fprintf(stderr, "usage: %s -t TARGET -k KEYFILE [-n NAME] [-c CONNS] [-s SECS] [-w SECS] [-o]\n", argv[0]);
+        fprintf(stderr, "usage: %s -t TARGET -k KEYFILE [-n NAME] [-c CONNS] [-s SECS] [-w SECS] [-r RATE] [-o]\n", argv[0]);
         return 2;
     }
     load_keys(keyfile, name);
-    if (once) warmup = 0;
+    if (once) warmup = rate = 0;
+    if (rate > 0) interval_ns = (uint64_t)((double)conns * 1e9 / rate);
     caplat = 1 << 20;
     lat = malloc(caplat * sizeof *lat);
     int ep = epoll_create1(0);
@@ -173,13 +188,29 @@ int main(int argc, char **argv) {
     uint64_t start = now_ns(), measure_from = start + (uint64_t)(warmup * 1e9);
     uint64_t stop = measure_from + (uint64_t)(seconds * 1e9), last = start;
     size_t errors = 0, active = 0, answered = 0;
-    for (int i = 0; i < conns; i++)
-        if (!once || cs[i].next < nkeys) { send_next(&cs[i], (size_t)conns); active++; }
+    for (int i = 0; i < conns; i++) {
+        cs[i].due = start + interval_ns * (uint64_t)i / (uint64_t)conns;  /* staggered */
+        if (interval_ns) active++;
+        else if (!once || cs[i].next < nkeys) { send_next(&cs[i], (size_t)conns); active++; }
+    }
     struct epoll_event events[MAX_EVENTS];
     while (active) {
-        int n = epoll_wait(ep, events, MAX_EVENTS, 1000);
+        struct timespec wait = {.tv_sec = 1};
         uint64_t t = now_ns();
-        if (n < 0 && errno != EINTR) die("epoll_wait");
+        if (interval_ns) {  /* send what is due, sleep until the next one */
+            uint64_t next = stop;
+            for (int i = 0; i < conns; i++) {
+                if (cs[i].waiting) continue;
+                if (cs[i].due <= t) send_next(&cs[i], (size_t)conns);
+                if (!cs[i].waiting && cs[i].due < next) next = cs[i].due;
+            }
+            uint64_t left = next > t ? next - t : 0;
+            wait.tv_sec = (time_t)(left / 1000000000u);
+            wait.tv_nsec = (long)(left % 1000000000u);
+        }
+        int n = epoll_pwait2(ep, events, MAX_EVENTS, &wait, NULL);
+        t = now_ns();
+        if (n < 0 && errno != EINTR) die("epoll_pwait2");
         if (!once && t >= stop) break;
         for (int e = 0; e < n; e++) {
             struct conn *c = events[e].data.ptr;
@@ -201,8 +232,9 @@ int main(int argc, char **argv) {
                 uint64_t d = t - c->sent_at;
                 lat[nlat++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
             }
+            c->waiting = 0;
             if (once && c->next >= nkeys) { active--; continue; }
-            send_next(c, (size_t)conns);
+            if (!interval_ns || c->due <= t) send_next(c, (size_t)conns);
         }
     }
     double took = once ? (double)(last - start) / 1e9 : seconds;
