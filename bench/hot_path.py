@@ -20,14 +20,17 @@ gives medians over the rounds with the range, and the ratio is the median of eac
 policyd/C pair.  Transports: loopback TCP (Postfix's usual ``inet:`` and policyd's default
 listener) and the unix socket.
 
-CPU pinning (default on, ``--no-pin`` to turn off): the load generator runs on CPU 0 and each
-server (every thread of it) on CPU 1.  Both servers answer from one thread, so each gets one
-whole core and neither can borrow the client's; unpinned, the scheduler may put client and
-server on one core for some runs and not others, which made the figures wander more.  Other
-work on the machine is not pinned, so the load average (printed before and after) matters:
-on a shared 2-core machine read the figures as ranges.  The CPU time each server spends per
-lookup (its threads' scheduler counts) is printed too: it hardly depends on how much of the
-core the server got, so the ratio it gives is the steadier one when the machine is busy.
+CPU pinning: off by default; ``--pin`` runs the load generator on CPU 0 and each server
+(every thread of it) on CPU 1, so that each server has a core of its own and never the
+client's.  Measured on the development machine (a 2-vCPU VM shared with other jobs), pinning
+made both servers slower and the ratio no steadier: every reply then wakes a client on the
+other CPU (an inter-processor interrupt, costly in a VM; the server's CPU time per lookup
+rose by a third to a half) and the pinned server cannot move away from the other jobs on
+its core.  Unpinned is also how Postfix and policyd share a machine.  Either way, read the
+figures on a shared machine as ranges (the load average is printed before and after).  The
+CPU time each server spends per lookup (its threads' scheduler counts) is printed too: it
+depends less on how much of a core the server got, so the ratio it gives is the steadier
+one when the machine is busy.
 
 Little's law bounds the closed-loop p99 at 100 connections: with 100 requests always out, the
 mean latency is 100 / rate, so a p99 under 1 ms needs well over 100,000 lookups/s, more than
@@ -368,7 +371,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per figure")
     ap.add_argument("--destinations", type=int, default=10_000, help="overrides in policyd")
     ap.add_argument("--transport", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS))
-    ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
+    ap.add_argument("--pin", action="store_true", help="loadgen on CPU 0, servers on CPU 1")
     ap.add_argument(
         "--paced",
         type=float,
@@ -377,7 +380,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     if shutil.which("cc") is None or (args.pin and shutil.which("taskset") is None):
-        print("needs cc (and taskset unless --no-pin)", file=sys.stderr)
+        print("needs cc (and taskset for --pin)", file=sys.stderr)
         return 2
     if args.pin and cpu_count() < 2:
         args.pin = False
