@@ -228,3 +228,8 @@ class FakeTransport(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
+
+
+async def no_time(seconds: float) -> None:
+    """A sleep for code that takes one: yields to the loop once, and no time passes."""
+    await asyncio.sleep(0)

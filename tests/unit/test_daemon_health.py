@@ -23,7 +23,7 @@ from policyd.settings import ProbeSettings
 from policyd.sources import probe as probe_module
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, event
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, event, no_time, run_ready
 
 
 class FlakyStore(MemoryStore):
@@ -93,15 +93,15 @@ async def test_watchdog_stops_pinging_when_a_task_dies(
     monkeypatch.setattr(notifier, "_send", sent.append)
     monkeypatch.setattr(notifier, "watchdog_interval", lambda: 0.01)
     alive = True
-    watchdog = asyncio.create_task(notifier.watchdog(lambda: alive))
-    await asyncio.sleep(0.05)
+    watchdog = asyncio.create_task(notifier.watchdog(lambda: alive, sleep=no_time))
+    await run_ready(5)
     pings = len(sent)
     assert pings >= 2
     alive = False
     with caplog.at_level(logging.ERROR, logger="policyd"):
         await asyncio.wait_for(watchdog, 1.0)  # it ends: no more pings
     assert "systemd will restart" in caplog.text
-    await asyncio.sleep(0.03)
+    await run_ready(5)
     assert len(sent) <= pings + 1
 
 
