@@ -1,9 +1,9 @@
 """The evidence parts of control results (``explain``, ``probe --wait``, ``report``).
 
-Each is a frozen value with ``of`` (from the core values, at the daemon), ``to_json`` and
-``from_json`` (at ``policyctl``): the one schema of the ``policyctl --json`` documents in
-man/policyctl.8. Times are seconds since the epoch; every ``age`` is computed from the
-``now`` given to ``of``.
+Each is a frozen value with ``of`` (from the core values, at the daemon) and its ``WIRE``
+schema, which ``to_json`` and ``from_json`` (at ``policyctl``) walk: the one schema of the
+``policyctl --json`` documents in man/policyctl.8. Times are seconds since the epoch; every
+``age`` is computed from the ``now`` given to ``of``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,19 @@ from dataclasses import dataclass
 from typing import Self
 
 from policyd.codec import postfix_policy
-from policyd.codec.control.fields import Fields
-from policyd.codec.control.framing import JsonObject, JsonValue
+from policyd.codec.control.fields import (
+    FLAG,
+    INT,
+    NUMBER,
+    TEXT,
+    TEXTS,
+    Field,
+    WireDoc,
+    enum_of,
+    list_of,
+    nested,
+    optional,
+)
 from policyd.core.evidence import (
     DnsEvidence,
     DnsStatus,
@@ -35,37 +46,29 @@ def age(now: float, at: float) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsaDoc:
+class TlsaDoc(WireDoc):
     usage: int
     selector: int
     mtype: int
     data: str  # hex
     usable: bool
 
+    WHAT = "tlsa"
+    WIRE = (
+        Field("usage", INT),
+        Field("selector", INT),
+        Field("mtype", INT),
+        Field("data", TEXT),
+        Field("usable", FLAG),
+    )
+
     @classmethod
     def of(cls, r: Tlsa) -> Self:
         return cls(r.usage, r.selector, r.mtype, r.data.hex(), r.usable)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "usage": self.usage,
-            "selector": self.selector,
-            "mtype": self.mtype,
-            "data": self.data,
-            "usable": self.usable,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("tlsa", value)
-        return cls(
-            f.integer("usage"), f.integer("selector"), f.integer("mtype"), f.text("data"),
-            f.flag("usable"),
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class HostDoc:
+class HostDoc(WireDoc):
     name: str
     preference: int
     address_status: DnsStatus
@@ -75,6 +78,18 @@ class HostDoc:
     tlsa: tuple[TlsaDoc, ...]
     tlsa_error: str
 
+    WHAT = "host"
+    WIRE = (
+        Field("name", TEXT),
+        Field("preference", INT),
+        Field("address_status", enum_of(DnsStatus)),
+        Field("addresses", TEXTS),
+        Field("address_error", TEXT),
+        Field("tlsa_status", optional(enum_of(DnsStatus))),
+        Field("tlsa", list_of(nested(TlsaDoc))),
+        Field("tlsa_error", TEXT),
+    )
+
     @classmethod
     def of(cls, h: MxHost) -> Self:
         tlsa = tuple(TlsaDoc.of(r) for r in h.tlsa_records)
@@ -83,35 +98,9 @@ class HostDoc:
             h.tlsa_error,
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "name": self.name,
-            "preference": self.preference,
-            "address_status": self.address_status.value,
-            "addresses": list(self.addresses),
-            "address_error": self.address_error,
-            "tlsa_status": None if self.tlsa_status is None else self.tlsa_status.value,
-            "tlsa": [r.to_json() for r in self.tlsa],
-            "tlsa_error": self.tlsa_error,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("host", value)
-        return cls(
-            f.text("name"),
-            f.integer("preference"),
-            f.enum("address_status", DnsStatus),
-            f.texts("addresses"),
-            f.text("address_error"),
-            f.opt_enum("tlsa_status", DnsStatus),
-            f.objs("tlsa", TlsaDoc.from_json),
-            f.text("tlsa_error"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class DnsDoc:
+class DnsDoc(WireDoc):
     mx_status: DnsStatus
     kind: MxKind
     error: str
@@ -119,6 +108,17 @@ class DnsDoc:
     age: float | None
     expires_at: float | None
     hosts: tuple[HostDoc, ...]
+
+    WHAT = "dns"
+    WIRE = (
+        Field("mx_status", enum_of(DnsStatus)),
+        Field("kind", enum_of(MxKind)),
+        Field("error", TEXT),
+        Field("fetched_at", optional(NUMBER)),
+        Field("age", optional(NUMBER)),
+        Field("expires_at", optional(NUMBER)),
+        Field("hosts", list_of(nested(HostDoc))),
+    )
 
     @classmethod
     def of(cls, dns: DnsEvidence | None, now: float) -> Self | None:
@@ -129,33 +129,9 @@ class DnsDoc:
             dns.expires_at or None, tuple(HostDoc.of(h) for h in dns.hosts),
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "mx_status": self.mx_status.value,
-            "kind": self.kind.value,
-            "error": self.error,
-            "fetched_at": self.fetched_at,
-            "age": self.age,
-            "expires_at": self.expires_at,
-            "hosts": [h.to_json() for h in self.hosts],
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("dns", value)
-        return cls(
-            f.enum("mx_status", DnsStatus),
-            f.enum("kind", MxKind),
-            f.text("error"),
-            f.opt_number("fetched_at"),
-            f.opt_number("age"),
-            f.opt_number("expires_at"),
-            f.objs("hosts", HostDoc.from_json),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class StsPolicyDoc:
+class StsPolicyDoc(WireDoc):
     id: str
     mode: StsMode
     mx: tuple[str, ...]
@@ -165,32 +141,31 @@ class StsPolicyDoc:
     expires_at: float
     valid: bool
 
-    def to_json(self) -> JsonObject:
-        return {
-            "id": self.id,
-            "mode": self.mode.value,
-            "mx": list(self.mx),
-            "max_age": self.max_age,
-            "fetched_at": self.fetched_at,
-            "age": self.age,
-            "expires_at": self.expires_at,
-            "valid": self.valid,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("mta_sts.policy", value)
-        return cls(
-            f.text("id"), f.enum("mode", StsMode), f.texts("mx"), f.integer("max_age"),
-            f.number("fetched_at"), f.opt_number("age"), f.number("expires_at"), f.flag("valid"),
-        )  # fmt: skip
+    WHAT = "mta_sts.policy"
+    WIRE = (
+        Field("id", TEXT),
+        Field("mode", enum_of(StsMode)),
+        Field("mx", TEXTS),
+        Field("max_age", INT),
+        Field("fetched_at", NUMBER),
+        Field("age", optional(NUMBER)),
+        Field("expires_at", NUMBER),
+        Field("valid", FLAG),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class StsDoc:
+class StsDoc(WireDoc):
     policy: StsPolicyDoc | None
     error: str
     pending: bool
+
+    WHAT = "mta_sts"
+    WIRE = (
+        Field("policy", optional(nested(StsPolicyDoc))),
+        Field("error", TEXT),
+        Field("pending", FLAG),
+    )
 
     @classmethod
     def of(cls, sts: StsEvidence, now: float) -> Self:
@@ -203,18 +178,9 @@ class StsDoc:
             )  # fmt: skip
         return cls(doc, sts.error, sts.pending)
 
-    def to_json(self) -> JsonObject:
-        policy = None if self.policy is None else self.policy.to_json()
-        return {"policy": policy, "error": self.error, "pending": self.pending}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("mta_sts", value)
-        return cls(f.opt_obj("policy", StsPolicyDoc.from_json), f.text("error"), f.flag("pending"))
-
 
 @dataclass(frozen=True, slots=True)
-class ProbeHostDoc:
+class ProbeHostDoc(WireDoc):
     host: str
     address: str
     verdict: ProbeVerdict
@@ -226,6 +192,20 @@ class ProbeHostDoc:
     probed_at: float | None
     age: float | None
 
+    WHAT = "probe host"
+    WIRE = (
+        Field("host", TEXT),
+        Field("address", TEXT),
+        Field("verdict", enum_of(ProbeVerdict)),
+        Field("detail", TEXT),
+        Field("protocol", TEXT),
+        Field("cipher", TEXT),
+        Field("leaf_sha256", TEXT),
+        Field("spki_sha256", TEXT),
+        Field("probed_at", optional(NUMBER)),
+        Field("age", optional(NUMBER)),
+    )
+
     @classmethod
     def of(cls, h: ProbeHost, now: float) -> Self:
         return cls(
@@ -233,32 +213,9 @@ class ProbeHostDoc:
             h.spki_sha256, h.probed_at or None, age(now, h.probed_at),
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "host": self.host,
-            "address": self.address,
-            "verdict": self.verdict.value,
-            "detail": self.detail,
-            "protocol": self.protocol,
-            "cipher": self.cipher,
-            "leaf_sha256": self.leaf_sha256,
-            "spki_sha256": self.spki_sha256,
-            "probed_at": self.probed_at,
-            "age": self.age,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("probe host", value)
-        return cls(
-            f.text("host"), f.text("address"), f.enum("verdict", ProbeVerdict),
-            f.text("detail"), f.text("protocol"), f.text("cipher"), f.text("leaf_sha256"),
-            f.text("spki_sha256"), f.opt_number("probed_at"), f.opt_number("age"),
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class DampingDoc:
+class DampingDoc(WireDoc):
     held_level: ProbeLevel | None
     pending: ProbeLevel
     pending_names: tuple[str, ...]
@@ -266,34 +223,35 @@ class DampingDoc:
     since: float | None
     age: float | None
 
-    def to_json(self) -> JsonObject:
-        return {
-            "held_level": None if self.held_level is None else self.held_level.value,
-            "pending": self.pending.value,
-            "pending_names": list(self.pending_names),
-            "count": self.count,
-            "since": self.since,
-            "age": self.age,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("damping", value)
-        return cls(
-            f.opt_enum("held_level", ProbeLevel), f.enum("pending", ProbeLevel),
-            f.texts("pending_names"), f.integer("count"), f.opt_number("since"),
-            f.opt_number("age"),
-        )  # fmt: skip
+    WHAT = "damping"
+    WIRE = (
+        Field("held_level", optional(enum_of(ProbeLevel))),
+        Field("pending", enum_of(ProbeLevel)),
+        Field("pending_names", TEXTS),
+        Field("count", INT),
+        Field("since", optional(NUMBER)),
+        Field("age", optional(NUMBER)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeDoc:
+class ProbeDoc(WireDoc):
     level: ProbeLevel | None
     verified_names: tuple[str, ...]
     probed_at: float | None
     age: float | None
     damping: DampingDoc | None
     hosts: tuple[ProbeHostDoc, ...]
+
+    WHAT = "probe"
+    WIRE = (
+        Field("level", optional(enum_of(ProbeLevel))),
+        Field("verified_names", TEXTS),
+        Field("probed_at", optional(NUMBER)),
+        Field("age", optional(NUMBER)),
+        Field("damping", optional(nested(DampingDoc))),
+        Field("hosts", list_of(nested(ProbeHostDoc))),
+    )
 
     @classmethod
     def of(cls, state: ProbeState | None, now: float) -> Self | None:
@@ -311,28 +269,9 @@ class ProbeDoc:
             tuple(ProbeHostDoc.of(h, now) for h in state.hosts),
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "level": None if self.level is None else self.level.value,
-            "verified_names": list(self.verified_names),
-            "probed_at": self.probed_at,
-            "age": self.age,
-            "damping": None if self.damping is None else self.damping.to_json(),
-            "hosts": [h.to_json() for h in self.hosts],
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("probe", value)
-        return cls(
-            f.opt_enum("level", ProbeLevel), f.texts("verified_names"),
-            f.opt_number("probed_at"), f.opt_number("age"),
-            f.opt_obj("damping", DampingDoc.from_json), f.objs("hosts", ProbeHostDoc.from_json),
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class OverrideDoc:
+class OverrideDoc(WireDoc):
     destination: str
     policy: str  # as Postfix reads it; NOTFOUND for "no policy"
     expires_at: float | None
@@ -342,6 +281,19 @@ class OverrideDoc:
     author: str
     created_at: float | None
     age: float | None
+
+    WHAT = "override"
+    WIRE = (
+        Field("destination", TEXT),
+        Field("policy", TEXT),
+        Field("expires_at", optional(NUMBER)),
+        Field("expires_in", optional(NUMBER)),
+        Field("active", FLAG),
+        Field("comment", TEXT),
+        Field("author", TEXT),
+        Field("created_at", optional(NUMBER)),
+        Field("age", optional(NUMBER)),
+    )
 
     @classmethod
     def of(cls, ov: Override, now: float) -> Self:
@@ -356,25 +308,3 @@ class OverrideDoc:
             ov.created_at or None,
             age(now, ov.created_at),
         )
-
-    def to_json(self) -> JsonObject:
-        return {
-            "destination": self.destination,
-            "policy": self.policy,
-            "expires_at": self.expires_at,
-            "expires_in": self.expires_in,
-            "active": self.active,
-            "comment": self.comment,
-            "author": self.author,
-            "created_at": self.created_at,
-            "age": self.age,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("override", value)
-        return cls(
-            f.text("destination"), f.text("policy"), f.opt_number("expires_at"),
-            f.opt_number("expires_in"), f.flag("active"), f.text("comment"), f.text("author"),
-            f.opt_number("created_at"), f.opt_number("age"),
-        )  # fmt: skip

@@ -12,13 +12,28 @@ from typing import Self, TypeAlias, assert_never
 
 from policyd.codec.control import requests as rq
 from policyd.codec.control.evidence import DnsDoc, OverrideDoc, ProbeDoc, StsDoc
-from policyd.codec.control.fields import Fields, read_count
+from policyd.codec.control.fields import (
+    FLAG,
+    INT,
+    NUMBER,
+    TEXT,
+    TEXTS,
+    Field,
+    WireDoc,
+    as_object,
+    constant,
+    list_of,
+    nested,
+    optional,
+    read,
+    table_of,
+)
 from policyd.codec.control.framing import JsonObject, JsonValue
 from policyd.codec.control.report import ReportResult
 
 
 @dataclass(frozen=True, slots=True)
-class VerdictRow:
+class VerdictRow(WireDoc):
     """What one profile tells Postfix. A dry-run profile tells it NOTFOUND; ``would_reply``
     is what it decided."""
 
@@ -29,6 +44,29 @@ class VerdictRow:
     reason: str
     would_reply: str | None = None  # a dry-run profile only
 
+    WHAT = "answer"
+    WIRE = (
+        Field("profile", TEXT),
+        Field("level", TEXT),
+        Field("reply", TEXT),
+        Field("rule", TEXT),
+        Field("reason", TEXT),
+    )  # then, a dry-run profile only: "dry_run": true, "would_reply"
+
+    def to_json(self) -> JsonObject:
+        doc = WireDoc.to_json(self)
+        if self.would_reply is not None:
+            doc |= {"dry_run": True, "would_reply": self.would_reply}
+        return doc
+
+    @classmethod
+    def from_json(cls, value: JsonValue) -> Self:
+        row = read(cls.WHAT, cls.WIRE, value)
+        doc = as_object(cls.WHAT, value)
+        if "dry_run" in doc and FLAG.get(cls.WHAT, doc, "dry_run"):
+            row["would_reply"] = TEXT.get(cls.WHAT, doc, "would_reply")
+        return cls(**row)
+
     @property
     def dry_run(self) -> bool:
         return self.would_reply is not None
@@ -38,31 +76,9 @@ class VerdictRow:
         """What Postfix is told, in one word: the level keyword, NOTFOUND or TEMP."""
         return "NOTFOUND" if self.dry_run else self.level.partition(",")[0]
 
-    def to_json(self) -> JsonObject:
-        doc: JsonObject = {
-            "profile": self.profile,
-            "level": self.level,
-            "reply": self.reply,
-            "rule": self.rule,
-            "reason": self.reason,
-        }
-        if self.would_reply is not None:
-            doc["dry_run"] = True
-            doc["would_reply"] = self.would_reply
-        return doc
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("answer", value)
-        dry = f.has("dry_run") and f.flag("dry_run")
-        return cls(
-            f.text("profile"), f.text("level"), f.text("reply"), f.text("rule"),
-            f.text("reason"), f.text("would_reply") if dry else None,
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
-class ExplainResult:
+class ExplainResult(WireDoc):
     destination: str
     now: float
     answers: tuple[VerdictRow, ...]
@@ -71,109 +87,69 @@ class ExplainResult:
     probe: ProbeDoc | None
     override: OverrideDoc | None
 
-    def to_json(self) -> JsonObject:
-        return {
-            "destination": self.destination,
-            "now": self.now,
-            "answers": [a.to_json() for a in self.answers],
-            "dns": None if self.dns is None else self.dns.to_json(),
-            "mta_sts": self.mta_sts.to_json(),
-            "probe": None if self.probe is None else self.probe.to_json(),
-            "override": None if self.override is None else self.override.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("explain", value)
-        return cls(
-            f.text("destination"),
-            f.number("now"),
-            f.objs("answers", VerdictRow.from_json),
-            f.opt_obj("dns", DnsDoc.from_json),
-            f.obj("mta_sts", StsDoc.from_json),
-            f.opt_obj("probe", ProbeDoc.from_json),
-            f.opt_obj("override", OverrideDoc.from_json),
-        )
+    WHAT = "explain"
+    WIRE = (
+        Field("destination", TEXT),
+        Field("now", NUMBER),
+        Field("answers", list_of(nested(VerdictRow))),
+        Field("dns", optional(nested(DnsDoc))),
+        Field("mta_sts", nested(StsDoc)),
+        Field("probe", optional(nested(ProbeDoc))),
+        Field("override", optional(nested(OverrideDoc))),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeQueued:
+class ProbeQueued(WireDoc):
     destination: str
 
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "queued": True}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("probe", value).text("destination"))
+    WHAT = "probe"
+    WIRE = (Field("destination", TEXT), constant("queued"))
 
 
 @dataclass(frozen=True, slots=True)
-class OverrideDeleted:
+class OverrideDeleted(WireDoc):
     destination: str
 
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "deleted": True}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("override-del", value).text("destination"))
+    WHAT = "override-del"
+    WIRE = (Field("destination", TEXT), constant("deleted"))
 
 
 @dataclass(frozen=True, slots=True)
-class Overrides:
+class Overrides(WireDoc):
     overrides: tuple[OverrideDoc, ...]
 
-    def to_json(self) -> JsonObject:
-        return {"overrides": [o.to_json() for o in self.overrides]}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("override-list", value).objs("overrides", OverrideDoc.from_json))
+    WHAT = "override-list"
+    WIRE = (Field("overrides", list_of(nested(OverrideDoc))),)
 
 
 @dataclass(frozen=True, slots=True)
-class Flushed:
+class Flushed(WireDoc):
     destination: str | None  # None: every destination
     records: int  # stored records deleted
     mta_sts: bool  # MTA-STS policies included
 
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "records": self.records, "mta_sts": self.mta_sts}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("flush", value)
-        return cls(f.opt_text("destination"), f.integer("records"), f.flag("mta_sts"))
+    WHAT = "flush"
+    WIRE = (Field("destination", optional(TEXT)), Field("records", INT), Field("mta_sts", FLAG))
 
 
 @dataclass(frozen=True, slots=True)
-class Reloaded:
-    def to_json(self) -> JsonObject:
-        return {"reloaded": True}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        Fields("reload", value).flag("reloaded")
-        return cls()
+class Reloaded(WireDoc):
+    WHAT = "reload"
+    WIRE = (constant("reloaded"),)
 
 
 @dataclass(frozen=True, slots=True)
-class Warmed:
+class Warmed(WireDoc):
     scheduled: int  # lookups started
     requested: int
 
-    def to_json(self) -> JsonObject:
-        return {"scheduled": self.scheduled, "requested": self.requested}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("warm", value)
-        return cls(f.integer("scheduled"), f.integer("requested"))
+    WHAT = "warm"
+    WIRE = (Field("scheduled", INT), Field("requested", INT))
 
 
 @dataclass(frozen=True, slots=True)
-class Checked:
+class Checked(WireDoc):
     """The verdict Postfix gets now for the default profile, and why it cannot be met."""
 
     destination: str
@@ -182,139 +158,94 @@ class Checked:
     reason: str
     problem: str | None  # None: it can be met (or a dry-run profile enforces nothing)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "destination": self.destination,
-            "level": self.level,
-            "rule": self.rule,
-            "reason": self.reason,
-            "problem": self.problem,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("check", value)
-        return cls(
-            f.text("destination"), f.text("level"), f.text("rule"), f.text("reason"),
-            f.opt_text("problem"),
-        )  # fmt: skip
+    WHAT = "check"
+    WIRE = (
+        Field("destination", TEXT),
+        Field("level", TEXT),
+        Field("rule", TEXT),
+        Field("reason", TEXT),
+        Field("problem", optional(TEXT)),
+    )
 
 
 # -- status ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class CacheCounts:
+class CacheCounts(WireDoc):
     answers: int  # reply cache entries
     verdicts: int  # destinations with a remembered verdict
     overrides: int
 
-    def to_json(self) -> JsonObject:
-        return {"answers": self.answers, "verdicts": self.verdicts, "overrides": self.overrides}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("cache", value)
-        return cls(f.integer("answers"), f.integer("verdicts"), f.integer("overrides"))
+    WHAT = "cache"
+    WIRE = (Field("answers", INT), Field("verdicts", INT), Field("overrides", INT))
 
 
 @dataclass(frozen=True, slots=True)
-class LookupCounts:
+class LookupCounts(WireDoc):
     lookups: int  # served from the slow path
     hits: int  # served from the cache
     temp: int
     perm: int
 
-    def to_json(self) -> JsonObject:
-        return {"lookups": self.lookups, "hits": self.hits, "temp": self.temp, "perm": self.perm}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("lookups", value)
-        return cls(f.integer("lookups"), f.integer("hits"), f.integer("temp"), f.integer("perm"))
+    WHAT = "lookups"
+    WIRE = (Field("lookups", INT), Field("hits", INT), Field("temp", INT), Field("perm", INT))
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeQueueCounts:
+class ProbeQueueCounts(WireDoc):
     queued: int
     running: int
     dropped: int  # refused, queue full, since start
     done: int  # since start
     known: int  # destinations with probe evidence in memory
 
-    def to_json(self) -> JsonObject:
-        return {
-            "queued": self.queued,
-            "running": self.running,
-            "dropped": self.dropped,
-            "done": self.done,
-            "known": self.known,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("probe", value)
-        return cls(
-            f.integer("queued"), f.integer("running"), f.integer("dropped"), f.integer("done"),
-            f.integer("known"),
-        )  # fmt: skip
+    WHAT = "probe"
+    WIRE = (
+        Field("queued", INT),
+        Field("running", INT),
+        Field("dropped", INT),
+        Field("done", INT),
+        Field("known", INT),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class FetchQueueCounts:
+class FetchQueueCounts(WireDoc):
     running: int
     queued: int
     dropped: int  # since start
     preempted: int  # background runs stopped for urgent work, since start
 
-    def to_json(self) -> JsonObject:
-        return {
-            "running": self.running,
-            "queued": self.queued,
-            "dropped": self.dropped,
-            "preempted": self.preempted,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("mta_sts", value)
-        return cls(
-            f.integer("running"), f.integer("queued"), f.integer("dropped"),
-            f.integer("preempted"),
-        )  # fmt: skip
+    WHAT = "mta_sts"
+    WIRE = (
+        Field("running", INT),
+        Field("queued", INT),
+        Field("dropped", INT),
+        Field("preempted", INT),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class FleetCounts:
+class FleetCounts(WireDoc):
     link: str  # up or down
     work: Mapping[str, Mapping[str, int]]  # kind -> how it was settled -> count
     published: int
     received: int
     publish_failures: int
 
-    def to_json(self) -> JsonObject:
-        return {
-            "link": self.link,
-            "work": {kind: dict(counts) for kind, counts in self.work.items()},
-            "published": self.published,
-            "received": self.received,
-            "publish_failures": self.publish_failures,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("fleet", value)
-        return cls(
-            f.text("link"),
-            f.table("work", lambda what, v: Fields(what, {"t": v}).table("t", read_count)),
-            f.integer("published"),
-            f.integer("received"),
-            f.integer("publish_failures"),
-        )
+    WHAT = "fleet"
+    WIRE = (
+        Field("link", TEXT),
+        Field("work", table_of(table_of(INT))),
+        Field("published", INT),
+        Field("received", INT),
+        Field("publish_failures", INT),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class StatusResult:
+class StatusResult(WireDoc):
     version: str
     uptime: float  # seconds
     listeners: tuple[str, ...]
@@ -327,37 +258,20 @@ class StatusResult:
     mta_sts: FetchQueueCounts | None
     fleet: FleetCounts | None  # a Redis store only
 
-    def to_json(self) -> JsonObject:
-        return {
-            "version": self.version,
-            "uptime": self.uptime,
-            "listeners": list(self.listeners),
-            "store": self.store,
-            "connections": self.connections,
-            "refused": self.refused,
-            "cache": self.cache.to_json(),
-            "lookups": self.lookups.to_json(),
-            "probe": None if self.probe is None else self.probe.to_json(),
-            "mta_sts": None if self.mta_sts is None else self.mta_sts.to_json(),
-            "fleet": None if self.fleet is None else self.fleet.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("status", value)
-        return cls(
-            f.text("version"),
-            f.number("uptime"),
-            f.texts("listeners"),
-            f.text("store"),
-            f.opt_integer("connections"),
-            f.opt_integer("refused"),
-            f.obj("cache", CacheCounts.from_json),
-            f.obj("lookups", LookupCounts.from_json),
-            f.opt_obj("probe", ProbeQueueCounts.from_json),
-            f.opt_obj("mta_sts", FetchQueueCounts.from_json),
-            f.opt_obj("fleet", FleetCounts.from_json),
-        )
+    WHAT = "status"
+    WIRE = (
+        Field("version", TEXT),
+        Field("uptime", NUMBER),
+        Field("listeners", TEXTS),
+        Field("store", TEXT),
+        Field("connections", optional(INT)),
+        Field("refused", optional(INT)),
+        Field("cache", nested(CacheCounts)),
+        Field("lookups", nested(LookupCounts)),
+        Field("probe", optional(nested(ProbeQueueCounts))),
+        Field("mta_sts", optional(nested(FetchQueueCounts))),
+        Field("fleet", optional(nested(FleetCounts))),
+    )
 
 
 Result: TypeAlias = (
@@ -381,7 +295,7 @@ def decode_result(req: rq.Request, value: JsonValue) -> Result:
         case rq.Explain():
             return ExplainResult.from_json(value)
         case rq.Probe():
-            if Fields("probe", value).has("queued"):
+            if "queued" in as_object("probe", value):
                 return ProbeQueued.from_json(value)
             return ExplainResult.from_json(value)
         case rq.OverrideSet():
