@@ -1,14 +1,14 @@
 """The evidence parts of control results (``explain``, ``probe --wait``, ``report``).
 
-Each is a frozen value with ``of`` (from the core values, at the daemon) and its ``WIRE``
-schema, which ``to_json`` and ``from_json`` (at ``policyctl``) walk: the one schema of the
+Each is a frozen value with ``of`` (from the core values, at the daemon) and attributes
+declared with their JSON keys (:func:`~policyd.codec.control.fields.wire`), which
+``to_json`` and ``from_json`` (at ``policyctl``) walk: the one schema of the
 ``policyctl --json`` documents in man/policyctl.8. Times are seconds since the epoch; every
 ``age`` is computed from the ``now`` given to ``of``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Self
 
 from policyd.codec import postfix_policy
@@ -18,12 +18,13 @@ from policyd.codec.control.fields import (
     NUMBER,
     TEXT,
     TEXTS,
-    Field,
     WireDoc,
     enum_of,
     list_of,
     nested,
     optional,
+    wire,
+    wire_doc,
 )
 from policyd.core.evidence import (
     DnsEvidence,
@@ -45,50 +46,34 @@ def age(now: float, at: float) -> float | None:
     return None if not at else round(now - at, 1)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class TlsaDoc(WireDoc):
-    usage: int
-    selector: int
-    mtype: int
-    data: str  # hex
-    usable: bool
+    usage: int = wire("usage", INT)
+    selector: int = wire("selector", INT)
+    mtype: int = wire("mtype", INT)
+    data: str = wire("data", TEXT)  # hex
+    usable: bool = wire("usable", FLAG)
 
     WHAT = "tlsa"
-    WIRE = (
-        Field("usage", INT),
-        Field("selector", INT),
-        Field("mtype", INT),
-        Field("data", TEXT),
-        Field("usable", FLAG),
-    )
 
     @classmethod
     def of(cls, r: Tlsa) -> Self:
         return cls(r.usage, r.selector, r.mtype, r.data.hex(), r.usable)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class HostDoc(WireDoc):
-    name: str
-    preference: int
-    address_status: DnsStatus
-    addresses: tuple[str, ...]
-    address_error: str
-    tlsa_status: DnsStatus | None  # None: TLSA not looked up
-    tlsa: tuple[TlsaDoc, ...]
-    tlsa_error: str
+    name: str = wire("name", TEXT)
+    preference: int = wire("preference", INT)
+    address_status: DnsStatus = wire("address_status", enum_of(DnsStatus))
+    addresses: tuple[str, ...] = wire("addresses", TEXTS)
+    address_error: str = wire("address_error", TEXT)
+    # None: TLSA not looked up
+    tlsa_status: DnsStatus | None = wire("tlsa_status", optional(enum_of(DnsStatus)))
+    tlsa: tuple[TlsaDoc, ...] = wire("tlsa", list_of(nested(TlsaDoc)))
+    tlsa_error: str = wire("tlsa_error", TEXT)
 
     WHAT = "host"
-    WIRE = (
-        Field("name", TEXT),
-        Field("preference", INT),
-        Field("address_status", enum_of(DnsStatus)),
-        Field("addresses", TEXTS),
-        Field("address_error", TEXT),
-        Field("tlsa_status", optional(enum_of(DnsStatus))),
-        Field("tlsa", list_of(nested(TlsaDoc))),
-        Field("tlsa_error", TEXT),
-    )
 
     @classmethod
     def of(cls, h: MxHost) -> Self:
@@ -99,26 +84,17 @@ class HostDoc(WireDoc):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class DnsDoc(WireDoc):
-    mx_status: DnsStatus
-    kind: MxKind
-    error: str
-    fetched_at: float | None
-    age: float | None
-    expires_at: float | None
-    hosts: tuple[HostDoc, ...]
+    mx_status: DnsStatus = wire("mx_status", enum_of(DnsStatus))
+    kind: MxKind = wire("kind", enum_of(MxKind))
+    error: str = wire("error", TEXT)
+    fetched_at: float | None = wire("fetched_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
+    expires_at: float | None = wire("expires_at", optional(NUMBER))
+    hosts: tuple[HostDoc, ...] = wire("hosts", list_of(nested(HostDoc)))
 
     WHAT = "dns"
-    WIRE = (
-        Field("mx_status", enum_of(DnsStatus)),
-        Field("kind", enum_of(MxKind)),
-        Field("error", TEXT),
-        Field("fetched_at", optional(NUMBER)),
-        Field("age", optional(NUMBER)),
-        Field("expires_at", optional(NUMBER)),
-        Field("hosts", list_of(nested(HostDoc))),
-    )
 
     @classmethod
     def of(cls, dns: DnsEvidence | None, now: float) -> Self | None:
@@ -130,42 +106,27 @@ class DnsDoc(WireDoc):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class StsPolicyDoc(WireDoc):
-    id: str
-    mode: StsMode
-    mx: tuple[str, ...]
-    max_age: int
-    fetched_at: float
-    age: float | None
-    expires_at: float
-    valid: bool
+    id: str = wire("id", TEXT)
+    mode: StsMode = wire("mode", enum_of(StsMode))
+    mx: tuple[str, ...] = wire("mx", TEXTS)
+    max_age: int = wire("max_age", INT)
+    fetched_at: float = wire("fetched_at", NUMBER)
+    age: float | None = wire("age", optional(NUMBER))
+    expires_at: float = wire("expires_at", NUMBER)
+    valid: bool = wire("valid", FLAG)
 
     WHAT = "mta_sts.policy"
-    WIRE = (
-        Field("id", TEXT),
-        Field("mode", enum_of(StsMode)),
-        Field("mx", TEXTS),
-        Field("max_age", INT),
-        Field("fetched_at", NUMBER),
-        Field("age", optional(NUMBER)),
-        Field("expires_at", NUMBER),
-        Field("valid", FLAG),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class StsDoc(WireDoc):
-    policy: StsPolicyDoc | None
-    error: str
-    pending: bool
+    policy: StsPolicyDoc | None = wire("policy", optional(nested(StsPolicyDoc)))
+    error: str = wire("error", TEXT)
+    pending: bool = wire("pending", FLAG)
 
     WHAT = "mta_sts"
-    WIRE = (
-        Field("policy", optional(nested(StsPolicyDoc))),
-        Field("error", TEXT),
-        Field("pending", FLAG),
-    )
 
     @classmethod
     def of(cls, sts: StsEvidence, now: float) -> Self:
@@ -179,32 +140,20 @@ class StsDoc(WireDoc):
         return cls(doc, sts.error, sts.pending)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ProbeHostDoc(WireDoc):
-    host: str
-    address: str
-    verdict: ProbeVerdict
-    detail: str
-    protocol: str
-    cipher: str
-    leaf_sha256: str
-    spki_sha256: str
-    probed_at: float | None
-    age: float | None
+    host: str = wire("host", TEXT)
+    address: str = wire("address", TEXT)
+    verdict: ProbeVerdict = wire("verdict", enum_of(ProbeVerdict))
+    detail: str = wire("detail", TEXT)
+    protocol: str = wire("protocol", TEXT)
+    cipher: str = wire("cipher", TEXT)
+    leaf_sha256: str = wire("leaf_sha256", TEXT)
+    spki_sha256: str = wire("spki_sha256", TEXT)
+    probed_at: float | None = wire("probed_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
 
     WHAT = "probe host"
-    WIRE = (
-        Field("host", TEXT),
-        Field("address", TEXT),
-        Field("verdict", enum_of(ProbeVerdict)),
-        Field("detail", TEXT),
-        Field("protocol", TEXT),
-        Field("cipher", TEXT),
-        Field("leaf_sha256", TEXT),
-        Field("spki_sha256", TEXT),
-        Field("probed_at", optional(NUMBER)),
-        Field("age", optional(NUMBER)),
-    )
 
     @classmethod
     def of(cls, h: ProbeHost, now: float) -> Self:
@@ -214,44 +163,28 @@ class ProbeHostDoc(WireDoc):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class DampingDoc(WireDoc):
-    held_level: ProbeLevel | None
-    pending: ProbeLevel
-    pending_names: tuple[str, ...]
-    count: int
-    since: float | None
-    age: float | None
+    held_level: ProbeLevel | None = wire("held_level", optional(enum_of(ProbeLevel)))
+    pending: ProbeLevel = wire("pending", enum_of(ProbeLevel))
+    pending_names: tuple[str, ...] = wire("pending_names", TEXTS)
+    count: int = wire("count", INT)
+    since: float | None = wire("since", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
 
     WHAT = "damping"
-    WIRE = (
-        Field("held_level", optional(enum_of(ProbeLevel))),
-        Field("pending", enum_of(ProbeLevel)),
-        Field("pending_names", TEXTS),
-        Field("count", INT),
-        Field("since", optional(NUMBER)),
-        Field("age", optional(NUMBER)),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ProbeDoc(WireDoc):
-    level: ProbeLevel | None
-    verified_names: tuple[str, ...]
-    probed_at: float | None
-    age: float | None
-    damping: DampingDoc | None
-    hosts: tuple[ProbeHostDoc, ...]
+    level: ProbeLevel | None = wire("level", optional(enum_of(ProbeLevel)))
+    verified_names: tuple[str, ...] = wire("verified_names", TEXTS)
+    probed_at: float | None = wire("probed_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
+    damping: DampingDoc | None = wire("damping", optional(nested(DampingDoc)))
+    hosts: tuple[ProbeHostDoc, ...] = wire("hosts", list_of(nested(ProbeHostDoc)))
 
     WHAT = "probe"
-    WIRE = (
-        Field("level", optional(enum_of(ProbeLevel))),
-        Field("verified_names", TEXTS),
-        Field("probed_at", optional(NUMBER)),
-        Field("age", optional(NUMBER)),
-        Field("damping", optional(nested(DampingDoc))),
-        Field("hosts", list_of(nested(ProbeHostDoc))),
-    )
 
     @classmethod
     def of(cls, state: ProbeState | None, now: float) -> Self | None:
@@ -270,30 +203,19 @@ class ProbeDoc(WireDoc):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class OverrideDoc(WireDoc):
-    destination: str
-    policy: str  # as Postfix reads it; NOTFOUND for "no policy"
-    expires_at: float | None
-    expires_in: float | None
-    active: bool
-    comment: str
-    author: str
-    created_at: float | None
-    age: float | None
+    destination: str = wire("destination", TEXT)
+    policy: str = wire("policy", TEXT)  # as Postfix reads it; NOTFOUND for "no policy"
+    expires_at: float | None = wire("expires_at", optional(NUMBER))
+    expires_in: float | None = wire("expires_in", optional(NUMBER))
+    active: bool = wire("active", FLAG)
+    comment: str = wire("comment", TEXT)
+    author: str = wire("author", TEXT)
+    created_at: float | None = wire("created_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
 
     WHAT = "override"
-    WIRE = (
-        Field("destination", TEXT),
-        Field("policy", TEXT),
-        Field("expires_at", optional(NUMBER)),
-        Field("expires_in", optional(NUMBER)),
-        Field("active", FLAG),
-        Field("comment", TEXT),
-        Field("author", TEXT),
-        Field("created_at", optional(NUMBER)),
-        Field("age", optional(NUMBER)),
-    )
 
     @classmethod
     def of(cls, ov: Override, now: float) -> Self:

@@ -1,10 +1,13 @@
-"""The wire schema of control results: each result declares its fields once, in wire order.
+"""The wire schema of control results: each field is declared once, with its JSON key.
 
-A result class is a frozen dataclass deriving from :class:`WireDoc` with ``WHAT`` (its name
-in errors) and ``WIRE``, a tuple of :class:`Field` (wire name, attribute, :class:`Kind`).
-One encoder and one decoder walk that tuple, so the JSON keys and their order are written
-in one place per class. Reading is strict on known fields and tolerant of others: unknown
-fields are ignored, so a newer daemon may add some; a missing or mistyped known field is a
+A result is a class deriving from :class:`WireDoc`, decorated with :func:`wire_doc` (a
+frozen slotted dataclass), whose attributes say their key and :class:`Kind` where they are
+declared: ``max_age: int = wire("max_age", INT)``. The attributes' order is the keys' order
+on the wire; ``WHAT`` names the document in errors and ``CONSTANTS`` are keys always
+``true`` ("queued", "deleted"). One encoder (:meth:`WireDoc.to_json`) and one decoder
+(:meth:`WireDoc.from_json`) walk the resulting ``WIRE``. Reading is strict on known fields
+and tolerant of others: unknown fields are ignored, so a newer daemon may add some; a
+missing or mistyped known field is a
 :class:`~policyd.codec.control.framing.ControlProtocolError` naming it, so a version skew
 between ``policyctl`` and the daemon is an explicit error, never a blank.
 """
@@ -13,8 +16,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast, dataclass_transform
 
 from policyd.codec.control.framing import ControlProtocolError, JsonObject, JsonValue
 
@@ -40,11 +43,7 @@ class Kind(Generic[T]):
 class Field:
     wire: str  # the JSON key
     kind: Kind[Any]
-    attr: str | None = ""  # the attribute; "": named as on the wire; None: a wire constant
-
-    @property
-    def name(self) -> str | None:
-        return self.wire if self.attr == "" else self.attr
+    attr: str | None  # None: a constant ``true`` on the wire, checked, not kept
 
 
 def _bad(where: str, kind: str) -> ControlProtocolError:
@@ -68,12 +67,7 @@ TEXT: Kind[str] = _scalar("a string", lambda v: isinstance(v, str))
 INT: Kind[int] = _scalar("an integer", lambda v: _not_bool(v) and isinstance(v, int))
 NUMBER: Kind[float] = _scalar("a number", lambda v: _not_bool(v) and isinstance(v, int | float))
 FLAG: Kind[bool] = _scalar("true or false", lambda v: isinstance(v, bool))
-TRUE: Kind[bool] = Kind(lambda _v: True, FLAG.decode)  # a constant ``true`` (attr None)
-
-
-def constant(wire: str) -> Field:
-    """A key that is always ``true`` on the wire ("queued", "deleted"): checked, not kept."""
-    return Field(wire, TRUE, None)
+TRUE: Kind[bool] = Kind(lambda _v: True, FLAG.decode)  # a constant key
 
 
 def optional(kind: Kind[T]) -> Kind[T | None]:
@@ -135,8 +129,16 @@ def as_object(what: str, value: JsonValue) -> JsonObject:
 def read(what: str, wire: tuple[Field, ...], value: JsonValue) -> dict[str, Any]:
     """The attributes of ``wire`` from the document ``value``, by attribute name."""
     doc = as_object(what, value)
-    found = {f.name: f.kind.get(what, doc, f.wire) for f in wire}
+    found = {f.attr: f.kind.get(what, doc, f.wire) for f in wire}
     return {attr: v for attr, v in found.items() if attr is not None}
+
+
+_SPEC = "policyd.wire"  # the dataclass field metadata key of a wire field's (key, kind)
+
+
+def wire(key: str, kind: Kind[T]) -> T:
+    """Declares a result attribute with its JSON key and kind: ``x: int = wire("x", INT)``."""
+    return cast(T, field(metadata={_SPEC: (key, kind)}))
 
 
 class WireDoc:
@@ -145,11 +147,12 @@ class WireDoc:
     __slots__ = ()
 
     WHAT: ClassVar[str]  # its name in errors
-    WIRE: ClassVar[tuple[Field, ...]]  # its fields, in wire order
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()  # keys always ``true``, after the fields
+    WIRE: ClassVar[tuple[Field, ...]]  # its fields in wire order, made by @wire_doc
 
     def to_json(self) -> JsonObject:
         return {
-            f.wire: f.kind.encode(None if f.name is None else getattr(self, f.name))
+            f.wire: f.kind.encode(None if f.attr is None else getattr(self, f.attr))
             for f in self.WIRE
         }
 
@@ -157,3 +160,14 @@ class WireDoc:
     def from_json(cls, value: JsonValue) -> Self:
         make: Callable[..., Self] = cls
         return make(**read(cls.WHAT, cls.WIRE, value))
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(wire,))
+def wire_doc(cls: type[D]) -> type[D]:
+    """A frozen slotted dataclass whose ``wire`` attributes, in order, are its ``WIRE``."""
+    made = dataclass(frozen=True, slots=True)(cls)
+    specs = ((f.metadata[_SPEC], f.name) for f in fields(cast(Any, made)) if _SPEC in f.metadata)
+    made.WIRE = tuple(Field(key, kind, attr) for (key, kind), attr in specs) + tuple(
+        Field(key, TRUE, None) for key in made.CONSTANTS
+    )
+    return made

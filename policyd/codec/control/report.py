@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Self
 
 from policyd.codec.control.evidence import ProbeDoc
@@ -13,67 +12,58 @@ from policyd.codec.control.fields import (
     NUMBER,
     TEXT,
     TEXTS,
-    Field,
     WireDoc,
     list_of,
     nested,
     optional,
     read,
     table_of,
+    wire,
+    wire_doc,
 )
 from policyd.codec.control.framing import JsonObject, JsonValue
 from policyd.core.report import Report
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ChangeRow(WireDoc):
-    at: float
-    destination: str
-    profile: str
-    level: str
-    previous: str | None  # None: first seen
-    reason: str
+    at: float = wire("at", NUMBER)
+    destination: str = wire("destination", TEXT)
+    profile: str = wire("profile", TEXT)
+    level: str = wire("level", TEXT)
+    previous: str | None = wire("previous", optional(TEXT))  # None: first seen
+    reason: str = wire("reason", TEXT)
 
     WHAT = "change"
-    WIRE = (
-        Field("at", NUMBER),
-        Field("destination", TEXT),
-        Field("profile", TEXT),
-        Field("level", TEXT),
-        Field("previous", optional(TEXT)),
-        Field("reason", TEXT),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class TempRow(WireDoc):
-    destination: str
-    profile: str
-    reason: str
+    destination: str = wire("destination", TEXT)
+    profile: str = wire("profile", TEXT)
+    reason: str = wire("reason", TEXT)
 
     WHAT = "temp destination"
-    WIRE = (Field("destination", TEXT), Field("profile", TEXT), Field("reason", TEXT))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class TempSummary(WireDoc):
-    answers: int  # TEMP answers since start
-    destinations: tuple[TempRow, ...]  # those whose latest verdict is TEMP
+    answers: int = wire("answers", INT)  # TEMP answers since start
+    # those whose latest verdict is TEMP
+    destinations: tuple[TempRow, ...] = wire("destinations", list_of(nested(TempRow)))
 
     WHAT = "temp"
-    WIRE = (Field("answers", INT), Field("destinations", list_of(nested(TempRow))))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class HeldRow(WireDoc):
     """A destination whose weaker probe result damping holds back; on the wire its probe
     document with the destination beside the probe's fields."""
 
-    destination: str
+    destination: str = wire("destination", TEXT)
     probe: ProbeDoc
 
     WHAT = "held"
-    WIRE = (Field("destination", TEXT),)  # and the probe's fields beside it
 
     def to_json(self) -> JsonObject:
         return WireDoc.to_json(self) | self.probe.to_json()
@@ -83,51 +73,43 @@ class HeldRow(WireDoc):
         return cls(**read(cls.WHAT, cls.WIRE, value), probe=ProbeDoc.from_json(value))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class StsFailingRow(WireDoc):
-    destination: str
-    error: str
-    cached: bool  # a cached policy still applies
+    destination: str = wire("destination", TEXT)
+    error: str = wire("error", TEXT)
+    cached: bool = wire("cached", FLAG)  # a cached policy still applies
 
     WHAT = "sts_failing"
-    WIRE = (Field("destination", TEXT), Field("error", TEXT), Field("cached", FLAG))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class DryRunDoc(WireDoc):
     """One dry-run profile: what Postfix would have been told instead of NOTFOUND."""
 
-    would_change: Mapping[str, tuple[str, ...]]  # level -> destinations
-    answers: Mapping[str, int]  # level -> answers counted since start
+    # level -> destinations
+    would_change: Mapping[str, tuple[str, ...]] = wire("would_change", table_of(TEXTS))
+    # level -> answers counted since start
+    answers: Mapping[str, int] = wire("answers", table_of(INT))
 
     WHAT = "dry_run"
-    WIRE = (Field("would_change", table_of(TEXTS)), Field("answers", table_of(INT)))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ReportResult(WireDoc):
-    since: float
-    now: float
-    dry_run: Mapping[str, DryRunDoc]  # profile -> what it would have changed
-    changes: tuple[ChangeRow, ...]
-    levels: Mapping[str, Mapping[str, tuple[str, ...]]]  # profile -> level -> destinations
-    rules: Mapping[str, Mapping[str, int]]  # profile -> rule -> destinations decided by it
-    temp: TempSummary
-    held: tuple[HeldRow, ...]
-    sts_failing: tuple[StsFailingRow, ...]
+    since: float = wire("since", NUMBER)
+    now: float = wire("now", NUMBER)
+    # profile -> what it would have changed
+    dry_run: Mapping[str, DryRunDoc] = wire("dry_run", table_of(nested(DryRunDoc)))
+    changes: tuple[ChangeRow, ...] = wire("changes", list_of(nested(ChangeRow)))
+    # profile -> level -> destinations
+    levels: Mapping[str, Mapping[str, tuple[str, ...]]] = wire("levels", table_of(table_of(TEXTS)))
+    # profile -> rule -> destinations decided by it
+    rules: Mapping[str, Mapping[str, int]] = wire("rules", table_of(table_of(INT)))
+    temp: TempSummary = wire("temp", nested(TempSummary))
+    held: tuple[HeldRow, ...] = wire("held", list_of(nested(HeldRow)))
+    sts_failing: tuple[StsFailingRow, ...] = wire("sts_failing", list_of(nested(StsFailingRow)))
 
     WHAT = "report"
-    WIRE = (
-        Field("since", NUMBER),
-        Field("now", NUMBER),
-        Field("dry_run", table_of(nested(DryRunDoc))),
-        Field("changes", list_of(nested(ChangeRow))),
-        Field("levels", table_of(table_of(TEXTS))),
-        Field("rules", table_of(table_of(INT))),
-        Field("temp", nested(TempSummary)),
-        Field("held", list_of(nested(HeldRow))),
-        Field("sts_failing", list_of(nested(StsFailingRow))),
-    )
 
     @classmethod
     def of(cls, report: Report, *, temp_answers: int, dry_run: Mapping[str, DryRunDoc]) -> Self:

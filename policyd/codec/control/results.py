@@ -7,7 +7,6 @@ The daemon builds them and sends ``to_json()``; ``policyctl`` reads them back wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Self, TypeAlias, assert_never
 
 from policyd.codec.control import requests as rq
@@ -18,40 +17,34 @@ from policyd.codec.control.fields import (
     NUMBER,
     TEXT,
     TEXTS,
-    Field,
     WireDoc,
     as_object,
-    constant,
     list_of,
     nested,
     optional,
     read,
     table_of,
+    wire,
+    wire_doc,
 )
 from policyd.codec.control.framing import JsonObject, JsonValue
 from policyd.codec.control.report import ReportResult
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class VerdictRow(WireDoc):
     """What one profile tells Postfix. A dry-run profile tells it NOTFOUND; ``would_reply``
     is what it decided."""
 
-    profile: str
-    level: str  # TEMP, NOTFOUND, or the policy in one word: LEVEL[,attr=value...]
-    reply: str  # the socketmap reply text
-    rule: str
-    reason: str
+    profile: str = wire("profile", TEXT)
+    # TEMP, NOTFOUND, or the policy in one word: LEVEL[,attr=value...]
+    level: str = wire("level", TEXT)
+    reply: str = wire("reply", TEXT)  # the socketmap reply text
+    rule: str = wire("rule", TEXT)
+    reason: str = wire("reason", TEXT)
     would_reply: str | None = None  # a dry-run profile only
 
-    WHAT = "answer"
-    WIRE = (
-        Field("profile", TEXT),
-        Field("level", TEXT),
-        Field("reply", TEXT),
-        Field("rule", TEXT),
-        Field("reason", TEXT),
-    )  # then, a dry-run profile only: "dry_run": true, "would_reply"
+    WHAT = "answer"  # on the wire, a dry-run profile adds "dry_run": true and "would_reply"
 
     def to_json(self) -> JsonObject:
         doc = WireDoc.to_json(self)
@@ -77,201 +70,151 @@ class VerdictRow(WireDoc):
         return "NOTFOUND" if self.dry_run else self.level.partition(",")[0]
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ExplainResult(WireDoc):
-    destination: str
-    now: float
-    answers: tuple[VerdictRow, ...]
-    dns: DnsDoc | None  # None: not looked up (parent-domain form, address literal)
-    mta_sts: StsDoc
-    probe: ProbeDoc | None
-    override: OverrideDoc | None
+    destination: str = wire("destination", TEXT)
+    now: float = wire("now", NUMBER)
+    answers: tuple[VerdictRow, ...] = wire("answers", list_of(nested(VerdictRow)))
+    # None: not looked up (parent-domain form, address literal)
+    dns: DnsDoc | None = wire("dns", optional(nested(DnsDoc)))
+    mta_sts: StsDoc = wire("mta_sts", nested(StsDoc))
+    probe: ProbeDoc | None = wire("probe", optional(nested(ProbeDoc)))
+    override: OverrideDoc | None = wire("override", optional(nested(OverrideDoc)))
 
     WHAT = "explain"
-    WIRE = (
-        Field("destination", TEXT),
-        Field("now", NUMBER),
-        Field("answers", list_of(nested(VerdictRow))),
-        Field("dns", optional(nested(DnsDoc))),
-        Field("mta_sts", nested(StsDoc)),
-        Field("probe", optional(nested(ProbeDoc))),
-        Field("override", optional(nested(OverrideDoc))),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ProbeQueued(WireDoc):
-    destination: str
+    destination: str = wire("destination", TEXT)
 
     WHAT = "probe"
-    WIRE = (Field("destination", TEXT), constant("queued"))
+    CONSTANTS = ("queued",)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class OverrideDeleted(WireDoc):
-    destination: str
+    destination: str = wire("destination", TEXT)
 
     WHAT = "override-del"
-    WIRE = (Field("destination", TEXT), constant("deleted"))
+    CONSTANTS = ("deleted",)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class Overrides(WireDoc):
-    overrides: tuple[OverrideDoc, ...]
+    overrides: tuple[OverrideDoc, ...] = wire("overrides", list_of(nested(OverrideDoc)))
 
     WHAT = "override-list"
-    WIRE = (Field("overrides", list_of(nested(OverrideDoc))),)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class Flushed(WireDoc):
-    destination: str | None  # None: every destination
-    records: int  # stored records deleted
-    mta_sts: bool  # MTA-STS policies included
+    destination: str | None = wire("destination", optional(TEXT))  # None: every destination
+    records: int = wire("records", INT)  # stored records deleted
+    mta_sts: bool = wire("mta_sts", FLAG)  # MTA-STS policies included
 
     WHAT = "flush"
-    WIRE = (Field("destination", optional(TEXT)), Field("records", INT), Field("mta_sts", FLAG))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class Reloaded(WireDoc):
     WHAT = "reload"
-    WIRE = (constant("reloaded"),)
+    CONSTANTS = ("reloaded",)
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class Warmed(WireDoc):
-    scheduled: int  # lookups started
-    requested: int
+    scheduled: int = wire("scheduled", INT)  # lookups started
+    requested: int = wire("requested", INT)
 
     WHAT = "warm"
-    WIRE = (Field("scheduled", INT), Field("requested", INT))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class Checked(WireDoc):
     """The verdict Postfix gets now for the default profile, and why it cannot be met."""
 
-    destination: str
-    level: str
-    rule: str
-    reason: str
-    problem: str | None  # None: it can be met (or a dry-run profile enforces nothing)
+    destination: str = wire("destination", TEXT)
+    level: str = wire("level", TEXT)
+    rule: str = wire("rule", TEXT)
+    reason: str = wire("reason", TEXT)
+    # None: it can be met (or a dry-run profile enforces nothing)
+    problem: str | None = wire("problem", optional(TEXT))
 
     WHAT = "check"
-    WIRE = (
-        Field("destination", TEXT),
-        Field("level", TEXT),
-        Field("rule", TEXT),
-        Field("reason", TEXT),
-        Field("problem", optional(TEXT)),
-    )
 
 
 # -- status ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class CacheCounts(WireDoc):
-    answers: int  # reply cache entries
-    verdicts: int  # destinations with a remembered verdict
-    overrides: int
+    answers: int = wire("answers", INT)  # reply cache entries
+    verdicts: int = wire("verdicts", INT)  # destinations with a remembered verdict
+    overrides: int = wire("overrides", INT)
 
     WHAT = "cache"
-    WIRE = (Field("answers", INT), Field("verdicts", INT), Field("overrides", INT))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class LookupCounts(WireDoc):
-    lookups: int  # served from the slow path
-    hits: int  # served from the cache
-    temp: int
-    perm: int
+    lookups: int = wire("lookups", INT)  # served from the slow path
+    hits: int = wire("hits", INT)  # served from the cache
+    temp: int = wire("temp", INT)
+    perm: int = wire("perm", INT)
 
     WHAT = "lookups"
-    WIRE = (Field("lookups", INT), Field("hits", INT), Field("temp", INT), Field("perm", INT))
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class ProbeQueueCounts(WireDoc):
-    queued: int
-    running: int
-    dropped: int  # refused, queue full, since start
-    done: int  # since start
-    known: int  # destinations with probe evidence in memory
+    queued: int = wire("queued", INT)
+    running: int = wire("running", INT)
+    dropped: int = wire("dropped", INT)  # refused, queue full, since start
+    done: int = wire("done", INT)  # since start
+    known: int = wire("known", INT)  # destinations with probe evidence in memory
 
     WHAT = "probe"
-    WIRE = (
-        Field("queued", INT),
-        Field("running", INT),
-        Field("dropped", INT),
-        Field("done", INT),
-        Field("known", INT),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class FetchQueueCounts(WireDoc):
-    running: int
-    queued: int
-    dropped: int  # since start
-    preempted: int  # background runs stopped for urgent work, since start
+    running: int = wire("running", INT)
+    queued: int = wire("queued", INT)
+    dropped: int = wire("dropped", INT)  # since start
+    preempted: int = wire("preempted", INT)  # background runs stopped for urgent work, since start
 
     WHAT = "mta_sts"
-    WIRE = (
-        Field("running", INT),
-        Field("queued", INT),
-        Field("dropped", INT),
-        Field("preempted", INT),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class FleetCounts(WireDoc):
-    link: str  # up or down
-    work: Mapping[str, Mapping[str, int]]  # kind -> how it was settled -> count
-    published: int
-    received: int
-    publish_failures: int
+    link: str = wire("link", TEXT)  # up or down
+    # kind -> how it was settled -> count
+    work: Mapping[str, Mapping[str, int]] = wire("work", table_of(table_of(INT)))
+    published: int = wire("published", INT)
+    received: int = wire("received", INT)
+    publish_failures: int = wire("publish_failures", INT)
 
     WHAT = "fleet"
-    WIRE = (
-        Field("link", TEXT),
-        Field("work", table_of(table_of(INT))),
-        Field("published", INT),
-        Field("received", INT),
-        Field("publish_failures", INT),
-    )
 
 
-@dataclass(frozen=True, slots=True)
+@wire_doc
 class StatusResult(WireDoc):
-    version: str
-    uptime: float  # seconds
-    listeners: tuple[str, ...]
-    store: str  # the store's URL scheme
-    connections: int | None  # socketmap connections open
-    refused: int | None  # socketmap connections refused at the limit
-    cache: CacheCounts
-    lookups: LookupCounts
-    probe: ProbeQueueCounts | None
-    mta_sts: FetchQueueCounts | None
-    fleet: FleetCounts | None  # a Redis store only
+    version: str = wire("version", TEXT)
+    uptime: float = wire("uptime", NUMBER)  # seconds
+    listeners: tuple[str, ...] = wire("listeners", TEXTS)
+    store: str = wire("store", TEXT)  # the store's URL scheme
+    connections: int | None = wire("connections", optional(INT))  # socketmap connections open
+    # socketmap connections refused at the limit
+    refused: int | None = wire("refused", optional(INT))
+    cache: CacheCounts = wire("cache", nested(CacheCounts))
+    lookups: LookupCounts = wire("lookups", nested(LookupCounts))
+    probe: ProbeQueueCounts | None = wire("probe", optional(nested(ProbeQueueCounts)))
+    mta_sts: FetchQueueCounts | None = wire("mta_sts", optional(nested(FetchQueueCounts)))
+    fleet: FleetCounts | None = wire("fleet", optional(nested(FleetCounts)))  # a Redis store only
 
     WHAT = "status"
-    WIRE = (
-        Field("version", TEXT),
-        Field("uptime", NUMBER),
-        Field("listeners", TEXTS),
-        Field("store", TEXT),
-        Field("connections", optional(INT)),
-        Field("refused", optional(INT)),
-        Field("cache", nested(CacheCounts)),
-        Field("lookups", nested(LookupCounts)),
-        Field("probe", optional(nested(ProbeQueueCounts))),
-        Field("mta_sts", optional(nested(FetchQueueCounts))),
-        Field("fleet", optional(nested(FleetCounts))),
-    )
 
 
 Result: TypeAlias = (
