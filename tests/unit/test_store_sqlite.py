@@ -20,6 +20,7 @@ from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, event
+from tests.store_contract import check_events_in_append_order
 from tests.unit.test_probe_source import FakeProber
 
 
@@ -130,19 +131,7 @@ async def test_flush_one_key_keeps_overrides_and_others(store: SqliteStore) -> N
 
 
 async def test_events_in_order_since(store: SqliteStore) -> None:
-    await store.append_event(event(30.0, "c", "third by time, first inserted"))
-    await store.append_event(event(10.0, "a", "dane -> may"))
-    await store.append_event(event(20.0, "b", "encrypt -> verify"))
-    assert await store.events(0.0) == [
-        event(30.0, "c", "third by time, first inserted"),
-        event(10.0, "a", "dane -> may"),
-        event(20.0, "b", "encrypt -> verify"),
-    ]
-    assert await store.events(20.0) == [
-        event(30.0, "c", "third by time, first inserted"),
-        event(20.0, "b", "encrypt -> verify"),
-    ]
-    assert await store.events(31.0) == []
+    await check_events_in_append_order(store)
 
 
 async def test_events_pruned(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
