@@ -41,6 +41,8 @@ class Kind(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Field:
+    """One key of a result document, made by :func:`wire_doc` from a ``wire`` attribute."""
+
     wire: str  # the JSON key
     kind: Kind[Any]
     attr: str | None  # None: a constant ``true`` on the wire, checked, not kept
