@@ -34,6 +34,7 @@ from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.admin import Admin, Facts
 from policyd.alerts import Alerts
+from policyd.cli.startup import config_or_exit
 from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
@@ -415,16 +416,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(f"policyd: {exc}", file=sys.stderr)
-        return 1
-    if args.check_config:
-        for warning in config_warnings(config):
-            print(f"policyd: {config.path}: warning: {warning}", file=sys.stderr)
-        print(f"policyd: {config.path}: configuration ok")
-        return 0
+    config = config_or_exit(
+        "policyd", args.config, check_only=args.check_config, warnings=config_warnings
+    )
+    if isinstance(config, int):
+        return config
     setup_logging(config.log.level)
     if os.geteuid() == 0:
         log.warning(

@@ -42,9 +42,10 @@ import Milter
 
 from policyd import __version__
 from policyd.cli.control_client import ControlClient, ControlError
+from policyd.cli.startup import config_or_exit
 from policyd.codec import control
 from policyd.codec.destination import KeyError_, parse_key
-from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from policyd.config import DEFAULT_CONFIG_PATH, Config
 from policyd.settings import MilterAction, MilterSettings
 
 log = logging.getLogger("policyd.milter")
@@ -299,14 +300,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(f"{MILTER_NAME}: {exc}", file=sys.stderr)
-        return 1
-    if args.check_config:
-        print(f"{MILTER_NAME}: {config.path}: configuration ok")
-        return 0
+    config = config_or_exit(MILTER_NAME, args.config, check_only=args.check_config)
+    if isinstance(config, int):
+        return config
     settings = config.milter
     setup_logging()
     Milter.factory = make_factory(config)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -54,29 +55,18 @@ class ListenerStats(Protocol):
     def refused(self) -> int: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)  # eq=False: hashed as itself
 class PolicydCollector:
     """A custom collector: every sample computed from the daemon's counters at scrape."""
 
-    def __init__(
-        self,
-        *,
-        service: PolicyService,
-        listeners: ListenerStats,
-        probe: ProbeSource,
-        sts: StsSource,
-        resolver: Resolver,
-        store: CountedStore,
-        alerts: Alerts,
-        fleet: RedisFleet | None = None,
-    ) -> None:
-        self.service = service
-        self.listeners = listeners
-        self.probe = probe
-        self.sts = sts
-        self.resolver = resolver
-        self.store = store
-        self.alerts = alerts
-        self.fleet = fleet
+    service: PolicyService
+    listeners: ListenerStats
+    probe: ProbeSource
+    sts: StsSource
+    resolver: Resolver
+    store: CountedStore
+    alerts: Alerts
+    fleet: RedisFleet | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._lookups()

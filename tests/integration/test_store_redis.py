@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.adapters.store_redis import EVENTS_PAGE, SCAN_COUNT, RedisStore
 from tests.fakes import event
+from tests.store_contract import check_events_in_append_order
 
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
@@ -263,20 +264,7 @@ async def test_flush_leaves_the_event_log(store: RedisStore) -> None:
 
 
 async def test_events_in_append_order_with_since_filter(store: RedisStore) -> None:
-    # Hosts' clocks differ: order is append order, `since` filters on `at`.
-    await store.append_event(event(30.0, "a.example", "first"))
-    await store.append_event(event(10.0, "b.example", "second"))
-    await store.append_event(event(20.5, "c.example", "third: ünïcode, spaces "))
-    assert await store.events(0.0) == [
-        event(30.0, "a.example", "first"),
-        event(10.0, "b.example", "second"),
-        event(20.5, "c.example", "third: ünïcode, spaces "),
-    ]
-    assert await store.events(20.5) == [
-        event(30.0, "a.example", "first"),
-        event(20.5, "c.example", "third: ünïcode, spaces "),
-    ]
-    assert await store.events(31.0) == []
+    await check_events_in_append_order(store)
 
 
 async def test_malformed_event_is_skipped(

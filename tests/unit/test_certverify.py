@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.verification import Store
@@ -25,22 +26,29 @@ def pki() -> Pki:
     return make_pki()
 
 
+def served(
+    pki: Pki, leaf: x509.Certificate, name: str = "mx.example.test"
+) -> tuple[ProbeVerdict, str]:
+    """The verdict on ``leaf`` served with the test intermediate, for ``name``."""
+    return verdict_for([leaf, pki.inter], name, pki.store, NOW)
+
+
 def test_valid_chain(pki: Pki) -> None:
     leaf, _ = pki.leaf("mx.example.test")
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.VALID
     assert "Test Root CA" in detail
 
 
 def test_name_is_case_and_trailing_dot_insensitive(pki: Pki) -> None:
     leaf, _ = pki.leaf("mx.example.test")
-    verdict, _ = verdict_for([leaf, pki.inter], "MX.Example.TEST.", pki.store, NOW)
+    verdict, _ = served(pki, leaf, "MX.Example.TEST.")
     assert verdict is ProbeVerdict.VALID
 
 
 def test_expired_leaf(pki: Pki) -> None:
     leaf, _ = pki.leaf("mx.example.test", not_before=NOW - 400 * DAY, not_after=NOW - DAY)
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.EXPIRED
     assert detail.startswith("leaf expired")
 
@@ -71,7 +79,7 @@ def test_extra_expired_certificate_does_not_hide_a_wrong_name(pki: Pki) -> None:
 
 def test_not_yet_valid(pki: Pki) -> None:
     leaf, _ = pki.leaf("mx.example.test", not_before=NOW + DAY, not_after=NOW + 90 * DAY)
-    verdict, _ = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, _ = served(pki, leaf)
     assert verdict is ProbeVerdict.NOT_YET_VALID
 
 
@@ -90,27 +98,27 @@ def test_self_signed_but_trusted_is_valid() -> None:
 
 def test_wrong_name(pki: Pki) -> None:
     leaf, _ = pki.leaf("mail.other.test")
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.NAME_MISMATCH
     assert detail == "certificate names mail.other.test; need mx.example.test"
 
 
 def test_cn_only_leaf_is_a_name_mismatch(pki: Pki) -> None:
     leaf = make_cert("mx.example.test", new_key(), (pki.inter, pki.inter_key))
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.NAME_MISMATCH
     assert "no DNS subjectAltName" in detail
 
 
 def test_deep_wildcard_does_not_match_two_labels(pki: Pki) -> None:
     leaf, _ = pki.leaf("*.b.example.test")
-    verdict, _ = verdict_for([leaf, pki.inter], "mx.a.b.example.test", pki.store, NOW)
+    verdict, _ = served(pki, leaf, "mx.a.b.example.test")
     assert verdict is ProbeVerdict.NAME_MISMATCH
 
 
 def test_one_label_wildcard_matches(pki: Pki) -> None:
     leaf, _ = pki.leaf("*.a.b.example.test")
-    verdict, _ = verdict_for([leaf, pki.inter], "mx.a.b.example.test", pki.store, NOW)
+    verdict, _ = served(pki, leaf, "mx.a.b.example.test")
     assert verdict is ProbeVerdict.VALID
 
 
@@ -134,7 +142,7 @@ def test_bad_signature(pki: Pki) -> None:
     # Claims the intermediate as issuer but is signed by another key.
     impostor = (pki.inter, new_key())
     leaf = make_cert("mx.example.test", new_key(), impostor, sans=("mx.example.test",))
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.BAD_KEY_OR_SIGNATURE
     assert "bad signature" in detail
 
@@ -142,7 +150,7 @@ def test_bad_signature(pki: Pki) -> None:
 def test_weak_rsa_key(pki: Pki) -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     leaf, _ = pki.leaf("mx.example.test", key=weak)
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.BAD_KEY_OR_SIGNATURE
     assert detail.startswith("1024-bit RSA key")
 
@@ -155,14 +163,14 @@ def test_ca_certificate_as_leaf_is_invalid(pki: Pki) -> None:
         ca=True,
         sans=("mx.example.test",),
     )
-    verdict, detail = verdict_for([leaf, pki.inter], "mx.example.test", pki.store, NOW)
+    verdict, detail = served(pki, leaf)
     assert verdict is ProbeVerdict.INVALID
     assert "basicConstraints" in detail
 
 
 def test_name_that_is_no_dns_name_is_invalid(pki: Pki) -> None:
     leaf, _ = pki.leaf("mx.example.test")
-    verdict, detail = verdict_for([leaf, pki.inter], "not a name!", pki.store, NOW)
+    verdict, detail = served(pki, leaf, "not a name!")
     assert verdict is ProbeVerdict.INVALID
     assert detail.startswith("cannot verify for 'not a name!'")
 

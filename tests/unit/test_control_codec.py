@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import typing
 
 import pytest
 from hypothesis import given
@@ -18,8 +19,10 @@ from policyd.codec.control import (
     Failure,
     JsonValue,
     Ok,
+    evidence,
     results,
 )
+from policyd.codec.control.report import ReportResult
 from policyd.codec.destination import parse_key
 from policyd.codec.postfix_policy import parse as parse_policy
 
@@ -384,3 +387,62 @@ def test_results_are_strict_on_known_fields(path: tuple[str, ...], value: JsonVa
     del node[path[-1]]
     with pytest.raises(ControlProtocolError, match="no "):
         results.ExplainResult.from_json(wire)
+
+
+def _every_result() -> list[results.Result]:
+    """One of each result, with None, empty and dry-run variants beside the full ones."""
+    from policyd.codec.control import report as rp
+
+    explained = _explained()
+    probe, override = explained.probe, explained.override
+    assert probe is not None and override is not None
+    bare = results.ExplainResult("x", 1, (), None, evidence.StsDoc(None, "err", True), None, None)
+    fleet = results.FleetCounts("up", {"dane": {"ok": 1, "failed": 2}, "sts": {}}, 1, 2, 3)
+    status = results.StatusResult(
+        "1.0", 2.5, ("a", "b"), "redis", 3, None, results.CacheCounts(1, 2, 3),
+        results.LookupCounts(1, 2, 3, 4), results.ProbeQueueCounts(1, 2, 3, 4, 5),
+        results.FetchQueueCounts(1, 2, 3, 4), fleet,
+    )  # fmt: skip
+    idle = results.StatusResult("1.0", 2, (), "sqlite", None, 4, results.CacheCounts(0, 0, 0),
+                                results.LookupCounts(0, 0, 0, 0), None, None, None)  # fmt: skip
+    changes = (rp.ChangeRow(1.0, "a", "p", "secure", None, "r"),
+               rp.ChangeRow(1.5, "b", "p", "x", "y", "r"))  # fmt: skip
+    report = rp.ReportResult(
+        1.0, 2.0, {"dry": rp.DryRunDoc({"secure": ("a", "b")}, {"secure": 3})}, changes,
+        {"p": {"secure": ("a",)}}, {"p": {"dane": 2}},
+        rp.TempSummary(3, (rp.TempRow("d", "p", "r"),)), (rp.HeldRow("h", probe),),
+        (rp.StsFailingRow("d", "e", True),),
+    )  # fmt: skip
+    return [
+        explained, bare, status, idle, report, results.ProbeQueued("a"), override,
+        results.OverrideDeleted("b"), results.Overrides((override,)), results.Overrides(()),
+        results.Flushed(None, 3, True), results.Flushed("a", 0, False), results.Reloaded(),
+        results.Warmed(1, 2), results.Checked("a", "b", "c", "d", None),
+        results.Checked("a", "b", "c", "d", "cannot"),
+    ]  # fmt: skip
+
+
+def test_every_result_class_round_trips_through_json_text() -> None:
+    docs = _every_result()
+    assert {type(d) for d in docs} == set(typing.get_args(results.Result))
+    for doc in docs:
+        assert type(doc).from_json(json.loads(json.dumps(doc.to_json()))) == doc
+
+
+def test_result_wire_keys_in_order() -> None:
+    """The wire documents keep their keys and order (man/policyctl.8, scripts)."""
+    by_type = {type(d): d.to_json() for d in reversed(_every_result())}
+    assert list(by_type[results.StatusResult]) == [
+        "version", "uptime", "listeners", "store", "connections", "refused", "cache", "lookups",
+        "probe", "mta_sts", "fleet",
+    ]  # fmt: skip
+    assert by_type[results.ProbeQueued] == {"destination": "a", "queued": True}
+    assert by_type[results.OverrideDeleted] == {"destination": "b", "deleted": True}
+    assert by_type[results.Reloaded] == {"reloaded": True}
+    report = by_type[ReportResult]
+    assert isinstance(report, dict)
+    held = report["held"]
+    assert isinstance(held, list) and isinstance(held[0], dict)
+    assert list(held[0])[:3] == ["destination", "level", "verified_names"]
+    assert report["levels"] == {"p": {"secure": ["a"]}}
+    assert report["rules"] == {"p": {"dane": 2}}

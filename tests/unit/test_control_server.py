@@ -48,6 +48,7 @@ from policyd.service import PolicyService
 from policyd.settings import ControlSettings, ServerSettings, StoreSettings, parse_listener
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
+from tests import fakes
 
 NOW = 1_700_000_000.0
 LEAF = "9f" * 32
@@ -139,34 +140,29 @@ def _valid(host: str, address: str, at: float) -> ProbeHost:
     )
 
 
-class FakeProbe:
+class FakeProbe(fakes.FakeProbe):
+    """Probes on request (``probe_now``), never in the background (``want`` says no)."""
+
     def __init__(self) -> None:
         held = _valid("mx.probe.example", "192.0.2.30", NOW - 300)
-        self.states: dict[str, ProbeState] = {
-            "probe.example": ProbeState(
-                ProbeLevel.VERIFY,
-                (held,),
-                ("mx.probe.example",),
-                pending=ProbeLevel.ENCRYPT,
-                pending_count=1,
-                pending_since=NOW - 3600,
-                probed_at=NOW - 300,
-            )
-        }
+        super().__init__(
+            {
+                "probe.example": ProbeState(
+                    ProbeLevel.VERIFY,
+                    (held,),
+                    ("mx.probe.example",),
+                    pending=ProbeLevel.ENCRYPT,
+                    pending_count=1,
+                    pending_since=NOW - 3600,
+                    probed_at=NOW - 300,
+                )
+            }
+        )
         self.probed: list[str] = []
         self.probed_one = asyncio.Event()  # set by the first probe
 
-    def cached(self, key: str) -> ProbeState | None:
-        return self.states.get(key)
-
     def want(self, dest: Destination, dns: DnsEvidence) -> bool:
         return False
-
-    def forget(self, key: str | None) -> None:
-        if key is None:
-            self.states.clear()
-        else:
-            self.states.pop(key, None)
 
     async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState:
         self.probed.append(dest.key)

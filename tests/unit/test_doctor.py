@@ -9,14 +9,8 @@ import json
 from pathlib import Path
 
 from policyd.adapters.hostaddr import resolv_conf_nameservers
-from policyd.cli.doctor import (
-    Check,
-    Status,
-    _in_chroot,
-    parse_tables,
-    render,
-    version_tuple,
-)
+from policyd.cli.doctor import _in_chroot, parse_tables, render, version_tuple
+from policyd.cli.doctor_checks import Check, Status
 from policyd.config import Listener, ListenerKind
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, event
+from tests.store_contract import check_events_in_append_order
 from tests.unit.test_probe_source import FakeProber
 
 
@@ -130,19 +132,7 @@ async def test_flush_one_key_keeps_overrides_and_others(store: SqliteStore) -> N
 
 
 async def test_events_in_order_since(store: SqliteStore) -> None:
-    await store.append_event(event(30.0, "c", "third by time, first inserted"))
-    await store.append_event(event(10.0, "a", "dane -> may"))
-    await store.append_event(event(20.0, "b", "encrypt -> verify"))
-    assert await store.events(0.0) == [
-        event(30.0, "c", "third by time, first inserted"),
-        event(10.0, "a", "dane -> may"),
-        event(20.0, "b", "encrypt -> verify"),
-    ]
-    assert await store.events(20.0) == [
-        event(30.0, "c", "third by time, first inserted"),
-        event(20.0, "b", "encrypt -> verify"),
-    ]
-    assert await store.events(31.0) == []
+    await check_events_in_append_order(store)
 
 
 async def test_events_pruned(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -400,7 +390,8 @@ async def test_malformed_rows_are_skipped_with_a_log_line(
         await s.close()
 
 
-async def _edited(tmp_path: Path, first: Event, *sql: str) -> SqliteStore:
+@contextlib.asynccontextmanager
+async def _edited(tmp_path: Path, first: Event, *sql: str) -> AsyncIterator[SqliteStore]:
     """A store holding ``first``, then changed behind its back (a hand edit, a damaged row,
     rows of an earlier version) by ``sql``, and opened again."""
     db = tmp_path / "policyd.db"
@@ -411,54 +402,53 @@ async def _edited(tmp_path: Path, first: Event, *sql: str) -> SqliteStore:
         for statement in sql:
             conn.execute(statement)
     conn.close()
-    return await SqliteStore.open(url(db))
-
-
-async def test_malformed_event_rows_are_skipped_and_counted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    s = await _edited(
-        tmp_path,
-        event(1.0, "a.example", "first"),
-        "INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')",
-        "INSERT INTO events (at, key, text) VALUES (2.0, 'x', x'00ff')",
-    )
+    s = await SqliteStore.open(url(db))
     try:
-        with caplog.at_level("WARNING"):
-            assert await s.events(0.0) == [event(1.0, "a.example", "first")]
-        assert "2 events skipped: not an event of this version" in caplog.text
+        yield s
     finally:
         await s.close()
 
 
-async def test_events_of_the_previous_text_format_are_skipped_and_counted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("first", "sql"),
+    [
+        pytest.param(
+            event(1.0, "a.example", "first"),
+            (
+                "INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')",
+                "INSERT INTO events (at, key, text) VALUES (2.0, 'x', x'00ff')",
+            ),
+            id="malformed-rows",
+        ),
+        # A database written by the previous version keeps its event rows as one line of
+        # text, which cannot be read back safely (D3): report goes on without them.
+        pytest.param(
+            event(3.0, "b.example", "new"),
+            (
+                "INSERT INTO events (at, key, text) VALUES"
+                " (1.0, 'a.example', 'level=dane-only reason=dane: usable TLSA'),"
+                " (2.0, 'a.example', 'level=encrypt reason=probe: encrypt previous=dane-only')",
+            ),
+            id="previous-text-format",
+        ),
+    ],
+)
+async def test_event_rows_not_of_this_version_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, first: Event, sql: tuple[str, ...]
 ) -> None:
-    # A database written by the previous version keeps its event rows as one line of text,
-    # which cannot be read back safely (D3): report goes on without them.
-    s = await _edited(
-        tmp_path,
-        event(3.0, "b.example", "new"),
-        "INSERT INTO events (at, key, text) VALUES"
-        " (1.0, 'a.example', 'level=dane-only reason=dane: usable TLSA'),"
-        " (2.0, 'a.example', 'level=encrypt reason=probe: encrypt previous=dane-only')",
-    )
-    try:
+    async with _edited(tmp_path, first, *sql) as s:
         with caplog.at_level("WARNING"):
-            assert await s.events(0.0) == [event(3.0, "b.example", "new")]
+            assert await s.events(0.0) == [first]
         assert "2 events skipped: not an event of this version" in caplog.text
-    finally:
-        await s.close()
 
 
 async def test_event_column_at_disagreeing_with_its_event(tmp_path: Path) -> None:
     # "tomorrow" sorts after every number: the event's own time decides.
-    s = await _edited(tmp_path, event(1.0, "a.example", "old"), "UPDATE events SET at = 'tomorrow'")
-    try:
+    async with _edited(
+        tmp_path, event(1.0, "a.example", "old"), "UPDATE events SET at = 'tomorrow'"
+    ) as s:
         assert await s.events(0.0) == [event(1.0, "a.example", "old")]
         assert await s.events(2.0) == []
-    finally:
-        await s.close()
 
 
 async def test_start_up_loaders_skip_records_that_do_not_parse(

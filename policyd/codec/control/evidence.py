@@ -1,19 +1,31 @@
 """The evidence parts of control results (``explain``, ``probe --wait``, ``report``).
 
-Each is a frozen value with ``of`` (from the core values, at the daemon), ``to_json`` and
-``from_json`` (at ``policyctl``): the one schema of the ``policyctl --json`` documents in
-man/policyctl.8. Times are seconds since the epoch; every ``age`` is computed from the
-``now`` given to ``of``.
+Each is a frozen value with ``of`` (from the core values, at the daemon) and attributes
+declared with their JSON keys (:func:`~policyd.codec.control.fields.wire`), which
+``to_json`` and ``from_json`` (at ``policyctl``) walk: the one schema of the
+``policyctl --json`` documents in man/policyctl.8. Times are seconds since the epoch; every
+``age`` is computed from the ``now`` given to ``of``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Self
 
 from policyd.codec import postfix_policy
-from policyd.codec.control.fields import Fields
-from policyd.codec.control.framing import JsonObject, JsonValue
+from policyd.codec.control.fields import (
+    FLAG,
+    INT,
+    NUMBER,
+    TEXT,
+    TEXTS,
+    WireDoc,
+    enum_of,
+    list_of,
+    nested,
+    optional,
+    wire,
+    wire_doc,
+)
 from policyd.core.evidence import (
     DnsEvidence,
     DnsStatus,
@@ -34,46 +46,34 @@ def age(now: float, at: float) -> float | None:
     return None if not at else round(now - at, 1)
 
 
-@dataclass(frozen=True, slots=True)
-class TlsaDoc:
-    usage: int
-    selector: int
-    mtype: int
-    data: str  # hex
-    usable: bool
+@wire_doc
+class TlsaDoc(WireDoc):
+    usage: int = wire("usage", INT)
+    selector: int = wire("selector", INT)
+    mtype: int = wire("mtype", INT)
+    data: str = wire("data", TEXT)  # hex
+    usable: bool = wire("usable", FLAG)
+
+    WHAT = "tlsa"
 
     @classmethod
     def of(cls, r: Tlsa) -> Self:
         return cls(r.usage, r.selector, r.mtype, r.data.hex(), r.usable)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "usage": self.usage,
-            "selector": self.selector,
-            "mtype": self.mtype,
-            "data": self.data,
-            "usable": self.usable,
-        }
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("tlsa", value)
-        return cls(
-            f.integer("usage"), f.integer("selector"), f.integer("mtype"), f.text("data"),
-            f.flag("usable"),
-        )  # fmt: skip
+@wire_doc
+class HostDoc(WireDoc):
+    name: str = wire("name", TEXT)
+    preference: int = wire("preference", INT)
+    address_status: DnsStatus = wire("address_status", enum_of(DnsStatus))
+    addresses: tuple[str, ...] = wire("addresses", TEXTS)
+    address_error: str = wire("address_error", TEXT)
+    # None: TLSA not looked up
+    tlsa_status: DnsStatus | None = wire("tlsa_status", optional(enum_of(DnsStatus)))
+    tlsa: tuple[TlsaDoc, ...] = wire("tlsa", list_of(nested(TlsaDoc)))
+    tlsa_error: str = wire("tlsa_error", TEXT)
 
-
-@dataclass(frozen=True, slots=True)
-class HostDoc:
-    name: str
-    preference: int
-    address_status: DnsStatus
-    addresses: tuple[str, ...]
-    address_error: str
-    tlsa_status: DnsStatus | None  # None: TLSA not looked up
-    tlsa: tuple[TlsaDoc, ...]
-    tlsa_error: str
+    WHAT = "host"
 
     @classmethod
     def of(cls, h: MxHost) -> Self:
@@ -83,42 +83,18 @@ class HostDoc:
             h.tlsa_error,
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "name": self.name,
-            "preference": self.preference,
-            "address_status": self.address_status.value,
-            "addresses": list(self.addresses),
-            "address_error": self.address_error,
-            "tlsa_status": None if self.tlsa_status is None else self.tlsa_status.value,
-            "tlsa": [r.to_json() for r in self.tlsa],
-            "tlsa_error": self.tlsa_error,
-        }
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("host", value)
-        return cls(
-            f.text("name"),
-            f.integer("preference"),
-            f.enum("address_status", DnsStatus),
-            f.texts("addresses"),
-            f.text("address_error"),
-            f.opt_enum("tlsa_status", DnsStatus),
-            f.objs("tlsa", TlsaDoc.from_json),
-            f.text("tlsa_error"),
-        )
+@wire_doc
+class DnsDoc(WireDoc):
+    mx_status: DnsStatus = wire("mx_status", enum_of(DnsStatus))
+    kind: MxKind = wire("kind", enum_of(MxKind))
+    error: str = wire("error", TEXT)
+    fetched_at: float | None = wire("fetched_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
+    expires_at: float | None = wire("expires_at", optional(NUMBER))
+    hosts: tuple[HostDoc, ...] = wire("hosts", list_of(nested(HostDoc)))
 
-
-@dataclass(frozen=True, slots=True)
-class DnsDoc:
-    mx_status: DnsStatus
-    kind: MxKind
-    error: str
-    fetched_at: float | None
-    age: float | None
-    expires_at: float | None
-    hosts: tuple[HostDoc, ...]
+    WHAT = "dns"
 
     @classmethod
     def of(cls, dns: DnsEvidence | None, now: float) -> Self | None:
@@ -129,68 +105,28 @@ class DnsDoc:
             dns.expires_at or None, tuple(HostDoc.of(h) for h in dns.hosts),
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "mx_status": self.mx_status.value,
-            "kind": self.kind.value,
-            "error": self.error,
-            "fetched_at": self.fetched_at,
-            "age": self.age,
-            "expires_at": self.expires_at,
-            "hosts": [h.to_json() for h in self.hosts],
-        }
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("dns", value)
-        return cls(
-            f.enum("mx_status", DnsStatus),
-            f.enum("kind", MxKind),
-            f.text("error"),
-            f.opt_number("fetched_at"),
-            f.opt_number("age"),
-            f.opt_number("expires_at"),
-            f.objs("hosts", HostDoc.from_json),
-        )
+@wire_doc
+class StsPolicyDoc(WireDoc):
+    id: str = wire("id", TEXT)
+    mode: StsMode = wire("mode", enum_of(StsMode))
+    mx: tuple[str, ...] = wire("mx", TEXTS)
+    max_age: int = wire("max_age", INT)
+    fetched_at: float = wire("fetched_at", NUMBER)
+    age: float | None = wire("age", optional(NUMBER))
+    expires_at: float = wire("expires_at", NUMBER)
+    valid: bool = wire("valid", FLAG)
+
+    WHAT = "mta_sts.policy"
 
 
-@dataclass(frozen=True, slots=True)
-class StsPolicyDoc:
-    id: str
-    mode: StsMode
-    mx: tuple[str, ...]
-    max_age: int
-    fetched_at: float
-    age: float | None
-    expires_at: float
-    valid: bool
+@wire_doc
+class StsDoc(WireDoc):
+    policy: StsPolicyDoc | None = wire("policy", optional(nested(StsPolicyDoc)))
+    error: str = wire("error", TEXT)
+    pending: bool = wire("pending", FLAG)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "id": self.id,
-            "mode": self.mode.value,
-            "mx": list(self.mx),
-            "max_age": self.max_age,
-            "fetched_at": self.fetched_at,
-            "age": self.age,
-            "expires_at": self.expires_at,
-            "valid": self.valid,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("mta_sts.policy", value)
-        return cls(
-            f.text("id"), f.enum("mode", StsMode), f.texts("mx"), f.integer("max_age"),
-            f.number("fetched_at"), f.opt_number("age"), f.number("expires_at"), f.flag("valid"),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class StsDoc:
-    policy: StsPolicyDoc | None
-    error: str
-    pending: bool
+    WHAT = "mta_sts"
 
     @classmethod
     def of(cls, sts: StsEvidence, now: float) -> Self:
@@ -203,28 +139,21 @@ class StsDoc:
             )  # fmt: skip
         return cls(doc, sts.error, sts.pending)
 
-    def to_json(self) -> JsonObject:
-        policy = None if self.policy is None else self.policy.to_json()
-        return {"policy": policy, "error": self.error, "pending": self.pending}
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("mta_sts", value)
-        return cls(f.opt_obj("policy", StsPolicyDoc.from_json), f.text("error"), f.flag("pending"))
+@wire_doc
+class ProbeHostDoc(WireDoc):
+    host: str = wire("host", TEXT)
+    address: str = wire("address", TEXT)
+    verdict: ProbeVerdict = wire("verdict", enum_of(ProbeVerdict))
+    detail: str = wire("detail", TEXT)
+    protocol: str = wire("protocol", TEXT)
+    cipher: str = wire("cipher", TEXT)
+    leaf_sha256: str = wire("leaf_sha256", TEXT)
+    spki_sha256: str = wire("spki_sha256", TEXT)
+    probed_at: float | None = wire("probed_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
 
-
-@dataclass(frozen=True, slots=True)
-class ProbeHostDoc:
-    host: str
-    address: str
-    verdict: ProbeVerdict
-    detail: str
-    protocol: str
-    cipher: str
-    leaf_sha256: str
-    spki_sha256: str
-    probed_at: float | None
-    age: float | None
+    WHAT = "probe host"
 
     @classmethod
     def of(cls, h: ProbeHost, now: float) -> Self:
@@ -233,67 +162,29 @@ class ProbeHostDoc:
             h.spki_sha256, h.probed_at or None, age(now, h.probed_at),
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "host": self.host,
-            "address": self.address,
-            "verdict": self.verdict.value,
-            "detail": self.detail,
-            "protocol": self.protocol,
-            "cipher": self.cipher,
-            "leaf_sha256": self.leaf_sha256,
-            "spki_sha256": self.spki_sha256,
-            "probed_at": self.probed_at,
-            "age": self.age,
-        }
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("probe host", value)
-        return cls(
-            f.text("host"), f.text("address"), f.enum("verdict", ProbeVerdict),
-            f.text("detail"), f.text("protocol"), f.text("cipher"), f.text("leaf_sha256"),
-            f.text("spki_sha256"), f.opt_number("probed_at"), f.opt_number("age"),
-        )  # fmt: skip
+@wire_doc
+class DampingDoc(WireDoc):
+    held_level: ProbeLevel | None = wire("held_level", optional(enum_of(ProbeLevel)))
+    pending: ProbeLevel = wire("pending", enum_of(ProbeLevel))
+    pending_names: tuple[str, ...] = wire("pending_names", TEXTS)
+    count: int = wire("count", INT)
+    since: float | None = wire("since", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
+
+    WHAT = "damping"
 
 
-@dataclass(frozen=True, slots=True)
-class DampingDoc:
-    held_level: ProbeLevel | None
-    pending: ProbeLevel
-    pending_names: tuple[str, ...]
-    count: int
-    since: float | None
-    age: float | None
+@wire_doc
+class ProbeDoc(WireDoc):
+    level: ProbeLevel | None = wire("level", optional(enum_of(ProbeLevel)))
+    verified_names: tuple[str, ...] = wire("verified_names", TEXTS)
+    probed_at: float | None = wire("probed_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
+    damping: DampingDoc | None = wire("damping", optional(nested(DampingDoc)))
+    hosts: tuple[ProbeHostDoc, ...] = wire("hosts", list_of(nested(ProbeHostDoc)))
 
-    def to_json(self) -> JsonObject:
-        return {
-            "held_level": None if self.held_level is None else self.held_level.value,
-            "pending": self.pending.value,
-            "pending_names": list(self.pending_names),
-            "count": self.count,
-            "since": self.since,
-            "age": self.age,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("damping", value)
-        return cls(
-            f.opt_enum("held_level", ProbeLevel), f.enum("pending", ProbeLevel),
-            f.texts("pending_names"), f.integer("count"), f.opt_number("since"),
-            f.opt_number("age"),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeDoc:
-    level: ProbeLevel | None
-    verified_names: tuple[str, ...]
-    probed_at: float | None
-    age: float | None
-    damping: DampingDoc | None
-    hosts: tuple[ProbeHostDoc, ...]
+    WHAT = "probe"
 
     @classmethod
     def of(cls, state: ProbeState | None, now: float) -> Self | None:
@@ -311,37 +202,20 @@ class ProbeDoc:
             tuple(ProbeHostDoc.of(h, now) for h in state.hosts),
         )  # fmt: skip
 
-    def to_json(self) -> JsonObject:
-        return {
-            "level": None if self.level is None else self.level.value,
-            "verified_names": list(self.verified_names),
-            "probed_at": self.probed_at,
-            "age": self.age,
-            "damping": None if self.damping is None else self.damping.to_json(),
-            "hosts": [h.to_json() for h in self.hosts],
-        }
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("probe", value)
-        return cls(
-            f.opt_enum("level", ProbeLevel), f.texts("verified_names"),
-            f.opt_number("probed_at"), f.opt_number("age"),
-            f.opt_obj("damping", DampingDoc.from_json), f.objs("hosts", ProbeHostDoc.from_json),
-        )  # fmt: skip
+@wire_doc
+class OverrideDoc(WireDoc):
+    destination: str = wire("destination", TEXT)
+    policy: str = wire("policy", TEXT)  # as Postfix reads it; NOTFOUND for "no policy"
+    expires_at: float | None = wire("expires_at", optional(NUMBER))
+    expires_in: float | None = wire("expires_in", optional(NUMBER))
+    active: bool = wire("active", FLAG)
+    comment: str = wire("comment", TEXT)
+    author: str = wire("author", TEXT)
+    created_at: float | None = wire("created_at", optional(NUMBER))
+    age: float | None = wire("age", optional(NUMBER))
 
-
-@dataclass(frozen=True, slots=True)
-class OverrideDoc:
-    destination: str
-    policy: str  # as Postfix reads it; NOTFOUND for "no policy"
-    expires_at: float | None
-    expires_in: float | None
-    active: bool
-    comment: str
-    author: str
-    created_at: float | None
-    age: float | None
+    WHAT = "override"
 
     @classmethod
     def of(cls, ov: Override, now: float) -> Self:
@@ -356,25 +230,3 @@ class OverrideDoc:
             ov.created_at or None,
             age(now, ov.created_at),
         )
-
-    def to_json(self) -> JsonObject:
-        return {
-            "destination": self.destination,
-            "policy": self.policy,
-            "expires_at": self.expires_at,
-            "expires_in": self.expires_in,
-            "active": self.active,
-            "comment": self.comment,
-            "author": self.author,
-            "created_at": self.created_at,
-            "age": self.age,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("override", value)
-        return cls(
-            f.text("destination"), f.text("policy"), f.opt_number("expires_at"),
-            f.opt_number("expires_in"), f.flag("active"), f.text("comment"), f.text("author"),
-            f.opt_number("created_at"), f.opt_number("age"),
-        )  # fmt: skip

@@ -3,149 +3,113 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Self
 
 from policyd.codec.control.evidence import ProbeDoc
-from policyd.codec.control.fields import Fields, read_count, read_texts
+from policyd.codec.control.fields import (
+    FLAG,
+    INT,
+    NUMBER,
+    TEXT,
+    TEXTS,
+    WireDoc,
+    list_of,
+    nested,
+    optional,
+    read,
+    table_of,
+    wire,
+    wire_doc,
+)
 from policyd.codec.control.framing import JsonObject, JsonValue
 from policyd.core.report import Report
 
 
-def _names_table(what: str, value: JsonValue) -> dict[str, tuple[str, ...]]:
-    """level -> destinations"""
-    return Fields(what, {"table": value}).table("table", read_texts)
+@wire_doc
+class ChangeRow(WireDoc):
+    at: float = wire("at", NUMBER)
+    destination: str = wire("destination", TEXT)
+    profile: str = wire("profile", TEXT)
+    level: str = wire("level", TEXT)
+    previous: str | None = wire("previous", optional(TEXT))  # None: first seen
+    reason: str = wire("reason", TEXT)
+
+    WHAT = "change"
 
 
-def _count_table(what: str, value: JsonValue) -> dict[str, int]:
-    """name -> count"""
-    return Fields(what, {"table": value}).table("table", read_count)
+@wire_doc
+class TempRow(WireDoc):
+    destination: str = wire("destination", TEXT)
+    profile: str = wire("profile", TEXT)
+    reason: str = wire("reason", TEXT)
+
+    WHAT = "temp destination"
 
 
-def _names_json(table: Mapping[str, tuple[str, ...]]) -> JsonObject:
-    return {key: list(names) for key, names in table.items()}
+@wire_doc
+class TempSummary(WireDoc):
+    answers: int = wire("answers", INT)  # TEMP answers since start
+    # those whose latest verdict is TEMP
+    destinations: tuple[TempRow, ...] = wire("destinations", list_of(nested(TempRow)))
+
+    WHAT = "temp"
 
 
-def _counts_json(table: Mapping[str, int]) -> JsonObject:
-    return dict(table)
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeRow:
-    at: float
-    destination: str
-    profile: str
-    level: str
-    previous: str | None  # None: first seen
-    reason: str
-
-    def to_json(self) -> JsonObject:
-        return {
-            "at": self.at,
-            "destination": self.destination,
-            "profile": self.profile,
-            "level": self.level,
-            "previous": self.previous,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("change", value)
-        return cls(
-            f.number("at"), f.text("destination"), f.text("profile"), f.text("level"),
-            f.opt_text("previous"), f.text("reason"),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class TempRow:
-    destination: str
-    profile: str
-    reason: str
-
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "profile": self.profile, "reason": self.reason}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("temp destination", value)
-        return cls(f.text("destination"), f.text("profile"), f.text("reason"))
-
-
-@dataclass(frozen=True, slots=True)
-class TempSummary:
-    answers: int  # TEMP answers since start
-    destinations: tuple[TempRow, ...]  # those whose latest verdict is TEMP
-
-    def to_json(self) -> JsonObject:
-        return {"answers": self.answers, "destinations": [t.to_json() for t in self.destinations]}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("temp", value)
-        return cls(f.integer("answers"), f.objs("destinations", TempRow.from_json))
-
-
-@dataclass(frozen=True, slots=True)
-class HeldRow:
+@wire_doc
+class HeldRow(WireDoc):
     """A destination whose weaker probe result damping holds back; on the wire its probe
     document with the destination beside the probe's fields."""
 
-    destination: str
+    destination: str = wire("destination", TEXT)
     probe: ProbeDoc
 
+    WHAT = "held"
+
     def to_json(self) -> JsonObject:
-        return {"destination": self.destination, **self.probe.to_json()}
+        return WireDoc.to_json(self) | self.probe.to_json()
 
     @classmethod
     def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("held", value).text("destination"), ProbeDoc.from_json(value))
+        return cls(**read(cls.WHAT, cls.WIRE, value), probe=ProbeDoc.from_json(value))
 
 
-@dataclass(frozen=True, slots=True)
-class StsFailingRow:
-    destination: str
-    error: str
-    cached: bool  # a cached policy still applies
+@wire_doc
+class StsFailingRow(WireDoc):
+    destination: str = wire("destination", TEXT)
+    error: str = wire("error", TEXT)
+    cached: bool = wire("cached", FLAG)  # a cached policy still applies
 
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "error": self.error, "cached": self.cached}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("sts_failing", value)
-        return cls(f.text("destination"), f.text("error"), f.flag("cached"))
+    WHAT = "sts_failing"
 
 
-@dataclass(frozen=True, slots=True)
-class DryRunDoc:
+@wire_doc
+class DryRunDoc(WireDoc):
     """One dry-run profile: what Postfix would have been told instead of NOTFOUND."""
 
-    would_change: Mapping[str, tuple[str, ...]]  # level -> destinations
-    answers: Mapping[str, int]  # level -> answers counted since start
+    # level -> destinations
+    would_change: Mapping[str, tuple[str, ...]] = wire("would_change", table_of(TEXTS))
+    # level -> answers counted since start
+    answers: Mapping[str, int] = wire("answers", table_of(INT))
 
-    def to_json(self) -> JsonObject:
-        return {"would_change": _names_json(self.would_change), "answers": dict(self.answers)}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("dry_run", value)
-        return cls(f.obj("would_change", lambda v: _names_table("would_change", v)),
-                   f.obj("answers", lambda v: _count_table("answers", v)))  # fmt: skip
+    WHAT = "dry_run"
 
 
-@dataclass(frozen=True, slots=True)
-class ReportResult:
-    since: float
-    now: float
-    dry_run: Mapping[str, DryRunDoc]  # profile -> what it would have changed
-    changes: tuple[ChangeRow, ...]
-    levels: Mapping[str, Mapping[str, tuple[str, ...]]]  # profile -> level -> destinations
-    rules: Mapping[str, Mapping[str, int]]  # profile -> rule -> destinations decided by it
-    temp: TempSummary
-    held: tuple[HeldRow, ...]
-    sts_failing: tuple[StsFailingRow, ...]
+@wire_doc
+class ReportResult(WireDoc):
+    since: float = wire("since", NUMBER)
+    now: float = wire("now", NUMBER)
+    # profile -> what it would have changed
+    dry_run: Mapping[str, DryRunDoc] = wire("dry_run", table_of(nested(DryRunDoc)))
+    changes: tuple[ChangeRow, ...] = wire("changes", list_of(nested(ChangeRow)))
+    # profile -> level -> destinations
+    levels: Mapping[str, Mapping[str, tuple[str, ...]]] = wire("levels", table_of(table_of(TEXTS)))
+    # profile -> rule -> destinations decided by it
+    rules: Mapping[str, Mapping[str, int]] = wire("rules", table_of(table_of(INT)))
+    temp: TempSummary = wire("temp", nested(TempSummary))
+    held: tuple[HeldRow, ...] = wire("held", list_of(nested(HeldRow)))
+    sts_failing: tuple[StsFailingRow, ...] = wire("sts_failing", list_of(nested(StsFailingRow)))
+
+    WHAT = "report"
 
     @classmethod
     def of(cls, report: Report, *, temp_answers: int, dry_run: Mapping[str, DryRunDoc]) -> Self:
@@ -167,32 +131,4 @@ class ReportResult:
             ),
             held=tuple(HeldRow(key, doc) for key, doc in held if doc is not None),
             sts_failing=tuple(StsFailingRow(f.key, f.error, f.cached) for f in report.sts_failing),
-        )
-
-    def to_json(self) -> JsonObject:
-        return {
-            "since": self.since,
-            "now": self.now,
-            "dry_run": {name: d.to_json() for name, d in self.dry_run.items()},
-            "changes": [c.to_json() for c in self.changes],
-            "levels": {p: _names_json(t) for p, t in self.levels.items()},
-            "rules": {p: _counts_json(t) for p, t in self.rules.items()},
-            "temp": self.temp.to_json(),
-            "held": [h.to_json() for h in self.held],
-            "sts_failing": [s.to_json() for s in self.sts_failing],
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("report", value)
-        return cls(
-            f.number("since"),
-            f.number("now"),
-            f.table("dry_run", lambda _what, v: DryRunDoc.from_json(v)),
-            f.objs("changes", ChangeRow.from_json),
-            f.table("levels", _names_table),
-            f.table("rules", _count_table),
-            f.obj("temp", TempSummary.from_json),
-            f.objs("held", HeldRow.from_json),
-            f.objs("sts_failing", StsFailingRow.from_json),
         )

@@ -7,27 +7,58 @@ The daemon builds them and sends ``to_json()``; ``policyctl`` reads them back wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Self, TypeAlias, assert_never
 
 from policyd.codec.control import requests as rq
 from policyd.codec.control.evidence import DnsDoc, OverrideDoc, ProbeDoc, StsDoc
-from policyd.codec.control.fields import Fields, read_count
+from policyd.codec.control.fields import (
+    FLAG,
+    INT,
+    NUMBER,
+    TEXT,
+    TEXTS,
+    WireDoc,
+    as_object,
+    list_of,
+    nested,
+    optional,
+    read,
+    table_of,
+    wire,
+    wire_doc,
+)
 from policyd.codec.control.framing import JsonObject, JsonValue
 from policyd.codec.control.report import ReportResult
 
 
-@dataclass(frozen=True, slots=True)
-class VerdictRow:
+@wire_doc
+class VerdictRow(WireDoc):
     """What one profile tells Postfix. A dry-run profile tells it NOTFOUND; ``would_reply``
     is what it decided."""
 
-    profile: str
-    level: str  # TEMP, NOTFOUND, or the policy in one word: LEVEL[,attr=value...]
-    reply: str  # the socketmap reply text
-    rule: str
-    reason: str
+    profile: str = wire("profile", TEXT)
+    # TEMP, NOTFOUND, or the policy in one word: LEVEL[,attr=value...]
+    level: str = wire("level", TEXT)
+    reply: str = wire("reply", TEXT)  # the socketmap reply text
+    rule: str = wire("rule", TEXT)
+    reason: str = wire("reason", TEXT)
     would_reply: str | None = None  # a dry-run profile only
+
+    WHAT = "answer"  # on the wire, a dry-run profile adds "dry_run": true and "would_reply"
+
+    def to_json(self) -> JsonObject:
+        doc = WireDoc.to_json(self)
+        if self.would_reply is not None:
+            doc |= {"dry_run": True, "would_reply": self.would_reply}
+        return doc
+
+    @classmethod
+    def from_json(cls, value: JsonValue) -> Self:
+        row = read(cls.WHAT, cls.WIRE, value)
+        doc = as_object(cls.WHAT, value)
+        if "dry_run" in doc and FLAG.get(cls.WHAT, doc, "dry_run"):
+            row["would_reply"] = TEXT.get(cls.WHAT, doc, "would_reply")
+        return cls(**row)
 
     @property
     def dry_run(self) -> bool:
@@ -38,326 +69,152 @@ class VerdictRow:
         """What Postfix is told, in one word: the level keyword, NOTFOUND or TEMP."""
         return "NOTFOUND" if self.dry_run else self.level.partition(",")[0]
 
-    def to_json(self) -> JsonObject:
-        doc: JsonObject = {
-            "profile": self.profile,
-            "level": self.level,
-            "reply": self.reply,
-            "rule": self.rule,
-            "reason": self.reason,
-        }
-        if self.would_reply is not None:
-            doc["dry_run"] = True
-            doc["would_reply"] = self.would_reply
-        return doc
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("answer", value)
-        dry = f.has("dry_run") and f.flag("dry_run")
-        return cls(
-            f.text("profile"), f.text("level"), f.text("reply"), f.text("rule"),
-            f.text("reason"), f.text("would_reply") if dry else None,
-        )  # fmt: skip
+@wire_doc
+class ExplainResult(WireDoc):
+    destination: str = wire("destination", TEXT)
+    now: float = wire("now", NUMBER)
+    answers: tuple[VerdictRow, ...] = wire("answers", list_of(nested(VerdictRow)))
+    # None: not looked up (parent-domain form, address literal)
+    dns: DnsDoc | None = wire("dns", optional(nested(DnsDoc)))
+    mta_sts: StsDoc = wire("mta_sts", nested(StsDoc))
+    probe: ProbeDoc | None = wire("probe", optional(nested(ProbeDoc)))
+    override: OverrideDoc | None = wire("override", optional(nested(OverrideDoc)))
+
+    WHAT = "explain"
 
 
-@dataclass(frozen=True, slots=True)
-class ExplainResult:
-    destination: str
-    now: float
-    answers: tuple[VerdictRow, ...]
-    dns: DnsDoc | None  # None: not looked up (parent-domain form, address literal)
-    mta_sts: StsDoc
-    probe: ProbeDoc | None
-    override: OverrideDoc | None
+@wire_doc
+class ProbeQueued(WireDoc):
+    destination: str = wire("destination", TEXT)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "destination": self.destination,
-            "now": self.now,
-            "answers": [a.to_json() for a in self.answers],
-            "dns": None if self.dns is None else self.dns.to_json(),
-            "mta_sts": self.mta_sts.to_json(),
-            "probe": None if self.probe is None else self.probe.to_json(),
-            "override": None if self.override is None else self.override.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("explain", value)
-        return cls(
-            f.text("destination"),
-            f.number("now"),
-            f.objs("answers", VerdictRow.from_json),
-            f.opt_obj("dns", DnsDoc.from_json),
-            f.obj("mta_sts", StsDoc.from_json),
-            f.opt_obj("probe", ProbeDoc.from_json),
-            f.opt_obj("override", OverrideDoc.from_json),
-        )
+    WHAT = "probe"
+    CONSTANTS = ("queued",)
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeQueued:
-    destination: str
+@wire_doc
+class OverrideDeleted(WireDoc):
+    destination: str = wire("destination", TEXT)
 
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "queued": True}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("probe", value).text("destination"))
+    WHAT = "override-del"
+    CONSTANTS = ("deleted",)
 
 
-@dataclass(frozen=True, slots=True)
-class OverrideDeleted:
-    destination: str
+@wire_doc
+class Overrides(WireDoc):
+    overrides: tuple[OverrideDoc, ...] = wire("overrides", list_of(nested(OverrideDoc)))
 
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "deleted": True}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("override-del", value).text("destination"))
+    WHAT = "override-list"
 
 
-@dataclass(frozen=True, slots=True)
-class Overrides:
-    overrides: tuple[OverrideDoc, ...]
+@wire_doc
+class Flushed(WireDoc):
+    destination: str | None = wire("destination", optional(TEXT))  # None: every destination
+    records: int = wire("records", INT)  # stored records deleted
+    mta_sts: bool = wire("mta_sts", FLAG)  # MTA-STS policies included
 
-    def to_json(self) -> JsonObject:
-        return {"overrides": [o.to_json() for o in self.overrides]}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        return cls(Fields("override-list", value).objs("overrides", OverrideDoc.from_json))
+    WHAT = "flush"
 
 
-@dataclass(frozen=True, slots=True)
-class Flushed:
-    destination: str | None  # None: every destination
-    records: int  # stored records deleted
-    mta_sts: bool  # MTA-STS policies included
-
-    def to_json(self) -> JsonObject:
-        return {"destination": self.destination, "records": self.records, "mta_sts": self.mta_sts}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("flush", value)
-        return cls(f.opt_text("destination"), f.integer("records"), f.flag("mta_sts"))
+@wire_doc
+class Reloaded(WireDoc):
+    WHAT = "reload"
+    CONSTANTS = ("reloaded",)
 
 
-@dataclass(frozen=True, slots=True)
-class Reloaded:
-    def to_json(self) -> JsonObject:
-        return {"reloaded": True}
+@wire_doc
+class Warmed(WireDoc):
+    scheduled: int = wire("scheduled", INT)  # lookups started
+    requested: int = wire("requested", INT)
 
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        Fields("reload", value).flag("reloaded")
-        return cls()
+    WHAT = "warm"
 
 
-@dataclass(frozen=True, slots=True)
-class Warmed:
-    scheduled: int  # lookups started
-    requested: int
-
-    def to_json(self) -> JsonObject:
-        return {"scheduled": self.scheduled, "requested": self.requested}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("warm", value)
-        return cls(f.integer("scheduled"), f.integer("requested"))
-
-
-@dataclass(frozen=True, slots=True)
-class Checked:
+@wire_doc
+class Checked(WireDoc):
     """The verdict Postfix gets now for the default profile, and why it cannot be met."""
 
-    destination: str
-    level: str
-    rule: str
-    reason: str
-    problem: str | None  # None: it can be met (or a dry-run profile enforces nothing)
+    destination: str = wire("destination", TEXT)
+    level: str = wire("level", TEXT)
+    rule: str = wire("rule", TEXT)
+    reason: str = wire("reason", TEXT)
+    # None: it can be met (or a dry-run profile enforces nothing)
+    problem: str | None = wire("problem", optional(TEXT))
 
-    def to_json(self) -> JsonObject:
-        return {
-            "destination": self.destination,
-            "level": self.level,
-            "rule": self.rule,
-            "reason": self.reason,
-            "problem": self.problem,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("check", value)
-        return cls(
-            f.text("destination"), f.text("level"), f.text("rule"), f.text("reason"),
-            f.opt_text("problem"),
-        )  # fmt: skip
+    WHAT = "check"
 
 
 # -- status ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CacheCounts:
-    answers: int  # reply cache entries
-    verdicts: int  # destinations with a remembered verdict
-    overrides: int
+@wire_doc
+class CacheCounts(WireDoc):
+    answers: int = wire("answers", INT)  # reply cache entries
+    verdicts: int = wire("verdicts", INT)  # destinations with a remembered verdict
+    overrides: int = wire("overrides", INT)
 
-    def to_json(self) -> JsonObject:
-        return {"answers": self.answers, "verdicts": self.verdicts, "overrides": self.overrides}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("cache", value)
-        return cls(f.integer("answers"), f.integer("verdicts"), f.integer("overrides"))
+    WHAT = "cache"
 
 
-@dataclass(frozen=True, slots=True)
-class LookupCounts:
-    lookups: int  # served from the slow path
-    hits: int  # served from the cache
-    temp: int
-    perm: int
+@wire_doc
+class LookupCounts(WireDoc):
+    lookups: int = wire("lookups", INT)  # served from the slow path
+    hits: int = wire("hits", INT)  # served from the cache
+    temp: int = wire("temp", INT)
+    perm: int = wire("perm", INT)
 
-    def to_json(self) -> JsonObject:
-        return {"lookups": self.lookups, "hits": self.hits, "temp": self.temp, "perm": self.perm}
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("lookups", value)
-        return cls(f.integer("lookups"), f.integer("hits"), f.integer("temp"), f.integer("perm"))
+    WHAT = "lookups"
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeQueueCounts:
-    queued: int
-    running: int
-    dropped: int  # refused, queue full, since start
-    done: int  # since start
-    known: int  # destinations with probe evidence in memory
+@wire_doc
+class ProbeQueueCounts(WireDoc):
+    queued: int = wire("queued", INT)
+    running: int = wire("running", INT)
+    dropped: int = wire("dropped", INT)  # refused, queue full, since start
+    done: int = wire("done", INT)  # since start
+    known: int = wire("known", INT)  # destinations with probe evidence in memory
 
-    def to_json(self) -> JsonObject:
-        return {
-            "queued": self.queued,
-            "running": self.running,
-            "dropped": self.dropped,
-            "done": self.done,
-            "known": self.known,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("probe", value)
-        return cls(
-            f.integer("queued"), f.integer("running"), f.integer("dropped"), f.integer("done"),
-            f.integer("known"),
-        )  # fmt: skip
+    WHAT = "probe"
 
 
-@dataclass(frozen=True, slots=True)
-class FetchQueueCounts:
-    running: int
-    queued: int
-    dropped: int  # since start
-    preempted: int  # background runs stopped for urgent work, since start
+@wire_doc
+class FetchQueueCounts(WireDoc):
+    running: int = wire("running", INT)
+    queued: int = wire("queued", INT)
+    dropped: int = wire("dropped", INT)  # since start
+    preempted: int = wire("preempted", INT)  # background runs stopped for urgent work, since start
 
-    def to_json(self) -> JsonObject:
-        return {
-            "running": self.running,
-            "queued": self.queued,
-            "dropped": self.dropped,
-            "preempted": self.preempted,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("mta_sts", value)
-        return cls(
-            f.integer("running"), f.integer("queued"), f.integer("dropped"),
-            f.integer("preempted"),
-        )  # fmt: skip
+    WHAT = "mta_sts"
 
 
-@dataclass(frozen=True, slots=True)
-class FleetCounts:
-    link: str  # up or down
-    work: Mapping[str, Mapping[str, int]]  # kind -> how it was settled -> count
-    published: int
-    received: int
-    publish_failures: int
+@wire_doc
+class FleetCounts(WireDoc):
+    link: str = wire("link", TEXT)  # up or down
+    # kind -> how it was settled -> count
+    work: Mapping[str, Mapping[str, int]] = wire("work", table_of(table_of(INT)))
+    published: int = wire("published", INT)
+    received: int = wire("received", INT)
+    publish_failures: int = wire("publish_failures", INT)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "link": self.link,
-            "work": {kind: dict(counts) for kind, counts in self.work.items()},
-            "published": self.published,
-            "received": self.received,
-            "publish_failures": self.publish_failures,
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("fleet", value)
-        return cls(
-            f.text("link"),
-            f.table("work", lambda what, v: Fields(what, {"t": v}).table("t", read_count)),
-            f.integer("published"),
-            f.integer("received"),
-            f.integer("publish_failures"),
-        )
+    WHAT = "fleet"
 
 
-@dataclass(frozen=True, slots=True)
-class StatusResult:
-    version: str
-    uptime: float  # seconds
-    listeners: tuple[str, ...]
-    store: str  # the store's URL scheme
-    connections: int | None  # socketmap connections open
-    refused: int | None  # socketmap connections refused at the limit
-    cache: CacheCounts
-    lookups: LookupCounts
-    probe: ProbeQueueCounts | None
-    mta_sts: FetchQueueCounts | None
-    fleet: FleetCounts | None  # a Redis store only
+@wire_doc
+class StatusResult(WireDoc):
+    version: str = wire("version", TEXT)
+    uptime: float = wire("uptime", NUMBER)  # seconds
+    listeners: tuple[str, ...] = wire("listeners", TEXTS)
+    store: str = wire("store", TEXT)  # the store's URL scheme
+    connections: int | None = wire("connections", optional(INT))  # socketmap connections open
+    # socketmap connections refused at the limit
+    refused: int | None = wire("refused", optional(INT))
+    cache: CacheCounts = wire("cache", nested(CacheCounts))
+    lookups: LookupCounts = wire("lookups", nested(LookupCounts))
+    probe: ProbeQueueCounts | None = wire("probe", optional(nested(ProbeQueueCounts)))
+    mta_sts: FetchQueueCounts | None = wire("mta_sts", optional(nested(FetchQueueCounts)))
+    fleet: FleetCounts | None = wire("fleet", optional(nested(FleetCounts)))  # a Redis store only
 
-    def to_json(self) -> JsonObject:
-        return {
-            "version": self.version,
-            "uptime": self.uptime,
-            "listeners": list(self.listeners),
-            "store": self.store,
-            "connections": self.connections,
-            "refused": self.refused,
-            "cache": self.cache.to_json(),
-            "lookups": self.lookups.to_json(),
-            "probe": None if self.probe is None else self.probe.to_json(),
-            "mta_sts": None if self.mta_sts is None else self.mta_sts.to_json(),
-            "fleet": None if self.fleet is None else self.fleet.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, value: JsonValue) -> Self:
-        f = Fields("status", value)
-        return cls(
-            f.text("version"),
-            f.number("uptime"),
-            f.texts("listeners"),
-            f.text("store"),
-            f.opt_integer("connections"),
-            f.opt_integer("refused"),
-            f.obj("cache", CacheCounts.from_json),
-            f.obj("lookups", LookupCounts.from_json),
-            f.opt_obj("probe", ProbeQueueCounts.from_json),
-            f.opt_obj("mta_sts", FetchQueueCounts.from_json),
-            f.opt_obj("fleet", FleetCounts.from_json),
-        )
+    WHAT = "status"
 
 
 Result: TypeAlias = (
@@ -381,7 +238,7 @@ def decode_result(req: rq.Request, value: JsonValue) -> Result:
         case rq.Explain():
             return ExplainResult.from_json(value)
         case rq.Probe():
-            if Fields("probe", value).has("queued"):
+            if "queued" in as_object("probe", value):
                 return ProbeQueued.from_json(value)
             return ExplainResult.from_json(value)
         case rq.OverrideSet():
