@@ -16,7 +16,15 @@ import pytest
 
 from policyd.adapters.dns import FAILED_TTL, DnsAnswer, DnsSettings, Resolver
 from policyd.core.dane import DaneKind, evaluate
-from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
+from policyd.core.evidence import (
+    Destination,
+    DestinationForm,
+    DnsEvidence,
+    DnsStatus,
+    MxHost,
+    MxKind,
+    Tlsa,
+)
 from policyd.sources.dane import ADDRESS_LITERAL_TTL, DaneSource
 from tests.unit.test_dns_adapter import SOA, FakeServer, respond
 
@@ -428,7 +436,7 @@ async def test_bracketed_host_with_port() -> None:
         *host("relay.example.test"),
         ok("_587._tcp.relay.example.test", "TLSA", TLSA_EE),
     )
-    ev = await gather(fake, Destination("relay.example.test", 587, bracketed=True))
+    ev = await gather(fake, Destination("relay.example.test", 587, DestinationForm.HOST))
     assert (ev.mx, ev.kind) == (S, MxKind.LISTED)
     (relay,) = ev.hosts
     assert (relay.name, relay.preference, relay.tlsa) == ("relay.example.test", 0, S)
@@ -445,7 +453,7 @@ async def test_domain_with_port_uses_that_port_for_tlsa() -> None:
 
 async def test_ip_literal_needs_no_dns() -> None:
     fake = FakeDns()
-    ev = await gather(fake, Destination("192.0.2.25", bracketed=True))
+    ev = await gather(fake, Destination("192.0.2.25", form=DestinationForm.ADDRESS))
     assert fake.asked == []
     assert ev.hosts == (MxHost("192.0.2.25", 0, I, ("192.0.2.25",)),)
     assert ev.expires_at == NOW + ADDRESS_LITERAL_TTL

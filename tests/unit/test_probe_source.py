@@ -16,6 +16,7 @@ from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.probe_record import state_to_json
 from policyd.core.evidence import (
     Destination,
+    DestinationForm,
     DnsEvidence,
     DnsStatus,
     MxHost,
@@ -162,8 +163,12 @@ async def test_nothing_to_probe_is_not_queued() -> None:
     assert not w.source.want(
         dest("failed.test"), dns(mx("mx.failed.test", status=DnsStatus.FAILED))
     )
-    assert not w.source.want(Destination("example.test", parent_form=True), dns(mx("mx.x.test")))
-    assert not w.source.want(Destination("192.0.2.1", bracketed=True), dns(mx("192.0.2.1")))
+    assert not w.source.want(
+        Destination("example.test", form=DestinationForm.PARENT), dns(mx("mx.x.test"))
+    )
+    assert not w.source.want(
+        Destination("192.0.2.1", form=DestinationForm.ADDRESS), dns(mx("192.0.2.1"))
+    )
     disabled = make_world(ProbeSettings(enabled=False))
     assert not disabled.source.want(dest("example.test"), dns(mx("mx.example.test")))
 
@@ -242,8 +247,12 @@ async def test_probe_uses_the_port_of_the_next_hop() -> None:
     w = make_world()
     host = mx("smtp.provider.test")
     async with running(w.source):
-        assert w.source.want(Destination("smtp.provider.test", 587, bracketed=True), dns(host))
-        assert w.source.want(Destination("smtp.provider.test", bracketed=True), dns(host))
+        assert w.source.want(
+            Destination("smtp.provider.test", 587, DestinationForm.HOST), dns(host)
+        )
+        assert w.source.want(
+            Destination("smtp.provider.test", form=DestinationForm.HOST), dns(host)
+        )
         await w.source.join()
     assert sorted(w.prober.ports) == sorted([587, SETTINGS.port])
 
@@ -252,7 +261,7 @@ async def test_submissions_port_is_not_probed() -> None:
     # Port 465 speaks TLS at once (RFC 8314): a STARTTLS probe has nothing to find.
     w = make_world()
     assert not w.source.want(
-        Destination("smtp.provider.test", 465, bracketed=True), dns(mx("smtp.provider.test"))
+        Destination("smtp.provider.test", 465, DestinationForm.HOST), dns(mx("smtp.provider.test"))
     )
 
 
