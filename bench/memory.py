@@ -26,6 +26,7 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import cpu_count
+from policyd.adapters.dns import DnsAnswer, Rcode
 from policyd.adapters.store import Kind, Record
 from policyd.core.evidence import (
     Destination,
@@ -38,7 +39,7 @@ from policyd.core.evidence import (
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.service import PolicyService
 from policyd.sources.probe import ProbeSettings, ProbeSource
-from policyd.sources.sts import StsSource, TxtResult
+from policyd.sources.sts import StsSource
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
 KINDS: Final = ("notfound", "dane-only", "mta-sts")
@@ -114,12 +115,15 @@ class PolicyFetch:
         ).encode()
 
 
-async def no_txt(name: str) -> TxtResult:
-    return TxtResult(DnsStatus.SECURE)
+class NoTxt:
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        return DnsAnswer(name, rdtype, DnsStatus.SECURE, Rcode.NOERROR)
 
 
-async def sts_txt(name: str) -> TxtResult:
-    return TxtResult(DnsStatus.INSECURE, ("v=STSv1; id=20260101T000000;",))
+class StsTxt:
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        record = ("v=STSv1; id=20260101T000000;",)
+        return DnsAnswer(name, rdtype, DnsStatus.INSECURE, Rcode.NOERROR, record)
 
 
 def rss_kib() -> int:
@@ -133,9 +137,9 @@ def rss_kib() -> int:
 async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
     store = NullStore()
     if kind == "mta-sts":
-        sts = StsSource(store, sts_txt, PolicyFetch())
+        sts = StsSource(store, StsTxt(), PolicyFetch())
     else:
-        sts = StsSource(store, no_txt, NoFetch())
+        sts = StsSource(store, NoTxt(), NoFetch())
     probe = ProbeSource(store, None, ProbeSettings(enabled=False))  # type: ignore[arg-type]
     service = PolicyService(
         DEFAULT_PROFILES,

@@ -19,11 +19,9 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
-
-from dns.rdtypes.txtbase import TXTBase
 
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, Store, StoreError
@@ -36,9 +34,11 @@ from policyd.codec.mtasts import (
     parse_policy,
 )
 from policyd.codec.sts_record import policy_from_json, policy_to_json
-from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
+from policyd.core.evidence import StsEvidence, StsMode, StsPolicy
+from policyd.core.names import fold
 from policyd.core.sts import describe_mx
 from policyd.counters import StsCounters
+from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
@@ -80,59 +80,10 @@ class StsSettings:
                 raise ValueError(f"sts {name} must be at least 1")
 
 
-@dataclass(frozen=True, slots=True)
-class TxtResult:
-    """The TXT RRset at ``_mta-sts.<domain>``: one string per record. An NXDOMAIN or empty
-    answer is an answer with no records; only ``FAILED`` is a failure."""
-
-    status: DnsStatus
-    records: tuple[str, ...] = ()
-    error: str = ""
-
-
-TxtLookup = Callable[[str], Awaitable[TxtResult]]
-
-
 class PolicyFetcherProtocol(Protocol):
     async def fetch(self, domain: str) -> bytes:
         """The policy body, or :class:`policyd.adapters.https.FetchError`."""
         ...
-
-
-class TxtAnswerLike(Protocol):
-    """What :func:`txt_lookup_from` needs of ``policyd.adapters.dns`` answers."""
-
-    @property
-    def status(self) -> DnsStatus: ...
-
-    @property
-    def records(self) -> Sequence[object]: ...
-
-    @property
-    def error(self) -> str: ...
-
-
-class TxtResolverLike(Protocol):
-    async def query(self, name: str, rdtype: str) -> TxtAnswerLike: ...
-
-
-def txt_lookup_from(resolver: TxtResolverLike) -> TxtLookup:
-    """Adapt the DNS adapter's ``query(name, "TXT")`` to a :data:`TxtLookup`."""
-
-    async def lookup(name: str) -> TxtResult:
-        answer = await resolver.query(name, "TXT")
-        if answer.status is DnsStatus.FAILED:
-            return TxtResult(DnsStatus.FAILED, (), answer.error or "lookup failed")
-        # Character-strings are concatenated (RFC 8461 3.1); anything not ASCII cannot be
-        # a valid record, so replacement characters only make it fail the grammar.
-        records = tuple(
-            b"".join(r.strings).decode("utf-8", "replace")
-            for r in answer.records
-            if isinstance(r, TXTBase)
-        )
-        return TxtResult(answer.status, records, answer.error)
-
-    return lookup
 
 
 _NOTHING: Final = StsEvidence()
@@ -175,15 +126,6 @@ class _Domain:
         return self.job is not None and not self.job.done()
 
 
-def _normalise(domain: str) -> str:
-    # The caller's own string when already normal (the usual case), so that the source's
-    # memory shares it with the service's instead of holding a copy per domain.
-    low = domain.lower()
-    if low == domain:
-        low = domain
-    return low.rstrip(".")
-
-
 def _describe(policy: StsPolicy) -> str:
     mx = describe_mx(policy.mx) or "-"
     return f"id={policy.policy_id} mode={policy.mode.value} mx={mx} max_age={policy.max_age}"
@@ -199,7 +141,7 @@ class StsSource:
     def __init__(
         self,
         store: Store,
-        txt_lookup: TxtLookup,
+        resolver: DnsQuery,
         fetcher: PolicyFetcherProtocol,
         settings: StsSettings | None = None,
         *,
@@ -211,7 +153,7 @@ class StsSource:
             raise ValueError("max_absent must be at least 1")
         self.settings = settings or StsSettings()
         self._store = store
-        self._txt_lookup = txt_lookup
+        self._resolver = resolver
         self._fetcher = fetcher
         self._clock = clock
         self._log = log or logging.getLogger("policyd.sts")
@@ -247,7 +189,7 @@ class StsSource:
                 continue
             if policy.mode is StsMode.NONE or not policy.valid_at(now):
                 continue
-            self._entry(_normalise(rec.key)).last = policy
+            self._entry(fold(rec.key)).last = policy
             loaded += 1
         self._log.info("mta-sts: loaded %d cached policies", loaded)
 
@@ -282,8 +224,8 @@ class StsSource:
         if domain is None:
             self._absent.clear()
         else:
-            self._absent.pop(_normalise(domain), None)
-        doomed = list(self._domains) if domain is None else [_normalise(domain)]
+            self._absent.pop(fold(domain), None)
+        doomed = list(self._domains) if domain is None else [fold(domain)]
         for name in doomed:
             entry = self._domains.pop(name, None)
             if entry is not None and entry.job is not None:
@@ -297,13 +239,13 @@ class StsSource:
 
     def cached(self, domain: str, now: float) -> StsEvidence:
         """From memory only, never awaits."""
-        entry = self._domains.get(_normalise(domain))
+        entry = self._domains.get(fold(domain))
         if entry is None:
             return _NOTHING  # unknown, or known to publish no record
         return self._evidence(entry, now)
 
     async def evidence(self, domain: str) -> StsEvidence:
-        domain = _normalise(domain)
+        domain = fold(domain)
         now = self._clock()
         entry = self._domains.get(domain)
         if entry is None:
@@ -423,12 +365,12 @@ class StsSource:
     # -- discovery and fetch ---------------------------------------------------------------
 
     async def _refresh(self, domain: str, entry: _Domain) -> None:
-        answer = await self._txt_lookup(TXT_PREFIX + domain)
+        answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
         now = self._clock()
-        if answer.status is DnsStatus.FAILED:
-            self._fail(domain, entry, now, f"TXT lookup failed: {answer.error or 'no answer'}")
+        if answer.failed:
+            self._fail(domain, entry, now, f"TXT lookup failed: {answer.error}")
             return
-        found = discover(answer.records)
+        found = discover(answer.texts)  # NXDOMAIN or NODATA: no records, no policy
         if isinstance(found, StsTxtProblem):
             # No usable record: no policy to discover, but a cached one stays until its
             # max_age (RFC 8461 5.1), so removing the record cannot downgrade us.
