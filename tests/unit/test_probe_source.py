@@ -444,6 +444,24 @@ async def test_shared_mx_host_is_probed_once_within_host_min_interval() -> None:
     assert w.source.cached("b.test") is not None
 
 
+async def test_forgetting_everything_forgets_recent_host_findings() -> None:
+    # policyctl flush (no key): the next destination using a shared host probes it again
+    # at once instead of reusing what was seen before the flush.
+    w = make_world()
+    shared = mx("mx.hoster.test")
+    async with running(w.source):
+        assert w.source.want(dest("a.test"), dns(shared))
+        await w.source.join()
+        w.source.forget("a.test")  # one key: the host's recent findings stay
+        assert w.source.want(dest("b.test"), dns(shared))
+        await w.source.join()
+        assert w.prober.calls == ["mx.hoster.test"]
+        w.source.forget(None)
+        assert w.source.want(dest("c.test"), dns(shared))
+        await w.source.join()
+    assert w.prober.calls == ["mx.hoster.test", "mx.hoster.test"]
+
+
 async def test_probe_now_joins_a_running_probe() -> None:
     w = make_world()
     w.prober.gate = asyncio.Event()
