@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from policyd.core.names import DomainName, host_name
+from policyd.core.names import DomainName, fold, host_name
 from policyd.core.types import Policy, one_line
 
 SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: the port of a destination that names none
@@ -186,7 +186,7 @@ def is_ip_literal(pattern: str) -> bool:
     (RFC 3696 2: a top-level domain is never all-numeric), so it matches no MX host under
     RFC 8461 4.1, while OpenSSL would read it in Postfix's ``match=`` as an IP address
     check that fails every certificate (postfix-tlspol#70)."""
-    last = pattern.rstrip(".").rpartition(".")[2]
+    last = fold(pattern).rpartition(".")[2]
     return last.isascii() and last.isdigit()
 
 
