@@ -65,13 +65,6 @@ from policyd.adapters.dns_answer import (
 )
 from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
 from policyd.adapters.dns_settings import (
-    DEFAULT_CACHE_ENTRIES,
-    DEFAULT_LIFETIME,
-    DEFAULT_MAX_TTL,
-    DEFAULT_MIN_TTL,
-    DEFAULT_NEGATIVE_TTL_MAX,
-    DEFAULT_PER_TRY,
-    DEFAULT_PORT,
     DnsSettings,
     DnsTimeouts,
     HealthTimes,
@@ -82,13 +75,6 @@ from policyd.counters import DnsCounters
 from policyd.singleflight import SingleFlight
 
 __all__ = [
-    "DEFAULT_CACHE_ENTRIES",
-    "DEFAULT_LIFETIME",
-    "DEFAULT_MAX_TTL",
-    "DEFAULT_MIN_TTL",
-    "DEFAULT_NEGATIVE_TTL_MAX",
-    "DEFAULT_PER_TRY",
-    "DEFAULT_PORT",
     "DnsAnswer",
     "DnsSettings",
     "DnsTimeouts",

@@ -143,3 +143,26 @@ def test_generated_keys_round_trip(name: str, port: int, bracketed: bool, upper:
     key = dest.key.upper() if upper else dest.key
     assert parse_key(key) == dest
     assert parse_key(key + ("." if not bracketed and port == 25 else "")) == dest
+
+
+def test_destination_form_replaces_the_flags() -> None:
+    host = parse_key("[mx.example.com]:587")
+    assert host.form is DestinationForm.HOST and host.bracketed and not host.is_address
+    address = parse_key("[192.0.2.1]")
+    assert address.form is DestinationForm.ADDRESS and address.bracketed and address.is_address
+    parent = parse_key(".example.com")
+    assert parent.form is DestinationForm.PARENT and parent.parent_form and not parent.bracketed
+    assert parse_key("example.com").form is DestinationForm.DOMAIN
+
+
+def test_destination_validates_on_construction() -> None:
+    assert Destination("Example.COM.").name == "example.com"
+    assert Destination("2001:DB8::1", form=DestinationForm.ADDRESS).name == "2001:db8::1"
+    with pytest.raises(ValueError):
+        Destination("mx.example.com", form=DestinationForm.ADDRESS)
+    with pytest.raises(ValueError):
+        Destination("example.com", 587, DestinationForm.PARENT)
+    with pytest.raises(ValueError):
+        Destination("example.com", 0)
+    with pytest.raises(ValueError):
+        Destination("bad name.example")

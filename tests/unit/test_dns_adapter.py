@@ -28,12 +28,6 @@ from hypothesis import strategies as st
 
 from policyd.adapters import dns as dns_adapter
 from policyd.adapters.dns import (
-    DEFAULT_CACHE_ENTRIES,
-    DEFAULT_LIFETIME,
-    DEFAULT_MAX_TTL,
-    DEFAULT_MIN_TTL,
-    DEFAULT_NEGATIVE_TTL_MAX,
-    DEFAULT_PER_TRY,
     EDNS_PAYLOAD,
     FAILED_TTL,
     DnsAnswer,
@@ -43,6 +37,14 @@ from policyd.adapters.dns import (
     Rcode,
     Record,
     Resolver,
+)
+from policyd.adapters.dns_settings import (
+    DEFAULT_CACHE_ENTRIES,
+    DEFAULT_LIFETIME,
+    DEFAULT_MAX_TTL,
+    DEFAULT_MIN_TTL,
+    DEFAULT_NEGATIVE_TTL_MAX,
+    DEFAULT_PER_TRY,
 )
 from policyd.core.evidence import DnsStatus, Tlsa
 from policyd.core.names import DomainName

@@ -19,6 +19,7 @@ from policyd.codec.mtasts import MAX_AGE_CAP
 from policyd.codec.sts_record import policy_from_json, policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
 from policyd.sources.sts import StsSettings, StsSource
+from tests import fakes
 from tests.fakes import dns_answer, dns_failure
 
 T0 = 1_700_000_000.0
@@ -55,36 +56,17 @@ class Clock:
         self.now += seconds
 
 
-class MemoryStore:
+class MemoryStore(fakes.MemoryStore):
+    """The shared fake store with a failure switch for writes."""
+
     def __init__(self) -> None:
-        self.records: dict[tuple[Kind, str], Record] = {}
+        super().__init__()
         self.fail = False
 
     async def put(self, record: Record) -> None:
         if self.fail:
             raise StoreError("disk full")
-        self.records[(record.kind, record.key)] = record
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        return self.records.get((kind, key))
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return self.records.pop((kind, key), None) is not None
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return [r for (k, _), r in self.records.items() if k is kind]
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        return 0
-
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        return None
-
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
-        return []
-
-    async def close(self) -> None:
-        return None
+        await super().put(record)
 
 
 @dataclass
