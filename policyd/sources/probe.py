@@ -57,6 +57,7 @@ MAX_STATES: Final = 1_000_000
 # RFC 8314 3.3: submissions speaks TLS from the first byte (smtp_tls_wrappermode); there
 # is no STARTTLS to probe, and a STARTTLS probe would only time out.
 SUBMISSIONS_PORT: Final = 465
+_TIMEOUTS: Final = ProbeTimeouts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +77,13 @@ class ProbeSettings:
     retention: float = 30 * 86400.0  # a stored result is forgotten this long after its probe
     port: int = SMTP_PORT  # for destinations without a port of their own (tests use another)
     helo_name: str = ""  # EHLO name; empty: this host's FQDN (set it to Postfix myhostname)
-    connect_timeout: float = 10.0  # see policyd.adapters.smtp_probe.ProbeTimeouts
-    banner_timeout: float = 30.0
-    command_timeout: float = 15.0
-    tls_timeout: float = 15.0
-    total_timeout: float = 60.0
+    # The phases of one probe, flat as in policyd.toml; defaults and their reasons are
+    # those of policyd.adapters.smtp_probe.ProbeTimeouts.
+    connect_timeout: float = _TIMEOUTS.connect
+    banner_timeout: float = _TIMEOUTS.banner
+    command_timeout: float = _TIMEOUTS.command
+    tls_timeout: float = _TIMEOUTS.tls
+    total_timeout: float = _TIMEOUTS.total
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "queue_size", "max_mx_hosts"):
