@@ -93,7 +93,7 @@ def verdict_for(
     leaf, intermediates = chain[0], chain[1:]
     try:
         name = DomainName(mx_host)  # DomainNameError is a ValueError
-        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(x509.DNSName(name))
+        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(x509.DNSName(str(name)))
     except ValueError as exc:
         return ProbeVerdict.INVALID, f"cannot verify for {mx_host!r}: {exc}"
     try:
