@@ -93,7 +93,8 @@ def verdict_for(
     leaf, intermediates = chain[0], chain[1:]
     try:
         name = DomainName(mx_host)  # DomainNameError is a ValueError
-        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(x509.DNSName(str(name)))
+        subject = x509.DNSName(str(name))  # an exact str for the Rust binding
+        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(subject)
     except ValueError as exc:
         return ProbeVerdict.INVALID, f"cannot verify for {mx_host!r}: {exc}"
     try:
