@@ -20,7 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 from policyd.adapters.https import FetchError
@@ -40,44 +39,22 @@ from policyd.core.sts import describe_mx
 from policyd.counters import StsCounters
 from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
+from policyd.sources.sts_state import (
+    NEVER,
+    DomainState,
+    StsSettings,
+    describe_policy,
+    same_policy,
+)
+
+__all__ = ["PolicyFetcherProtocol", "StsSettings", "StsSource"]
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 # Domains remembered as publishing no MTA-STS record (so that their TXT record is not read
 # again before recheck_interval), by default; beyond it the oldest is forgotten and its
 # next lookup reads the TXT record again (the daemon passes [server] max_destinations).
 DEFAULT_MAX_ABSENT: Final = 1_000_000
-_NEVER: Final = -math.inf
 DROPS_LOGGED_EVERY: Final = 100  # one log line per this many fetches dropped (queue full)
-
-
-@dataclass(frozen=True, slots=True)
-class StsSettings:
-    """The ``[sts]`` settings; all in seconds except the fetch count."""
-
-    # How long a lookup without a cached policy waits for discovery and fetch before it
-    # answers "pending": far below Postfix's socketmap timeout (100 s) and smtp's.
-    cold_budget: float = 3.0
-    # Refetch a cached policy this old even when its id is unchanged (RFC 8461 3.3 and 10.2
-    # recommend proactive refresh); short-lived policies are refetched at half their max_age.
-    refresh_interval: float = 86400.0
-    # After a failed TXT lookup or fetch, no new attempt for that domain sooner than this
-    # (RFC 8461 3.3 and 10.3: rate-limit fetch attempts).
-    retry_after_failure: float = 300.0
-    # How often a lookup re-reads the TXT record of a domain in use, to see a changed id
-    # (RFC 8461 3.1), or to find a policy for a domain that had none.
-    recheck_interval: float = 3600.0
-    max_concurrent_fetches: int = 16
-    # Discoveries and refreshes waiting for a slot; beyond it the oldest background
-    # discovery is dropped for urgent work, or the new one is refused (and counted).
-    max_queued_fetches: int = 1000
-
-    def __post_init__(self) -> None:
-        for name in ("cold_budget", "refresh_interval", "retry_after_failure", "recheck_interval"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"sts {name} must not be negative")
-        for name in ("max_concurrent_fetches", "max_queued_fetches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sts {name} must be at least 1")
 
 
 class PolicyFetcherProtocol(Protocol):
@@ -87,54 +64,6 @@ class PolicyFetcherProtocol(Protocol):
 
 
 _NOTHING: Final = StsEvidence()
-
-
-class _Domain:
-    """What the source knows about one domain (mutable; private to the source)."""
-
-    __slots__ = (
-        "absent_until",
-        "checked_at",
-        "error",
-        "failed_at",
-        "job",
-        "last",
-        "refused",
-        "waiters",
-    )
-
-    def __init__(self) -> None:
-        # The last policy fetched successfully, any mode; mode none is kept only in memory
-        # so an unchanged id is not refetched, and never counts as a cached policy.
-        self.last: StsPolicy | None = None
-        self.checked_at = _NEVER  # last TXT answer (not failure)
-        self.failed_at = _NEVER  # last failed lookup or fetch
-        self.absent_until = _NEVER  # no policy published: do not look again before this
-        self.error = ""
-        self.job: asyncio.Future[None] | None = None  # queued or running discovery/refresh
-        self.waiters = 0  # lookups waiting for the job right now
-        self.refused = False  # the last job was not run (queue full): not known yet
-
-    def policy(self, now: float) -> StsPolicy | None:
-        last = self.last
-        if last is None or last.mode is StsMode.NONE or not last.valid_at(now):
-            return None
-        return last
-
-    @property
-    def running(self) -> bool:
-        return self.job is not None and not self.job.done()
-
-
-def _describe(policy: StsPolicy) -> str:
-    mx = describe_mx(policy.mx) or "-"
-    return f"id={policy.policy_id} mode={policy.mode.value} mx={mx} max_age={policy.max_age}"
-
-
-def _same(a: StsPolicy | None, b: StsPolicy | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.policy_id, a.mode, a.mx, a.max_age) == (b.policy_id, b.mode, b.mx, b.max_age)
 
 
 class StsSource:
@@ -157,7 +86,7 @@ class StsSource:
         self._fetcher = fetcher
         self._clock = clock
         self._log = log or logging.getLogger("policyd.sts")
-        self._domains: dict[str, _Domain] = {}
+        self._domains: dict[str, DomainState] = {}
         # The common case kept compact: a domain whose last discovery found no record (and
         # nothing else worth remembering) -> when to look again. Oldest first (insertion
         # order: recheck_interval is one value, so also soonest due first), at most
@@ -165,7 +94,7 @@ class StsSource:
         # (it has no policy to lose).
         self._absent: dict[str, float] = {}
         self.max_absent = max_absent
-        self._until = _NEVER  # the last absent_until stored: one float shared per second
+        self._until = NEVER  # the last absent_until stored: one float shared per second
         self._fetches = FetchQueue(
             self.settings.max_concurrent_fetches, self.settings.max_queued_fetches
         )
@@ -275,7 +204,7 @@ class StsSource:
                 self._fetches.demote(domain)
         return self.cached(domain, self._clock())
 
-    def _evidence(self, entry: _Domain, now: float) -> StsEvidence:
+    def _evidence(self, entry: DomainState, now: float) -> StsEvidence:
         policy = entry.policy(now)
         unknown = entry.running or entry.refused
         return StsEvidence(policy, entry.error, pending=policy is None and unknown)
@@ -285,10 +214,12 @@ class StsSource:
         age = now - policy.fetched_at
         return age >= min(self.settings.refresh_interval, policy.max_age / 2)
 
-    def _may_try(self, entry: _Domain, now: float) -> bool:
+    def _may_try(self, entry: DomainState, now: float) -> bool:
         return now - entry.failed_at >= self.settings.retry_after_failure
 
-    def _refresh_due(self, entry: _Domain, policy: StsPolicy, now: float, *, recheck: bool) -> bool:
+    def _refresh_due(
+        self, entry: DomainState, policy: StsPolicy, now: float, *, recheck: bool
+    ) -> bool:
         """A cached policy wants a refresh when stale (but a stale policy whose TXT record
         is gone is looked at again only after retry_after_failure) or, on the lookup path,
         when its TXT id has not been checked for recheck_interval."""
@@ -299,17 +230,17 @@ class StsSource:
             return True
         return recheck and since_check >= self.settings.recheck_interval
 
-    def _discovery_due(self, entry: _Domain, now: float) -> bool:
+    def _discovery_due(self, entry: DomainState, now: float) -> bool:
         return self._may_try(entry, now) and now >= entry.absent_until
 
-    def _entry(self, domain: str) -> _Domain:
+    def _entry(self, domain: str) -> DomainState:
         entry = self._domains.get(domain)
         if entry is None:
             self._absent.pop(domain, None)
-            entry = self._domains[domain] = _Domain()
+            entry = self._domains[domain] = DomainState()
         return entry
 
-    def _compact(self, domain: str, entry: _Domain) -> None:
+    def _compact(self, domain: str, entry: DomainState) -> None:
         """Keep a domain that publishes no record as one float in ``_absent`` instead of
         an entry, when that float is all there is to remember about it."""
         if (
@@ -317,8 +248,8 @@ class StsSource:
             or entry.job is not None
             or entry.refused
             or entry.error
-            or entry.failed_at != _NEVER
-            or entry.absent_until == _NEVER
+            or entry.failed_at != NEVER
+            or entry.absent_until == NEVER
             or self._domains.get(domain) is not entry
         ):
             return
@@ -328,7 +259,7 @@ class StsSource:
             del absent[next(iter(absent))]
         absent[domain] = entry.absent_until
 
-    def _start(self, domain: str, entry: _Domain, lane: Lane) -> asyncio.Future[None]:
+    def _start(self, domain: str, entry: DomainState, lane: Lane) -> asyncio.Future[None]:
         job = self._fetches.submit(domain, lane, functools.partial(self._refresh, domain, entry))
         if entry.job is not job:
             entry.job = job
@@ -339,7 +270,7 @@ class StsSource:
                 job.add_done_callback(functools.partial(self._finished, domain, entry))
         return job
 
-    def _finished(self, domain: str, entry: _Domain, job: asyncio.Future[None]) -> None:
+    def _finished(self, domain: str, entry: DomainState, job: asyncio.Future[None]) -> None:
         if entry.job is job:
             entry.job = None
         if job.cancelled():
@@ -364,7 +295,7 @@ class StsSource:
 
     # -- discovery and fetch ---------------------------------------------------------------
 
-    async def _refresh(self, domain: str, entry: _Domain) -> None:
+    async def _refresh(self, domain: str, entry: DomainState) -> None:
         answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
         now = self._clock()
         if answer.failed:
@@ -404,7 +335,7 @@ class StsSource:
             self._fail(domain, entry, now, f"invalid policy: {exc}")
             return
         entry.checked_at = now
-        entry.failed_at = _NEVER
+        entry.failed_at = NEVER
         entry.error = ""
         # Shielded: a preempted (cancelled) job must not stop a policy half installed.
         await asyncio.shield(self._install(domain, entry, parsed, policy))
@@ -418,7 +349,7 @@ class StsSource:
         self._until = until
         return until
 
-    def _fail(self, domain: str, entry: _Domain, now: float, reason: str) -> None:
+    def _fail(self, domain: str, entry: DomainState, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""
         entry.failed_at = now
         entry.error = reason
@@ -436,11 +367,11 @@ class StsSource:
             )
 
     async def _install(
-        self, domain: str, entry: _Domain, parsed: ParsedPolicy, policy: StsPolicy
+        self, domain: str, entry: DomainState, parsed: ParsedPolicy, policy: StsPolicy
     ) -> None:
         now = self._clock()
         before = entry.policy(now)
-        changed = not _same(entry.last, policy)
+        changed = not same_policy(entry.last, policy)
         entry.last = policy
         if parsed.capped:
             self._log.warning(
@@ -463,12 +394,12 @@ class StsSource:
             entry.absent_until = now + self.settings.recheck_interval
             if changed:
                 removed = "; cached policy removed" if before is not None else ""
-                self._log.info("%s: mta-sts policy %s%s", domain, _describe(policy), removed)
+                self._log.info("%s: mta-sts policy %s%s", domain, describe_policy(policy), removed)
             await self._persist(domain, None)
         else:
-            entry.absent_until = _NEVER
+            entry.absent_until = NEVER
             if changed:
-                self._log.info("%s: mta-sts policy %s", domain, _describe(policy))
+                self._log.info("%s: mta-sts policy %s", domain, describe_policy(policy))
             await self._persist(domain, policy)
         if (before is None) != (entry.policy(now) is None) or changed:
             self._notify(domain)
