@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.client import cpu_count
 from policyd.adapters.dns import DnsAnswer, Rcode
 from policyd.adapters.store import Kind, Record
+from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -63,10 +64,10 @@ class NullStore:
     async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
         return 0
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
+    async def append_event(self, event: Event) -> None:
         return None
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         return []
 
     async def close(self) -> None:

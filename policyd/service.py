@@ -31,8 +31,9 @@ from policyd.adapters.write_behind import WriteBehind
 from policyd.alerts import AlertKind, Alerts
 from policyd.codec import netstring, postfix_policy, socketmap
 from policyd.codec.destination import KeyError_, parse_key
-from policyd.codec.override_record import override_from_json, override_to_json
+from policyd.codec.records import override_from_json, override_to_json
 from policyd.core.decide import decide
+from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -520,14 +521,23 @@ class PolicyService:
         self._touch(dest.key)
         # saved_at down to the second: a kept answer lives at most KEEP_ANSWERS_FOR.
         seen_by_key[dest.key] = _Seen(_shared(self._verdicts, verdict), self._saved_second(now))
+        event = Event(
+            now,
+            dest.key,
+            profile.name,
+            verdict.rule,
+            level_text(verdict),
+            verdict.reason,
+            previous=None if before is None else level_text(before),
+            dry_run=profile.dry_run,
+        )
+        # The log line names only a profile other than Postfix's default one.
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         dry = " dry-run=yes" if profile.dry_run else ""
-        text = f"level={level_text(verdict)}{shown}{dry} reason={verdict.reason}"
-        log.info("%s: %s", dest.key, text)
+        log.info("%s: level=%s%s%s reason=%s", dest.key, event.level, shown, dry, event.reason)
         if before is not None:
-            text = f"{text} previous={level_text(before)}"
             self._alert_if_weaker(dest, profile, before, verdict)
-        self.writes.event(now, dest.key, text)
+        self.writes.event(event)
         self._save_kept(dest.key, now)
 
     def _save_kept(self, key: str, now: float) -> None:

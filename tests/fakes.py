@@ -9,6 +9,7 @@ from policyd.adapters.dns import DnsAnswer, MxRecord, Rcode
 from policyd.adapters.dns import Record as DnsRecord
 from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
+from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -19,12 +20,13 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.names import DomainName
+from policyd.core.types import Rule
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[tuple[Kind, str], Record] = {}
-        self.event_log: list[tuple[float, str, str]] = []
+        self.event_log: list[Event] = []
 
     async def put(self, record: Record) -> None:
         self.records[(record.kind, record.key)] = record
@@ -45,14 +47,21 @@ class MemoryStore:
             del self.records[k]
         return len(doomed)
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        self.event_log.append((at, key, text))
+    async def append_event(self, event: Event) -> None:
+        self.event_log.append(event)
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
-        return [e for e in self.event_log if e[0] >= since]
+    async def events(self, since: float) -> list[Event]:
+        return [e for e in self.event_log if e.at >= since]
 
     async def close(self) -> None:
         return None
+
+
+def event(
+    at: float, key: str, reason: str = "x", level: str = "encrypt", previous: str | None = None
+) -> Event:
+    """A decision event for store tests: the fields that tell events apart, the rest fixed."""
+    return Event(at, key, "postfix", Rule.PROBE, level, reason, previous=previous)
 
 
 def plain_dns(name: str, now: float, ttl: float = 300.0) -> DnsEvidence:

@@ -1,8 +1,11 @@
-"""The persistent store seam: overrides and cached evidence, each record with an expiry.
+"""The persistent store seam: overrides and cached evidence, each record with an expiry,
+and the log of decision events.
 
-Values are opaque JSON-able documents; the typed (de)serialisation lives with the owner of
-each kind (``policyd.codec.records``). The store never interprets them, so SQLite and Redis
-are interchangeable behind :class:`Store`.
+Record values are opaque JSON documents; their typed (de)serialisation lives in
+:mod:`policyd.codec.records`. The store never interprets them, so SQLite and Redis are
+interchangeable behind :class:`Store`. Events go in and come out as
+:class:`~policyd.core.event.Event` values; each backend keeps them as
+:func:`~policyd.codec.records.event_to_json` documents.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
+from policyd.codec.records import event_from_json
+from policyd.core.event import Event
+
 
 class Kind(enum.Enum):
     """Record namespaces. Overrides are never dropped by ``flush``."""
 
     OVERRIDE = "override"
-    DNS = "dns"
     STS = "sts"
     PROBE = "probe"
-    EVENT = "event"
     # The last answers of a destination, per profile: kept through a resolver outage.
     ANSWER = "answer"
 
@@ -52,13 +56,33 @@ class Store(Protocol):
         MTA-STS policies only with ``mta_sts`` (they are trust on first use, RFC 8461 5)."""
         ...
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        """Record a level change or notable event for ``policyctl report``."""
+    async def append_event(self, event: Event) -> None:
+        """Record a decision that changed, for ``policyctl report``."""
         ...
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]: ...
+    async def events(self, since: float) -> list[Event]:
+        """Events with ``at >= since``, in the order they were appended. An entry this
+        version cannot read (the one-line text of earlier versions, a damaged row) is
+        skipped, and the number skipped is logged."""
+        ...
 
     async def close(self) -> None: ...
+
+
+def stored_event(raw: object) -> Event | None:
+    """An event as a backend keeps it (its JSON document), or None for one this version
+    cannot read: the one-line text of earlier versions, which cannot be read back safely
+    (a reason quoting ``previous=`` passed for another field), or a damaged entry."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        return event_from_json(raw)
+    except ValueError:
+        return None
+
+
+# The log line for the entries :meth:`Store.events` skipped: (store name, count).
+SKIPPED_EVENTS: Final = "%s: %d events skipped: not an event of this version"
 
 
 @runtime_checkable

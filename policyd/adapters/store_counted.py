@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from policyd.adapters.store import ExpiringStore, Kind, Record, Store, StoreError
 from policyd.adapters.write_behind import BatchStore
+from policyd.core.event import Event
 
 T = TypeVar("T")
 
@@ -42,15 +43,13 @@ class CountedStore:
     async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
         return await self._counted(self.inner.flush(key, mta_sts=mta_sts))
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        await self._counted(self.inner.append_event(at, key, text))
+    async def append_event(self, event: Event) -> None:
+        await self._counted(self.inner.append_event(event))
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         return await self._counted(self.inner.events(since))
 
-    async def write_batch(
-        self, records: Sequence[Record], events: Sequence[tuple[float, str, str]]
-    ) -> None:
+    async def write_batch(self, records: Sequence[Record], events: Sequence[Event]) -> None:
         """The inner store's one-transaction batch where it has one, else call by call."""
         inner = self.inner
         if isinstance(inner, BatchStore):
@@ -58,8 +57,8 @@ class CountedStore:
             return
         for record in records:
             await self.put(record)
-        for at, key, text in events:
-            await self.append_event(at, key, text)
+        for event in events:
+            await self.append_event(event)
 
     async def delete_expired(self, now: float) -> int:
         """Housekeeping: 0 for a store that does not delete expired records itself."""

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from policyd.adapters.store import Kind, Record, Store
 from policyd.codec.fleet import Change, ChangeKind
+from policyd.core.event import Event
 
 Publish = Callable[[Change], Awaitable[None]]
 
@@ -44,10 +45,10 @@ class PublishingStore:
         await self._publish(Change(ChangeKind.FLUSH, key, mta_sts=mta_sts))
         return count
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
-        await self._inner.append_event(at, key, text)
+    async def append_event(self, event: Event) -> None:
+        await self._inner.append_event(event)
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         return await self._inner.events(since)
 
     async def close(self) -> None:

@@ -5,13 +5,17 @@ Layout under a configurable prefix (default ``policyd:``):
 * ``{prefix}schema``: the schema version, the string ``"1"``. Written with SET NX by the
   first host to open an empty server; a higher version is a :class:`StoreError` at open
   ("refusing to touch it"), never an overwrite.
-* ``{prefix}{kind}`` (``policyd:override``, ``policyd:dns``, ...): one hash per
+* ``{prefix}{kind}`` (``policyd:override``, ``policyd:sts``, ...): one hash per
   :class:`Kind`, field = record key, value = JSON ``{"value": <JSON text>, "expires_at":
   <float|null>}``. The record value stays the caller's JSON *text* (a string inside the
   envelope), so it comes back byte for byte: the store never interprets it.
-* ``{prefix}event-log``: a stream of ``at`` / ``key`` / ``text`` entries, trimmed exactly to
-  ``max_events`` on every XADD. Stream IDs are stable, so reading it page by page stays
-  consistent while other hosts append and trim.
+* ``{prefix}event-log``: a stream of ``at`` / ``key`` / ``event`` entries, ``event`` the
+  :class:`~policyd.core.event.Event` as its JSON document
+  (:func:`~policyd.codec.records.event_to_json`), trimmed exactly to ``max_events`` on
+  every XADD. Stream IDs are stable, so reading it page by page stays consistent while
+  other hosts append and trim. An entry of earlier versions (``at`` / ``key`` / ``text``,
+  the event as one line of text, which cannot be read back safely) is skipped, and the
+  number skipped logged; such entries age out of the stream like any other.
 
 No Redis TTLs, on purpose. Like the SQLite store, ``expires_at`` is stored and returned but
 not enforced: callers decide what an expired record still means (stale evidence may still be
@@ -44,7 +48,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from policyd.adapters.redis_url import client_from_url, describe_url
-from policyd.adapters.store import Kind, Record, StoreError
+from policyd.adapters.store import SKIPPED_EVENTS, Kind, Record, StoreError, stored_event
+from policyd.codec.records import event_to_json
+from policyd.core.event import Event
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "policyd:"
@@ -238,26 +244,29 @@ class RedisStore:
             raise self._error(exc) from exc
         return sum(int(n) for n in counts)
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
+    async def append_event(self, event: Event) -> None:
         """Exact trimming (MAXLEN =, not ~): the cap is a real bound whatever its size, and
         at policyd's event rate the cost of evicting one entry per append is nothing."""
         self._check_open()
         try:
             await self._client.xadd(
                 self._events_key,
-                {"at": repr(float(at)), "key": key, "text": text},
+                {"at": repr(float(event.at)), "key": event.key, "event": event_to_json(event)},
                 maxlen=self._max_events,
                 approximate=False,
             )
         except (RedisError, OSError) as exc:
             raise self._error(exc) from exc
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         """Events with ``at >= since``, oldest first (in append order, as SQLite's ``id``).
         ``at`` comes from each host's clock, so the whole stream is read and filtered rather
-        than cut off at the first older entry."""
+        than cut off at the first older entry. One bad entry (any fleet member, a hand
+        edit, an earlier version) must not hide the whole history from ``policyctl
+        report``: it is skipped and counted."""
         self._check_open()
-        out: list[tuple[float, str, str]] = []
+        out: list[Event] = []
+        skipped = 0
         start = "-"
         try:
             while True:
@@ -265,32 +274,23 @@ class RedisStore:
                     self._events_key, min=start, max="+", count=EVENTS_PAGE
                 )
                 entries = page or []
-                for entry_id, fields in entries:
+                for _, fields in entries:
                     if not fields:
                         continue  # XRANGE reports no fields for an entry deleted meanwhile
-                    try:
-                        at = self._event_time(fields.get("at"))
-                    except StoreError as exc:
-                        # One bad entry (any fleet member, a hand edit) must not hide
-                        # the whole history from `policyctl report`.
-                        log.warning("event %s: skipped: %s", entry_id, exc)
-                        continue
-                    if at >= since:
-                        out.append((at, str(fields.get("key", "")), str(fields.get("text", ""))))
+                    # An entry of an earlier version has no "event" field: skipped.
+                    event = stored_event(fields.get("event"))
+                    if event is None:
+                        skipped += 1
+                    elif event.at >= since:
+                        out.append(event)
                 if len(entries) < EVENTS_PAGE:
-                    return out
+                    break
                 start = f"({entries[-1][0]!s}"  # exclusive: resume after the last entry seen
         except (RedisError, OSError) as exc:
             raise self._error(exc) from exc
-
-    def _event_time(self, raw: object) -> float:
-        try:
-            at = float(str(raw))
-        except ValueError:
-            raise StoreError(f"{self._name}: malformed event time {raw!r}") from None
-        if math.isnan(at):
-            raise StoreError(f"{self._name}: malformed event time {raw!r}")
-        return at
+        if skipped:
+            log.warning(SKIPPED_EVENTS, self._name, skipped)
+        return out
 
     async def _disconnect(self) -> None:
         # Closing sockets to a server that is already gone: nothing left to do.

@@ -5,6 +5,13 @@ and statements keep their order. A database that cannot be opened, is not a data
 has a schema newer than this program is a :class:`StoreError` at start, never a wipe; any
 later ``sqlite3.Error`` (a damaged file, a full disk, a lock held past ``busy_timeout``)
 is a :class:`StoreError` too: no sqlite3 exception leaves this module.
+
+The ``events`` table keeps each :class:`~policyd.core.event.Event` as its JSON document
+(:func:`~policyd.codec.records.event_to_json`) in ``text``, with ``at`` and ``key`` beside
+it for the time index and for a person reading the table. A row of the one-line text of
+earlier versions (``level=L reason=R previous=L``) cannot be read back safely (a reason
+quoting ``previous=`` passed for another field), so :meth:`SqliteStore.events` skips it and
+logs how many it skipped; such rows age out of the log like any other.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from policyd.adapters.store import Kind, Record, StoreError
+from policyd.adapters.store import SKIPPED_EVENTS, Kind, Record, StoreError, stored_event
+from policyd.codec.records import event_to_json
+from policyd.core.event import Event
 
 SCHEMA_VERSION: Final = 1
 DB_MODE: Final = 0o640  # the database and its journals: the daemon and its group
@@ -57,6 +66,10 @@ def _record(kind: Kind, key: object, value: object, expires_at: object) -> Recor
     except OverflowError:
         return None
     return None if math.isnan(seconds) else Record(kind, key, value, seconds)
+
+
+def _event_row(event: Event) -> tuple[float, str, str]:
+    return (event.at, event.key, event_to_json(event))
 
 
 def path_from_url(url: str) -> str:
@@ -227,23 +240,22 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
+    async def append_event(self, event: Event) -> None:
+        row = _event_row(event)
+
         def run() -> None:
             conn = self._conn
-            cur = conn.execute(
-                "INSERT INTO events (at, key, text) VALUES (?, ?, ?)", (at, key, text)
-            )
+            cur = conn.execute("INSERT INTO events (at, key, text) VALUES (?, ?, ?)", row)
             rowid = cur.lastrowid or 0
             if rowid % 1000 == 0:
                 conn.execute("DELETE FROM events WHERE id <= ?", (rowid - MAX_EVENTS,))
 
         await self._run(run)
 
-    async def write_batch(
-        self, records: Sequence[Record], events: Sequence[tuple[float, str, str]]
-    ) -> None:
+    async def write_batch(self, records: Sequence[Record], events: Sequence[Event]) -> None:
         """Put ``records`` and append ``events`` in one transaction (write-behind batches),
         then prune the event log to its bound."""
+        rows = [_event_row(e) for e in events]
 
         def run() -> None:
             conn = self._conn
@@ -254,8 +266,8 @@ class SqliteStore:
                     " VALUES (?, ?, ?, ?)",
                     [(r.kind.value, r.key, r.value, r.expires_at) for r in records],
                 )
-                if events:
-                    conn.executemany("INSERT INTO events (at, key, text) VALUES (?, ?, ?)", events)
+                if rows:
+                    conn.executemany("INSERT INTO events (at, key, text) VALUES (?, ?, ?)", rows)
                     conn.execute(
                         "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
                         (MAX_EVENTS,),
@@ -281,18 +293,17 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
-        def run() -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
+        def run() -> list[Event]:
             rows = self._conn.execute(
-                "SELECT at, key, text FROM events WHERE at >= ? ORDER BY id", (since,)
+                "SELECT text FROM events WHERE at >= ? ORDER BY id", (since,)
             ).fetchall()
-            out: list[tuple[float, str, str]] = []
-            for a, k, t in rows:
-                if isinstance(a, bool) or not isinstance(a, int | float) or math.isnan(a):
-                    log.warning("%s: event at %.64r: skipped: malformed row", self._path, a)
-                    continue
-                out.append((float(a), str(k), str(t)))
-            return out
+            found = [stored_event(t) for (t,) in rows]
+            skipped = found.count(None)
+            if skipped:
+                log.warning(SKIPPED_EVENTS, self._path, skipped)
+            # ``at`` of a hand-edited row may disagree with its event: the event decides.
+            return [e for e in found if e is not None and e.at >= since]
 
         return await self._run(run)
 

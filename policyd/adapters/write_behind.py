@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.core.event import Event
 
 # Seconds between batches: events and kept answers reach the store this late at most
 # (policyctl report flushes first, so it never misses one).
@@ -26,8 +27,6 @@ DEFAULT_INTERVAL: Final = 1.0
 # Queued writes of each kind at most (about 200 bytes each): a store that stalls for
 # minutes under a flood costs at most a few MB, and the excess is counted, not kept.
 DEFAULT_MAX_QUEUED: Final = 10_000
-
-Event = tuple[float, str, str]  # (at, destination key, text), as Store.append_event takes
 
 log = logging.getLogger("policyd")
 
@@ -72,11 +71,11 @@ class WriteBehind:
             return
         self._records[slot] = record
 
-    def event(self, at: float, key: str, text: str) -> None:
+    def event(self, event: Event) -> None:
         if len(self._events) >= self._max:
             self.dropped += 1
             return
-        self._events.append((at, key, text))
+        self._events.append(event)
 
     def stats(self) -> WriteStats:
         return WriteStats(len(self._records) + len(self._events), self.written, self.dropped)
@@ -120,5 +119,5 @@ class WriteBehind:
             return
         for record in records:
             await store.put(record)
-        for at, key, text in events:
-            await store.append_event(at, key, text)
+        for event in events:
+            await store.append_event(event)

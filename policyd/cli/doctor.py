@@ -556,8 +556,8 @@ async def redis_check(url: str) -> Check:
         store = await RedisStore.open(url)
         try:
             key = "policyctl-doctor"
-            await store.put(Record(Kind.DNS, key, "{}", None))
-            await store.delete(Kind.DNS, key)
+            await store.put(Record(Kind.ANSWER, key, "{}", None))
+            await store.delete(Kind.ANSWER, key)
         finally:
             await store.close()
     except StoreError as exc:

@@ -1,5 +1,8 @@
 """Change messages a fleet publishes on its Redis channel, and their JSON form.
 
+Messages, not records: nothing stores them, and their version is the channel's own
+(``policyd:v1:changes``); they share the document helpers of :mod:`policyd.codec.records`.
+
 One message says "this changed, read it again": an override of one destination key
 (set or deleted: the receiver reads the store to learn which), or a flush of one key or
 of everything. The message carries no values, so a lost or replayed message can never
@@ -9,9 +12,10 @@ install anything the store does not hold.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import Final
+
+from policyd.codec.records import bool_field, dump_document, load_document
 
 VERSION: Final = 1
 MAX_MESSAGE_CHARS: Final = 2048  # a destination key is at most a few hundred characters
@@ -41,31 +45,24 @@ class Change:
 
 
 def change_to_json(change: Change) -> str:
-    doc = {
-        "v": VERSION,
-        "kind": change.kind.value,
-        "key": change.key,
-        "origin": change.origin,
-        "mta_sts": change.mta_sts,
-    }
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    return dump_document(
+        {
+            "v": VERSION,
+            "kind": change.kind.value,
+            "key": change.key,
+            "origin": change.origin,
+            "mta_sts": change.mta_sts,
+        }
+    )
 
 
 def change_from_json(text: str) -> Change:
     """Raises ValueError on anything :func:`change_to_json` did not write."""
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise ValueError("change message too large")
-    try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise ValueError("change message nested too deeply") from None
-    if not isinstance(doc, dict) or doc.get("v") != VERSION:
-        raise ValueError("not a version 1 change message")
-    key, origin, mta_sts = doc.get("key"), doc.get("origin", ""), doc.get("mta_sts", True)
+    doc = load_document(text, "change message", MAX_MESSAGE_CHARS, version=VERSION)
+    key, origin = doc.get("key"), doc.get("origin", "")
     if key is not None and not isinstance(key, str):
         raise ValueError("change key must be a string or null")
     if not isinstance(origin, str):
         raise ValueError("change origin must be a string")
-    if not isinstance(mta_sts, bool):
-        raise ValueError("change mta_sts must be true or false")
+    mta_sts = bool_field(doc.get("mta_sts", True), "change mta_sts")
     return Change(ChangeKind(doc.get("kind")), key, origin, mta_sts)

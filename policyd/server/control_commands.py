@@ -30,13 +30,12 @@ from policyd.core.evidence import (
     ProbeState,
 )
 from policyd.core.profile import Profile
-from policyd.core.types import Outcome
+from policyd.core.report import ReportLimits, build_report
 from policyd.server.control_docs import (
     explain_doc,
     jsonable,
     override_doc,
-    parse_change,
-    probe_doc,
+    report_doc,
 )
 from policyd.service import PolicyService, level_text
 
@@ -332,60 +331,18 @@ class Commands:
         service = self._service
         now = self._clock()
         since = now - req.since
-        changes: list[JsonValue] = []
         await service.writes.flush()  # events still queued for the store count too
-        for at, key, text in (await service.store.events(since))[-MAX_REPORT_CHANGES:]:
-            change = parse_change(text)
-            if change is None:
-                continue
-            changes.append(
-                {
-                    "at": at,
-                    "destination": key,
-                    "profile": change.profile,
-                    "level": change.level,
-                    "previous": change.previous,
-                    "reason": change.reason,
-                }
-            )
-        levels: dict[str, dict[str, list[str]]] = {}
-        rules: dict[str, dict[str, int]] = {}
-        temp_now: list[JsonValue] = []
-        keys: set[str] = set()
-        for (profile, key), verdict in sorted(service.remembered().items()):
-            keys.add(key)
-            by_level = levels.setdefault(profile, {}).setdefault(level_text(verdict), [])
-            if len(by_level) < MAX_REPORT_NAMES:
-                by_level.append(key)
-            by_rule = rules.setdefault(profile, {})
-            by_rule[verdict.rule.value] = by_rule.get(verdict.rule.value, 0) + 1
-            if verdict.outcome is Outcome.TEMP and len(temp_now) < MAX_REPORT_NAMES:
-                temp_now.append({"destination": key, "profile": profile, "reason": verdict.reason})
-        held: list[JsonValue] = []
-        sts_failing: list[JsonValue] = []
-        for key in sorted(keys):
-            state = service.probe.cached(key)
-            if state is not None and state.pending is not None and len(held) < MAX_REPORT_NAMES:
-                held.append({"destination": key, **(probe_doc(state, now) or {})})
-            dest_name = key.partition(":")[0]
-            if dest_name.startswith(("[", ".")):
-                continue
-            sts = service.sts.cached(dest_name, now)
-            if sts.error and len(sts_failing) < MAX_REPORT_NAMES:
-                sts_failing.append(
-                    {"destination": key, "error": sts.error, "cached": sts.policy is not None}
-                )
-        return {
-            "since": since,
-            "now": now,
-            "dry_run": self._dry_run(),
-            "changes": changes,
-            "levels": jsonable(levels),
-            "rules": jsonable(rules),
-            "temp": {"answers": service.stats.temp, "destinations": temp_now},
-            "held": held,
-            "sts_failing": sts_failing,
-        }
+        report = build_report(
+            await service.store.events(since),
+            service.remembered(),
+            since=since,
+            now=now,
+            limits=ReportLimits(changes=MAX_REPORT_CHANGES, names=MAX_REPORT_NAMES),
+            level_of=level_text,
+            probe_of=service.probe.cached,
+            sts_of=lambda domain: service.sts.cached(domain, now),
+        )
+        return report_doc(report, temp_answers=service.stats.temp, dry_run=self._dry_run())
 
     def _dry_run(self) -> JsonValue:
         """Per dry-run profile: what Postfix would have been told instead of NOTFOUND,

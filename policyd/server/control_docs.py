@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from policyd.codec import postfix_policy
 from policyd.codec.control import JsonObject, JsonValue
@@ -23,6 +22,7 @@ from policyd.core.evidence import (
     ProbeState,
     StsEvidence,
 )
+from policyd.core.report import Report
 from policyd.core.types import Verdict
 from policyd.service import level_text, render_reply
 
@@ -178,28 +178,39 @@ def jsonable(value: object) -> JsonValue:
     return str(value)
 
 
-# -- level-change events -----------------------------------------------------------------
+# -- report -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One event text as PolicyService._log_change writes it:
-    ``level=L [profile=P] reason=TEXT [previous=L]``."""
-
-    level: str
-    profile: str
-    reason: str
-    previous: str | None
-
-
-def parse_change(text: str) -> Change | None:
-    head, sep, rest = text.partition(" reason=")
-    if not sep or not head.startswith("level="):
-        return None
-    words = dict(w.partition("=")[::2] for w in head.split())
-    reason, sep, previous = rest.rpartition(" previous=")
-    if not sep or " " in previous:
-        reason, previous = rest, ""
-    return Change(
-        words.get("level", "?"), words.get("profile", "postfix"), reason, previous or None
-    )
+def report_doc(report: Report, *, temp_answers: int, dry_run: JsonValue) -> JsonObject:
+    """``policyctl report --json``: ``temp_answers`` is the count of TEMP answers since
+    start, ``dry_run`` the dry-run profiles' section."""
+    now = report.now
+    return {
+        "since": report.since,
+        "now": now,
+        "dry_run": dry_run,
+        "changes": [
+            {
+                "at": e.at,
+                "destination": e.key,
+                "profile": e.profile,
+                "level": e.level,
+                "previous": e.previous,
+                "reason": e.reason,
+            }
+            for e in report.changes
+        ],
+        "levels": jsonable(report.levels),
+        "rules": {p: {r.value: n for r, n in by.items()} for p, by in report.rules.items()},
+        "temp": {
+            "answers": temp_answers,
+            "destinations": [
+                {"destination": t.key, "profile": t.profile, "reason": t.reason}
+                for t in report.temp
+            ],
+        },
+        "held": [{"destination": key, **(probe_doc(st, now) or {})} for key, st in report.held],
+        "sts_failing": [
+            {"destination": f.key, "error": f.error, "cached": f.cached} for f in report.sts_failing
+        ],
+    }

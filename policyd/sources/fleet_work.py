@@ -30,7 +30,7 @@ from typing import Final
 from policyd.adapters.claims import ClaimBusy, WorkClaims
 from policyd.adapters.https import FetchError
 from policyd.adapters.smtp_probe import MAX_ADDRESSES_PER_HOST
-from policyd.codec.probe_record import state_from_json, state_to_json
+from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeState, ProbeVerdict
 from policyd.core.names import fold
 from policyd.sources.probe import Prober, ProbeSettings
@@ -66,7 +66,9 @@ def claimed_prober(
         single = replace(mx, addresses=(address,))
 
         async def work() -> str:
-            return state_to_json(ProbeState(level=None, hosts=tuple(await prober(single, port))))
+            return probe_state_to_json(
+                ProbeState(level=None, hosts=tuple(await prober(single, port)))
+            )
 
         where = f"[{address}]:{port}"
         try:
@@ -77,7 +79,7 @@ def claimed_prober(
             detail = "not probed: another probe of this address is still running"
             return [ProbeHost(name, address, ProbeVerdict.UNREACHABLE, detail, probed_at=clock())]
         try:
-            return list(state_from_json(text).hosts)
+            return list(probe_state_from_json(text).hosts)
         except ValueError as exc:  # written by another (newer or broken) fleet member
             log.warning("%s: shared probe findings ignored: %s", where, exc)
             return await prober(single, port)

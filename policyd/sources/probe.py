@@ -25,7 +25,7 @@ from typing import Final
 from policyd.adapters.certverify import load_roots
 from policyd.adapters.smtp_probe import ProbeTimeouts, probe_host
 from policyd.adapters.store import Kind, Record, Store, StoreError
-from policyd.codec.probe_record import state_from_json, state_to_json
+from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import (
     SMTP_PORT,
     Destination,
@@ -192,7 +192,7 @@ class ProbeSource:
             if record.expires_at is not None and record.expires_at <= now:
                 continue
             try:
-                state = state_from_json(record.value)
+                state = probe_state_from_json(record.value)
             except ValueError as exc:
                 self._log.warning("%s: stored probe result ignored: %s", record.key, exc)
                 continue
@@ -335,7 +335,7 @@ class ProbeSource:
         self._failures[key] = 0 if reachable else self._failures.get(key, 0) + 1
         self._due[key] = now + self._interval(new, reachable, self._failures[key])
         self._report(key, new, held)
-        record = Record(Kind.PROBE, key, state_to_json(new), now + self.settings.retention)
+        record = Record(Kind.PROBE, key, probe_state_to_json(new), now + self.settings.retention)
         try:
             await self._store.put(record)
         except StoreError as exc:

@@ -32,7 +32,7 @@ from policyd.codec.mtasts import (
     discover,
     parse_policy,
 )
-from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.evidence import StsEvidence, StsMode, StsPolicy
 from policyd.core.names import fold
 from policyd.core.sts import describe_mx
@@ -112,7 +112,7 @@ class StsSource:
         loaded = 0
         for rec in await self._store.scan(Kind.STS):
             try:
-                policy = policy_from_json(rec.value)
+                policy = sts_policy_from_json(rec.value)
             except ValueError as exc:
                 self._log.warning("%s: ignoring unreadable mta-sts record: %s", rec.key, exc)
                 continue
@@ -409,7 +409,7 @@ class StsSource:
             if policy is None:
                 await self._store.delete(Kind.STS, domain)
             else:
-                record = Record(Kind.STS, domain, policy_to_json(policy), policy.expires_at)
+                record = Record(Kind.STS, domain, sts_policy_to_json(policy), policy.expires_at)
                 await self._store.put(record)
         except StoreError as exc:
             self._log.error("%s: mta-sts policy not saved: %s", domain, exc)

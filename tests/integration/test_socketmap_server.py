@@ -17,8 +17,8 @@ import pytest
 
 from policyd.adapters.store import Kind, Record
 from policyd.adapters.store_sqlite import SqliteStore
-from policyd.codec.override_record import override_to_json
 from policyd.codec.postfix_policy import parse
+from policyd.codec.records import override_to_json
 from policyd.core.evidence import Override
 from tests.daemon import Daemon, base_sections, postmap
 from tests.world.world import World

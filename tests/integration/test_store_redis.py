@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.adapters.store_redis import EVENTS_PAGE, SCAN_COUNT, RedisStore
+from tests.fakes import event
 
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
@@ -152,15 +153,15 @@ def rec(kind: Kind, key: str, value: str = '{"v": 1}', expires_at: float | None 
 
 async def test_satisfies_the_store_protocol(store: RedisStore) -> None:
     typed: Store = store  # mypy checks the structural match
-    assert await typed.get(Kind.DNS, "absent.example") is None
+    assert await typed.get(Kind.ANSWER, "absent.example") is None
 
 
 async def test_put_get_roundtrip(store: RedisStore) -> None:
     value = '{"name": "bücher.example",  "list": [1, 2.5, null],\n "t": "\\u00e9"}'
-    await store.put(rec(Kind.DNS, "a.example", value, 1_700_000_000.123456))
+    await store.put(rec(Kind.ANSWER, "a.example", value, 1_700_000_000.123456))
     await store.put(rec(Kind.OVERRIDE, "b.example", '"dane-only"', None))
-    assert await store.get(Kind.DNS, "a.example") == rec(
-        Kind.DNS, "a.example", value, 1_700_000_000.123456
+    assert await store.get(Kind.ANSWER, "a.example") == rec(
+        Kind.ANSWER, "a.example", value, 1_700_000_000.123456
     )
     assert await store.get(Kind.OVERRIDE, "b.example") == rec(
         Kind.OVERRIDE, "b.example", '"dane-only"', None
@@ -195,9 +196,9 @@ async def test_delete(store: RedisStore) -> None:
 async def test_scan_one_kind_across_many_pages(store: RedisStore) -> None:
     count = 3 * SCAN_COUNT + 7  # more than one HSCAN round trip
     for i in range(count):
-        await store.put(rec(Kind.DNS, f"d{i}.example", f'{{"i": {i}}}', float(i)))
+        await store.put(rec(Kind.ANSWER, f"d{i}.example", f'{{"i": {i}}}', float(i)))
     await store.put(rec(Kind.STS, "other.example"))
-    records = await store.scan(Kind.DNS)
+    records = await store.scan(Kind.ANSWER)
     assert len(records) == count
     assert {r.key: (r.value, r.expires_at) for r in records} == {
         f"d{i}.example": (f'{{"i": {i}}}', float(i)) for i in range(count)
@@ -252,10 +253,10 @@ async def test_flush_all_keeps_overrides(store: RedisStore) -> None:
 
 
 async def test_flush_leaves_the_event_log(store: RedisStore) -> None:
-    await store.append_event(1.0, "a.example", "dane -> dane-only")
+    await store.append_event(event(1.0, "a.example", "dane -> dane-only"))
     await store.flush(None)
     await store.flush("a.example")
-    assert await store.events(0.0) == [(1.0, "a.example", "dane -> dane-only")]
+    assert await store.events(0.0) == [event(1.0, "a.example", "dane -> dane-only")]
 
 
 # --- events --------------------------------------------------------------------------------
@@ -263,17 +264,17 @@ async def test_flush_leaves_the_event_log(store: RedisStore) -> None:
 
 async def test_events_in_append_order_with_since_filter(store: RedisStore) -> None:
     # Hosts' clocks differ: order is append order, `since` filters on `at`.
-    await store.append_event(30.0, "a.example", "first")
-    await store.append_event(10.0, "b.example", "second")
-    await store.append_event(20.5, "c.example", "third: ünïcode, spaces ")
+    await store.append_event(event(30.0, "a.example", "first"))
+    await store.append_event(event(10.0, "b.example", "second"))
+    await store.append_event(event(20.5, "c.example", "third: ünïcode, spaces "))
     assert await store.events(0.0) == [
-        (30.0, "a.example", "first"),
-        (10.0, "b.example", "second"),
-        (20.5, "c.example", "third: ünïcode, spaces "),
+        event(30.0, "a.example", "first"),
+        event(10.0, "b.example", "second"),
+        event(20.5, "c.example", "third: ünïcode, spaces "),
     ]
     assert await store.events(20.5) == [
-        (30.0, "a.example", "first"),
-        (20.5, "c.example", "third: ünïcode, spaces "),
+        event(30.0, "a.example", "first"),
+        event(20.5, "c.example", "third: ünïcode, spaces "),
     ]
     assert await store.events(31.0) == []
 
@@ -281,16 +282,32 @@ async def test_events_in_append_order_with_since_filter(store: RedisStore) -> No
 async def test_malformed_event_is_skipped(
     store: RedisStore, raw: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await store.append_event(1.0, "a.example", "first")
-    await raw.xadd(f"{prefix}event-log", {"at": "yesterday", "key": "x", "text": "y"})
-    await raw.xadd(f"{prefix}event-log", {"at": "nan", "key": "x", "text": "y"})
-    await store.append_event(2.0, "b.example", "second")
+    await store.append_event(event(1.0, "a.example", "first"))
+    await raw.xadd(f"{prefix}event-log", {"at": "1.5", "key": "x", "event": "y"})
+    await raw.xadd(f"{prefix}event-log", {"at": "nan", "key": "x", "event": '{"v": 1}'})
+    await store.append_event(event(2.0, "b.example", "second"))
     with caplog.at_level("WARNING"):
         assert await store.events(0.0) == [
-            (1.0, "a.example", "first"),
-            (2.0, "b.example", "second"),
+            event(1.0, "a.example", "first"),
+            event(2.0, "b.example", "second"),
         ]
-    assert "malformed event time 'yesterday'" in caplog.text
+    assert "2 events skipped: not an event of this version" in caplog.text
+
+
+async def test_events_of_the_previous_text_format_are_skipped_and_counted(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stream written by the previous version: at / key / text, the event as one line
+    # that cannot be read back safely (D3). Report goes on without those entries.
+    stream = f"{prefix}event-log"
+    await raw.xadd(stream, {"at": "1.0", "key": "a.example", "text": "level=dane-only reason=r"})
+    await raw.xadd(
+        stream, {"at": "2.0", "key": "a.example", "text": "level=encrypt reason=r previous=dane"}
+    )
+    await store.append_event(event(3.0, "b.example", "new"))
+    with caplog.at_level("WARNING"):
+        assert await store.events(0.0) == [event(3.0, "b.example", "new")]
+    assert "2 events skipped" in caplog.text
 
 
 async def test_events_empty(store: RedisStore) -> None:
@@ -301,8 +318,8 @@ async def test_events_bounded(server: RedisServer, prefix: str) -> None:
     s = await RedisStore.open(server.url, prefix=prefix, max_events=5)
     try:
         for i in range(12):
-            await s.append_event(float(i), f"k{i}", f"e{i}")
-        assert await s.events(0.0) == [(float(i), f"k{i}", f"e{i}") for i in range(7, 12)]
+            await s.append_event(event(float(i), f"k{i}", f"e{i}"))
+        assert await s.events(0.0) == [event(float(i), f"k{i}", f"e{i}") for i in range(7, 12)]
     finally:
         await s.close()
 
@@ -310,9 +327,9 @@ async def test_events_bounded(server: RedisServer, prefix: str) -> None:
 async def test_events_across_many_pages(store: RedisStore) -> None:
     count = 2 * EVENTS_PAGE + 3  # more than one XRANGE round trip, and an exact multiple + 3
     for i in range(count):
-        await store.append_event(float(i), "k", str(i))
+        await store.append_event(event(float(i), "k", str(i)))
     got = await store.events(0.0)
-    assert [t for _, _, t in got] == [str(i) for i in range(count)]
+    assert [e.reason for e in got] == [str(i) for i in range(count)]
     assert len(await store.events(float(EVENTS_PAGE))) == count - EVENTS_PAGE
 
 
@@ -323,24 +340,26 @@ async def test_two_stores_see_each_others_writes(server: RedisServer, prefix: st
     one = await RedisStore.open(server.url, prefix=prefix)
     two = await RedisStore.open(server.url, prefix=prefix)
     try:
-        await one.put(rec(Kind.DNS, "a.example", '"from one"'))
+        await one.put(rec(Kind.ANSWER, "a.example", '"from one"'))
         await two.put(rec(Kind.OVERRIDE, "a.example", '"from two"'))
-        assert await two.get(Kind.DNS, "a.example") == rec(Kind.DNS, "a.example", '"from one"')
+        assert await two.get(Kind.ANSWER, "a.example") == rec(
+            Kind.ANSWER, "a.example", '"from one"'
+        )
         assert await one.get(Kind.OVERRIDE, "a.example") == rec(
             Kind.OVERRIDE, "a.example", '"from two"'
         )
-        await one.append_event(1.0, "a.example", "one")
-        await two.append_event(2.0, "a.example", "two")
+        await one.append_event(event(1.0, "a.example", "one"))
+        await two.append_event(event(2.0, "a.example", "two"))
         assert (
             await one.events(0.0)
             == await two.events(0.0)
             == [
-                (1.0, "a.example", "one"),
-                (2.0, "a.example", "two"),
+                event(1.0, "a.example", "one"),
+                event(2.0, "a.example", "two"),
             ]
         )
         assert await two.flush(None) == 1
-        assert await one.get(Kind.DNS, "a.example") is None
+        assert await one.get(Kind.ANSWER, "a.example") is None
         assert await one.get(Kind.OVERRIDE, "a.example") is not None
     finally:
         await one.close()
@@ -351,20 +370,20 @@ async def test_prefixes_are_separate(server: RedisServer, prefix: str) -> None:
     one = await RedisStore.open(server.url, prefix=prefix + "one:")
     two = await RedisStore.open(server.url, prefix=prefix + "two:")
     try:
-        await one.put(rec(Kind.DNS, "a.example"))
-        await one.append_event(1.0, "a.example", "one")
-        assert await two.get(Kind.DNS, "a.example") is None
+        await one.put(rec(Kind.ANSWER, "a.example"))
+        await one.append_event(event(1.0, "a.example", "one"))
+        assert await two.get(Kind.ANSWER, "a.example") is None
         assert await two.events(0.0) == []
         assert await two.flush(None) == 0
-        assert await one.get(Kind.DNS, "a.example") is not None
+        assert await one.get(Kind.ANSWER, "a.example") is not None
     finally:
         await one.close()
         await two.close()
 
 
 async def test_concurrent_calls_on_one_store(store: RedisStore) -> None:
-    await asyncio.gather(*(store.put(rec(Kind.DNS, f"c{i}.example")) for i in range(50)))
-    results = await asyncio.gather(*(store.get(Kind.DNS, f"c{i}.example") for i in range(50)))
+    await asyncio.gather(*(store.put(rec(Kind.ANSWER, f"c{i}.example")) for i in range(50)))
+    results = await asyncio.gather(*(store.get(Kind.ANSWER, f"c{i}.example") for i in range(50)))
     assert all(r is not None for r in results)
 
 
@@ -373,25 +392,25 @@ async def test_concurrent_calls_on_one_store(store: RedisStore) -> None:
 
 async def test_layout_and_no_redis_ttl(store: RedisStore, raw: aioredis.Redis, prefix: str) -> None:
     await store.put(rec(Kind.OVERRIDE, "a.example", '"secure"', 1.0))  # long expired
-    await store.put(rec(Kind.DNS, "a.example", '{"x": 1}', 2.0))
-    await store.append_event(3.0, "a.example", "t")
+    await store.put(rec(Kind.ANSWER, "a.example", '{"x": 1}', 2.0))
+    await store.append_event(event(3.0, "a.example", "t"))
     assert await raw.get(f"{prefix}schema") == "1"
     assert await raw.type(f"{prefix}override") == "hash"
     assert await raw.type(f"{prefix}event-log") == "stream"
-    assert await raw.hget(f"{prefix}dns", "a.example") == (
+    assert await raw.hget(f"{prefix}answer", "a.example") == (
         '{"value": "{\\"x\\": 1}", "expires_at": 2.0}'
     )
     # Redis never expires anything: overrides above all stay until policyd removes them.
-    for name in ("schema", "override", "dns", "event-log"):
+    for name in ("schema", "override", "answer", "event-log"):
         assert await raw.ttl(f"{prefix}{name}") == -1
 
 
 async def test_malformed_record_is_a_store_error_on_get(
     store: RedisStore, raw: aioredis.Redis, prefix: str
 ) -> None:
-    await raw.hset(f"{prefix}dns", "bad.example", "not json")
+    await raw.hset(f"{prefix}answer", "bad.example", "not json")
     with pytest.raises(StoreError, match="malformed"):
-        await store.get(Kind.DNS, "bad.example")
+        await store.get(Kind.ANSWER, "bad.example")
 
 
 async def test_scan_skips_malformed_fields_with_a_log_line(
@@ -501,12 +520,12 @@ async def test_killed_server_is_a_store_error_not_a_hang(own_server: RedisServer
         own_server.url, connect_timeout=SHORT_TIMEOUT, command_timeout=SHORT_TIMEOUT
     )
     try:
-        await s.put(rec(Kind.DNS, "a.example"))
+        await s.put(rec(Kind.ANSWER, "a.example"))
         own_server.stop()
         started = time.monotonic()
         async with asyncio.timeout(FAILURE_BOUND):
             with pytest.raises(StoreError):
-                await s.get(Kind.DNS, "a.example")
+                await s.get(Kind.ANSWER, "a.example")
             with pytest.raises(StoreError):
                 await s.events(0.0)
         assert time.monotonic() - started < FAILURE_BOUND
@@ -521,7 +540,7 @@ async def test_stuck_server_is_a_store_error_within_the_command_timeout(
         own_server.url, connect_timeout=SHORT_TIMEOUT, command_timeout=SHORT_TIMEOUT
     )
     try:
-        await s.put(rec(Kind.DNS, "a.example"))
+        await s.put(rec(Kind.ANSWER, "a.example"))
         own_server.pause()  # accepts connections (kernel backlog), never answers
         started = time.monotonic()
         async with asyncio.timeout(FAILURE_BOUND):
@@ -541,9 +560,9 @@ async def test_close_is_idempotent_and_final(server: RedisServer, prefix: str) -
     await s.close()
     await s.close()
     with pytest.raises(StoreError, match="closed"):
-        await s.get(Kind.DNS, "a.example")
+        await s.get(Kind.ANSWER, "a.example")
     with pytest.raises(StoreError, match="closed"):
-        await s.append_event(1.0, "a.example", "x")
+        await s.append_event(event(1.0, "a.example", "x"))
 
 
 async def test_close_after_the_server_died(own_server: RedisServer) -> None:

@@ -22,7 +22,7 @@ from policyd.service import PolicyService
 from policyd.sources import probe as probe_module
 from policyd.sources.probe import ProbeSettings, ProbeSource
 from policyd.sources.sts import StsSource
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, event
 
 
 class FlakyStore(MemoryStore):
@@ -161,11 +161,11 @@ async def test_counted_store_passes_batches_and_expiry_through(tmp_path: Path) -
     inner = await SqliteStore.open(f"sqlite://{tmp_path / 'p.db'}")
     store = CountedStore(inner)
     assert isinstance(store, BatchStore) and isinstance(store, ExpiringStore)
-    await store.write_batch([Record(Kind.PROBE, "old.example", "{}", 1.0)], [(1.0, "k", "x")])
-    assert await store.events(0.0) == [(1.0, "k", "x")]
+    await store.write_batch([Record(Kind.PROBE, "old.example", "{}", 1.0)], [event(1.0, "k")])
+    assert await store.events(0.0) == [event(1.0, "k")]
     assert await store.delete_expired(2.0) == 1
     await store.close()
     memory = CountedStore(MemoryStore())  # no batch, no expiry of its own
-    await memory.write_batch([Record(Kind.PROBE, "a", "{}", 1.0)], [(1.0, "a", "x")])
+    await memory.write_batch([Record(Kind.PROBE, "a", "{}", 1.0)], [event(1.0, "a")])
     assert await memory.get(Kind.PROBE, "a") is not None
     assert await memory.delete_expired(2.0) == 0

@@ -21,6 +21,7 @@ from policyd.cli.policyctl_render import status as render_status
 from policyd.codec.control import JsonValue
 from policyd.codec.fleet import Change, ChangeKind, change_from_json, change_to_json
 from policyd.codec.postfix_policy import parse
+from policyd.core.event import Event
 from policyd.core.evidence import (
     DnsStatus,
     MxHost,
@@ -301,10 +302,10 @@ class MemoryStore:
             del self.records[k]
         return len(doomed)
 
-    async def append_event(self, at: float, key: str, text: str) -> None:
+    async def append_event(self, event: Event) -> None:
         pass
 
-    async def events(self, since: float) -> list[tuple[float, str, str]]:
+    async def events(self, since: float) -> list[Event]:
         return []
 
     async def close(self) -> None:

@@ -123,8 +123,8 @@ class BrokenStore(MemoryStore):
 async def test_counted_store_counts_errors() -> None:
     store = CountedStore(BrokenStore())
     with pytest.raises(StoreError):
-        await store.put(Record(Kind.DNS, "k", "{}", None))
-    assert await store.get(Kind.DNS, "k") is None
+        await store.put(Record(Kind.PROBE, "k", "{}", None))
+    assert await store.get(Kind.PROBE, "k") is None
     assert store.errors == 1
 
 

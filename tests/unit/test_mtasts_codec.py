@@ -24,7 +24,7 @@ from policyd.codec.mtasts import (
     parse_record,
     parse_txt,
 )
-from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.evidence import MAX_MX_PATTERNS, StsMode, StsPolicy
 
 GOOD = b"version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 604800\n"
@@ -472,9 +472,9 @@ def test_fuzz_txt_structured(tail: str) -> None:
 
 def test_record_round_trip() -> None:
     policy = StsPolicy(StsMode.TESTING, ("mx.example.com", "*.example.net"), 86400, "id1", 12.5)
-    assert policy_from_json(policy_to_json(policy)) == policy
+    assert sts_policy_from_json(sts_policy_to_json(policy)) == policy
     none = StsPolicy(StsMode.NONE, (), 0, "z", 0.0)
-    assert policy_from_json(policy_to_json(none)) == none
+    assert sts_policy_from_json(sts_policy_to_json(none)) == none
 
 
 def _doc(**changes: object) -> str:
@@ -520,13 +520,13 @@ def _doc(**changes: object) -> str:
 )
 def test_record_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        policy_from_json(text)
+        sts_policy_from_json(text)
 
 
 @given(st.text(max_size=300))
 def test_fuzz_record_only_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):
-        policy_from_json(text)
+        sts_policy_from_json(text)
 
 
 def test_policy_leading_byte_order_mark_dropped() -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyd.codec.override_record import override_from_json, override_to_json
 from policyd.codec.postfix_policy import parse
+from policyd.codec.records import override_from_json, override_to_json
 from policyd.core.evidence import Override
 
 OVERRIDE = Override(

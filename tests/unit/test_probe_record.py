@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyd.codec.probe_record import state_from_json, state_to_json
+from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import ProbeHost, ProbeLevel, ProbeState, ProbeVerdict
 
 HOST = ProbeHost(
@@ -35,7 +35,7 @@ STATE = ProbeState(
 
 
 def test_round_trip() -> None:
-    assert state_from_json(state_to_json(STATE)) == STATE
+    assert probe_state_from_json(probe_state_to_json(STATE)) == STATE
 
 
 def test_round_trip_held_names() -> None:
@@ -48,22 +48,22 @@ def test_round_trip_held_names() -> None:
         pending_count=1,
         pending_since=5.0,
     )
-    assert state_from_json(state_to_json(held)) == held
+    assert probe_state_from_json(probe_state_to_json(held)) == held
 
 
 def test_record_without_pending_names_loads() -> None:
     doc = _doc()
     del doc["pending_names"]  # written before the field existed
-    assert state_from_json(json.dumps(doc)) == STATE
+    assert probe_state_from_json(json.dumps(doc)) == STATE
 
 
 def test_round_trip_empty_state() -> None:
     empty = ProbeState(level=None)
-    assert state_from_json(state_to_json(empty)) == empty
+    assert probe_state_from_json(probe_state_to_json(empty)) == empty
 
 
 def _doc() -> dict[str, object]:
-    doc = json.loads(state_to_json(STATE))
+    doc = json.loads(probe_state_to_json(STATE))
     assert isinstance(doc, dict)
     return doc
 
@@ -102,7 +102,7 @@ def test_rejects_bad_fields(field: str, value: object) -> None:
     doc = _doc()
     doc[field] = value
     with pytest.raises(ValueError):
-        state_from_json(json.dumps(doc))
+        probe_state_from_json(json.dumps(doc))
 
 
 def test_rejects_unknown_verdict() -> None:
@@ -111,7 +111,7 @@ def test_rejects_unknown_verdict() -> None:
     assert isinstance(hosts, list)
     hosts[0]["verdict"] = "great"
     with pytest.raises(ValueError):
-        state_from_json(json.dumps(doc))
+        probe_state_from_json(json.dumps(doc))
 
 
 def test_rejects_huge_integer_in_a_host_time() -> None:
@@ -120,18 +120,18 @@ def test_rejects_huge_integer_in_a_host_time() -> None:
     assert isinstance(hosts, list)
     hosts[0]["probed_at"] = 10**400
     with pytest.raises(ValueError, match="out of range"):
-        state_from_json(json.dumps(doc))
+        probe_state_from_json(json.dumps(doc))
 
 
 def test_rejects_deep_nesting() -> None:
     with pytest.raises(ValueError, match="nested"):
-        state_from_json("[" * 100_000)
+        probe_state_from_json("[" * 100_000)
 
 
 @pytest.mark.parametrize("text", ["", "null", "[]", "{", '{"v": 1}', "1e999", "NaN"])
 def test_rejects_non_documents(text: str) -> None:
     with pytest.raises(ValueError):
-        state_from_json(text)
+        probe_state_from_json(text)
 
 
 def test_rejects_nan_time() -> None:
@@ -140,13 +140,13 @@ def test_rejects_nan_time() -> None:
     text = json.dumps(doc)
     assert "NaN" in text
     with pytest.raises(ValueError, match="finite"):
-        state_from_json(text)
+        probe_state_from_json(text)
 
 
 @given(st.text(max_size=300))
 def test_only_value_error_escapes(text: str) -> None:
     with contextlib.suppress(ValueError):
-        state_from_json(text)
+        probe_state_from_json(text)
 
 
 _json = st.recursive(
@@ -166,7 +166,7 @@ def test_only_value_error_escapes_for_json_objects(patch: dict[str, object]) -> 
     doc = _doc()
     doc.update(patch)
     with contextlib.suppress(ValueError):
-        state_from_json(json.dumps(doc))
+        probe_state_from_json(json.dumps(doc))
 
 
 _hosts = st.builds(
@@ -196,14 +196,14 @@ _levels = st.none() | st.sampled_from(ProbeLevel)
     )
 )
 def test_round_trip_property(state: ProbeState) -> None:
-    assert state_from_json(state_to_json(state)) == state
+    assert probe_state_from_json(probe_state_to_json(state)) == state
 
 
 def test_stored_detail_with_control_characters_loads_escaped() -> None:
     """Security review L3: a record written before details were escaped (or by another
     fleet member) cannot bring terminal control sequences back into policyctl explain."""
-    doc = json.loads(state_to_json(STATE))
+    doc = json.loads(probe_state_to_json(STATE))
     doc["hosts"][0]["detail"] = "554 \x1b]52;c;cHduZWQ=\x07"
-    loaded = state_from_json(json.dumps(doc))
+    loaded = probe_state_from_json(json.dumps(doc))
     assert loaded.hosts[0].detail == "554 \\x1b]52;c;cHduZWQ=\\x07"
-    assert state_from_json(state_to_json(loaded)) == loaded
+    assert probe_state_from_json(probe_state_to_json(loaded)) == loaded

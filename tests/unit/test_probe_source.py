@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from policyd.adapters.store import Kind, Record, StoreError
-from policyd.codec.probe_record import state_to_json
+from policyd.codec.records import probe_state_to_json
 from policyd.core.evidence import (
     Destination,
     DestinationForm,
@@ -402,7 +402,7 @@ async def test_persisted_and_loaded() -> None:
     assert record.expires_at == T0 + SETTINGS.retention
 
     # Also in the store: an expired result and a corrupt one.
-    await w.store.put(Record(Kind.PROBE, "old.test", state_to_json(state), T0 - 1))
+    await w.store.put(Record(Kind.PROBE, "old.test", probe_state_to_json(state), T0 - 1))
     await w.store.put(Record(Kind.PROBE, "bad.test", "{not json", None))
 
     again = ProbeSource(w.store, FakeProber(), SETTINGS, clock=w.clock)

@@ -12,12 +12,13 @@ import pytest
 from policyd.adapters import store_sqlite
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import SCHEMA_VERSION, SqliteStore, path_from_url
-from policyd.codec.probe_record import state_to_json
+from policyd.codec.records import probe_state_to_json
+from policyd.core.event import Event
 from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.service import PolicyService
 from policyd.sources.probe import ProbeSettings, ProbeSource
-from tests.fakes import FakeDane, FakeProbe, FakeSts
+from tests.fakes import FakeDane, FakeProbe, FakeSts, event
 from tests.unit.test_probe_source import FakeProber
 
 
@@ -61,13 +62,13 @@ def test_path_from_url_errors(u: str) -> None:
 
 
 async def test_put_get_replace(store: SqliteStore) -> None:
-    assert await store.get(Kind.DNS, "example.com") is None
-    r = rec(Kind.DNS, "example.com")
+    assert await store.get(Kind.ANSWER, "example.com") is None
+    r = rec(Kind.ANSWER, "example.com")
     await store.put(r)
-    assert await store.get(Kind.DNS, "example.com") == r
-    r2 = rec(Kind.DNS, "example.com", '{"v": 2}', None)
+    assert await store.get(Kind.ANSWER, "example.com") == r
+    r2 = rec(Kind.ANSWER, "example.com", '{"v": 2}', None)
     await store.put(r2)
-    assert await store.get(Kind.DNS, "example.com") == r2
+    assert await store.get(Kind.ANSWER, "example.com") == r2
 
 
 async def test_kinds_are_separate_namespaces(store: SqliteStore) -> None:
@@ -95,7 +96,7 @@ async def test_delete(store: SqliteStore) -> None:
 async def test_scan_includes_expired(store: SqliteStore) -> None:
     await store.put(rec(Kind.PROBE, "a", expires=1.0))
     await store.put(rec(Kind.PROBE, "b", expires=None))
-    await store.put(rec(Kind.DNS, "c"))
+    await store.put(rec(Kind.ANSWER, "c"))
     got = sorted(await store.scan(Kind.PROBE), key=lambda r: r.key)
     assert got == [rec(Kind.PROBE, "a", expires=1.0), rec(Kind.PROBE, "b", expires=None)]
     assert await store.scan(Kind.STS) == []
@@ -118,8 +119,8 @@ async def test_flush_one_key_keeps_overrides_and_others(store: SqliteStore) -> N
         await store.put(rec(kind, "b"))
     assert await store.flush("a") == len(Kind) - 1
     assert await store.get(Kind.OVERRIDE, "a") is not None
-    assert await store.get(Kind.DNS, "a") is None
-    assert await store.get(Kind.DNS, "b") is not None
+    assert await store.get(Kind.ANSWER, "a") is None
+    assert await store.get(Kind.ANSWER, "b") is not None
     assert await store.flush("a") == 0
     assert await store.flush("missing") == 0
 
@@ -128,17 +129,17 @@ async def test_flush_one_key_keeps_overrides_and_others(store: SqliteStore) -> N
 
 
 async def test_events_in_order_since(store: SqliteStore) -> None:
-    await store.append_event(30.0, "c", "third by time, first inserted")
-    await store.append_event(10.0, "a", "dane -> may")
-    await store.append_event(20.0, "b", "encrypt -> verify")
+    await store.append_event(event(30.0, "c", "third by time, first inserted"))
+    await store.append_event(event(10.0, "a", "dane -> may"))
+    await store.append_event(event(20.0, "b", "encrypt -> verify"))
     assert await store.events(0.0) == [
-        (30.0, "c", "third by time, first inserted"),
-        (10.0, "a", "dane -> may"),
-        (20.0, "b", "encrypt -> verify"),
+        event(30.0, "c", "third by time, first inserted"),
+        event(10.0, "a", "dane -> may"),
+        event(20.0, "b", "encrypt -> verify"),
     ]
     assert await store.events(20.0) == [
-        (30.0, "c", "third by time, first inserted"),
-        (20.0, "b", "encrypt -> verify"),
+        event(30.0, "c", "third by time, first inserted"),
+        event(20.0, "b", "encrypt -> verify"),
     ]
     assert await store.events(31.0) == []
 
@@ -146,9 +147,9 @@ async def test_events_in_order_since(store: SqliteStore) -> None:
 async def test_events_pruned(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_sqlite, "MAX_EVENTS", 10)
     for i in range(1, 1001):
-        await store.append_event(float(i), "k", str(i))
+        await store.append_event(event(float(i), "k", str(i)))
     got = await store.events(0.0)
-    assert [t for _, _, t in got] == [str(i) for i in range(991, 1001)]
+    assert [e.reason for e in got] == [str(i) for i in range(991, 1001)]
 
 
 # --- persistence, schema, damaged files ---------------------------------------------------
@@ -158,11 +159,11 @@ async def test_reopen_keeps_data(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "dir" / "policyd.db"  # parent directories are created
     s = await SqliteStore.open(url(db))
     await s.put(rec(Kind.OVERRIDE, "example.com"))
-    await s.append_event(1.0, "example.com", "x")
+    await s.append_event(event(1.0, "example.com", "x"))
     await s.close()
     s = await SqliteStore.open(url(db))
     assert await s.get(Kind.OVERRIDE, "example.com") == rec(Kind.OVERRIDE, "example.com")
-    assert await s.events(0.0) == [(1.0, "example.com", "x")]
+    assert await s.events(0.0) == [event(1.0, "example.com", "x")]
     await s.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -172,8 +173,8 @@ async def test_reopen_keeps_data(tmp_path: Path) -> None:
 
 async def test_memory_store() -> None:
     s = await SqliteStore.open("sqlite://:memory:")
-    await s.put(rec(Kind.DNS, "a"))
-    assert await s.get(Kind.DNS, "a") == rec(Kind.DNS, "a")
+    await s.put(rec(Kind.ANSWER, "a"))
+    assert await s.get(Kind.ANSWER, "a") == rec(Kind.ANSWER, "a")
     await s.close()
 
 
@@ -184,7 +185,7 @@ async def test_migrates_from_version_zero(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     s = await SqliteStore.open(url(db))
-    await s.put(rec(Kind.DNS, "a"))
+    await s.put(rec(Kind.ANSWER, "a"))
     await s.close()
     conn = sqlite3.connect(db)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -282,7 +283,7 @@ async def test_use_after_close_is_store_error(tmp_path: Path) -> None:
     s = await SqliteStore.open(url(tmp_path / "p.db"))
     await s.close()
     with pytest.raises(StoreError):
-        await s.get(Kind.DNS, "a")
+        await s.get(Kind.ANSWER, "a")
 
 
 async def test_close_twice(tmp_path: Path) -> None:
@@ -303,9 +304,9 @@ async def test_write_to_a_read_only_database_is_a_store_error(store: SqliteStore
     with pytest.raises(StoreError, match="readonly"):
         await store.put(rec(Kind.STS, "a.example"))
     with pytest.raises(StoreError):
-        await store.append_event(1.0, "a.example", "x")
+        await store.append_event(event(1.0, "a.example", "x"))
     with pytest.raises(StoreError):
-        await store.write_batch([rec(Kind.STS, "a.example")], [(1.0, "a", "x")])
+        await store.write_batch([rec(Kind.STS, "a.example")], [event(1.0, "a", "x")])
     with pytest.raises(StoreError):
         await store.delete_expired(1000.0)
 
@@ -334,14 +335,17 @@ async def test_damaged_file_after_open_is_a_store_error(tmp_path: Path) -> None:
 async def test_write_batch_is_one_transaction(store: SqliteStore) -> None:
     await store.write_batch(
         [rec(Kind.ANSWER, "a.example"), rec(Kind.ANSWER, "b.example")],
-        [(1.0, "a.example", "one"), (2.0, "b.example", "two")],
+        [event(1.0, "a.example", "one"), event(2.0, "b.example", "two")],
     )
     assert {r.key for r in await store.scan(Kind.ANSWER)} == {"a.example", "b.example"}
-    assert await store.events(0.0) == [(1.0, "a.example", "one"), (2.0, "b.example", "two")]
+    assert await store.events(0.0) == [
+        event(1.0, "a.example", "one"),
+        event(2.0, "b.example", "two"),
+    ]
     # a failing batch leaves nothing behind: the second row violates NOT NULL
     bad = Record(Kind.ANSWER, "c.example", None, 1.0)  # type: ignore[arg-type]
     with pytest.raises(StoreError):
-        await store.write_batch([rec(Kind.ANSWER, "d.example"), bad], [(3.0, "d", "x")])
+        await store.write_batch([rec(Kind.ANSWER, "d.example"), bad], [event(3.0, "d", "x")])
     assert {r.key for r in await store.scan(Kind.ANSWER)} == {"a.example", "b.example"}
     assert len(await store.events(0.0)) == 2
 
@@ -351,7 +355,7 @@ async def test_write_batch_keeps_the_event_log_bounded(
 ) -> None:
     monkeypatch.setattr(store_sqlite, "MAX_EVENTS", 10)
     for batch in range(5):
-        await store.write_batch([], [(float(batch * 10 + i), "k", "e") for i in range(10)])
+        await store.write_batch([], [event(float(batch * 10 + i), "k", "e") for i in range(10)])
     assert len(await store.events(0.0)) == 10
 
 
@@ -395,17 +399,63 @@ async def test_malformed_rows_are_skipped_with_a_log_line(
         await s.close()
 
 
-async def test_malformed_event_rows_are_skipped(tmp_path: Path) -> None:
+async def _edited(tmp_path: Path, first: Event, *sql: str) -> SqliteStore:
+    """A store holding ``first``, then changed behind its back (a hand edit, a damaged row,
+    rows of an earlier version) by ``sql``, and opened again."""
     db = tmp_path / "policyd.db"
     s = await SqliteStore.open(url(db))
-    await s.append_event(1.0, "a.example", "first")
+    await s.append_event(first)
     await s.close()
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')")
+        for statement in sql:
+            conn.execute(statement)
     conn.close()
-    s = await SqliteStore.open(url(db))
+    return await SqliteStore.open(url(db))
+
+
+async def test_malformed_event_rows_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = await _edited(
+        tmp_path,
+        event(1.0, "a.example", "first"),
+        "INSERT INTO events (at, key, text) VALUES ('yesterday', 'x', 'y')",
+        "INSERT INTO events (at, key, text) VALUES (2.0, 'x', x'00ff')",
+    )
     try:
-        assert await s.events(0.0) == [(1.0, "a.example", "first")]
+        with caplog.at_level("WARNING"):
+            assert await s.events(0.0) == [event(1.0, "a.example", "first")]
+        assert "2 events skipped: not an event of this version" in caplog.text
+    finally:
+        await s.close()
+
+
+async def test_events_of_the_previous_text_format_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A database written by the previous version keeps its event rows as one line of text,
+    # which cannot be read back safely (D3): report goes on without them.
+    s = await _edited(
+        tmp_path,
+        event(3.0, "b.example", "new"),
+        "INSERT INTO events (at, key, text) VALUES"
+        " (1.0, 'a.example', 'level=dane-only reason=dane: usable TLSA'),"
+        " (2.0, 'a.example', 'level=encrypt reason=probe: encrypt previous=dane-only')",
+    )
+    try:
+        with caplog.at_level("WARNING"):
+            assert await s.events(0.0) == [event(3.0, "b.example", "new")]
+        assert "2 events skipped: not an event of this version" in caplog.text
+    finally:
+        await s.close()
+
+
+async def test_event_column_at_disagreeing_with_its_event(tmp_path: Path) -> None:
+    # "tomorrow" sorts after every number: the event's own time decides.
+    s = await _edited(tmp_path, event(1.0, "a.example", "old"), "UPDATE events SET at = 'tomorrow'")
+    try:
+        assert await s.events(0.0) == [event(1.0, "a.example", "old")]
+        assert await s.events(2.0) == []
     finally:
         await s.close()
 
@@ -416,7 +466,7 @@ async def test_start_up_loaders_skip_records_that_do_not_parse(
     # A 400-digit JSON integer raised OverflowError, which the loaders did not catch: the
     # daemon exited at start (and with Redis, every host of the fleet did).
     huge = "1" + "0" * 400
-    good = state_to_json(ProbeState(ProbeLevel.VERIFY, probed_at=1.0))
+    good = probe_state_to_json(ProbeState(ProbeLevel.VERIFY, probed_at=1.0))
     await store.put(rec(Kind.PROBE, "good.example", good, None))
     await store.put(
         rec(

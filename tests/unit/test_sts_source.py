@@ -16,7 +16,7 @@ from policyd.adapters.dns import DnsAnswer
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
-from policyd.codec.sts_record import policy_from_json, policy_to_json
+from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
 from policyd.sources.sts import StsSettings, StsSource
 from tests import fakes
@@ -167,7 +167,7 @@ async def test_cold_fetch_within_budget(w: World, caplog: pytest.LogCaptureFixtu
     assert w.txt.names == ["_mta-sts.example.com"]
     rec = w.store.records[(Kind.STS, DOMAIN)]
     assert rec.expires_at == T0 + 604800
-    assert policy_from_json(rec.value) == ev.policy
+    assert sts_policy_from_json(rec.value) == ev.policy
     assert w.changes == [DOMAIN]
     assert (
         "example.com: mta-sts policy id=id1 mode=enforce mx=mx.example.com max_age=604800"
@@ -509,7 +509,7 @@ async def test_id_change_refetches(w: World, caplog: pytest.LogCaptureFixture) -
     await w.source.wait_idle()
     new = w.source.cached(DOMAIN, w.clock.now).policy
     assert new is not None and (new.policy_id, new.mx) == ("id2", ("*.example.net",))
-    assert policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value) == new
+    assert sts_policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value) == new
     assert w.changes == [DOMAIN, DOMAIN]
     assert (
         "example.com: mta-sts policy id=id2 mode=enforce mx=*.example.net max_age=86400"
@@ -571,7 +571,7 @@ async def test_testing_mode_cached_as_testing(w: World) -> None:
     publish(w, body=policy_body(mode="testing"))
     ev = await w.source.evidence(DOMAIN)
     assert ev.policy is not None and ev.policy.mode is StsMode.TESTING
-    assert policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value).mode is StsMode.TESTING
+    assert sts_policy_from_json(w.store.records[(Kind.STS, DOMAIN)].value).mode is StsMode.TESTING
 
 
 async def test_max_age_expiry(w: World) -> None:
@@ -642,7 +642,7 @@ async def test_load_after_restart(w: World) -> None:
     w.store.records[(Kind.STS, "old.example")] = Record(
         Kind.STS,
         "old.example",
-        policy_to_json(StsPolicy(StsMode.ENFORCE, ("mx.old.example",), 10, "x", T0 - 100)),
+        sts_policy_to_json(StsPolicy(StsMode.ENFORCE, ("mx.old.example",), 10, "x", T0 - 100)),
         T0 - 90,
     )
     w.store.records[(Kind.STS, "junk.example")] = Record(Kind.STS, "junk.example", "{", None)

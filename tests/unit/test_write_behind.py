@@ -12,7 +12,8 @@ import pytest
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.adapters.write_behind import WriteBehind
-from tests.fakes import MemoryStore
+from policyd.core.event import Event
+from tests.fakes import MemoryStore, event
 
 
 def rec(key: str, value: str = "{}") -> Record:
@@ -25,9 +26,7 @@ class CountingStore(MemoryStore):
         self.batches = 0
         self.fail = 0
 
-    async def write_batch(
-        self, records: Sequence[Record], events: Sequence[tuple[float, str, str]]
-    ) -> None:
+    async def write_batch(self, records: Sequence[Record], events: Sequence[Event]) -> None:
         if self.fail:
             self.fail -= 1
             raise StoreError("disk full")
@@ -35,19 +34,19 @@ class CountingStore(MemoryStore):
         for r in records:
             await self.put(r)
         for e in events:
-            await self.append_event(*e)
+            await self.append_event(e)
 
 
 async def test_nothing_is_written_until_the_batch() -> None:
     store = CountingStore()
     w = WriteBehind(store)
     w.put(rec("a"))
-    w.event(1.0, "a", "x")
+    w.event(event(1.0, "a", "x"))
     assert store.records == {} and store.event_log == []
     await w.flush()
     assert store.batches == 1
     assert set(store.records) == {(Kind.ANSWER, "a")}
-    assert store.event_log == [(1.0, "a", "x")]
+    assert store.event_log == [event(1.0, "a", "x")]
     assert w.stats().written == 2
 
 
@@ -66,7 +65,7 @@ async def test_queues_are_bounded_and_count_drops() -> None:
     w = WriteBehind(store, max_queued=3)
     for i in range(5):
         w.put(rec(f"k{i}"))
-        w.event(float(i), f"k{i}", "x")
+        w.event(event(float(i), f"k{i}", "x"))
     w.put(rec("k0"))  # an update of a queued key is never dropped
     assert w.stats().queued == 6
     assert w.dropped == 4
@@ -82,7 +81,7 @@ async def test_failed_batch_is_logged_counted_and_the_loop_goes_on(
     w = WriteBehind(store, interval=0.01)
     task = asyncio.create_task(w.run())
     try:
-        w.event(1.0, "a", "lost")
+        w.event(event(1.0, "a", "lost"))
         with caplog.at_level(logging.ERROR, logger="policyd"):
             for _ in range(100):
                 if w.dropped:
@@ -90,12 +89,12 @@ async def test_failed_batch_is_logged_counted_and_the_loop_goes_on(
                 await asyncio.sleep(0.01)
         assert w.dropped == 1
         assert "writes lost" in caplog.text
-        w.event(2.0, "b", "kept")
+        w.event(event(2.0, "b", "kept"))
         for _ in range(100):
             if store.event_log:
                 break
             await asyncio.sleep(0.01)
-        assert store.event_log == [(2.0, "b", "kept")]
+        assert store.event_log == [event(2.0, "b", "kept")]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -106,10 +105,10 @@ async def test_cancelled_run_writes_what_is_left() -> None:
     w = WriteBehind(store, interval=3600)
     task = asyncio.create_task(w.run())
     await asyncio.sleep(0)
-    w.event(1.0, "a", "last words")
+    w.event(event(1.0, "a", "last words"))
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert store.event_log == [(1.0, "a", "last words")]
+    assert store.event_log == [event(1.0, "a", "last words")]
 
 
 async def test_sqlite_batch(tmp_path: Path) -> None:
@@ -117,7 +116,7 @@ async def test_sqlite_batch(tmp_path: Path) -> None:
     w = WriteBehind(store)
     for i in range(100):
         w.put(rec(f"k{i}"))
-        w.event(float(i), f"k{i}", "x")
+        w.event(event(float(i), f"k{i}", "x"))
     await w.flush()
     assert len(await store.scan(Kind.ANSWER)) == 100
     assert len(await store.events(0.0)) == 100
