@@ -119,9 +119,13 @@ class FakeServer(dns.nameserver.Nameserver):
         ignore_trailing: bool = False,
     ) -> dns.message.Message:
         self.requests.append(request)
+        await self.before_answer(request, timeout)
+        return self.handler(request)
+
+    async def before_answer(self, request: dns.message.QueryMessage, timeout: float) -> None:
+        """Hold the answer while ``gate`` is closed (subclasses add other behaviour)."""
         if self.gate is not None:
             await self.gate.wait()
-        return self.handler(request)
 
     @property
     def asked(self) -> list[tuple[str, str]]:
@@ -564,24 +568,12 @@ class MutableServer(FakeServer):
         self.slow: set[str] = set()
         self.slow_for = 0.3
 
-    async def async_query(
-        self,
-        request: dns.message.QueryMessage,
-        timeout: float,
-        source: str | None,
-        source_port: int,
-        max_size: bool,
-        backend: dns._asyncbackend.Backend,
-        one_rr_per_rrset: bool = False,
-        ignore_trailing: bool = False,
-    ) -> dns.message.Message:
-        self.requests.append(request)
+    async def before_answer(self, request: dns.message.QueryMessage, timeout: float) -> None:
         if self.dead:
             await asyncio.sleep(timeout)
             raise dns.exception.Timeout
         if request.question[0].name.to_text() in self.slow:
             await asyncio.sleep(self.slow_for)
-        return self.handler(request)
 
 
 def breaker(handler: Handler) -> tuple[Resolver, MutableServer]:
