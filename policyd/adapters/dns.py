@@ -5,10 +5,12 @@ RFC 7672 2.1.1). Every lookup ends in one of three states that are never confuse
 SECURE (AD set), INSECURE (completed, AD clear) and FAILED (SERVFAIL, bogus, REFUSED,
 timeout...). NXDOMAIN and NODATA are completed answers with their own AD bit, never
 failures. Every dnspython exception is translated into a FAILED :class:`DnsAnswer`
-here; nothing from the library escapes :meth:`Resolver.query`.
+here; nothing from the library escapes :meth:`Resolver.query`: answers carry policyd's
+types (:mod:`policyd.adapters.dns_answer`: MX, TLSA, address and TXT records, an
+:class:`Rcode`), so callers never import dnspython.
 
-Answers are cached by TTL (clamped), failures briefly; concurrent queries for the same
-name and type share one lookup.
+Answers are cached by TTL (clamped), failures briefly (:mod:`policyd.adapters.dns_cache`);
+concurrent queries for the same name and type share one lookup (a SingleFlight).
 
 A circuit breaker tells a dead resolver from a slow zone: when a query goes unanswered
 for ``HealthTimes.after`` seconds (or fails with no response at all), the resolver itself
