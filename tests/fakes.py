@@ -19,7 +19,7 @@ from policyd.core.evidence import (
     StsEvidence,
     Tlsa,
 )
-from policyd.core.names import DomainName
+from policyd.core.names import domain_name
 from policyd.core.types import Rule
 
 
@@ -157,7 +157,7 @@ def dns_record(rdtype: str, text: str) -> DnsRecord:
     ``TXT`` '"v=STSv1; id=1"' (one string; quotes optional), ``A``/``AAAA`` the address."""
     if rdtype == "MX":
         preference, exchange = text.split()
-        name = None if exchange == "." else DomainName(exchange)
+        name = None if exchange == "." else domain_name(exchange)
         return MxRecord(int(preference), name)
     if rdtype == "TLSA":
         usage, selector, mtype, data = text.split(maxsplit=3)

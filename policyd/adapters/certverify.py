@@ -30,7 +30,7 @@ from cryptography.x509.verification import (
 )
 
 from policyd.core.evidence import ProbeVerdict
-from policyd.core.names import DomainName, fold
+from policyd.core.names import domain_name, fold
 
 MIN_RSA_BITS: Final = 2048  # CA/Browser Forum Baseline Requirements 6.1.5; NIST SP 800-131A
 # Named curves WebPKI accepts (CA/B BR 6.1.5, RFC 8422 5.1.1).
@@ -92,9 +92,8 @@ def verdict_for(
         return ProbeVerdict.INVALID, "no certificate presented"
     leaf, intermediates = chain[0], chain[1:]
     try:
-        name = DomainName(mx_host)  # DomainNameError is a ValueError
-        subject = x509.DNSName(str(name))  # an exact str for the Rust binding
-        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(subject)
+        name = domain_name(mx_host)  # DomainNameError is a ValueError
+        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(x509.DNSName(name))
     except ValueError as exc:
         return ProbeVerdict.INVALID, f"cannot verify for {mx_host!r}: {exc}"
     try:

@@ -26,7 +26,7 @@ import dns.rdtypes.txtbase
 
 from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus, Tlsa
-from policyd.core.names import DomainName, DomainNameError
+from policyd.core.names import DomainName, DomainNameError, domain_name
 
 # Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
 _BOGUS_EDE: Final = frozenset(
@@ -156,7 +156,7 @@ def _exchange(text: str) -> DomainName | None:
         return None
     if not text.isascii():
         raise DomainNameError("exchange is not ASCII")
-    return DomainName(text)
+    return domain_name(text)
 
 
 def _tlsa(usage: int, selector: int, mtype: int, data: bytes) -> Tlsa:

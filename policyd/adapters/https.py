@@ -19,7 +19,7 @@ from typing import Final, Self
 import httpx
 
 from policyd.codec.mtasts import MAX_POLICY_BYTES
-from policyd.core.names import MAX_NAME, DomainName, DomainNameError
+from policyd.core.names import MAX_NAME, DomainNameError, domain_name, is_hostname
 
 __all__ = ["MAX_POLICY_BYTES", "FetchError", "HttpsTimeouts", "PolicyFetcher", "fetch_policy"]
 
@@ -59,10 +59,10 @@ class FetchError(Exception):
 def policy_url_host(domain: str) -> str:
     """``mta-sts.<domain>`` for a lower-case A-label domain, or FetchError."""
     try:
-        name = DomainName(domain) if domain.isascii() else None
+        name = domain_name(domain) if domain.isascii() else None
     except DomainNameError:
         name = None
-    if name is None or len(name) > MAX_NAME - len(POLICY_HOST_PREFIX) or not name.is_hostname:
+    if name is None or len(name) > MAX_NAME - len(POLICY_HOST_PREFIX) or not is_hostname(name):
         raise FetchError(domain, "invalid domain name")
     return POLICY_HOST_PREFIX + name
 

@@ -237,9 +237,8 @@ async def _converse(
         raise _StepFailed(ProbeVerdict.NO_STARTTLS, f"STARTTLS answered {reply.summary}")
     try:
         async with asyncio.timeout(timeouts.tls):
-            # str(): uvloop takes an exact str for the name, not a DomainName (a subclass).
             await writer.start_tls(
-                context, server_hostname=str(target.host), ssl_handshake_timeout=timeouts.tls
+                context, server_hostname=target.host, ssl_handshake_timeout=timeouts.tls
             )
     except TimeoutError as exc:
         raise _StepFailed(ProbeVerdict.TLS_INTOLERANT, "handshake timed out") from exc

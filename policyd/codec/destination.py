@@ -8,9 +8,10 @@ form ``.example.com``. Internationalised names are turned into A-labels (IDNA 20
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
 from policyd.core.evidence import SMTP_PORT, Destination, DestinationForm
-from policyd.core.names import MAX_NAME, DomainName, DomainNameError
+from policyd.core.names import MAX_NAME, DomainNameError
 
 __all__ = ["MAX_NAME", "DestinationError", "KeyError_", "parse_key"]
 
@@ -20,11 +21,13 @@ class DestinationError(ValueError):
 
 
 KeyError_ = DestinationError  # the former name, for callers not yet renamed
+DOMAIN: Final = DestinationForm.DOMAIN
 
 
-def _a_label_name(name: str) -> DomainName:
+def _named(name: str, port: int = SMTP_PORT, form: DestinationForm = DOMAIN) -> Destination:
+    """A destination by name: Destination checks and normalises the name (once)."""
     try:
-        return DomainName(name)
+        return Destination(name, port, form)
     except DomainNameError as exc:
         raise DestinationError(str(exc)) from exc
 
@@ -55,11 +58,11 @@ def parse_key(key: str) -> Destination:
             # RFC 5321 4.1.3 spells the tag "IPv6:"; compare it case-insensitively.
             literal = ipaddress.ip_address(host[5:] if host[:5].lower() == "ipv6:" else host)
         except ValueError:
-            return Destination(_a_label_name(host), port, DestinationForm.HOST)
+            return _named(host, port, DestinationForm.HOST)
         return Destination(literal.compressed, port, DestinationForm.ADDRESS)
     if key.startswith("."):
-        return Destination(_a_label_name(key[1:]), form=DestinationForm.PARENT)
+        return _named(key[1:], form=DestinationForm.PARENT)
     name, sep, port_text = key.rpartition(":")
     if sep:
-        return Destination(_a_label_name(name), _port(port_text))
-    return Destination(_a_label_name(key))
+        return _named(name, _port(port_text))
+    return _named(key)

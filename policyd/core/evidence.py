@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from policyd.core.names import DomainName, fold, host_name
+from policyd.core.names import domain_name, fold, host_name
 from policyd.core.types import Policy, one_line
 
 SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: the port of a destination that names none
@@ -367,24 +367,29 @@ class Destination:
     form: DestinationForm = DestinationForm.DOMAIN
 
     def __post_init__(self) -> None:
-        if self.form is DestinationForm.ADDRESS:
-            object.__setattr__(self, "name", ipaddress.ip_address(self.name).compressed)
+        # Runs per cache miss (parse_key): kept to one name check and two comparisons.
+        form, port = self.form, self.port
+        if form is DestinationForm.ADDRESS:
+            name = ipaddress.ip_address(self.name).compressed
         else:
-            object.__setattr__(self, "name", DomainName(self.name))
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} out of range")
-        if self.form is DestinationForm.PARENT and self.port != SMTP_PORT:
+            name = domain_name(self.name)
+        if name is not self.name:
+            object.__setattr__(self, "name", name)
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+        if form is DestinationForm.PARENT and port != SMTP_PORT:
             raise ValueError("the parent-domain form has no port")
 
     @property
     def key(self) -> str:
         """The canonical key overrides and caches are stored under."""
-        if self.form is DestinationForm.PARENT:
+        form = self.form
+        if form is DestinationForm.PARENT:
             return "." + self.name
         port = "" if self.port == SMTP_PORT else f":{self.port}"
-        if self.bracketed:
-            return f"[{self.name}]{port}"
-        return self.name + port
+        if form is DestinationForm.DOMAIN:
+            return self.name + port
+        return f"[{self.name}]{port}"
 
     @property
     def bracketed(self) -> bool:

@@ -7,16 +7,16 @@ and underscores, neither starting nor ending with a hyphen (RFC 1035 2.3.4 for t
 lengths; the underscore for names such as ``_25._tcp.mx.example``, RFC 8552), and the
 name is at most :data:`MAX_NAME` octets. Anything else raises :class:`DomainNameError`.
 
-It is a ``str`` (a subclass with no extra state) so that dictionaries, logs and the codecs
-take it unchanged, at the cost of one validation where text enters: building one from a
-``DomainName`` returns it as it is.
+At run time it is a plain ``str`` (a ``typing.NewType``), so dictionaries, logs, the
+codecs and C libraries (uvloop's TLS, cryptography) take it unchanged and it costs no
+memory beyond its text; :func:`domain_name` is the one way to make one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Final
+from typing import Final, NewType, cast
 
 import idna
 
@@ -30,6 +30,7 @@ _NORMAL: Final = re.compile(
 )
 # RFC 952 / RFC 1123 2.1 host-name labels (letters, digits, hyphens): what may appear in a
 # URL's host or a certificate's dNSName.
+_is_normal: Final = _NORMAL.fullmatch
 _LDH_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 _WILDCARD: Final = "*."  # RFC 8461 4.1: stands for exactly one left-most label
 
@@ -38,34 +39,30 @@ class DomainNameError(ValueError):
     """Text that is not a domain name policyd can use."""
 
 
-class DomainName(str):
-    """A validated, normalised domain name (see the module doc); ``DomainName(text)``
-    normalises (case, trailing dots, U-labels) and validates, or raises
-    :class:`DomainNameError`."""
+# A validated, normalised domain name (see the module doc). Plain ``str`` at run time, so
+# it costs nothing beyond the text (a str subclass would double the memory of every
+# cached destination); mypy tells it from other text. Made only by :func:`domain_name`.
+DomainName = NewType("DomainName", str)
 
-    __slots__ = ()
 
-    def __new__(cls, text: str) -> DomainName:
-        if type(text) is cls:
-            return text
-        if len(text) <= MAX_NAME and _NORMAL.fullmatch(text):
-            return str.__new__(cls, text)
-        return str.__new__(cls, _normalise(text))
+def domain_name(text: str) -> DomainName:
+    """``text`` normalised (case, trailing dots, U-labels to A-labels) and validated, or
+    :class:`DomainNameError`. The caller's own string when it is already normal."""
+    if len(text) <= MAX_NAME and _is_normal(text):
+        return cast(DomainName, text)
+    return DomainName(_normalise(text))
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(self.split("."))
 
-    @property
-    def is_hostname(self) -> bool:
-        """Every label is a host-name label (letters, digits, inner hyphens: RFC 1123
-        2.1), as a URL host or a certificate name needs; no underscores."""
-        return all(_LDH_LABEL.fullmatch(label) for label in self.split("."))
+def is_hostname(name: DomainName) -> bool:
+    """Every label is a host-name label (letters, digits, inner hyphens: RFC 1123 2.1), as
+    a URL host or a certificate name needs; no underscores."""
+    return all(_LDH_LABEL.fullmatch(label) for label in name.split("."))
 
-    def matches_sts_pattern(self, pattern: str) -> bool:
-        """RFC 8461 4.1: ``pattern`` (any case, trailing dot or not) is this name, or
-        ``*.`` and this name's parent: the wildcard stands for exactly one left-most label."""
-        return sts_pattern_matches(fold(pattern), self)
+
+def matches_sts_pattern(name: DomainName, pattern: str) -> bool:
+    """RFC 8461 4.1: ``pattern`` (any case, trailing dot or not) is ``name``, or ``*.``
+    and its parent: the wildcard stands for exactly one left-most label."""
+    return sts_pattern_matches(fold(pattern), name)
 
 
 def sts_pattern_matches(pattern: str, host: str) -> bool:
@@ -107,9 +104,9 @@ def _normalise(text: str) -> str:
 def host_name(text: str) -> str:
     """An MX host as evidence names it: the IP literal of an address destination as it
     is, any other name as a :class:`DomainName` (or :class:`DomainNameError`)."""
-    if type(text) is DomainName or _is_ip_literal(text):
+    if _is_ip_literal(text):
         return text
-    return DomainName(text)
+    return domain_name(text)
 
 
 def _is_ip_literal(text: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Final, Protocol
 
 from policyd.adapters.dns import DnsAnswer, MxRecord
 from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind
-from policyd.core.names import DomainName, fold
+from policyd.core.names import DomainName, domain_name, fold
 
 # MX hosts examined per destination, most preferred first. Postfix tries at most
 # smtp_mx_session_limit (2) hosts and smtp_mx_address_limit (5) addresses per delivery;
@@ -71,7 +71,7 @@ class DnsSource:
             )
         if dest.bracketed:
             # [host]:port: no MX lookup (Postfix smtp(8)); the name is configuration.
-            hosts = await self._hosts([(DomainName(dest.name), 0)], dest.port)
+            hosts = await self._hosts([(domain_name(dest.name), 0)], dest.port)
             return _evidence(DnsStatus.SECURE, MxKind.LISTED, hosts, [], now)
         mx = await self._resolver.query(dest.name, "MX")
         if mx.failed:
@@ -83,7 +83,7 @@ class DnsSource:
             return _evidence(mx.status, MxKind.NXDOMAIN, [], [mx], now)
         if mx.nodata:
             # No MX RRset: the domain itself is the implicit MX, preference 0 (RFC 5321 5.1).
-            hosts = await self._hosts([(DomainName(dest.name), 0)], dest.port)
+            hosts = await self._hosts([(domain_name(dest.name), 0)], dest.port)
             return _evidence(mx.status, MxKind.IMPLICIT, hosts, [mx], now)
         listed = _mx_hosts(mx.mx)
         if not listed:

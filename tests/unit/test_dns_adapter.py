@@ -47,7 +47,7 @@ from policyd.adapters.dns_settings import (
     DEFAULT_PER_TRY,
 )
 from policyd.core.evidence import DnsStatus, Tlsa
-from policyd.core.names import DomainName
+from policyd.core.names import domain_name
 
 Handler = Callable[[dns.message.QueryMessage], dns.message.Message]
 
@@ -672,7 +672,7 @@ async def test_mx_records_are_typed_null_mx_kept_bad_names_left_out() -> None:
     answer = await resolver.query("example.test", "MX")
     assert sorted(answer.mx, key=lambda r: r.preference) == [
         MxRecord(0, None),
-        MxRecord(10, DomainName("mx.example.test")),
+        MxRecord(10, domain_name("mx.example.test")),
     ]
 
 

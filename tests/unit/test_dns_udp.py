@@ -23,7 +23,7 @@ from policyd.adapters import dns_udp
 from policyd.adapters.dns import DnsSettings, DnsTimeouts, HealthTimes, MxRecord, Rcode, Resolver
 from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus, Tlsa
-from policyd.core.names import DomainName
+from policyd.core.names import domain_name
 
 Handler = Callable[[dns.message.Message], bytes | None]
 
@@ -154,7 +154,7 @@ async def test_resolver_uses_the_udp_path(
     got = await r.query("Example.Test", "MX")
     assert got.status is DnsStatus.SECURE and got.rcode is Rcode.NOERROR
     (mx,) = got.records
-    assert mx == MxRecord(10, DomainName("mx.example.test"))
+    assert mx == MxRecord(10, domain_name("mx.example.test"))
     assert got.ttl == 300
     assert r._fast  # the UDP path, not dnspython's resolver
     r.close()
@@ -221,7 +221,7 @@ async def test_udp_path_types_txt_mx_and_tlsa_records(
     mx = await r.query("x.test", "MX")
     assert sorted(mx.mx, key=lambda m: m.preference) == [
         MxRecord(0, None),
-        MxRecord(10, DomainName("mx.x.test")),
+        MxRecord(10, domain_name("mx.x.test")),
     ]
     tlsa = await r.query("x.test", "TLSA")
     assert tlsa.tlsa == (Tlsa(3, 1, 1, bytes.fromhex("ab" * 32)),)
