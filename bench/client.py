@@ -6,6 +6,7 @@ and Postfix's own ``postmap -q -`` fed with a key list (the real client, for thr
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import socket
@@ -20,6 +21,7 @@ from tests.postfix_conf import postmap_cmd
 
 READ_SIZE: Final = 65536
 CONNECT_TIMEOUT: Final = 10.0
+REPLY_TIMEOUT: Final = 30.0  # seconds for one reply of the asyncio client
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,11 @@ def _connect(target: str) -> socket.socket:
     return sock
 
 
+def _request(name: str, key: str) -> bytes:
+    payload = f"{name} {key}".encode()
+    return b"%d:%s," % (len(payload), payload)
+
+
 def _read_reply(sock: socket.socket, buf: bytearray) -> bytes:
     while True:
         colon = buf.find(b":")
@@ -73,7 +80,7 @@ def _worker(
     out: mp.Queue[tuple[list[int], int]],
 ) -> None:
     sock = _connect(target)
-    requests = [b"%d:%s," % (len(p), p) for p in (f"{name} {k}".encode() for k in keys)]
+    requests = [_request(name, k) for k in keys]
     buf = bytearray()
     latencies: list[int] = []
     errors = 0
@@ -165,3 +172,49 @@ def rss_kib(pid: int) -> int:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+# -- an asyncio client, for warming caches and one-off lookups -----------------------------
+
+
+async def _read_netstring(reader: asyncio.StreamReader) -> str:
+    size = int((await reader.readuntil(b":"))[:-1])
+    data = await reader.readexactly(size + 1)
+    return data[:-1].decode()
+
+
+async def lookups(port: int, keys: Sequence[str], name: str = "postfix") -> list[tuple[str, float]]:
+    """One connection to 127.0.0.1:``port``, one lookup at a time: (reply, seconds) per key."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out: list[tuple[str, float]] = []
+    try:
+        for key in keys:
+            t0 = time.perf_counter()
+            writer.write(_request(name, key))
+            await writer.drain()
+            reply = await asyncio.wait_for(_read_netstring(reader), REPLY_TIMEOUT)
+            out.append((reply, time.perf_counter() - t0))
+    finally:
+        writer.close()
+    return out
+
+
+async def _many(port: int, keys: Sequence[str], concurrency: int) -> dict[str, tuple[str, float]]:
+    shares = [keys[i::concurrency] for i in range(concurrency)]
+    results = await asyncio.gather(*(lookups(port, s) for s in shares if s))
+    found: dict[str, tuple[str, float]] = {}
+    for share, res in zip([s for s in shares if s], results, strict=True):
+        found.update(zip(share, res, strict=True))
+    return found
+
+
+def many(port: int, keys: Sequence[str], concurrency: int) -> dict[str, tuple[str, float]]:
+    """Every key looked up over ``concurrency`` connections: key -> (reply, seconds)."""
+    return asyncio.run(_many(port, keys, concurrency))
+
+
+def show(reply: str) -> str:
+    """A socketmap reply as postmap shows it: the value, NOTFOUND, or TEMP/PERM."""
+    if reply.startswith("OK "):
+        return reply[3:]
+    return reply.strip()

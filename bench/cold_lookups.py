@@ -13,11 +13,7 @@ neither finds the other's in unbound's cache. Figures only, no assertions.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,18 +23,10 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cold_world  # noqa: E402
-from bench.client import Figures, cpu_count, rss_kib, run_clients  # noqa: E402
-from bench.head_to_head import (  # noqa: E402
-    PEER_PACKAGE,
-    Running,
-    ensure_peer,
-    peer_version,
-    start_peer,
-    wait_port,
-)
+from bench.client import Figures, rss_kib, run_clients  # noqa: E402
+from bench.harness import Running, bench_world, is_root, machine, start_policyd  # noqa: E402
+from bench.head_to_head import PEER_PACKAGE, ensure_peer, peer_version, start_peer  # noqa: E402
 from tests.daemon import base_sections  # noqa: E402
-from tests.integration.test_mtasts import NsDaemon  # noqa: E402
-from tests.world import scenarios  # noqa: E402
 from tests.world.world import World  # noqa: E402
 
 # Lookups per second can reach a few thousand: enough never-seen names that no connection
@@ -46,17 +34,12 @@ from tests.world.world import World  # noqa: E402
 KEYS_PER_SECOND: Final = 12_000
 
 
-def start_policyd(world: World, directory: Path) -> Running:
+def policyd(world: World, directory: Path) -> Running:
     sections = base_sections(directory, world.resolver)
     sections["probe"] = {"enabled": False}
     sections["dns"] = {"nameservers": [world.resolver]}  # default timeouts
     sections["log"] = {"level": "warning"}
-    d = NsDaemon(directory, sections)
-    d.prefix = world.exec_prefix()
-    d.start()
-    assert d.proc is not None
-    wait_port(d.tcp_port, d.proc, d.log_path)
-    return Running("policyd", d.tcp_port, d.proc.pid, d.stop)
+    return start_policyd(world, directory, sections)
 
 
 def fmt(f: Figures) -> str:
@@ -72,8 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--no-peer", action="store_true", help="policyd only")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("needs root (network namespace)", file=sys.stderr)
+    if not is_root():
         return 2
     peer = not args.no_peer
     if peer:
@@ -82,13 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             print(f"# peer unavailable ({exc}); policyd only", flush=True)
             peer = False
-    tmp = Path(tempfile.mkdtemp(prefix="policyd-cold-"))
-    scenarios.EXTENSIONS = ("bench.cold_world",)
-    world = scenarios.build(tmp / "world")
-    daemons: list[Running] = []
-    try:
+    with bench_world("policyd-cold-", "bench.cold_world") as bench:
+        world, tmp, daemons = bench.world, bench.dir, bench.daemons
         (tmp / "policyd").mkdir()
-        daemons.append(start_policyd(world, tmp / "policyd"))
+        daemons.append(policyd(world, tmp / "policyd"))
         if peer:
             (tmp / "peer").mkdir()
             daemons.append(start_peer(world, tmp / "peer", 1_000_000))
@@ -96,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         version = f" vs {PEER_PACKAGE} {peer_version()}" if peer else ""
         print(f"# cold lookups: policyd{version}")
         print(
-            f"# {platform.python_implementation()} {platform.python_version()}, "
-            f"{cpu_count()} CPUs, {platform.machine()}; over TCP on 127.0.0.1 in the test "
+            f"# {machine()}; over TCP on 127.0.0.1 in the test "
             f"world's namespace; {args.connections} connections, {args.seconds:g} s; "
             f"every key never seen: half <n>.{cold_world.NXDOMAIN} (NXDOMAIN), half "
             f"<n>.{cold_world.EXISTING} (implicit MX)"
@@ -111,11 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             wrapped = " (WRAPPED: some names repeated)" if fig.lookups > count else ""
             print(f"{d.name:<8} {fmt(fig)}  RSS {rss_kib(d.pid) / 1024:.1f} MiB{wrapped}")
         return 0
-    finally:
-        for d in reversed(daemons):
-            d.stop()
-        world.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import shutil
 import socketserver
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,12 +30,11 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.client import cpu_count, run_clients  # noqa: E402
-from bench.head_to_head import _lookups  # noqa: E402
+from bench.client import lookups, run_clients  # noqa: E402
+from bench.harness import bench_world, is_root, machine  # noqa: E402
 from tests.daemon import Daemon, base_sections  # noqa: E402
-from tests.integration.test_mtasts import NsDaemon  # noqa: E402
 from tests.integration.test_store_redis import RedisServer  # noqa: E402
-from tests.world import scenarios, sts_world  # noqa: E402
+from tests.world import sts_world  # noqa: E402
 from tests.world.world import World  # noqa: E402
 
 HOSTS: Final = 3
@@ -100,8 +95,7 @@ def start_host(world: World, directory: Path, store: str, fleet: bool) -> Daemon
         "tls_timeout": 2.0,
         "total_timeout": 8.0,
     }
-    d = NsDaemon(directory, sections)
-    d.prefix = world.exec_prefix()
+    d = Daemon(directory, sections, prefix=world.exec_prefix())
     d.start()
     return d
 
@@ -112,7 +106,7 @@ async def _stream(hosts: Sequence[Daemon], keys: Sequence[str], parallel: int) -
 
     async def one(key: str) -> list[str]:
         async with gate:
-            got = await asyncio.gather(*(_lookups(h.tcp_port, [key]) for h in hosts))
+            got = await asyncio.gather(*(lookups(h.tcp_port, [key]) for h in hosts))
             return [answers[0][0] for answers in got]
 
     results = await asyncio.gather(*(one(k) for k in keys))
@@ -171,17 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=20, help="destinations in flight")
     ap.add_argument("--seconds", type=float, default=3.0, help="per cached-rate run")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("needs root (network namespace)", file=sys.stderr)
+    if not is_root():
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="policyd-fleet-"))
-    scenarios.EXTENSIONS = ("tests.world.sts_world",)
-    world = scenarios.build(tmp / "world")
-    print(
-        f"# fleet bench: {HOSTS} policyd hosts, one redis-server (unix socket); "
-        f"{platform.python_implementation()} {platform.python_version()}, {cpu_count()} CPUs"
-    )
-    try:
+    print(f"# fleet bench: {HOSTS} policyd hosts, one redis-server (unix socket); {machine()}")
+    with bench_world("policyd-fleet-", "tests.world.sts_world") as bench:
+        world, tmp = bench.world, bench.dir
         with smtp_server():
             on = run_stream(world, tmp, "on", True, args.destinations, args.parallel)
             try:
@@ -209,9 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     off.stop()
             finally:
                 on.stop()
-    finally:
-        world.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

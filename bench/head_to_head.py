@@ -22,28 +22,22 @@ policy fetcher resolves through the system resolver too).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.client import Figures, cpu_count, rss_kib, run_clients  # noqa: E402
+from bench.client import Figures, many, rss_kib, run_clients, show  # noqa: E402
+from bench.harness import Running, bench_world, is_root, machine, start_policyd, wait_port  # noqa: E402
 from tests.daemon import base_sections, free_port  # noqa: E402
-from tests.integration.test_mtasts import NsDaemon  # noqa: E402
-from tests.world import scenarios, sts_world  # noqa: E402
+from tests.world import sts_world  # noqa: E402
 from tests.world.world import World  # noqa: E402
 
 PEER_VENV: Final = ROOT / "bench" / "peer-venv"
@@ -52,10 +46,8 @@ PEER_PACKAGE: Final = "postfix-mta-sts-resolver"
 CONNECTIONS: Final = (1, 10, 100)
 WARM_CONCURRENCY: Final = 200  # connections used to fill the caches
 COLD_SAMPLES: Final = 50  # fresh bulk domains for the cold-latency figure
-START_TIMEOUT: Final = 20.0
-REPLY_TIMEOUT: Final = 30.0
 COLD_BUDGET: Final = 3.0  # policyd [sts] cold_budget
-MIN_TTL: Final = 3600  # policyd [dns] min_ttl (see start_policyd)
+MIN_TTL: Final = 3600  # policyd [dns] min_ttl (see policyd)
 PEER_TIMEOUT: Final = 4  # the peer's per-zone fetch timeout (its default)
 
 # Where policyd answers differently from the peer on purpose: domain -> reason.
@@ -66,66 +58,7 @@ WHY_DIFFERENT: Final = {
 }
 
 
-# -- a small asyncio socketmap client (warming and one-off lookups) ------------------------
-
-
-def _netstring(data: bytes) -> bytes:
-    return b"%d:%s," % (len(data), data)
-
-
-async def _read_netstring(reader: asyncio.StreamReader) -> str:
-    size = int((await reader.readuntil(b":"))[:-1])
-    data = await reader.readexactly(size + 1)
-    return data[:-1].decode()
-
-
-async def _lookups(
-    port: int, keys: Sequence[str], name: str = "postfix"
-) -> list[tuple[str, float]]:
-    """One connection, one lookup at a time: (answer, seconds) per key."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    out: list[tuple[str, float]] = []
-    try:
-        for key in keys:
-            t0 = time.perf_counter()
-            writer.write(_netstring(f"{name} {key}".encode()))
-            await writer.drain()
-            reply = await asyncio.wait_for(_read_netstring(reader), REPLY_TIMEOUT)
-            out.append((reply, time.perf_counter() - t0))
-    finally:
-        writer.close()
-    return out
-
-
-async def _many(port: int, keys: Sequence[str], concurrency: int) -> dict[str, tuple[str, float]]:
-    shares = [keys[i::concurrency] for i in range(concurrency)]
-    results = await asyncio.gather(*(_lookups(port, s) for s in shares if s))
-    found: dict[str, tuple[str, float]] = {}
-    for share, res in zip([s for s in shares if s], results, strict=True):
-        found.update(zip(share, res, strict=True))
-    return found
-
-
-def many(port: int, keys: Sequence[str], concurrency: int) -> dict[str, tuple[str, float]]:
-    return asyncio.run(_many(port, keys, concurrency))
-
-
-def show(reply: str) -> str:
-    """A socketmap reply as postmap shows it: the value, NOTFOUND, or TEMP/PERM."""
-    if reply.startswith("OK "):
-        return reply[3:]
-    return reply.strip()
-
-
 # -- the two daemons ------------------------------------------------------------------------
-
-
-@dataclass
-class Running:
-    name: str
-    port: int
-    pid: int
-    stop: Any
 
 
 def ensure_peer() -> None:
@@ -150,20 +83,7 @@ def peer_version() -> str:
     return "?"
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"daemon did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def start_policyd(world: World, directory: Path, cache_entries: int) -> Running:
+def policyd(world: World, directory: Path, cache_entries: int) -> Running:
     sections = base_sections(directory, world.resolver)
     sections["probe"] = {"enabled": False}
     sections["tls"] = {"ca_file": str(world.ca_file)}
@@ -174,12 +94,7 @@ def start_policyd(world: World, directory: Path, cache_entries: int) -> Running:
     # rebuilt (DNS round trips) during the "cached" runs. Real MX TTLs are hours.
     sections["dns"]["min_ttl"] = MIN_TTL
     sections["log"] = {"level": "warning"}
-    d = NsDaemon(directory, sections)
-    d.prefix = world.exec_prefix()
-    d.start()
-    assert d.proc is not None
-    wait_port(d.tcp_port, d.proc, d.log_path)
-    return Running("policyd", d.tcp_port, d.proc.pid, d.stop)
+    return start_policyd(world, directory, sections)
 
 
 def start_peer(world: World, directory: Path, cache_entries: int) -> Running:
@@ -272,29 +187,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--domains", type=int, default=20_000, help="cached domains for RSS")
     ap.add_argument("--seconds", type=float, default=5.0, help="per rate measurement")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("needs root (network namespace)", file=sys.stderr)
+    if not is_root():
         return 2
     ensure_peer()
     bulk = [f"d{i}.{sts_world.BULK}" for i in range(args.domains)]
     cold_keys = [f"cold{i}.{sts_world.BULK}" for i in range(COLD_SAMPLES)]
-    tmp = Path(tempfile.mkdtemp(prefix="policyd-h2h-"))
     # Only the MTA-STS extension: the SMTP servers play no part here.
-    scenarios.EXTENSIONS = ("tests.world.sts_world",)
-    world = scenarios.build(tmp / "world")
-    daemons: list[Running] = []
-    try:
+    with bench_world("policyd-h2h-", "tests.world.sts_world") as bench:
+        world, tmp, daemons = bench.world, bench.dir, bench.daemons
         (tmp / "policyd").mkdir()
         (tmp / "peer").mkdir()
-        daemons.append(start_policyd(world, tmp / "policyd", args.domains))
+        daemons.append(policyd(world, tmp / "policyd", args.domains))
         daemons.append(start_peer(world, tmp / "peer", args.domains))
         time.sleep(1.0)
         rss_start = {d.name: rss_kib(d.pid) for d in daemons}
 
         print(f"# head-to-head: policyd vs {PEER_PACKAGE} {peer_version()}")
         print(
-            f"# {platform.python_implementation()} {platform.python_version()}, "
-            f"{cpu_count()} CPUs, {platform.machine()}; both over TCP on 127.0.0.1 in the "
+            f"# {machine()}; both over TCP on 127.0.0.1 in the "
             "test world's namespace; peer: internal cache, cache_grace 86400 s; "
             f"policyd: [dns] min_ttl {MIN_TTL} s"
         )
@@ -368,11 +278,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_ok = rss_full["policyd"] <= rss_full["peer"]
         print(f"RSS after fill: {'met' if rss_ok else 'NOT met'}")
         return 0
-    finally:
-        for d in reversed(daemons):
-            d.stop()
-        world.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from policyd.codec.mtasts import MAX_POLICY_BYTES, StsGrammarError, parse_policy
-from policyd.codec.socketmap import MAX_REPLY
+from policyd.codec.socketmap import MAX_REPLY, reply_for
 from policyd.core.decide import decide
 from policyd.core.evidence import MAX_MX_PATTERNS, Destination, Evidence, StsEvidence
 from policyd.core.profile import DEFAULT_PROFILES, Profile
-from policyd.service import render_reply
+from policyd.told import as_sent
 
 BUDGET_MS = 10.0  # the bound issue 12 sets for parse + decide
 # The built-in profiles, and one with the Postfix 3.10 attributes (the longest replies).
@@ -77,7 +77,7 @@ def parse_and_decide(raw: bytes) -> tuple[str, int]:
     except StsGrammarError as exc:
         return f"refused ({exc})", 0
     ev = Evidence(Destination(DOMAIN), sts=StsEvidence(policy))
-    longest = max(len(render_reply(decide(ev, p, NOW))) for p in PROFILES)
+    longest = max(len(reply_for(as_sent(decide(ev, p, NOW)))) for p in PROFILES)
     return f"valid, {len(policy.mx)} distinct patterns", longest
 
 

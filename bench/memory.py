@@ -27,8 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import cpu_count
 from policyd.adapters.dns import DnsAnswer, Rcode
-from policyd.adapters.store import Kind, Record
-from policyd.core.event import Event
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -38,40 +36,15 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
-from policyd.sources.probe import ProbeSettings, ProbeSource
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
+from tests.fakes import NullStore
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
 KINDS: Final = ("notfound", "dane-only", "mta-sts")
-
-
-class NullStore:
-    """Accepts and forgets: the store's own memory is not the service's."""
-
-    async def put(self, record: Record) -> None:
-        return None
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        return None
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return False
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return []
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        return 0
-
-    async def append_event(self, event: Event) -> None:
-        return None
-
-    async def events(self, since: float) -> list[Event]:
-        return []
-
-    async def close(self) -> None:
-        return None
 
 
 class Dane:
@@ -151,6 +124,7 @@ async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
         lookup_budget=8.0,
         max_destinations=cap,
     )
+    cache = ReplyCache(service)
     writer = asyncio.get_running_loop().create_task(service.writes.run())
     gc.collect()
     before = rss_kib()
@@ -159,7 +133,7 @@ async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
 
     async def one(i: int) -> None:
         async with sem:
-            await service.reply_for(f"postfix d{i}.example-{kind}.test".encode())
+            await cache.reply_for(f"postfix d{i}.example-{kind}.test".encode())
 
     for start in range(0, count, 10_000):
         await asyncio.gather(*(one(i) for i in range(start, min(count, start + 10_000))))

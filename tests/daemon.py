@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -18,6 +19,8 @@ from tests.postfix_conf import postmap_cmd
 START_TIMEOUT: Final = 20.0  # seconds for the daemon to create its sockets
 STOP_TIMEOUT: Final = 10.0
 POSTMAP_TIMEOUT: Final = 60.0
+CTL_TIMEOUT: Final = 60.0  # seconds for one policyctl run (`probe --wait` included)
+LOG_POLL: Final = 0.05  # seconds between two reads of the daemon's log
 
 
 def toml_value(value: Any) -> str:
@@ -55,6 +58,10 @@ class Daemon:
     dir: Path
     sections: dict[str, dict[str, Any]]
     proc: subprocess.Popen[bytes] | None = None
+    # Words the command starts with, e.g. World.exec_prefix(): ``ip netns exec`` also
+    # bind-mounts the namespace's resolv.conf, which the MTA-STS policy fetcher reads
+    # (setns() alone, as with no prefix, keeps the host's).
+    prefix: list[str] = field(default_factory=list)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,13 +94,11 @@ class Daemon:
         for path in (self.socket, self.control):
             if os.path.exists(path):
                 os.unlink(path)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "policyd.cli.daemon", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        argv = [sys.executable, "-m", "policyd.cli.daemon", "--config", str(self.config_path)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.prefix, *argv], stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while not (os.path.exists(self.socket) and os.path.exists(self.control)):
             if self.proc.poll() is not None:
@@ -104,6 +109,43 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first match of the regular expression ``pattern`` in the log, once there;
+        fails with the log's tail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (found := re.search(pattern, self.log())) is None:
+            assert time.monotonic() < deadline, f"{pattern!r} not in log:\n{self.log()[-3000:]}"
+            time.sleep(LOG_POLL)
+        return found
+
+    def policyctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One ``policyctl --socket <control> args...`` run; the test checks its result."""
+        return subprocess.run(
+            self._policyctl_argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=CTL_TIMEOUT,
+            check=False,
+        )
+
+    def probe_all(self, domains: Iterable[str]) -> None:
+        """``policyctl probe --wait`` for every domain at once (the daemon probes them
+        concurrently); fails unless each one succeeds."""
+        procs = [
+            subprocess.Popen(
+                self._policyctl_argv("probe", domain, "--wait"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for domain in domains
+        ]
+        for proc in procs:
+            out, _ = proc.communicate(timeout=CTL_TIMEOUT)
+            assert proc.returncode == 0, out.decode(errors="replace")
+
+    def _policyctl_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "policyd.cli.policyctl", "--socket", self.control, *args]
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -169,7 +211,11 @@ def postmap(table: str, keys: tuple[str, ...] | list[str]) -> list[str]:
     return [found.get(k, "NOTFOUND") for k in keys]
 
 
-def base_sections(directory: Path, nameserver: str = "127.0.0.1") -> dict[str, dict[str, Any]]:
+def base_sections(
+    directory: Path, nameserver: str = "127.0.0.1", *, store: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """A config of unix and TCP socketmap listeners in ``directory``, DNS from
+    ``nameserver``, and the store at URL ``store`` (else SQLite in ``directory``)."""
     port = free_port()
     return {
         "server": {
@@ -179,7 +225,7 @@ def base_sections(directory: Path, nameserver: str = "127.0.0.1") -> dict[str, d
             "_tcp_port": port,
         },
         "dns": {"nameservers": [nameserver], "timeout": 1.0, "lifetime": 2.0},
-        "store": {"url": f"sqlite:///{directory}/policyd.db"},
+        "store": {"url": store or f"sqlite:///{directory}/policyd.db"},
         "log": {"level": "debug"},
     }
 
@@ -188,7 +234,11 @@ def started(directory: Path, **overrides: dict[str, Any]) -> Iterator[Daemon]:
     sections = base_sections(directory)
     for name, table in overrides.items():
         sections.setdefault(name, {}).update(table)
-    daemon = Daemon(directory, sections)
+    yield from running(Daemon(directory, sections))
+
+
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    """For a fixture: ``daemon`` started, and stopped after the test."""
     daemon.start()
     try:
         yield daemon

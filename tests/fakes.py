@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from policyd.adapters.claims import ClaimBusy, Job
 from policyd.adapters.dns import DnsAnswer, MxRecord, Rcode
 from policyd.adapters.dns import Record as DnsRecord
 from policyd.adapters.store import Kind, Record
@@ -64,6 +65,16 @@ def event(
     return Event(at, key, "postfix", Rule.PROBE, level, reason, previous=previous)
 
 
+class NullStore(MemoryStore):
+    """Accepts and forgets (a benchmark's: the store's own memory is not the service's)."""
+
+    async def put(self, record: Record) -> None:
+        return None
+
+    async def append_event(self, event: Event) -> None:
+        return None
+
+
 def plain_dns(name: str, now: float, ttl: float = 300.0) -> DnsEvidence:
     host = MxHost(f"mx.{name}", 10, DnsStatus.SECURE, ("192.0.2.1",), tlsa=DnsStatus.SECURE)
     return DnsEvidence(DnsStatus.SECURE, hosts=(host,), fetched_at=now, expires_at=now + ttl)
@@ -74,11 +85,14 @@ class FakeDane:
     answers: dict[str, DnsEvidence] = field(default_factory=dict)
     calls: int = 0
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # when given, every lookup waits until it is set
 
     async def gather(self, dest: Destination, now: float) -> DnsEvidence:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         return self.answers.get(dest.name) or plain_dns(dest.name, now)
 
 
@@ -204,3 +218,80 @@ class FakeResolver:
         await asyncio.sleep(0)
         answer = self.answers.get((name, rdtype))
         return answer or DnsAnswer(name, rdtype, DnsStatus.SECURE, Rcode.NOERROR, (), name, 600)
+
+
+class RecordingClaims:
+    """Work claims that run the work, or answer with a canned result, or are busy; every
+    job asked for is kept in ``jobs``."""
+
+    def __init__(self, canned: str | None = None, busy: bool = False) -> None:
+        self.canned = canned
+        self.busy = busy
+        self.jobs: list[Job] = []
+
+    async def once(self, job: Job) -> str:
+        self.jobs.append(job)
+        if self.busy:
+            raise ClaimBusy(str(job))
+        return self.canned if self.canned is not None else await job.work()
+
+
+@dataclass
+class RecordingCache:
+    """An answer cache subscribed to a PolicyService: records what it is told is stale."""
+
+    invalidated: list[str | None] = field(default_factory=list)
+    held: int = 0
+
+    def invalidate(self, key: str | None) -> None:
+        self.invalidated.append(key)
+
+    def __len__(self) -> int:
+        return self.held
+
+
+async def run_ready(turns: int = 20) -> None:
+    """Let every task that can run, run: turns of the event loop, no time passes."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+class FakeTransport(asyncio.Transport):
+    """What a protocol writes and asks of its transport, recorded; nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+    def is_reading(self) -> bool:
+        return not self.paused
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def no_time(seconds: float) -> None:
+    """A sleep for code that takes one: yields to the loop once, and no time passes."""
+    await asyncio.sleep(0)

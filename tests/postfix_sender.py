@@ -4,9 +4,6 @@ it reads the world's resolv.conf), TLS policy from policyd over socketmap."""
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import re
 import smtplib
 import socket
@@ -17,8 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Final
 
-from tests.world.procs import Background
-from tests.world.smtp_world import POSTFIX_MASTER, POSTFIX_SERVICES, QUEUE_SUBDIRS
+from tests.world import postfix
 from tests.world.world import World
 
 SNIPPET: Final = Path(__file__).resolve().parents[1] / "etc" / "postfix" / "main.cf.snippet"
@@ -64,54 +60,22 @@ class PostfixSender:
     ) -> None:
         self.base = base
         self.address = address
-        self.conf = base / "conf"
-        self.queue = base / "queue"
-        self.maillog = base / "maillog"
+        self.instance = postfix.Instance(base)
+        self.conf = self.instance.conf
+        self.queue = self.instance.queue
+        self.maillog = self.instance.maillog
         self._setup(f"{policy_socket}:{profile}", ca_file, milter, hold_smtp)
-        self.master = Background(
-            f"sending postfix {address}",
-            [*world.exec_prefix(), POSTFIX_MASTER, "-c", str(self.conf), "-s", "-d"],
-            self.maillog,
-        )
+        self.master = self.instance.master(world, f"sending postfix {address}")
 
     def _setup(self, policy_map: str, ca_file: Path, milter: str | None, hold_smtp: bool) -> None:
-        conf, queue = self.conf, self.queue
-        data = queue / "data"  # relative data_directory: see smtp_world.postfix_instance
-        for d in (conf, queue, data):
-            d.mkdir(parents=True, exist_ok=True)
-        owner = pwd.getpwnam("postfix")
-        postdrop = grp.getgrnam("postdrop").gr_gid
-        for name in QUEUE_SUBDIRS:
-            (queue / name).mkdir(exist_ok=True)
-            os.chown(queue / name, owner.pw_uid, owner.pw_gid)
-            os.chmod(queue / name, 0o700)
-        (queue / "pid").mkdir(exist_ok=True)
-        for name, mode in (("maildrop", 0o730), ("public", 0o710)):
-            (queue / name).mkdir(exist_ok=True)
-            os.chown(queue / name, owner.pw_uid, postdrop)
-            os.chmod(queue / name, mode)
-        os.chown(data, owner.pw_uid, owner.pw_gid)
-        lines = [
-            "compatibility_level = 3.6",
-            f"queue_directory = {queue}",
-            "data_directory = data",
-            "mail_owner = postfix",
-            "setgid_group = postdrop",
-            "inet_interfaces = loopback-only",
-            "inet_protocols = ipv4",
-            "myhostname = sender.policyd.test",
+        naming = [
             "mydomain = policyd.test",
             "myorigin = sender.policyd.test",
             "mydestination =",
             "relay_domains =",
             "mynetworks = 127.0.0.0/8",
-            "alias_maps =",
-            "alias_database =",
-            "local_recipient_maps =",
-            # Postfix's own log (postlogd, the postlog service of master.cf) goes to the
-            # master's stdout, which is the maillog file.
-            "maillog_file = /dev/stdout",
-            "smtpd_peername_lookup = no",
+        ]
+        settings = [
             "smtp_address_preference = ipv4",
             # The shipped snippet's settings, as a postmaster adds them (smtp_tls_policy_maps
             # pointed at the test daemon): deliveries test the snippet itself.
@@ -131,17 +95,14 @@ class PostfixSender:
             "smtp_discard_ehlo_keywords = dsn",
         ]
         if milter is not None:
-            lines += [
+            settings += [
                 f"smtpd_milters = {milter}",
                 "milter_default_action = accept",
                 "milter_protocol = 6",
             ]
         if hold_smtp:
-            lines.append("defer_transports = smtp")  # smtp(8) never asks policyd
-        (conf / "main.cf").write_text("\n".join(lines) + "\n")
-        (conf / "master.cf").write_text(
-            f"{self.address}:25 inet n - n - - smtpd\n" + POSTFIX_SERVICES
-        )
+            settings.append("defer_transports = smtp")  # smtp(8) never asks policyd
+        self.instance.configure("sender.policyd.test", f"{self.address}:25", naming, settings)
 
     def _listening(self) -> bool:
         try:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 Work = Callable[[], Awaitable[str]]
@@ -24,25 +26,50 @@ class ClaimBusy(Exception):
     """Another worker held the claim for longer than the caller may wait."""
 
 
+class WorkKind(StrEnum):
+    """What a piece of claimed work is; named in the fleet's keys and counters."""
+
+    PROBE = "probe"  # a STARTTLS probe of one remote address and port
+    STS = "sts"  # an MTA-STS policy fetch for one policy domain
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of claimed work and the names and times it is claimed under.
+
+    ``claim`` names what must not be done twice at once; ``result`` what the outcome is
+    shared under for ``keep`` seconds. ``lease`` bounds how long a claim holder may take
+    before others take over (so it must exceed the work's own time bound); after the work
+    the claim stays held ``rest`` seconds more (spacing between two sessions to one
+    address).
+    """
+
+    kind: WorkKind
+    claim: str
+    result: str
+    work: Work
+    lease: float
+    keep: float
+    rest: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.claim and self.result):
+            raise ValueError(f"{self.kind} work needs a claim and a result name")
+        if self.lease <= 0:
+            raise ValueError(f"{self}: the lease must be positive")
+        if self.keep < 0 or self.rest < 0:
+            raise ValueError(f"{self}: keep and rest cannot be negative")
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.claim}"
+
+
 class WorkClaims(Protocol):
-    async def once(
-        self,
-        kind: str,
-        claim: str,
-        result: str,
-        work: Work,
-        *,
-        lease: float,
-        keep: float,
-        rest: float = 0.0,
-    ) -> str:
-        """Run ``work`` unless another worker is running it under ``claim`` or shared a
-        result under ``result`` within the last ``keep`` seconds; its result text either
-        way. ``lease`` bounds how long a claim holder may take before others take over
-        (so it must exceed the work's own time bound); after the work the claim stays
-        held ``rest`` seconds more (spacing between two sessions to one address).
-        :class:`ClaimBusy` when the claim stayed held past the wait bound; exceptions of
-        ``work`` propagate."""
+    async def once(self, job: Job) -> str:
+        """Run ``job.work`` unless another worker is running it under ``job.claim`` or
+        shared a result under ``job.result`` within the last ``job.keep`` seconds; its
+        result text either way. :class:`ClaimBusy` when the claim stayed held past the
+        wait bound; exceptions of the work propagate."""
         ...
 
 
@@ -68,33 +95,24 @@ class LocalClaims:
         self._grace = grace
         self._slots: dict[tuple[str, str], _Slot] = {}
 
-    async def once(
-        self,
-        kind: str,
-        claim: str,
-        result: str,
-        work: Work,
-        *,
-        lease: float,
-        keep: float,
-        rest: float = 0.0,
-    ) -> str:
-        del result, keep  # nothing is shared within one host: its sources coalesce already
-        key = (kind, claim)
+    async def once(self, job: Job) -> str:
+        # job.result and job.keep go unused: nothing is shared within one host, its
+        # sources coalesce already.
+        key = (job.kind, job.claim)
         slot = self._slots.setdefault(key, _Slot())
         slot.users += 1
         held = False
         try:
             try:
-                async with asyncio.timeout(lease + rest + self._grace):
+                async with asyncio.timeout(job.lease + job.rest + self._grace):
                     await slot.lock.acquire()
             except TimeoutError:
-                raise ClaimBusy(f"{kind} {claim}: busy for more than {lease:g}s") from None
+                raise ClaimBusy(f"{job}: busy for more than {job.lease:g}s") from None
             held = True
-            return await work()
+            return await job.work()
         finally:
-            if held and rest > 0:
-                asyncio.get_running_loop().call_later(rest, self._done, key, slot, True)
+            if held and job.rest > 0:
+                asyncio.get_running_loop().call_later(job.rest, self._done, key, slot, True)
             else:
                 self._done(key, slot, held)
 

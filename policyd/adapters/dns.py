@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Final
 
 import dns.asyncbackend
@@ -66,20 +67,14 @@ from policyd.adapters.dns_answer import (
     status_of,
 )
 from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
-from policyd.adapters.dns_settings import (
-    DnsSettings,
-    DnsTimeouts,
-    HealthTimes,
-)
 from policyd.adapters.dns_udp import NoResponse, UdpResolver
 from policyd.codec import dns_wire
 from policyd.counters import DnsCounters
+from policyd.settings import DnsSettings
 from policyd.singleflight import SingleFlight
 
 __all__ = [
     "DnsAnswer",
-    "DnsSettings",
-    "DnsTimeouts",
     "HealthTimes",
     "MxRecord",
     "Rcode",
@@ -112,6 +107,23 @@ _QUIET.propagate = False
 # such a record as unusable and go on with the others, so TLSA data is taken as
 # published and judged by policyd.core.evidence.Tlsa.usable. (TLSA only, not SMIMEA.)
 dns.rdtypes.ANY.TLSA.TLSA._cert_length_by_mtype = {}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTimes:
+    """The breaker's clock, in seconds (see the module doc). A cold DNSSEC chase may take
+    longer than ``after``: that only costs one health check, answered in microseconds by
+    a live resolver."""
+
+    after: float = 1.0  # a query unanswered this long makes the resolver suspect
+    timeout: float = 1.0  # a live local resolver answers localhost in well under this
+    retry: float = 1.0  # while open, the resolver is asked again this often
+
+    def __post_init__(self) -> None:
+        for name in ("after", "timeout", "retry"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"health {name} must be a positive number of seconds")
 
 
 class Resolver:

@@ -40,7 +40,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -49,7 +49,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from policyd.adapters.claims import ClaimBusy, LocalClaims, Work
+from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, WorkKind
 from policyd.adapters.redis_url import client_from_url, describe_url
 from policyd.adapters.store_redis import DEFAULT_PREFIX
 from policyd.codec.fleet import Change, change_from_json, change_to_json
@@ -100,8 +100,8 @@ class FleetCounters:
     received: int = 0  # change messages applied
     publish_failures: int = 0  # change messages not sent (the periodic reload covers them)
 
-    def settled(self, kind: str, how: str) -> None:
-        self.work.setdefault(kind, dict.fromkeys(SETTLED, 0))[how] += 1
+    def settled(self, kind: WorkKind, how: str) -> None:
+        self.work.setdefault(kind.value, dict.fromkeys(SETTLED, 0))[how] += 1
 
 
 def _ms(seconds: float) -> int:
@@ -149,24 +149,11 @@ class RedisFleet:
 
     # -- work claims -------------------------------------------------------------------
 
-    async def once(
-        self,
-        kind: str,
-        claim: str,
-        result: str,
-        work: Work,
-        *,
-        lease: float,
-        keep: float,
-        rest: float = 0.0,
-    ) -> str:
+    async def once(self, job: Job) -> str:
         """See :class:`policyd.adapters.claims.WorkClaims`. Work for one claim is also
         serialised (and rested) on this host first, so local askers do not poll Redis for
         each other, and the spacing holds while Redis is down."""
-        shared = _SharedWork(self, kind, claim, result, work, lease=lease, keep=keep, rest=rest)
-        return await self._local.once(
-            kind, claim, result, shared.run, lease=lease, keep=keep, rest=rest
-        )
+        return await self._local.once(replace(job, work=_SharedWork(self, job).run))
 
     async def _release(self, key: str, token: str, rest: float = 0.0) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -270,77 +257,61 @@ class RedisFleet:
 class _SharedWork:
     """One claimed piece of work: take the result, or the lease, or wait for either."""
 
-    def __init__(
-        self,
-        fleet: RedisFleet,
-        kind: str,
-        claim: str,
-        result: str,
-        work: Work,
-        *,
-        lease: float,
-        keep: float,
-        rest: float,
-    ) -> None:
+    def __init__(self, fleet: RedisFleet, job: Job) -> None:
         self._fleet = fleet
-        self._claim_key = fleet.claim_key(kind, claim)
-        self._result_key = fleet.result_key(kind, result)
-        self._kind = kind
-        self._describe = f"{kind} {claim}"
-        self._work = work
-        self._lease = lease
-        self._keep = keep
-        self._rest = rest
+        self._job = job
+        self._claim_key = fleet.claim_key(job.kind, job.claim)
+        self._result_key = fleet.result_key(job.kind, job.result)
 
     async def run(self) -> str:
-        fleet = self._fleet
+        fleet, kind = self._fleet, self._job.kind
         if not fleet.up:
-            fleet.counters.settled(self._kind, "local")
-            return await self._work()
+            fleet.counters.settled(kind, "local")
+            return await self._job.work()
         try:
             return await self._shared()
         except _Unavailable:
-            fleet.counters.settled(self._kind, "local")
-            return await self._work()
+            fleet.counters.settled(kind, "local")
+            return await self._job.work()
 
     async def _shared(self) -> str:
-        fleet, client = self._fleet, self._fleet._client
+        fleet, client, job = self._fleet, self._fleet._client, self._job
         token = secrets.token_hex(16)
-        deadline = fleet._monotonic() + self._lease + self._rest + WAIT_GRACE
+        deadline = fleet._monotonic() + job.lease + job.rest + WAIT_GRACE
         pause = POLL_FIRST
         while True:
             try:
                 found = await client.get(self._result_key)
                 if found is not None:
-                    fleet.counters.settled(self._kind, "shared")
+                    fleet.counters.settled(job.kind, "shared")
                     return str(found)
-                if await client.set(self._claim_key, token, nx=True, px=_ms(self._lease)):
+                if await client.set(self._claim_key, token, nx=True, px=_ms(job.lease)):
                     # The holder before us may have written its result between our GET
                     # and our SET: look once more before doing the work again.
                     found = await client.get(self._result_key)
                     if found is not None:
                         await fleet._release(self._claim_key, token)
-                        fleet.counters.settled(self._kind, "shared")
+                        fleet.counters.settled(job.kind, "shared")
                         return str(found)
                     break
             except (RedisError, OSError) as exc:
                 raise _Unavailable from exc
             if fleet._monotonic() + pause > deadline:
-                fleet.counters.settled(self._kind, "busy")
-                raise ClaimBusy(f"{self._describe}: held elsewhere for over {self._lease:g}s")
+                fleet.counters.settled(job.kind, "busy")
+                raise ClaimBusy(f"{job}: held elsewhere for over {job.lease:g}s")
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL_MAX)
-        fleet.counters.settled(self._kind, "worked")
+        fleet.counters.settled(job.kind, "worked")
         try:
-            value = await self._work()
+            value = await job.work()
         except BaseException:
             # Failed or cancelled: let the next asker take over at once, not at expiry.
             await asyncio.shield(fleet._release(self._claim_key, token))
             raise
         with contextlib.suppress(RedisError, OSError):  # the work is done; sharing is a bonus
-            if self._keep > 0:
-                await client.set(self._result_key, value, px=_ms(self._keep))
-        await fleet._release(self._claim_key, token, self._rest)
+            if job.keep > 0:
+                await client.set(self._result_key, value, px=_ms(job.keep))
+        await fleet._release(self._claim_key, token, job.rest)
         return value
 
 

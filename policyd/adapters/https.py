@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
@@ -20,30 +19,13 @@ import httpx
 
 from policyd.codec.mtasts import MAX_POLICY_BYTES
 from policyd.core.names import MAX_NAME, DomainNameError, domain_name, is_hostname
+from policyd.settings import HttpsTimeouts
 
-__all__ = ["MAX_POLICY_BYTES", "FetchError", "HttpsTimeouts", "PolicyFetcher", "fetch_policy"]
+__all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "fetch_policy"]
 
 WELL_KNOWN_PATH: Final = "/.well-known/mta-sts.txt"  # RFC 8461 3.2
 POLICY_HOST_PREFIX: Final = "mta-sts."  # RFC 8461 3.2
 MAX_REASON_CHARS: Final = 200  # keep log lines and explain output short
-
-
-@dataclass(frozen=True, slots=True)
-class HttpsTimeouts:
-    """Seconds per phase; ``total`` bounds the whole fetch however slowly bytes trickle.
-
-    RFC 8461 3.3 leaves the values to the sender; these are short because a cold lookup
-    waits on the fetch (bounded further by the source's cold budget).
-    """
-
-    connect: float = 5.0
-    read: float = 5.0
-    total: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("connect", "read", "total"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"https timeout {name} must be positive")
 
 
 class FetchError(Exception):

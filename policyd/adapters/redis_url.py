@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
-from policyd.adapters.store import REDIS_SCHEMES, StoreError, is_redis_url
+from policyd.adapters.store import StoreError
+from policyd.settings import REDIS_SCHEMES, is_redis_url
 
 SENTINEL_SCHEME: Final = "redis+sentinel"
 SENTINEL_PORT: Final = 26379  # redis-sentinel's default port

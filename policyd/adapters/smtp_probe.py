@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import ssl
 import warnings
 from collections.abc import Callable
@@ -25,7 +24,9 @@ from cryptography import x509
 from cryptography.x509.verification import Store
 
 from policyd.adapters.certverify import fingerprints, verdict_for
-from policyd.core.evidence import SMTP_PORT, DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.core.types import SMTP_PORT
+from policyd.settings import ProbeTimeouts
 
 # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with CRLF; some servers exceed it.
 MAX_REPLY_LINE: Final = 1024
@@ -45,23 +46,6 @@ POSTFIX_SECURITY_LEVEL: Final = 2
 # renegotiation, which OpenSSL 3 refuses by default. ssl.OP_LEGACY_SERVER_CONNECT from 3.12.
 _OP_LEGACY_SERVER_CONNECT: Final = 0x4
 _ENCODING_DER: Final = 2  # _ssl.ENCODING_DER
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeTimeouts:
-    """Seconds per phase of one probe; ``total`` bounds the whole probe of one address."""
-
-    connect: float = 10.0  # TCP connect; Postfix smtp_connect_timeout is 30s
-    banner: float = 30.0  # RFC 5321 4.5.3.2.1 allows a 5 min greeting; we are only a probe
-    command: float = 15.0  # EHLO, STARTTLS, QUIT replies; RFC 5321 4.5.3.2 (5 min) is for mail
-    tls: float = 15.0  # the handshake; Postfix smtp_starttls_timeout is 300s
-    total: float = 60.0  # everything for one address, including the may/encrypt retry
-
-    def __post_init__(self) -> None:
-        for name in ("connect", "banner", "command", "tls", "total"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"probe timeout {name} must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)

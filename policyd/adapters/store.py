@@ -90,14 +90,3 @@ class ExpiringStore(Protocol):
     """A store that deletes expired records itself when asked (housekeeping)."""
 
     async def delete_expired(self, now: float) -> int: ...
-
-
-# Store URLs redis-py opens (redis, rediss, unix, and Sentinel). Here, not in the Redis
-# adapter, so that choosing a store never imports redis-py: it is an optional dependency
-# (the `redis` extra), and a SQLite installation runs without it.
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
-
-
-def is_redis_url(url: str) -> bool:
-    scheme, sep, _ = url.partition("://")
-    return bool(sep) and scheme in REDIS_SCHEMES

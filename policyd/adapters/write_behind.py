@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -52,11 +52,13 @@ class WriteBehind:
         *,
         interval: float = DEFAULT_INTERVAL,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if interval <= 0 or max_queued < 1:
             raise ValueError("need interval > 0 and max_queued >= 1")
         self._store = store
         self._interval = interval
+        self._sleep = sleep  # tests pass one that lets no time pass
         self._max = max_queued
         self._records: dict[tuple[Kind, str], Record] = {}
         self._events: deque[Event] = deque()
@@ -84,7 +86,7 @@ class WriteBehind:
         """Write a batch every interval until cancelled; then write what is left."""
         try:
             while True:
-                await asyncio.sleep(self._interval)
+                await self._sleep(self._interval)
                 await self.flush()
         finally:
             if self._records or self._events:

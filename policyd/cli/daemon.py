@@ -28,12 +28,13 @@ from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
-from policyd.adapters.store import ExpiringStore, Store, StoreError, is_redis_url
+from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
+from policyd.admin import Admin, Facts
 from policyd.alerts import Alerts
-from policyd.config import DEFAULT_PATH, Config, ConfigError, load
+from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
 from policyd.server.fleet_sync import FleetSync
@@ -41,6 +42,8 @@ from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
 from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
+from policyd.settings import is_redis_url
+from policyd.singleflight import TaskSet
 from policyd.sources.dns import DnsSource
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSource, make_prober
@@ -70,7 +73,6 @@ RESTART_TABLES: Final = (
     "tls",
     "store",
     "sts",
-    "sts_timeouts",
     "probe",
     "metrics",
 )
@@ -80,8 +82,10 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._reloads: set[asyncio.Task[bool]] = set()
+        # Background tasks, held until shutdown; one that dies stops the watchdog pings.
+        self._tasks = TaskSet(log)
+        self._died: list[str] = []  # names of the background tasks that died
+        self._reloads = TaskSet(log)  # SIGHUP reloads in progress, held until done
         self.started_at = 0.0
         self.fleet: RedisFleet | None = None  # the fleet link, with a Redis store
 
@@ -109,7 +113,7 @@ class Daemon:
         shared: Store = store if fleet is None else PublishingStore(store, fleet.publish)
         resolver = Resolver(cfg.dns, log=log)
         try:
-            fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts_timeouts)
+            fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts.timeouts)
             prober = make_prober(cfg.probe, cfg.tls.ca_file)
         except (OSError, ValueError) as exc:
             log.error(
@@ -123,7 +127,7 @@ class Daemon:
         policy_fetcher = (
             fetcher
             if fleet is None
-            else ClaimedFetcher(fetcher, fleet, total_timeout=cfg.sts_timeouts.total)
+            else ClaimedFetcher(fetcher, fleet, total_timeout=cfg.sts.fetch_timeout)
         )
         sts = StsSource(
             shared,
@@ -161,11 +165,23 @@ class Daemon:
         probe.on_change = service.invalidate
         sts.on_change = service.invalidate
         self.service = service
-        self.resolver = resolver
         server = SocketmapServer(service, cfg.server)
-        control = ControlServer(self, cfg)
+        admin = Admin(
+            service,
+            dane=service.dane,
+            sts=sts,
+            probe=probe,
+            events=shared,
+            reload=self.reload,
+            clear_dns=resolver.clear,
+            facts=Facts.of(cfg, self.started_at),
+            listeners=server,
+            fleet=fleet,
+            monotonic=loop.time,
+        )
+        control = ControlServer.of(admin, cfg, lambda: self.config.control)
         metrics = None
-        if cfg.metrics.listen:
+        if cfg.metrics.listen is not None:
             collector = PolicydCollector(
                 service=service,
                 listeners=server,
@@ -190,8 +206,8 @@ class Daemon:
             await store.close()
             return 1
         self.server = server
-        self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts))
-        self._spawn(watch_sts(sts, lambda: self.config.alerts, alerts))
+        self._spawn(watch_resolver(resolver, lambda: self.config.alerts, alerts), "resolver check")
+        self._spawn(watch_sts(sts, lambda: self.config.alerts, alerts), "mta-sts staleness check")
         notifier = Notifier()
         for sig, handler in (
             (signal.SIGTERM, self._stop.set),
@@ -199,13 +215,13 @@ class Daemon:
             (signal.SIGHUP, self.request_reload),
         ):
             loop.add_signal_handler(sig, handler)
-        self._spawn(probe.run())
+        self._spawn(probe.run(), "probe workers")
         if fleet is not None:
             sync = FleetSync(service)
-            self._spawn(fleet.run(sync.apply, sync.resync))
-        self._spawn(self._housekeeping(sts, probe, store))
-        self._spawn(service.writes.run())
-        watchdog = loop.create_task(notifier.watchdog(self.tasks_alive))
+            self._spawn(fleet.run(sync.apply, sync.resync), "fleet link")
+        self._spawn(self._housekeeping(sts, probe, store), "housekeeping")
+        self._spawn(service.writes.run(), "store write-behind")
+        self._spawn(notifier.watchdog(self.tasks_alive), "watchdog")
         notifier.ready()
         for warning in config_warnings(cfg):
             log.warning("%s: %s", cfg.path, warning)
@@ -214,13 +230,12 @@ class Daemon:
         notifier.stopping()
         log.info("stopping")
         await control.close()
+        await admin.close()
         if metrics is not None:
             await metrics.close()
         await server.close()
-        watchdog.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(watchdog, *self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
+        await self._reloads.cancel_all()
         resolver.close()
         await fetcher.aclose()
         if fleet is not None:
@@ -228,23 +243,25 @@ class Daemon:
         await store.close()
         return 0
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        task.add_done_callback(_report_crash)
-        self._tasks.append(task)
+    def _spawn(self, coro: Coroutine[None, None, None], name: str) -> None:
+        """Run a background task until shutdown (the task set logs one that fails)."""
+        self._tasks.spawn(coro, name).add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._died.append(task.get_name())
+            log.error(
+                "%s died: the systemd watchdog is no longer fed, so systemd restarts policyd",
+                task.get_name(),
+            )
 
     def tasks_alive(self) -> bool:
         """No background task has died of an exception (they run until cancelled at
         shutdown; one that has nothing to do may return)."""
-        return not any(
-            task.done() and not task.cancelled() and task.exception() is not None
-            for task in self._tasks
-        )
+        return not self._died
 
     def request_reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload())
-        self._reloads.add(task)  # held until done: an unreferenced task may vanish
-        task.add_done_callback(self._reloads.discard)
+        self._reloads.spawn(self.reload(), "reload")
 
     async def reload(self) -> bool:
         """SIGHUP: profiles, log level, [control] access, alerts and overrides apply at
@@ -271,9 +288,6 @@ class Daemon:
             return False
         log.info("reloaded %s", new.path)
         return True
-
-    def clear_dns_cache(self) -> None:
-        self.resolver.clear()
 
     def stop(self) -> None:
         self._stop.set()
@@ -316,15 +330,6 @@ async def housekeep(
             log.error("housekeeping: %s: store: %s", name, exc)
         except Exception:  # per-step boundary: the next steps must run
             log.exception("housekeeping: %s failed", name)
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "background task failed: %r; the systemd watchdog is no longer fed, so systemd "
-            "restarts policyd",
-            task.exception(),
-        )
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -394,9 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="policyd", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
         "--config",
-        default=DEFAULT_PATH,
+        default=DEFAULT_CONFIG_PATH,
         metavar="PATH",
-        help=f"the configuration file, policyd.toml(5) (default {DEFAULT_PATH})",
+        help=f"the configuration file, policyd.toml(5) (default {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument(
         "--check-config",

@@ -27,7 +27,7 @@ from policyd.adapters.dns import Resolver
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import path_from_url
-from policyd.config import Config, Listener, parse_listener
+from policyd.config import Config, Listener, ListenerKind, parse_listener
 from policyd.core.evidence import DnsStatus
 
 DEFAULT_CONFIG_DIRECTORY: Final = "/etc/postfix"
@@ -297,7 +297,7 @@ class Doctor:
     # -- the listeners, as Postfix reaches them ----------------------------------------
 
     def _listeners(self) -> list[Listener]:
-        return [parse_listener(spec) for spec in self.config.server.socketmap]
+        return list(self.config.server.socketmap)
 
     def _queue_directory(self) -> str:
         return self.postconf.get("queue_directory")
@@ -309,7 +309,7 @@ class Doctor:
         for own in self._listeners():
             if listener.kind != own.kind:
                 continue
-            if listener.kind == "inet":
+            if listener.kind is ListenerKind.INET:
                 if (listener.host, listener.port) == (own.host, own.port):
                     return True
                 continue
@@ -327,7 +327,7 @@ class Doctor:
         owner = self.postconf.get("mail_owner") or "postfix"
         qdir = self._queue_directory()
         for table in tables:
-            if table.listener.kind == "inet":
+            if table.listener.kind is ListenerKind.INET:
                 yield self._connect_check(
                     "reach", table, (table.listener.host, table.listener.port), owner, ""
                 )
@@ -570,7 +570,7 @@ def _in_chroot(qdir: str, path: str) -> str:
 
 
 def _spec(listener: Listener) -> str:
-    if listener.kind == "unix":
+    if listener.kind is ListenerKind.UNIX:
         return f"unix:{listener.path}"
     return f"inet:{listener.host}:{listener.port}"
 

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
-from typing import Final, NoReturn, TextIO
+from collections.abc import Callable
+from typing import Final, NoReturn, TextIO, TypeAlias
 
 from policyd import __version__
 from policyd.cli import policyctl_render as render
+from policyd.cli.control_client import ControlClient, ControlError, Trouble
+from policyd.cli.durations import DurationError, parse_duration
 from policyd.codec import control
-from policyd.codec.control import ControlProtocolError, ErrorCode, JsonValue
+from policyd.codec.control import ControlProtocolError, ErrorCode, JsonObject, results
+from policyd.codec.control.report import ReportResult
 
 DEFAULT_CONFIG: Final = "/etc/policyd/policyd.toml"  # = policyd.config.DEFAULT_PATH
 CONNECT_TIMEOUT: Final = 5.0  # seconds to connect to the control socket
 REPLY_TIMEOUT: Final = 30.0  # seconds for a reply (explain may wait for DNS and MTA-STS)
 PROBE_WAIT_TIMEOUT: Final = 300.0  # seconds for `probe --wait`: DNS + STARTTLS to every MX
-READ_CHUNK: Final = 65536  # bytes per recv
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # not found, refused, or the daemon could not do it
@@ -58,62 +60,24 @@ def socket_path(args: argparse.Namespace) -> str:
     from policyd.config import ConfigError, load
 
     try:
-        spec = load(getattr(args, "config", None) or DEFAULT_CONFIG).server.control
+        listener = load(getattr(args, "config", None) or DEFAULT_CONFIG).server.control
     except ConfigError as exc:
         raise CtlError(EXIT_UNREACHABLE, f"cannot find the control socket: {exc}") from None
-    kind, _, path = spec.partition(":")
-    if kind != "unix" or not path:
-        raise CtlError(EXIT_UNREACHABLE, f"control socket {spec!r} is not unix:/path")
-    return path
+    return listener.path  # a unix listener: the loader checks it
 
 
-def call(path: str, req: control.Request, timeout: float = REPLY_TIMEOUT) -> JsonValue:
-    """Send one request and return the result; failures become :class:`CtlError`."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def call(path: str, req: control.Request, timeout: float | None = None) -> results.Result:
+    """Send one request and return its typed result; failures become :class:`CtlError`."""
+    client = ControlClient(
+        path, REPLY_TIMEOUT if timeout is None else timeout, connect_timeout=CONNECT_TIMEOUT
+    )
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect(path)
-        except PermissionError:
-            raise CtlError(
-                EXIT_FAILED, f"permission denied on {path} (root or the control group only)"
-            ) from None
-        except OSError as exc:
-            raise CtlError(
-                EXIT_UNREACHABLE, f"daemon unreachable at {path}: {exc.strerror or exc}"
-            ) from None
-        sock.settimeout(timeout)
-        try:
-            sock.sendall(control.encode_request(req))
-            reply = _read_reply(sock)
-        except TimeoutError:
-            raise CtlError(
-                EXIT_UNREACHABLE, f"no reply from the daemon within {timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise CtlError(
-                EXIT_UNREACHABLE, f"connection to the daemon lost: {exc.strerror or exc}"
-            ) from None
-    finally:
-        sock.close()
-    if isinstance(reply, control.Failure):
-        raise CtlError(_EXIT_FOR[reply.code], reply.message)
-    return reply.result
-
-
-def _read_reply(sock: socket.socket) -> control.Reply:
-    decoder = control.reply_decoder()
-    while True:
-        try:
-            msg = decoder.next_message()
-        except ControlProtocolError as exc:
-            raise CtlError(EXIT_UNREACHABLE, f"bad reply from the daemon: {exc}") from None
-        if msg is not control.NEED_DATA:
-            return msg
-        data = sock.recv(READ_CHUNK)
-        if not data:
-            raise CtlError(EXIT_UNREACHABLE, "the daemon closed the connection without a reply")
-        decoder.receive_data(data)
+        return client.call(req)
+    except ControlError as exc:
+        if exc.failure is not None:
+            raise CtlError(_EXIT_FOR[exc.failure.code], exc.message) from None
+        status = EXIT_FAILED if exc.trouble is Trouble.DENIED else EXIT_UNREACHABLE
+        raise CtlError(status, exc.message) from None
 
 
 # -- the command line ------------------------------------------------------------------
@@ -241,49 +205,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _domain(args: argparse.Namespace) -> JsonObject:
+    return {"domain": args.domain}
+
+
+def _nothing(args: argparse.Namespace) -> JsonObject:
+    return {}
+
+
+def _override_set(args: argparse.Namespace) -> JsonObject:
+    expires = None if args.expires is None else parse_duration(args.expires)
+    return {
+        "domain": args.domain,
+        "policy": " ".join(args.policy),
+        "expires": expires,
+        "comment": args.comment,
+    }
+
+
+# The command line, as the request each (sub)command sends: its class in the control codec
+# and the ``args`` object, so the daemon and policyctl check a request with the same code.
+ArgsOf: TypeAlias = Callable[[argparse.Namespace], JsonObject]
+REQUESTS: Final[dict[str, tuple[control.RequestType, ArgsOf]]] = {
+    "override set": (control.OverrideSet, _override_set),
+    "override del": (control.OverrideDel, _domain),
+    "override list": (control.OverrideList, _nothing),
+    "explain": (control.Explain, _domain),
+    "probe": (control.Probe, lambda a: {"domain": a.domain, "wait": a.wait}),
+    "flush": (
+        control.Flush,
+        lambda a: {"domain": None if a.all else a.domain, "include_mta_sts": a.include_mta_sts},
+    ),
+    "report": (control.Report, lambda a: {"since": parse_duration(a.since)}),
+    "status": (control.Status, _nothing),
+    "reload": (control.Reload, _nothing),
+}
+
+
 def build_request(args: argparse.Namespace) -> control.Request:
     """The typed request for the command line; invalid input is a usage error (exit 2)."""
+    name = args.command if args.command != "override" else f"override {args.action}"
+    cls, make_args = REQUESTS[name]
     try:
-        cmd = args.command
-        if cmd == "override":
-            if args.action == "set":
-                expires = None if args.expires is None else control.parse_duration(args.expires)
-                return control.OverrideSet(
-                    control.parse_destination(args.domain),
-                    control.parse_policy(" ".join(args.policy)),
-                    expires,
-                    args.comment,
-                )
-            if args.action == "del":
-                return control.OverrideDel(control.parse_destination(args.domain))
-            return control.OverrideList()
-        if cmd == "explain":
-            return control.Explain(control.parse_destination(args.domain))
-        if cmd == "probe":
-            return control.Probe(control.parse_destination(args.domain), args.wait)
-        if cmd == "flush":
-            dest = None if args.all else control.parse_destination(args.domain)
-            return control.Flush(dest, args.include_mta_sts)
-        if cmd == "report":
-            return control.Report(control.parse_duration(args.since))
-        if cmd in ("status", "doctor"):
-            return control.Status()
-        return control.Reload()
-    except ControlProtocolError as exc:
-        raise CtlError(EXIT_USAGE, exc.message) from None
+        return cls.from_args(make_args(args))
+    except (ControlProtocolError, DurationError) as exc:
+        raise CtlError(EXIT_USAGE, str(exc)) from None
 
 
-def show(args: argparse.Namespace, req: control.Request, result: JsonValue, out: TextIO) -> None:
+def show(
+    args: argparse.Namespace, req: control.Request, result: results.Result, out: TextIO
+) -> None:
     as_json = getattr(args, "json", False) or getattr(args, "format", "") == "json"
     if as_json:
-        json.dump(result, out, indent=2, sort_keys=True, ensure_ascii=False)
+        json.dump(result.to_json(), out, indent=2, sort_keys=True, ensure_ascii=False)
         out.write("\n")
         return
-    doc = render.Doc.of(result)
-    if isinstance(req, control.Report) and args.format == "csv":
-        render.report_csv(doc, out)
+    if isinstance(result, ReportResult) and args.format == "csv":
+        render.report_csv(result, out)
         return
-    out.write(render.human(req, doc))
+    out.write(render.human(result))
 
 
 def doctor(args: argparse.Namespace) -> int:
@@ -322,9 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as exc:
         print(f"policyctl: {exc.message}", file=sys.stderr)
         return exc.status
-    except ControlProtocolError as exc:
-        print(f"policyctl: unexpected reply from the daemon: {exc.message}", file=sys.stderr)
-        return EXIT_UNREACHABLE
     return EXIT_OK
 
 

@@ -1,8 +1,5 @@
-"""Human output of ``policyctl``: the JSON results the daemon sends, laid out for a postmaster.
-
-Everything here reads the result documents described in policyctl(8) through :class:`Doc`,
-which tolerates missing fields (an older or newer daemon) rather than failing.
-"""
+"""Human output of ``policyctl``: the typed results the daemon sends, laid out for a
+postmaster (policyctl(8))."""
 
 from __future__ import annotations
 
@@ -10,61 +7,17 @@ import csv
 import json
 import time
 from collections.abc import Mapping
-from typing import Final, TextIO
+from typing import Final, TextIO, assert_never
 
-from policyd.codec import control
-from policyd.codec.control import JsonValue, format_duration
+from policyd.cli.durations import format_duration
+from policyd.codec.control import results as r
+from policyd.codec.control.evidence import DnsDoc, HostDoc, OverrideDoc, ProbeDoc, StsDoc
+from policyd.codec.control.report import DryRunDoc, ReportResult
+from policyd.core.evidence import DnsStatus
 
 TLSA_SHOWN: Final = 64  # hex digits of TLSA data shown before eliding (a SHA-256 is 64)
 NAMES_SHOWN: Final = 8  # destinations listed per level in the report table
-
-
-class Doc:
-    """Typed, forgiving access to a JSON object."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self, d: Mapping[str, JsonValue]) -> None:
-        self._d = d
-
-    @classmethod
-    def of(cls, value: JsonValue) -> Doc:
-        return cls(value if isinstance(value, dict) else {})
-
-    def raw(self, key: str) -> JsonValue:
-        return self._d.get(key)
-
-    def text(self, key: str, default: str = "") -> str:
-        value = self._d.get(key)
-        if value is None or isinstance(value, dict | list):
-            return default
-        return str(value).lower() if isinstance(value, bool) else str(value)
-
-    def num(self, key: str) -> float | None:
-        value = self._d.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        return float(value)
-
-    def flag(self, key: str) -> bool:
-        return self._d.get(key) is True
-
-    def doc(self, key: str) -> Doc | None:
-        value = self._d.get(key)
-        return Doc(value) if isinstance(value, dict) else None
-
-    def docs(self, key: str) -> list[Doc]:
-        value = self._d.get(key)
-        if not isinstance(value, list):
-            return []
-        return [Doc(v) for v in value if isinstance(v, dict)]
-
-    def strs(self, key: str) -> list[str]:
-        value = self._d.get(key)
-        return [str(v) for v in value] if isinstance(value, list) else []
-
-    def items(self) -> list[tuple[str, JsonValue]]:
-        return list(self._d.items())
+_SIGNED: Final = {DnsStatus.SECURE: "DNSSEC-validated", DnsStatus.INSECURE: "not signed"}
 
 
 def ago(age: float | None) -> str:
@@ -86,331 +39,300 @@ def clock(at: float | None) -> str:
 # -- explain -------------------------------------------------------------------------------
 
 
-def explain(doc: Doc) -> str:
-    now = doc.num("now") or time.time()
-    answers = doc.docs("answers")
-    dest = doc.text("destination", "?")
-    head = "; ".join(f"{a.text('profile')} -> {_answer(a)}" for a in answers)
-    out = [f"{dest}: {head}"]
-    width = max((len(a.text("profile")) for a in answers), default=0)
-    for a in answers:
-        dry = f"  (dry run: would be {a.text('would_reply')})" if a.flag("dry_run") else ""
-        out.append(f"  {a.text('profile'):<{width}}  {a.text('reply')}{dry}")
-        out.append(f"  {'':<{width}}  decided by {a.text('rule')}: {a.text('reason')}")
-    out += ["", *_dns(doc.doc("dns"), now), "", *_dane(doc.doc("dns"))]
-    out += ["", *_sts(doc.doc("mta_sts"))]
-    out += ["", *_probe(doc.doc("probe"))]
-    out += ["", *_override(doc.doc("override"))]
+def explain(doc: r.ExplainResult) -> str:
+    head = "; ".join(f"{a.profile} -> {a.told}" for a in doc.answers)
+    out = [f"{doc.destination}: {head}"]
+    width = max((len(a.profile) for a in doc.answers), default=0)
+    for a in doc.answers:
+        dry = f"  (dry run: would be {a.would_reply})" if a.would_reply is not None else ""
+        out.append(f"  {a.profile:<{width}}  {a.reply}{dry}")
+        out.append(f"  {'':<{width}}  decided by {a.rule}: {a.reason}")
+    out += ["", *_dns(doc.dns, doc.now), "", *_dane(doc.dns)]
+    out += ["", *_sts(doc.mta_sts)]
+    out += ["", *_probe(doc.probe)]
+    out += ["", *_override(doc.override)]
     return "\n".join(out) + "\n"
 
 
-def _answer(a: Doc) -> str:
-    """What Postfix gets, short: the level, NOTFOUND or TEMP (the details follow below)."""
-    reply = a.text("reply")
-    if reply.startswith("OK "):
-        return reply[3:].split(" ", 1)[0]
-    return reply.split(" ", 1)[0] or a.text("level")
-
-
-def _dns(dns: Doc | None, now: float) -> list[str]:
+def _dns(dns: DnsDoc | None, now: float) -> list[str]:
     if dns is None:
         return ["DNS: not looked up (parent-domain form or address literal)"]
-    status = dns.text("mx_status")
-    signed = {"secure": "DNSSEC-validated", "insecure": "not signed"}
-    expires = dns.num("expires_at")
-    if status == "failed":
+    status = dns.mx_status
+    if status is DnsStatus.FAILED:
         # The kind of a failed lookup means nothing: "MX listed" would read as found.
         line = "DNS: MX lookup FAILED"
     else:
-        line = f"DNS: MX {dns.text('kind')}, {status} ({signed.get(status, status)})"
-    line += f", fetched {ago(dns.num('age'))}"
-    if expires is not None:
-        line += f", expires {within(expires - now)}"
+        line = f"DNS: MX {dns.kind.value}, {status.value} ({_SIGNED.get(status, status.value)})"
+    line += f", fetched {ago(dns.age)}"
+    if dns.expires_at is not None:
+        line += f", expires {within(dns.expires_at - now)}"
     out = [line]
-    if dns.text("error"):
-        out.append(f"  error: {dns.text('error')}")
-    for h in dns.docs("hosts"):
-        addrs = ", ".join(h.strs("addresses")) or "-"
-        pref, addr_status = h.text("preference", "-"), h.text("address_status")
-        out.append(f"  {pref:>5} {h.text('name')}  addresses {addr_status}: {addrs}")
-        if h.text("address_error"):
-            out.append(f"        error: {h.text('address_error')}")
+    if dns.error:
+        out.append(f"  error: {dns.error}")
+    for h in dns.hosts:
+        addrs = ", ".join(h.addresses) or "-"
+        out.append(f"  {h.preference:>5} {h.name}  addresses {h.address_status.value}: {addrs}")
+        if h.address_error:
+            out.append(f"        error: {h.address_error}")
     return out
 
 
-def _dane(dns: Doc | None) -> list[str]:
-    if dns is None or not dns.docs("hosts"):
+def _dane(dns: DnsDoc | None) -> list[str]:
+    if dns is None or not dns.hosts:
         return ["DANE: no MX hosts"]
     out = ["DANE:"]
-    for h in dns.docs("hosts"):
-        tlsa = h.text("tlsa_status")
-        if not tlsa:
-            out.append(f"  {h.text('name')}: TLSA not looked up (addresses not DNSSEC-signed)")
-            continue
-        records = h.docs("tlsa")
-        what = f"{len(records)} record(s)" if records else "no records"
-        out.append(f"  {h.text('name')}: TLSA {tlsa}, {what}")
-        if h.text("tlsa_error"):
-            out.append(f"      error: {h.text('tlsa_error')}")
-        for r in records:
-            data = r.text("data")
-            if len(data) > TLSA_SHOWN:
-                data = data[:TLSA_SHOWN] + "..."
-            usable = "usable" if r.flag("usable") else "UNUSABLE for SMTP (RFC 7672 3.1)"
-            out.append(
-                f"      {r.text('usage')} {r.text('selector')} {r.text('mtype')} {data}  {usable}"
-            )
+    for h in dns.hosts:
+        out += _tlsa(h)
     return out
 
 
-def _sts(sts: Doc | None) -> list[str]:
-    if sts is None:
-        return ["MTA-STS: not applicable"]
-    pol = sts.doc("policy")
+def _tlsa(h: HostDoc) -> list[str]:
+    if h.tlsa_status is None:
+        return [f"  {h.name}: TLSA not looked up (addresses not DNSSEC-signed)"]
+    what = f"{len(h.tlsa)} record(s)" if h.tlsa else "no records"
+    out = [f"  {h.name}: TLSA {h.tlsa_status.value}, {what}"]
+    if h.tlsa_error:
+        out.append(f"      error: {h.tlsa_error}")
+    for t in h.tlsa:
+        data = t.data if len(t.data) <= TLSA_SHOWN else t.data[:TLSA_SHOWN] + "..."
+        usable = "usable" if t.usable else "UNUSABLE for SMTP (RFC 7672 3.1)"
+        out.append(f"      {t.usage} {t.selector} {t.mtype} {data}  {usable}")
+    return out
+
+
+def _sts(sts: StsDoc) -> list[str]:
+    pol = sts.policy
     out: list[str] = []
     if pol is None:
-        out.append("MTA-STS: no policy" + (" (fetch still running)" if sts.flag("pending") else ""))
+        out.append("MTA-STS: no policy" + (" (fetch still running)" if sts.pending else ""))
     else:
-        max_age = pol.num("max_age")
-        shown_age = (
-            "-" if max_age is None else f"{pol.text('max_age')}s ({format_duration(max_age)})"
-        )
-        valid = "" if pol.flag("valid") else ", EXPIRED"
+        valid = "" if pol.valid else ", EXPIRED"
         out.append(
-            f"MTA-STS: id={pol.text('id')} mode={pol.text('mode')} max_age={shown_age}{valid}"
+            f"MTA-STS: id={pol.id} mode={pol.mode.value}"
+            f" max_age={pol.max_age}s ({format_duration(pol.max_age)}){valid}"
         )
-        out.append(f"  mx: {', '.join(pol.strs('mx')) or '-'}")
-        out.append(f"  fetched {clock(pol.num('fetched_at'))} ({ago(pol.num('age'))})")
-    if sts.text("error"):
-        out.append(f"  last discovery/fetch FAILED: {sts.text('error')}")
+        out.append(f"  mx: {', '.join(pol.mx) or '-'}")
+        out.append(f"  fetched {clock(pol.fetched_at)} ({ago(pol.age)})")
+    if sts.error:
+        out.append(f"  last discovery/fetch FAILED: {sts.error}")
     return out
 
 
-def _probe(probe: Doc | None) -> list[str]:
+def _probe(probe: ProbeDoc | None) -> list[str]:
     if probe is None:
         return ["Probe: no probe results yet"]
-    names = ", ".join(probe.strs("verified_names")) or "none"
-    out = [
-        f"Probe: level {probe.text('level', 'unknown (nothing reachable)')},"
-        f" probed {ago(probe.num('age'))}; verified names: {names}"
-    ]
-    damping = probe.doc("damping")
+    names = ", ".join(probe.verified_names) or "none"
+    level = "unknown (nothing reachable)" if probe.level is None else probe.level.value
+    out = [f"Probe: level {level}, probed {ago(probe.age)}; verified names: {names}"]
+    damping = probe.damping
     if damping is None:
         out.append("  damping: nothing held back")
-    elif damping.strs("pending_names"):
+    elif damping.pending_names:
         out.append(
             f"  damping: HOLDING verified names; other names"
-            f" {', '.join(damping.strs('pending_names'))} seen {damping.text('count')} time(s)"
-            f" since {ago(damping.num('age'))}, not yet confirmed"
+            f" {', '.join(damping.pending_names)} seen {damping.count} time(s)"
+            f" since {ago(damping.age)}, not yet confirmed"
         )
     else:
+        held = "-" if damping.held_level is None else damping.held_level.value
         out.append(
-            f"  damping: HOLDING {damping.text('held_level', '-')}; weaker"
-            f" {damping.text('pending')} seen {damping.text('count')} time(s) since"
-            f" {ago(damping.num('age'))}, not yet confirmed"
+            f"  damping: HOLDING {held}; weaker {damping.pending.value} seen {damping.count}"
+            f" time(s) since {ago(damping.age)}, not yet confirmed"
         )
-    for h in probe.docs("hosts"):
-        tls = " ".join(x for x in (h.text("protocol"), h.text("cipher")) if x)
-        line = f"  {h.text('host')} [{h.text('address')}]: {h.text('verdict')}"
+    for h in probe.hosts:
+        tls = " ".join(x for x in (h.protocol, h.cipher) if x)
+        line = f"  {h.host} [{h.address}]: {h.verdict.value}"
         if tls:
             line += f", {tls}"
-        out.append(line + f" ({ago(h.num('age'))})")
-        if h.text("detail"):
-            out.append(f"      {h.text('detail')}")
-        if h.text("leaf_sha256"):
-            out.append(f"      leaf sha256 {h.text('leaf_sha256')}")
-        if h.text("spki_sha256"):
-            out.append(f"      spki sha256 {h.text('spki_sha256')}")
+        out.append(line + f" ({ago(h.age)})")
+        if h.detail:
+            out.append(f"      {h.detail}")
+        if h.leaf_sha256:
+            out.append(f"      leaf sha256 {h.leaf_sha256}")
+        if h.spki_sha256:
+            out.append(f"      spki sha256 {h.spki_sha256}")
     return out
 
 
-def _override(ov: Doc | None) -> list[str]:
+def _override(ov: OverrideDoc | None) -> list[str]:
     if ov is None:
         return ["Override: none"]
     return ["Override:", *_override_lines(ov)]
 
 
-def _override_lines(ov: Doc) -> list[str]:
-    expires = ov.num("expires_in")
-    until = "never expires" if expires is None else f"expires {within(expires)}"
-    state = "" if ov.flag("active") else " (EXPIRED)"
+def _override_lines(ov: OverrideDoc) -> list[str]:
+    until = "never expires" if ov.expires_in is None else f"expires {within(ov.expires_in)}"
+    state = "" if ov.active else " (EXPIRED)"
     out = [
-        f"  {ov.text('destination')}: {ov.text('policy')}{state}",
-        f"      by {ov.text('author') or '?'} {ago(ov.num('age'))}, {until}",
+        f"  {ov.destination}: {ov.policy}{state}",
+        f"      by {ov.author or '?'} {ago(ov.age)}, {until}",
     ]
-    if ov.text("comment"):
-        out.append(f"      comment: {ov.text('comment')}")
+    if ov.comment:
+        out.append(f"      comment: {ov.comment}")
     return out
 
 
 # -- the other commands ---------------------------------------------------------------------
 
 
-def overrides(doc: Doc) -> str:
-    items = doc.docs("overrides")
-    if not items:
+def overrides(doc: r.Overrides) -> str:
+    if not doc.overrides:
         return "no overrides\n"
-    return "\n".join(line for ov in items for line in _override_lines(ov)) + "\n"
+    return "\n".join(line for ov in doc.overrides for line in _override_lines(ov)) + "\n"
 
 
-def status(doc: Doc) -> str:
-    cache = doc.doc("cache") or Doc({})
-    look = doc.doc("lookups") or Doc({})
-    rows = [
-        ("version", f"policyd {doc.text('version')}"),
-        ("uptime", format_duration(doc.num("uptime") or 0)),
-        ("listeners", ", ".join(doc.strs("listeners"))),
-        ("store", doc.text("store")),
-        ("connections", f"{doc.text('connections', '-')} (refused {doc.text('refused', '0')})"),
-        (
-            "cache",
-            f"{cache.text('answers', '0')} answers, {cache.text('verdicts', '0')} verdicts,"
-            f" {cache.text('overrides', '0')} overrides",
-        ),
-        (
-            "lookups",
-            f"{look.text('lookups', '0')} served from the slow path, {look.text('hits', '0')}"
-            f" cache hits, {look.text('temp', '0')} TEMP, {look.text('perm', '0')} PERM",
-        ),
-    ]
-    probe = doc.doc("probe")
-    if probe is not None:
-        rows.append(("probe queue", ", ".join(f"{k}={_flat(v)}" for k, v in probe.items())))
-    sts = doc.doc("mta_sts")
-    if sts is not None:
-        rows.append(("sts fetches", ", ".join(f"{k}={_flat(v)}" for k, v in sts.items())))
-    fleet = doc.doc("fleet")
-    if fleet is not None:
-        counts = ", ".join(f"{k}={_flat(v)}" for k, v in fleet.items() if k != "link")
-        rows.append(("fleet", f"link {fleet.text('link')}; {counts}"))
-    return "".join(f"{name:<12} {value}\n" for name, value in rows)
+def _pairs(counts: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={_flat(v)}" for k, v in counts.items())
 
 
-def _flat(value: JsonValue) -> str:
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"))
+def _flat(value: object) -> str:
+    if isinstance(value, Mapping):
+        return json.dumps({str(k): v for k, v in value.items()}, separators=(",", ":"))
     return str(value)
 
 
-def report(doc: Doc) -> str:
-    now = doc.num("now") or time.time()
-    since = doc.num("since") or now
+def status(doc: r.StatusResult) -> str:
+    cache, look = doc.cache, doc.lookups
+    connections = "-" if doc.connections is None else str(doc.connections)
+    refused = 0 if doc.refused is None else doc.refused
+    rows = [
+        ("version", f"policyd {doc.version}"),
+        ("uptime", format_duration(doc.uptime)),
+        ("listeners", ", ".join(doc.listeners)),
+        ("store", doc.store),
+        ("connections", f"{connections} (refused {refused})"),
+        (
+            "cache",
+            f"{cache.answers} answers, {cache.verdicts} verdicts, {cache.overrides} overrides",
+        ),
+        (
+            "lookups",
+            f"{look.lookups} served from the slow path, {look.hits} cache hits,"
+            f" {look.temp} TEMP, {look.perm} PERM",
+        ),
+    ]
+    if doc.probe is not None:
+        rows.append(("probe queue", _pairs(doc.probe.to_json())))
+    if doc.mta_sts is not None:
+        rows.append(("sts fetches", _pairs(doc.mta_sts.to_json())))
+    if doc.fleet is not None:
+        counts = {k: v for k, v in doc.fleet.to_json().items() if k != "link"}
+        rows.append(("fleet", f"link {doc.fleet.link}; {_pairs(counts)}"))
+    return "".join(f"{name:<12} {value}\n" for name, value in rows)
+
+
+def _names(level: str, listed: tuple[str, ...]) -> str:
+    more = f", ... (+{len(listed) - NAMES_SHOWN})" if len(listed) > NAMES_SHOWN else ""
+    return f"  {level:<22} {len(listed):>5}  {', '.join(listed[:NAMES_SHOWN])}{more}"
+
+
+def report(doc: ReportResult) -> str:
+    now, since = doc.now, doc.since
     out = [f"Report since {clock(since)} ({format_duration(now - since)})", ""]
-    changes = doc.docs("changes")
-    out.append(f"Level changes: {len(changes)}")
-    for c in changes:
-        previous = c.text("previous", "(first seen)")
-        profile = "" if c.text("profile") == "postfix" else f" [{c.text('profile')}]"
+    out.append(f"Level changes: {len(doc.changes)}")
+    for c in doc.changes:
+        previous = c.previous or "(first seen)"
+        profile = "" if c.profile == "postfix" else f" [{c.profile}]"
         out.append(
-            f"  {clock(c.num('at'))}  {c.text('destination')}{profile}:"
-            f" {previous} -> {c.text('level')}  ({c.text('reason')})"
+            f"  {clock(c.at)}  {c.destination}{profile}: {previous} -> {c.level}  ({c.reason})"
         )
-    levels = doc.doc("levels") or Doc({})
-    rules = doc.doc("rules") or Doc({})
-    for profile, by_level in levels.items():
+    for profile, by_level in doc.levels.items():
         out += ["", f"Destinations by level (profile {profile}):"]
-        for level, names in Doc.of(by_level).items():
-            listed = [str(n) for n in names] if isinstance(names, list) else []
-            more = f", ... (+{len(listed) - NAMES_SHOWN})" if len(listed) > NAMES_SHOWN else ""
-            out.append(f"  {level:<22} {len(listed):>5}  {', '.join(listed[:NAMES_SHOWN])}{more}")
-        counts = Doc.of(rules.raw(profile)).items()
-        out.append("  decided by: " + ", ".join(f"{r} {n}" for r, n in sorted(counts)))
-    temp = doc.doc("temp") or Doc({})
-    out += ["", f"TEMP answers since start: {temp.text('answers', '0')}"]
-    for t in temp.docs("destinations"):
-        out.append(f"  {t.text('destination')} [{t.text('profile')}]: {t.text('reason')}")
-    held = doc.docs("held")
-    out += ["", f"Held by damping: {len(held)}"]
-    for h in held:
-        d = h.doc("damping") or Doc({})
+        out += [_names(level, names) for level, names in by_level.items()]
+        counts = doc.rules.get(profile, {}).items()
+        out.append("  decided by: " + ", ".join(f"{rule} {n}" for rule, n in sorted(counts)))
+    out += ["", f"TEMP answers since start: {doc.temp.answers}"]
+    for t in doc.temp.destinations:
+        out.append(f"  {t.destination} [{t.profile}]: {t.reason}")
+    out += ["", f"Held by damping: {len(doc.held)}"]
+    for h in doc.held:
+        d = h.probe.damping
+        if d is None:
+            continue
+        held = "" if d.held_level is None else d.held_level.value
         out.append(
-            f"  {h.text('destination')}: holding {d.text('held_level')}, weaker {d.text('pending')}"
-            f" seen {d.text('count')} time(s) since {ago(d.num('age'))}"
+            f"  {h.destination}: holding {held}, weaker {d.pending.value}"
+            f" seen {d.count} time(s) since {ago(d.age)}"
         )
-    failing = doc.docs("sts_failing")
-    out += ["", f"Failing MTA-STS fetches: {len(failing)}"]
-    for f in failing:
-        cached = " (cached policy still applies)" if f.flag("cached") else ""
-        out.append(f"  {f.text('destination')}: {f.text('error')}{cached}")
-    out += _dry_run(doc.doc("dry_run") or Doc({}))
+    out += ["", f"Failing MTA-STS fetches: {len(doc.sts_failing)}"]
+    for f in doc.sts_failing:
+        cached = " (cached policy still applies)" if f.cached else ""
+        out.append(f"  {f.destination}: {f.error}{cached}")
+    for profile, dry in doc.dry_run.items():
+        out += _dry_run(profile, dry)
     return "\n".join(out) + "\n"
 
 
-def _dry_run(dry: Doc) -> list[str]:
-    """What each dry-run profile would have changed: Postfix was told NOTFOUND."""
-    out: list[str] = []
-    for profile, body in dry.items():
-        section = Doc.of(body)
-        would = section.doc("would_change") or Doc({})
-        total = sum(len(v) for _l, v in would.items() if isinstance(v, list))
-        out += ["", f"Dry run (profile {profile}): {total} destination(s) would have changed"]
-        out.append("  Postfix was told NOTFOUND; with dry_run = false it would be told:")
-        for level, names in would.items():
-            listed = [str(n) for n in names] if isinstance(names, list) else []
-            more = f", ... (+{len(listed) - NAMES_SHOWN})" if len(listed) > NAMES_SHOWN else ""
-            out.append(f"  {level:<22} {len(listed):>5}  {', '.join(listed[:NAMES_SHOWN])}{more}")
-        answers = Doc.of(section.raw("answers")).items()
-        if answers:
-            out.append("  answers since start: " + ", ".join(f"{k} {v}" for k, v in answers))
+def _dry_run(profile: str, dry: DryRunDoc) -> list[str]:
+    """What a dry-run profile would have changed: Postfix was told NOTFOUND."""
+    total = sum(len(names) for names in dry.would_change.values())
+    out = ["", f"Dry run (profile {profile}): {total} destination(s) would have changed"]
+    out.append("  Postfix was told NOTFOUND; with dry_run = false it would be told:")
+    out += [_names(level, names) for level, names in dry.would_change.items()]
+    if dry.answers:
+        counted = ", ".join(f"{level} {n}" for level, n in dry.answers.items())
+        out.append(f"  answers since start: {counted}")
     return out
 
 
 CSV_FIELDS: Final = ("section", "at", "destination", "profile", "level", "previous", "detail")
 
 
-def report_csv(doc: Doc, out: TextIO) -> None:
+def report_csv(doc: ReportResult, out: TextIO) -> None:
     """One flat table; ``section`` says which part of the report a row belongs to."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_FIELDS)
-    for c in doc.docs("changes"):
+    for c in doc.changes:
+        w.writerow(("change", c.at, c.destination, c.profile, c.level, c.previous or "", c.reason))
+    for profile, by_level in doc.levels.items():
+        for level, names in by_level.items():
+            for name in names:
+                w.writerow(("level", "", name, profile, level, "", ""))
+    for t in doc.temp.destinations:
+        w.writerow(("temp", "", t.destination, t.profile, "TEMP", "", t.reason))
+    for h in doc.held:
+        d = h.probe.damping
+        if d is None:
+            continue
+        since = "" if d.since is None else d.since
+        held = "" if d.held_level is None else d.held_level.value
         w.writerow(
-            ("change", c.text("at"), c.text("destination"), c.text("profile"), c.text("level"),
-             c.text("previous"), c.text("reason"))
+            ("held", since, h.destination, "", held, "",
+             f"pending={d.pending.value} count={d.count}")
         )  # fmt: skip
-    levels = doc.doc("levels") or Doc({})
-    for profile, by_level in levels.items():
-        for level, names in Doc.of(by_level).items():
-            for name in names if isinstance(names, list) else []:
-                w.writerow(("level", "", str(name), profile, level, "", ""))
-    temp = doc.doc("temp") or Doc({})
-    for t in temp.docs("destinations"):
-        w.writerow(
-            ("temp", "", t.text("destination"), t.text("profile"), "TEMP", "", t.text("reason"))
-        )
-    for h in doc.docs("held"):
-        d = h.doc("damping") or Doc({})
-        w.writerow(
-            ("held", d.text("since"), h.text("destination"), "", d.text("held_level"), "",
-             f"pending={d.text('pending')} count={d.text('count')}")
-        )  # fmt: skip
-    for f in doc.docs("sts_failing"):
-        w.writerow(("sts-failing", "", f.text("destination"), "", "", "", f.text("error")))
-    dry = doc.doc("dry_run") or Doc({})
-    for profile, body in dry.items():
-        would = Doc.of(body).doc("would_change") or Doc({})
-        for level, names in would.items():
-            for name in names if isinstance(names, list) else []:
-                w.writerow(("dry-run", "", str(name), profile, level, "NOTFOUND", ""))
+    for f in doc.sts_failing:
+        w.writerow(("sts-failing", "", f.destination, "", "", "", f.error))
+    for profile, dry in doc.dry_run.items():
+        for level, names in dry.would_change.items():
+            for name in names:
+                w.writerow(("dry-run", "", name, profile, level, "NOTFOUND", ""))
 
 
-def human(req: control.Request, doc: Doc) -> str:
-    if isinstance(req, control.Explain):
-        return explain(doc)
-    if isinstance(req, control.Probe):
-        if doc.flag("queued"):
-            return f"{doc.text('destination')}: probe queued; see `policyctl explain` shortly\n"
-        return explain(doc)
-    if isinstance(req, control.OverrideSet):
-        return "override set:\n" + "\n".join(_override_lines(doc)) + "\n"
-    if isinstance(req, control.OverrideDel):
-        return f"{doc.text('destination')}: override deleted\n"
-    if isinstance(req, control.OverrideList):
-        return overrides(doc)
-    if isinstance(req, control.Flush):
-        what = doc.text("destination") or "all destinations"
-        return f"{what}: cached evidence flushed ({doc.text('records', '0')} stored records)\n"
-    if isinstance(req, control.Report):
-        return report(doc)
-    if isinstance(req, control.Status):
-        return status(doc)
-    return "configuration and overrides reloaded\n"
+def human(result: r.Result) -> str:
+    match result:
+        case r.ExplainResult():
+            return explain(result)
+        case r.ProbeQueued():
+            return f"{result.destination}: probe queued; see `policyctl explain` shortly\n"
+        case OverrideDoc():
+            return "override set:\n" + "\n".join(_override_lines(result)) + "\n"
+        case r.OverrideDeleted():
+            return f"{result.destination}: override deleted\n"
+        case r.Overrides():
+            return overrides(result)
+        case r.Flushed():
+            what = result.destination or "all destinations"
+            return f"{what}: cached evidence flushed ({result.records} stored records)\n"
+        case ReportResult():
+            return report(result)
+        case r.StatusResult():
+            return status(result)
+        case r.Reloaded():
+            return "configuration and overrides reloaded\n"
+        case r.Warmed():
+            return f"{result.scheduled} of {result.requested} lookups started\n"
+        case r.Checked():
+            problem = f": {result.problem}" if result.problem else ""
+            return f"{result.destination}: {result.level} ({result.rule}){problem}\n"
+        case _:
+            assert_never(result)

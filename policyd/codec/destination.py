@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-from policyd.core.evidence import SMTP_PORT, Destination, DestinationForm
+from policyd.core.evidence import Destination, DestinationForm
 from policyd.core.names import MAX_NAME, DomainNameError
+from policyd.core.types import SMTP_PORT
 
 __all__ = ["MAX_NAME", "DestinationError", "KeyError_", "parse_key"]
 

@@ -1,7 +1,8 @@
 """Postfix socketmap protocol (socketmap_table(5)): ``NAME KEY`` requests, status replies.
 
-Requests and replies travel as netstrings (:mod:`policyd.codec.netstring`); this module only
-splits a request payload and renders reply payloads.
+Requests and replies travel as netstrings (:mod:`policyd.codec.netstring`); this module
+splits a request payload, renders reply payloads (:func:`reply_for` tells Postfix a verdict)
+and frames them (:func:`encoded`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Final
+
+from policyd.codec import netstring, postfix_policy
+from policyd.core.types import Outcome, Verdict
 
 # socketmap_table(5): the server's reply must not exceed 100000 bytes.
 MAX_REPLY: Final = 100_000
@@ -74,3 +78,19 @@ def reply(status: Status, data: str = "") -> bytes:
         # Cut at a character boundary: Postfix must never get half a UTF-8 sequence.
         out = out[:MAX_REPLY].decode("utf-8", "ignore").encode()
     return out
+
+
+def encoded(status: Status, data: str = "") -> bytes:
+    """A whole reply as it goes on the wire: :func:`reply` in a netstring."""
+    return netstring.encode(reply(status, data))
+
+
+def reply_for(verdict: Verdict) -> bytes:
+    """The reply payload telling Postfix a verdict: ``OK`` and the policy, ``NOTFOUND``, or
+    ``TEMP`` and the reason. A policy too long for one reply raises :class:`ReplyTooLong`
+    (:func:`policyd.told.as_sent` answers such a verdict TEMP before it gets here)."""
+    if verdict.outcome is Outcome.TEMP:
+        return reply(Status.TEMP, verdict.reason)
+    if verdict.policy is None:
+        return reply(Status.NOTFOUND)
+    return reply(Status.OK, postfix_policy.render(verdict.policy))

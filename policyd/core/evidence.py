@@ -16,9 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from policyd.core.names import domain_name, fold, host_name
-from policyd.core.types import Policy, one_line
-
-SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: the port of a destination that names none
+from policyd.core.types import SMTP_PORT, Policy, one_line
 
 # The most mx patterns one MTA-STS policy may carry. RFC 8461 sets no number and real
 # policies name a handful; a bound keeps parsing, decide() and the Postfix reply small:

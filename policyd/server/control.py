@@ -12,7 +12,9 @@ changes the groups applies to the next connection:
 * anyone else is refused.
 
 One JSON request per line, many per connection, answered in order. Bounded: line size
-(:data:`policyd.codec.control.MAX_LINE`), read chunk, idle time, connections.
+(:data:`policyd.codec.control.MAX_LINE`), read chunk, idle time, connections. Each request
+is dispatched exhaustively to one operation of :class:`policyd.admin.Admin`; this module
+adds only the audit log lines, which name the peer.
 """
 
 from __future__ import annotations
@@ -25,21 +27,17 @@ import os
 import pwd
 import socket
 import struct
-import time
 from collections.abc import Callable
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, assert_never
 
+from policyd.admin import Admin, AdminError
 from policyd.codec import control
-from policyd.codec.control import ErrorCode, Failure, Ok
-from policyd.server.control_commands import (
-    CommandError,
-    Commands,
-    ConfigLike,
-    ControlSettingsLike,
-    DaemonLike,
-    Peer,
-)
+from policyd.codec.control import ErrorCode, Failure, JsonObject, Ok
+from policyd.codec.postfix_policy import render as render_policy
+from policyd.config import Config
 from policyd.server.unixsock import BoundSocket, apply_socket_perms, claim_unix_path
+from policyd.settings import ControlSettings
 
 log = logging.getLogger("policyd")
 
@@ -48,6 +46,19 @@ IDLE_TIMEOUT: Final = 60.0  # seconds a connection may wait between requests
 WRITE_TIMEOUT: Final = 10.0  # seconds to hand a reply to a peer that stopped reading
 MAX_CONNECTIONS: Final = 32  # concurrent control connections; more are closed at once
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a control connection (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.user}(uid={self.uid},pid={self.pid})"
 
 
 class Access(enum.Enum):
@@ -74,7 +85,7 @@ def _in_group(group: str, user: str, gids: set[int]) -> bool:
     return entry.gr_gid in gids or user in entry.gr_mem
 
 
-def peer_access(uid: int, gid: int, settings: ControlSettingsLike) -> tuple[str, Access]:
+def peer_access(uid: int, gid: int, settings: ControlSettings) -> tuple[str, Access]:
     """The peer's user name and what it may do. Blocking (NSS): run in a thread."""
     try:
         pw = pwd.getpwuid(uid)
@@ -96,25 +107,44 @@ def allowed(access: Access, cmd: control.Command) -> bool:
     return access is Access.READ and not cmd.writes
 
 
-def unix_path(spec: str) -> str:
-    kind, sep, path = spec.partition(":")
-    if kind != "unix" or not sep or not path:
-        raise OSError(f"control socket {spec!r}: expected unix:/path")
-    return path
-
-
 class ControlServer:
+    """The control socket in front of an :class:`~policyd.admin.Admin`.
+
+    ``access``: the ``[control]`` settings in force, read per connection (a reload that
+    changes the groups applies to the next one); ``mode`` and ``group`` are the socket
+    file's, applied once at start.
+    """
+
     def __init__(
-        self, daemon: DaemonLike, config: ConfigLike, clock: Callable[[], float] = time.time
+        self,
+        admin: Admin,
+        path: str,
+        *,
+        mode: int,
+        group: str,
+        access: Callable[[], ControlSettings],
     ) -> None:
-        self._daemon = daemon
-        self._path = unix_path(config.server.control)
-        self._mode = int(config.control.mode, 8)
-        self._group = config.control.group
-        self.commands = Commands(daemon, clock)
+        self._admin = admin
+        self._path = path
+        self._mode = mode
+        self._group = group
+        self._access = access
         self._server: asyncio.Server | None = None
         self._bound: BoundSocket | None = None
         self._conns: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def of(
+        cls, admin: Admin, config: Config, access: Callable[[], ControlSettings]
+    ) -> ControlServer:
+        """The control socket ``config`` names, with its mode and group."""
+        return cls(
+            admin,
+            config.server.control.path,  # a unix listener (checked at load)
+            mode=config.control.mode,
+            group=config.control.group,
+            access=access,
+        )
 
     @property
     def path(self) -> str:
@@ -158,9 +188,7 @@ class ControlServer:
         try:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = peer_credentials(sock)
-            user, access = await asyncio.to_thread(
-                peer_access, uid, gid, self._daemon.config.control
-            )
+            user, access = await asyncio.to_thread(peer_access, uid, gid, self._access())
             peer = Peer(pid, uid, gid, user)
             peer_text = str(peer)
             await self._converse(reader, writer, peer, access)
@@ -216,12 +244,61 @@ class ControlServer:
                 "(needs root or the control group)",
             )
         try:
-            return Ok(await self.commands.run(req, peer))
-        except CommandError as exc:
+            return Ok(await self.run(req, peer))
+        except AdminError as exc:
             return Failure(exc.code, " ".join(exc.message.split()))
         except Exception:  # the connection's catch-all: a bug in one command is not fatal
             log.exception("control %s: %s failed", peer, cmd.value)
             return Failure(ErrorCode.INTERNAL, f"{cmd.value} failed: internal error, see the log")
+
+    async def run(self, req: control.Request, peer: Peer) -> JsonObject:
+        """One command, dispatched exhaustively: a request type added to the codec and not
+        handled here is a type error (mypy), never a fall-through to another command."""
+        admin = self._admin
+        match req:
+            case control.OverrideSet():
+                ov = await admin.set_override(
+                    req.destination, req.policy, req.expires, req.comment, peer.user
+                )
+                comment = f" comment={req.comment}" if req.comment else ""
+                log.info(
+                    "control: %s set override %s: %s%s",
+                    peer, ov.destination, render_policy(req.policy), comment,
+                )  # fmt: skip
+                return ov.to_json()
+            case control.OverrideDel():
+                deleted = await admin.delete_override(req.destination)
+                log.info("control: %s deleted the override for %s", peer, deleted.destination)
+                return deleted.to_json()
+            case control.OverrideList():
+                return admin.overrides().to_json()
+            case control.Explain():
+                return (await admin.explain(req.destination)).to_json()
+            case control.Probe():
+                log.info("control: %s asked for a probe of %s", peer, req.destination.key)
+                if req.wait:
+                    return (await admin.probe_now(req.destination)).to_json()
+                return admin.probe_soon(req.destination).to_json()
+            case control.Flush():
+                flushed = await admin.flush(req.destination, mta_sts=req.include_mta_sts)
+                sts = " (MTA-STS policies included)" if req.include_mta_sts else ""
+                what = flushed.destination or "all cached evidence"
+                log.info("control: %s flushed %s%s", peer, what, sts)
+                return flushed.to_json()
+            case control.Report():
+                return (await admin.report(req.since)).to_json()
+            case control.Status():
+                return admin.status().to_json()
+            case control.Warm():
+                return admin.warm(req.destinations).to_json()
+            case control.Check():
+                return (await admin.check(req.destination)).to_json()
+            case control.Reload():
+                reloaded = await admin.reload()
+                log.info("control: %s reloaded the configuration", peer)
+                return reloaded.to_json()
+            case _:
+                assert_never(req)
 
 
 async def _send(writer: asyncio.StreamWriter, reply: control.Reply) -> None:

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from policyd.adapters.dns import Resolver
 from policyd.adapters.store_counted import CountedStore
 from policyd.alerts import AlertKind, Alerts
-from policyd.config import Listener, parse_listener
+from policyd.config import Listener
 from policyd.counters import Histogram
 from policyd.server.alert_checks import RESOLVER_SUBJECT
 from policyd.service import PolicyService
@@ -256,8 +256,8 @@ def _buckets(hist: Histogram) -> list[tuple[str, float]]:
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.0 on the event loop; every other request gets 404."""
 
-    def __init__(self, listen: str, collector: Collector) -> None:
-        self.listener: Listener = parse_listener(listen)
+    def __init__(self, listen: Listener, collector: Collector) -> None:
+        self.listener = listen
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self._server: asyncio.Server | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import sdnotify
 
@@ -44,7 +44,11 @@ class Notifier:
             return None
         return int(usec) / 1_000_000 / 2
 
-    async def watchdog(self, alive: Callable[[], bool] = lambda: True) -> None:
+    async def watchdog(
+        self,
+        alive: Callable[[], bool] = lambda: True,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """Ping while the event loop runs and ``alive()`` holds: a stalled loop or a dead
         background task misses pings, and systemd restarts us (WatchdogSec=)."""
         interval = self.watchdog_interval()
@@ -52,7 +56,7 @@ class Notifier:
             return
         while alive():
             self._send("WATCHDOG=1")
-            await asyncio.sleep(interval)
+            await sleep(interval)
         logging.getLogger("policyd").error(
             "a background task died: no more watchdog pings, systemd will restart policyd"
         )

@@ -3,7 +3,8 @@
 Built on ``asyncio.Protocol`` rather than streams: a cached answer is written from inside
 ``data_received`` with no task, no await and no buffer copy beyond the netstring decoder,
 which is what makes the hot path fast. Replies leave in request order; misses are answered
-by tasks whose results are written as the head of the per-connection queue completes.
+by tasks whose results are written as the head of the per-connection queue completes. The
+replies themselves, cached or not, come from :mod:`policyd.server.reply_cache`.
 
 Limits, each named in :class:`~policyd.config.ServerSettings`: request size (PERM and close
 beyond it), time to finish a started request (counted from its first byte, so trickling
@@ -20,10 +21,12 @@ import collections
 import logging
 import time
 import typing
+from collections.abc import Callable
 from typing import Final
 
-from policyd.codec import netstring, socketmap
-from policyd.config import Listener, ServerSettings, parse_listener, socket_mode
+from policyd.codec import netstring
+from policyd.config import Listener, ListenerKind, ServerSettings
+from policyd.server.reply_cache import ReplyCache, failed, perm
 from policyd.server.unixsock import BoundSocket, apply_socketmap_perms, claim_unix_path
 from policyd.service import PolicyService
 
@@ -93,7 +96,7 @@ class _Conn(asyncio.Protocol):
         self.last_activity = now
         self._server.touch(self)
         completed = False
-        service = self._server.service
+        cache = self._server.cache
         transport = self._transport
         assert transport is not None
         while not self._closed:
@@ -106,11 +109,11 @@ class _Conn(asyncio.Protocol):
                 break
             completed = True
             if not self._pending:
-                hit = service.cached_reply(payload)
+                hit = cache.cached(payload)
                 if hit is not None:
                     transport.write(hit)
                     continue
-            fut = asyncio.ensure_future(service.reply_for(payload))
+            fut = asyncio.ensure_future(cache.reply_for(payload))
             self._pending.append(fut)
             fut.add_done_callback(self._flush)
             if len(self._pending) >= MAX_PIPELINE and not self._paused:
@@ -132,9 +135,7 @@ class _Conn(asyncio.Protocol):
             exc = fut.exception()
             if exc is not None:
                 log.error("socketmap %s: lookup failed: %r", self.peer, exc)
-                reply = netstring.encode(
-                    socketmap.reply(socketmap.Status.TEMP, "internal error, see policyd log")
-                )
+                reply = failed()
             else:
                 reply = fut.result()
             transport.write(reply)
@@ -148,7 +149,7 @@ class _Conn(asyncio.Protocol):
         """PERM for a protocol error, then close: the stream cannot be resynchronised."""
         log.warning("socketmap %s: bad request: %s", self.peer, why)
         if self._transport is not None:
-            self._transport.write(netstring.encode(socketmap.reply(socketmap.Status.PERM, why)))
+            self._transport.write(perm(why))
         self.close()
 
     def close(self) -> None:
@@ -162,9 +163,16 @@ class _Conn(asyncio.Protocol):
 
 
 class SocketmapServer:
-    def __init__(self, service: PolicyService, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        service: PolicyService,
+        settings: ServerSettings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.service = service
         self.settings = settings
+        self.cache = ReplyCache(service, monotonic=monotonic)
         # Insertion order is activity order: touch() moves a connection to the end, so the
         # first one is the longest idle (an O(1) choice at the limit).
         self._conns: dict[_Conn, None] = {}
@@ -215,22 +223,19 @@ class SocketmapServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for spec in self.settings.socketmap:
-            listener = parse_listener(spec)
+        for listener in self.settings.socketmap:
             self._servers.append(await self._listen(loop, listener))
         self._sweeper = loop.create_task(self._sweep())
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
-        if listener.kind == "unix":
+        if listener.kind is ListenerKind.UNIX:
             claim_unix_path(listener.path)
             server = await loop.create_unix_server(
                 lambda: _Conn(self), listener.path, backlog=LISTEN_BACKLOG
             )
             bound = BoundSocket.record(listener.path)
             self._bound.append(bound)
-            apply_socketmap_perms(
-                bound, socket_mode(self.settings.socket_mode), self.settings.socket_group
-            )
+            apply_socketmap_perms(bound, self.settings.socket_mode, self.settings.socket_group)
         else:
             server = await loop.create_server(
                 lambda: _Conn(self),
@@ -271,7 +276,7 @@ class SocketmapServer:
 
 
 def describe(listener: Listener) -> str:
-    if listener.kind == "unix":
+    if listener.kind is ListenerKind.UNIX:
         return f"unix:{listener.path}"
     host = f"[{listener.host}]" if ":" in listener.host else listener.host
     return f"inet:{host}:{listener.port}"

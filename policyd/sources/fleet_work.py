@@ -27,13 +27,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Final
 
-from policyd.adapters.claims import ClaimBusy, WorkClaims
+from policyd.adapters.claims import ClaimBusy, Job, WorkClaims, WorkKind
 from policyd.adapters.https import FetchError
 from policyd.adapters.smtp_probe import MAX_ADDRESSES_PER_HOST
 from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeState, ProbeVerdict
 from policyd.core.names import fold
-from policyd.sources.probe import Prober, ProbeSettings
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import Prober
 from policyd.sources.sts import PolicyFetcherProtocol
 
 LEASE_MARGIN: Final = 5.0  # seconds a lease outlasts the work's own time bound
@@ -73,7 +74,15 @@ def claimed_prober(
         where = f"[{address}]:{port}"
         try:
             text = await claims.once(
-                "probe", where, f"{where}:{name}", work, lease=lease, keep=keep, rest=spacing
+                Job(
+                    WorkKind.PROBE,
+                    where,
+                    f"{where}:{name}",
+                    work,
+                    lease=lease,
+                    keep=keep,
+                    rest=spacing,
+                )
             )
         except ClaimBusy:
             detail = "not probed: another probe of this address is still running"
@@ -118,7 +127,7 @@ class ClaimedFetcher:
 
         try:
             text = await self._claims.once(
-                "sts", name, name, work, lease=self._lease, keep=STS_KEEP
+                Job(WorkKind.STS, name, name, work, lease=self._lease, keep=STS_KEEP)
             )
         except ClaimBusy:
             return await self._fetcher.fetch(name)

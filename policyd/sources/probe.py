@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -23,11 +22,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from policyd.adapters.certverify import load_roots
-from policyd.adapters.smtp_probe import ProbeTimeouts, probe_host
+from policyd.adapters.smtp_probe import probe_host
 from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import (
-    SMTP_PORT,
     Destination,
     DnsEvidence,
     DnsStatus,
@@ -36,14 +34,10 @@ from policyd.core.evidence import (
     ProbeState,
 )
 from policyd.core.names import fold
-from policyd.core.probe import (
-    DEFAULT_CONFIRM_PROBES,
-    DEFAULT_CONFIRM_SECONDS,
-    Damping,
-    advance,
-    observed_level,
-)
+from policyd.core.probe import Damping, advance, observed_level
+from policyd.core.types import SMTP_PORT
 from policyd.counters import ProbeCounters
+from policyd.settings import ProbeSettings
 from policyd.singleflight import SingleFlight
 
 # Probes one MX host on a port (that of the destination's next hop).
@@ -57,63 +51,6 @@ MAX_STATES: Final = 1_000_000
 # RFC 8314 3.3: submissions speaks TLS from the first byte (smtp_tls_wrappermode); there
 # is no STARTTLS to probe, and a STARTTLS probe would only time out.
 SUBMISSIONS_PORT: Final = 465
-_TIMEOUTS: Final = ProbeTimeouts()
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeSettings:
-    """``[probe]`` in policyd.toml. Times in seconds."""
-
-    enabled: bool = True
-    concurrency: int = 8  # destinations probed at once
-    queue_size: int = 1000  # waiting destinations; more are dropped (and counted)
-    max_mx_hosts: int = 3  # most preferred MX hosts probed per destination
-    reprobe_interval: float = 86400.0  # a destination's evidence is refreshed daily
-    host_min_interval: float = 60.0  # one MX host is probed at most this often
-    backoff_initial: float = 900.0  # first retry when no MX address was reachable ...
-    backoff_max: float = 86400.0  # ... doubling up to this
-    confirm_probes: int = DEFAULT_CONFIRM_PROBES  # damping: a weaker level needs K probes
-    confirm_seconds: float = DEFAULT_CONFIRM_SECONDS  # ... spread over at least T
-    retention: float = 30 * 86400.0  # a stored result is forgotten this long after its probe
-    port: int = SMTP_PORT  # for destinations without a port of their own (tests use another)
-    helo_name: str = ""  # EHLO name; empty: this host's FQDN (set it to Postfix myhostname)
-    # The phases of one probe, flat as in policyd.toml; defaults and their reasons are
-    # those of policyd.adapters.smtp_probe.ProbeTimeouts.
-    connect_timeout: float = _TIMEOUTS.connect
-    banner_timeout: float = _TIMEOUTS.banner
-    command_timeout: float = _TIMEOUTS.command
-    tls_timeout: float = _TIMEOUTS.tls
-    total_timeout: float = _TIMEOUTS.total
-
-    def __post_init__(self) -> None:
-        for name in ("concurrency", "queue_size", "max_mx_hosts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"probe {name} must be at least 1")
-        for name in ("reprobe_interval", "host_min_interval", "retention"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"probe {name} must be a non-negative number of seconds")
-        if not (0 < self.backoff_initial <= self.backoff_max and math.isfinite(self.backoff_max)):
-            raise ValueError("probe backoff needs 0 < backoff_initial <= backoff_max")
-        if not 1 <= self.port <= 65535:
-            raise ValueError("probe port must be 1-65535")
-        if any(c.isspace() for c in self.helo_name):
-            raise ValueError("probe helo_name must not contain white space")
-        _ = (self.timeouts, self.damping)  # constructing them validates them
-
-    @property
-    def timeouts(self) -> ProbeTimeouts:
-        return ProbeTimeouts(
-            connect=self.connect_timeout,
-            banner=self.banner_timeout,
-            command=self.command_timeout,
-            tls=self.tls_timeout,
-            total=self.total_timeout,
-        )
-
-    @property
-    def damping(self) -> Damping:
-        return Damping(self.confirm_probes, self.confirm_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +104,7 @@ class ProbeSource:
         self._store = store
         self._prober = prober
         self.settings = settings
+        self._damping = Damping(settings.confirm_probes, settings.confirm_seconds)
         self._clock = clock
         self._log = log or logging.getLogger(__name__)
         self.on_change: Callable[[str], None] | None = None
@@ -326,7 +264,7 @@ class ProbeSource:
             hosts.extend(await self._probe_mx(mx, port, fresh))
         now = self._clock()
         old = self._states.get(key)
-        new, held = advance(old, tuple(hosts), now, self.settings.damping)
+        new, held = advance(old, tuple(hosts), now, self._damping)
         for host in hosts:
             self.counters.verdicts.inc(host.verdict.value)
         self.counters.held += held

@@ -37,12 +37,12 @@ from policyd.core.evidence import StsEvidence, StsMode, StsPolicy
 from policyd.core.names import fold
 from policyd.core.sts import describe_mx
 from policyd.counters import StsCounters
+from policyd.settings import StsSettings
 from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
 from policyd.sources.sts_state import (
     NEVER,
     DomainState,
-    StsSettings,
     describe_policy,
     same_policy,
 )

@@ -1,47 +1,16 @@
-"""What the MTA-STS source (:mod:`policyd.sources.sts`) keeps: its ``[sts]`` settings and,
-per domain, the last policy, the state of its discovery and when to look again."""
+"""What the MTA-STS source (:mod:`policyd.sources.sts`) keeps per domain: the last policy,
+the state of its discovery and when to look again."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
 from typing import Final
 
 from policyd.core.evidence import StsMode, StsPolicy
 from policyd.core.sts import describe_mx
 
 NEVER: Final = -math.inf  # a time that has not happened
-
-
-@dataclass(frozen=True, slots=True)
-class StsSettings:
-    """The ``[sts]`` settings; all in seconds except the fetch count."""
-
-    # How long a lookup without a cached policy waits for discovery and fetch before it
-    # answers "pending": far below Postfix's socketmap timeout (100 s) and smtp's.
-    cold_budget: float = 3.0
-    # Refetch a cached policy this old even when its id is unchanged (RFC 8461 3.3 and 10.2
-    # recommend proactive refresh); short-lived policies are refetched at half their max_age.
-    refresh_interval: float = 86400.0
-    # After a failed TXT lookup or fetch, no new attempt for that domain sooner than this
-    # (RFC 8461 3.3 and 10.3: rate-limit fetch attempts).
-    retry_after_failure: float = 300.0
-    # How often a lookup re-reads the TXT record of a domain in use, to see a changed id
-    # (RFC 8461 3.1), or to find a policy for a domain that had none.
-    recheck_interval: float = 3600.0
-    max_concurrent_fetches: int = 16
-    # Discoveries and refreshes waiting for a slot; beyond it the oldest background
-    # discovery is dropped for urgent work, or the new one is refused (and counted).
-    max_queued_fetches: int = 1000
-
-    def __post_init__(self) -> None:
-        for name in ("cold_budget", "refresh_interval", "retry_after_failure", "recheck_interval"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"sts {name} must not be negative")
-        for name in ("max_concurrent_fetches", "max_queued_fetches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sts {name} must be at least 1")
 
 
 class DomainState:

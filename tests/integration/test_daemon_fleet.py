@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +20,6 @@ import pytest
 
 from tests.daemon import Daemon, base_sections, free_port
 from tests.integration.test_metrics import scrape
-from tests.integration.test_mtasts import NsDaemon
 from tests.integration.test_store_redis import RedisServer
 from tests.world import smtp_world, sts_world
 from tests.world.smtp_world import CASES
@@ -46,8 +43,7 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 def fleet_host(world: World, directory: Path, redis: RedisServer) -> Daemon:
     directory.mkdir()
-    sections = base_sections(directory, world.resolver)
-    sections["store"] = {"url": redis.url}
+    sections = base_sections(directory, world.resolver, store=redis.url)
     sections["tls"] = {"ca_file": str(world.ca_file)}
     sections["sts"] = {"cold_budget": 1.0}
     sections["metrics"] = {"listen": f"inet:127.0.0.1:{free_port()}"}
@@ -62,9 +58,8 @@ def fleet_host(world: World, directory: Path, redis: RedisServer) -> Daemon:
         "tls_timeout": 2.0,
         "total_timeout": 8.0,
     }
-    d = NsDaemon(directory, sections)  # the policy fetcher needs the world's resolv.conf
-    d.prefix = world.exec_prefix()
-    return d
+    # The policy fetcher needs the world's resolv.conf: see Daemon.prefix.
+    return Daemon(directory, sections, prefix=world.exec_prefix())
 
 
 @pytest.fixture
@@ -81,18 +76,8 @@ def fleet(world: World, tmp_path: Path, redis: RedisServer) -> Iterator[list[Dae
             d.stop()
 
 
-def policyctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", d.control, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def fleet_status(d: Daemon) -> dict[str, Any]:
-    res = policyctl(d, "status", "--json")
+    res = d.policyctl("status", "--json")
     assert res.returncode == 0, res.stderr
     doc: dict[str, Any] = json.loads(res.stdout)["fleet"] or {}
     return doc
@@ -108,7 +93,7 @@ def link_metric(d: Daemon) -> float:
 
 def slow_lookups(d: Daemon) -> int:
     """Lookups decided from evidence rather than the answer cache (policyctl status)."""
-    res = policyctl(d, "status", "--json")
+    res = d.policyctl("status", "--json")
     return int(json.loads(res.stdout)["lookups"]["lookups"])
 
 
@@ -192,13 +177,13 @@ def test_an_override_set_on_one_host_answers_on_the_others_within_a_second(
     first, *others = fleet
     key = "fleet-override.test"
     assert on_all(fleet, key) == [["NOTFOUND"]] * HOSTS  # an answer each host has cached
-    res = policyctl(first, "override", "set", key, "encrypt", "--comment", "ticket 16")
+    res = first.policyctl("override", "set", key, "encrypt", "--comment", "ticket 16")
     assert res.returncode == 0, res.stderr
     with ThreadPoolExecutor(len(others)) as pool:
         took = list(pool.map(lambda d: seconds_until(d, key, "encrypt"), others))
     assert max(took) < PROPAGATION_BOUND, took
 
-    res = policyctl(others[0], "override", "del", key)
+    res = others[0].policyctl("override", "del", key)
     assert res.returncode == 0, res.stderr
     with ThreadPoolExecutor(HOSTS) as pool:
         took = list(pool.map(lambda d: seconds_until(d, key, "NOTFOUND"), fleet))
@@ -207,14 +192,14 @@ def test_an_override_set_on_one_host_answers_on_the_others_within_a_second(
 
 def test_a_flush_on_one_host_is_applied_by_every_host(fleet: list[Daemon]) -> None:
     first, *others = fleet
-    res = policyctl(first, "flush", "fleet-flush.test")
+    res = first.policyctl("flush", "fleet-flush.test")
     assert res.returncode == 0, res.stderr
     pattern = re.compile(r"fleet: \S+ flushed fleet-flush\.test$", re.M)
     for d in others:
         wait_for(d, lambda d: pattern.search(d.log()) is not None, PROPAGATION_BOUND)
     assert pattern.search(first.log()) is None  # its own message is not applied twice
     # Cached MTA-STS policies only when asked (review L7), on every host alike.
-    res = policyctl(first, "flush", "--all", "--include-mta-sts")
+    res = first.policyctl("flush", "--all", "--include-mta-sts")
     assert res.returncode == 0, res.stderr
     everything = re.compile(r"fleet: \S+ flushed everything \(MTA-STS policies included\)")
     for d in others:
@@ -263,7 +248,7 @@ def test_redis_killed_and_restarted_under_load_loses_no_answer_and_weakens_none(
 ) -> None:
     first, second, third = fleet
     for i in range(3):
-        res = policyctl(first, "override", "set", f"pinned{i}.fleet.test", "verify")
+        res = first.policyctl("override", "set", f"pinned{i}.fleet.test", "verify")
         assert res.returncode == 0, res.stderr
     probed = CASES["probe-wrongname"]
     on_all(fleet, probed.domain)
@@ -307,7 +292,7 @@ def test_redis_killed_and_restarted_under_load_loses_no_answer_and_weakens_none(
     assert settled(second, "probe", "local") >= 1  # it probed the new destination by itself
 
     # The link is back: a change on one host reaches the others within a second again.
-    res = policyctl(third, "override", "set", "after.fleet.test", "encrypt")
+    res = third.policyctl("override", "set", "after.fleet.test", "encrypt")
     assert res.returncode == 0, res.stderr
     for d in (first, second):
         assert seconds_until(d, "after.fleet.test", "encrypt") < PROPAGATION_BOUND

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,20 +25,9 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 def host(world: World, directory: Path, redis: RedisServer) -> Daemon:
     directory.mkdir()
-    sections = base_sections(directory, world.resolver)
-    sections["store"] = {"url": redis.url}
+    sections = base_sections(directory, world.resolver, store=redis.url)
     sections["probe"] = {"enabled": False}
     return Daemon(directory, sections)
-
-
-def policyctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", d.control, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_two_hosts_share_overrides_through_redis(
@@ -50,7 +37,7 @@ def test_two_hosts_share_overrides_through_redis(
     second = host(world, tmp_path / "b", redis)
     first.start()
     try:
-        res = policyctl(first, "override", "set", "shared.test", "encrypt")
+        res = first.policyctl("override", "set", "shared.test", "encrypt")
         assert res.returncode == 0, res.stderr
         assert first.postmap("shared.test") == ["encrypt"]
         # The second host starts later and reads the override from the shared store.

@@ -5,20 +5,22 @@ probe destinations). Proof comes from Postfix's own log lines and from the recei
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import pytest
 
 from tests.daemon import Daemon, base_sections
-from tests.integration.test_mtasts import NsDaemon
 from tests.postfix_sender import PostfixSender, Submitted
 from tests.world import sts_world
+from tests.world.procs import Background
 from tests.world.smtp_world import received
 from tests.world.world import World
 
@@ -28,8 +30,8 @@ SENDER_ADDRESS: Final = "127.0.9.1"
 MILTER_SENDER_ADDRESS: Final = "127.0.9.2"
 STRICT_SENDER_ADDRESS: Final = "127.0.9.3"
 MILTER_PORT: Final = 8893
-CTL_TIMEOUT: Final = 60.0
 DELIVERY_TIMEOUT: Final = 30.0
+MILTER_START: Final = 10.0  # seconds for policyd-milter to listen
 PROBED: Final = (
     "probe-valid.test",
     "probe-expired.test",
@@ -37,16 +39,6 @@ PROBED: Final = (
     "probe-sni.test",
     "probe-legacy.test",
 )
-
-
-def policyctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd.cli.policyctl", "--socket", daemon.control, *args],
-        capture_output=True,
-        text=True,
-        timeout=CTL_TIMEOUT,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -79,30 +71,10 @@ def daemon(world: World, files: Path) -> Iterator[Daemon]:
         "total_timeout": 8.0,
     }
     sections["milter"] = {"socket": f"inet:{MILTER_PORT}@127.0.0.1", "action": "log"}
-    d = NsDaemon(files, sections)
-    d.prefix = world.exec_prefix()
+    d = Daemon(files, sections, prefix=world.exec_prefix())
     d.start()
     try:
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "policyd.cli.policyctl",
-                    "--socket",
-                    d.control,
-                    "probe",
-                    domain,
-                    "--wait",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            for domain in PROBED
-        ]
-        for proc in procs:
-            out, _ = proc.communicate(timeout=CTL_TIMEOUT)
-            assert proc.returncode == 0, out.decode(errors="replace")
+        d.probe_all(PROBED)
         yield d
     finally:
         d.stop()
@@ -148,82 +120,122 @@ def header(copy: str, name: str) -> str:
     raise AssertionError(f"no {name} in {copy[:500]}")
 
 
-def test_dane_delivered_verified(world: World, sender: PostfixSender) -> None:
-    _, line, tls, copy = delivered(world, sender, "dane-ee.test", "mx.dane-ee.test", "dane")
-    assert "relay=mx.dane-ee.test[127.0.1.1]:25" in line
-    assert tls is not None and tls.split(": ", 1)[1].startswith(("Verified TLS", "Trusted TLS"))
-    assert "mx.dane-ee.test[127.0.1.1]:25" in tls
-    assert header(copy, "X-World-TLS").startswith("TLS")
+@dataclass(frozen=True)
+class Delivery:
+    """One destination's mail, and what proves it went the way policyd's answer says."""
+
+    domain: str
+    mx: str  # the receiver whose copy is looked for
+    subject: str
+    relay: str  # in the status=sent line
+    tls_has: tuple[str, ...] = ()  # in the delivery's TLS line, every one
+    tls_begins: tuple[str, ...] = ()  # that line's message begins with one of them
+    world_tls: str | None = "TLS.*"  # the copy's X-World-TLS header, in full
+    copy_has: str = ""  # in the receiver's copy
+    sender_log_has: str = ""  # in the sending Postfix's log
 
 
-def test_aaaa_servfail_delivered_over_ipv4_with_dane(world: World, sender: PostfixSender) -> None:
+VERIFIED = ": Verified TLS connection established"
+DANE_TLS = ("Verified TLS", "Trusted TLS")
+
+DELIVERIES = [
+    Delivery(
+        "dane-ee.test",
+        "mx.dane-ee.test",
+        "dane",
+        "relay=mx.dane-ee.test[127.0.1.1]:25",
+        tls_has=("mx.dane-ee.test[127.0.1.1]:25",),
+        tls_begins=DANE_TLS,
+    ),
     # mx.aaaa-bogus.test: bogus AAAA (SERVFAIL), secure A and TLSA. policyd answered TEMP
     # for the whole domain; now dane-only, and Postfix delivers over IPv4 with DANE.
-    _, line, tls, copy = delivered(
-        world, sender, "aaaa-bogus.test", "mx.dane-ee.test", "aaaa-bogus"
-    )
-    assert "relay=mx.aaaa-bogus.test[127.0.1.1]:25" in line
-    assert tls is not None and tls.split(": ", 1)[1].startswith(("Verified TLS", "Trusted TLS"))
-    assert header(copy, "X-World-TLS").startswith("TLS")
-
-
-def test_mtasts_delivered_verified(world: World, sender: PostfixSender) -> None:
-    _, line, tls, copy = delivered(
-        world, sender, "sts-enforce.test", "mx.sts-enforce.test", "mta-sts"
-    )
-    assert "relay=mx.sts-enforce.test[" in line
-    assert tls is not None and ": Verified TLS connection established" in tls, tls
-    assert header(copy, "X-World-TLS").startswith("TLS")
-
-
-def test_probe_valid_delivered_verified(world: World, sender: PostfixSender) -> None:
-    _, line, tls, copy = delivered(
-        world, sender, "probe-valid.test", "mx.probe-valid.test", "probe-valid"
-    )
-    assert "relay=mx.probe-valid.test[127.0.3.1]:25" in line
-    assert tls is not None and ": Verified TLS connection established" in tls, tls
+    Delivery(
+        "aaaa-bogus.test",
+        "mx.dane-ee.test",
+        "aaaa-bogus",
+        "relay=mx.aaaa-bogus.test[127.0.1.1]:25",
+        tls_begins=DANE_TLS,
+    ),
+    Delivery(
+        "sts-enforce.test",
+        "mx.sts-enforce.test",
+        "mta-sts",
+        "relay=mx.sts-enforce.test[",
+        tls_has=(VERIFIED,),
+    ),
     # The recorder sits behind the receiving Postfix: its Received header shows the TLS.
-    assert "with ESMTPS" in copy
-
-
-def test_sni_only_delivered_verified(world: World, sender: PostfixSender) -> None:
+    Delivery(
+        "probe-valid.test",
+        "mx.probe-valid.test",
+        "probe-valid",
+        "relay=mx.probe-valid.test[127.0.3.1]:25",
+        tls_has=(VERIFIED,),
+        world_tls=None,
+        copy_has="with ESMTPS",
+    ),
     # The server presents its valid certificate only to a client that sends SNI; the
     # probe did, and policyd's "verify servername=hostname" makes Postfix do the same.
-    _, line, tls, copy = delivered(world, sender, "probe-sni.test", "mx.probe-sni.test", "sni")
-    assert "relay=mx.probe-sni.test[127.0.3.14]:25" in line
-    assert tls is not None and ": Verified TLS connection established" in tls, tls
-    assert header(copy, "X-World-TLS").startswith("TLS")
-
-
-def test_legacy_tls_delivered_encrypted(world: World, sender: PostfixSender) -> None:
+    Delivery(
+        "probe-sni.test",
+        "mx.probe-sni.test",
+        "sni",
+        "relay=mx.probe-sni.test[127.0.3.14]:25",
+        tls_has=(VERIFIED,),
+    ),
     # TLS 1.0 with a SHA-1 signed key exchange and a valid certificate: "verify" (what
     # policyd answered before) deferred with "legacy sigalg disallowed"; encrypt delivers.
-    _, line, tls, copy = delivered(
-        world, sender, "probe-legacy.test", "mx.probe-legacy.test", "legacy"
-    )
-    assert "relay=mx.probe-legacy.test[127.0.3.15]:25" in line
-    assert tls is not None and "TLS connection established" in tls, tls
-    assert "TLSv1 with cipher" in tls, tls
-    assert header(copy, "X-World-TLS").startswith("TLS")
-
-
-def test_expired_delivered_untrusted(world: World, sender: PostfixSender) -> None:
-    _, line, tls, copy = delivered(
-        world, sender, "probe-expired.test", "mx.probe-expired.test", "probe-expired"
-    )
-    assert "relay=mx.probe-expired.test[127.0.3.2]:25" in line
-    assert tls is not None and ": Untrusted TLS connection established" in tls, tls
-    assert header(copy, "X-World-TLS").startswith("TLS")
-
-
-def test_intolerant_delivered(world: World, sender: PostfixSender) -> None:
-    _, line, _, copy = delivered(
-        world, sender, "probe-intolerant.test", "mx.probe-intolerant.test", "intolerant"
-    )
-    assert "relay=mx.probe-intolerant.test[127.0.3.9]:25" in line
+    Delivery(
+        "probe-legacy.test",
+        "mx.probe-legacy.test",
+        "legacy",
+        "relay=mx.probe-legacy.test[127.0.3.15]:25",
+        tls_has=("TLS connection established", "TLSv1 with cipher"),
+    ),
+    Delivery(
+        "probe-expired.test",
+        "mx.probe-expired.test",
+        "probe-expired",
+        "relay=mx.probe-expired.test[127.0.3.2]:25",
+        tls_has=(": Untrusted TLS connection established",),
+    ),
     # Postfix tried STARTTLS (policy "may"), the handshake failed, then it sent in clear.
-    assert "SSL_connect error to mx.probe-intolerant.test[127.0.3.9]:25" in sender.log()
-    assert header(copy, "X-World-TLS") == "none"
+    Delivery(
+        "probe-intolerant.test",
+        "mx.probe-intolerant.test",
+        "intolerant",
+        "relay=mx.probe-intolerant.test[127.0.3.9]:25",
+        world_tls="none",
+        sender_log_has="SSL_connect error to mx.probe-intolerant.test[127.0.3.9]:25",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", DELIVERIES, ids=lambda c: c.subject)
+def test_delivered_as_answered(world: World, sender: PostfixSender, case: Delivery) -> None:
+    _, line, tls, copy = delivered(world, sender, case.domain, case.mx, case.subject)
+    assert case.relay in line
+    if case.tls_has or case.tls_begins:
+        assert tls is not None, line
+        assert all(part in tls for part in case.tls_has), tls
+        if case.tls_begins:
+            assert tls.split(": ", 1)[1].startswith(case.tls_begins), tls
+    if case.world_tls is not None:
+        assert re.fullmatch(case.world_tls, header(copy, "X-World-TLS")), copy[:500]
+    assert case.copy_has in copy
+    assert case.sender_log_has in sender.log()
+
+
+def never_delivered(world: World, pf: PostfixSender, sub: Submitted, mx: str) -> str:
+    """After the queue manager retried ``sub`` (backoff 1-2 s): several attempts, none
+    sent, nothing at ``mx``. The sender's log."""
+    log = pf.log()
+    attempts = [x for x in log.splitlines() if f"{sub.queue_id}: to=<{sub.recipient}>" in x]
+    assert len(attempts) >= 2, attempts
+    sent = [x for x in log.splitlines() if sub.queue_id in x and "status=sent" in x]
+    assert not sent, log[-3000:]
+    copies = [p.read_text(errors="replace") for p in received(world, mx)]
+    assert not [c for c in copies if sub.message_id in c]
+    return log
 
 
 def test_dane_mismatch_stays_deferred(world: World, sender: PostfixSender) -> None:
@@ -232,19 +244,13 @@ def test_dane_mismatch_stays_deferred(world: World, sender: PostfixSender) -> No
     print(line)
     # Let the queue manager retry a few times (backoff 1-2 s): never sent, never received.
     time.sleep(6.0)
-    log = sender.log()
+    log = never_delivered(world, sender, sub, "mx.dane-mismatch.test")
     attempts = [x for x in log.splitlines() if f"{sub.queue_id}: to=<{sub.recipient}>" in x]
-    assert len(attempts) >= 2, attempts
     assert all("status=deferred (Server certificate not verified)" in x for x in attempts)
     assert (
         "server certificate verification failed for mx.dane-mismatch.test[127.0.1.3]:25: "
         "num=65:no matching DANE TLSA records" in log
     )
-    assert not [x for x in log.splitlines() if sub.queue_id in x and "status=sent" in x], log[
-        -3000:
-    ]
-    copies = [p.read_text(errors="replace") for p in received(world, "mx.dane-mismatch.test")]
-    assert not [c for c in copies if sub.message_id in c]
 
 
 @pytest.fixture(scope="module")
@@ -333,13 +339,8 @@ def test_forged_mx_of_cached_sts_domain_defers(
         assert f"relay={forged_mx}[" in line or forged_mx in line, line
         assert "Server certificate not verified" in line, line
         time.sleep(4.0)  # let the queue manager retry (backoff 1-2 s)
-        log = sender.log()
-        attempts = [x for x in log.splitlines() if f"{sub.queue_id}: to=<{sub.recipient}>" in x]
-        assert len(attempts) >= 2, attempts
-        assert not [x for x in attempts if "status=sent" in x], attempts
-        copies = [p.read_text(errors="replace") for p in received(world, forged_mx)]
-        assert not [c for c in copies if sub.message_id in c]
-        explained = policyctl(daemon, "explain", domain)
+        never_delivered(world, sender, sub, forged_mx)
+        explained = daemon.policyctl("explain", domain)
         print(explained.stdout)
         assert explained.returncode == 0, explained.stderr
         assert f"secure match={real_mx} servername=hostname" in explained.stdout
@@ -361,12 +362,9 @@ def milter_sender(world: World, daemon: Daemon, files: Path) -> Iterator[Postfix
         f'[server]\ncontrol = "unix:{daemon.control}"\n\n'
         f'[milter]\nsocket = "inet:{MILTER_PORT}@127.0.0.1"\naction = "none"\ntimeout = 2.0\n'
     )
-    log = (files / "milter.log").open("ab")
-    milter = subprocess.Popen(
-        [sys.executable, "-m", "policyd.milter", "--config", str(config)],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
+    log = files / "milter.log"
+    milter = Background(
+        "policyd-milter", [sys.executable, "-m", "policyd.cli.milter", "--config", str(config)], log
     )
     pf = PostfixSender(
         world,
@@ -378,22 +376,12 @@ def milter_sender(world: World, daemon: Daemon, files: Path) -> Iterator[Postfix
         hold_smtp=True,
     )
     try:
-        deadline = time.monotonic() + 10.0
-        while "listening on" not in (files / "milter.log").read_text(errors="replace"):
-            assert milter.poll() is None, (files / "milter.log").read_text()
-            assert time.monotonic() < deadline, (files / "milter.log").read_text()
-            time.sleep(0.05)
+        milter.start(lambda: "listening on" in log.read_text(errors="replace"), MILTER_START)
         pf.start()
         yield pf
     finally:
         pf.stop()
-        milter.terminate()
-        try:
-            milter.wait(5.0)
-        except subprocess.TimeoutExpired:
-            milter.kill()
-            milter.wait()
-        log.close()
+        milter.stop()
 
 
 def test_milter_warms_daemon(
@@ -402,10 +390,7 @@ def test_milter_warms_daemon(
     domain = "dane-ta.test"  # asked by no other test of this module
     assert domain not in daemon.log()
     sub = milter_sender.submit(f"postmaster@{domain}", "milter")
-    deadline = time.monotonic() + 10.0
-    while f"{domain}: level=" not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.1)
+    daemon.wait_log(re.escape(f"{domain}: level="))
     print([x for x in daemon.log().splitlines() if domain in x])
     # Postfix itself never asked: its smtp transport is deferred (defer_transports). The
     # daemon may answer the milter before the queue manager has logged the message.

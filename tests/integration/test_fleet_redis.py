@@ -4,16 +4,17 @@ session per remote address for many MX names, and the link going down and up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from policyd.adapters.claims import ClaimBusy, Work
+from policyd.adapters.claims import ClaimBusy, Job, WorkKind
 from policyd.adapters.fleet_redis import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -24,8 +25,9 @@ from policyd.adapters.fleet_redis import (
 )
 from policyd.codec.fleet import Change, ChangeKind
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ADDRESS_SPACING, claimed_prober
-from policyd.sources.probe import ProbeSettings
+from tests.fleet_links import running, until, value
 from tests.integration.test_store_redis import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -40,35 +42,34 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     srv.stop()
 
 
-async def _ignore(change: Change) -> None:
-    del change
-
-
-async def _nothing() -> None:
-    return None
-
-
 @pytest.fixture
 async def fleets(server: RedisServer) -> AsyncIterator[list[RedisFleet]]:
     """Three hosts' links to one server, subscribed and up."""
     hosts = [RedisFleet.from_url(server.url) for _ in range(3)]
     for i, f in enumerate(hosts):
         f.origin = f"host{i}"
-    tasks = [asyncio.create_task(f.run(_ignore, _nothing)) for f in hosts]
-    await until(lambda: all(f.up for f in hosts))
-    yield hosts
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for f in hosts:
-        await f.close()
+    async with contextlib.AsyncExitStack() as stack:
+        for f in hosts:
+            await stack.enter_async_context(running(f))
+        await until(lambda: all(f.up for f in hosts), LINK_DEADLINE)
+        yield hosts
 
 
-async def until(ok: Callable[[], bool], seconds: float = LINK_DEADLINE) -> None:
-    deadline = time.monotonic() + seconds
-    while not ok():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+@pytest.fixture
+async def direct(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the server, for the test to play another (dead, stuck) host."""
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def lease_elsewhere(
+    direct: aioredis.Redis, fleet: RedisFleet, kind: str, claim: str, *, ms: int
+) -> float:
+    """A lease on ``claim`` for ``ms`` milliseconds, held by a host that never releases it
+    (dead or stuck); when it was taken (time.monotonic)."""
+    await direct.set(fleet.claim_key(kind, claim), "another-host", px=ms)
+    return time.monotonic()
 
 
 async def test_one_of_many_concurrent_askers_does_the_work(fleets: list[RedisFleet]) -> None:
@@ -81,7 +82,10 @@ async def test_one_of_many_concurrent_askers_does_the_work(fleets: list[RedisFle
         return "findings"
 
     results = await asyncio.gather(
-        *(f.once("probe", "[192.0.2.1]:25", "x", work, lease=5, keep=5) for f in fleets * 3)
+        *(
+            f.once(Job(WorkKind.PROBE, "[192.0.2.1]:25", "x", work, lease=5, keep=5))
+            for f in fleets * 3
+        )
     )
     assert results == ["findings"] * 9
     assert calls == 1
@@ -91,26 +95,24 @@ async def test_one_of_many_concurrent_askers_does_the_work(fleets: list[RedisFle
 
 
 async def test_a_lease_left_by_a_dead_holder_is_taken_over_when_it_expires(
-    fleets: list[RedisFleet], server: RedisServer
+    fleets: list[RedisFleet], direct: aioredis.Redis
 ) -> None:
     first, second, _ = fleets
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
     # A holder that died mid-work: its lease stays until it expires, and no result comes.
-    await client.set(first.claim_key("sts", "dead.test"), "someone-else", px=800)
-    started = time.monotonic()
-    got = await second.once("sts", "dead.test", "dead.test", _value("mine"), lease=5, keep=5)
+    started = await lease_elsewhere(direct, first, "sts", "dead.test", ms=800)
+    got = await second.once(
+        Job(WorkKind.STS, "dead.test", "dead.test", value("mine"), lease=5, keep=5)
+    )
     took = time.monotonic() - started
     assert got == "mine"
     assert 0.7 < took < 2.0  # waited for the expiry, not for its own lease of 5 s
-    assert await client.get(first.claim_key("sts", "dead.test")) is None  # released
-    await client.aclose()
+    assert await direct.get(first.claim_key("sts", "dead.test")) is None  # released
 
 
 async def test_only_the_holder_releases_its_lease(
-    fleets: list[RedisFleet], server: RedisServer
+    fleets: list[RedisFleet], direct: aioredis.Redis
 ) -> None:
     first = fleets[0]
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
     key = first.claim_key("probe", "[192.0.2.9]:25")
 
     async def slow() -> str:
@@ -120,14 +122,14 @@ async def test_only_the_holder_releases_its_lease(
     async def successor() -> str:
         await asyncio.sleep(0.3)
         # The first lease ran out: this one is the successor's, with its own token.
-        assert await client.set(key, "successor", nx=True, px=10_000)
+        assert await direct.set(key, "successor", nx=True, px=10_000)
         return "x"
 
     await asyncio.gather(
-        first.once("probe", "[192.0.2.9]:25", "r1", slow, lease=0.2, keep=0), successor()
+        first.once(Job(WorkKind.PROBE, "[192.0.2.9]:25", "r1", slow, lease=0.2, keep=0)),
+        successor(),
     )
-    assert await client.get(key) == "successor"  # the late holder did not delete it
-    await client.aclose()
+    assert await direct.get(key) == "successor"  # the late holder did not delete it
 
 
 async def test_many_mx_names_on_one_address_get_one_session_at_a_time(
@@ -163,17 +165,16 @@ async def test_many_mx_names_on_one_address_get_one_session_at_a_time(
 
 
 async def test_a_wait_is_bounded_by_the_holders_lease(
-    fleets: list[RedisFleet], server: RedisServer
+    fleets: list[RedisFleet], direct: aioredis.Redis
 ) -> None:
     first, second, _ = fleets
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
-    await client.set(first.claim_key("probe", "[192.0.2.7]:25"), "stuck", px=60_000)
-    started = time.monotonic()
+    started = await lease_elsewhere(direct, first, "probe", "[192.0.2.7]:25", ms=60_000)
     with pytest.raises(ClaimBusy):
-        await second.once("probe", "[192.0.2.7]:25", "r", _value("never"), lease=0.3, keep=1)
+        await second.once(
+            Job(WorkKind.PROBE, "[192.0.2.7]:25", "r", value("never"), lease=0.3, keep=1)
+        )
     assert time.monotonic() - started < 0.3 + 1.0 + 0.6  # lease + grace + one poll
     assert second.counters.work["probe"]["busy"] == 1
-    await client.aclose()
 
 
 async def test_changes_reach_the_other_hosts_not_the_sender(server: RedisServer) -> None:
@@ -187,22 +188,12 @@ async def test_changes_reach_the_other_hosts_not_the_sender(server: RedisServer)
 
     a, b = RedisFleet.from_url(server.url), RedisFleet.from_url(server.url)
     a.origin, b.origin = "a", "b"
-    tasks = [
-        asyncio.create_task(a.run(recorder("a"), _nothing)),
-        asyncio.create_task(b.run(recorder("b"), _nothing)),
-    ]
-    try:
-        await until(lambda: a.up and b.up)
+    async with running(a, recorder("a")), running(b, recorder("b")):
+        await until(lambda: a.up and b.up, LINK_DEADLINE)
         await a.publish(Change(ChangeKind.OVERRIDE, "example.test"))
         await until(lambda: len(got["b"]) == 1, 1.0)
         assert got["b"][0] == Change(ChangeKind.OVERRIDE, "example.test", "a")
         assert got["a"] == []
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await a.close()
-        await b.close()
 
 
 async def test_redis_down_means_local_work_then_the_link_comes_back(
@@ -215,14 +206,14 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
         nonlocal resynced
         resynced += 1
 
-    f = RedisFleet.from_url(server.url)
-    task = asyncio.create_task(f.run(_ignore, resync))
-    try:
-        await until(lambda: f.up)
+    async with running(RedisFleet.from_url(server.url), on_connect=resync) as f:
+        await until(lambda: f.up, LINK_DEADLINE)
         server.stop()
-        await until(lambda: not f.up)
+        await until(lambda: not f.up, LINK_DEADLINE)
         started = time.monotonic()
-        got = await f.once("sts", "down.test", "down.test", _value("here"), lease=5, keep=5)
+        got = await f.once(
+            Job(WorkKind.STS, "down.test", "down.test", value("here"), lease=5, keep=5)
+        )
         assert got == "here"
         assert time.monotonic() - started < 0.5  # no wait on a link known to be down
         assert f.counters.work["sts"]["local"] == 1
@@ -234,7 +225,10 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
             return "x"
 
         await asyncio.gather(
-            *(f.once("probe", "[192.0.2.3]:25", n, stamp, lease=5, keep=5, rest=0.3) for n in "ab")
+            *(
+                f.once(Job(WorkKind.PROBE, "[192.0.2.3]:25", n, stamp, lease=5, keep=5, rest=0.3))
+                for n in "ab"
+            )
         )
         assert starts[1] - starts[0] >= 0.3
         await f.publish(Change(ChangeKind.FLUSH, None))
@@ -243,43 +237,23 @@ async def test_redis_down_means_local_work_then_the_link_comes_back(
         server.start()
         await until(lambda: f.up, 40.0)
         assert resynced == 2  # at the first connect and after the outage
-    finally:
-        await stopped(task)
-        await f.close()
     downs = [r for r in caplog.records if "link to" in r.message and " down" in r.message]
     ups = [r for r in caplog.records if "link to" in r.message and " up" in r.message]
     assert (len(downs), len(ups)) == (1, 2)
 
 
-async def stopped(task: asyncio.Task[None]) -> None:
-    """Cancel a fleet link's task; it must end promptly (shutdown waits for it)."""
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=10.0)
-    assert done, "the fleet link task did not end when cancelled"
-
-
-def _value(text: str) -> Work:
-    async def work() -> str:
-        return text
-
-    return work
-
-
 async def test_a_stuck_redis_costs_a_claim_seconds_and_is_noticed(server: RedisServer) -> None:
-    f = RedisFleet.from_url(server.url)
-    task = asyncio.create_task(f.run(_ignore, _nothing))
-    try:
-        await until(lambda: f.up)
-        server.pause()  # SIGSTOP: connections stay open, nothing answers
-        started = time.monotonic()
-        got = await f.once("sts", "stuck.test", "stuck.test", _value("here"), lease=30, keep=5)
-        assert got == "here"
-        assert time.monotonic() - started < 2 * (CONNECT_TIMEOUT + COMMAND_TIMEOUT) + 0.5
-        assert f.counters.work["sts"]["local"] == 1
-        await until(lambda: not f.up, SILENCE_LIMIT + PING_INTERVAL + 2.0)
-        server.resume()
-        await until(lambda: f.up, 40.0)
-    finally:
-        server.resume()
-        await stopped(task)
-        await f.close()
+    async with running(RedisFleet.from_url(server.url)) as f:
+        try:
+            await until(lambda: f.up, LINK_DEADLINE)
+            server.pause()  # SIGSTOP: connections stay open, nothing answers
+            started = time.monotonic()
+            job = Job(WorkKind.STS, "stuck.test", "stuck.test", value("here"), lease=30, keep=5)
+            assert await f.once(job) == "here"
+            assert time.monotonic() - started < 2 * (CONNECT_TIMEOUT + COMMAND_TIMEOUT) + 0.5
+            assert f.counters.work["sts"]["local"] == 1
+            await until(lambda: not f.up, SILENCE_LIMIT + PING_INTERVAL + 2.0)
+            server.resume()
+            await until(lambda: f.up, 40.0)
+        finally:
+            server.resume()

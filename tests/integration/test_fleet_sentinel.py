@@ -3,21 +3,22 @@ redis-sentinel (``redis-server --sentinel``) in front of a real redis-server on 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis as syncredis
 
+from policyd.adapters.claims import Job, WorkKind
 from policyd.adapters.fleet_redis import RedisFleet
 from policyd.adapters.store import Kind, Record
 from policyd.adapters.store_redis import RedisStore
 from policyd.codec.fleet import Change
 from tests.daemon import free_port
+from tests.fleet_links import running, until, value
 
 pytestmark = pytest.mark.integration
 
@@ -116,82 +117,52 @@ def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
 async def test_store_and_fleet_link_through_sentinel(sentinel: SentinelSetup) -> None:
     url, primary_port = sentinel.url, sentinel.primary_port
     store = await RedisStore.open(url)
-    fleet = RedisFleet.from_url(url)
     got: list[Change] = []
 
     async def record(change: Change) -> None:
         got.append(change)
 
-    async def nothing() -> None:
-        return None
-
-    task = asyncio.create_task(fleet.run(record, nothing))
     try:
-        await store.put(Record(Kind.OVERRIDE, "a.test", "{}", None))
-        assert await store.get(Kind.OVERRIDE, "a.test") == Record(
-            Kind.OVERRIDE, "a.test", "{}", None
-        )
-        deadline = time.monotonic() + READY_DEADLINE
-        while not fleet.up:
-            assert time.monotonic() < deadline, "fleet link not up through sentinel"
-            await asyncio.sleep(0.05)
-
-        async def work() -> str:
-            return "done"
-
-        assert await fleet.once("sts", "a.test", "a.test", work, lease=5, keep=5) == "done"
-        assert fleet.counters.work["sts"]["worked"] == 1
-        with syncredis.Redis(port=primary_port, decode_responses=True) as primary:
-            assert primary.hexists("policyd:override", "a.test")
-            assert primary.get(fleet.result_key("sts", "a.test")) == "done"
+        async with running(RedisFleet.from_url(url), record) as fleet:
+            await store.put(Record(Kind.OVERRIDE, "a.test", "{}", None))
+            assert await store.get(Kind.OVERRIDE, "a.test") == Record(
+                Kind.OVERRIDE, "a.test", "{}", None
+            )
+            await until(lambda: fleet.up, READY_DEADLINE)
+            assert await fleet.once(_job("a.test")) == "done"
+            assert fleet.counters.work["sts"]["worked"] == 1
+            with syncredis.Redis(port=primary_port, decode_responses=True) as primary:
+                assert primary.hexists("policyd:override", "a.test")
+                assert primary.get(fleet.result_key("sts", "a.test")) == "done"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await fleet.close()
         await store.close()
 
 
 async def test_the_fleet_link_follows_a_sentinel_failover(sentinel: SentinelSetup) -> None:
     store = await RedisStore.open(sentinel.url)
-    fleet = RedisFleet.from_url(sentinel.url)
-
-    async def ignore(change: Change) -> None:
-        del change
-
-    async def nothing() -> None:
-        return None
-
-    async def work() -> str:
-        return "done"
-
-    task = asyncio.create_task(fleet.run(ignore, nothing))
     try:
-        await _until(lambda: fleet.up, READY_DEADLINE)
-        await store.put(Record(Kind.OVERRIDE, "kept.test", "{}", None))
-        with syncredis.Redis(port=sentinel.primary_port) as primary:
-            primary.execute_command("WAIT", 1, 5000)  # on the replica before the failover
-        sentinel.kill("primary")
-        await _until(lambda: not fleet.up, READY_DEADLINE)
-        # Meanwhile claims work here, without Redis.
-        assert await fleet.once("sts", "x.test", "x.test", work, lease=5, keep=5) == "done"
-        assert fleet.counters.work["sts"]["local"] == 1
-        await _until(lambda: sentinel.primary_now() == sentinel.replica_port, FAILOVER_DEADLINE)
-        await _until(lambda: fleet.up, FAILOVER_DEADLINE)
-        # The promoted replica serves the store and the claims.
-        assert await store.get(Kind.OVERRIDE, "kept.test") is not None
-        assert await fleet.once("sts", "y.test", "y.test", work, lease=5, keep=5) == "done"
-        assert fleet.counters.work["sts"]["worked"] == 1
-        with syncredis.Redis(port=sentinel.replica_port, decode_responses=True) as promoted:
-            assert promoted.get(fleet.result_key("sts", "y.test")) == "done"
+        async with running(RedisFleet.from_url(sentinel.url)) as fleet:
+            await until(lambda: fleet.up, READY_DEADLINE)
+            await store.put(Record(Kind.OVERRIDE, "kept.test", "{}", None))
+            with syncredis.Redis(port=sentinel.primary_port) as primary:
+                primary.execute_command("WAIT", 1, 5000)  # on the replica before the failover
+            sentinel.kill("primary")
+            await until(lambda: not fleet.up, READY_DEADLINE)
+            # Meanwhile claims work here, without Redis.
+            assert await fleet.once(_job("x.test")) == "done"
+            assert fleet.counters.work["sts"]["local"] == 1
+            await until(lambda: sentinel.primary_now() == sentinel.replica_port, FAILOVER_DEADLINE)
+            await until(lambda: fleet.up, FAILOVER_DEADLINE)
+            # The promoted replica serves the store and the claims.
+            assert await store.get(Kind.OVERRIDE, "kept.test") is not None
+            assert await fleet.once(_job("y.test")) == "done"
+            assert fleet.counters.work["sts"]["worked"] == 1
+            with syncredis.Redis(port=sentinel.replica_port, decode_responses=True) as promoted:
+                assert promoted.get(fleet.result_key("sts", "y.test")) == "done"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await fleet.close()
         await store.close()
 
 
-async def _until(ok: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not ok():
-        assert time.monotonic() < deadline, "not in time"
-        await asyncio.sleep(0.05)
+def _job(domain: str) -> Job:
+    """An MTA-STS fetch of ``domain``, as the claimed fetcher asks for one."""
+    return Job(WorkKind.STS, domain, domain, value("done"), lease=5, keep=5)

@@ -36,7 +36,7 @@ def files() -> Iterator[Path]:
 @pytest.fixture
 def daemon(world: World, files: Path) -> Iterator[Daemon]:
     # The shipped permissions of unix socketmap sockets (0660, postfix group).
-    yield from started(files, server={"socket_mode": ServerSettings().socket_mode})
+    yield from started(files, server={"socket_mode": f"{ServerSettings().socket_mode:04o}"})
 
 
 def as_postfix(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -109,6 +109,6 @@ def test_running_as_root_is_warned(daemon: Daemon) -> None:
 
 
 def test_shipped_default_listener_is_loopback_tcp() -> None:
-    assert ServerSettings().socketmap == (f"inet:127.0.0.1:{DEFAULT_PORT}",)
+    assert [str(x) for x in ServerSettings().socketmap] == [f"inet:127.0.0.1:{DEFAULT_PORT}"]
     snippet = (Path(__file__).parents[2] / "etc/postfix/main.cf.snippet").read_text()
     assert f"socketmap:inet:127.0.0.1:{DEFAULT_PORT}:postfix" in snippet

@@ -10,6 +10,7 @@ triggered here (resolver-not-validating, dane-temp); level-dropped is in test_pr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -48,13 +49,6 @@ def scrape(port: int) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_log(daemon: Daemon, text: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in daemon.log():
-        assert time.monotonic() < deadline, f"{text!r} not in log:\n{daemon.log()[-3000:]}"
-        time.sleep(0.05)
 
 
 def start(directory: Path, world: World, nameserver: str, **extra: Mapping[str, object]) -> Daemon:
@@ -127,7 +121,9 @@ def test_dry_run_profile(daemon: Daemon) -> None:
     before = scrape(port_of(daemon))
     assert daemon.postmap("dane-ta.test", name="trial") == ["NOTFOUND"]
     assert daemon.postmap("dane-ta.test") == ["dane-only"]  # the live profile enforces
-    wait_log(daemon, "dane-ta.test: level=dane-only profile=trial dry-run=yes")
+    daemon.wait_log(
+        re.escape("dane-ta.test: level=dane-only profile=trial dry-run=yes"), timeout=15.0
+    )
     after = scrape(port_of(daemon))
     moved = value(
         after, "policyd_dry_run_answers_total", profile="trial", level="dane-only"
@@ -174,7 +170,7 @@ def test_dane_temp_alert(daemon: Daemon) -> None:
     assert "alert=dane-temp destination=expired.test" not in daemon.log()
     time.sleep(6.0)  # a TEMP answer is cached 5 s; then the next lookup decides again
     assert daemon.postmap("expired.test")[0].startswith("ERROR")
-    wait_log(daemon, "alert=dane-temp destination=expired.test")
+    daemon.wait_log(re.escape("alert=dane-temp destination=expired.test"), timeout=15.0)
     samples = scrape(port)
     assert value(samples, "policyd_alerts_total", alert="dane-temp") >= 1
     assert value(samples, "policyd_alerts_active", alert="dane-temp") >= 1
@@ -188,7 +184,7 @@ def test_resolver_not_validating_alert(world: World, tmp_path: Path) -> None:
     """The authoritative server answers but never validates: no AD bit for the root."""
     d = start(tmp_path, world, world.authoritative)
     try:
-        wait_log(d, "alert=resolver-not-validating name=.")
+        d.wait_log(re.escape("alert=resolver-not-validating name=."), timeout=15.0)
         samples = scrape(port_of(d))
         assert value(samples, "policyd_resolver_validating") == 0
         assert value(samples, "policyd_alerts_total", alert="resolver-not-validating") == 1

@@ -9,7 +9,6 @@ unbound), as it would see the host's in production.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any, Final
 import pytest
 
 from policyd.codec import netstring
-from tests.daemon import START_TIMEOUT, Daemon, base_sections
+from tests.daemon import Daemon, base_sections, running
 from tests.world import sts_world
 from tests.world.sts_world import domain_of
 from tests.world.world import World
@@ -34,41 +33,7 @@ MARGIN: Final = 2.0  # postmap start-up, DNS and scheduling on a busy machine
 WAIT: Final = 20.0  # bound for background work (refetch after an id change, a refresh)
 
 
-class NsDaemon(Daemon):
-    """policyd started through ``ip netns exec``, which bind-mounts the namespace's
-    resolv.conf (setns() alone, as for the base Daemon, keeps the host's)."""
-
-    prefix: list[str]
-
-    def start(self) -> None:
-        self.write_config()
-        for path in (self.socket, self.control):
-            if os.path.exists(path):
-                os.unlink(path)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *self.prefix,
-                    sys.executable,
-                    "-m",
-                    "policyd.cli.daemon",
-                    "--config",
-                    str(self.config_path),
-                ],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (os.path.exists(self.socket) and os.path.exists(self.control)):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"policyd exited {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"policyd did not start:\n{self.log()}")
-            time.sleep(0.05)
-
-
-def make_daemon(world: World, directory: Path, **sts: Any) -> NsDaemon:
+def make_daemon(world: World, directory: Path, **sts: Any) -> Daemon:
     sections = base_sections(directory, world.resolver)
     sections["probe"] = {"enabled": False}  # answers from DNS and MTA-STS evidence alone
     sections["tls"] = {"ca_file": str(world.ca_file)}
@@ -83,25 +48,12 @@ def make_daemon(world: World, directory: Path, **sts: Any) -> NsDaemon:
     }
     # A profile for Postfix >= 3.10.5: the MTA-STS attributes (strict leaves them off).
     sections["profiles.tlsrpt"] = {"sts_attributes": True}
-    d = NsDaemon(directory, sections)
-    d.prefix = world.exec_prefix()
-    return d
+    return Daemon(directory, sections, prefix=world.exec_prefix())
 
 
 @pytest.fixture(scope="module")
 def daemon(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = make_daemon(world, tmp_path_factory.mktemp("mtasts"))
-    d.start()
-    yield d
-    d.stop()
-
-
-def wait_log(daemon: Daemon, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while (found := re.search(pattern, daemon.log())) is None:
-        assert time.monotonic() < deadline, f"{pattern!r} not in log:\n{daemon.log()[-3000:]}"
-        time.sleep(0.05)
-    return found
+    yield from running(make_daemon(world, tmp_path_factory.mktemp("mtasts")))
 
 
 def secure(mx: str) -> str:
@@ -143,13 +95,12 @@ def test_first_lookup(daemon: Daemon, world: World, label: str, expected: str) -
     assert time.monotonic() - t0 < COLD_BUDGET + MARGIN
     why = FAILURES.get(label)
     if why is not None:
-        wait_log(daemon, rf"{re.escape(domain)}: mta-sts .*{why}")
+        daemon.wait_log(rf"{re.escape(domain)}: mta-sts .*{why}")
 
 
 def test_decision_logged_with_reason(daemon: Daemon) -> None:
     daemon.postmap("sts-enforce.test")
-    wait_log(
-        daemon,
+    daemon.wait_log(
         r"sts-enforce\.test: level=secure[ ,].*reason=MTA-STS enforce id=20240101a "
         r"mx=mx\.sts-enforce\.test",
     )
@@ -157,7 +108,7 @@ def test_decision_logged_with_reason(daemon: Daemon) -> None:
 
 def test_testing_mode_noted(daemon: Daemon) -> None:
     daemon.postmap("sts-testing.test")
-    wait_log(daemon, r"sts-testing\.test: .*MTA-STS testing: not enforced")
+    daemon.wait_log(r"sts-testing\.test: .*MTA-STS testing: not enforced")
 
 
 def test_sts_attributes_profile_adds_attributes_and_policy_strings(daemon: Daemon) -> None:
@@ -195,8 +146,7 @@ def test_unsigned_mx_with_tlsa_host_keeps_sts(daemon: Daemon) -> None:
     domain = domain_of("unsigneddane")
     assert daemon.postmap(domain) == [secure("mx.dane-ee.test")]
     assert daemon.postmap(domain, name="strict") == [secure("mx.dane-ee.test")]
-    wait_log(
-        daemon,
+    daemon.wait_log(
         rf"{re.escape(domain)}: level=secure[ ,].*reason=MTA-STS enforce .*"
         r"DANE not on every path \(usable TLSA at mx\.dane-ee\.test, MX RRset not signed\)",
     )
@@ -213,7 +163,7 @@ def test_slow_server_is_bounded_by_cold_budget(daemon: Daemon) -> None:
     got = daemon.postmap("sts-slow.test", name="strict")
     assert got[0].startswith("ERROR"), got
     assert time.monotonic() - t0 < COLD_BUDGET + MARGIN
-    wait_log(daemon, r"sts-slow\.test: mta-sts policy fetch failed: timeout", timeout=WAIT)
+    daemon.wait_log(r"sts-slow\.test: mta-sts policy fetch failed: timeout", timeout=WAIT)
 
 
 def test_txt_id_change_triggers_refetch(daemon: Daemon, world: World) -> None:
@@ -233,16 +183,13 @@ def test_txt_id_change_triggers_refetch(daemon: Daemon, world: World) -> None:
         assert got == [old], got  # never anything weaker in between
         assert time.monotonic() < deadline, daemon.log()[-3000:]
         time.sleep(0.5)
-    wait_log(daemon, rf"{re.escape(domain)}: mta-sts policy id=20240202a mode=enforce")
+    daemon.wait_log(rf"{re.escape(domain)}: mta-sts policy id=20240202a mode=enforce")
 
 
 @pytest.fixture
 def eager(world: World, tmp_path: Path) -> Iterator[Daemon]:
     """A daemon that refreshes cached policies after one second."""
-    d = make_daemon(world, tmp_path, refresh_interval=1.0)
-    d.start()
-    yield d
-    d.stop()
+    yield from running(make_daemon(world, tmp_path, refresh_interval=1.0))
 
 
 def test_https_down_after_caching_keeps_secure(eager: Daemon, world: World) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, base_sections
+from tests.daemon import Daemon, base_sections, running
 from tests.world.world import World
 
 pytestmark = pytest.mark.integration
@@ -50,12 +50,9 @@ def daemon(world: World, tmp_path: Path) -> Iterator[Daemon]:
     # Evidence lives 2 s at most, so that known destinations must be rebuilt during the
     # outage instead of coming from the answer cache.
     sections["dns"] = {"nameservers": [world.resolver], "min_ttl": 1, "max_ttl": 2}
-    d = Daemon(tmp_path, sections)
-    d.start()
     try:
-        yield d
+        yield from running(Daemon(tmp_path, sections))
     finally:
-        d.stop()
         if not world.unbound.running:
             world.start_unbound()
 

@@ -14,8 +14,9 @@ from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import DnsEvidence, DnsStatus, Override, ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.server.alert_checks import check_resolver, check_sts
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
-from policyd.sources.sts import StsSettings
+from policyd.settings import StsSettings
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
 from tests.fakes import ServiceClock as Clock
 from tests.unit.test_sts_source import DOMAIN, T0, FakeFetcher, FakeTxt, World, publish
@@ -30,7 +31,7 @@ def make(
     probe: FakeProbe | None = None,
     profiles: tuple[Profile, ...] = DEFAULT_PROFILES,
     dane_temp_after: float = 0.0,
-) -> tuple[PolicyService, Clock]:
+) -> tuple[PolicyService, Clock, ReplyCache]:
     clock = Clock()
     svc = PolicyService(
         profiles,
@@ -40,11 +41,10 @@ def make(
         probe or FakeProbe(),
         lookup_budget=1.0,
         clock=clock.wall,
-        monotonic=clock.monotonic,
         alerts=Alerts(logging.getLogger("policyd")),
         dane_temp_after=dane_temp_after,
     )
-    return svc, clock
+    return svc, clock, ReplyCache(svc, monotonic=clock.monotonic)
 
 
 def alerts_logged(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
@@ -84,21 +84,21 @@ def test_settings_validate() -> None:
 
 async def test_level_dropped_after_probe_confirms(caplog: pytest.LogCaptureFixture) -> None:
     probe = FakeProbe({"example.test": ProbeState(ProbeLevel.VERIFY)})
-    svc, _ = make(probe=probe)
+    svc, _, cache = make(probe=probe)
     payload = b"postfix example.test"
     with caplog.at_level(logging.WARNING, logger="policyd"):
-        assert reply(await svc.reply_for(payload)) == b"OK verify servername=hostname"
+        assert reply(await cache.reply_for(payload)) == b"OK verify servername=hostname"
         # Damping held a weaker result back: the level in force is unchanged, no alert.
         probe.states["example.test"] = ProbeState(
             ProbeLevel.VERIFY, pending=ProbeLevel.ENCRYPT, pending_count=1
         )
         svc.invalidate(None)
-        assert reply(await svc.reply_for(payload)) == b"OK verify servername=hostname"
+        assert reply(await cache.reply_for(payload)) == b"OK verify servername=hostname"
         assert alerts_logged(caplog, "level-dropped") == []
         # Confirmed: the level drops, and that is the alert.
         probe.states["example.test"] = ProbeState(ProbeLevel.ENCRYPT)
         svc.invalidate(None)
-        assert reply(await svc.reply_for(payload)) == b"OK encrypt"
+        assert reply(await cache.reply_for(payload)) == b"OK encrypt"
     (line,) = alerts_logged(caplog, "level-dropped")
     assert line.startswith(
         "alert=level-dropped destination=example.test profile=postfix "
@@ -111,15 +111,15 @@ async def test_stronger_level_and_override_raise_no_alert(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     probe = FakeProbe({"example.test": ProbeState(ProbeLevel.ENCRYPT)})
-    svc, _ = make(probe=probe)
+    svc, _, cache = make(probe=probe)
     payload = b"postfix example.test"
     with caplog.at_level(logging.WARNING, logger="policyd"):
-        await svc.reply_for(payload)
+        await cache.reply_for(payload)
         probe.states["example.test"] = ProbeState(ProbeLevel.VERIFY)
         svc.invalidate(None)
-        assert reply(await svc.reply_for(payload)) == b"OK verify servername=hostname"
+        assert reply(await cache.reply_for(payload)) == b"OK verify servername=hostname"
         await svc.set_override(Override("example.test", parse("may"), author="root"))
-        assert reply(await svc.reply_for(payload)) == b"OK may"
+        assert reply(await cache.reply_for(payload)) == b"OK may"
     assert alerts_logged(caplog, "level-dropped") == []
 
 
@@ -130,33 +130,33 @@ FAILED = DnsEvidence(DnsStatus.FAILED, error="MX lookup for broken.test: SERVFAI
 
 async def test_dane_temp_after_the_set_time(caplog: pytest.LogCaptureFixture) -> None:
     dane = FakeDane({"broken.test": FAILED})
-    svc, clock = make(dane=dane, dane_temp_after=600.0)
+    svc, clock, cache = make(dane=dane, dane_temp_after=600.0)
     payload = b"postfix broken.test"
     with caplog.at_level(logging.WARNING, logger="policyd"):
-        assert reply(await svc.reply_for(payload)).startswith(b"TEMP")
+        assert reply(await cache.reply_for(payload)).startswith(b"TEMP")
         clock.advance(599)
-        await svc.reply_for(payload)
+        await cache.reply_for(payload)
         assert alerts_logged(caplog, "dane-temp") == []
         clock.advance(1)
-        await svc.reply_for(payload)
+        await cache.reply_for(payload)
         clock.advance(60)
-        await svc.reply_for(payload)  # the same episode: logged once
+        await cache.reply_for(payload)  # the same episode: logged once
     (line,) = alerts_logged(caplog, "dane-temp")
     assert line.startswith("alert=dane-temp destination=broken.test seconds=600 reason=")
     assert svc.alerts.active(AlertKind.DANE_TEMP) == 1
     # It recovers: the episode closes, and a new one would alert again.
     del dane.answers["broken.test"]
     clock.advance(10)
-    assert reply(await svc.reply_for(payload)) == b"NOTFOUND "
+    assert reply(await cache.reply_for(payload)) == b"NOTFOUND "
     assert svc.alerts.active(AlertKind.DANE_TEMP) == 0
 
 
 async def test_dane_temp_off_by_zero(caplog: pytest.LogCaptureFixture) -> None:
-    svc, clock = make(dane=FakeDane({"broken.test": FAILED}), dane_temp_after=0.0)
+    _, clock, cache = make(dane=FakeDane({"broken.test": FAILED}), dane_temp_after=0.0)
     with caplog.at_level(logging.WARNING, logger="policyd"):
-        await svc.reply_for(b"postfix broken.test")
+        await cache.reply_for(b"postfix broken.test")
         clock.advance(100_000)
-        await svc.reply_for(b"postfix broken.test")
+        await cache.reply_for(b"postfix broken.test")
     assert alerts_logged(caplog, "dane-temp") == []
 
 

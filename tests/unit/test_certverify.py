@@ -4,119 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.verification import Store
 
 from policyd.adapters.certverify import fingerprints, load_roots, verdict_for
 from policyd.core.evidence import ProbeVerdict
+from tests.pki import DAY, NOW, Pki, PrivateKey, make_cert, make_pki, new_key
 
-NOW = datetime(2026, 6, 1, tzinfo=UTC)
-DAY = timedelta(days=1)
-
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_cert(
-    subject: str,
-    key: PrivateKey,
-    issuer: tuple[x509.Certificate, PrivateKey] | None = None,
-    *,
-    ca: bool = False,
-    sans: tuple[str, ...] = (),
-    not_before: datetime = NOW - 30 * DAY,
-    not_after: datetime = NOW + 60 * DAY,
-) -> x509.Certificate:
-    """A certificate for ``key``; self-signed when ``issuer`` is None."""
-    issuer_name, issuer_key = (
-        (_name(subject), key)
-        if issuer is None
-        else (
-            issuer[0].subject,
-            issuer[1],
-        )
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-        )
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-    else:
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), True
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-    if sans:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-@dataclass(frozen=True)
-class Pki:
-    root: x509.Certificate
-    root_key: PrivateKey
-    inter: x509.Certificate
-    inter_key: PrivateKey
-
-    @property
-    def store(self) -> Store:
-        return Store([self.root])
-
-    def leaf(
-        self,
-        *sans: str,
-        key: PrivateKey | None = None,
-        not_before: datetime = NOW - 30 * DAY,
-        not_after: datetime = NOW + 60 * DAY,
-    ) -> tuple[x509.Certificate, PrivateKey]:
-        leaf_key = key or new_key()
-        cert = make_cert(
-            sans[0],
-            leaf_key,
-            (self.inter, self.inter_key),
-            sans=sans,
-            not_before=not_before,
-            not_after=not_after,
-        )
-        return cert, leaf_key
-
-
-def make_pki(label: str = "Test") -> Pki:
-    root_key, inter_key = new_key(), new_key()
-    root = make_cert(f"{label} Root CA", root_key, ca=True, not_after=NOW + 3650 * DAY)
-    inter = make_cert(
-        f"{label} Issuing CA", inter_key, (root, root_key), ca=True, not_after=NOW + 1000 * DAY
-    )
-    return Pki(root, root_key, inter, inter_key)
+# Re-exported for test_probe_source and test_smtp_probe, which import them from here;
+# tests.pki is their home now.
+__all__ = ["DAY", "NOW", "PrivateKey", "make_pki"]
 
 
 @pytest.fixture(scope="module")

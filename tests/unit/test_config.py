@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,16 @@ from policyd.config import (
     Config,
     ConfigError,
     Listener,
+    ListenerKind,
     load,
     parse,
     parse_listener,
 )
+from policyd.core.probe import DEFAULT_CONFIRM_PROBES, DEFAULT_CONFIRM_SECONDS
 from policyd.core.profile import DEFAULT_PROFILES, ColdSts, Fallback, Profile, VerifiedAs
+from policyd.settings import ProbeSettings
+
+UNIX, INET = ListenerKind.UNIX, ListenerKind.INET
 
 ROOT = Path(__file__).resolve().parents[2]
 ETC = ROOT / "etc"
@@ -104,14 +111,24 @@ def test_full_valid_file(tmp_path: Path) -> None:
     cfg = load(path)
     assert cfg.path == str(path)
     s = cfg.server
-    assert s.socketmap == ("unix:/run/p/p.sock", "inet:127.0.0.1:8461", "inet:[::1]:8461")
-    assert (s.socket_mode, s.socket_group, s.max_request) == ("0666", "postfix", 20000)
+    assert s.socketmap == (
+        Listener(ListenerKind.UNIX, path="/run/p/p.sock"),
+        Listener(ListenerKind.INET, host="127.0.0.1", port=8461),
+        Listener(ListenerKind.INET, host="::1", port=8461),
+    )
+    assert [str(x) for x in s.socketmap] == [
+        "unix:/run/p/p.sock",
+        "inet:127.0.0.1:8461",
+        "inet:[::1]:8461",
+    ]
+    assert s.control == Listener(ListenerKind.UNIX, path="/run/p/control.sock")
+    assert (s.socket_mode, s.socket_group, s.max_request) == (0o666, "postfix", 20000)
     assert s.request_timeout == 5.0 and isinstance(s.request_timeout, float)
     assert (s.idle_timeout, s.max_connections, s.lookup_budget) == (60.5, 10, 4.0)
     assert (cfg.control.group, cfg.control.read_group, cfg.control.mode) == (
         "policyd-admin",
         "policyd",
-        "0600",
+        0o600,
     )
     d = cfg.dns
     assert d.nameservers == ("127.0.0.1", "::1") and d.port == 5353
@@ -122,8 +139,9 @@ def test_full_valid_file(tmp_path: Path) -> None:
     assert (cfg.sts.cold_budget, cfg.sts.max_concurrent_fetches) == (2.0, 4)
     assert (cfg.sts.refresh_interval, cfg.sts.retry_after_failure) == (43200.0, 60.0)
     assert cfg.sts.recheck_interval == 600.0
-    t = cfg.sts_timeouts
+    t = cfg.sts.timeouts
     assert (t.connect, t.read, t.total) == (1.0, 2.0, 3.0)
+    assert cfg.metrics.listen is None
     p = cfg.probe
     assert not p.enabled and (p.concurrency, p.queue_size, p.max_mx_hosts) == (2, 10, 1)
     assert (p.confirm_probes, p.confirm_seconds, p.port, p.helo_name) == (
@@ -220,6 +238,7 @@ def check_error(data: dict[str, Any], key: str, problem: str) -> None:
         ({"server": {"max_request": 1.5}}, "server.max_request", "expected an integer"),
         ({"server": {"max_request": True}}, "server.max_request", "expected an integer"),
         ({"server": {"max_request": -1}}, "server.max_request", "must not be negative"),
+        ({"server": {"max_connections": 0}}, "server.max_connections", "at least 1"),
         ({"server": {"request_timeout": "5"}}, "server.request_timeout", "expected a number"),
         ({"server": {"request_timeout": False}}, "server.request_timeout", "expected a number"),
         ({"server": {"request_timeout": -0.5}}, "server.request_timeout", "must not be negative"),
@@ -384,16 +403,17 @@ def test_config_is_frozen() -> None:
 @pytest.mark.parametrize(
     ("spec", "listener"),
     [
-        ("unix:/run/policyd/policyd.sock", Listener("unix", path="/run/policyd/policyd.sock")),
-        ("unix:run/p.sock", Listener("unix", path="run/p.sock")),
-        ("inet:127.0.0.1:8461", Listener("inet", host="127.0.0.1", port=8461)),
-        ("inet:localhost:1", Listener("inet", host="localhost", port=1)),
-        ("inet:[::1]:8461", Listener("inet", host="::1", port=8461)),
-        ("inet:[2001:db8::5]:65535", Listener("inet", host="2001:db8::5", port=65535)),
+        ("unix:/run/policyd/policyd.sock", Listener(UNIX, path="/run/policyd/policyd.sock")),
+        ("unix:run/p.sock", Listener(UNIX, path="run/p.sock")),
+        ("inet:127.0.0.1:8461", Listener(INET, host="127.0.0.1", port=8461)),
+        ("inet:localhost:1", Listener(INET, host="localhost", port=1)),
+        ("inet:[::1]:8461", Listener(INET, host="::1", port=8461)),
+        ("inet:[2001:db8::5]:65535", Listener(INET, host="2001:db8::5", port=65535)),
     ],
 )
 def test_parse_listener(spec: str, listener: Listener) -> None:
     assert parse_listener(spec) == listener
+    assert parse_listener(str(listener)) == listener  # str() gives a spec back
 
 
 @pytest.mark.parametrize(
@@ -426,3 +446,66 @@ def test_parse_listener_non_ascii_port(spec: str) -> None:
     """str.isdigit() accepts superscripts and Arabic-Indic digits; a port is ASCII."""
     with pytest.raises(ValueError):
         parse_listener(spec)
+
+
+def test_probe_damping_defaults_are_the_cores() -> None:
+    """policyd.settings repeats them (it may not import core.probe, which is heavy)."""
+    s = ProbeSettings()
+    assert (s.confirm_probes, s.confirm_seconds) == (
+        DEFAULT_CONFIRM_PROBES,
+        DEFAULT_CONFIRM_SECONDS,
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "problem"),
+    [
+        ({"metrics": {"listen": "unix:/run/m.sock"}}, "metrics.listen", "inet:HOST:PORT"),
+        ({"metrics": {"listen": "inet:127.0.0.1"}}, "metrics.listen", "inet:host:port"),
+        ({"metrics": {"listen": 9464}}, "metrics.listen", "expected a string"),
+        ({"server": {"socketmap": ["unix:/a", 1]}}, "server.socketmap", "expected a string"),
+    ],
+)
+def test_listener_errors(data: dict[str, Any], key: str, problem: str) -> None:
+    check_error(data, key, problem)
+
+
+def test_listeners_and_modes_are_parsed_at_load() -> None:
+    cfg = parse(
+        {
+            "server": {"control": "unix:/run/c.sock", "socket_mode": "0600"},
+            "control": {"mode": "0640"},
+            "metrics": {"listen": "inet:[::1]:9464"},
+        }
+    )
+    assert cfg.server.control == Listener(UNIX, path="/run/c.sock")
+    assert (cfg.server.socket_mode, cfg.control.mode) == (0o600, 0o640)
+    assert cfg.metrics.listen == Listener(INET, host="::1", port=9464)
+    assert parse({"metrics": {"listen": ""}}).metrics.listen is None
+
+
+def test_config_imports_nothing_heavy() -> None:
+    """policyctl and policyd-milter read the file without the daemon's libraries."""
+    code = (
+        "import sys, policyd.config; "
+        "heavy = {'dns', 'httpx', 'cryptography', 'redis', 'asyncio', 'ssl'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": ListenerKind.UNIX},
+        {"kind": ListenerKind.INET, "port": 25},
+        {"kind": ListenerKind.INET, "host": "::1"},
+        {"kind": ListenerKind.INET, "host": "::1", "port": 65536},
+    ],
+)
+def test_listener_values_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="listener needs"):
+        Listener(**kwargs)

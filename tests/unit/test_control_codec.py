@@ -1,4 +1,4 @@
-"""The control protocol codec: framing, requests, replies, durations."""
+"""The control protocol codec: framing, requests, replies, results."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from policyd.codec.control import (
     ControlProtocolError,
     ErrorCode,
     Failure,
+    JsonValue,
     Ok,
+    results,
 )
 from policyd.codec.destination import parse_key
 from policyd.codec.postfix_policy import parse as parse_policy
@@ -252,30 +254,6 @@ def test_bad_replies(line: bytes) -> None:
         control.decode_reply(line)
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90", 90), ("45s", 45), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("1w", 604800),
-     ("1h30m", 5400), (" 2D ", 172800)],
-)  # fmt: skip
-def test_parse_duration(text: str, seconds: int) -> None:
-    assert control.parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "0", "0m", "m", "5y", "1.5h", "-1h", "3h ago", "9999999999w"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ControlProtocolError):
-        control.parse_duration(text)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(0, "0s"), (59.6, "1m"), (125, "2m"), (3600, "1h"), (7500, "2h5m"), (36000 + 60, "10h"),
-     (86400 * 3, "3d"), (86400 * 14, "2w"), (86400 * 15, "15d"), (-5, "0s")],
-)  # fmt: skip
-def test_format_duration(seconds: float, text: str) -> None:
-    assert control.format_duration(seconds) == text
-
-
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_fuzz_request_decoder_only_protocol_errors(chunks: list[bytes]) -> None:
     dec = control.request_decoder(max_line=256)
@@ -335,3 +313,74 @@ def test_integer_beyond_the_digit_limit_is_a_protocol_error() -> None:
     line = b'{"v":1,"cmd":"status","args":{"x":' + b"9" * 5000 + b"}}\n"
     with pytest.raises(ControlProtocolError, match="not valid JSON"):
         control.decode_request(line)
+
+
+# -- typed results ------------------------------------------------------------------------
+
+
+def _explained() -> results.ExplainResult:
+    from policyd.codec.control import evidence as ev
+    from policyd.core.evidence import DnsStatus, MxKind, ProbeLevel, ProbeVerdict, StsMode
+
+    tlsa = ev.TlsaDoc(3, 1, 1, "ab" * 32, True)
+    host = ev.HostDoc("mx.example", 10, DnsStatus.SECURE, ("192.0.2.1",), "", DnsStatus.SECURE,
+                      (tlsa,), "")  # fmt: skip
+    dns = ev.DnsDoc(DnsStatus.SECURE, MxKind.LISTED, "", 1.0, 2.0, 3.0, (host,))
+    policy = ev.StsPolicyDoc("id1", StsMode.ENFORCE, ("mx.example",), 86400, 1.0, 2.0, 9.0, True)
+    damping = ev.DampingDoc(ProbeLevel.VERIFY, ProbeLevel.ENCRYPT, (), 2, 5.0, 6.0)
+    probe_host = ev.ProbeHostDoc("mx.example", "192.0.2.1", ProbeVerdict.VALID, "", "TLSv1.3",
+                                 "X", "aa", "bb", 4.0, 5.0)  # fmt: skip
+    probe = ev.ProbeDoc(ProbeLevel.VERIFY, ("mx.example",), 4.0, 5.0, damping, (probe_host,))
+    override = ev.OverrideDoc("example.com", "encrypt", None, None, True, "", "root", 1.0, 2.0)
+    answers = (
+        results.VerdictRow("postfix", "dane-only", "OK dane-only", "dane", "DANE: ok"),
+        results.VerdictRow("dry", "secure,match=x", "NOTFOUND", "mta-sts", "r", "OK secure"),
+    )
+    return results.ExplainResult(
+        "example.com", 10.0, answers, dns, ev.StsDoc(policy, "", False), probe, override
+    )
+
+
+def test_results_round_trip_through_json_text() -> None:
+    doc = _explained()
+    wire = json.loads(json.dumps(doc.to_json()))
+    assert results.ExplainResult.from_json(wire) == doc
+    assert wire["answers"][1] == {
+        "profile": "dry", "level": "secure,match=x", "reply": "NOTFOUND", "rule": "mta-sts",
+        "reason": "r", "dry_run": True, "would_reply": "OK secure",
+    }  # fmt: skip
+    assert [a.told for a in doc.answers] == ["dane-only", "NOTFOUND"]
+    probe = control.Probe(parse_key("example.com"))
+    assert results.decode_result(probe, wire) == doc
+    queued = results.decode_result(probe, {"destination": "example.com", "queued": True})
+    assert queued == results.ProbeQueued("example.com")
+
+
+def test_results_tolerate_unknown_fields() -> None:
+    wire = _explained().to_json()
+    wire["added_later"] = {"x": 1}
+    dns = wire["dns"]
+    assert isinstance(dns, dict)
+    dns["also_new"] = [1, 2]
+    assert results.ExplainResult.from_json(wire) == _explained()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(("destination",), None), (("now",), "soon"), (("dns", "mx_status"), "maybe"),
+     (("dns", "hosts"), {}), (("mta_sts", "pending"), 1), (("probe", "damping", "count"), 1.5),
+     (("answers",), "postfix")],
+)  # fmt: skip
+def test_results_are_strict_on_known_fields(path: tuple[str, ...], value: JsonValue) -> None:
+    wire = _explained().to_json()
+    node: JsonValue = wire
+    for key in path[:-1]:
+        assert isinstance(node, dict)
+        node = node[key]
+    assert isinstance(node, dict)
+    node[path[-1]] = value
+    with pytest.raises(ControlProtocolError):
+        results.ExplainResult.from_json(wire)
+    del node[path[-1]]
+    with pytest.raises(ControlProtocolError, match="no "):
+        results.ExplainResult.from_json(wire)

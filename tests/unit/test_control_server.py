@@ -14,15 +14,18 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from policyd import __version__
 from policyd.adapters.store_sqlite import SqliteStore
+from policyd.admin import Admin, Facts
 from policyd.cli import policyctl, policyctl_render
 from policyd.codec import control
+from policyd.codec.control import evidence, results
+from policyd.config import Config
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -40,7 +43,11 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.control import ControlServer
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
+from policyd.settings import ControlSettings, ServerSettings, StoreSettings, parse_listener
+from policyd.sources.fetch_queue import QueueStats
+from policyd.sources.probe import ProbeStats
 
 NOW = 1_700_000_000.0
 LEAF = "9f" * 32
@@ -115,6 +122,9 @@ class FakeSts:
     def forget(self, domain: str | None) -> None:
         self.forgotten.append(domain or "*")
 
+    def queue_stats(self) -> QueueStats:
+        return QueueStats(running=0, queued=0, dropped=0, preempted=0)
+
 
 def _valid(host: str, address: str, at: float) -> ProbeHost:
     return ProbeHost(
@@ -144,6 +154,7 @@ class FakeProbe:
             )
         }
         self.probed: list[str] = []
+        self.probed_one = asyncio.Event()  # set by the first probe
 
     def cached(self, key: str) -> ProbeState | None:
         return self.states.get(key)
@@ -159,6 +170,7 @@ class FakeProbe:
 
     async def probe_now(self, dest: Destination, dns: DnsEvidence) -> ProbeState:
         self.probed.append(dest.key)
+        self.probed_one.set()
         hosts = tuple(_valid(h.name, a, NOW) for h in dns.hosts for a in h.addresses)
         state = ProbeState(
             ProbeLevel.VERIFY, hosts, tuple(h.name for h in dns.hosts), probed_at=NOW
@@ -166,33 +178,10 @@ class FakeProbe:
         self.states[dest.key] = state
         return state
 
-    def stats(self) -> dict[str, int]:
-        return {"queued": 0, "running": 0, "probed": len(self.probed)}
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    control: str
-    socketmap: tuple[str, ...] = ("unix:/run/policyd/policyd.sock",)
-
-
-@dataclass(frozen=True)
-class ControlSettings:
-    group: str = ""
-    read_group: str = ""
-    mode: str = "0660"
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    url: str = "sqlite://:memory:"
-
-
-@dataclass(frozen=True)
-class Config:
-    server: ServerSettings
-    control: ControlSettings = field(default_factory=ControlSettings)
-    store: StoreSettings = field(default_factory=StoreSettings)
+    def stats(self) -> ProbeStats:
+        return ProbeStats(
+            queued=0, running=0, dropped=0, done=len(self.probed), known=len(self.states)
+        )
 
 
 @dataclass
@@ -201,12 +190,10 @@ class Listeners:
     refused: int = 0
 
 
-class FakeDaemon:
-    def __init__(self, config: Config, service: PolicyService) -> None:
-        self.config = config
-        self.service = service
-        self.server = Listeners()
-        self.started_at = asyncio.get_running_loop().time() - 3725
+class Daemon:
+    """What the control plane is given of the daemon: reload and DNS-cache clearing."""
+
+    def __init__(self) -> None:
         self.reload_ok = True
         self.reloads = 0
         self.dns_clears = 0
@@ -222,7 +209,7 @@ class FakeDaemon:
 @dataclass
 class Env:
     path: str
-    daemon: FakeDaemon
+    daemon: Daemon
     service: PolicyService
     clock: Clock
     probe: FakeProbe
@@ -251,9 +238,29 @@ async def start_env(
         DEFAULT_PROFILES, store, FakeDane(), sts, probe, lookup_budget=5.0, clock=clock
     )
     path = str(sock_dir / "control.sock")
-    config = Config(ServerSettings(control=f"unix:{path}"), control)
-    daemon = FakeDaemon(config, service)
-    server = ControlServer(daemon, config, clock)
+    server_settings = ServerSettings(
+        socketmap=(parse_listener("unix:/run/policyd/policyd.sock"),),
+        control=parse_listener(f"unix:{path}"),
+    )
+    config = Config(
+        server=server_settings, control=control, store=StoreSettings("sqlite://:memory:")
+    )
+    daemon = Daemon()
+    loop = asyncio.get_running_loop()
+    admin = Admin(
+        service,
+        dane=service.dane,
+        sts=sts,
+        probe=probe,
+        events=store,
+        reload=daemon.reload,
+        clear_dns=daemon.clear_dns_cache,
+        facts=Facts.of(config, loop.time() - 3725),
+        listeners=Listeners(),
+        clock=clock,
+        monotonic=loop.time,
+    )
+    server = ControlServer.of(admin, config, lambda: config.control)
     try:
         await server.start()
     except OSError:
@@ -272,7 +279,7 @@ async def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterat
 
 
 async def lookup(service: PolicyService, key: str) -> bytes:
-    return await service.reply_for(f"postfix {key}".encode())
+    return await ReplyCache(service).reply_for(f"postfix {key}".encode())
 
 
 # -- explain ---------------------------------------------------------------------------
@@ -293,16 +300,15 @@ async def test_explain_dane(env: Env) -> None:
     assert "Override: none" in out
 
 
+def _explained(
+    dest: str, dns: evidence.DnsDoc | None = None, probe: evidence.ProbeDoc | None = None
+) -> results.ExplainResult:
+    return results.ExplainResult(dest, NOW, (), dns, evidence.StsDoc(None, "", False), probe, None)
+
+
 def test_explain_failed_dns_does_not_read_as_found() -> None:
-    dns: control.JsonObject = {
-        "mx_status": "failed",
-        "kind": "listed",
-        "error": "MX lookup: bogus",
-        "hosts": [],
-    }
-    out = policyctl_render.explain(
-        policyctl_render.Doc({"destination": "bogus.example", "now": NOW, "dns": dns})
-    )
+    dns = evidence.DnsDoc(DnsStatus.FAILED, MxKind.LISTED, "MX lookup: bogus", None, None, None, ())
+    out = policyctl_render.explain(_explained("bogus.example", dns=dns))
     assert "DNS: MX lookup FAILED, fetched never\n  error: MX lookup: bogus\n" in out
     assert "listed" not in out
 
@@ -427,10 +433,8 @@ async def test_probe_wait_shows_new_evidence(env: Env) -> None:
 async def test_probe_without_wait_is_queued(env: Env) -> None:
     code, out, _ = await env.ctl("probe", "dane.example")
     assert code == 0 and "probe queued" in out
-    for _ in range(100):
-        if env.probe.probed:
-            break
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):  # a guard, not a delay: the probe sets the event
+        await env.probe.probed_one.wait()
     assert env.probe.probed == ["dane.example"]
 
 
@@ -474,7 +478,7 @@ async def _level_change(env: Env) -> None:
     )
     env.service.invalidate("plain.example")
     assert await lookup(env.service, "plain.example") == b"10:OK encrypt,"
-    await asyncio.sleep(0.05)  # the event is appended by a task
+    await env.service.writes.flush()  # the event is queued for the store
 
 
 async def test_report_table(env: Env) -> None:
@@ -521,7 +525,7 @@ async def test_status(env: Env) -> None:
     assert f"version      policyd {__version__}" in out
     assert "uptime       1h2m" in out
     assert "store        sqlite" in out
-    assert "probe queue  queued=0, running=0, probed=0" in out
+    assert "probe queue  queued=0, running=0, dropped=0, done=0, known=1" in out
     doc = await env.ctl_json("status")
     assert isinstance(doc, dict)
     assert doc["lookups"]["lookups"] == 1
@@ -617,7 +621,7 @@ async def test_stale_socket_and_foreign_file(
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "control.sock"))
     stale.close()
-    e, server = await start_env(tmp_path, capsys, ControlSettings(mode="0640"))
+    e, server = await start_env(tmp_path, capsys, ControlSettings(mode=0o640))
     assert oct(os.stat(e.path).st_mode & 0o777) == "0o640"
     await server.close()
     (tmp_path / "other").mkdir()
@@ -630,7 +634,7 @@ async def test_stale_socket_and_foreign_file(
 
 async def test_socket_from_config_file(env: Env, tmp_path: Path) -> None:
     config = pytest.importorskip("policyd.config", reason="policyd.config not importable yet")
-    assert config.DEFAULT_PATH == policyctl.DEFAULT_CONFIG
+    assert config.DEFAULT_CONFIG_PATH == policyctl.DEFAULT_CONFIG
     toml = tmp_path / "policyd.toml"
     toml.write_text(f'[server]\ncontrol = "unix:{env.path}"\n')
     env.capsys.readouterr()
@@ -668,9 +672,7 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
     sock_dir = Path(tempfile.mkdtemp(prefix="policyctl-", dir="/tmp"))
     sock_dir.chmod(0o755)
     # Mode 0666 so the refusal comes from SO_PEERCRED, not from file permissions.
-    e, server = await start_env(
-        sock_dir, capsys, ControlSettings(mode="0666", read_group="nogroup")
-    )
+    e, server = await start_env(sock_dir, capsys, ControlSettings(mode=0o666, read_group="nogroup"))
     try:
 
         async def as_nobody(*argv: str) -> tuple[int, str, str]:
@@ -707,7 +709,7 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
         await server.close()
         await e.service.store.close()
     # Without the read group, nobody may not even query.
-    e, server = await start_env(sock_dir, capsys, ControlSettings(mode="0666"))
+    e, server = await start_env(sock_dir, capsys, ControlSettings(mode=0o666))
     try:
         proc = await asyncio.create_subprocess_exec(
             *python,
@@ -728,24 +730,11 @@ async def test_peer_credentials_refuse_nobody(capsys: pytest.CaptureFixture[str]
 
 
 def test_explain_shows_held_verified_names() -> None:
-    probe_doc: control.JsonObject = {
-        "level": "verify",
-        "verified_names": ["mx.example.test"],
-        "probed_at": NOW - 60,
-        "age": 60,
-        "damping": {
-            "held_level": "verify",
-            "pending": "verify",
-            "pending_names": ["mx.forged.test"],
-            "count": 1,
-            "since": NOW - 3600,
-            "age": 3600,
-        },
-        "hosts": [],
-    }
-    out = policyctl_render.explain(
-        policyctl_render.Doc({"destination": "example.test", "now": NOW, "probe": probe_doc})
+    damping = evidence.DampingDoc(
+        ProbeLevel.VERIFY, ProbeLevel.VERIFY, ("mx.forged.test",), 1, NOW - 3600, 3600
     )
+    probe = evidence.ProbeDoc(ProbeLevel.VERIFY, ("mx.example.test",), NOW - 60, 60, damping, ())
+    out = policyctl_render.explain(_explained("example.test", probe=probe))
     assert (
         "damping: HOLDING verified names; other names mx.forged.test seen 1 time(s)"
         " since 1h ago, not yet confirmed"

@@ -19,10 +19,11 @@ from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.notify import Notifier
 from policyd.service import PolicyService
+from policyd.settings import ProbeSettings
 from policyd.sources import probe as probe_module
-from policyd.sources.probe import ProbeSettings, ProbeSource
+from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, event
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, event, no_time, run_ready
 
 
 class FlakyStore(MemoryStore):
@@ -92,19 +93,21 @@ async def test_watchdog_stops_pinging_when_a_task_dies(
     monkeypatch.setattr(notifier, "_send", sent.append)
     monkeypatch.setattr(notifier, "watchdog_interval", lambda: 0.01)
     alive = True
-    watchdog = asyncio.create_task(notifier.watchdog(lambda: alive))
-    await asyncio.sleep(0.05)
+    watchdog = asyncio.create_task(notifier.watchdog(lambda: alive, sleep=no_time))
+    await run_ready(5)
     pings = len(sent)
     assert pings >= 2
     alive = False
     with caplog.at_level(logging.ERROR, logger="policyd"):
         await asyncio.wait_for(watchdog, 1.0)  # it ends: no more pings
     assert "systemd will restart" in caplog.text
-    await asyncio.sleep(0.03)
+    await run_ready(5)
     assert len(sent) <= pings + 1
 
 
-async def test_daemon_reports_tasks_alive_until_one_dies() -> None:
+async def test_daemon_reports_tasks_alive_until_one_dies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     d = daemon_module.Daemon(Config())
 
     async def dies() -> None:
@@ -113,15 +116,16 @@ async def test_daemon_reports_tasks_alive_until_one_dies() -> None:
     async def runs() -> None:
         await asyncio.sleep(3600)
 
-    d._spawn(runs())
+    d._spawn(runs(), "runs")
     assert d.tasks_alive()
-    d._spawn(dies())
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="policyd"):
+        d._spawn(dies(), "dies")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
     assert not d.tasks_alive()
-    for task in d._tasks:
-        task.cancel()
-    await asyncio.gather(*d._tasks, return_exceptions=True)
+    assert "dies died: the systemd watchdog is no longer fed" in caplog.text
+    assert "RuntimeError: bug" in caplog.text  # the task set logs the traceback
+    await d._tasks.cancel_all()
 
 
 def test_probe_states_are_pruned_by_age_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +155,7 @@ async def test_a_task_that_returns_is_not_dead() -> None:
     async def nothing_to_do() -> None:
         return None
 
-    d._spawn(nothing_to_do())
+    d._spawn(nothing_to_do(), "nothing to do")
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert d.tasks_alive()

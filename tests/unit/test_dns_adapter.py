@@ -31,23 +31,23 @@ from policyd.adapters.dns import (
     EDNS_PAYLOAD,
     FAILED_TTL,
     DnsAnswer,
-    DnsSettings,
-    DnsTimeouts,
     MxRecord,
     Rcode,
     Record,
     Resolver,
 )
-from policyd.adapters.dns_settings import (
+from policyd.core.evidence import DnsStatus, Tlsa
+from policyd.core.names import domain_name
+from policyd.settings import (
     DEFAULT_CACHE_ENTRIES,
     DEFAULT_LIFETIME,
     DEFAULT_MAX_TTL,
     DEFAULT_MIN_TTL,
     DEFAULT_NEGATIVE_TTL_MAX,
     DEFAULT_PER_TRY,
+    DnsSettings,
+    DnsTimeouts,
 )
-from policyd.core.evidence import DnsStatus, Tlsa
-from policyd.core.names import domain_name
 
 Handler = Callable[[dns.message.QueryMessage], dns.message.Message]
 
@@ -250,7 +250,7 @@ async def test_timeout_fails() -> None:
         raise dns.exception.Timeout
 
     # A tiny lifetime: dnspython gives up after its first back-off (0.1 s).
-    fast = DnsSettings(timeouts=DnsTimeouts(per_try=0.001, lifetime=0.001))
+    fast = DnsSettings(timeout=0.001, lifetime=0.001)
     resolver, _, _ = make(silent, fast)
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is DnsStatus.FAILED

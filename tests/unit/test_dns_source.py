@@ -12,7 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from policyd.adapters.dns import FAILED_TTL, DnsAnswer, DnsSettings, Rcode, Resolver
+from policyd.adapters.dns import FAILED_TTL, DnsAnswer, Rcode, Resolver
 from policyd.core.dane import DaneKind, evaluate
 from policyd.core.evidence import (
     Destination,
@@ -23,6 +23,7 @@ from policyd.core.evidence import (
     MxKind,
     Tlsa,
 )
+from policyd.settings import DnsSettings
 from policyd.sources.dns import ADDRESS_LITERAL_TTL, DnsSource
 from tests.fakes import FakeResolver, dns_answer, dns_failure
 from tests.unit.test_dns_adapter import SOA, FakeServer, respond

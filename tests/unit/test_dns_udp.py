@@ -20,10 +20,11 @@ import dns.rdatatype
 import pytest
 
 from policyd.adapters import dns_udp
-from policyd.adapters.dns import DnsSettings, DnsTimeouts, HealthTimes, MxRecord, Rcode, Resolver
+from policyd.adapters.dns import HealthTimes, MxRecord, Rcode, Resolver
 from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus, Tlsa
 from policyd.core.names import domain_name
+from policyd.settings import DnsSettings
 
 Handler = Callable[[dns.message.Message], bytes | None]
 
@@ -141,7 +142,8 @@ def resolver(port: int, lifetime: float = 2.0) -> Resolver:
     settings = DnsSettings(
         nameservers=("127.0.0.1",),
         port=port,
-        timeouts=DnsTimeouts(per_try=min(1.0, lifetime), lifetime=lifetime),
+        timeout=min(1.0, lifetime),
+        lifetime=lifetime,
     )
     return Resolver(settings, health=HealthTimes(0.2, 0.2, 0.2))
 

@@ -26,8 +26,6 @@ from typing import Any
 
 import pytest
 
-from policyd.milter import MilterSettings, settings_from
-
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGES = sorted((ROOT / "man").glob("*.[1-8]"))
 EXAMPLE = ROOT / "etc" / "policyd.toml"
@@ -87,49 +85,23 @@ def _is_dataclass_type(hint: Any) -> bool:
     return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
-def _renames(section: str) -> dict[str, str]:
-    """Field name -> file key, for the fields a flat table takes from a nested dataclass.
-
-    policyd.config keeps them as ``_<SECTION>_..._KEYS = {file key: field name}``.
-    """
-    out: dict[str, str] = {}
-    for name, value in vars(_config()).items():
-        if name.startswith(f"_{section.upper()}_") and name.endswith("_KEYS"):
-            out.update({field: key for key, field in value.items()})
-    return out
-
-
-def _keys_of(cls: type[Any], section: str, *, flattened: bool = False) -> set[str]:
-    """The file keys of one table: the dataclass's fields, nested dataclasses flattened
-    into the table under the names policyd.config gives them."""
-    renames = _renames(section) if flattened else {}
-    keys: set[str] = set()
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if _is_dataclass_type(hints[f.name]):
-            keys |= _keys_of(hints[f.name], section, flattened=True)
-        else:
-            keys.add(renames.get(f.name, f.name))
-    return keys
+def _keys_of(cls: type[Any]) -> set[str]:
+    """The file keys of one table: the dataclass's fields (every table is flat)."""
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def expected_keys() -> dict[str, set[str]]:
-    """Table -> keys, from policyd.config.Config and the milter's settings."""
+    """Table -> keys, from policyd.config.Config (the [milter] table included)."""
     cls = _config().Config
     hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
     tables: dict[str, set[str]] = {}
-    for name in fields:
-        hint = hints[name]
-        if name == "profiles":
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if f.name == "profiles":
             (profile,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-            tables[PROFILES] = _keys_of(profile, "profiles") - {"name"}
+            tables[PROFILES] = _keys_of(profile) - {"name"}
         elif _is_dataclass_type(hint):
-            # A Config field named "<table>_<part>" is flattened into [<table>].
-            table = next((t for t in fields if name.startswith(f"{t}_") and t != name), name)
-            keys = _keys_of(hint, table, flattened=table != name)
-            tables.setdefault(table, set()).update(keys)
-    tables["milter"] = _keys_of(MilterSettings, "milter")
+            tables[f.name] = _keys_of(hint)
     return tables
 
 
@@ -156,10 +128,7 @@ def test_example_lists_every_key() -> None:
 
 def test_example_values_are_the_defaults() -> None:
     config = _config()
-    data = uncommented()
-    assert settings_from(data) == MilterSettings()
-    daemon_tables = {k: v for k, v in data.items() if k != "milter"}
-    assert config.parse(daemon_tables, "example") == config.Config(path="example")
+    assert config.parse(uncommented(), "example") == config.Config(path="example")
 
 
 def _man_items() -> dict[str, dict[str, str]]:

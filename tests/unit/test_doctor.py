@@ -17,7 +17,7 @@ from policyd.cli.doctor import (
     render,
     version_tuple,
 )
-from policyd.config import Listener
+from policyd.config import Listener, ListenerKind
 
 
 def test_parse_tables_finds_socketmap_tables_only() -> None:
@@ -28,9 +28,9 @@ def test_parse_tables_finds_socketmap_tables_only() -> None:
     )
     got = [(t.listener, t.profile) for t in parse_tables(value)]
     assert got == [
-        (Listener("unix", path="/run/policyd/policyd.sock"), "postfix"),
-        (Listener("inet", host="127.0.0.1", port=8461), "strict"),
-        (Listener("inet", host="::1", port=8461), "postfix"),
+        (Listener(ListenerKind.UNIX, path="/run/policyd/policyd.sock"), "postfix"),
+        (Listener(ListenerKind.INET, host="127.0.0.1", port=8461), "strict"),
+        (Listener(ListenerKind.INET, host="::1", port=8461), "postfix"),
     ]
 
 

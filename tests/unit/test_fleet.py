@@ -12,16 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyd.adapters.claims import ClaimBusy, LocalClaims, Work
+from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, Work, WorkKind
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_published import PublishingStore
-from policyd.cli.policyctl_render import Doc
 from policyd.cli.policyctl_render import status as render_status
-from policyd.codec.control import JsonValue
+from policyd.codec.control.results import CacheCounts, FleetCounts, LookupCounts, StatusResult
 from policyd.codec.fleet import Change, ChangeKind, change_from_json, change_to_json
 from policyd.codec.postfix_policy import parse
-from policyd.core.event import Event
 from policyd.core.evidence import (
     DnsStatus,
     MxHost,
@@ -33,10 +31,11 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.fleet_sync import FleetSync
+from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
+from policyd.settings import ProbeSettings
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
-from policyd.sources.probe import ProbeSettings
-from tests.fakes import FakeDane, FakeProbe, FakeSts, reply
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingClaims, reply
 from tests.unit.test_service import make
 
 # -- change messages -----------------------------------------------------------------------
@@ -107,10 +106,12 @@ async def test_local_claims_run_one_piece_of_work_per_claim_at_a_time() -> None:
 
     got = await asyncio.gather(
         *(
-            claims.once("probe", "[192.0.2.1]:25", str(i), work(str(i)), lease=5, keep=0)
+            claims.once(
+                Job(WorkKind.PROBE, "[192.0.2.1]:25", str(i), work(str(i)), lease=5, keep=0)
+            )
             for i in range(5)
         ),
-        claims.once("probe", "[192.0.2.2]:25", "other", work("other"), lease=5, keep=0),
+        claims.once(Job(WorkKind.PROBE, "[192.0.2.2]:25", "other", work("other"), lease=5, keep=0)),
     )
     assert got == ["0", "1", "2", "3", "4", "other"]
     assert peak == 2  # the two addresses in parallel, never one address twice
@@ -128,7 +129,9 @@ async def test_local_claims_rest_between_two_pieces_of_work() -> None:
 
     await asyncio.gather(
         *(
-            claims.once("probe", "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1)
+            claims.once(
+                Job(WorkKind.PROBE, "[192.0.2.1]:25", str(i), work, lease=5, keep=0, rest=0.1)
+            )
             for i in range(3)
         )
     )
@@ -147,10 +150,12 @@ async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
         await gate.wait()
         return "late"
 
-    holder = asyncio.create_task(claims.once("sts", "a.test", "a", stuck, lease=10, keep=0))
+    holder = asyncio.create_task(
+        claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=10, keep=0))
+    )
     await asyncio.sleep(0)
     with pytest.raises(ClaimBusy):
-        await claims.once("sts", "a.test", "a", stuck, lease=0.05, keep=0)
+        await claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=0.05, keep=0))
     gate.set()
     assert await holder == "late"
 
@@ -158,37 +163,33 @@ async def test_local_claims_bound_the_wait_and_release_on_failure() -> None:
         raise RuntimeError("probe crashed")
 
     with pytest.raises(RuntimeError):
-        await claims.once("sts", "a.test", "a", boom, lease=1, keep=0)
-    assert await claims.once("sts", "a.test", "a", stuck, lease=1, keep=0) == "late"
+        await claims.once(Job(WorkKind.STS, "a.test", "a", boom, lease=1, keep=0))
+    assert await claims.once(Job(WorkKind.STS, "a.test", "a", stuck, lease=1, keep=0)) == "late"
     assert claims.in_use == 0
 
 
+async def _nothing() -> str:
+    return ""
+
+
+@pytest.mark.parametrize(
+    "claim, result, lease, keep, rest",
+    [
+        ("", "a", 1.0, 0.0, 0.0),
+        ("a.test", "", 1.0, 0.0, 0.0),
+        ("a.test", "a", 0.0, 0.0, 0.0),
+        ("a.test", "a", 1.0, -1.0, 0.0),
+        ("a.test", "a", 1.0, 0.0, -1.0),
+    ],
+)
+def test_a_job_without_names_or_with_impossible_times_is_refused(
+    claim: str, result: str, lease: float, keep: float, rest: float
+) -> None:
+    with pytest.raises(ValueError):
+        Job(WorkKind.STS, claim, result, _nothing, lease=lease, keep=keep, rest=rest)
+
+
 # -- the claimed prober and fetcher ---------------------------------------------------------
-
-
-class RecordingClaims:
-    """Runs the work, or answers with a canned result, and records the names used."""
-
-    def __init__(self, canned: str | None = None, busy: bool = False) -> None:
-        self.canned = canned
-        self.busy = busy
-        self.calls: list[tuple[str, str, str, float, float, float]] = []
-
-    async def once(
-        self,
-        kind: str,
-        claim: str,
-        result: str,
-        work: Work,
-        *,
-        lease: float,
-        keep: float,
-        rest: float = 0.0,
-    ) -> str:
-        self.calls.append((kind, claim, result, lease, keep, rest))
-        if self.busy:
-            raise ClaimBusy(claim)
-        return self.canned if self.canned is not None else await work()
 
 
 async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> None:
@@ -207,7 +208,7 @@ async def test_the_claimed_prober_claims_each_address_and_shares_per_name() -> N
     found = await probe(mx, 2525)
     assert [h.address for h in found] == ["192.0.2.1", "2001:db8::1"]
     assert seen == [("192.0.2.1", "2525"), ("2001:db8::1", "2525")]  # one address a session
-    assert claims.calls == [
+    assert [(j.kind, j.claim, j.result, j.lease, j.keep, j.rest) for j in claims.jobs] == [
         ("probe", "[192.0.2.1]:2525", "[192.0.2.1]:2525:mx.example.com", 25.0, 60.0, 1.0),
         ("probe", "[2001:db8::1]:2525", "[2001:db8::1]:2525:mx.example.com", 25.0, 60.0, 1.0),
     ]
@@ -276,42 +277,6 @@ async def test_a_busy_fetch_is_done_here() -> None:
 # -- publishing and applying changes --------------------------------------------------------
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.records: dict[tuple[Kind, str], Record] = {}
-        self.fail = False
-
-    async def put(self, record: Record) -> None:
-        self.records[(record.kind, record.key)] = record
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        if self.fail:
-            raise StoreError("down")
-        return self.records.get((kind, key))
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return self.records.pop((kind, key), None) is not None
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return [r for (k, _), r in self.records.items() if k is kind]
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        kept = {Kind.OVERRIDE} if mta_sts else {Kind.OVERRIDE, Kind.STS}
-        doomed = [k for k in self.records if k[0] not in kept and key in (None, k[1])]
-        for k in doomed:
-            del self.records[k]
-        return len(doomed)
-
-    async def append_event(self, event: Event) -> None:
-        pass
-
-    async def events(self, since: float) -> list[Event]:
-        return []
-
-    async def close(self) -> None:
-        pass
-
-
 async def test_the_publishing_store_announces_overrides_and_flushes_after_writing() -> None:
     inner = MemoryStore()
     sent: list[tuple[Change, bool]] = []
@@ -373,17 +338,18 @@ async def test_a_service_applies_an_override_set_or_deleted_by_a_fleet_member() 
     there = PolicyService(
         DEFAULT_PROFILES, store, FakeDane(), FakeSts(), FakeProbe(), lookup_budget=1.0
     )
-    evidence = reply(await here.reply_for(b"postfix example.test"))  # cached now
+    cache = ReplyCache(here)
+    evidence = reply(await cache.reply_for(b"postfix example.test"))  # cached now
     assert evidence.startswith(b"OK verify")
     await there.set_override(Override("example.test", parse("encrypt"), author="root"))
     await here.reload_override("example.test")  # what FleetSync does on the message
-    assert reply(await here.reply_for(b"postfix example.test")) == b"OK encrypt"
+    assert reply(await cache.reply_for(b"postfix example.test")) == b"OK encrypt"
     assert await there.delete_override("example.test")
     await here.reload_override("example.test")
-    assert reply(await here.reply_for(b"postfix example.test")) == evidence
+    assert reply(await cache.reply_for(b"postfix example.test")) == evidence
     await here.reload_override("never-set.test")  # nothing to do, nothing raised
     here.forget(None)  # a fleet member's flush: memory only
-    assert here.cached_reply(b"postfix example.test") is None
+    assert cache.cached(b"postfix example.test") is None
 
 
 class RecordingSts(FakeSts):
@@ -413,14 +379,14 @@ async def test_a_flush_keeps_cached_mta_sts_policies_unless_asked() -> None:
 
 
 def test_policyctl_status_shows_the_fleet_link_only_with_redis() -> None:
-    base: dict[str, JsonValue] = {"version": "0", "uptime": 1.0, "store": "sqlite"}
-    assert "fleet" not in render_status(Doc(base))
-    link: dict[str, JsonValue] = {
-        "link": "down",
-        "work": {"probe": {"worked": 1, "shared": 2, "local": 3, "busy": 0}},
-        "published": 4,
-    }
-    shown = render_status(Doc({**base, "store": "unix", "fleet": link}))
+    def status(store: str, fleet: FleetCounts | None) -> StatusResult:
+        cache, lookups = CacheCounts(0, 0, 0), LookupCounts(0, 0, 0, 0)
+        return StatusResult("0", 1.0, (), store, None, None, cache, lookups, None, None, fleet)
+
+    assert "fleet" not in render_status(status("sqlite", None))
+    work = {"probe": {"worked": 1, "shared": 2, "local": 3, "busy": 0}}
+    link = FleetCounts("down", work, published=4, received=0, publish_failures=0)
+    shown = render_status(status("unix", link))
     line = next(ln for ln in shown.splitlines() if ln.startswith("fleet "))
     assert "link down" in line
     assert '"local":3' in line and "published=4" in line

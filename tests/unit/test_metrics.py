@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from policyd.adapters.dns import DnsSettings, Resolver
+from policyd.adapters.dns import Resolver
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.alerts import AlertKind, Alerts
@@ -26,7 +26,9 @@ from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.counters import MAX_LABEL_SETS, OTHER, Histogram, LabelledCounter
 from policyd.server.metrics import MetricsServer, PolicydCollector
-from policyd.service import HOT_SAMPLE_EVERY, PolicyService
+from policyd.server.reply_cache import HOT_SAMPLE_EVERY, ReplyCache
+from policyd.service import PolicyService
+from policyd.settings import DnsSettings, parse_listener
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
@@ -79,10 +81,11 @@ def service(profiles: tuple[Profile, ...] = DEFAULT_PROFILES) -> PolicyService:
 
 async def test_hits_count_by_profile_and_level_and_are_sampled() -> None:
     svc = service()
+    cache = ReplyCache(svc)
     payload = b"postfix example.test"
-    await svc.reply_for(payload)
+    await cache.reply_for(payload)
     for _ in range(2 * HOT_SAMPLE_EVERY):
-        assert svc.cached_reply(payload) is not None
+        assert cache.cached(payload) is not None
     assert svc.stats.hits == 2 * HOT_SAMPLE_EVERY
     assert dict(svc.counters.answers.items()) == {("postfix", "verify"): 2 * HOT_SAMPLE_EVERY + 1}
     assert svc.counters.hot.count == 2  # one hit in HOT_SAMPLE_EVERY is timed
@@ -95,12 +98,14 @@ async def test_dry_run_answers_notfound_and_counts_what_it_would_answer(
 ) -> None:
     trial = Profile("trial", dry_run=True)
     svc = service((*DEFAULT_PROFILES, trial))
+    cache = ReplyCache(svc)
     with caplog.at_level(logging.INFO, logger="policyd"):
-        assert reply(await svc.reply_for(b"trial example.test")) == b"NOTFOUND "
+        assert reply(await cache.reply_for(b"trial example.test")) == b"NOTFOUND "
         assert (
-            reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+            reply(await cache.reply_for(b"postfix example.test"))
+            == b"OK verify servername=hostname"
         )
-    assert svc.cached_reply(b"trial example.test") == netstring.encode(b"NOTFOUND ")
+    assert cache.cached(b"trial example.test") == netstring.encode(b"NOTFOUND ")
     assert dict(svc.counters.dry_run.items()) == {("trial", "verify"): 1}
     answers = dict(svc.counters.answers.items())
     assert answers[("trial", "NOTFOUND")] == 2  # the miss and the hit
@@ -169,10 +174,11 @@ def parsed(server: MetricsServer) -> dict[str, dict[tuple[tuple[str, str], ...],
 
 async def test_collector_renders_what_was_counted() -> None:
     col, svc = await collector()
-    await svc.reply_for(b"postfix example.test")
-    svc.cached_reply(b"postfix example.test")
-    await svc.reply_for(b"nosuch example.test")
-    got = parsed(MetricsServer("inet:127.0.0.1:9464", col))
+    cache = ReplyCache(svc)
+    await cache.reply_for(b"postfix example.test")
+    cache.cached(b"postfix example.test")
+    await cache.reply_for(b"nosuch example.test")
+    got = parsed(MetricsServer(parse_listener("inet:127.0.0.1:9464"), col))
     assert got["policyd_lookups_total"] == {
         (("result", "hit"),): 1,
         (("result", "miss"),): 1,
@@ -193,7 +199,7 @@ async def test_collector_renders_what_was_counted() -> None:
 async def test_dashboard_uses_only_exported_metrics() -> None:
     col, _ = await collector()
     names: set[str] = set()
-    text = MetricsServer("inet:127.0.0.1:9464", col).render().decode()
+    text = MetricsServer(parse_listener("inet:127.0.0.1:9464"), col).render().decode()
     for family in text_string_to_metric_families(text):
         names.add(family.name + ("_total" if family.type == "counter" else ""))
         names |= {s.name for s in family.samples}
@@ -211,7 +217,7 @@ async def test_http_listener_on_loopback() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = MetricsServer(f"inet:127.0.0.1:{port}", col)
+    server = MetricsServer(parse_listener(f"inet:127.0.0.1:{port}"), col)
     await server.start()
 
     async def ask(request: bytes) -> bytes:
@@ -237,7 +243,7 @@ async def test_http_listener_on_loopback() -> None:
 
 @given(st.binary(max_size=300))
 def test_any_request_head_gets_an_http_answer(head: bytes) -> None:
-    server = MetricsServer("inet:127.0.0.1:9464", EMPTY)
+    server = MetricsServer(parse_listener("inet:127.0.0.1:9464"), EMPTY)
     answer = server._respond(head)
     assert answer.startswith((b"HTTP/1.0 200 OK\r\n", b"HTTP/1.0 404 Not Found\r\n"))
 

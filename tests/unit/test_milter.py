@@ -1,11 +1,9 @@
-"""policyd-milter: settings, the bounded control client, the milter callbacks (driven
-directly, without libmilter), and the daemon's side of its two commands (warm, check)."""
+"""policyd-milter: its settings, the bounded control client and the milter callbacks
+(driven directly, without libmilter). The daemon's side of its two commands (warm,
+check) is tested in test_warm_check.py."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
 import logging
 import socket
 import socketserver
@@ -18,30 +16,15 @@ from typing import Any
 import Milter
 import pytest
 
-from policyd import milter as pm
+from policyd.cli import milter as pm
+from policyd.cli.control_client import ControlClient
+from policyd.cli.milter import DaemonLink, PolicydMilter, WarmMemo, recipient_domain
 from policyd.codec import control
+from policyd.config import Config, ConfigError, parse
 from policyd.core.evidence import (
     Destination,
-    DnsEvidence,
-    DnsStatus,
-    MxHost,
-    StsEvidence,
-    StsMode,
-    StsPolicy,
 )
-from policyd.core.profile import DEFAULT_PROFILES
-from policyd.milter import (
-    ControlClient,
-    MilterAction,
-    MilterSettings,
-    PolicydMilter,
-    WarmMemo,
-    recipient_domain,
-    settings_from,
-)
-from policyd.server.control_commands import MAX_WARM_TASKS, Commands, Peer
-from policyd.service import PolicyService
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore
+from policyd.settings import MAX_MILTER_DOMAINS, MilterAction, MilterSettings
 
 MARGIN = 0.4  # seconds of scheduling slack on a loaded test machine
 BOUND = 0.3  # the milter's bound in these tests
@@ -131,52 +114,59 @@ def stuck(sock_path: str) -> Iterator[FakeDaemon]:
     d.close()
 
 
-# -- settings --------------------------------------------------------------------------
+# -- settings: [milter], read by the one loader (policyd.config) -------------------------
 
 
 def test_defaults() -> None:
     s = MilterSettings()
     assert (s.socket, s.control, s.action, s.timeout, s.max_domains) == (
         "inet:8893@127.0.0.1",
-        "/run/policyd/control.sock",
+        "",
         MilterAction.LOG,
         0.5,
         50,
     )
-    assert s.control_path == "/run/policyd/control.sock"
+    assert pm.control_path(Config()) == "/run/policyd/control.sock"
 
 
-def test_settings_from_toml_take_the_control_socket_from_the_server_table() -> None:
-    s = settings_from(
+def test_max_domains_bound_is_the_control_protocols() -> None:
+    assert MAX_MILTER_DOMAINS == control.MAX_WARM_DOMAINS
+
+
+def test_settings_take_the_control_socket_from_the_server_table() -> None:
+    config = parse(
         {
             "server": {"control": "unix:/srv/policyd/control.sock"},
             "milter": {"action": "header", "timeout": 1, "socket": "unix:/run/m.sock"},
         }
     )
-    assert s.control_path == "/srv/policyd/control.sock"
+    s = config.milter
+    assert pm.control_path(config) == "/srv/policyd/control.sock"
     assert s.action is MilterAction.HEADER and s.timeout == 1.0
-    own = settings_from({"server": {"control": "unix:/a"}, "milter": {"control": "/b"}})
-    assert own.control_path == "/b"
-    assert settings_from({}) == MilterSettings()
+    own = parse({"server": {"control": "unix:/a"}, "milter": {"control": "/b"}})
+    assert pm.control_path(own) == "/b"
+    prefixed = parse({"milter": {"control": "unix:/c"}})
+    assert pm.control_path(prefixed) == "/c"
+    assert parse({}).milter == MilterSettings()
 
 
 @pytest.mark.parametrize(
     ("table", "message"),
     [
         ({"actoin": "log"}, "milter.actoin: unknown key"),
-        ({"action": "reject"}, "milter.action: expected one of none, log, header, tempfail"),
+        ({"action": "reject"}, "milter.action: 'reject' is not one of none, log, header, tempfail"),
         ({"timeout": 0}, "timeout must be more than 0"),
         ({"timeout": 60}, "at most 10 seconds"),
-        ({"timeout": "fast"}, "milter.timeout: expected float"),
-        ({"max_domains": True}, "milter.max_domains: expected int"),
+        ({"timeout": "fast"}, "milter.timeout: expected a number"),
+        ({"max_domains": True}, "milter.max_domains: expected an integer"),
         ({"max_domains": 0}, "max_domains must be 1 to 100"),
         ({"socket": "8893"}, "expected inet:PORT@HOST"),
         ({"control": "inet:127.0.0.1:1"}, "control 'inet:127.0.0.1:1'"),
     ],
 )
 def test_bad_settings_are_named(table: dict[str, Any], message: str) -> None:
-    with pytest.raises(pm.ConfigError, match=message):
-        settings_from({"milter": table})
+    with pytest.raises(ConfigError, match=message):
+        parse({"milter": table})
 
 
 def test_main_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,7 +214,7 @@ def test_warm_memo_claims_each_domain_once_per_interval() -> None:
 
 
 def test_client_pipelines_requests_on_one_connection(daemon: FakeDaemon) -> None:
-    client = ControlClient(daemon.path, BOUND)
+    client = DaemonLink(ControlClient(daemon.path, BOUND))
     replies = client.exchange(
         [
             control.Warm((Destination("a.example"),)),
@@ -240,11 +230,11 @@ def test_client_pipelines_requests_on_one_connection(daemon: FakeDaemon) -> None
 def test_client_gives_up_after_its_bound(
     stuck: FakeDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = ControlClient(stuck.path, BOUND)
+    client = DaemonLink(ControlClient(stuck.path, BOUND))
     started = time.monotonic()
     assert client.exchange([control.Check(Destination("a.example"))]) == []
     assert time.monotonic() - started < BOUND + MARGIN
-    assert "unavailable: no reply within 0.3s" in caplog.text
+    assert "unavailable: no reply from the daemon within 0.3s" in caplog.text
     caplog.clear()
     client.exchange([control.Check(Destination("a.example"))])
     assert "unavailable" not in caplog.text  # logged once per outage, not per message
@@ -252,7 +242,7 @@ def test_client_gives_up_after_its_bound(
 
 def test_client_without_a_daemon(sock_path: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="policyd.milter")
-    client = ControlClient(sock_path, BOUND)
+    client = DaemonLink(ControlClient(sock_path, BOUND))
     assert client.exchange([control.Check(Destination("a.example"))]) == []
     assert "unavailable" in caplog.text
     d = FakeDaemon(sock_path, answering)
@@ -290,7 +280,7 @@ def test_client_survives_a_garbage_reply(sock_path: str) -> None:
     t = threading.Thread(target=babble, daemon=True)
     t.start()
     try:
-        assert ControlClient(sock_path, BOUND).exchange([control.Status()]) == []
+        assert DaemonLink(ControlClient(sock_path, BOUND)).exchange([control.Status()]) == []
     finally:
         t.join(2)
         server.close()
@@ -325,7 +315,7 @@ class FakeCtx:
 
 def make_milter(path: str, action: MilterAction, **kw: Any) -> tuple[PolicydMilter, FakeCtx]:
     settings = MilterSettings(control=path, action=action, timeout=BOUND, **kw)
-    m = pm.make_factory(settings)()
+    m = pm.make_factory(Config(milter=settings))()
     ctx = FakeCtx()
     m._setctx(ctx)
     return m, ctx
@@ -420,130 +410,3 @@ def test_an_internal_error_is_logged_and_mail_continues(
 def test_problem_text_is_made_safe_for_smtp_and_headers() -> None:
     assert pm.one_line("a\r\nb\tc\x00 ü") == "a b c? ?"
     assert len(pm.one_line("x" * 5000)) == pm.MAX_TEXT
-
-
-# -- the daemon's side: warm and check -------------------------------------------------
-
-NOW = 1_700_000_000.0
-
-
-def _host(name: str) -> MxHost:
-    return MxHost(name, 10, DnsStatus.INSECURE, ("192.0.2.7",))
-
-
-class Daemon:
-    def __init__(self, service: PolicyService) -> None:
-        self.service = service
-        self.config: Any = None
-        self.server: Any = None
-        self.started_at = 0.0
-
-    async def reload(self) -> bool:
-        return True
-
-    def clear_dns_cache(self) -> None:
-        pass
-
-
-PEER = Peer(1, 0, 0, "root")
-
-
-def make_commands(dane: FakeDane) -> tuple[Commands, PolicyService]:
-    sts = FakeSts(
-        {
-            "sts.example": StsEvidence(
-                StsPolicy(StsMode.ENFORCE, ("mx.sts.example",), 86400, "1", NOW - 60)
-            )
-        }
-    )
-    insecure = DnsEvidence(DnsStatus.INSECURE, hosts=(_host("mail.elsewhere.net"),))
-    dane.answers["sts.example"] = insecure
-    service = PolicyService(
-        DEFAULT_PROFILES,
-        MemoryStore(),
-        dane,
-        sts,
-        FakeProbe(),
-        lookup_budget=2.0,
-        clock=lambda: NOW,
-    )
-    return Commands(Daemon(service), lambda: NOW), service
-
-
-def _request(doc: dict[str, Any]) -> control.Request:
-    return control.decode_request(json.dumps({"v": 1, **doc}).encode())
-
-
-async def test_check_reports_an_unmeetable_sts_policy() -> None:
-    commands, _ = make_commands(FakeDane())
-    result = await commands.run(_request({"cmd": "check", "args": {"domain": "STS.example"}}), PEER)
-    assert isinstance(result, dict)
-    assert result["destination"] == "sts.example"
-    assert result["rule"] == "mta-sts"
-    assert "no MX host (mail.elsewhere.net)" in str(result["problem"])
-    fine = await commands.run(_request({"cmd": "check", "args": {"domain": "a.example"}}), PEER)
-    assert isinstance(fine, dict) and fine["problem"] is None
-
-
-async def test_check_reports_no_problem_for_a_dry_run_profile() -> None:
-    """A dry-run postfix profile enforces nothing: the milter has nothing to act on."""
-    commands, service = make_commands(FakeDane())
-    service.set_profiles(
-        tuple(dataclasses.replace(p, dry_run=p.name == "postfix") for p in service.profiles)
-    )
-    result = await commands.run(_request({"cmd": "check", "args": {"domain": "sts.example"}}), PEER)
-    assert isinstance(result, dict)
-    assert result["rule"] == "mta-sts"  # what it would have answered
-    assert result["problem"] is None
-
-
-async def test_warm_starts_lookups_in_the_background_and_answers_at_once() -> None:
-    dane = FakeDane(delay=0.2)
-    commands, service = make_commands(dane)
-    started = asyncio.get_running_loop().time()
-    req = _request({"cmd": "warm", "args": {"domains": ["a.example", "b.example", "a.example"]}})
-    result = await commands.run(req, PEER)
-    assert asyncio.get_running_loop().time() - started < 0.1
-    assert result == {"scheduled": 2, "requested": 3}
-    await asyncio.sleep(0.4)
-    assert dane.calls == 2
-    assert {k for _p, k in service.remembered()} == {"a.example", "b.example"}
-
-
-async def test_warm_is_bounded() -> None:
-    dane = FakeDane(delay=0.5)
-    commands, _ = make_commands(dane)
-    total = 0
-    for batch in range(4):
-        names = [f"d{batch}-{i}.example" for i in range(control.MAX_WARM_DOMAINS)]
-        req = control.Warm(tuple(Destination(n) for n in names))
-        result = await commands.run(req, PEER)
-        assert isinstance(result, dict) and isinstance(result["scheduled"], int)
-        total += result["scheduled"]
-    assert total == MAX_WARM_TASKS
-    # Let the background lookups finish (bounded wait: a loaded machine is slower).
-    for _ in range(100):
-        if not commands._warming:
-            break
-        await asyncio.sleep(0.1)
-    result = await commands.run(control.Warm((Destination("late.example"),)), PEER)
-    assert result == {"scheduled": 1, "requested": 1}  # the bound frees up again
-    await asyncio.sleep(0.8)
-
-
-def test_warm_and_check_are_read_level_and_validated() -> None:
-    assert not control.Command.WARM.writes and not control.Command.CHECK.writes
-    too_many = [f"d{i}.example" for i in range(control.MAX_WARM_DOMAINS + 1)]
-    for doc in (
-        {"cmd": "warm", "args": {"domains": too_many}},
-        {"cmd": "warm", "args": {"domains": []}},
-        {"cmd": "warm", "args": {"domains": "a.example"}},
-        {"cmd": "warm", "args": {"domains": ["a..example"]}},
-        {"cmd": "check", "args": {"domain": "a.example", "x": 1}},
-    ):
-        with pytest.raises(control.ControlProtocolError):
-            _request(doc)
-    warm = control.Warm((Destination("a.example"), Destination("b.example")))
-    assert control.decode_request(control.encode_request(warm)) == warm
-    check = control.Check(Destination("a.example"))
-    assert control.decode_request(control.encode_request(check)) == check

@@ -25,7 +25,8 @@ from policyd.core.evidence import (
     ProbeState,
     ProbeVerdict,
 )
-from policyd.sources.probe import ProbeSettings, ProbeSource, make_prober
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import ProbeSource, make_prober
 from tests.fakes import MemoryStore
 from tests.unit.test_certverify import make_pki
 
@@ -526,7 +527,7 @@ def test_settings_validate(kwargs: dict[str, object]) -> None:
 def test_settings_defaults() -> None:
     s = ProbeSettings()
     assert (s.concurrency, s.queue_size, s.max_mx_hosts) == (8, 1000, 3)
-    assert (s.damping.confirm_probes, s.damping.confirm_seconds) == (3, 21600.0)
+    assert (s.confirm_probes, s.confirm_seconds) == (3, 21600.0)
     assert s.timeouts.total == 60.0
 
 

@@ -10,7 +10,8 @@ from policyd.adapters.redis_url import (
     client_from_url,
     describe_url,
 )
-from policyd.adapters.store import StoreError, is_redis_url
+from policyd.adapters.store import StoreError
+from policyd.settings import is_redis_url
 
 
 @pytest.mark.parametrize(

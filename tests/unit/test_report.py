@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from policyd.codec.control.report import ReportResult
 from policyd.codec.destination import parse_key
 from policyd.codec.postfix_policy import parse
 from policyd.core.event import Event
@@ -12,7 +13,6 @@ from policyd.core.evidence import Override, ProbeLevel, ProbeState, StsEvidence,
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.core.report import Report, ReportLimits, StsFailing, TempNow, build_report
 from policyd.core.types import Rule, Verdict, notfound, policy, temp
-from policyd.server.control_docs import report_doc
 from policyd.service import level_text
 from tests.unit.test_service import make
 
@@ -99,7 +99,7 @@ def test_held_and_failing_mta_sts_by_policy_domain() -> None:
 def test_report_doc_is_the_control_protocols_json() -> None:
     latest = {("postfix", "a.example"): policy(Rule.PROBE, "probe", parse("encrypt"))}
     events = [change(NOW - 5, "a.example", "encrypt", previous="NOTFOUND")]
-    doc = report_doc(report(events, latest), temp_answers=3, dry_run={})
+    doc = ReportResult.of(report(events, latest), temp_answers=3, dry_run={}).to_json()
     assert doc == {
         "since": 0.0,
         "now": NOW,
@@ -137,7 +137,7 @@ async def test_a_reason_quoting_previous_does_not_fake_a_level_change(comment: s
     events = await store.events(0.0)
     assert [(e.level, e.previous) for e in events] == [("encrypt", None)]
     assert "previous=dane-only" in events[0].reason
-    doc = report_doc(report(events, svc.remembered()), temp_answers=0, dry_run={})
+    doc = ReportResult.of(report(events, svc.remembered()), temp_answers=0, dry_run={}).to_json()
     changes = doc["changes"]
     assert isinstance(changes, list) and isinstance(changes[0], dict)
     assert (changes[0]["level"], changes[0]["previous"]) == ("encrypt", None)

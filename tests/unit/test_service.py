@@ -1,4 +1,6 @@
-"""PolicyService with fake sources: caching, coalescing, overrides, TEMP bounds, logging."""
+"""PolicyService with fake sources: answers as values, how long they hold, coalescing,
+overrides, TEMP bounds, logging, kept answers, the bound on destinations. (What Postfix is
+sent, and the cache of it, is tested in test_reply_cache.py and test_socketmap_conn.py.)"""
 
 from __future__ import annotations
 
@@ -7,9 +9,7 @@ import logging
 
 import pytest
 
-from policyd import service as service_module
 from policyd.adapters.store import Kind, Record
-from policyd.codec import netstring
 from policyd.codec.destination import parse_key
 from policyd.codec.postfix_policy import parse, render
 from policyd.codec.socketmap import MAX_REPLY
@@ -24,9 +24,11 @@ from policyd.core.evidence import (
     StsPolicy,
 )
 from policyd.core.profile import DEFAULT_PROFILES, Profile
-from policyd.core.types import Outcome, Policy, Rule, TlsLevel
-from policyd.service import PolicyService
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
+from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
+from policyd.held import DEFAULT_MAX_DESTINATIONS
+from policyd.kept_answers import KEEP_ANSWERS_FOR, answers_from_json, answers_to_json
+from policyd.service import TEMP_ANSWER_TTL, Answer, PolicyService
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingCache
 from tests.fakes import ServiceClock as Clock
 
 NOW = 1_800_000_000.0
@@ -37,6 +39,7 @@ def make(
     sts: FakeSts | None = None,
     probe: FakeProbe | None = None,
     budget: float = 1.0,
+    cap: int = DEFAULT_MAX_DESTINATIONS,
 ) -> tuple[PolicyService, Clock, MemoryStore]:
     clock = Clock()
     store = MemoryStore()
@@ -48,38 +51,46 @@ def make(
         probe or FakeProbe(),
         lookup_budget=budget,
         clock=clock.wall,
-        monotonic=clock.monotonic,
+        max_destinations=cap,
     )
     return svc, clock, store
 
 
-async def test_miss_then_hit_from_memory() -> None:
+async def ask(svc: PolicyService, key: str, profile: str = "postfix") -> Answer:
+    found = svc.profile(profile)
+    assert found is not None
+    return await svc.answer(parse_key(key), found)
+
+
+def policy_of(answer: Answer) -> str:
+    """The policy answered, in Postfix syntax (what follows ``OK`` in the reply)."""
+    assert answer.verdict.outcome is Outcome.POLICY
+    assert answer.verdict.policy is not None
+    return render(answer.verdict.policy)
+
+
+def temp_reason(answer: Answer) -> str:
+    assert answer.verdict.outcome is Outcome.TEMP
+    return answer.verdict.reason
+
+
+async def test_answer_holds_until_its_evidence_expires() -> None:
     dane = FakeDane()
     svc, _, _ = make(dane=dane)
-    payload = b"postfix example.test"
-    assert svc.cached_reply(payload) is None
-    assert reply(await svc.reply_for(payload)) == b"NOTFOUND "
-    assert svc.cached_reply(payload) == netstring.encode(b"NOTFOUND ")
+    got = await ask(svc, "example.test")
+    assert got.verdict.outcome is Outcome.NOTFOUND
+    assert got.ttl == 300.0  # the DNS evidence's TTL (tests.fakes.plain_dns)
+    assert not got.kept
     assert dane.calls == 1
-
-
-async def test_cached_answer_expires_with_evidence() -> None:
-    svc, clock, _ = make()
-    payload = b"postfix example.test"
-    await svc.reply_for(payload)
-    clock.mono += 299
-    assert svc.cached_reply(payload) is not None
-    clock.mono += 2
-    assert svc.cached_reply(payload) is None
 
 
 async def test_sts_enforce_and_profiles() -> None:
     pol = StsPolicy(StsMode.ENFORCE, ("mx.example.test",), 86400, "1", NOW - 10)
     svc, _, _ = make(sts=FakeSts({"example.test": StsEvidence(pol)}))
-    got = reply(await svc.reply_for(b"postfix example.test"))
-    assert got == b"OK secure match=mx.example.test servername=hostname"
+    got = policy_of(await ask(svc, "example.test"))
+    assert got == "secure match=mx.example.test servername=hostname"
     # strict leaves the Postfix 3.10 attributes off: older Postfix defers on them.
-    assert reply(await svc.reply_for(b"strict example.test")) == got
+    assert policy_of(await ask(svc, "example.test", "strict")) == got
 
 
 async def test_sts_attributes_profile_logs_one_word_level(
@@ -89,9 +100,9 @@ async def test_sts_attributes_profile_logs_one_word_level(
     svc, _, _ = make(sts=FakeSts({"example.test": StsEvidence(pol)}))
     svc.set_profiles((*DEFAULT_PROFILES, Profile("tlsrpt", sts_attributes=True)))
     caplog.set_level(logging.INFO, "policyd")
-    got = reply(await svc.reply_for(b"tlsrpt example.test"))
+    got = policy_of(await ask(svc, "example.test", "tlsrpt"))
     assert got.endswith(
-        b"{ policy_string = mx: mx.example.test } { policy_string = max_age: 86400 }"
+        "{ policy_string = mx: mx.example.test } { policy_string = max_age: 86400 }"
     )
     [line] = [m for m in caplog.messages if m.startswith("example.test: ")]
     assert line.startswith(
@@ -100,22 +111,26 @@ async def test_sts_attributes_profile_logs_one_word_level(
     )
 
 
-async def test_unknown_profile_and_bad_key_are_perm() -> None:
+async def test_profiles_by_map_name() -> None:
     svc, _, _ = make()
-    assert reply(await svc.reply_for(b"nosuch example.test")).startswith(b"PERM unknown map")
-    assert reply(await svc.reply_for(b"postfix exa mple")).startswith(b"PERM")
-    assert reply(await svc.reply_for(b"postfix ")).startswith(b"PERM")
-    assert svc.stats.perm == 3
+    assert svc.profile("postfix") is not None
+    assert svc.profile("nosuch") is None
+    svc.set_profiles((Profile("only"),))
+    assert svc.profile("postfix") is None
+    assert [p.name for p in svc.profiles] == ["only"]
 
 
 async def test_override_wins_and_invalidates_cache() -> None:
     svc, _, _ = make(probe=FakeProbe({"example.test": ProbeState(ProbeLevel.VERIFY)}))
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    cache = RecordingCache()
+    svc.subscribe(cache)
+    assert policy_of(await ask(svc, "example.test")) == "verify servername=hostname"
     await svc.set_override(Override("example.test", parse("encrypt"), author="root"))
-    assert svc.cached_reply(b"postfix example.test") is None
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
+    assert cache.invalidated == ["example.test"]
+    assert policy_of(await ask(svc, "example.test")) == "encrypt"
     assert await svc.delete_override("example.test")
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    assert cache.invalidated == ["example.test", "example.test"]
+    assert policy_of(await ask(svc, "example.test")) == "verify servername=hostname"
 
 
 async def test_policy_longer_than_a_reply_is_temp_never_cut() -> None:
@@ -126,9 +141,9 @@ async def test_policy_longer_than_a_reply_is_temp_never_cut() -> None:
     assert len(render(huge)) > MAX_REPLY
     svc, _, _ = make()
     await svc.set_override(Override("example.test", huge))
-    got = reply(await svc.reply_for(b"postfix example.test"))
-    assert got.startswith(b"TEMP policy not sent: reply of ")
-    assert b"exceeds the socketmap limit of 100000" in got
+    got = temp_reason(await ask(svc, "example.test"))
+    assert got.startswith("policy not sent: reply of ")
+    assert "exceeds the socketmap limit of 100000" in got
     assert svc.stats.temp == 1
     [(_, verdict, _), *_] = await svc.explain(parse_key("example.test"))
     assert verdict.outcome is Outcome.TEMP
@@ -138,11 +153,24 @@ async def test_policy_longer_than_a_reply_is_temp_never_cut() -> None:
 async def test_expired_override_no_longer_applies() -> None:
     svc, clock, _ = make()
     await svc.set_override(Override("example.test", parse("encrypt"), expires_at=NOW + 60))
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
-    clock.now += 61
-    clock.mono += 61
-    assert svc.cached_reply(b"postfix example.test") is None
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"NOTFOUND "
+    got = await ask(svc, "example.test")
+    assert policy_of(got) == "encrypt"
+    assert got.ttl == 60.0  # held no longer than the override lasts
+    clock.advance(61)
+    assert (await ask(svc, "example.test")).verdict.outcome is Outcome.NOTFOUND
+
+
+async def test_expire_overrides_drops_them_and_their_answers() -> None:
+    svc, clock, _ = make()
+    cache = RecordingCache()
+    svc.subscribe(cache)
+    await svc.set_override(Override("a.test", parse("encrypt"), expires_at=NOW + 60))
+    await svc.set_override(Override("b.test", parse("encrypt")))
+    clock.advance(61)
+    cache.invalidated.clear()
+    svc.expire_overrides()
+    assert set(svc.overrides) == {"b.test"}
+    assert cache.invalidated == ["a.test"]
 
 
 async def test_overrides_survive_reload_from_store() -> None:
@@ -152,8 +180,26 @@ async def test_overrides_survive_reload_from_store() -> None:
         DEFAULT_PROFILES, store, FakeDane(), FakeSts(), FakeProbe(), lookup_budget=1.0
     )
     await fresh.load_overrides()
-    got = reply(await fresh.reply_for(b"postfix example.test"))
-    assert got == b"OK secure match=.example.test"
+    assert policy_of(await ask(fresh, "example.test")) == "secure match=.example.test"
+
+
+async def test_reload_override_invalidates_only_a_change() -> None:
+    svc, _, store = make()
+    cache = RecordingCache()
+    svc.subscribe(cache)
+    await svc.reload_override("example.test")  # none here, none in the store
+    assert cache.invalidated == []
+    doc = '{"policy": "encrypt"}'
+    await store.put(Record(Kind.OVERRIDE, "example.test", doc, None))  # a fleet member's
+    await svc.reload_override("example.test")
+    assert cache.invalidated == ["example.test"]
+    assert policy_of(await ask(svc, "example.test")) == "encrypt"
+    await svc.reload_override("example.test")  # unchanged
+    assert cache.invalidated == ["example.test"]
+    await store.delete(Kind.OVERRIDE, "example.test")
+    await svc.reload_override("example.test")
+    assert "example.test" not in svc.overrides
+    assert cache.invalidated == ["example.test", "example.test"]
 
 
 async def test_newline_in_an_override_comment_never_makes_temp() -> None:
@@ -163,12 +209,12 @@ async def test_newline_in_an_override_comment_never_makes_temp() -> None:
     doc = '{"policy": "encrypt", "comment": "ticket 1\\nsecond line", "author": "root"}'
     await store.put(Record(Kind.OVERRIDE, "example.test", doc, None))
     await svc.load_overrides()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK encrypt"
+    assert policy_of(await ask(svc, "example.test")) == "encrypt"
     ov = svc.overrides["example.test"]
     assert ov.comment == "ticket 1\\nsecond line"  # escaped on load, one line
     # The core escapes rather than refuses even an unescaped one.
     await svc.set_override(Override("example.test", parse("verify"), comment="a\nb"))
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify"
+    assert policy_of(await ask(svc, "example.test")) == "verify"
 
 
 async def test_unreadable_overrides_are_skipped_and_the_rest_load(
@@ -191,41 +237,47 @@ async def test_unreadable_overrides_are_skipped_and_the_rest_load(
     assert set(svc.overrides) == {"good.test"}
     for key in bad:
         assert f"{key}: ignoring unreadable override" in caplog.text
-    assert reply(await svc.reply_for(b"postfix inject.test")) == b"NOTFOUND "
+    assert (await ask(svc, "inject.test")).verdict.outcome is Outcome.NOTFOUND
 
 
 async def test_concurrent_lookups_share_one_gathering() -> None:
-    dane = FakeDane(delay=0.05)
+    gate = asyncio.Event()
+    dane = FakeDane(gate=gate)
     svc, _, _ = make(dane=dane)
-    results = await asyncio.gather(*(svc.reply_for(b"postfix example.test") for _ in range(20)))
-    assert len(set(results)) == 1
+    lookups = [asyncio.ensure_future(ask(svc, "example.test")) for _ in range(20)]
+    for _ in range(10):  # turns of the loop, no time: each lookup reaches the gathering
+        await asyncio.sleep(0)
+    assert dane.calls == 1
+    assert not any(lookup.done() for lookup in lookups)
+    gate.set()
+    results = await asyncio.gather(*lookups)
+    assert len({a.verdict for a in results}) == 1
     assert dane.calls == 1
 
 
 async def test_slow_evidence_gives_temp_within_budget() -> None:
-    dane = FakeDane(delay=5.0)
-    svc, _, _ = make(dane=dane, budget=0.05)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    got = reply(await svc.reply_for(b"postfix slow.test"))
-    assert got.startswith(b"TEMP lookup did not complete")
-    assert loop.time() - t0 < 1.0
+    gate = asyncio.Event()  # not open before the budget runs out: no evidence in time
+    svc, _, _ = make(dane=FakeDane(gate=gate), budget=0.0)
+    got = await ask(svc, "slow.test")
+    assert temp_reason(got).startswith("lookup did not complete")
+    assert got.verdict.rule is Rule.DNS_FAILURE
+    assert got.ttl == TEMP_ANSWER_TTL
+    gate.set()  # the gathering, shielded from the timeout, still ends
 
 
-async def test_dns_failure_is_temp_and_briefly_cached() -> None:
+async def test_dns_failure_is_temp_and_held_briefly() -> None:
     failed = DnsEvidence(DnsStatus.FAILED, error="MX lookup for broken.test: SERVFAIL")
-    svc, clock, _ = make(dane=FakeDane({"broken.test": failed}))
-    assert reply(await svc.reply_for(b"postfix broken.test")).startswith(b"TEMP MX lookup")
-    clock.mono += 6
-    assert svc.cached_reply(b"postfix broken.test") is None
+    svc, _, _ = make(dane=FakeDane({"broken.test": failed}))
+    got = await ask(svc, "broken.test")
+    assert temp_reason(got).startswith("MX lookup")
+    assert got.ttl == TEMP_ANSWER_TTL
 
 
 async def test_decision_change_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     svc, _, store = make()
     with caplog.at_level(logging.INFO, logger="policyd"):
-        await svc.reply_for(b"postfix example.test")
-        svc.invalidate(None)
-        await svc.reply_for(b"postfix example.test")
+        await ask(svc, "example.test")
+        await ask(svc, "example.test")
     lines = [r.getMessage() for r in caplog.records if "example.test: level=" in r.getMessage()]
     assert lines == ["example.test: level=NOTFOUND reason=no DANE, MTA-STS or probe evidence"]
     assert store.event_log == []  # written off the answer's path, in batches
@@ -236,16 +288,23 @@ async def test_decision_change_is_logged_once(caplog: pytest.LogCaptureFixture) 
 async def test_probe_wanted_for_domains_with_hosts() -> None:
     probe = FakeProbe()
     svc, _, _ = make(probe=probe)
-    await svc.reply_for(b"postfix example.test")
+    await ask(svc, "example.test")
     assert probe.wanted == ["example.test"]
 
 
 async def test_flush_forgets() -> None:
     svc, _, store = make()
-    await svc.reply_for(b"postfix example.test")
+    cache = RecordingCache(held=1)
+    svc.subscribe(cache)
+    await ask(svc, "example.test")
+    assert svc.cached_answers == 1  # as the subscribed cache counts them
     await svc.flush("example.test")
-    assert svc.cached_reply(b"postfix example.test") is None
+    assert cache.invalidated == ["example.test"]
+    assert ("postfix", "example.test") in svc.remembered()
     await svc.flush(None)
+    assert cache.invalidated == ["example.test", None]
+    assert svc.remembered() == {}
+    assert svc.cached_destinations == 0
     assert store.records == {}
 
 
@@ -279,128 +338,94 @@ def outage_service(
         probe,
         lookup_budget=1.0,
         clock=clock.wall,
-        monotonic=clock.monotonic,
         dns_down=outage,
     )
     return svc, clock, store, dane, outage
 
 
-async def test_known_destination_keeps_its_answer_through_an_outage() -> None:
-    svc, clock, _, dane, outage = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+VERIFY = "verify servername=hostname"
+
+
+def restarted_in_outage(store: MemoryStore, later: float = 0.0) -> PolicyService:
+    """A service started again on ``store`` (``later`` seconds on), the resolver down."""
+    restarted, clock, _, dane, outage = outage_service(store)
+    clock.now += later
     dane.answers["example.test"] = BROKEN
     outage.down = True
-    svc.invalidate(None)
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
-    # kept answers are cached briefly only: the outage may end any moment
-    clock.mono += 6
-    assert svc.cached_reply(b"postfix example.test") is None
+    return restarted
+
+
+async def test_known_destination_keeps_its_answer_through_an_outage() -> None:
+    svc, _, _, dane, outage = outage_service()
+    assert policy_of(await ask(svc, "example.test")) == VERIFY
+    dane.answers["example.test"] = BROKEN
+    outage.down = True
+    got = await ask(svc, "example.test")
+    assert policy_of(got) == VERIFY
+    assert got.kept
+    # kept answers hold briefly only: the outage may end any moment
+    assert got.ttl == TEMP_ANSWER_TTL
     # a destination never seen has nothing to keep
     dane.answers["new.test"] = BROKEN
-    assert reply(await svc.reply_for(b"postfix new.test")).startswith(b"TEMP")
+    assert temp_reason(await ask(svc, "new.test"))
     # the same failure with the resolver answering (not an outage) is TEMP
     outage.down = False
-    svc.invalidate(None)
-    assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
+    assert temp_reason(await ask(svc, "example.test"))
 
 
 async def test_kept_answer_comes_from_the_store_after_a_restart() -> None:
     svc, _, store, _, _ = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    assert policy_of(await ask(svc, "example.test")) == VERIFY
     await svc.writes.flush()
-    restarted, _, _, dane, outage = outage_service(store)
-    dane.answers["example.test"] = BROKEN
-    outage.down = True
-    assert (
-        reply(await restarted.reply_for(b"postfix example.test"))
-        == b"OK verify servername=hostname"
-    )
+    assert policy_of(await ask(restarted_in_outage(store), "example.test")) == VERIFY
 
 
 async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
     # verify, then a bogus answer (TEMP, resolver up), then the resolver dies: TEMP stays,
     # in memory and after a restart.
     svc, _, store, dane, outage = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    assert policy_of(await ask(svc, "example.test")) == VERIFY
     dane.answers["example.test"] = DnsEvidence(DnsStatus.FAILED, error="bogus")
-    svc.invalidate(None)
-    assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
+    assert temp_reason(await ask(svc, "example.test"))
     await svc.writes.flush()
     outage.down = True
-    svc.invalidate(None)
-    assert reply(await svc.reply_for(b"postfix example.test")).startswith(b"TEMP")
-    restarted, _, _, dane2, outage2 = outage_service(store)
-    dane2.answers["example.test"] = BROKEN
-    outage2.down = True
-    assert reply(await restarted.reply_for(b"postfix example.test")).startswith(b"TEMP")
+    assert temp_reason(await ask(svc, "example.test"))
+    assert temp_reason(await ask(restarted_in_outage(store), "example.test"))
 
 
 async def test_kept_answers_expire() -> None:
     svc, _, store, _, _ = outage_service()
-    assert reply(await svc.reply_for(b"postfix example.test")) == b"OK verify servername=hostname"
+    assert policy_of(await ask(svc, "example.test")) == VERIFY
     await svc.writes.flush()
-    restarted, clock2, _, dane, outage = outage_service(store)
-    clock2.now += service_module.KEEP_ANSWERS_FOR + 1
-    dane.answers["example.test"] = BROKEN
-    outage.down = True
-    assert reply(await restarted.reply_for(b"postfix example.test")).startswith(b"TEMP")
+    restarted = restarted_in_outage(store, later=KEEP_ANSWERS_FOR + 1)
+    assert temp_reason(await ask(restarted, "example.test"))
 
 
 def test_kept_answers_round_trip() -> None:
-    from policyd.core.types import Outcome, Rule, Verdict
-
     kept = {
         "postfix": Verdict(Outcome.POLICY, Rule.DANE, "r", parse("dane-only")),
         "strict": Verdict(Outcome.NOTFOUND, Rule.DEFAULT, "nothing"),
     }
-    assert service_module.answers_from_json(service_module.answers_to_json(kept)) == kept
+    assert answers_from_json(answers_to_json(kept)) == kept
     with pytest.raises(ValueError):
-        service_module.answers_from_json("[]")
+        answers_from_json("[]")
 
 
 # -- a bound on destinations in memory, least recently used evicted ---------------------------
 
 
-def capped(cap: int) -> tuple[PolicyService, FakeDane]:
-    dane = FakeDane()
-    svc = PolicyService(
-        DEFAULT_PROFILES,
-        MemoryStore(),
-        dane,
-        FakeSts(),
-        FakeProbe(),
-        lookup_budget=1.0,
-        max_destinations=cap,
-    )
-    return svc, dane
-
-
-async def test_destinations_in_memory_are_capped_lru() -> None:
-    svc, dane = capped(3)
+async def test_latest_verdicts_are_capped_lru() -> None:
+    svc, _, _ = make(cap=2)
+    cache = RecordingCache()
+    svc.subscribe(cache)
     for name in ("a", "b", "c"):
-        await svc.reply_for(f"postfix {name}.test".encode())
-    assert svc.cached_reply(b"postfix a.test") is not None  # a is now the most recent
-    await svc.reply_for(b"postfix d.test")  # evicts b, the least recently used
-    assert svc.cached_reply(b"postfix b.test") is None
-    for name in ("a", "c", "d"):
-        assert svc.cached_reply(f"postfix {name}.test".encode()) is not None
+        await ask(svc, f"{name}.test")
     assert svc.evicted == 1
-    assert len(svc.remembered()) == 3
-    assert ("postfix", "b.test") not in svc.remembered()
-    # an evicted destination comes back from the slow path, with fresh evidence
-    calls = dane.calls
-    assert reply(await svc.reply_for(b"postfix b.test")) == b"NOTFOUND "
-    assert dane.calls == calls + 1
-
-
-async def test_payloads_per_destination_are_bounded() -> None:
-    svc, _ = capped(10)
-    spellings = [f"postfix {'Example.Test'[:i].upper()}{'example.test'[i:]}" for i in range(12)]
-    for text in spellings:
-        await svc.reply_for(text.encode())
-    assert svc.cached_answers <= service_module.MAX_PAYLOADS_PER_DESTINATION
+    assert cache.invalidated == ["a.test"]  # told before its replies are forgotten
+    assert set(svc.remembered()) == {("postfix", "b.test"), ("postfix", "c.test")}
+    assert svc.cached_destinations == 2
 
 
 async def test_cap_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        capped(0)
+        make(cap=0)

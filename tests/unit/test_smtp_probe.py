@@ -22,13 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.verification import Store
 
 from policyd.adapters.certverify import fingerprints
-from policyd.adapters.smtp_probe import (
-    MAX_REPLY_LINE,
-    ProbeTimeouts,
-    probe_address,
-    probe_host,
-)
+from policyd.adapters.smtp_probe import MAX_REPLY_LINE, probe_address, probe_host
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.settings import ProbeTimeouts
 from tests.unit.test_certverify import DAY, NOW, PrivateKey, make_pki
 
 HOST = "mx.example.test"

@@ -14,8 +14,10 @@ from policyd.codec.socketmap import (
     Request,
     SocketmapError,
     Status,
+    encoded,
     parse_request,
     reply,
+    reply_for,
 )
 
 
@@ -133,3 +135,29 @@ def test_request_through_netstring_bytewise_and_trailing() -> None:
             got.append(parse_request(item))
     assert got == [Request("postfix", "example.com"), Request("strict", "x.org")]
     assert dec.buffered == 5
+
+
+# -- a verdict as a reply ----------------------------------------------------------------
+
+
+def test_reply_for_each_outcome() -> None:
+    from policyd.codec.postfix_policy import parse
+    from policyd.core.types import Outcome, Rule, Verdict
+
+    policy = Verdict(Outcome.POLICY, Rule.DANE, "signed", parse("dane-only"))
+    assert reply_for(policy) == b"OK dane-only"
+    assert reply_for(Verdict(Outcome.NOTFOUND, Rule.DEFAULT, "nothing")) == b"NOTFOUND "
+    assert reply_for(Verdict(Outcome.TEMP, Rule.DNS_FAILURE, "SERVFAIL")) == b"TEMP SERVFAIL"
+
+
+def test_reply_for_a_policy_too_long_raises() -> None:
+    from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
+
+    names = tuple(f"mx{i:05d}.example.test" for i in range(5000))
+    huge = Verdict(Outcome.POLICY, Rule.OVERRIDE, "set", Policy(TlsLevel.SECURE, names))
+    with pytest.raises(ReplyTooLong):
+        reply_for(huge)
+
+
+def test_encoded_is_one_netstring() -> None:
+    assert encoded(Status.PERM, "bad key") == netstring.encode(b"PERM bad key")

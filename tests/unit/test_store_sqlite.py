@@ -17,7 +17,8 @@ from policyd.core.event import Event
 from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.service import PolicyService
-from policyd.sources.probe import ProbeSettings, ProbeSource
+from policyd.settings import ProbeSettings
+from policyd.sources.probe import ProbeSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, event
 from tests.unit.test_probe_source import FakeProber
 

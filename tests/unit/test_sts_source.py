@@ -18,7 +18,8 @@ from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
 from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
-from policyd.sources.sts import StsSettings, StsSource
+from policyd.settings import StsSettings
+from policyd.sources.sts import StsSource
 from tests import fakes
 from tests.fakes import dns_answer, dns_failure
 

@@ -13,7 +13,7 @@ from policyd.adapters.store import Kind, Record, StoreError
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.adapters.write_behind import WriteBehind
 from policyd.core.event import Event
-from tests.fakes import MemoryStore, event
+from tests.fakes import MemoryStore, event, no_time
 
 
 def rec(key: str, value: str = "{}") -> Record:
@@ -78,7 +78,7 @@ async def test_failed_batch_is_logged_counted_and_the_loop_goes_on(
 ) -> None:
     store = CountingStore()
     store.fail = 1
-    w = WriteBehind(store, interval=0.01)
+    w = WriteBehind(store, interval=0.01, sleep=no_time)
     task = asyncio.create_task(w.run())
     try:
         w.event(event(1.0, "a", "lost"))
@@ -86,14 +86,14 @@ async def test_failed_batch_is_logged_counted_and_the_loop_goes_on(
             for _ in range(100):
                 if w.dropped:
                     break
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)
         assert w.dropped == 1
         assert "writes lost" in caplog.text
         w.event(event(2.0, "b", "kept"))
         for _ in range(100):
             if store.event_log:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
         assert store.event_log == [event(2.0, "b", "kept")]
     finally:
         task.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
@@ -62,7 +63,7 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _window(validity: Validity) -> tuple[dt.datetime, dt.datetime]:
+def validity_window(validity: Validity) -> tuple[dt.datetime, dt.datetime]:
     now = dt.datetime.now(dt.UTC)
     if validity == "expired":
         return now - 2 * LEAF_LIFETIME, now - BACKDATE
@@ -71,16 +72,78 @@ def _window(validity: Validity) -> tuple[dt.datetime, dt.datetime]:
     return now - BACKDATE, now + LEAF_LIFETIME
 
 
-def _pem_cert(cert: x509.Certificate) -> bytes:
+def pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _pem_key(key: PrivateKey) -> bytes:
+def pem_key(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+# What a CA key may sign: certificates and CRLs (and its own OCSP or handshake signatures).
+CA_USAGE: Final = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def build_certificate(
+    subject: x509.Name,
+    key: PrivateKey,
+    issuer: x509.Name,
+    signer: PrivateKey,
+    window: tuple[dt.datetime, dt.datetime],
+    *,
+    ca: bool = False,
+    path_length: int | None = None,
+    sans: Sequence[str] = (),
+    usage: x509.KeyUsage | None = None,
+    authority_key: bool = True,
+) -> x509.Certificate:
+    """One certificate for ``key``, signed by ``signer`` (``key`` itself when self-signed)
+    and valid over ``window``. A CA gets BasicConstraints ca=True; anything else is a TLS
+    server certificate (serverAuth). ``sans``: the DNS names (none: no SAN extension, a
+    CN-only certificate); ``usage``: a KeyUsage extension (critical); ``authority_key``:
+    an AuthorityKeyIdentifier for ``signer``'s key."""
+    not_before, not_after = window
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if usage is not None:
+        builder = builder.add_extension(usage, critical=True)
+    if not ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    if sans:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False
+        )
+    if authority_key:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False,
+        )
+    return builder.sign(signer, hashes.SHA256())
 
 
 def _ca_cert(
@@ -91,37 +154,17 @@ def _ca_cert(
     path_length: int | None,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer.subject if issuer else _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    return build_certificate(
+        _name(subject),
+        key,
+        issuer.subject if issuer else _name(subject),
+        issuer_key,
+        (now - BACKDATE, now + CA_LIFETIME),
+        ca=True,
+        path_length=path_length,
+        usage=CA_USAGE,
+        authority_key=issuer is not None,
     )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 class CertAuthority:
@@ -141,9 +184,9 @@ class CertAuthority:
             0,
         )
         self.root_file = self.dir / "root.pem"
-        self.root_file.write_bytes(_pem_cert(self.root_cert))
+        self.root_file.write_bytes(pem_cert(self.root_cert))
         self.intermediate_file = self.dir / "intermediate.pem"
-        self.intermediate_file.write_bytes(_pem_cert(self.intermediate_cert))
+        self.intermediate_file.write_bytes(pem_cert(self.intermediate_cert))
 
     @property
     def ca_file(self) -> Path:
@@ -163,46 +206,31 @@ class CertAuthority:
         written as ``<stem>.key``, ``<stem>.pem`` and ``<stem>.chain.pem``."""
         stem = stem or names[0]
         key = new_key(key_type)
-        not_before, not_after = _window(validity)
         if issuer == "self":
             issuer_name, signer, chain_extra = _name(names[0]), key, b""
         elif issuer == "root":
             issuer_name, signer, chain_extra = self.root_cert.subject, self.root_key, b""
         else:
             issuer_name, signer = self.intermediate_cert.subject, self.intermediate_key
-            chain_extra = _pem_cert(self.intermediate_cert)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(names[0]))
-            .issuer_name(issuer_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
+            chain_extra = pem_cert(self.intermediate_cert)
+        cert = build_certificate(
+            _name(names[0]),
+            key,
+            issuer_name,
+            signer,
+            validity_window(validity),
+            sans=names,
+            authority_key=issuer != "self",
         )
-        if issuer != "self":
-            builder = builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
-                critical=False,
-            )
-        cert = builder.sign(signer, hashes.SHA256())
         files = CertFiles(
             cert=self.dir / f"{stem}.pem",
             key=self.dir / f"{stem}.key",
             chain=self.dir / f"{stem}.chain.pem",
         )
         files.key.touch(mode=0o600)
-        files.key.write_bytes(_pem_key(key))
-        files.cert.write_bytes(_pem_cert(cert))
-        files.chain.write_bytes(_pem_cert(cert) + chain_extra)
+        files.key.write_bytes(pem_key(key))
+        files.cert.write_bytes(pem_cert(cert))
+        files.chain.write_bytes(pem_cert(cert) + chain_extra)
         return Leaf(tuple(names), cert, key, files)
 
 

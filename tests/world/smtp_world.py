@@ -17,12 +17,9 @@ Every server that accepts mail records it: ``received(world, host)`` lists the f
 
 from __future__ import annotations
 
-import grp
 import importlib
 import importlib.util
 import json
-import os
-import pwd
 import signal
 import socket
 import sys
@@ -33,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from tests.world import postfix
 from tests.world.addresses import HOSTS as BASE_HOSTS
 from tests.world.ca import CertFiles
 from tests.world.dns import Zone
@@ -45,7 +43,6 @@ START_TIMEOUT: Final = 20.0  # seconds for the servers to listen
 SWITCH_TIMEOUT: Final = 10.0  # seconds for the helper to take a new configuration
 CONNECT_TIMEOUT: Final = 0.5
 POLL: Final = 0.05
-POSTFIX_MASTER: Final = "/usr/lib/postfix/sbin/master"
 HELPER: Final = Path(__file__).with_name("smtp_servers.py")
 
 HOSTS: Final[Mapping[str, str]] = MappingProxyType(
@@ -352,103 +349,29 @@ def _sts_hosts() -> dict[str, str]:
 
 # -- Postfix ---------------------------------------------------------------------------
 
-POSTFIX_SERVICES: Final = """\
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-tlsmgr unix - - n 1000? 1 tlsmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"""
-QUEUE_SUBDIRS: Final = [
-    "active",
-    "bounce",
-    "corrupt",
-    "defer",
-    "deferred",
-    "flush",
-    "hold",
-    "incoming",
-    "private",
-    "saved",
-    "trace",
-]
-
 
 def postfix_instance(world: World, host: str, domain: str) -> Background:
     """A throwaway Postfix receiving for ``domain`` on ``host``'s address, port 25, with
     the host's valid chain; each message goes to the recorder behind smtpd_proxy_filter."""
-    base = world.dir / "postfix-mx"
-    # data_directory relative to queue_directory: Postfix opens it after dropping to the
-    # postfix user, who cannot traverse pytest's 0700 temporary directories.
-    conf, queue = base / "conf", base / "queue"
-    data = queue / "data"
-    for d in (conf, queue, data):
-        d.mkdir(parents=True, exist_ok=True)
-    owner = pwd.getpwnam("postfix")
-    postdrop = grp.getgrnam("postdrop").gr_gid
-    for name in QUEUE_SUBDIRS:
-        (queue / name).mkdir(exist_ok=True)
-        os.chown(queue / name, owner.pw_uid, owner.pw_gid)
-        os.chmod(queue / name, 0o700)
-    (queue / "pid").mkdir(exist_ok=True)
-    for name, mode in (("maildrop", 0o730), ("public", 0o710)):
-        (queue / name).mkdir(exist_ok=True)
-        os.chown(queue / name, owner.pw_uid, postdrop)
-        os.chmod(queue / name, mode)
-    os.chown(data, owner.pw_uid, owner.pw_gid)
     cert = world.certs[host]
     address = HOSTS[host]
-    (conf / "main.cf").write_text(
-        "\n".join(
-            [
-                "compatibility_level = 3.6",
-                f"queue_directory = {queue}",
-                "data_directory = data",
-                "mail_owner = postfix",
-                "setgid_group = postdrop",
-                "inet_interfaces = loopback-only",
-                "inet_protocols = ipv4",
-                f"myhostname = {host}",
-                "mydestination =",
-                f"relay_domains = {domain}",
-                "alias_maps =",
-                "alias_database =",
-                "local_recipient_maps =",
-                "maillog_file = /dev/stdout",
-                "smtpd_peername_lookup = no",
-                "smtpd_tls_security_level = may",
-                f"smtpd_tls_chain_files = {cert.key}, {cert.chain}",
-                "smtpd_tls_loglevel = 1",
-                "smtpd_tls_received_header = yes",
-                f"smtpd_proxy_filter = {address}:{PROXY_PORT}",
-                "",
-            ]
-        )
+    instance = postfix.Instance(world.dir / "postfix-mx")
+    instance.configure(
+        host,
+        f"{address}:{SMTP_PORT}",
+        [
+            "mydestination =",
+            f"relay_domains = {domain}",
+        ],
+        [
+            "smtpd_tls_security_level = may",
+            f"smtpd_tls_chain_files = {cert.key}, {cert.chain}",
+            "smtpd_tls_loglevel = 1",
+            "smtpd_tls_received_header = yes",
+            f"smtpd_proxy_filter = {address}:{PROXY_PORT}",
+        ],
     )
-    (conf / "master.cf").write_text(
-        f"{address}:{SMTP_PORT} inet n - n - - smtpd\n" + POSTFIX_SERVICES
-    )
-    return Background(
-        f"postfix {host}",
-        [*world.exec_prefix(), POSTFIX_MASTER, "-c", str(conf), "-s", "-d"],
-        base / "maillog",
-    )
+    return instance.master(world, f"postfix {host}")
 
 
 # -- start -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""policyd.core.dane.evaluate, as a table: every host state, alone and in pairs.
+"""policyd.core.dane.evaluate: a table of cases, then every host state, alone and in pairs.
 
 The hand-written table names each case after the rule it exercises. The exhaustive
 tables below it take every combination of host states (alone, in pairs, under a
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policyd.core import dane
 from policyd.core.dane import DaneKind, evaluate
 from policyd.core.evidence import DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
 from tests.tlsa_der import CERT_DER, SPKI_DER
@@ -260,3 +261,58 @@ def test_encrypt_with_a_failing_host_keeps_postfix_doing_dane() -> None:
     # dane makes Postfix look TLSA up itself and skip mx2 while it fails.
     outcome = evaluate(ev(h("unusable"), h("tlsa-failed")))
     assert outcome.kind is K.DANE
+
+
+# -- more cases, with reasons -------------------------------------------------------------
+
+USABLE = (Tlsa(3, 1, 1, b"\0" * 32),)
+UNUSABLE = (Tlsa(0, 1, 1, b"\0" * 32),)
+
+
+def mx_host(
+    name: str, address: DnsStatus = S, tlsa: DnsStatus | None = S, recs: tuple[Tlsa, ...] = USABLE
+) -> MxHost:
+    return MxHost(name, 10, address, tlsa=tlsa, tlsa_records=recs if tlsa is S else ())
+
+
+@pytest.mark.parametrize(
+    ("ev", "kind"),
+    [
+        (DnsEvidence(F, error="x"), dane.DaneKind.TEMP),
+        (DnsEvidence(F, MxKind.NXDOMAIN), dane.DaneKind.TEMP),
+        (DnsEvidence(S, MxKind.NXDOMAIN), dane.DaneKind.NO_MAIL),
+        (DnsEvidence(I, MxKind.NXDOMAIN), dane.DaneKind.NO_MAIL),
+        (DnsEvidence(S, MxKind.NULL), dane.DaneKind.NO_MAIL),
+        (DnsEvidence(S), dane.DaneKind.NOT_APPLICABLE),
+        (DnsEvidence(S, hosts=(mx_host("a"),)), dane.DaneKind.DANE_ONLY),
+        (DnsEvidence(S, MxKind.IMPLICIT, (mx_host("a"),)), dane.DaneKind.DANE_ONLY),
+        (DnsEvidence(I, hosts=(mx_host("a"),)), dane.DaneKind.DANE),
+        (DnsEvidence(S, hosts=(mx_host("a"), mx_host("b", I))), dane.DaneKind.DANE),
+        (DnsEvidence(S, hosts=(mx_host("a"), mx_host("b", S, I))), dane.DaneKind.DANE),
+        # b: signed denial of any address (no addresses, no TLSA looked up): Postfix
+        # skips it, so it does not stand in the way of dane-only (RFC review D17).
+        (DnsEvidence(S, hosts=(mx_host("a"), mx_host("b", S, None))), dane.DaneKind.DANE_ONLY),
+        (DnsEvidence(S, hosts=(mx_host("a"), mx_host("b", S, S, ()))), dane.DaneKind.DANE),
+        (DnsEvidence(S, hosts=(mx_host("a", recs=UNUSABLE),)), dane.DaneKind.ENCRYPT),
+        (DnsEvidence(I, hosts=(mx_host("a", recs=UNUSABLE),)), dane.DaneKind.ENCRYPT),
+        (DnsEvidence(S, hosts=(mx_host("a", recs=UNUSABLE), mx_host("b", I))), dane.DaneKind.DANE),
+        (DnsEvidence(S, hosts=(mx_host("a", recs=UNUSABLE + USABLE),)), dane.DaneKind.DANE_ONLY),
+        (DnsEvidence(S, hosts=(mx_host("a"), mx_host("b", F))), dane.DaneKind.DANE_ONLY),
+        (DnsEvidence(S, hosts=(mx_host("a"), mx_host("b", S, F))), dane.DaneKind.DANE_ONLY),
+        (DnsEvidence(S, hosts=(mx_host("a", F), mx_host("b", S, F))), dane.DaneKind.TEMP),
+        (DnsEvidence(S, hosts=(mx_host("a", F), mx_host("b", I))), dane.DaneKind.HOSTS_FAILED),
+        (DnsEvidence(S, hosts=(mx_host("a", I), mx_host("b", I))), dane.DaneKind.NOT_APPLICABLE),
+        (DnsEvidence(I, hosts=(mx_host("a", S, I),)), dane.DaneKind.NOT_APPLICABLE),
+    ],
+)
+def test_dane_evaluate(ev: DnsEvidence, kind: dane.DaneKind) -> None:
+    out = dane.evaluate(ev)
+    assert out.kind is kind
+    assert out.reason
+
+
+def test_dane_reason_names_failed_hosts() -> None:
+    out = dane.evaluate(
+        DnsEvidence(S, hosts=(mx_host("a"), MxHost("b", 10, F, address_error="SERVFAIL")))
+    )
+    assert "skipped: address lookup for b failed (SERVFAIL)" in out.reason

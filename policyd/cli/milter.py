@@ -20,210 +20,89 @@ Actions (``[milter] action``): ``none`` only warms; ``log`` (default) logs a war
 end of message for each recipient domain with a problem; ``header`` also adds
 ``X-Policyd-TLS: <domain> <problem>``; ``tempfail`` checks at RCPT time instead and answers
 ``451 4.7.5`` for a recipient in such a domain (Postfix retries; the client keeps the mail).
+
+Its settings are the ``[milter]`` table of policyd.toml (:class:`policyd.settings.
+MilterSettings`), read by :mod:`policyd.config` with the rest of the file, which
+``--check-config`` checks whole. Every exchange with the daemon goes through the one
+function :func:`make_exchange` returns.
 """
 
 from __future__ import annotations
 
 import argparse
-import enum
 import logging
-import math
 import os
-import socket
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import Milter
 
 from policyd import __version__
+from policyd.cli.control_client import ControlClient, ControlError
 from policyd.codec import control
 from policyd.codec.destination import KeyError_, parse_key
+from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from policyd.settings import MilterAction, MilterSettings
 
 log = logging.getLogger("policyd.milter")
 
-DEFAULT_CONFIG: Final = "/etc/policyd/policyd.toml"  # = policyd.config.DEFAULT_PATH
-DEFAULT_SOCKET: Final = "inet:8893@127.0.0.1"  # libmilter socket spec (smfi_setconn)
-DEFAULT_CONTROL: Final = "/run/policyd/control.sock"  # = [server] control's default
-# One exchange with the daemon, connect to last reply (seconds). Postfix waits
-# milter_command_timeout (30 s) for a milter; an SMTP client should notice nothing.
-DEFAULT_TIMEOUT: Final = 0.5
-MAX_TIMEOUT: Final = 10.0  # seconds: a larger bound would let a dead daemon slow SMTP
-DEFAULT_MAX_DOMAINS: Final = 50  # recipient domains warmed and checked per message
 # Domains warmed within this many seconds are not warmed again, by any connection: the
 # daemon keeps their evidence fresh, and a busy domain should not cost a round trip a mail.
 WARM_MEMO_SECONDS: Final = 60.0
 WARM_MEMO_ENTRIES: Final = 10_000  # domains remembered; the oldest are forgotten first
-READ_CHUNK: Final = 65536  # bytes per recv from the control socket
 HEADER: Final = "X-Policyd-TLS"
 MAX_TEXT: Final = 400  # characters of a problem in a header, log line or SMTP reply
 TEMPFAIL_REPLY: Final = ("451", "4.7.5")  # RFC 3463 X.7.5: cryptographic failure
 MILTER_NAME: Final = "policyd-milter"
 
-T = TypeVar("T")
 
-
-class MilterAction(enum.Enum):
-    NONE = "none"
-    LOG = "log"
-    HEADER = "header"
-    TEMPFAIL = "tempfail"
-
-
-@dataclass(frozen=True, slots=True)
-class MilterSettings:
-    """``[milter]`` in policyd.toml; read only by policyd-milter."""
-
-    socket: str = DEFAULT_SOCKET  # where Postfix connects: inet:PORT@HOST or unix:/path
-    control: str = DEFAULT_CONTROL  # the daemon's control socket (unix:/path or /path)
-    action: MilterAction = MilterAction.LOG
-    timeout: float = DEFAULT_TIMEOUT
-    max_domains: int = DEFAULT_MAX_DOMAINS
-
-    def __post_init__(self) -> None:
-        kind = self.socket.partition(":")[0]
-        if kind not in ("inet", "inet6", "unix", "local") or ":" not in self.socket:
-            raise ValueError(f"socket {self.socket!r}: expected inet:PORT@HOST or unix:/path")
-        if not self.control_path:
-            raise ValueError(f"control {self.control!r}: expected unix:/path")
-        if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
-            raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
-        if not 1 <= self.max_domains <= control.MAX_WARM_DOMAINS:
-            raise ValueError(f"max_domains must be 1 to {control.MAX_WARM_DOMAINS}")
-
-    @property
-    def control_path(self) -> str:
-        path = self.control.removeprefix("unix:")
-        return path if path.startswith("/") or (path and ":" not in path) else ""
-
-
-class ConfigError(Exception):
-    pass
-
-
-def _typed(key: str, value: object, kind: type[T]) -> T:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-        raise ConfigError(f"milter.{key}: expected {kind.__name__}")
-    return value
-
-
-def settings_from(data: dict[str, Any]) -> MilterSettings:
-    """The ``[milter]`` table of a parsed policyd.toml. Without ``control`` it uses the
-    daemon's ``[server] control``, so one file configures both ends."""
-    table = data.get("milter", {})
-    if not isinstance(table, dict):
-        raise ConfigError("milter: expected a table")
-    kwargs: dict[str, Any] = {}
-    server = data.get("server", {})
-    if isinstance(server, dict) and isinstance(server.get("control"), str):
-        kwargs["control"] = server["control"]
-    types: dict[str, type[Any]] = {
-        "socket": str,
-        "control": str,
-        "action": str,
-        "timeout": float,
-        "max_domains": int,
-    }
-    for key, value in table.items():
-        if key not in types:
-            raise ConfigError(f"milter.{key}: unknown key")
-        kwargs[key] = _typed(key, value, types[key])
-    if "action" in kwargs:
-        try:
-            kwargs["action"] = MilterAction(kwargs["action"])
-        except ValueError:
-            allowed = ", ".join(a.value for a in MilterAction)
-            raise ConfigError(f"milter.action: expected one of {allowed}") from None
-    try:
-        return MilterSettings(**kwargs)
-    except ValueError as exc:
-        raise ConfigError(f"milter: {exc}") from None
-
-
-def load_settings(path: str) -> MilterSettings:
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}") from None
-    return settings_from(data)
+def control_path(config: Config) -> str:
+    """The daemon's control socket: ``[milter] control``, or else ``[server] control``, so
+    that one file configures both ends."""
+    return config.milter.control_path or config.server.control.path
 
 
 # -- the daemon, with a deadline -------------------------------------------------------
 
 
-class Unavailable(Exception):
-    """The daemon did not answer in time, refused, or answered nonsense."""
+# Requests sent on one connection -> the replies that arrived within the bound, in order.
+Exchange = Callable[[Sequence[control.Request]], list[control.Reply]]
 
 
-class ControlClient:
-    """Blocking request/reply over the control socket, one deadline per exchange.
-
-    Safe to share between libmilter threads: each exchange has its own connection. Logs
-    when the daemon becomes unavailable and when it is back, not on every failure.
+class DaemonLink:
+    """The milter's exchanges with the daemon, through the one control client, with the
+    daemon's health logged when it becomes unavailable and when it is back, not on every
+    failure. Safe to share between libmilter threads: each exchange has its own connection.
     """
 
-    def __init__(
-        self, path: str, timeout: float, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._monotonic = monotonic
+    def __init__(self, client: ControlClient) -> None:
+        self._client = client
         self._lock = threading.Lock()
         self._down = False
 
     def exchange(self, requests: Sequence[control.Request]) -> list[control.Reply]:
         """Send the requests on one connection; the replies that arrived in time, in order."""
-        deadline = self._monotonic() + self.timeout
-        replies: list[control.Reply] = []
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.path)
-                sock.sendall(b"".join(control.encode_request(r) for r in requests))
-                decoder = control.reply_decoder()
-                while len(replies) < len(requests):
-                    msg = decoder.next_message()
-                    if msg is not control.NEED_DATA:
-                        replies.append(msg)
-                        continue
-                    remaining = deadline - self._monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError
-                    sock.settimeout(remaining)
-                    data = sock.recv(READ_CHUNK)
-                    if not data:
-                        raise Unavailable("the daemon closed the connection")
-                    decoder.receive_data(data)
-        except TimeoutError:
-            self._health(f"no reply within {self.timeout:g}s")
-        except OSError as exc:
-            self._health(str(exc.strerror or exc))
-        except control.ControlProtocolError as exc:
-            self._health(f"bad reply: {exc.message}")
-        except Unavailable as exc:
-            self._health(str(exc))
-        else:
-            # A refusal (the milter's user is not in [control] read_group) is an outage too.
-            failed = [r for r in replies if isinstance(r, control.Failure)]
-            self._health(f"{failed[0].code.value}: {failed[0].message}" if failed else None)
+            replies = self._client.exchange(requests)
+        except ControlError as exc:
+            self._health(exc.message)
+            return list(exc.replies)
+        # A refusal (the milter's user is not in [control] read_group) is an outage too.
+        failed = [r for r in replies if isinstance(r, control.Failure)]
+        self._health(f"{failed[0].code.value}: {failed[0].message}" if failed else None)
         return replies
 
     def _health(self, problem: str | None) -> None:
         with self._lock:
             was_down, self._down = self._down, problem is not None
+        path = self._client.path
         if problem is not None and not was_down:
-            log.warning("policyd at %s unavailable: %s; mail continues", self.path, problem)
+            log.warning("policyd at %s unavailable: %s; mail continues", path, problem)
         elif problem is None and was_down:
-            log.info("policyd at %s answers again", self.path)
+            log.info("policyd at %s answers again", path)
 
 
 class WarmMemo:
@@ -292,10 +171,10 @@ def _problems(replies: Sequence[control.Reply]) -> list[tuple[str, str]]:
 class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no types
     """One SMTP connection. Every callback returns CONTINUE unless ``tempfail`` applies."""
 
-    def __init__(self, settings: MilterSettings, client: ControlClient, memo: WarmMemo) -> None:
+    def __init__(self, settings: MilterSettings, exchange: Exchange, memo: WarmMemo) -> None:
         super().__init__()
         self.settings = settings
-        self.client = client
+        self.exchange = exchange
         self.memo = memo
         self.domains: list[str] = []  # this message's recipient domains, in order
         self._deferred: set[str] = set()  # domains answered 451 at RCPT in this message
@@ -334,7 +213,7 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
             requests.append(control.Check(dest))
         if not requests:
             return int(Milter.CONTINUE)
-        for found, problem in _problems(self.client.exchange(requests)):
+        for found, problem in _problems(self.exchange(requests)):
             if found == domain:
                 self._deferred.add(domain)
                 return self._tempfail(domain, problem, logged=False)
@@ -355,7 +234,7 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
         if action in (MilterAction.NONE, MilterAction.TEMPFAIL) or not self.domains:
             return int(Milter.CONTINUE)
         checks: list[control.Request] = [control.Check(parse_key(d)) for d in self.domains]
-        for domain, problem in _problems(self.client.exchange(checks)):
+        for domain, problem in _problems(self.exchange(checks)):
             log.warning("%s: %s: %s", self._queue_id(), domain, problem)
             if action is MilterAction.HEADER:
                 self.addheader(HEADER, f"{domain} {problem}")
@@ -374,10 +253,15 @@ class PolicydMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no typ
 # -- the program -----------------------------------------------------------------------
 
 
-def make_factory(settings: MilterSettings) -> Callable[[], PolicydMilter]:
-    client = ControlClient(settings.control_path, settings.timeout)
+def make_exchange(config: Config) -> Exchange:
+    """The milter's one link to the daemon (every callback goes through it)."""
+    return DaemonLink(ControlClient(control_path(config), config.milter.timeout)).exchange
+
+
+def make_factory(config: Config) -> Callable[[], PolicydMilter]:
+    exchange = make_exchange(config)
     memo = WarmMemo()
-    return lambda: PolicydMilter(settings, client, memo)
+    return lambda: PolicydMilter(config.milter, exchange, memo)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -400,14 +284,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--config",
-        default=DEFAULT_CONFIG,
+        default=DEFAULT_CONFIG_PATH,
         metavar="PATH",
-        help=f"policyd.toml, whose [milter] table is read (default {DEFAULT_CONFIG})",
+        help=f"policyd.toml, whose [milter] table is read (default {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument(
         "--check-config",
         action="store_true",
-        help="check the [milter] table, print what is wrong or 'ok', and exit",
+        help="check the configuration file, print what is wrong or 'ok', and exit",
     )
     parser.add_argument("--version", action="version", version=f"{MILTER_NAME} {__version__}")
     return parser.parse_args(argv)
@@ -416,22 +300,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        config = load(args.config)
     except ConfigError as exc:
-        print(f"{MILTER_NAME}: {args.config}: {exc}", file=sys.stderr)
+        print(f"{MILTER_NAME}: {exc}", file=sys.stderr)
         return 1
     if args.check_config:
-        print(f"{MILTER_NAME}: {args.config}: configuration ok")
+        print(f"{MILTER_NAME}: {config.path}: configuration ok")
         return 0
+    settings = config.milter
     setup_logging()
-    Milter.factory = make_factory(settings)
+    Milter.factory = make_factory(config)
     # Ask Postfix only for the one modification this milter may make.
     flags = Milter.ADDHDRS if settings.action is MilterAction.HEADER else 0
     Milter.set_flags(flags)
     log.info(
         "listening on %s, daemon %s, action %s, bound %gs",
         settings.socket,
-        settings.control_path,
+        control_path(config),
         settings.action.value,
         settings.timeout,
     )

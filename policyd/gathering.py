@@ -1,0 +1,84 @@
+"""Evidence for one destination: DNS (DANE), MTA-STS and the probe, gathered together.
+
+One gathering per destination is in flight however many lookups wait for it (shared through
+:class:`~policyd.singleflight.SingleFlight`, shielded: one slow caller timing out does not
+cancel the others' work). The sources are seams, typed here by what the service needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from policyd.core.evidence import Destination, DnsEvidence, Evidence, ProbeState, StsEvidence
+from policyd.overrides import Overrides
+from policyd.singleflight import SingleFlight
+
+
+class DaneSourceLike(Protocol):
+    async def gather(self, dest: Destination, now: float) -> DnsEvidence: ...
+
+
+class StsSourceLike(Protocol):
+    def cached(self, domain: str, now: float) -> StsEvidence: ...
+
+    async def evidence(self, domain: str) -> StsEvidence: ...
+
+    def forget(self, domain: str | None) -> None: ...
+
+
+class ProbeSourceLike(Protocol):
+    def cached(self, key: str) -> ProbeState | None: ...
+
+    def want(self, dest: Destination, dns: DnsEvidence) -> bool: ...
+
+    def forget(self, key: str | None) -> None: ...
+
+
+class Gathering:
+    __slots__ = ("_clock", "_dane", "_flights", "_overrides", "_probe", "_sts")
+
+    def __init__(
+        self,
+        dane: DaneSourceLike,
+        sts: StsSourceLike,
+        probe: ProbeSourceLike,
+        overrides: Overrides,
+        clock: Callable[[], float],
+    ) -> None:
+        self._dane = dane
+        self._sts = sts
+        self._probe = probe
+        self._overrides = overrides
+        self._clock = clock
+        self._flights: SingleFlight[str, Evidence] = SingleFlight()
+
+    async def evidence(self, dest: Destination) -> Evidence:
+        """The evidence for ``dest``, from the gathering in flight if there is one."""
+        return await self._flights.run(dest.key, lambda: self._gather(dest))
+
+    async def _gather(self, dest: Destination) -> Evidence:
+        now = self._clock()
+        override = self._overrides.active(dest.key, now)
+        if dest.parent_form or dest.is_address:
+            return Evidence(dest, override=override)
+        sts_wanted = not dest.bracketed and dest.port == 25
+        dns_task = asyncio.ensure_future(self._dane.gather(dest, now))
+        try:
+            # For a known domain the STS source answers from memory at once and refreshes
+            # in the background; a cold one is fetched inline within the source's budget.
+            sts_ev = await self._sts.evidence(dest.name) if sts_wanted else StsEvidence()
+        except BaseException:
+            dns_task.cancel()  # not left running unowned, its failure never retrieved
+            raise
+        dns = await dns_task
+        if dns.hosts:
+            self._probe.want(dest, dns)
+        return Evidence(
+            dest,
+            override=override,
+            dns=dns,
+            sts=sts_ev,
+            probe=self._probe.cached(dest.key),
+        )

@@ -1,0 +1,182 @@
+"""The socketmap reply cache: raw request payload in, encoded reply out.
+
+The hot path (:meth:`ReplyCache.cached`) is one dict lookup keyed by the raw request
+payload; it never awaits, never allocates and never touches the disk. A miss goes to
+:meth:`ReplyCache.reply_for`, which parses the request, asks the service for the answer,
+encodes the reply and keeps it for as long as the answer holds. Every reply the server
+sends is built here or by the codec (PERM for a bad request, TEMP for a lookup that fails).
+
+The cache subscribes to the service, which says when answers go stale (a changed override,
+a flush, fresher evidence). Its destinations are bounded with the service's latest verdicts
+(:mod:`policyd.held`): a hit refreshes the destination in that one table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+from policyd.codec import netstring, socketmap
+from policyd.codec.destination import KeyError_, parse_key
+from policyd.core.types import Outcome
+from policyd.held import Seconds, payloads_of, shared
+from policyd.service import Answer, PolicyService
+from policyd.told import answer_label
+
+# Cached request payloads per destination (profiles, spellings of the key); more are
+# answered but not cached, so that one destination cannot hold unbounded memory.
+MAX_PAYLOADS_PER_DESTINATION: Final = 8
+# One cache hit in this many is timed for the latency histogram: timing costs about as
+# much as the hit itself, and a sample shows the distribution as well as every hit would.
+HOT_SAMPLE_EVERY: Final = 64
+# What a dry-run profile tells Postfix whatever was decided: Postfix keeps its own default.
+_DRY_RUN_REPLY: Final = socketmap.reply(socketmap.Status.NOTFOUND)
+
+
+def perm(why: str) -> bytes:
+    """The encoded PERM reply to a request that cannot be answered."""
+    return socketmap.encoded(socketmap.Status.PERM, why)
+
+
+def failed() -> bytes:
+    """The encoded TEMP reply to a lookup that failed inside policyd."""
+    return socketmap.encoded(socketmap.Status.TEMP, "internal error, see policyd log")
+
+
+class ReplyCache:
+    __slots__ = (
+        "_answers",
+        "_by_key",
+        "_counters",
+        "_held",
+        "_monotonic",
+        "_replies",
+        "_sample_in",
+        "_service",
+        "_stats",
+        "_until_second",
+    )
+
+    def __init__(
+        self, service: PolicyService, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._service = service
+        self._stats = service.stats
+        self._counters = service.counters
+        self._monotonic = monotonic
+        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key,
+        # the answers counter cell of its profile and level)
+        self._answers: dict[bytes, tuple[bytes, float, str, list[int]]] = {}
+        # Destination key -> its cached payloads, least recently used first: the table that
+        # bounds destinations in memory, shared with the service (policyd.held).
+        self._held = service.held
+        self._by_key = service.held.order
+        # Encoded replies shared by every destination that gets the same one (NOTFOUND...).
+        self._replies: dict[bytes, bytes] = {}
+        # Expiry down to the whole second, one float object for all within that second.
+        self._until_second = Seconds()
+        self._sample_in = HOT_SAMPLE_EVERY
+        service.subscribe(self)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def cached(self, payload: bytes) -> bytes | None:
+        """The encoded reply for a request payload, if cached and fresh. Never awaits."""
+        self._sample_in -= 1
+        if not self._sample_in:
+            return self._timed_cached(payload)
+        hit = self._answers.get(payload)
+        if hit is None:
+            return None
+        if hit[1] < self._monotonic():
+            return None
+        self._stats.hits += 1
+        hit[3][0] += 1
+        # Least recently used order: this destination goes last.
+        by_key = self._by_key
+        payloads = by_key.pop(hit[2], None)
+        if payloads is not None:
+            by_key[hit[2]] = payloads
+        return hit[0]
+
+    def _timed_cached(self, payload: bytes) -> bytes | None:
+        """:meth:`cached`, timed for the latency histogram."""
+        started = time.perf_counter()
+        self._sample_in = 0  # counted down to -1 by cached(): the untimed branch
+        hit = self.cached(payload)
+        self._sample_in = HOT_SAMPLE_EVERY
+        if hit is not None:
+            self._counters.hot.observe(time.perf_counter() - started)
+        return hit
+
+    # -- the slow path -----------------------------------------------------------------
+
+    async def reply_for(self, payload: bytes) -> bytes:
+        """The encoded reply for one request payload, from the service."""
+        started = time.perf_counter()
+        try:
+            return await self._reply_for(payload)
+        finally:
+            self._counters.slow.observe(time.perf_counter() - started)
+
+    async def _reply_for(self, payload: bytes) -> bytes:
+        self._stats.lookups += 1
+        try:
+            req = socketmap.parse_request(payload)
+        except socketmap.SocketmapError as exc:
+            self._stats.perm += 1
+            return perm(str(exc))
+        profile = self._service.profile(req.name)
+        if profile is None:
+            self._stats.perm += 1
+            return perm(f"unknown map name {req.name[:64]!r}")
+        try:
+            dest = parse_key(req.key)
+        except KeyError_ as exc:
+            self._stats.perm += 1
+            return perm(str(exc))
+        answer = await self._service.answer(dest, profile)
+        if answer.verdict.outcome is Outcome.TEMP:
+            self._counters.temp += 1
+        else:
+            self._counters.misses += 1
+        cell = self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
+        cell[0] += 1
+        told = _DRY_RUN_REPLY if profile.dry_run else socketmap.reply_for(answer.verdict)
+        encoded = netstring.encode(told)
+        self._remember(payload, encoded, answer, dest.key, cell)
+        return encoded
+
+    def _remember(
+        self, payload: bytes, encoded: bytes, answer: Answer, key: str, cell: list[int]
+    ) -> None:
+        if answer.ttl <= 0:
+            return
+        payloads = payloads_of(self._held.touch(key))
+        if payload not in payloads:
+            if len(payloads) >= MAX_PAYLOADS_PER_DESTINATION:
+                return
+            self._by_key[key] = (*payloads, payload) if payloads else payload
+        encoded = shared(self._replies, encoded)
+        # Valid until a whole second no later than the exact expiry (never served longer).
+        until = self._until_second(self._monotonic() + answer.ttl)
+        self._answers[payload] = (encoded, until, key, cell)
+
+    # -- told by the service -----------------------------------------------------------
+
+    def invalidate(self, key: str | None) -> None:
+        """Forget cached replies for one destination key, or all of them."""
+        by_key = self._by_key
+        if key is None:
+            self._answers.clear()
+            for dest in by_key:
+                by_key[dest] = ()
+            return
+        if key in by_key:
+            for payload in payloads_of(by_key[key]):
+                self._answers.pop(payload, None)
+            by_key[key] = ()
