@@ -26,6 +26,7 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import cpu_count
+from policyd.adapters.dns import DnsAnswer, Rcode
 from policyd.core.evidence import (
     Destination,
     DnsEvidence,
@@ -39,7 +40,7 @@ from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource
-from policyd.sources.sts import StsSource, TxtResult
+from policyd.sources.sts import StsSource
 from tests.fakes import NullStore
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
@@ -88,12 +89,15 @@ class PolicyFetch:
         ).encode()
 
 
-async def no_txt(name: str) -> TxtResult:
-    return TxtResult(DnsStatus.SECURE)
+class NoTxt:
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        return DnsAnswer(name, rdtype, DnsStatus.SECURE, Rcode.NOERROR)
 
 
-async def sts_txt(name: str) -> TxtResult:
-    return TxtResult(DnsStatus.INSECURE, ("v=STSv1; id=20260101T000000;",))
+class StsTxt:
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        record = ("v=STSv1; id=20260101T000000;",)
+        return DnsAnswer(name, rdtype, DnsStatus.INSECURE, Rcode.NOERROR, record)
 
 
 def rss_kib() -> int:
@@ -107,9 +111,9 @@ def rss_kib() -> int:
 async def fill(kind: str, count: int, cap: int) -> tuple[int, int, int, float]:
     store = NullStore()
     if kind == "mta-sts":
-        sts = StsSource(store, sts_txt, PolicyFetch())
+        sts = StsSource(store, StsTxt(), PolicyFetch())
     else:
-        sts = StsSource(store, no_txt, NoFetch())
+        sts = StsSource(store, NoTxt(), NoFetch())
     probe = ProbeSource(store, None, ProbeSettings(enabled=False))  # type: ignore[arg-type]
     service = PolicyService(
         DEFAULT_PROFILES,

@@ -21,11 +21,11 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Final
 
 from policyd.codec.netstring import DEFAULT_MAX_PAYLOAD
+from policyd.core.types import SMTP_PORT
 
 # The one configuration file of the three programs (each takes --config).
 DEFAULT_CONFIG_PATH: Final = "/etc/policyd/policyd.toml"
 DEFAULT_PORT: Final = 7672  # the default socketmap listener: inet:127.0.0.1:7672
-SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: a destination without a port
 MAX_MODE: Final = 0o777  # permission bits only: no setuid, setgid or sticky bit
 MAX_TCP_PORT: Final = 65535
 

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 from policyd.adapters.claims import ClaimBusy, Job
+from policyd.adapters.dns import DnsAnswer, MxRecord, Rcode
+from policyd.adapters.dns import Record as DnsRecord
 from policyd.adapters.store import Kind, Record
 from policyd.codec import netstring
 from policyd.core.event import Event
@@ -16,7 +18,9 @@ from policyd.core.evidence import (
     MxHost,
     ProbeState,
     StsEvidence,
+    Tlsa,
 )
+from policyd.core.names import domain_name
 from policyd.core.types import Rule
 
 
@@ -156,6 +160,64 @@ def reply(encoded: bytes) -> bytes:
     out = dec.next_payload()
     assert isinstance(out, bytes)
     return out
+
+
+# -- DNS: typed answers as policyd.adapters.dns returns them ----------------------------
+
+
+def dns_record(rdtype: str, text: str) -> DnsRecord:
+    """One record from its presentation text (RFC 1035 5.1), as the adapter types it:
+    ``MX`` "10 mx.example." (MxRecord; "." the null MX), ``TLSA`` "3 1 1 <hex>",
+    ``TXT`` '"v=STSv1; id=1"' (one string; quotes optional), ``A``/``AAAA`` the address."""
+    if rdtype == "MX":
+        preference, exchange = text.split()
+        name = None if exchange == "." else domain_name(exchange)
+        return MxRecord(int(preference), name)
+    if rdtype == "TLSA":
+        usage, selector, mtype, data = text.split(maxsplit=3)
+        return Tlsa(int(usage), int(selector), int(mtype), bytes.fromhex(data.replace(" ", "")))
+    if rdtype == "TXT":
+        return text[1:-1] if text.startswith('"') and text.endswith('"') else text
+    return text
+
+
+def dns_answer(
+    name: str,
+    rdtype: str,
+    *records: str,
+    status: DnsStatus = DnsStatus.SECURE,
+    ttl: int = 300,
+    rcode: Rcode = Rcode.NOERROR,
+    canonical: str = "",
+) -> DnsAnswer:
+    """A completed answer with records given as presentation text (see :func:`dns_record`)."""
+    typed = tuple(dns_record(rdtype, r) for r in records)
+    return DnsAnswer(name, rdtype, status, rcode, typed, canonical or name, ttl)
+
+
+def dns_failure(name: str, rdtype: str, error: str = "SERVFAIL", ttl: int = 5) -> DnsAnswer:
+    rcode = Rcode.SERVFAIL if error == "SERVFAIL" else None
+    return DnsAnswer(name, rdtype, DnsStatus.FAILED, rcode, (), name, ttl, error)
+
+
+class FakeResolver:
+    """Scripted DNS answers by (name, type); anything not scripted is a secure NODATA.
+    ``asked`` lists the queries in order. Each query yields to the loop once, as a real
+    lookup would."""
+
+    def __init__(self, *answers: DnsAnswer) -> None:
+        self.answers: dict[tuple[str, str], DnsAnswer] = {}
+        self.asked: list[tuple[str, str]] = []
+        self.add(*answers)
+
+    def add(self, *answers: DnsAnswer) -> None:
+        self.answers.update({(a.name, a.rdtype): a for a in answers})
+
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        self.asked.append((name, rdtype))
+        await asyncio.sleep(0)
+        answer = self.answers.get((name, rdtype))
+        return answer or DnsAnswer(name, rdtype, DnsStatus.SECURE, Rcode.NOERROR, (), name, 600)
 
 
 class RecordingClaims:

@@ -30,6 +30,7 @@ from cryptography.x509.verification import (
 )
 
 from policyd.core.evidence import ProbeVerdict
+from policyd.core.names import domain_name, fold
 
 MIN_RSA_BITS: Final = 2048  # CA/Browser Forum Baseline Requirements 6.1.5; NIST SP 800-131A
 # Named curves WebPKI accepts (CA/B BR 6.1.5, RFC 8422 5.1.1).
@@ -89,9 +90,9 @@ def verdict_for(
     with a short detail for the log."""
     if not chain:
         return ProbeVerdict.INVALID, "no certificate presented"
-    name = mx_host.rstrip(".").lower()
     leaf, intermediates = chain[0], chain[1:]
     try:
+        name = domain_name(mx_host)  # DomainNameError is a ValueError
         verifier = PolicyBuilder().store(store).time(now).build_server_verifier(x509.DNSName(name))
     except ValueError as exc:
         return ProbeVerdict.INVALID, f"cannot verify for {mx_host!r}: {exc}"
@@ -248,7 +249,7 @@ def _dns_names(leaf: x509.Certificate) -> list[str]:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
-    return [n.lower().rstrip(".") for n in san.value.get_values_for_type(x509.DNSName)]
+    return [fold(n) for n in san.value.get_values_for_type(x509.DNSName)]
 
 
 def _name_matches(pattern: str, name: str) -> bool:

@@ -5,10 +5,12 @@ RFC 7672 2.1.1). Every lookup ends in one of three states that are never confuse
 SECURE (AD set), INSECURE (completed, AD clear) and FAILED (SERVFAIL, bogus, REFUSED,
 timeout...). NXDOMAIN and NODATA are completed answers with their own AD bit, never
 failures. Every dnspython exception is translated into a FAILED :class:`DnsAnswer`
-here; nothing from the library escapes :meth:`Resolver.query`.
+here; nothing from the library escapes :meth:`Resolver.query`: answers carry policyd's
+types (:mod:`policyd.adapters.dns_answer`: MX, TLSA, address and TXT records, an
+:class:`Rcode`), so callers never import dnspython.
 
-Answers are cached by TTL (clamped), failures briefly; concurrent queries for the same
-name and type share one lookup.
+Answers are cached by TTL (clamped), failures briefly (:mod:`policyd.adapters.dns_cache`);
+concurrent queries for the same name and type share one lookup (a SingleFlight).
 
 A circuit breaker tells a dead resolver from a slow zone: when a query goes unanswered
 for ``HealthTimes.after`` seconds (or fails with no response at all), the resolver itself
@@ -35,34 +37,50 @@ import asyncio
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
 
 import dns.asyncbackend
 import dns.asyncresolver
-import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
-import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TLSA
-import dns.rdtypes.ANY.TXT
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
 import dns.resolver
 
+from policyd.adapters.dns_answer import (
+    DnsAnswer,
+    MxRecord,
+    Rcode,
+    Record,
+    chain_of,
+    describe,
+    describe_wire,
+    failed,
+    from_wire,
+    library_errors,
+    library_records,
+    status_of,
+)
+from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
 from policyd.adapters.dns_udp import NoResponse, UdpResolver
 from policyd.codec import dns_wire
-from policyd.core.evidence import DnsStatus
 from policyd.counters import DnsCounters
 from policyd.settings import DnsSettings
+from policyd.singleflight import SingleFlight
+
+__all__ = [
+    "DnsAnswer",
+    "HealthTimes",
+    "MxRecord",
+    "Rcode",
+    "Record",
+    "Resolver",
+]
 
 # A failed lookup is cached this long: a dead resolver is not hammered by every
 # queued mail, yet a recovered one is used again within seconds.
@@ -82,20 +100,6 @@ NOT_ANSWERING: Final = "resolver not answering"
 _QUIET = logging.getLogger("policyd.dns.quiet")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
-
-# Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
-_BOGUS_EDE: Final = frozenset(
-    {
-        dns.edns.EDECode.DNSSEC_BOGUS,
-        dns.edns.EDECode.SIGNATURE_EXPIRED,
-        dns.edns.EDECode.SIGNATURE_NOT_YET_VALID,
-        dns.edns.EDECode.DNSKEY_MISSING,
-        dns.edns.EDECode.RRSIGS_MISSING,
-        dns.edns.EDECode.NO_ZONE_KEY_BIT_SET,
-        dns.edns.EDECode.NSEC_MISSING,
-    }
-)
-
 
 # dnspython >= 2.8 rejects a TLSA record whose data length does not fit its matching
 # type, and with it the whole response (FormError): one malformed record would turn the
@@ -122,93 +126,6 @@ class HealthTimes:
                 raise ValueError(f"health {name} must be a positive number of seconds")
 
 
-@dataclass(frozen=True, slots=True)
-class DnsAnswer:
-    """The outcome of one lookup.
-
-    ``records`` are dnspython rdata of the queried type, at the end of any CNAME chain
-    (``canonical_name``). ``rcode`` is "NOERROR" or "NXDOMAIN" for completed answers
-    (NODATA: NOERROR without records), the failing rcode or "" for FAILED ones.
-    ``ttl`` is how many more seconds the answer may be used. ``error`` is set exactly
-    when the status is FAILED.
-    """
-
-    name: str
-    rdtype: str
-    status: DnsStatus
-    rcode: str
-    records: tuple[Any, ...] = ()
-    canonical_name: str = ""
-    ttl: int = 0
-    error: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.status is DnsStatus.FAILED) != bool(self.error):
-            raise ValueError("a FAILED answer needs an error, and only a FAILED one")
-        if self.ttl < 0:
-            raise ValueError("ttl must not be negative")
-
-    @property
-    def failed(self) -> bool:
-        return self.status is DnsStatus.FAILED
-
-    @property
-    def secure(self) -> bool:
-        return self.status is DnsStatus.SECURE
-
-    @property
-    def nxdomain(self) -> bool:
-        return self.rcode == "NXDOMAIN" and not self.failed
-
-    @property
-    def nodata(self) -> bool:
-        return self.rcode == "NOERROR" and not self.failed and not self.records
-
-    @property
-    def negative(self) -> bool:
-        """NXDOMAIN or NODATA (RFC 2308 1)."""
-        return self.nxdomain or self.nodata
-
-
-def _text(name: dns.name.Name) -> str:
-    return name.to_text(omit_final_dot=True).lower() or "."
-
-
-def _status(response: dns.message.Message | None) -> DnsStatus:
-    """AD set by the trusted resolver: validated (RFC 4035 3.2.3, RFC 6840 5.8)."""
-    if response is not None and response.flags & dns.flags.AD:
-        return DnsStatus.SECURE
-    return DnsStatus.INSECURE
-
-
-def _describe(error: object, response: dns.message.Message | None) -> str:
-    """One server's failure, naming DNSSEC validation failures as "bogus" (RFC 8914)."""
-    if response is not None:
-        for ede in response.extended_errors():
-            if ede.code in _BOGUS_EDE:
-                detail = dns.edns.EDECode.to_text(ede.code)
-                return f"bogus (EDE {int(ede.code)} {detail}{': ' + ede.text if ede.text else ''})"
-    if isinstance(error, str):
-        return error  # an rcode: SERVFAIL, REFUSED, NOTIMP...
-    if isinstance(error, dns.exception.Timeout):
-        return "timeout"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-def _errors(errors: Sequence[tuple[Any, ...]]) -> tuple[str, str]:
-    """(error text, rcode) from dnspython's (server, tcp, port, error, response) list."""
-    texts: list[str] = []
-    rcode = ""
-    for entry in errors:
-        error, response = entry[3], entry[4]
-        if response is not None and not rcode:
-            rcode = dns.rcode.to_text(response.rcode())
-        text = _describe(error, response)
-        if text not in texts:
-            texts.append(text)
-    return "; ".join(texts) or "no nameservers", rcode
-
-
 class Resolver:
     """Cached, coalescing DNS lookups that report DNSSEC status (see the module doc)."""
 
@@ -231,8 +148,8 @@ class Resolver:
         self._first_check: asyncio.Future[None] | None = None  # the checker's first verdict
         self._fast: list[UdpResolver] | None = None  # built with the library resolver
         self._library: dns.asyncresolver.Resolver | None = None
-        self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
+        self._cache = AnswerCache(settings.cache_entries)
+        self._inflight: SingleFlight[Key, DnsAnswer] = SingleFlight()
         self._generation = 0
         self.counters = DnsCounters()
 
@@ -241,7 +158,7 @@ class Resolver:
 
         The nameservers of /etc/resolv.conf are read again on the next lookup."""
         self._cache.clear()
-        self._inflight.clear()
+        self._inflight = SingleFlight()  # lookups under way finish for their callers only
         self._library = None
         if self._fast is not None:
             for client in self._fast:
@@ -271,37 +188,17 @@ class Resolver:
         rdtype = rdtype.upper()
         if dns.rdatatype.is_metatype(dns.rdatatype.from_text(rdtype)):
             raise ValueError(f"{rdtype} is not a data type")  # a caller's bug, not DNS
-        key = (name.rstrip(".").lower() or ".", rdtype)
-        cached = self._cached(key)
+        key = cache_key(name, rdtype)
+        cached = self._cache.get(key, self._clock())
         if cached is not None:
             return cached
         if self._down:
-            return _failed(key[0], rdtype, NOT_ANSWERING)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._lookup(key, self._generation))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._done(key, t))
+            return failed(key[0], rdtype, NOT_ANSWERING)
+        generation = self._generation
         # One caller giving up (cancelled) does not cancel the lookup the others share.
-        return await asyncio.shield(task)
+        return await self._inflight.run(key, lambda: self._lookup(key, generation))
 
-    def _cached(self, key: tuple[str, str]) -> DnsAnswer | None:
-        entry = self._cache.get(key)
-        if entry is None:
-            return None
-        expires, answer = entry
-        remaining = expires - self._clock()
-        if remaining <= 0:
-            del self._cache[key]
-            return None
-        self._cache.move_to_end(key)
-        return replace(answer, ttl=math.ceil(remaining))
-
-    def _done(self, key: tuple[str, str], task: asyncio.Task[DnsAnswer]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-
-    async def _lookup(self, key: tuple[str, str], generation: int) -> DnsAnswer:
+    async def _lookup(self, key: Key, generation: int) -> DnsAnswer:
         try:
             answer = await self._ask(*key)
         except asyncio.CancelledError:
@@ -309,16 +206,13 @@ class Resolver:
             if not self._down or task is None:
                 raise
             task.uncancel()  # our own cancel (see _watch): the lookup ends FAILED
-            answer = _failed(key[0], key[1], NOT_ANSWERING)
+            answer = failed(key[0], key[1], NOT_ANSWERING)
         self.counters.outcomes.inc(answer.status.value)
         if answer.error == NOT_ANSWERING:
             return answer  # not cached: the breaker answers as long as the outage lasts
         answer = replace(answer, ttl=self._cache_ttl(answer))
         if generation == self._generation and answer.ttl > 0:
-            self._cache[key] = (self._clock() + answer.ttl, answer)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._settings.cache_entries:
-                self._cache.popitem(last=False)
+            self._cache.put(key, answer, self._clock())
         return answer
 
     async def _ask(self, name: str, rdtype: str) -> DnsAnswer:
@@ -365,8 +259,7 @@ class Resolver:
                     "dns: resolver not answering; lookups fail at once until it does "
                     "(cached answers are kept)"
                 )
-                for task in list(self._inflight.values()):
-                    task.cancel()  # each ends FAILED in _lookup
+                self._inflight.cancel_all()  # each lookup ends FAILED in _lookup
             if not first.done():
                 first.set_result(None)
             await asyncio.sleep(self._health.retry)
@@ -456,7 +349,7 @@ class Resolver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.lifetime
         errors: list[str] = []
-        rcode = ""
+        rcode: Rcode | None = None
         responded = False
         while clients:
             for client in list(clients):
@@ -476,32 +369,33 @@ class Resolver:
                     errors.append("timeout")
                     continue
                 except OSError as exc:
-                    errors.append(_describe(exc, None))
+                    errors.append(describe(exc, None))
                     clients.remove(client)
                     continue
                 responded = True
                 if response.truncated:
                     return None  # dnspython retries over TCP
-                answer = _from_wire(name, rdtype, qtype, response)
+                answer = from_wire(name, rdtype, qtype, response)
                 if answer is not None:
                     return answer, True
-                text = dns.rcode.to_text(dns.rcode.Rcode.make(response.rcode))
-                errors.append(_describe_wire(text, response.ede))
-                rcode = rcode or text
+                code = Rcode.of(response.rcode)
+                text = code.value if code is not None else f"RCODE{response.rcode}"
+                errors.append(describe_wire(text, response.ede))
+                rcode = rcode or code
                 clients.remove(client)
             if loop.time() >= deadline:
                 break
         if errors and all(e == "timeout" for e in errors):
-            return _failed(name, rdtype, "timeout"), responded
+            return failed(name, rdtype, "timeout"), responded
         unique = list(dict.fromkeys(e for e in errors if e != "timeout")) or ["timeout"]
-        return _failed(name, rdtype, "; ".join(unique), rcode), responded
+        return failed(name, rdtype, "; ".join(unique), rcode), responded
 
     async def _resolve(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool]:
         """One lookup through dnspython, and whether any server responded at all; every
         library exception becomes FAILED here."""
 
-        def failed(error: str, rcode: str = "") -> tuple[DnsAnswer, bool]:
-            return _failed(name, rdtype, error, rcode), True
+        def failure(error: str, rcode: Rcode | None = None) -> tuple[DnsAnswer, bool]:
+            return failed(name, rdtype, error, rcode), True
 
         fast = await self._resolve_fast(name, rdtype)
         if fast is not None:
@@ -509,105 +403,33 @@ class Resolver:
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException as exc:  # label too long, bad IDNA...
-            return failed(f"invalid name: {exc}")
+            return failure(f"invalid name: {exc}")
         try:
             library = self._resolver()
             result = await library.resolve(qname, rdtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as exc:
             # A completed answer: its AD bit says whether the denial was validated.
             response = exc.kwargs.get("responses", {}).get(qname)
-            canonical, ttl = _chain(qname, response)
-            status = _status(response)
-            return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), canonical, ttl), True
+            canonical, ttl = chain_of(qname, response)
+            status = status_of(response)
+            return DnsAnswer(name, rdtype, status, Rcode.NXDOMAIN, (), canonical, ttl), True
         except dns.resolver.LifetimeTimeout as exc:
             errors = exc.kwargs.get("errors", [])
-            return _failed(name, rdtype, "timeout"), any(e[4] is not None for e in errors)
+            return failed(name, rdtype, "timeout"), any(e[4] is not None for e in errors)
         except dns.resolver.NoNameservers as exc:
             errors = exc.kwargs.get("errors", [])
-            error, rcode = _errors(errors)
-            return _failed(name, rdtype, error, rcode), any(e[4] is not None for e in errors)
+            error, rcode = library_errors(errors)
+            return failed(name, rdtype, error, rcode), any(e[4] is not None for e in errors)
         except dns.resolver.YXDOMAIN:
-            return failed("YXDOMAIN", "YXDOMAIN")
+            return failure("YXDOMAIN", Rcode.YXDOMAIN)
         except dns.resolver.NoResolverConfiguration:
-            return failed(f"no nameservers in {RESOLV_CONF}")
+            return failure(f"no nameservers in {RESOLV_CONF}")
         except dns.exception.DNSException as exc:  # the library's root: anything else of it
-            return failed(f"{type(exc).__name__}: {exc}")
-        records = tuple(result.rrset) if result.rrset is not None else ()
-        canonical, ttl = _chain(qname, result.response)
-        status = _status(result.response)
-        return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, ttl), True
-
-
-def _describe_wire(rcode: str, ede: Sequence[tuple[int, str]]) -> str:
-    """As :func:`_describe`, for a response read by :mod:`policyd.codec.dns_wire`."""
-    for code, text in ede:
-        if code in _BOGUS_EDE:
-            detail = dns.edns.EDECode.to_text(dns.edns.EDECode.make(code))
-            return f"bogus (EDE {code} {detail}{': ' + text if text else ''})"
-    return rcode
-
-
-_IN = dns.rdataclass.IN
-
-
-def _wire_name(text: str) -> dns.name.Name:
-    if not text:
-        return dns.name.root
-    return dns.name.Name([*(label.encode("latin-1") for label in text.split(".")), b""])
-
-
-def _rdata(rtype: int, data: object) -> object:
-    """A record of :mod:`policyd.codec.dns_wire` as the dnspython rdata callers read."""
-    if rtype == dns_wire.TYPE_A:
-        return dns.rdtypes.IN.A.A(_IN, dns.rdatatype.A, str(data))  # type: ignore[no-untyped-call]
-    if rtype == dns_wire.TYPE_AAAA:
-        return dns.rdtypes.IN.AAAA.AAAA(_IN, dns.rdatatype.AAAA, str(data))  # type: ignore[no-untyped-call]
-    if rtype == dns_wire.TYPE_MX:
-        assert isinstance(data, tuple)
-        return dns.rdtypes.ANY.MX.MX(_IN, dns.rdatatype.MX, data[0], _wire_name(data[1]))  # type: ignore[no-untyped-call]
-    if rtype == dns_wire.TYPE_TLSA:
-        assert isinstance(data, tuple)
-        return dns.rdtypes.ANY.TLSA.TLSA(_IN, dns.rdatatype.TLSA, *data)  # type: ignore[no-untyped-call]
-    if rtype == dns_wire.TYPE_TXT:
-        assert isinstance(data, tuple)
-        return dns.rdtypes.ANY.TXT.TXT(_IN, dns.rdatatype.TXT, data)
-    return data
-
-
-def _from_wire(name: str, rdtype: str, qtype: int, response: dns_wire.Response) -> DnsAnswer | None:
-    """A completed answer (NOERROR, NXDOMAIN) from a decoded response; None for other
-    rcodes (failures, left to the caller)."""
-    if response.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-        return None
-    status = DnsStatus.SECURE if response.authentic else DnsStatus.INSECURE
-    try:
-        chain = dns_wire.follow(response, name, qtype)
-    except dns_wire.DnsWireError:
-        chain = dns_wire.Chain(name.lower(), (), 0)
-    canonical = chain.canonical or "."
-    if response.rcode == dns.rcode.NXDOMAIN:
-        return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), canonical, chain.ttl)
-    try:
-        records = tuple(_rdata(r.rtype, r.data) for r in chain.records)
-    except (ValueError, TypeError, dns.exception.DNSException) as exc:
-        return _failed(name, rdtype, f"FormError: {exc}", "NOERROR")
-    return DnsAnswer(name, rdtype, status, "NOERROR", records, canonical, chain.ttl)
-
-
-def _failed(name: str, rdtype: str, error: str, rcode: str = "") -> DnsAnswer:
-    return DnsAnswer(name, rdtype, DnsStatus.FAILED, rcode, canonical_name=name, error=error)
-
-
-def _chain(qname: dns.name.Name, response: dns.message.Message | None) -> tuple[str, int]:
-    """The end of the CNAME chain and the smallest TTL along it; for NXDOMAIN and
-    NODATA the SOA's negative TTL is included (RFC 2308 5)."""
-    if not isinstance(response, dns.message.QueryMessage):
-        return _text(qname), 0
-    try:
-        chain = response.resolve_chaining()
-    except dns.exception.DNSException:
-        return _text(qname), 0
-    return _text(chain.canonical_name), int(chain.minimum_ttl)
+            return failure(f"{type(exc).__name__}: {exc}")
+        records = library_records(result.rrset) if result.rrset is not None else ()
+        canonical, ttl = chain_of(qname, result.response)
+        status = status_of(result.response)
+        return DnsAnswer(name, rdtype, status, Rcode.NOERROR, records, canonical, ttl), True
 
 
 def _resolv_conf_nameservers() -> Sequence[str | dns.nameserver.Nameserver]:

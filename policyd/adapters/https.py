@@ -10,7 +10,6 @@ overall deadline. Every library, TLS and OS error becomes one :class:`FetchError
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections.abc import Callable
 from types import TracebackType
@@ -19,6 +18,7 @@ from typing import Final, Self
 import httpx
 
 from policyd.codec.mtasts import MAX_POLICY_BYTES
+from policyd.core.names import MAX_NAME, DomainNameError, domain_name, is_hostname
 from policyd.settings import HttpsTimeouts
 
 __all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "fetch_policy"]
@@ -26,8 +26,6 @@ __all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "fetch_policy"]
 WELL_KNOWN_PATH: Final = "/.well-known/mta-sts.txt"  # RFC 8461 3.2
 POLICY_HOST_PREFIX: Final = "mta-sts."  # RFC 8461 3.2
 MAX_REASON_CHARS: Final = 200  # keep log lines and explain output short
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
-_MAX_NAME: Final = 253  # RFC 1035 2.3.4
 
 
 class FetchError(Exception):
@@ -42,10 +40,11 @@ class FetchError(Exception):
 
 def policy_url_host(domain: str) -> str:
     """``mta-sts.<domain>`` for a lower-case A-label domain, or FetchError."""
-    name = domain.rstrip(".").lower()
-    if not name or len(name) > _MAX_NAME - len(POLICY_HOST_PREFIX):
-        raise FetchError(domain, "invalid domain name")
-    if not all(_LABEL.fullmatch(label) for label in name.split(".")):
+    try:
+        name = domain_name(domain) if domain.isascii() else None
+    except DomainNameError:
+        name = None
+    if name is None or len(name) > MAX_NAME - len(POLICY_HOST_PREFIX) or not is_hostname(name):
         raise FetchError(domain, "invalid domain name")
     return POLICY_HOST_PREFIX + name
 

@@ -25,6 +25,7 @@ from cryptography.x509.verification import Store
 
 from policyd.adapters.certverify import fingerprints, verdict_for
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.core.types import SMTP_PORT
 from policyd.settings import ProbeTimeouts
 
 # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with CRLF; some servers exceed it.
@@ -92,14 +93,14 @@ class _StepFailed(Exception):
 async def probe_host(
     mx: MxHost,
     *,
-    port: int = 25,
+    port: int = SMTP_PORT,
     roots: Store,
     timeouts: ProbeTimeouts = ProbeTimeouts(),
     helo_name: str,
     now: Callable[[], float],
 ) -> list[ProbeHost]:
     """Probe each address (IPv4 and IPv6) of one MX host, one after the other."""
-    host = mx.name.rstrip(".")
+    host = mx.name  # a DomainName already (MxHost)
     if mx.address is DnsStatus.FAILED or not mx.addresses:
         detail = mx.address_error or "no address"
         return [ProbeHost(host, "", ProbeVerdict.UNREACHABLE, detail, probed_at=now())]
@@ -115,7 +116,7 @@ async def probe_address(
     host: str,
     address: str,
     *,
-    port: int = 25,
+    port: int = SMTP_PORT,
     roots: Store,
     timeouts: ProbeTimeouts = ProbeTimeouts(),
     helo_name: str,

@@ -45,10 +45,10 @@ from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
 from policyd.settings import is_redis_url
 from policyd.singleflight import TaskSet
-from policyd.sources.dane import DaneSource
+from policyd.sources.dns import DnsSource
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSource, make_prober
-from policyd.sources.sts import StsSource, txt_lookup_from
+from policyd.sources.sts import StsSource
 
 if TYPE_CHECKING:
     from policyd.adapters.fleet_redis import RedisFleet
@@ -132,7 +132,7 @@ class Daemon:
         )
         sts = StsSource(
             shared,
-            txt_lookup_from(resolver),
+            resolver,
             policy_fetcher,
             cfg.sts,
             log=log,
@@ -144,7 +144,7 @@ class Daemon:
         service = PolicyService(
             cfg.profiles,
             shared,
-            DaneSource(resolver),
+            DnsSource(resolver),
             sts,
             probe,
             lookup_budget=cfg.server.lookup_budget,

@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from policyd.core.names import fold
+
 MAX_NAME: Final = 255  # octets in wire form (RFC 1035 2.3.4)
 MAX_LABEL: Final = 63
 MAX_POINTERS: Final = 64  # compression pointers followed per name: loops end here
@@ -264,7 +266,7 @@ MAX_CHAIN: Final = 16  # CNAMEs followed within one response (dnspython follows 
 
 def follow(response: Response, qname: str, qtype: int) -> Chain:
     """Follow CNAMEs from ``qname`` through the answer section (RFC 1034 4.3.2)."""
-    name = qname.rstrip(".").lower()
+    name = fold(qname)
     ttls: list[int] = []
     for _ in range(MAX_CHAIN + 1):
         records = tuple(r for r in response.answer if r.name == name and r.rtype == qtype)

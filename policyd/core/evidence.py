@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -14,7 +15,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from policyd.core.types import Policy, one_line
+from policyd.core.names import domain_name, fold, host_name
+from policyd.core.types import SMTP_PORT, Policy, one_line
 
 # The most mx patterns one MTA-STS policy may carry. RFC 8461 sets no number and real
 # policies name a handful; a bound keeps parsing, decide() and the Postfix reply small:
@@ -38,9 +40,39 @@ class DnsStatus(enum.Enum):
     FAILED = "failed"
 
 
+class TlsaUsage(enum.IntEnum):
+    """TLSA certificate usage (RFC 6698 2.1.1, names from RFC 7218)."""
+
+    PKIX_TA = 0
+    PKIX_EE = 1
+    DANE_TA = 2
+    DANE_EE = 3
+
+
+class TlsaSelector(enum.IntEnum):
+    """TLSA selector (RFC 6698 2.1.2): what of the certificate is matched."""
+
+    CERT = 0  # the full certificate
+    SPKI = 1  # its SubjectPublicKeyInfo
+
+
+class TlsaMatchingType(enum.IntEnum):
+    """TLSA matching type (RFC 6698 2.1.3): how the selected data is presented."""
+
+    FULL = 0
+    SHA256 = 1
+    SHA512 = 2
+
+
+# Usages SMTP can use (RFC 7672 3.1): PKIX-TA(0) and PKIX-EE(1) are unusable.
+_SMTP_USAGES: Final = frozenset({TlsaUsage.DANE_TA, TlsaUsage.DANE_EE})
+_SELECTORS: Final = frozenset(TlsaSelector)
+
+
 @dataclass(frozen=True, slots=True)
 class Tlsa:
-    """One TLSA record (RFC 6698 2.1)."""
+    """One TLSA record (RFC 6698 2.1). The fields stay plain octets: a record may carry
+    values no enum knows, and is then unusable, not invalid."""
 
     usage: int
     selector: int
@@ -63,7 +95,7 @@ class Tlsa:
         anything else, so Postfix counts such a record unusable, and at dane-only with no
         other usable record it fails the connection (tls_client.c) where RFC 7672 3.1
         would have had encrypt."""
-        if self.usage not in (2, 3) or self.selector not in (0, 1):
+        if self.usage not in _SMTP_USAGES or self.selector not in _SELECTORS:
             return False
         expected = _DIGEST_LENGTH.get(self.mtype, -1)
         if expected == -1:
@@ -81,7 +113,7 @@ def _full_data_parses(selector: int, data: bytes) -> bool:
     if not data:
         return False
     try:
-        if selector == 0:
+        if selector == TlsaSelector.CERT:
             x509.load_der_x509_certificate(data)
         else:
             load_der_public_key(data)
@@ -95,7 +127,11 @@ def _full_data_parses(selector: int, data: bytes) -> bool:
 
 
 # Matching type -> digest length in bytes (0: full data, any non-empty length). RFC 6698 2.1.3.
-_DIGEST_LENGTH = {0: 0, 1: 32, 2: 64}
+_DIGEST_LENGTH: Final[dict[int, int]] = {
+    TlsaMatchingType.FULL: 0,
+    TlsaMatchingType.SHA256: 32,
+    TlsaMatchingType.SHA512: 64,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +142,7 @@ class MxHost:
     secure (RFC 7672 2.2.2: TLSA is only sought for hosts with secure addresses).
     ``address_error`` names failed address lookups: with ``address`` FAILED none gave
     an address; otherwise one family failed and the host is used over the other.
+    ``name`` is a :class:`DomainName`, or the IP literal of an address destination.
     """
 
     name: str
@@ -116,6 +153,9 @@ class MxHost:
     tlsa: DnsStatus | None = None
     tlsa_records: tuple[Tlsa, ...] = ()
     tlsa_error: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", host_name(self.name))
 
 
 class MxKind(enum.Enum):
@@ -144,7 +184,7 @@ def is_ip_literal(pattern: str) -> bool:
     (RFC 3696 2: a top-level domain is never all-numeric), so it matches no MX host under
     RFC 8461 4.1, while OpenSSL would read it in Postfix's ``match=`` as an IP address
     check that fails every certificate (postfix-tlspol#70)."""
-    last = pattern.rstrip(".").rpartition(".")[2]
+    last = fold(pattern).rpartition(".")[2]
     return last.isascii() and last.isdigit()
 
 
@@ -158,7 +198,9 @@ class StsMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class StsPolicy:
-    """A fetched MTA-STS policy (RFC 8461 3.2) and when it was fetched."""
+    """A fetched MTA-STS policy (RFC 8461 3.2) and when it was fetched. ``mx`` patterns
+    are kept as published (the codec lower-cases them); they are compared through
+    :func:`policyd.core.names.fold`."""
 
     mode: StsMode
     mx: tuple[str, ...]
@@ -233,7 +275,8 @@ class ProbeVerdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ProbeHost:
-    """The probe of one MX address."""
+    """The probe of one MX address; ``host`` is the :class:`MxHost` name it was probed
+    for (stored records are read back as they were written, hence plain text)."""
 
     host: str
     address: str
@@ -303,29 +346,62 @@ class Override:
         return self.expires_at is None or now < self.expires_at
 
 
+class DestinationForm(enum.Enum):
+    """How Postfix wrote the next hop (postconf(5) smtp_tls_policy_maps)."""
+
+    DOMAIN = "domain"  # example.com[:port]: its MX hosts are looked up
+    HOST = "host"  # [mx.example.com][:port]: that host, no MX lookup
+    ADDRESS = "address"  # [192.0.2.1][:port], [ipv6:...]: no DNS at all
+    PARENT = "parent"  # .example.com: the parent-domain form, for subdomains
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """A normalised lookup key: a domain (MX lookup) or a bracketed host (no MX lookup)."""
+    """A normalised lookup key. ``name`` is a :class:`DomainName`, or for ADDRESS the
+    compressed text of the IP address."""
 
     name: str
-    port: int = 25
-    bracketed: bool = False
-    parent_form: bool = False
+    port: int = SMTP_PORT
+    form: DestinationForm = DestinationForm.DOMAIN
+
+    def __post_init__(self) -> None:
+        # Runs per cache miss (parse_key): kept to one name check and two comparisons.
+        form, port = self.form, self.port
+        if form is DestinationForm.ADDRESS:
+            name = ipaddress.ip_address(self.name).compressed
+        else:
+            name = domain_name(self.name)
+        if name is not self.name:
+            object.__setattr__(self, "name", name)
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+        if form is DestinationForm.PARENT and port != SMTP_PORT:
+            raise ValueError("the parent-domain form has no port")
 
     @property
     def key(self) -> str:
         """The canonical key overrides and caches are stored under."""
-        if self.parent_form:
+        form = self.form
+        if form is DestinationForm.PARENT:
             return "." + self.name
-        port = "" if self.port == 25 else f":{self.port}"
-        if self.bracketed:
-            return f"[{self.name}]{port}"
-        return self.name + port
+        port = "" if self.port == SMTP_PORT else f":{self.port}"
+        if form is DestinationForm.DOMAIN:
+            return self.name + port
+        return f"[{self.name}]{port}"
+
+    @property
+    def bracketed(self) -> bool:
+        """A bracketed next hop (HOST or ADDRESS): no MX lookup."""
+        return self.form is DestinationForm.HOST or self.form is DestinationForm.ADDRESS
+
+    @property
+    def parent_form(self) -> bool:
+        return self.form is DestinationForm.PARENT
 
     @property
     def is_address(self) -> bool:
         """A bracketed IP literal: no DNS, so only an override can give it a policy."""
-        return self.bracketed and (":" in self.name or self.name.replace(".", "").isdigit())
+        return self.form is DestinationForm.ADDRESS
 
 
 @dataclass(frozen=True, slots=True)

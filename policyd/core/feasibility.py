@@ -36,14 +36,13 @@ from policyd.core.evidence import (
     ProbeVerdict,
     StsMode,
     StsPolicy,
+    TlsaMatchingType,
+    TlsaSelector,
+    TlsaUsage,
 )
-from policyd.core.sts import mx_matches
+from policyd.core.names import fold, sts_pattern_matches
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
 
-DANE_EE: Final = 3  # TLSA certificate usage DANE-EE, RFC 6698 2.1.1 / RFC 7218
-SELECTOR_CERT: Final = 0  # full certificate, RFC 6698 2.1.2
-SELECTOR_SPKI: Final = 1  # SubjectPublicKeyInfo
-MTYPE_SHA256: Final = 1  # RFC 6698 2.1.3
 SHA256_HEX: Final = 64  # hex digits of a SHA-256 digest
 MAX_NAMES_SHOWN: Final = 4  # host names or patterns quoted in one problem line
 
@@ -79,10 +78,6 @@ def _names(items: Iterable[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _same_host(a: str, b: str) -> bool:
-    return a.lower().rstrip(".") == b.lower().rstrip(".")
-
-
 # -- MTA-STS ---------------------------------------------------------------------------
 
 
@@ -90,7 +85,7 @@ def sts_problem(policy: StsPolicy, hosts: tuple[MxHost, ...]) -> str | None:
     """RFC 8461 4.1: an enforce policy whose mx patterns match no MX host."""
     if policy.mode is not StsMode.ENFORCE or not hosts:
         return None
-    if any(mx_matches(p, h.name) for h in hosts for p in policy.mx):
+    if any(sts_pattern_matches(fold(p), h.name) for h in hosts for p in policy.mx):
         return None
     return (
         f"MTA-STS enforce: no MX host ({_names(h.name for h in hosts)}) "
@@ -103,7 +98,7 @@ def sts_problem(policy: StsPolicy, hosts: tuple[MxHost, ...]) -> str | None:
 
 def _seen(probes: tuple[ProbeHost, ...], host: str) -> list[ProbeHost]:
     """The host's probed addresses that presented a certificate."""
-    return [p for p in probes if _same_host(p.host, host) and (p.leaf_sha256 or p.spki_sha256)]
+    return [p for p in probes if fold(p.host) == host and (p.leaf_sha256 or p.spki_sha256)]
 
 
 def tlsa_mismatch(host: MxHost, probes: tuple[ProbeHost, ...]) -> bool:
@@ -115,9 +110,9 @@ def tlsa_mismatch(host: MxHost, probes: tuple[ProbeHost, ...]) -> bool:
     comparable = [
         r
         for r in usable
-        if r.usage == DANE_EE
-        and r.mtype == MTYPE_SHA256
-        and r.selector in (SELECTOR_CERT, SELECTOR_SPKI)
+        if r.usage == TlsaUsage.DANE_EE
+        and r.mtype == TlsaMatchingType.SHA256
+        and r.selector in (TlsaSelector.CERT, TlsaSelector.SPKI)
     ]
     if len(comparable) < len(usable):
         return False  # DANE-TA or another digest: needs the chain, not just two digests
@@ -125,9 +120,9 @@ def tlsa_mismatch(host: MxHost, probes: tuple[ProbeHost, ...]) -> bool:
     if not seen:
         return False
     for probe in seen:
-        digests = {
-            SELECTOR_CERT: hex_digest(probe.leaf_sha256),
-            SELECTOR_SPKI: hex_digest(probe.spki_sha256),
+        digests: dict[int, str] = {
+            TlsaSelector.CERT: hex_digest(probe.leaf_sha256),
+            TlsaSelector.SPKI: hex_digest(probe.spki_sha256),
         }
         if any(digests[r.selector] == r.data.hex() for r in comparable):
             return False

@@ -14,24 +14,21 @@ from __future__ import annotations
 from typing import Final
 
 from policyd.core.evidence import StsPolicy
+from policyd.core.names import fold, sts_pattern_matches
 from policyd.core.types import Policy, TlsLevel
 
 MX_SHOWN_CHARS: Final = 200  # characters of mx patterns quoted in a reason or log line
 
 
 def mx_matches(pattern: str, host: str) -> bool:
-    """RFC 8461 4.1: exact match, or ``*.`` standing for exactly one left-most label."""
-    pattern = pattern.lower().rstrip(".")
-    host = host.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, _, rest = host.partition(".")
-        return bool(head) and rest == pattern[2:]
-    return host == pattern
+    """RFC 8461 4.1: exact match, or ``*.`` standing for exactly one left-most label; any
+    case, with or without a trailing dot."""
+    return sts_pattern_matches(fold(pattern), fold(host))
 
 
 def postfix_match(pattern: str) -> str:
     """An MTA-STS mx pattern as a Postfix ``match=`` pattern (wider for wildcards)."""
-    pattern = pattern.lower().rstrip(".")
+    pattern = fold(pattern)
     return pattern[1:] if pattern.startswith("*.") else pattern
 
 
@@ -56,7 +53,7 @@ def to_policy(domain: str, sts: StsPolicy, with_sts_attributes: bool) -> Policy:
     attrs: list[tuple[str, str]] = [("servername", "hostname")]
     if with_sts_attributes:
         attrs += [("policy_type", "sts"), ("policy_domain", domain)]
-        attrs += [("mx_host_pattern", p.lower().rstrip(".")) for p in sts.mx]
+        attrs += [("mx_host_pattern", fold(p)) for p in sts.mx]
         attrs += [("policy_string", line) for line in policy_lines(sts)]
     return Policy(TlsLevel.SECURE, match, tuple(attrs))
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: the port of a destination that names none
+
 # Characters of a verdict's reason: it is sent with TEMP, logged and kept in the event log,
 # and parts of it come from remote parties (policy patterns, MX host names).
 MAX_REASON: Final = 512

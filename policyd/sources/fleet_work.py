@@ -32,6 +32,7 @@ from policyd.adapters.https import FetchError
 from policyd.adapters.smtp_probe import MAX_ADDRESSES_PER_HOST
 from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeState, ProbeVerdict
+from policyd.core.names import fold
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import Prober
 from policyd.sources.sts import PolicyFetcherProtocol
@@ -95,7 +96,7 @@ def claimed_prober(
     async def probe(mx: MxHost, port: int) -> list[ProbeHost]:
         if mx.address is DnsStatus.FAILED or not mx.addresses:
             return await prober(mx, port)  # nothing to connect to: the prober says why
-        name = mx.name.rstrip(".").lower()
+        name = mx.name  # a DomainName (MxHost): already in normal form
         found: list[ProbeHost] = []
         for address in mx.addresses[:MAX_ADDRESSES_PER_HOST]:
             found.extend(await probe_one(mx, port, name, address))
@@ -115,7 +116,7 @@ class ClaimedFetcher:
         self._lease = total_timeout + LEASE_MARGIN
 
     async def fetch(self, domain: str) -> bytes:
-        name = domain.rstrip(".").lower()
+        name = fold(domain)
 
         async def work() -> str:
             try:

@@ -14,13 +14,12 @@ reachable is retried with exponential backoff.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 from policyd.adapters.certverify import load_roots
 from policyd.adapters.smtp_probe import probe_host
@@ -34,20 +33,21 @@ from policyd.core.evidence import (
     ProbeHost,
     ProbeState,
 )
+from policyd.core.names import fold
 from policyd.core.probe import Damping, advance, observed_level
+from policyd.core.types import SMTP_PORT
 from policyd.counters import ProbeCounters
 from policyd.settings import ProbeSettings
+from policyd.singleflight import SingleFlight
 
 # Probes one MX host on a port (that of the destination's next hop).
 Prober = Callable[[MxHost, int], Awaitable[list[ProbeHost]]]
-T = TypeVar("T")
 
 MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x backoff_initial is past any backoff_max
 MAX_HOSTS_IN_LOG: Final = 6  # addresses listed per log line
 # Destinations with probe evidence kept in memory at most: beyond it, prune() forgets the
 # longest-unprobed (their stored copies stay until they expire).
 MAX_STATES: Final = 1_000_000
-SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: a destination without a port
 # RFC 8314 3.3: submissions speaks TLS from the first byte (smtp_tls_wrappermode); there
 # is no STARTTLS to probe, and a STARTTLS probe would only time out.
 SUBMISSIONS_PORT: Final = 465
@@ -113,8 +113,9 @@ class ProbeSource:
         self._failures: dict[str, int] = {}  # key -> rounds in a row with nothing reachable
         self._waiting: set[str] = set()  # keys queued or being probed by a worker
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.queue_size)
-        self._inflight: dict[str, asyncio.Task[ProbeState]] = {}  # one probe per key
-        self._host_tasks: dict[str, asyncio.Future[list[ProbeHost]]] = {}  # one per MX host
+        self._inflight: SingleFlight[str, ProbeState] = SingleFlight()  # one probe per key
+        # One probe per MX host and port ("name:port"), shared by the destinations using it.
+        self._host_tasks: SingleFlight[str, list[ProbeHost]] = SingleFlight()
         self._recent: dict[str, tuple[float, list[ProbeHost]]] = {}  # MX host -> findings
         self._running = 0
         self._dropped = 0
@@ -177,10 +178,8 @@ class ProbeSource:
         finally:
             # Shielded shared probes outlive their askers; at shutdown they must not
             # outlive the store they would write to.
-            for probe in self._inflight.values():
-                probe.cancel()
-            for host_probe in self._host_tasks.values():
-                host_probe.cancel()
+            self._inflight.cancel_all()
+            self._host_tasks.cancel_all()
 
     async def join(self) -> None:
         """Wait until every queued probe is done."""
@@ -200,12 +199,13 @@ class ProbeSource:
         return sum(1 for state in self._states.values() if state.pending is not None)
 
     def forget(self, key: str | None) -> None:
-        """Drop what memory holds for ``key``, or for every key with None (the store is
-        flushed by its owner)."""
+        """Drop what memory holds for ``key``, or for every key with None, the recent
+        per-host findings included (the store is flushed by its owner)."""
         if key is None:
             self._states.clear()
             self._due.clear()
             self._failures.clear()
+            self._recent.clear()
             return
         self._states.pop(key, None)
         self._due.pop(key, None)
@@ -253,14 +253,8 @@ class ProbeSource:
                 self._queue.task_done()
 
     async def _shared_probe(self, dest: Destination, dns: DnsEvidence, fresh: bool) -> ProbeState:
-        key = dest.key
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._probe(dest, dns, fresh))
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(_drop_entry, self._inflight, key))
-        # shield: a cancelled caller (policyctl gone) must not cancel the shared probe.
-        return await asyncio.shield(task)
+        # Shielded: a cancelled caller (policyctl gone) does not cancel the shared probe.
+        return await self._inflight.run(dest.key, lambda: self._probe(dest, dns, fresh))
 
     async def _probe(self, dest: Destination, dns: DnsEvidence, fresh: bool) -> ProbeState:
         key = dest.key
@@ -293,7 +287,7 @@ class ProbeSource:
         """The findings for one MX host on one port: recent ones if another destination's
         probe saw it within ``host_min_interval``, else a probe (shared with concurrent
         askers). A host may present other certificates on other ports (25, 587)."""
-        name = f"{mx.name.rstrip('.').lower()}:{port}"
+        name = f"{mx.name}:{port}"  # a DomainName: already in normal form
         started = self._clock()
         limit = self.settings.host_min_interval
         for old_name, (at, _) in list(self._recent.items()):
@@ -302,14 +296,12 @@ class ProbeSource:
         recent = self._recent.get(name)
         if recent is not None and not fresh:
             return recent[1]
-        task = self._host_tasks.get(name)
-        if task is None:
-            task = asyncio.ensure_future(self._prober(mx, port))
-            self._host_tasks[name] = task
-            task.add_done_callback(functools.partial(_drop_entry, self._host_tasks, name))
-        findings = await asyncio.shield(task)
+        findings = await self._host_tasks.run(name, lambda: self._probe_host(mx, port))
         self._recent[name] = (started, findings)
         return findings
+
+    async def _probe_host(self, mx: MxHost, port: int) -> list[ProbeHost]:
+        return await self._prober(mx, port)
 
     def _mx_changed(self, key: str, targets: tuple[MxHost, ...]) -> bool:
         """Whether the MX hosts to probe are not those the evidence in force came from (a
@@ -320,8 +312,7 @@ class ProbeSource:
             return False
         if self._clock() - state.probed_at < self.settings.host_min_interval:
             return False
-        probed = {h.host.rstrip(".").lower() for h in state.hosts}
-        return probed != {t.name.rstrip(".").lower() for t in targets}
+        return {fold(h.host) for h in state.hosts} != {t.name for t in targets}
 
     def _targets(self, dns: DnsEvidence) -> tuple[MxHost, ...]:
         """The most preferred MX hosts whose addresses are known (secure or not)."""
@@ -368,9 +359,3 @@ class ProbeSource:
                 self.settings.confirm_probes,
                 level,
             )
-
-
-def _drop_entry(table: dict[str, T], key: str, done: object) -> None:
-    """Done-callback: forget a finished shared task (but not a newer one under the key)."""
-    if table.get(key) is done:
-        del table[key]

@@ -19,11 +19,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Final, Protocol
-
-from dns.rdtypes.txtbase import TXTBase
 
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, Store, StoreError
@@ -36,32 +33,28 @@ from policyd.codec.mtasts import (
     parse_policy,
 )
 from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
-from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
+from policyd.core.evidence import StsEvidence, StsMode, StsPolicy
+from policyd.core.names import fold
 from policyd.core.sts import describe_mx
 from policyd.counters import StsCounters
 from policyd.settings import StsSettings
+from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
+from policyd.sources.sts_state import (
+    NEVER,
+    DomainState,
+    describe_policy,
+    same_policy,
+)
+
+__all__ = ["PolicyFetcherProtocol", "StsSettings", "StsSource"]
 
 TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 # Domains remembered as publishing no MTA-STS record (so that their TXT record is not read
 # again before recheck_interval), by default; beyond it the oldest is forgotten and its
 # next lookup reads the TXT record again (the daemon passes [server] max_destinations).
 DEFAULT_MAX_ABSENT: Final = 1_000_000
-_NEVER: Final = -math.inf
 DROPS_LOGGED_EVERY: Final = 100  # one log line per this many fetches dropped (queue full)
-
-
-@dataclass(frozen=True, slots=True)
-class TxtResult:
-    """The TXT RRset at ``_mta-sts.<domain>``: one string per record. An NXDOMAIN or empty
-    answer is an answer with no records; only ``FAILED`` is a failure."""
-
-    status: DnsStatus
-    records: tuple[str, ...] = ()
-    error: str = ""
-
-
-TxtLookup = Callable[[str], Awaitable[TxtResult]]
 
 
 class PolicyFetcherProtocol(Protocol):
@@ -70,107 +63,14 @@ class PolicyFetcherProtocol(Protocol):
         ...
 
 
-class TxtAnswerLike(Protocol):
-    """What :func:`txt_lookup_from` needs of ``policyd.adapters.dns`` answers."""
-
-    @property
-    def status(self) -> DnsStatus: ...
-
-    @property
-    def records(self) -> Sequence[object]: ...
-
-    @property
-    def error(self) -> str: ...
-
-
-class TxtResolverLike(Protocol):
-    async def query(self, name: str, rdtype: str) -> TxtAnswerLike: ...
-
-
-def txt_lookup_from(resolver: TxtResolverLike) -> TxtLookup:
-    """Adapt the DNS adapter's ``query(name, "TXT")`` to a :data:`TxtLookup`."""
-
-    async def lookup(name: str) -> TxtResult:
-        answer = await resolver.query(name, "TXT")
-        if answer.status is DnsStatus.FAILED:
-            return TxtResult(DnsStatus.FAILED, (), answer.error or "lookup failed")
-        # Character-strings are concatenated (RFC 8461 3.1); anything not ASCII cannot be
-        # a valid record, so replacement characters only make it fail the grammar.
-        records = tuple(
-            b"".join(r.strings).decode("utf-8", "replace")
-            for r in answer.records
-            if isinstance(r, TXTBase)
-        )
-        return TxtResult(answer.status, records, answer.error)
-
-    return lookup
-
-
 _NOTHING: Final = StsEvidence()
-
-
-class _Domain:
-    """What the source knows about one domain (mutable; private to the source)."""
-
-    __slots__ = (
-        "absent_until",
-        "checked_at",
-        "error",
-        "failed_at",
-        "job",
-        "last",
-        "refused",
-        "waiters",
-    )
-
-    def __init__(self) -> None:
-        # The last policy fetched successfully, any mode; mode none is kept only in memory
-        # so an unchanged id is not refetched, and never counts as a cached policy.
-        self.last: StsPolicy | None = None
-        self.checked_at = _NEVER  # last TXT answer (not failure)
-        self.failed_at = _NEVER  # last failed lookup or fetch
-        self.absent_until = _NEVER  # no policy published: do not look again before this
-        self.error = ""
-        self.job: asyncio.Future[None] | None = None  # queued or running discovery/refresh
-        self.waiters = 0  # lookups waiting for the job right now
-        self.refused = False  # the last job was not run (queue full): not known yet
-
-    def policy(self, now: float) -> StsPolicy | None:
-        last = self.last
-        if last is None or last.mode is StsMode.NONE or not last.valid_at(now):
-            return None
-        return last
-
-    @property
-    def running(self) -> bool:
-        return self.job is not None and not self.job.done()
-
-
-def _normalise(domain: str) -> str:
-    # The caller's own string when already normal (the usual case), so that the source's
-    # memory shares it with the service's instead of holding a copy per domain.
-    low = domain.lower()
-    if low == domain:
-        low = domain
-    return low.rstrip(".")
-
-
-def _describe(policy: StsPolicy) -> str:
-    mx = describe_mx(policy.mx) or "-"
-    return f"id={policy.policy_id} mode={policy.mode.value} mx={mx} max_age={policy.max_age}"
-
-
-def _same(a: StsPolicy | None, b: StsPolicy | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.policy_id, a.mode, a.mx, a.max_age) == (b.policy_id, b.mode, b.mx, b.max_age)
 
 
 class StsSource:
     def __init__(
         self,
         store: Store,
-        txt_lookup: TxtLookup,
+        resolver: DnsQuery,
         fetcher: PolicyFetcherProtocol,
         settings: StsSettings | None = None,
         *,
@@ -182,11 +82,11 @@ class StsSource:
             raise ValueError("max_absent must be at least 1")
         self.settings = settings or StsSettings()
         self._store = store
-        self._txt_lookup = txt_lookup
+        self._resolver = resolver
         self._fetcher = fetcher
         self._clock = clock
         self._log = log or logging.getLogger("policyd.sts")
-        self._domains: dict[str, _Domain] = {}
+        self._domains: dict[str, DomainState] = {}
         # The common case kept compact: a domain whose last discovery found no record (and
         # nothing else worth remembering) -> when to look again. Oldest first (insertion
         # order: recheck_interval is one value, so also soonest due first), at most
@@ -194,7 +94,7 @@ class StsSource:
         # (it has no policy to lose).
         self._absent: dict[str, float] = {}
         self.max_absent = max_absent
-        self._until = _NEVER  # the last absent_until stored: one float shared per second
+        self._until = NEVER  # the last absent_until stored: one float shared per second
         self._fetches = FetchQueue(
             self.settings.max_concurrent_fetches, self.settings.max_queued_fetches
         )
@@ -218,7 +118,7 @@ class StsSource:
                 continue
             if policy.mode is StsMode.NONE or not policy.valid_at(now):
                 continue
-            self._entry(_normalise(rec.key)).last = policy
+            self._entry(fold(rec.key)).last = policy
             loaded += 1
         self._log.info("mta-sts: loaded %d cached policies", loaded)
 
@@ -253,8 +153,8 @@ class StsSource:
         if domain is None:
             self._absent.clear()
         else:
-            self._absent.pop(_normalise(domain), None)
-        doomed = list(self._domains) if domain is None else [_normalise(domain)]
+            self._absent.pop(fold(domain), None)
+        doomed = list(self._domains) if domain is None else [fold(domain)]
         for name in doomed:
             entry = self._domains.pop(name, None)
             if entry is not None and entry.job is not None:
@@ -268,13 +168,13 @@ class StsSource:
 
     def cached(self, domain: str, now: float) -> StsEvidence:
         """From memory only, never awaits."""
-        entry = self._domains.get(_normalise(domain))
+        entry = self._domains.get(fold(domain))
         if entry is None:
             return _NOTHING  # unknown, or known to publish no record
         return self._evidence(entry, now)
 
     async def evidence(self, domain: str) -> StsEvidence:
-        domain = _normalise(domain)
+        domain = fold(domain)
         now = self._clock()
         entry = self._domains.get(domain)
         if entry is None:
@@ -304,7 +204,7 @@ class StsSource:
                 self._fetches.demote(domain)
         return self.cached(domain, self._clock())
 
-    def _evidence(self, entry: _Domain, now: float) -> StsEvidence:
+    def _evidence(self, entry: DomainState, now: float) -> StsEvidence:
         policy = entry.policy(now)
         unknown = entry.running or entry.refused
         return StsEvidence(policy, entry.error, pending=policy is None and unknown)
@@ -314,10 +214,12 @@ class StsSource:
         age = now - policy.fetched_at
         return age >= min(self.settings.refresh_interval, policy.max_age / 2)
 
-    def _may_try(self, entry: _Domain, now: float) -> bool:
+    def _may_try(self, entry: DomainState, now: float) -> bool:
         return now - entry.failed_at >= self.settings.retry_after_failure
 
-    def _refresh_due(self, entry: _Domain, policy: StsPolicy, now: float, *, recheck: bool) -> bool:
+    def _refresh_due(
+        self, entry: DomainState, policy: StsPolicy, now: float, *, recheck: bool
+    ) -> bool:
         """A cached policy wants a refresh when stale (but a stale policy whose TXT record
         is gone is looked at again only after retry_after_failure) or, on the lookup path,
         when its TXT id has not been checked for recheck_interval."""
@@ -328,17 +230,17 @@ class StsSource:
             return True
         return recheck and since_check >= self.settings.recheck_interval
 
-    def _discovery_due(self, entry: _Domain, now: float) -> bool:
+    def _discovery_due(self, entry: DomainState, now: float) -> bool:
         return self._may_try(entry, now) and now >= entry.absent_until
 
-    def _entry(self, domain: str) -> _Domain:
+    def _entry(self, domain: str) -> DomainState:
         entry = self._domains.get(domain)
         if entry is None:
             self._absent.pop(domain, None)
-            entry = self._domains[domain] = _Domain()
+            entry = self._domains[domain] = DomainState()
         return entry
 
-    def _compact(self, domain: str, entry: _Domain) -> None:
+    def _compact(self, domain: str, entry: DomainState) -> None:
         """Keep a domain that publishes no record as one float in ``_absent`` instead of
         an entry, when that float is all there is to remember about it."""
         if (
@@ -346,8 +248,8 @@ class StsSource:
             or entry.job is not None
             or entry.refused
             or entry.error
-            or entry.failed_at != _NEVER
-            or entry.absent_until == _NEVER
+            or entry.failed_at != NEVER
+            or entry.absent_until == NEVER
             or self._domains.get(domain) is not entry
         ):
             return
@@ -357,7 +259,7 @@ class StsSource:
             del absent[next(iter(absent))]
         absent[domain] = entry.absent_until
 
-    def _start(self, domain: str, entry: _Domain, lane: Lane) -> asyncio.Future[None]:
+    def _start(self, domain: str, entry: DomainState, lane: Lane) -> asyncio.Future[None]:
         job = self._fetches.submit(domain, lane, functools.partial(self._refresh, domain, entry))
         if entry.job is not job:
             entry.job = job
@@ -368,7 +270,7 @@ class StsSource:
                 job.add_done_callback(functools.partial(self._finished, domain, entry))
         return job
 
-    def _finished(self, domain: str, entry: _Domain, job: asyncio.Future[None]) -> None:
+    def _finished(self, domain: str, entry: DomainState, job: asyncio.Future[None]) -> None:
         if entry.job is job:
             entry.job = None
         if job.cancelled():
@@ -393,13 +295,13 @@ class StsSource:
 
     # -- discovery and fetch ---------------------------------------------------------------
 
-    async def _refresh(self, domain: str, entry: _Domain) -> None:
-        answer = await self._txt_lookup(TXT_PREFIX + domain)
+    async def _refresh(self, domain: str, entry: DomainState) -> None:
+        answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
         now = self._clock()
-        if answer.status is DnsStatus.FAILED:
-            self._fail(domain, entry, now, f"TXT lookup failed: {answer.error or 'no answer'}")
+        if answer.failed:
+            self._fail(domain, entry, now, f"TXT lookup failed: {answer.error}")
             return
-        found = discover(answer.records)
+        found = discover(answer.texts)  # NXDOMAIN or NODATA: no records, no policy
         if isinstance(found, StsTxtProblem):
             # No usable record: no policy to discover, but a cached one stays until its
             # max_age (RFC 8461 5.1), so removing the record cannot downgrade us.
@@ -433,7 +335,7 @@ class StsSource:
             self._fail(domain, entry, now, f"invalid policy: {exc}")
             return
         entry.checked_at = now
-        entry.failed_at = _NEVER
+        entry.failed_at = NEVER
         entry.error = ""
         # Shielded: a preempted (cancelled) job must not stop a policy half installed.
         await asyncio.shield(self._install(domain, entry, parsed, policy))
@@ -447,7 +349,7 @@ class StsSource:
         self._until = until
         return until
 
-    def _fail(self, domain: str, entry: _Domain, now: float, reason: str) -> None:
+    def _fail(self, domain: str, entry: DomainState, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""
         entry.failed_at = now
         entry.error = reason
@@ -465,11 +367,11 @@ class StsSource:
             )
 
     async def _install(
-        self, domain: str, entry: _Domain, parsed: ParsedPolicy, policy: StsPolicy
+        self, domain: str, entry: DomainState, parsed: ParsedPolicy, policy: StsPolicy
     ) -> None:
         now = self._clock()
         before = entry.policy(now)
-        changed = not _same(entry.last, policy)
+        changed = not same_policy(entry.last, policy)
         entry.last = policy
         if parsed.capped:
             self._log.warning(
@@ -492,12 +394,12 @@ class StsSource:
             entry.absent_until = now + self.settings.recheck_interval
             if changed:
                 removed = "; cached policy removed" if before is not None else ""
-                self._log.info("%s: mta-sts policy %s%s", domain, _describe(policy), removed)
+                self._log.info("%s: mta-sts policy %s%s", domain, describe_policy(policy), removed)
             await self._persist(domain, None)
         else:
-            entry.absent_until = _NEVER
+            entry.absent_until = NEVER
             if changed:
-                self._log.info("%s: mta-sts policy %s", domain, _describe(policy))
+                self._log.info("%s: mta-sts policy %s", domain, describe_policy(policy))
             await self._persist(domain, policy)
         if (before is None) != (entry.policy(now) is None) or changed:
             self._notify(domain)

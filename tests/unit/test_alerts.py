@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from policyd.adapters.dns import DnsAnswer
+from policyd.adapters.dns import DnsAnswer, Rcode
 from policyd.alerts import AlertKind, Alerts, AlertSettings
 from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import DnsEvidence, DnsStatus, Override, ProbeLevel, ProbeState
@@ -211,7 +211,7 @@ class FakeResolver:
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         self.asked.append((name, rdtype))
         error = "SERVFAIL" if self.status is DnsStatus.FAILED else ""
-        return DnsAnswer(name, rdtype, self.status, "NOERROR", error=error)
+        return DnsAnswer(name, rdtype, self.status, Rcode.NOERROR, error=error)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from policyd.core.decide import decide
 from policyd.core.evidence import (
     MAX_MX_PATTERNS,
     Destination,
+    DestinationForm,
     DnsEvidence,
     DnsStatus,
     Evidence,
@@ -196,7 +197,7 @@ ROWS = [
     ),
     Row(
         "parent-form",
-        ev(destination=Destination("example.com", parent_form=True), dns=DANE_ONLY_DNS),
+        ev(destination=Destination("example.com", form=DestinationForm.PARENT), dns=DANE_ONLY_DNS),
         "NOTFOUND",
         "NOTFOUND",
         Rule.DEFAULT,
@@ -205,7 +206,7 @@ ROWS = [
     Row(
         "parent-form-override",
         ev(
-            destination=Destination("example.com", parent_form=True),
+            destination=Destination("example.com", form=DestinationForm.PARENT),
             override=Override(".example.com", Policy(TlsLevel.ENCRYPT)),
         ),
         "encrypt",
@@ -612,7 +613,7 @@ ROWS = [
     ),
     Row(
         "ip-literal",
-        ev(destination=Destination("192.0.2.1", bracketed=True)),
+        ev(destination=Destination("192.0.2.1", form=DestinationForm.ADDRESS)),
         "NOTFOUND",
         "NOTFOUND",
         Rule.DEFAULT,
@@ -746,7 +747,7 @@ def evidence(draw: st.DrawFn) -> Evidence:
         )
     return Evidence(
         destination=draw(
-            st.sampled_from([DEST] * 9 + [Destination("example.com", parent_form=True)])
+            st.sampled_from([DEST] * 9 + [Destination("example.com", form=DestinationForm.PARENT)])
         ),
         override=override,
         dns=draw(st.one_of(st.none(), dns_evidence(), dns_evidence(), dns_evidence())),

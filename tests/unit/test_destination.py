@@ -6,8 +6,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from policyd.codec.destination import MAX_NAME, KeyError_, parse_key
-from policyd.core.evidence import Destination
+from policyd.codec.destination import MAX_NAME, DestinationError, parse_key
+from policyd.core.evidence import Destination, DestinationForm
 
 
 @pytest.mark.parametrize(
@@ -17,28 +17,28 @@ from policyd.core.evidence import Destination
         ("EXAMPLE.COM.", Destination("example.com")),
         ("Example.Com", Destination("example.com")),
         ("  example.com  ", Destination("example.com")),
-        ("[mx.example.com]", Destination("mx.example.com", bracketed=True)),
-        ("[MX.Example.com.]", Destination("mx.example.com", bracketed=True)),
-        ("[mx.example.com]:587", Destination("mx.example.com", 587, bracketed=True)),
-        ("[mx.example.com]:25", Destination("mx.example.com", 25, bracketed=True)),
+        ("[mx.example.com]", Destination("mx.example.com", form=DestinationForm.HOST)),
+        ("[MX.Example.com.]", Destination("mx.example.com", form=DestinationForm.HOST)),
+        ("[mx.example.com]:587", Destination("mx.example.com", 587, DestinationForm.HOST)),
+        ("[mx.example.com]:25", Destination("mx.example.com", 25, DestinationForm.HOST)),
         ("example.com:587", Destination("example.com", 587)),
         ("example.com:65535", Destination("example.com", 65535)),
         ("example.com:1", Destination("example.com", 1)),
-        (".example.com", Destination("example.com", parent_form=True)),
-        (".EXAMPLE.com.", Destination("example.com", parent_form=True)),
+        (".example.com", Destination("example.com", form=DestinationForm.PARENT)),
+        (".EXAMPLE.com.", Destination("example.com", form=DestinationForm.PARENT)),
         ("bücher.example", Destination("xn--bcher-kva.example")),
         ("BÜCHER.example", Destination("xn--bcher-kva.example")),
-        ("[bücher.example]:587", Destination("xn--bcher-kva.example", 587, bracketed=True)),
-        (".bücher.example", Destination("xn--bcher-kva.example", parent_form=True)),
+        ("[bücher.example]:587", Destination("xn--bcher-kva.example", 587, DestinationForm.HOST)),
+        (".bücher.example", Destination("xn--bcher-kva.example", form=DestinationForm.PARENT)),
         ("xn--bcher-kva.example", Destination("xn--bcher-kva.example")),
         ("_srv.example.com", Destination("_srv.example.com")),
         ("localhost", Destination("localhost")),
-        ("[192.0.2.1]", Destination("192.0.2.1", bracketed=True)),
-        ("[192.0.2.1]:587", Destination("192.0.2.1", 587, bracketed=True)),
-        ("[ipv6:2001:db8::1]", Destination("2001:db8::1", bracketed=True)),
-        ("[ipv6:2001:DB8:0:0::1]", Destination("2001:db8::1", bracketed=True)),
-        ("[ipv6:2001:db8::1]:587", Destination("2001:db8::1", 587, bracketed=True)),
-        ("[2001:db8::1]", Destination("2001:db8::1", bracketed=True)),
+        ("[192.0.2.1]", Destination("192.0.2.1", form=DestinationForm.ADDRESS)),
+        ("[192.0.2.1]:587", Destination("192.0.2.1", 587, DestinationForm.ADDRESS)),
+        ("[ipv6:2001:db8::1]", Destination("2001:db8::1", form=DestinationForm.ADDRESS)),
+        ("[ipv6:2001:DB8:0:0::1]", Destination("2001:db8::1", form=DestinationForm.ADDRESS)),
+        ("[ipv6:2001:db8::1]:587", Destination("2001:db8::1", 587, DestinationForm.ADDRESS)),
+        ("[2001:db8::1]", Destination("2001:db8::1", form=DestinationForm.ADDRESS)),
         ("a" * 63 + ".com", Destination("a" * 63 + ".com")),
     ],
 )
@@ -67,7 +67,9 @@ def test_canonical_key(key: str, canonical: str, is_address: bool) -> None:
 
 def test_rfc5321_ipv6_tag_is_case_insensitive() -> None:
     """RFC 5321 4.1.3 spells the tag ``IPv6:``; Postfix matches it case-insensitively."""
-    assert parse_key("[IPv6:2001:db8::1]") == Destination("2001:db8::1", bracketed=True)
+    assert parse_key("[IPv6:2001:db8::1]") == Destination(
+        "2001:db8::1", form=DestinationForm.ADDRESS
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,7 @@ def test_rfc5321_ipv6_tag_is_case_insensitive() -> None:
     ],
 )
 def test_parse_key_errors(key: str) -> None:
-    with pytest.raises(KeyError_):
+    with pytest.raises(DestinationError):
         parse_key(key)
 
 
@@ -118,7 +120,7 @@ def test_parse_key_errors(key: str) -> None:
 def test_arbitrary_text_only_raises_key_error(key: str) -> None:
     try:
         dest = parse_key(key)
-    except KeyError_:
+    except DestinationError:
         return
     assert dest.name and dest.name.isascii()
     assert len(dest.name) <= MAX_NAME or dest.is_address
@@ -136,7 +138,31 @@ _names = st.lists(_label, min_size=1, max_size=5).map(".".join)
     st.booleans(),
 )
 def test_generated_keys_round_trip(name: str, port: int, bracketed: bool, upper: bool) -> None:
-    dest = Destination(name, port, bracketed=bracketed)
+    form = DestinationForm.HOST if bracketed else DestinationForm.DOMAIN
+    dest = Destination(name, port, form)
     key = dest.key.upper() if upper else dest.key
     assert parse_key(key) == dest
     assert parse_key(key + ("." if not bracketed and port == 25 else "")) == dest
+
+
+def test_destination_form_replaces_the_flags() -> None:
+    host = parse_key("[mx.example.com]:587")
+    assert host.form is DestinationForm.HOST and host.bracketed and not host.is_address
+    address = parse_key("[192.0.2.1]")
+    assert address.form is DestinationForm.ADDRESS and address.bracketed and address.is_address
+    parent = parse_key(".example.com")
+    assert parent.form is DestinationForm.PARENT and parent.parent_form and not parent.bracketed
+    assert parse_key("example.com").form is DestinationForm.DOMAIN
+
+
+def test_destination_validates_on_construction() -> None:
+    assert Destination("Example.COM.").name == "example.com"
+    assert Destination("2001:DB8::1", form=DestinationForm.ADDRESS).name == "2001:db8::1"
+    with pytest.raises(ValueError):
+        Destination("mx.example.com", form=DestinationForm.ADDRESS)
+    with pytest.raises(ValueError):
+        Destination("example.com", 587, DestinationForm.PARENT)
+    with pytest.raises(ValueError):
+        Destination("example.com", 0)
+    with pytest.raises(ValueError):
+        Destination("bad name.example")

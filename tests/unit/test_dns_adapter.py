@@ -27,8 +27,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policyd.adapters import dns as dns_adapter
-from policyd.adapters.dns import EDNS_PAYLOAD, FAILED_TTL, DnsAnswer, Resolver
-from policyd.core.evidence import DnsStatus
+from policyd.adapters.dns import (
+    EDNS_PAYLOAD,
+    FAILED_TTL,
+    DnsAnswer,
+    MxRecord,
+    Rcode,
+    Record,
+    Resolver,
+)
+from policyd.core.evidence import DnsStatus, Tlsa
+from policyd.core.names import domain_name
 from policyd.settings import (
     DEFAULT_CACHE_ENTRIES,
     DEFAULT_LIFETIME,
@@ -110,9 +119,13 @@ class FakeServer(dns.nameserver.Nameserver):
         ignore_trailing: bool = False,
     ) -> dns.message.Message:
         self.requests.append(request)
+        await self.before_answer(request, timeout)
+        return self.handler(request)
+
+    async def before_answer(self, request: dns.message.QueryMessage, timeout: float) -> None:
+        """Hold the answer while ``gate`` is closed (subclasses add other behaviour)."""
         if self.gate is not None:
             await self.gate.wait()
-        return self.handler(request)
 
     @property
     def asked(self) -> list[tuple[str, str]]:
@@ -150,8 +163,8 @@ async def test_ad_bit_gives_secure_or_insecure(ad: bool, status: DnsStatus) -> N
     resolver, _, _ = make(a_record(ad=ad))
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is status
-    assert answer.rcode == "NOERROR"
-    assert [r.address for r in answer.records] == ["192.0.2.1"]
+    assert answer.rcode is Rcode.NOERROR
+    assert answer.records == ("192.0.2.1",)
     assert answer.canonical_name == "mx.example.test"
     assert answer.error == ""
     assert answer.secure is (status is DnsStatus.SECURE)
@@ -177,7 +190,7 @@ async def test_nxdomain_is_an_answer_with_its_own_ad_bit(ad: bool, status: DnsSt
     resolver, _, _ = make(lambda q: respond(q, ad=ad, rcode=dns.rcode.NXDOMAIN, authority=(SOA,)))
     answer = await resolver.query("gone.example.test", "A")
     assert answer.status is status
-    assert answer.rcode == "NXDOMAIN"
+    assert answer.rcode is Rcode.NXDOMAIN
     assert answer.records == ()
     assert answer.nxdomain and answer.negative and not answer.nodata
     assert answer.error == ""
@@ -188,7 +201,7 @@ async def test_nodata_is_noerror_without_records(ad: bool, status: DnsStatus) ->
     resolver, _, _ = make(lambda q: respond(q, ad=ad, authority=(SOA,)))
     answer = await resolver.query("example.test", "MX")
     assert answer.status is status
-    assert answer.rcode == "NOERROR"
+    assert answer.rcode is Rcode.NOERROR
     assert answer.records == ()
     assert answer.nodata and answer.negative and not answer.nxdomain
 
@@ -205,7 +218,7 @@ async def test_error_rcodes_fail(rcode: dns.rcode.Rcode) -> None:
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is DnsStatus.FAILED
     assert answer.error == dns.rcode.to_text(rcode)
-    assert answer.rcode == dns.rcode.to_text(rcode)
+    assert answer.rcode is Rcode(dns.rcode.to_text(rcode))
     assert answer.records == ()
     assert answer.failed and not answer.negative and not answer.nxdomain
     assert len(server.requests) == 1  # a validator's SERVFAIL is not retried
@@ -218,7 +231,7 @@ async def test_servfail_with_dnssec_ede_is_reported_bogus() -> None:
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is DnsStatus.FAILED
     assert answer.error.startswith("bogus (EDE 6")
-    assert answer.rcode == "SERVFAIL"
+    assert answer.rcode is Rcode.SERVFAIL
 
 
 async def test_servfail_with_other_ede_is_plain_servfail() -> None:
@@ -242,7 +255,7 @@ async def test_timeout_fails() -> None:
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is DnsStatus.FAILED
     assert answer.error == "timeout"
-    assert answer.rcode == ""
+    assert answer.rcode is None
 
 
 async def test_transport_error_fails() -> None:
@@ -306,7 +319,7 @@ async def test_malformed_tlsa_record_does_not_spoil_the_rrset() -> None:
     resolver, _, _ = make(tlsa)
     answer = await resolver.query("_25._tcp.mx.example.test", "TLSA")
     assert answer.status is DnsStatus.SECURE
-    assert sorted(len(r.cert) for r in answer.records) == [1, 32]
+    assert sorted(len(r.data) for r in answer.tlsa) == [1, 32]
 
 
 # -- CNAME chains -----------------------------------------------------------------------
@@ -329,7 +342,7 @@ async def test_cname_chain_keeps_the_ad_bit_of_the_whole_answer(
     answer = await resolver.query("mx.example.test", "A")
     assert answer.status is status
     assert answer.canonical_name == "mail.hoster.test"
-    assert [r.address for r in answer.records] == ["192.0.2.7"]
+    assert answer.records == ("192.0.2.7",)
     assert answer.ttl == 120  # the smallest TTL along the chain
 
 
@@ -472,8 +485,8 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_lookup() -> None:
 def test_cache_ttl_stays_within_bounds(ttl: int, negative: bool) -> None:
     settings = DnsSettings(min_ttl=30, max_ttl=7200, negative_ttl_max=600)
     resolver = Resolver(settings, Clock(), servers=[FakeServer(a_record())])
-    records: tuple[object, ...] = () if negative else ("x",)
-    answer = DnsAnswer("x", "A", DnsStatus.INSECURE, "NOERROR", records, "x", ttl)
+    records: tuple[Record, ...] = () if negative else ("x",)
+    answer = DnsAnswer("x", "A", DnsStatus.INSECURE, Rcode.NOERROR, records, "x", ttl)
     cached = resolver._cache_ttl(answer)
     assert 30 <= cached <= (600 if negative else 7200)
     if 30 <= ttl <= (600 if negative else 7200):
@@ -532,12 +545,12 @@ def test_configured_nameservers_and_port_are_used() -> None:
 )
 def test_answer_error_iff_failed(status: DnsStatus, error: str) -> None:
     with pytest.raises(ValueError):
-        DnsAnswer("x", "A", status, "NOERROR", error=error)
+        DnsAnswer("x", "A", status, Rcode.NOERROR, error=error)
 
 
 def test_answer_ttl_not_negative() -> None:
     with pytest.raises(ValueError):
-        DnsAnswer("x", "A", DnsStatus.SECURE, "NOERROR", ttl=-1)
+        DnsAnswer("x", "A", DnsStatus.SECURE, Rcode.NOERROR, ttl=-1)
 
 
 # -- the breaker: a dead resolver is known fast, and closes by itself ------------------------
@@ -555,24 +568,12 @@ class MutableServer(FakeServer):
         self.slow: set[str] = set()
         self.slow_for = 0.3
 
-    async def async_query(
-        self,
-        request: dns.message.QueryMessage,
-        timeout: float,
-        source: str | None,
-        source_port: int,
-        max_size: bool,
-        backend: dns._asyncbackend.Backend,
-        one_rr_per_rrset: bool = False,
-        ignore_trailing: bool = False,
-    ) -> dns.message.Message:
-        self.requests.append(request)
+    async def before_answer(self, request: dns.message.QueryMessage, timeout: float) -> None:
         if self.dead:
             await asyncio.sleep(timeout)
             raise dns.exception.Timeout
         if request.question[0].name.to_text() in self.slow:
             await asyncio.sleep(self.slow_for)
-        return self.handler(request)
 
 
 def breaker(handler: Handler) -> tuple[Resolver, MutableServer]:
@@ -642,3 +643,42 @@ async def test_refused_resolver_opens_the_breaker_at_once() -> None:
 def test_health_times_must_be_positive() -> None:
     with pytest.raises(ValueError, match="after"):
         dns_adapter.HealthTimes(after=0)
+
+
+# -- typed records (the library path; test_dns_udp covers the UDP path) -------------------
+
+TXT_LINES = (
+    '_mta-sts.example.test. 300 IN TXT "v=STSv1; " "id=abc"',
+    '_mta-sts.example.test. 300 IN TXT "v=spf1 -all"',
+    '_mta-sts.example.test. 300 IN TXT "id=\\255"',
+)
+MX_LINES = (
+    "example.test. 300 IN MX 10 MX.Example.Test.",
+    "example.test. 300 IN MX 0 .",
+    "example.test. 300 IN MX 20 bad\\032name.example.test.",
+)
+
+
+async def test_txt_strings_are_joined_and_decoded() -> None:
+    # Character-strings are concatenated (RFC 8461 3.1); what is not UTF-8 is replaced,
+    # so it can only fail the record grammar, never the lookup.
+    resolver, _, _ = make(lambda q: respond(q, *TXT_LINES))
+    answer = await resolver.query("_mta-sts.example.test", "TXT")
+    assert sorted(answer.texts) == ["id=\ufffd", "v=STSv1; id=abc", "v=spf1 -all"]
+
+
+async def test_mx_records_are_typed_null_mx_kept_bad_names_left_out() -> None:
+    resolver, _, _ = make(lambda q: respond(q, *MX_LINES))
+    answer = await resolver.query("example.test", "MX")
+    assert sorted(answer.mx, key=lambda r: r.preference) == [
+        MxRecord(0, None),
+        MxRecord(10, domain_name("mx.example.test")),
+    ]
+
+
+async def test_tlsa_records_are_typed() -> None:
+    line = "_25._tcp.mx.example.test. 300 IN TLSA 3 1 1 " + "ab" * 32
+    resolver, _, _ = make(lambda q: respond(q, line))
+    answer = await resolver.query("_25._tcp.mx.example.test", "TLSA")
+    assert answer.tlsa == (Tlsa(3, 1, 1, bytes.fromhex("ab" * 32)),)
+    assert answer.records == answer.tlsa

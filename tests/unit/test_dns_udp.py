@@ -17,13 +17,13 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.MX
 import pytest
 
 from policyd.adapters import dns_udp
-from policyd.adapters.dns import HealthTimes, Resolver
+from policyd.adapters.dns import HealthTimes, MxRecord, Rcode, Resolver
 from policyd.codec import dns_wire
-from policyd.core.evidence import DnsStatus
+from policyd.core.evidence import DnsStatus, Tlsa
+from policyd.core.names import domain_name
 from policyd.settings import DnsSettings
 
 Handler = Callable[[dns.message.Message], bytes | None]
@@ -154,10 +154,9 @@ async def test_resolver_uses_the_udp_path(
     server = await serve(lambda q: answer(q, "example.test. 300 IN MX 10 mx.example.test."))
     r = resolver(server.port)
     got = await r.query("Example.Test", "MX")
-    assert got.status is DnsStatus.SECURE and got.rcode == "NOERROR"
+    assert got.status is DnsStatus.SECURE and got.rcode is Rcode.NOERROR
     (mx,) = got.records
-    assert isinstance(mx, dns.rdtypes.ANY.MX.MX)
-    assert mx.exchange == dns.name.from_text("mx.example.test.")
+    assert mx == MxRecord(10, domain_name("mx.example.test"))
     assert got.ttl == 300
     assert r._fast  # the UDP path, not dnspython's resolver
     r.close()
@@ -176,7 +175,7 @@ async def test_resolver_reports_bogus_from_the_ede(
     server = await serve(bogus)
     r = resolver(server.port)
     got = await r.query("bogus.test", "MX")
-    assert got.failed and got.rcode == "SERVFAIL"
+    assert got.failed and got.rcode is Rcode.SERVFAIL
     assert got.error.startswith("bogus (EDE 6")
     assert not r.down  # the resolver answered: no outage
     r.close()
@@ -202,4 +201,31 @@ async def test_silent_resolver_opens_the_breaker_over_udp(
     got = await r.query("a.test", "A")
     assert got.failed and r.down
     assert loop.time() - t0 < 1.5  # after (0.2 s) + health timeout (0.2 s), not 5 s
+    r.close()
+
+
+async def test_udp_path_types_txt_mx_and_tlsa_records(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    lines = {
+        "TXT": ('x.test. 300 IN TXT "v=STSv1; " "id=abc"', 'x.test. 300 IN TXT "id=\\255"'),
+        "MX": ("x.test. 300 IN MX 10 MX.X.Test.", "x.test. 300 IN MX 0 ."),
+        "TLSA": ("x.test. 300 IN TLSA 3 1 1 " + "ab" * 32,),
+    }
+
+    def handler(q: dns.message.Message) -> bytes:
+        return answer(q, *lines[dns.rdatatype.to_text(q.question[0].rdtype)])
+
+    server = await serve(handler)
+    r = resolver(server.port)
+    txt = await r.query("x.test", "TXT")
+    assert sorted(txt.texts) == ["id=\ufffd", "v=STSv1; id=abc"]
+    mx = await r.query("x.test", "MX")
+    assert sorted(mx.mx, key=lambda m: m.preference) == [
+        MxRecord(0, None),
+        MxRecord(10, domain_name("mx.x.test")),
+    ]
+    tlsa = await r.query("x.test", "TLSA")
+    assert tlsa.tlsa == (Tlsa(3, 1, 1, bytes.fromhex("ab" * 32)),)
+    assert r._fast  # the UDP path, not dnspython's resolver
     r.close()

@@ -16,6 +16,7 @@ from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.records import probe_state_to_json
 from policyd.core.evidence import (
     Destination,
+    DestinationForm,
     DnsEvidence,
     DnsStatus,
     MxHost,
@@ -163,8 +164,12 @@ async def test_nothing_to_probe_is_not_queued() -> None:
     assert not w.source.want(
         dest("failed.test"), dns(mx("mx.failed.test", status=DnsStatus.FAILED))
     )
-    assert not w.source.want(Destination("example.test", parent_form=True), dns(mx("mx.x.test")))
-    assert not w.source.want(Destination("192.0.2.1", bracketed=True), dns(mx("192.0.2.1")))
+    assert not w.source.want(
+        Destination("example.test", form=DestinationForm.PARENT), dns(mx("mx.x.test"))
+    )
+    assert not w.source.want(
+        Destination("192.0.2.1", form=DestinationForm.ADDRESS), dns(mx("192.0.2.1"))
+    )
     disabled = make_world(ProbeSettings(enabled=False))
     assert not disabled.source.want(dest("example.test"), dns(mx("mx.example.test")))
 
@@ -243,8 +248,12 @@ async def test_probe_uses_the_port_of_the_next_hop() -> None:
     w = make_world()
     host = mx("smtp.provider.test")
     async with running(w.source):
-        assert w.source.want(Destination("smtp.provider.test", 587, bracketed=True), dns(host))
-        assert w.source.want(Destination("smtp.provider.test", bracketed=True), dns(host))
+        assert w.source.want(
+            Destination("smtp.provider.test", 587, DestinationForm.HOST), dns(host)
+        )
+        assert w.source.want(
+            Destination("smtp.provider.test", form=DestinationForm.HOST), dns(host)
+        )
         await w.source.join()
     assert sorted(w.prober.ports) == sorted([587, SETTINGS.port])
 
@@ -253,7 +262,7 @@ async def test_submissions_port_is_not_probed() -> None:
     # Port 465 speaks TLS at once (RFC 8314): a STARTTLS probe has nothing to find.
     w = make_world()
     assert not w.source.want(
-        Destination("smtp.provider.test", 465, bracketed=True), dns(mx("smtp.provider.test"))
+        Destination("smtp.provider.test", 465, DestinationForm.HOST), dns(mx("smtp.provider.test"))
     )
 
 
@@ -434,6 +443,24 @@ async def test_shared_mx_host_is_probed_once_within_host_min_interval() -> None:
         await w.source.join()
     assert w.prober.calls == ["mx.hoster.test", "mx.hoster.test"]
     assert w.source.cached("b.test") is not None
+
+
+async def test_forgetting_everything_forgets_recent_host_findings() -> None:
+    # policyctl flush (no key): the next destination using a shared host probes it again
+    # at once instead of reusing what was seen before the flush.
+    w = make_world()
+    shared = mx("mx.hoster.test")
+    async with running(w.source):
+        assert w.source.want(dest("a.test"), dns(shared))
+        await w.source.join()
+        w.source.forget("a.test")  # one key: the host's recent findings stay
+        assert w.source.want(dest("b.test"), dns(shared))
+        await w.source.join()
+        assert w.prober.calls == ["mx.hoster.test"]
+        w.source.forget(None)
+        assert w.source.want(dest("c.test"), dns(shared))
+        await w.source.join()
+    assert w.prober.calls == ["mx.hoster.test", "mx.hoster.test"]
 
 
 async def test_probe_now_joins_a_running_probe() -> None:

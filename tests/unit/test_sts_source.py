@@ -10,17 +10,18 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import dns.rdata
 import pytest
 
+from policyd.adapters.dns import DnsAnswer
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
 from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
-from policyd.core.event import Event
 from policyd.core.evidence import DnsStatus, StsEvidence, StsMode, StsPolicy
 from policyd.settings import StsSettings
-from policyd.sources.sts import StsSource, TxtResult, txt_lookup_from
+from policyd.sources.sts import StsSource
+from tests import fakes
+from tests.fakes import dns_answer, dns_failure
 
 T0 = 1_700_000_000.0
 DOMAIN = "example.com"
@@ -30,12 +31,16 @@ def policy_body(mode: str = "enforce", max_age: int = 604800, mx: str = "mx.exam
     return f"version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: {max_age}\n".encode()
 
 
-def txt(policy_id: str) -> TxtResult:
-    return TxtResult(DnsStatus.INSECURE, ("v=spf1 -all", f"v=STSv1; id={policy_id}"))
+TXT_NAME = "_mta-sts.example.com"
 
 
-NO_TXT = TxtResult(DnsStatus.SECURE, ())
-DNS_FAILED = TxtResult(DnsStatus.FAILED, (), "SERVFAIL")
+def txt(policy_id: str) -> DnsAnswer:
+    records = ("v=spf1 -all", f"v=STSv1; id={policy_id}")
+    return dns_answer(TXT_NAME, "TXT", *records, status=DnsStatus.INSECURE)
+
+
+NO_TXT = dns_answer(TXT_NAME, "TXT")
+DNS_FAILED = dns_failure(TXT_NAME, "TXT", "SERVFAIL")
 
 
 # -- fakes -------------------------------------------------------------------------------
@@ -52,48 +57,32 @@ class Clock:
         self.now += seconds
 
 
-class MemoryStore:
+class MemoryStore(fakes.MemoryStore):
+    """The shared fake store with a failure switch for writes."""
+
     def __init__(self) -> None:
-        self.records: dict[tuple[Kind, str], Record] = {}
+        super().__init__()
         self.fail = False
 
     async def put(self, record: Record) -> None:
         if self.fail:
             raise StoreError("disk full")
-        self.records[(record.kind, record.key)] = record
-
-    async def get(self, kind: Kind, key: str) -> Record | None:
-        return self.records.get((kind, key))
-
-    async def delete(self, kind: Kind, key: str) -> bool:
-        return self.records.pop((kind, key), None) is not None
-
-    async def scan(self, kind: Kind) -> list[Record]:
-        return [r for (k, _), r in self.records.items() if k is kind]
-
-    async def flush(self, key: str | None, *, mta_sts: bool = True) -> int:
-        return 0
-
-    async def append_event(self, event: Event) -> None:
-        return None
-
-    async def events(self, since: float) -> list[Event]:
-        return []
-
-    async def close(self) -> None:
-        return None
+        await super().put(record)
 
 
 @dataclass
 class FakeTxt:
-    answers: dict[str, TxtResult] = field(default_factory=dict)
+    """The TXT answers of the resolver, by domain (the source asks ``_mta-sts.<domain>``)."""
+
+    answers: dict[str, DnsAnswer] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
 
-    async def __call__(self, name: str) -> TxtResult:
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        assert rdtype == "TXT"
         self.names.append(name)
         return self.answers.get(name.removeprefix("_mta-sts."), NO_TXT)
 
-    def set(self, domain: str, result: TxtResult) -> None:
+    def set(self, domain: str, result: DnsAnswer) -> None:
         self.answers[domain] = result
 
 
@@ -438,15 +427,15 @@ async def cached_then_stale(w: World) -> StsPolicy:
         (txt("id2"), policy_body(mx="*.*.bad"), "invalid policy: mx: invalid mx pattern '*.*.bad'"),
         (NO_TXT, None, ""),
         (
-            TxtResult(DnsStatus.SECURE, ("v=STSv1; id=1", "v=STSv1; id=2")),
+            dns_answer(TXT_NAME, "TXT", "v=STSv1; id=1", "v=STSv1; id=2"),
             None,
             "2 v=STSv1 TXT records (must be one)",
         ),
-        (TxtResult(DnsStatus.SECURE, ("v=STSv1; id=",)), None, "invalid v=STSv1 TXT record"),
+        (dns_answer(TXT_NAME, "TXT", "v=STSv1; id="), None, "invalid v=STSv1 TXT record"),
     ],
 )
 async def test_cached_policy_survives(
-    w: World, txt_result: TxtResult, body: bytes | Exception | None, error: str
+    w: World, txt_result: DnsAnswer, body: bytes | Exception | None, error: str
 ) -> None:
     first = await cached_then_stale(w)
     w.txt.set(DOMAIN, txt_result)
@@ -733,53 +722,3 @@ def test_settings_validate() -> None:
         StsSettings(max_queued_fetches=0)
     with pytest.raises(ValueError, match="cold_budget"):
         StsSettings(cold_budget=-1)
-
-
-# -- the DNS adapter seam ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FakeAnswer:
-    status: DnsStatus
-    rcode: str
-    records: tuple[object, ...]
-    error: str = ""
-
-
-class FakeResolver:
-    def __init__(self, answer: FakeAnswer) -> None:
-        self.answer = answer
-        self.asked: list[tuple[str, str]] = []
-
-    async def query(self, name: str, rdtype: str) -> FakeAnswer:
-        self.asked.append((name, rdtype))
-        return self.answer
-
-
-def rdata(text: str) -> object:
-    return dns.rdata.from_text("IN", "TXT", text)
-
-
-async def test_txt_lookup_from_resolver() -> None:
-    records = (rdata('"v=STSv1; " "id=abc"'), rdata('"v=spf1 -all"'))
-    resolver = FakeResolver(FakeAnswer(DnsStatus.SECURE, "NOERROR", records))
-    result = await txt_lookup_from(resolver)("_mta-sts.example.com")
-    assert result == TxtResult(DnsStatus.SECURE, ("v=STSv1; id=abc", "v=spf1 -all"))
-    assert resolver.asked == [("_mta-sts.example.com", "TXT")]
-
-
-async def test_txt_lookup_from_nxdomain_and_failure() -> None:
-    nx = FakeResolver(FakeAnswer(DnsStatus.INSECURE, "NXDOMAIN", ()))
-    assert await txt_lookup_from(nx)("x") == TxtResult(DnsStatus.INSECURE, ())
-    failed = FakeResolver(FakeAnswer(DnsStatus.FAILED, "SERVFAIL", (), "timeout"))
-    assert await txt_lookup_from(failed)("x") == TxtResult(DnsStatus.FAILED, (), "timeout")
-    bogus = FakeResolver(FakeAnswer(DnsStatus.FAILED, "SERVFAIL", ()))
-    assert (await txt_lookup_from(bogus)("x")).error == "lookup failed"
-
-
-async def test_txt_lookup_non_utf8_fails_grammar_not_decode() -> None:
-    resolver = FakeResolver(
-        FakeAnswer(DnsStatus.SECURE, "NOERROR", (rdata('"v=STSv1; id=\\255"'),))
-    )
-    result = await txt_lookup_from(resolver)("x")
-    assert result.records == ("v=STSv1; id=\ufffd",)

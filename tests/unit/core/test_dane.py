@@ -54,7 +54,7 @@ BAD_MTYPE = Tlsa(3, 1, 9, bytes(32))  # unknown matching type
 EMPTY = Tlsa(3, 1, 0, b"")  # full data, but empty
 
 
-# The states a host can be in, as DaneSource produces them.
+# The states a host can be in, as DnsSource produces them.
 HOSTS: dict[str, MxHost] = {
     "usable": MxHost("h", 10, S, ("192.0.2.1",), tlsa=S, tlsa_records=(EE,)),
     "usable-mixed": MxHost("h", 10, S, ("192.0.2.1",), tlsa=S, tlsa_records=(PKIX_EE, TA)),

@@ -6,6 +6,7 @@ import pytest
 
 from policyd.core.evidence import (
     Destination,
+    DestinationForm,
     Override,
     ProbeHost,
     ProbeLevel,
@@ -107,11 +108,11 @@ def test_probe_verdict_properties() -> None:
     [
         (Destination("example.com"), "example.com", False),
         (Destination("example.com", 587), "example.com:587", False),
-        (Destination("mx.example.com", bracketed=True), "[mx.example.com]", False),
-        (Destination("mx.example.com", 26, bracketed=True), "[mx.example.com]:26", False),
-        (Destination("example.com", parent_form=True), ".example.com", False),
-        (Destination("192.0.2.1", bracketed=True), "[192.0.2.1]", True),
-        (Destination("2001:db8::1", bracketed=True), "[2001:db8::1]", True),
+        (Destination("mx.example.com", form=DestinationForm.HOST), "[mx.example.com]", False),
+        (Destination("mx.example.com", 26, DestinationForm.HOST), "[mx.example.com]:26", False),
+        (Destination("example.com", form=DestinationForm.PARENT), ".example.com", False),
+        (Destination("192.0.2.1", form=DestinationForm.ADDRESS), "[192.0.2.1]", True),
+        (Destination("2001:db8::1", form=DestinationForm.ADDRESS), "[2001:db8::1]", True),
         (Destination("192.0.2.1"), "192.0.2.1", False),
     ],
 )

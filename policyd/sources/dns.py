@@ -1,4 +1,5 @@
-"""DNS evidence for DANE (RFC 7672): MX hosts, their addresses and TLSA records.
+"""DNS evidence (RFC 7672 for DANE; RFC 5321 5.1): MX hosts, their addresses and TLSA
+records. The probe targets and the MTA-STS check use the same hosts.
 
 What is looked up, and why:
 
@@ -26,12 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import dns.name
-import dns.rdtypes.ANY.MX
-import dns.rdtypes.tlsabase
-
-from policyd.adapters.dns import DnsAnswer
-from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
+from policyd.adapters.dns import DnsAnswer, MxRecord
+from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind
+from policyd.core.names import DomainName, domain_name, fold
 
 # MX hosts examined per destination, most preferred first. Postfix tries at most
 # smtp_mx_session_limit (2) hosts and smtp_mx_address_limit (5) addresses per delivery;
@@ -55,7 +53,7 @@ class _Host:
     answers: tuple[DnsAnswer, ...]
 
 
-class DaneSource:
+class DnsSource:
     """Gathers :class:`DnsEvidence` for a destination through a DNS resolver."""
 
     def __init__(self, resolver: DnsQuery, max_mx_hosts: int = DEFAULT_MAX_MX_HOSTS) -> None:
@@ -73,7 +71,7 @@ class DaneSource:
             )
         if dest.bracketed:
             # [host]:port: no MX lookup (Postfix smtp(8)); the name is configuration.
-            hosts = await self._hosts([(dest.name, 0)], dest.port)
+            hosts = await self._hosts([(domain_name(dest.name), 0)], dest.port)
             return _evidence(DnsStatus.SECURE, MxKind.LISTED, hosts, [], now)
         mx = await self._resolver.query(dest.name, "MX")
         if mx.failed:
@@ -85,23 +83,23 @@ class DaneSource:
             return _evidence(mx.status, MxKind.NXDOMAIN, [], [mx], now)
         if mx.nodata:
             # No MX RRset: the domain itself is the implicit MX, preference 0 (RFC 5321 5.1).
-            hosts = await self._hosts([(dest.name, 0)], dest.port)
+            hosts = await self._hosts([(domain_name(dest.name), 0)], dest.port)
             return _evidence(mx.status, MxKind.IMPLICIT, hosts, [mx], now)
-        listed = _mx_hosts(mx.records)
+        listed = _mx_hosts(mx.mx)
         if not listed:
             # Only "." exchanges: the domain accepts no mail (RFC 7505 3).
             return _evidence(mx.status, MxKind.NULL, [], [mx], now)
         hosts = await self._hosts(listed[: self._max_mx_hosts], dest.port)
         return _evidence(mx.status, MxKind.LISTED, hosts, [mx], now)
 
-    async def _hosts(self, hosts: list[tuple[str, int]], port: int) -> list[_Host]:
+    async def _hosts(self, hosts: list[tuple[DomainName, int]], port: int) -> list[_Host]:
         return list(await asyncio.gather(*(self._host(n, p, port) for n, p in hosts)))
 
-    async def _host(self, name: str, preference: int, port: int) -> _Host:
+    async def _host(self, name: DomainName, preference: int, port: int) -> _Host:
         a, aaaa = await asyncio.gather(
             self._resolver.query(name, "A"), self._resolver.query(name, "AAAA")
         )
-        addresses = tuple(r.address for r in (*a.records, *aaaa.records))
+        addresses = (*a.texts, *aaaa.texts)
         error = "; ".join(f"{x.rdtype} {name}: {x.error}" for x in (a, aaaa) if x.failed)
         if error and not addresses:
             # Nothing to connect to, and the failed family may hold the only addresses.
@@ -122,7 +120,7 @@ class DaneSource:
             # Secure denial: the host cannot receive mail; nothing to authenticate.
             return _Host(MxHost(name, preference, DnsStatus.SECURE), (a, aaaa))
         tlsa, used = await self._tlsa(name, _expansion(name, a, aaaa), port)
-        records = tuple(_tlsa_records(tlsa.records))
+        records = tlsa.tlsa
         host = MxHost(
             name,
             preference,
@@ -152,30 +150,19 @@ class DaneSource:
 def _expansion(name: str, *answers: DnsAnswer) -> str | None:
     """The name the secure address records were found at, if a CNAME led elsewhere."""
     for answer in answers:
-        if answer.records and answer.canonical_name not in ("", name.lower()):
+        if answer.records and answer.canonical_name not in ("", fold(name)):
             return answer.canonical_name
     return None
 
 
-def _mx_hosts(records: Iterable[object]) -> list[tuple[str, int]]:
+def _mx_hosts(records: Iterable[MxRecord]) -> list[tuple[DomainName, int]]:
     """Deliverable (name, preference) pairs, most preferred first, each name once."""
-    best: dict[str, int] = {}
+    best: dict[DomainName, int] = {}
     for r in records:
-        if not isinstance(r, dns.rdtypes.ANY.MX.MX) or r.exchange == dns.name.root:
+        if r.exchange is None:
             continue  # "." is the null MX (RFC 7505), never a host
-        name = r.exchange.to_text(omit_final_dot=True).lower()
-        best[name] = min(r.preference, best.get(name, r.preference))
+        best[r.exchange] = min(r.preference, best.get(r.exchange, r.preference))
     return sorted(best.items(), key=lambda item: (item[1], item[0]))
-
-
-def _tlsa_records(records: Iterable[object]) -> Iterable[Tlsa]:
-    for r in records:
-        if not isinstance(r, dns.rdtypes.tlsabase.TLSABase):
-            continue
-        try:
-            yield Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert))
-        except ValueError:
-            continue  # malformed: skipped; Tlsa.usable judges the rest (RFC 7672 3.1)
 
 
 def _evidence(

@@ -1,24 +1,31 @@
-"""DaneSource: MX, addresses and TLSA turned into DnsEvidence, and what the rules make of it.
+"""DnsSource: MX, addresses and TLSA turned into DnsEvidence, and what the rules make of it.
 
-Most tests script the resolver's answers (:class:`FakeDns`); the end-to-end ones at the
-bottom run the real :class:`Resolver` over a fake nameserver serving a small zone.
+Most tests script the resolver's answers with typed records
+(:class:`tests.fakes.FakeResolver`); the end-to-end ones at the bottom run the real
+:class:`Resolver` over a fake nameserver serving a small zone.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import dns.message
 import dns.rcode
-import dns.rdata
 import dns.rdatatype
 import pytest
 
-from policyd.adapters.dns import FAILED_TTL, DnsAnswer, Resolver
+from policyd.adapters.dns import FAILED_TTL, DnsAnswer, Rcode, Resolver
 from policyd.core.dane import DaneKind, evaluate
-from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind, Tlsa
+from policyd.core.evidence import (
+    Destination,
+    DestinationForm,
+    DnsEvidence,
+    DnsStatus,
+    MxHost,
+    MxKind,
+    Tlsa,
+)
 from policyd.settings import DnsSettings
-from policyd.sources.dane import ADDRESS_LITERAL_TTL, DaneSource
+from policyd.sources.dns import ADDRESS_LITERAL_TTL, DnsSource
+from tests.fakes import FakeResolver, dns_answer, dns_failure
 from tests.unit.test_dns_adapter import SOA, FakeServer, respond
 
 NOW = 1_700_000_000.0
@@ -27,33 +34,15 @@ S, I, F = DnsStatus.SECURE, DnsStatus.INSECURE, DnsStatus.FAILED  # noqa: E741
 
 
 def ok(name: str, rdtype: str, *rdata: str, status: DnsStatus = S, ttl: int = 300) -> DnsAnswer:
-    records = tuple(dns.rdata.from_text("IN", rdtype, r) for r in rdata)
-    return DnsAnswer(name, rdtype, status, "NOERROR", records, name, ttl)
+    return dns_answer(name, rdtype, *rdata, status=status, ttl=ttl)
 
 
 def nx(name: str, rdtype: str, status: DnsStatus = S, ttl: int = 900) -> DnsAnswer:
-    return DnsAnswer(name, rdtype, status, "NXDOMAIN", (), name, ttl)
+    return DnsAnswer(name, rdtype, status, Rcode.NXDOMAIN, (), name, ttl)
 
 
 def fail(name: str, rdtype: str, error: str = "SERVFAIL") -> DnsAnswer:
-    return DnsAnswer(name, rdtype, F, "SERVFAIL", (), name, FAILED_TTL, error)
-
-
-class FakeDns:
-    """Scripted answers; anything not scripted is a secure NODATA."""
-
-    def __init__(self, *answers: DnsAnswer) -> None:
-        self.answers = {(a.name, a.rdtype): a for a in answers}
-        self.asked: list[tuple[str, str]] = []
-
-    def add(self, *answers: DnsAnswer) -> None:
-        self.answers.update({(a.name, a.rdtype): a for a in answers})
-
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
-        self.asked.append((name, rdtype))
-        await asyncio.sleep(0)
-        answer = self.answers.get((name, rdtype))
-        return answer or DnsAnswer(name, rdtype, S, "NOERROR", (), name, 600)
+    return dns_failure(name, rdtype, error, FAILED_TTL)
 
 
 def host(
@@ -74,15 +63,15 @@ TLSA_EE = f"3 1 1 {SHA256.hex()}"
 DOMAIN = Destination("example.test")
 
 
-async def gather(fake: FakeDns, dest: Destination = DOMAIN, **kw: int) -> DnsEvidence:
-    return await DaneSource(fake, **kw).gather(dest, NOW)
+async def gather(fake: FakeResolver, dest: Destination = DOMAIN, **kw: int) -> DnsEvidence:
+    return await DnsSource(fake, **kw).gather(dest, NOW)
 
 
 # -- the MX step ------------------------------------------------------------------------
 
 
 async def test_listed_mx_sorted_by_preference() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "20 mx2.example.test.", "10 mx1.example.test."),
         *host("mx1.example.test", tlsa=(TLSA_EE,)),
         *host("mx2.example.test", "192.0.2.2", tlsa=(TLSA_EE,)),
@@ -107,7 +96,7 @@ async def test_listed_mx_sorted_by_preference() -> None:
 
 
 async def test_duplicate_mx_names_keep_the_best_preference() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "20 mx.example.test.", "5 MX.example.test."),
         *host("mx.example.test"),
     )
@@ -116,14 +105,14 @@ async def test_duplicate_mx_names_keep_the_best_preference() -> None:
 
 
 async def test_implicit_mx_on_nodata() -> None:
-    fake = FakeDns(ok("example.test", "MX", status=I), *host("example.test", status=I))
+    fake = FakeResolver(ok("example.test", "MX", status=I), *host("example.test", status=I))
     ev = await gather(fake)
     assert (ev.mx, ev.kind) == (I, MxKind.IMPLICIT)
     assert [(h.name, h.preference, h.address) for h in ev.hosts] == [("example.test", 0, I)]
 
 
 async def test_implicit_mx_status_is_the_nodata_status() -> None:
-    fake = FakeDns(ok("example.test", "MX"), *host("example.test", tlsa=(TLSA_EE,)))
+    fake = FakeResolver(ok("example.test", "MX"), *host("example.test", tlsa=(TLSA_EE,)))
     ev = await gather(fake)
     assert (ev.mx, ev.kind) == (S, MxKind.IMPLICIT)
     assert ev.hosts[0].tlsa is S
@@ -131,14 +120,15 @@ async def test_implicit_mx_status_is_the_nodata_status() -> None:
 
 @pytest.mark.parametrize("status", [S, I])
 async def test_null_mx(status: DnsStatus) -> None:
-    fake = FakeDns(ok("example.test", "MX", "0 .", status=status))
+    fake = FakeResolver(ok("example.test", "MX", "0 .", status=status))
     ev = await gather(fake)
     assert (ev.mx, ev.kind, ev.hosts) == (status, MxKind.NULL, ())
     assert fake.asked == [("example.test", "MX")]
 
 
 async def test_null_mx_mixed_with_hosts_keeps_the_hosts() -> None:
-    fake = FakeDns(ok("example.test", "MX", "0 .", "10 mx.example.test."), *host("mx.example.test"))
+    mx = ok("example.test", "MX", "0 .", "10 mx.example.test.")
+    fake = FakeResolver(mx, *host("mx.example.test"))
     ev = await gather(fake)
     assert ev.kind is MxKind.LISTED
     assert [h.name for h in ev.hosts] == ["mx.example.test"]
@@ -146,14 +136,14 @@ async def test_null_mx_mixed_with_hosts_keeps_the_hosts() -> None:
 
 @pytest.mark.parametrize("status", [S, I])
 async def test_nxdomain(status: DnsStatus) -> None:
-    fake = FakeDns(nx("example.test", "MX", status))
+    fake = FakeResolver(nx("example.test", "MX", status))
     ev = await gather(fake)
     assert (ev.mx, ev.kind, ev.hosts, ev.error) == (status, MxKind.NXDOMAIN, (), "")
     assert ev.expires_at == NOW + 900
 
 
 async def test_mx_failure() -> None:
-    fake = FakeDns(fail("example.test", "MX"))
+    fake = FakeResolver(fail("example.test", "MX"))
     ev = await gather(fake)
     assert ev == DnsEvidence(
         F,
@@ -166,7 +156,7 @@ async def test_mx_failure() -> None:
 
 async def test_max_mx_hosts() -> None:
     mx = [f"{i} mx{i:02}.example.test." for i in range(20, 0, -1)]
-    fake = FakeDns(ok("example.test", "MX", *mx))
+    fake = FakeResolver(ok("example.test", "MX", *mx))
     ev = await gather(fake, max_mx_hosts=3)
     assert [h.name for h in ev.hosts] == [
         "mx01.example.test",
@@ -178,14 +168,14 @@ async def test_max_mx_hosts() -> None:
 
 def test_max_mx_hosts_validates() -> None:
     with pytest.raises(ValueError):
-        DaneSource(FakeDns(), max_mx_hosts=0)
+        DnsSource(FakeResolver(), max_mx_hosts=0)
 
 
 # -- addresses --------------------------------------------------------------------------
 
 
 async def test_address_failure_without_addresses_fails_that_host_only() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 bad.example.test.", "20 good.example.test."),
         fail("bad.example.test", "A", "timeout"),  # AAAA: the secure NODATA default
         *host("good.example.test", tlsa=(TLSA_EE,)),
@@ -210,7 +200,7 @@ async def test_one_failed_family_leaves_an_unsigned_host_usable(
 ) -> None:
     # The AAAA SERVFAIL of a single unsigned MX (feedback-smtp.*.amazonses.com): Postfix
     # delivers over IPv4, so the host is INSECURE with its IPv4 address, never TEMP.
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.other.test.", status=I),
         ok("mx.other.test", answered, address, status=I),
         fail("mx.other.test", failing),
@@ -233,7 +223,7 @@ async def test_one_failed_family_of_a_signed_host_still_gets_tlsa(
 ) -> None:
     # The secure answer proves the host's zone is signed; TLSA sits at the host name, not
     # per family, so it is looked up and decides (Postfix does the same per address).
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         ok("mx.example.test", answered, address),
         fail("mx.example.test", failing),
@@ -247,7 +237,7 @@ async def test_one_failed_family_of_a_signed_host_still_gets_tlsa(
 
 
 async def test_one_failed_family_of_a_signed_host_with_failed_tlsa_is_still_skipped() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         ok("mx.example.test", "A", "192.0.2.1"),
         fail("mx.example.test", "AAAA"),
@@ -260,7 +250,7 @@ async def test_one_failed_family_of_a_signed_host_with_failed_tlsa_is_still_skip
 @pytest.mark.parametrize("status", [S, I])
 async def test_one_failed_family_and_an_empty_answer_fail_the_host(status: DnsStatus) -> None:
     # The failed family may hold the only addresses: nothing to deliver to yet.
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         ok("mx.example.test", "A", status=status),
         fail("mx.example.test", "AAAA"),
@@ -272,7 +262,7 @@ async def test_one_failed_family_and_an_empty_answer_fail_the_host(status: DnsSt
 
 
 async def test_both_address_lookups_failing_are_both_named() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         fail("mx.example.test", "A"),
         fail("mx.example.test", "AAAA", "REFUSED"),
@@ -282,7 +272,7 @@ async def test_both_address_lookups_failing_are_both_named() -> None:
 
 
 async def test_addresses_from_a_and_aaaa() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         ok("mx.example.test", "A", "192.0.2.1"),
         ok("mx.example.test", "AAAA", "2001:db8::1"),
@@ -293,7 +283,7 @@ async def test_addresses_from_a_and_aaaa() -> None:
 
 
 async def test_tlsa_only_for_secure_addresses() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 signed.example.test.", "20 unsigned.other.test."),
         *host("signed.example.test", tlsa=(TLSA_EE,)),
         ok("unsigned.other.test", "A", "192.0.2.9", status=I),
@@ -307,7 +297,7 @@ async def test_tlsa_only_for_secure_addresses() -> None:
 
 
 async def test_one_insecure_address_family_makes_the_host_insecure() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         ok("mx.example.test", "A", "192.0.2.1"),
         ok("mx.example.test", "AAAA", status=I),
@@ -317,7 +307,7 @@ async def test_one_insecure_address_family_makes_the_host_insecure() -> None:
 
 
 async def test_unsigned_nxdomain_host_is_insecure_not_failed() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 gone.other.test.", "20 mx.example.test."),
         nx("gone.other.test", "A", I),
         nx("gone.other.test", "AAAA", I),
@@ -331,7 +321,7 @@ async def test_unsigned_nxdomain_host_is_insecure_not_failed() -> None:
 
 
 async def test_signed_nxdomain_host_is_secure_without_addresses_or_tlsa() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 gone.example.test."),
         nx("gone.example.test", "A"),
         nx("gone.example.test", "AAAA"),
@@ -345,7 +335,7 @@ async def test_signed_nxdomain_host_is_secure_without_addresses_or_tlsa() -> Non
 
 
 async def test_tlsa_failure_names_the_record() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         *host("mx.example.test"),
         fail("_25._tcp.mx.example.test", "TLSA"),
@@ -357,7 +347,7 @@ async def test_tlsa_failure_names_the_record() -> None:
 
 @pytest.mark.parametrize("status", [S, I])
 async def test_tlsa_status_comes_from_its_answer(status: DnsStatus) -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         *host("mx.example.test"),
         ok("_25._tcp.mx.example.test", "TLSA", TLSA_EE, status=status),
@@ -369,11 +359,11 @@ async def test_tlsa_status_comes_from_its_answer(status: DnsStatus) -> None:
 
 async def test_malformed_and_foreign_tlsa_records_do_not_crash() -> None:
     tlsa = ok("_25._tcp.mx.example.test", "TLSA", "3 1 1 00", TLSA_EE)
-    stray = dns.rdata.from_text("IN", "TXT", '"not a tlsa"')
-    fake = FakeDns(
+    stray = "not a tlsa"  # a record of another type in the answer is ignored
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         *host("mx.example.test"),
-        DnsAnswer(tlsa.name, "TLSA", S, "NOERROR", (*tlsa.records, stray), tlsa.name, 300),
+        DnsAnswer(tlsa.name, "TLSA", S, Rcode.NOERROR, (*tlsa.records, stray), tlsa.name, 300),
     )
     (mx,) = (await gather(fake)).hosts
     assert mx.tlsa_records == (Tlsa(3, 1, 1, b"\x00"), Tlsa(3, 1, 1, SHA256))
@@ -381,16 +371,8 @@ async def test_malformed_and_foreign_tlsa_records_do_not_crash() -> None:
 
 
 async def test_tlsa_at_the_secure_cname_expansion_first() -> None:
-    expanded = DnsAnswer(
-        "mx.example.test",
-        "A",
-        S,
-        "NOERROR",
-        (dns.rdata.from_text("IN", "A", "192.0.2.1"),),
-        "mail.hoster.test",
-        300,
-    )
-    fake = FakeDns(
+    expanded = dns_answer("mx.example.test", "A", "192.0.2.1", canonical="mail.hoster.test")
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         expanded,
         ok("_25._tcp.mail.hoster.test", "TLSA", TLSA_EE),
@@ -401,16 +383,8 @@ async def test_tlsa_at_the_secure_cname_expansion_first() -> None:
 
 
 async def test_tlsa_falls_back_to_the_original_name() -> None:
-    expanded = DnsAnswer(
-        "mx.example.test",
-        "A",
-        S,
-        "NOERROR",
-        (dns.rdata.from_text("IN", "A", "192.0.2.1"),),
-        "mail.hoster.test",
-        300,
-    )
-    fake = FakeDns(
+    expanded = dns_answer("mx.example.test", "A", "192.0.2.1", canonical="mail.hoster.test")
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test."),
         expanded,
         nx("_25._tcp.mail.hoster.test", "TLSA", ttl=120),
@@ -425,11 +399,11 @@ async def test_tlsa_falls_back_to_the_original_name() -> None:
 
 
 async def test_bracketed_host_with_port() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         *host("relay.example.test"),
         ok("_587._tcp.relay.example.test", "TLSA", TLSA_EE),
     )
-    ev = await gather(fake, Destination("relay.example.test", 587, bracketed=True))
+    ev = await gather(fake, Destination("relay.example.test", 587, DestinationForm.HOST))
     assert (ev.mx, ev.kind) == (S, MxKind.LISTED)
     (relay,) = ev.hosts
     assert (relay.name, relay.preference, relay.tlsa) == ("relay.example.test", 0, S)
@@ -439,14 +413,14 @@ async def test_bracketed_host_with_port() -> None:
 
 
 async def test_domain_with_port_uses_that_port_for_tlsa() -> None:
-    fake = FakeDns(ok("example.test", "MX", "10 mx.example.test."), *host("mx.example.test"))
+    fake = FakeResolver(ok("example.test", "MX", "10 mx.example.test."), *host("mx.example.test"))
     await gather(fake, Destination("example.test", 2525))
     assert ("_2525._tcp.mx.example.test", "TLSA") in fake.asked
 
 
 async def test_ip_literal_needs_no_dns() -> None:
-    fake = FakeDns()
-    ev = await gather(fake, Destination("192.0.2.25", bracketed=True))
+    fake = FakeResolver()
+    ev = await gather(fake, Destination("192.0.2.25", form=DestinationForm.ADDRESS))
     assert fake.asked == []
     assert ev.hosts == (MxHost("192.0.2.25", 0, I, ("192.0.2.25",)),)
     assert ev.expires_at == NOW + ADDRESS_LITERAL_TTL
@@ -456,7 +430,7 @@ async def test_ip_literal_needs_no_dns() -> None:
 
 
 async def test_expiry_is_the_shortest_ttl_used() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("example.test", "MX", "10 mx.example.test.", ttl=3600),
         ok("mx.example.test", "A", "192.0.2.1", ttl=1800),
         ok("mx.example.test", "AAAA", ttl=900),
@@ -469,7 +443,7 @@ async def test_expiry_is_the_shortest_ttl_used() -> None:
 
 
 async def test_rules_on_gathered_evidence() -> None:
-    fake = FakeDns(
+    fake = FakeResolver(
         ok("all.test", "MX", "10 mx1.all.test.", "20 mx2.all.test."),
         *host("mx1.all.test", tlsa=(TLSA_EE,)),
         *host("mx2.all.test", tlsa=(TLSA_EE,)),
@@ -557,13 +531,13 @@ async def test_end_to_end_through_the_real_resolver(
     unsigned: frozenset[str], servfail: frozenset[str], kind: DaneKind
 ) -> None:
     resolver = Resolver(DnsSettings(), servers=[zone(unsigned, servfail)])
-    ev = await DaneSource(resolver).gather(DOMAIN, NOW)
+    ev = await DnsSource(resolver).gather(DOMAIN, NOW)
     assert evaluate(ev).kind is kind, ev
 
 
 async def test_end_to_end_evidence_details() -> None:
     server = zone()
-    ev = await DaneSource(Resolver(DnsSettings(), servers=[server])).gather(DOMAIN, NOW)
+    ev = await DnsSource(Resolver(DnsSettings(), servers=[server])).gather(DOMAIN, NOW)
     mx1, mx2 = ev.hosts
     assert mx1.addresses == ("192.0.2.1",)
     assert mx2.addresses == ("192.0.2.2",)
