@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from policyd.core.evidence import MAX_MX_PATTERNS, StsMode, StsPolicy, is_ip_literal
+from policyd.core.names import MAX_NAME  # RFC 1035 2.3.4, without the trailing dot
 
 MAX_POLICY_BYTES: Final = 64 * 1024  # RFC 8461 3.3: senders may reject larger policies
 MAX_AGE_CAP: Final = 31557600  # seconds, about a year; RFC 8461 3.2 max_age maximum
-MAX_NAME: Final = 253  # RFC 1035 2.3.4, without the trailing dot
 
 TXT_VERSION: Final = "v=STSv1"  # RFC 8461 3.1
 POLICY_VERSION: Final = "STSv1"  # RFC 8461 3.2
