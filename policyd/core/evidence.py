@@ -179,6 +179,14 @@ class DnsEvidence:
     expires_at: float = 0.0
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def is_ip_literal(pattern: str) -> bool:
     """An mx pattern whose last label is all digits, such as ``192.0.2.1``: no host name
     (RFC 3696 2: a top-level domain is never all-numeric), so it matches no MX host under
@@ -377,6 +385,9 @@ class Destination:
             raise ValueError(f"port {port} out of range")
         if form is DestinationForm.PARENT and port != SMTP_PORT:
             raise ValueError("the parent-domain form has no port")
+        if form is DestinationForm.HOST and _is_address(name):
+            # [192.0.2.1] is an address to Postfix, never a host name to look up.
+            raise ValueError(f"{name} is an address: the ADDRESS form, not HOST")
 
     @property
     def key(self) -> str:

@@ -138,7 +138,10 @@ _names = st.lists(_label, min_size=1, max_size=5).map(".".join)
     st.booleans(),
 )
 def test_generated_keys_round_trip(name: str, port: int, bracketed: bool, upper: bool) -> None:
+    # A bracketed dotted quad is an address (found by this test: [0.0.0.0]:1).
     form = DestinationForm.HOST if bracketed else DestinationForm.DOMAIN
+    if bracketed and parse_key(f"[{name}]").form is DestinationForm.ADDRESS:
+        form = DestinationForm.ADDRESS
     dest = Destination(name, port, form)
     key = dest.key.upper() if upper else dest.key
     assert parse_key(key) == dest
@@ -166,3 +169,9 @@ def test_destination_validates_on_construction() -> None:
         Destination("example.com", 0)
     with pytest.raises(ValueError):
         Destination("bad name.example")
+
+
+@pytest.mark.parametrize("name", ["192.0.2.1", "0.0.0.0"])
+def test_an_address_is_never_a_host(name: str) -> None:
+    with pytest.raises(ValueError, match="ADDRESS form"):
+        Destination(name, 25, DestinationForm.HOST)
