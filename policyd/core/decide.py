@@ -2,7 +2,7 @@
 
 Pure: evidence and ``now`` in, a :class:`Verdict` out. A lookup failure where DANE or a
 cached MTA-STS enforce policy may apply never yields a weaker level than the same
-evidence without the failure (tests/unit/test_decide.py checks that property).
+evidence without the failure (tests/unit/core/test_decide.py checks that property).
 
 DANE outranks a valid MTA-STS enforce policy only where it protects every path to the
 domain: ``dane-only``, which needs a DNSSEC-validated MX RRset and usable TLSA at every

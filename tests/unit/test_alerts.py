@@ -19,9 +19,9 @@ from policyd.service import PolicyService
 from policyd.settings import StsSettings
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
 from tests.fakes import ServiceClock as Clock
-from tests.unit.test_sts_source import DOMAIN, T0, FakeFetcher, FakeTxt, World, publish
-from tests.unit.test_sts_source import Clock as StsClock
-from tests.unit.test_sts_source import MemoryStore as StsStore
+from tests.unit.sources.test_sts import DOMAIN, T0, FakeFetcher, FakeTxt, World, publish
+from tests.unit.sources.test_sts import Clock as StsClock
+from tests.unit.sources.test_sts import MemoryStore as StsStore
 
 NOW = 1_800_000_000.0
 

@@ -1,6 +1,6 @@
 """PolicyService with fake sources: answers as values, how long they hold, coalescing,
 overrides, TEMP bounds, logging, kept answers, the bound on destinations. (What Postfix is
-sent, and the cache of it, is tested in test_reply_cache.py and test_socketmap_conn.py.)"""
+sent, and the cache of it, is tested in server/test_reply_cache.py and server/test_socketmap.py.)"""
 
 from __future__ import annotations
 

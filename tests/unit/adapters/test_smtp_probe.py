@@ -25,7 +25,7 @@ from policyd.adapters.certverify import fingerprints
 from policyd.adapters.smtp_probe import MAX_REPLY_LINE, probe_address, probe_host
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
 from policyd.settings import ProbeTimeouts
-from tests.unit.test_certverify import DAY, NOW, PrivateKey, make_pki
+from tests.unit.adapters.test_certverify import DAY, NOW, PrivateKey, make_pki
 
 HOST = "mx.example.test"
 LOOPBACK = "127.0.0.1"

@@ -33,7 +33,7 @@ from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "etc" / "grafana-dashboard.json"
 
 

@@ -647,7 +647,7 @@ def _nobody_python() -> list[str] | None:
     """An interpreter user nobody can run, with policyd and its dependencies importable."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return None
-    repo = str(Path(__file__).resolve().parents[2])
+    repo = str(Path(__file__).resolve().parents[3])
     site = [p for p in sys.path if p.endswith("site-packages")]
     for python in (sys.executable, "/usr/bin/python3"):
         cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"]

@@ -1,6 +1,6 @@
 """policyd.codec.records: what the previous version stored still loads; the event document;
-the shared document checks. (Per-record field checks: test_override_record.py,
-test_probe_record.py, test_mtasts_codec.py.)"""
+the shared document checks. (Per-record field checks: test_records_override.py,
+test_records_probe.py, test_mtasts.py.)"""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from policyd.codec.records import (
 from policyd.core import evidence
 from policyd.core.event import Event
 from policyd.core.types import Rule
-from tests.unit.test_override_record import OVERRIDE
+from tests.unit.codec.test_records_override import OVERRIDE
 
 # Records exactly as policyd before this module wrote them (codec/override_record.py,
 # sts_record.py and probe_record.py of main, e370755), as a store holds them today.

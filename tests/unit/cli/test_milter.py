@@ -1,6 +1,6 @@
 """policyd-milter: its settings, the bounded control client and the milter callbacks
 (driven directly, without libmilter). The daemon's side of its two commands (warm,
-check) is tested in test_warm_check.py."""
+check) is tested in tests/unit/test_admin.py."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from policyd.core.evidence import (
 from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource, make_prober
 from tests.fakes import MemoryStore
-from tests.unit.test_certverify import make_pki
+from tests.unit.adapters.test_certverify import make_pki
 
 T0 = 1_800_000_000.0
 

@@ -26,7 +26,7 @@ from policyd.core.evidence import (
 from policyd.settings import DnsSettings
 from policyd.sources.dns import ADDRESS_LITERAL_TTL, DnsSource
 from tests.fakes import FakeResolver, dns_answer, dns_failure
-from tests.unit.test_dns_adapter import SOA, FakeServer, respond
+from tests.unit.adapters.test_dns import SOA, FakeServer, respond
 
 NOW = 1_700_000_000.0
 SHA256 = bytes(range(32))

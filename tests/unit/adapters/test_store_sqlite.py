@@ -22,7 +22,7 @@ from policyd.settings import ProbeSettings
 from policyd.sources.probe import ProbeSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, event
 from tests.store_contract import check_events_in_append_order
-from tests.unit.test_probe_source import FakeProber
+from tests.unit.sources.test_probe import FakeProber
 
 
 def url(path: Path) -> str:
