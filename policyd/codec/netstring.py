@@ -5,6 +5,10 @@ payloads with :meth:`Decoder.next_payload` until it returns :data:`NEED_DATA`. T
 exception that escapes is :class:`NetstringError`. Strict: digits only, no leading zeros
 (a ``0`` length is itself fine), a ``:`` after at most ``max_digits`` digits, and a ``,``
 terminator.
+
+:func:`parse_whole` is the hot path's shortcut for the usual read (one whole request and
+nothing else): the payload straight from the bytes, with the same header checks as the
+Decoder; anything else is left to the Decoder (None), which also says what was wrong.
 """
 
 from __future__ import annotations
@@ -54,15 +58,9 @@ class Decoder:
                 raise NetstringError("netstring length too long or missing ':'")
             self._check_digits(buf)
             return NEED_DATA
-        header = buf[:colon]
-        self._check_digits(header)
-        if not header:
-            raise NetstringError("netstring without a length")
-        if len(header) > 1 and header[0:1] == b"0":
-            raise NetstringError("netstring length with a leading zero")
-        size = int(header)
-        if size > self._max_payload:
-            raise NetstringError(f"netstring of {size} bytes exceeds the {self._max_payload} limit")
+        size = _announced(buf[:colon], self._max_payload)
+        if isinstance(size, str):
+            raise NetstringError(size)
         end = colon + 1 + size
         if len(buf) <= end:
             return NEED_DATA
@@ -76,6 +74,36 @@ class Decoder:
     def _check_digits(chunk: bytes | bytearray) -> None:
         if chunk and not chunk.isdigit():
             raise NetstringError("netstring length is not a decimal number")
+
+
+def _announced(header: bytes | bytearray, max_payload: int) -> int | str:
+    """The payload size a netstring's header (the bytes before ``:``) announces, or why it
+    is not a valid one (the Decoder's error message)."""
+    if not header.isdigit():  # also b"": isdigit() is False
+        return (
+            "netstring length is not a decimal number" if header else "netstring without a length"
+        )
+    if len(header) > 1 and header[0] == 0x30:  # "0"
+        return "netstring length with a leading zero"
+    size = int(header)
+    if size > max_payload:
+        return f"netstring of {size} bytes exceeds the {max_payload} limit"
+    return size
+
+
+def parse_whole(data: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> bytes | None:
+    """The payload if ``data`` is exactly one valid netstring, as a :class:`Decoder` with the
+    same ``max_payload`` would take it (and then have nothing buffered); None for anything
+    else: part of one, more than one, or an invalid one (feed those to a Decoder)."""
+    colon = data.find(b":")
+    if colon < 0 or data[-1] != 0x2C:  # ","
+        return None
+    # A header longer than the Decoder's max_digits is refused here too: without a leading
+    # zero, more digits than max_payload has announce more than max_payload.
+    size = _announced(data[:colon], max_payload)
+    if isinstance(size, str) or colon + size + 2 != len(data):
+        return None
+    return data[colon + 1 : -1]
 
 
 def encode(payload: bytes) -> bytes:

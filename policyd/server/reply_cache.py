@@ -1,7 +1,12 @@
 """The socketmap reply cache: raw request payload in, encoded reply out.
 
 The hot path (:meth:`ReplyCache.cached`) is one dict lookup keyed by the raw request
-payload; it never awaits, never allocates and never touches the disk. A miss goes to
+payload; it never awaits, never allocates and never touches the disk. It does not read the
+clock either: expiry is compared with :attr:`ReplyCache.now`, a coarse monotonic time the
+server refreshes every :data:`CLOCK_TICK` seconds (:meth:`ReplyCache.tick`). So that this
+never serves an answer longer than it holds, a reply is kept until its exact expiry less one
+tick, rounded down to the second: an answer's TTL is seconds to hours, 0.1 s of it is
+nothing. (Should the event loop itself run late, the tick runs late with it.) A miss goes to
 :meth:`ReplyCache.reply_for`, which parses the request, asks the service for the answer,
 encodes the reply and keeps it for as long as the answer holds. Every reply the server
 sends is built here or by the codec (PERM for a bad request, TEMP for a lookup that fails).
@@ -30,6 +35,9 @@ MAX_PAYLOADS_PER_DESTINATION: Final = 8
 # One cache hit in this many is timed for the latency histogram: timing costs about as
 # much as the hit itself, and a sample shows the distribution as well as every hit would.
 HOT_SAMPLE_EVERY: Final = 64
+# Granularity of the hot path's clock (ReplyCache.now), seconds: the server refreshes it this
+# often, and replies are kept this much less than their answers hold.
+CLOCK_TICK: Final = 0.1
 # What a dry-run profile tells Postfix whatever was decided: Postfix keeps its own default.
 _DRY_RUN_REPLY: Final = socketmap.reply(socketmap.Status.NOTFOUND)
 
@@ -56,6 +64,7 @@ class ReplyCache:
         "_service",
         "_stats",
         "_until_second",
+        "now",
     )
 
     def __init__(
@@ -77,10 +86,15 @@ class ReplyCache:
         # Expiry down to the whole second, one float object for all within that second.
         self._until_second = Seconds()
         self._sample_in = HOT_SAMPLE_EVERY
+        self.now = monotonic()  # the coarse clock of the hot path, see tick()
         service.subscribe(self)
 
     def __len__(self) -> int:
         return len(self._answers)
+
+    def tick(self) -> None:
+        """Refresh the hot path's clock; the server calls this every CLOCK_TICK seconds."""
+        self.now = self._monotonic()
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -92,7 +106,7 @@ class ReplyCache:
         hit = self._answers.get(payload)
         if hit is None:
             return None
-        if hit[1] < self._monotonic():
+        if hit[1] < self.now:
             return None
         self._stats.hits += 1
         hit[3][0] += 1
@@ -162,8 +176,10 @@ class ReplyCache:
                 return
             self._by_key[key] = (*payloads, payload) if payloads else payload
         encoded = shared(self._replies, encoded)
-        # Valid until a whole second no later than the exact expiry (never served longer).
-        until = self._until_second(self._monotonic() + answer.ttl)
+        # Valid until a whole second no later than the exact expiry less one tick of the
+        # coarse clock (never served longer).
+        self.now = now = self._monotonic()
+        until = self._until_second(now + answer.ttl - CLOCK_TICK)
         self._answers[payload] = (encoded, until, key, cell)
 
     # -- told by the service -----------------------------------------------------------

@@ -1,8 +1,11 @@
 """The socketmap listener: Postfix's smtp_tls_policy_maps client talks to this.
 
 Built on ``asyncio.Protocol`` rather than streams: a cached answer is written from inside
-``data_received`` with no task, no await and no buffer copy beyond the netstring decoder,
-which is what makes the hot path fast. Replies leave in request order; misses are answered
+``data_received`` with no task and no await, which is what makes the hot path fast. The
+usual read (one whole request, nothing buffered or unanswered before it) skips the netstring
+decoder (:func:`policyd.codec.netstring.parse_whole`, as strict), reads no clock (the reply
+cache's coarse one) and updates no connection table (activity is a flag, see
+:meth:`SocketmapServer.settle`). Replies leave in request order; misses are answered
 by tasks whose results are written as the head of the per-connection queue completes. The
 replies themselves, cached or not, come from :mod:`policyd.server.reply_cache`.
 
@@ -26,7 +29,7 @@ from typing import Final
 
 from policyd.codec import netstring
 from policyd.config import Listener, ListenerKind, ServerSettings
-from policyd.server.reply_cache import ReplyCache, failed, perm
+from policyd.server.reply_cache import CLOCK_TICK, ReplyCache, failed, perm
 from policyd.server.unixsock import BoundSocket, apply_socketmap_perms, claim_unix_path
 from policyd.service import PolicyService
 
@@ -40,12 +43,16 @@ LISTEN_BACKLOG: Final = 1024
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
+        "_cache",
         "_closed",
         "_decoder",
+        "_max_request",
         "_paused",
         "_pending",
         "_server",
         "_transport",
+        "_write",
+        "active",
         "last_activity",
         "peer",
         "started_at",
@@ -53,12 +60,18 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self, server: SocketmapServer) -> None:
         self._server = server
-        self._decoder = netstring.Decoder(server.settings.max_request)
+        self._cache = server.cache
+        self._max_request = server.settings.max_request
+        self._decoder = netstring.Decoder(self._max_request)
         self._pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object] = _nowhere
         self._paused = False
         self._closed = False
         self.peer = "-"
+        # Activity is a flag the hot path sets; the server turns it into last_activity and
+        # the eviction order when it looks (SocketmapServer.settle), not per request.
+        self.active = False
         self.last_activity = time.monotonic()
         self.started_at = 0.0  # when the unfinished request began; 0: none
 
@@ -68,6 +81,7 @@ class _Conn(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
+        self._write = transport.write
         peer = transport.get_extra_info("peername")
         self.peer = str(peer) if peer else "unix"
         self._server.admit(self)
@@ -81,6 +95,17 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
+            self.active = True
+            # The usual read: one whole request, nothing before it buffered or unanswered.
+            if not (self._pending or self.started_at or self._closed):
+                payload = netstring.parse_whole(data, self._max_request)
+                if payload is not None:
+                    hit = self._cache.cached(payload)
+                    if hit is not None:
+                        self._write(hit)
+                    else:
+                        self._ask(payload)
+                    return
             self._receive(data)
         except Exception:  # the per-connection catch-all: one bad peer never stops others
             log.exception("socketmap %s: internal error, closing connection", self.peer)
@@ -89,16 +114,12 @@ class _Conn(asyncio.Protocol):
     # -- request handling --------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
+        """Any read: through the decoder (part of a request, several, or a bad one)."""
         decoder = self._decoder
         ongoing = decoder.buffered > 0  # a request began in an earlier read
         decoder.receive_data(data)
-        now = time.monotonic()
-        self.last_activity = now
-        self._server.touch(self)
         completed = False
-        cache = self._server.cache
-        transport = self._transport
-        assert transport is not None
+        cache = self._cache
         while not self._closed:
             try:
                 payload = decoder.next_payload()
@@ -111,19 +132,24 @@ class _Conn(asyncio.Protocol):
             if not self._pending:
                 hit = cache.cached(payload)
                 if hit is not None:
-                    transport.write(hit)
+                    self._write(hit)
                     continue
-            fut = asyncio.ensure_future(cache.reply_for(payload))
-            self._pending.append(fut)
-            fut.add_done_callback(self._flush)
-            if len(self._pending) >= MAX_PIPELINE and not self._paused:
-                self._paused = True
-                transport.pause_reading()
+            self._ask(payload)
         if not decoder.buffered:
             self.started_at = 0.0
         elif completed or not ongoing:
-            self.started_at = now  # a new request began in this read
+            self.started_at = time.monotonic()  # a new request began in this read
         # else: the same unfinished request; its clock keeps running from its first byte
+
+    def _ask(self, payload: bytes) -> None:
+        """The slow path, or a reply queued behind one: answered in order by _flush."""
+        fut = asyncio.ensure_future(self._cache.reply_for(payload))
+        self._pending.append(fut)
+        fut.add_done_callback(self._flush)
+        if len(self._pending) >= MAX_PIPELINE and not self._paused:
+            self._paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
 
     def _flush(self, _done: asyncio.Future[bytes]) -> None:
         pending = self._pending
@@ -142,8 +168,7 @@ class _Conn(asyncio.Protocol):
         if self._paused and len(pending) < MAX_PIPELINE // 2 and transport is not None:
             self._paused = False
             transport.resume_reading()
-        self.last_activity = time.monotonic()
-        self._server.touch(self)
+        self.active = True
 
     def _fail(self, why: str) -> None:
         """PERM for a protocol error, then close: the stream cannot be resynchronised."""
@@ -162,6 +187,10 @@ class _Conn(asyncio.Protocol):
         return bool(self._pending)
 
 
+def _nowhere(_data: bytes) -> None:
+    """Where a connection writes before it has a transport (never, in practice)."""
+
+
 class SocketmapServer:
     def __init__(
         self,
@@ -173,12 +202,13 @@ class SocketmapServer:
         self.service = service
         self.settings = settings
         self.cache = ReplyCache(service, monotonic=monotonic)
-        # Insertion order is activity order: touch() moves a connection to the end, so the
-        # first one is the longest idle (an O(1) choice at the limit).
+        # Insertion order is activity order as of the last settle(), which moves connections
+        # active since then to the end: the first one is the longest idle.
         self._conns: dict[_Conn, None] = {}
         self._servers: list[asyncio.Server] = []
         self._bound: list[BoundSocket] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self.evicted = 0  # idle connections closed to admit new ones, since start
 
     @property
@@ -194,6 +224,8 @@ class SocketmapServer:
     def admit(self, conn: _Conn) -> None:
         """Take a new connection; at ``max_connections`` close the longest-idle one first
         (one with no lookup in flight if there is any), never the newcomer."""
+        if len(self._conns) >= self.settings.max_connections:
+            self.settle()
         while len(self._conns) >= self.settings.max_connections:
             victim = next((c for c in self._conns if not c.busy), None)
             if victim is None:
@@ -212,11 +244,19 @@ class SocketmapServer:
                 )
         self._conns[conn] = None
 
-    def touch(self, conn: _Conn) -> None:
-        """A connection was active: it becomes the last to be evicted."""
-        if conn in self._conns:
-            del self._conns[conn]
-            self._conns[conn] = None
+    def settle(self) -> None:
+        """Connections active since the last call become the last to be evicted, stamped
+        with the time now: the hot path only flags activity (no dict update per request).
+        Called by the sweeper every SWEEP_INTERVAL and at max_connections, so the order
+        among connections active within one such interval is their earlier order, and idle
+        time is measured from the end of the interval the last activity fell in."""
+        conns = self._conns
+        now = time.monotonic()
+        for conn in [c for c in conns if c.active]:
+            conn.active = False
+            conn.last_activity = now
+            del conns[conn]
+            conns[conn] = None
 
     def forget(self, conn: _Conn) -> None:
         self._conns.pop(conn, None)
@@ -226,6 +266,12 @@ class SocketmapServer:
         for listener in self.settings.socketmap:
             self._servers.append(await self._listen(loop, listener))
         self._sweeper = loop.create_task(self._sweep())
+        self._ticker = loop.call_later(CLOCK_TICK, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Refresh the reply cache's coarse clock, every CLOCK_TICK seconds."""
+        self.cache.tick()
+        self._ticker = loop.call_later(CLOCK_TICK, self._tick, loop)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
         if listener.kind is ListenerKind.UNIX:
@@ -251,6 +297,7 @@ class SocketmapServer:
         s = self.settings
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            self.settle()
             now = time.monotonic()
             for conn in list(self._conns):
                 if conn.started_at and now - conn.started_at > s.request_timeout:
@@ -270,6 +317,8 @@ class SocketmapServer:
             conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         for bound in self._bound:
             bound.remove()  # only the socket this process made, never a successor's
         self._bound.clear()

@@ -12,6 +12,7 @@ from policyd.codec.netstring import (
     Decoder,
     NetstringError,
     encode,
+    parse_whole,
 )
 
 
@@ -234,3 +235,73 @@ def test_valid_prefix_then_junk(junk: bytes, rest: bytes) -> None:
     except NetstringError:
         return
     assert out[0] == b"ok"
+
+
+# -- parse_whole: the hot path's one-request shortcut agrees with the Decoder ---------------
+
+
+def decoder_whole(data: bytes, max_payload: int) -> bytes | None:
+    """What parse_whole must return: the payload when a Decoder takes exactly one from
+    ``data`` and has nothing left over, else None."""
+    dec = Decoder(max_payload)
+    dec.receive_data(data)
+    try:
+        out = drain(dec)
+    except NetstringError:
+        return None
+    return out[0] if len(out) == 1 and not dec.buffered else None
+
+
+def mangled_netstrings() -> st.SearchStrategy[bytes]:
+    """Near-valid wire: a netstring, maybe with a header, terminator or length changed, or
+    something after it, or a prefix of it."""
+    header = st.one_of(
+        st.integers(0, 30).map(lambda n: str(n).encode()),
+        st.sampled_from([b"", b"0", b"00", b"01", b"+1", b" 1", b"1 ", b"1_0", b"\xd9\xa1"]),
+        st.text("0123456789", max_size=7).map(str.encode),
+    )
+    return st.one_of(
+        st.builds(encode, st.binary(max_size=30)),
+        st.builds(
+            lambda h, p, t, rest: h + b":" + p + t + rest,
+            header,
+            st.binary(max_size=30),
+            st.sampled_from([b",", b";", b"", b",,"]),
+            st.binary(max_size=4),
+        ),
+        st.builds(lambda p, n: encode(p)[:n], st.binary(max_size=30), st.integers(0, 40)),
+        st.builds(lambda a, b: encode(a) + encode(b), st.binary(max_size=9), st.binary(max_size=9)),
+        st.binary(max_size=40),
+    )
+
+
+@settings(max_examples=2000)
+@given(mangled_netstrings(), st.sampled_from([0, 1, 5, 9, 10, 11, 30, 99, DEFAULT_MAX_PAYLOAD]))
+def test_parse_whole_agrees_with_the_decoder(data: bytes, max_payload: int) -> None:
+    assert parse_whole(data, max_payload) == decoder_whole(data, max_payload)
+
+
+@pytest.mark.parametrize(
+    ("data", "payload"),
+    [
+        (b"0:,", b""),
+        (b"1:a,", b"a"),
+        (b"14:postfix a.test,", b"postfix a.test"),
+        (b"01:a,", None),  # leading zero
+        (b"1:a;", None),
+        (b"1:a", None),  # not yet whole
+        (b"1:a,1:b,", None),  # two: the Decoder's
+        (b"2:a,", None),
+        (b":a,", None),
+        (b"x:a,", None),
+        (b"", None),
+    ],
+)
+def test_parse_whole(data: bytes, payload: bytes | None) -> None:
+    assert parse_whole(data) == payload
+
+
+def test_parse_whole_size_limit() -> None:
+    assert parse_whole(b"3:abc,", max_payload=3) == b"abc"
+    assert parse_whole(b"3:abc,", max_payload=2) is None
+    assert parse_whole(b"00000000000003:abc,", max_payload=3) is None

@@ -56,8 +56,24 @@ async def test_a_cached_reply_expires_with_its_answer(name: str, held: float) ->
     payload = f"postfix {name}".encode()
     await cache.reply_for(payload)
     clock.mono += held - 1
+    cache.tick()
     assert cache.cached(payload) is not None
     clock.mono += 2
+    cache.tick()
+    assert cache.cached(payload) is None
+
+
+async def test_the_coarse_clock_never_serves_a_reply_past_its_expiry() -> None:
+    """The hot path reads the clock the server ticks every CLOCK_TICK: a reply is kept one
+    tick less than its answer, so a clock up to one tick behind still never serves it late."""
+    cache, _, clock = make(dane=FakeDane({"broken.test": FAILED}))
+    clock.mono += 0.05  # the expiry then falls just after a whole second
+    payload = b"postfix broken.test"
+    await cache.reply_for(payload)
+    expires = clock.mono + TEMP_ANSWER_TTL
+    clock.mono = expires - reply_cache.CLOCK_TICK  # the last tick before the expiry
+    cache.tick()
+    clock.mono = expires + 0.01  # no tick since: the coarse clock is behind
     assert cache.cached(payload) is None
 
 
@@ -96,6 +112,7 @@ async def test_expired_override_is_no_longer_served() -> None:
     await svc.set_override(Override("example.test", parse("encrypt"), expires_at=SERVICE_NOW + 60))
     assert reply(await cache.reply_for(payload)) == b"OK encrypt"
     clock.advance(61)
+    cache.tick()
     assert cache.cached(payload) is None
     assert reply(await cache.reply_for(payload)) == b"NOTFOUND "
 

@@ -186,3 +186,25 @@ async def test_pending_lookups_are_cancelled_when_the_peer_goes() -> None:
     await run_ready()
     assert s.transport.written == []
     assert not s.conn.busy
+
+
+async def test_at_max_connections_the_longest_idle_is_closed() -> None:
+    """Activity is only flagged per request; admitting at the limit settles the order."""
+    s = Setup()
+    server = SocketmapServer(s.service, ServerSettings(max_connections=3))
+    transports = [FakeTransport() for _ in range(4)]
+    conns = [_Conn(server) for _ in transports]
+    for conn, transport in zip(conns[:3], transports[:3], strict=True):
+        conn.connection_made(transport)
+    conns[0].data_received(request("a.test"))  # the first speaks: the second is longest idle
+    await run_ready()
+    conns[3].connection_made(transports[3])
+    assert [t.closed for t in transports] == [False, True, False, False]
+    assert server.evicted == 1
+    conns[1].connection_lost(None)
+    assert server.connections == 3
+    # then the third, idle since it came, before the first and the newcomer
+    conns[3].data_received(request("a.test"))
+    extra = _Conn(server)
+    extra.connection_made(FakeTransport())
+    assert [t.closed for t in transports] == [False, True, True, False]
