@@ -44,7 +44,7 @@ from policyd import __version__
 from policyd.cli.control_client import ControlClient, ControlError
 from policyd.cli.startup import config_or_exit
 from policyd.codec import control
-from policyd.codec.destination import KeyError_, parse_key
+from policyd.codec.destination import DestinationError, parse_key
 from policyd.config import DEFAULT_CONFIG_PATH, Config
 from policyd.settings import MilterAction, MilterSettings
 
@@ -148,7 +148,7 @@ def recipient_domain(rcpt: str) -> str | None:
         return None
     try:
         dest = parse_key(domain)
-    except KeyError_:
+    except DestinationError:
         return None
     if dest.bracketed or dest.parent_form or dest.port != 25:
         return None

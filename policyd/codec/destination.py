@@ -14,14 +14,13 @@ from policyd.core.evidence import Destination, DestinationForm
 from policyd.core.names import MAX_NAME, DomainNameError
 from policyd.core.types import SMTP_PORT
 
-__all__ = ["MAX_NAME", "DestinationError", "KeyError_", "parse_key"]
+__all__ = ["MAX_NAME", "DestinationError", "parse_key"]
 
 
 class DestinationError(ValueError):
     """A key that is not a destination Postfix could send."""
 
 
-KeyError_ = DestinationError  # the former name, for callers not yet renamed
 DOMAIN: Final = DestinationForm.DOMAIN
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Final
 
 from policyd.codec import netstring, socketmap
-from policyd.codec.destination import KeyError_, parse_key
+from policyd.codec.destination import DestinationError, parse_key
 from policyd.core.types import Outcome
 from policyd.held import Seconds, payloads_of, shared
 from policyd.service import Answer, PolicyService
@@ -150,7 +150,7 @@ class ReplyCache:
             return perm(f"unknown map name {req.name[:64]!r}")
         try:
             dest = parse_key(req.key)
-        except KeyError_ as exc:
+        except DestinationError as exc:
             self._stats.perm += 1
             return perm(str(exc))
         answer = await self._service.answer(dest, profile)

@@ -27,7 +27,7 @@ from policyd.codec.control.framing import (
     dump,
     load_object,
 )
-from policyd.codec.destination import KeyError_, parse_key
+from policyd.codec.destination import DestinationError, parse_key
 from policyd.core.evidence import Destination
 from policyd.core.types import Policy
 
@@ -67,7 +67,7 @@ _WRITES: Final = frozenset(
 def parse_destination(key: str) -> Destination:
     try:
         return parse_key(key)
-    except KeyError_ as exc:
+    except DestinationError as exc:
         raise ControlProtocolError(f"bad destination {key[:64]!r}: {exc}") from None
 
 
