@@ -216,7 +216,7 @@ class Resolver:
             return answer  # not cached: the breaker answers as long as the outage lasts
         ttl = self._cache_ttl(answer)
         if ttl != answer.ttl:
-            answer = replace(answer, ttl=ttl)
+            answer = answer.with_ttl(ttl)
         if generation == self._generation and answer.ttl > 0:
             self._cache.put(key, answer, self._clock())
         return answer
