@@ -139,6 +139,7 @@ class Resolver:
         log: logging.Logger | None = None,
     ) -> None:
         self._settings = settings
+        self._timeouts = settings.timeouts  # built (and validated) once, not per query
         self._clock = clock
         self._servers = tuple(servers)
         self._health = health or HealthTimes()
@@ -186,7 +187,10 @@ class Resolver:
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         """Look up ``rdtype`` records of ``name`` (absolute; no search list)."""
         rdtype = rdtype.upper()
-        if dns.rdatatype.is_metatype(dns.rdatatype.from_text(rdtype)):
+        # The types of the wire path are data types; only others need dnspython's table.
+        if rdtype not in dns_wire.TYPES and dns.rdatatype.is_metatype(
+            dns.rdatatype.from_text(rdtype)
+        ):
             raise ValueError(f"{rdtype} is not a data type")  # a caller's bug, not DNS
         key = cache_key(name, rdtype)
         cached = self._cache.get(key, self._clock())
@@ -210,7 +214,9 @@ class Resolver:
         self.counters.outcomes.inc(answer.status.value)
         if answer.error == NOT_ANSWERING:
             return answer  # not cached: the breaker answers as long as the outage lasts
-        answer = replace(answer, ttl=self._cache_ttl(answer))
+        ttl = self._cache_ttl(answer)
+        if ttl != answer.ttl:
+            answer = answer.with_ttl(ttl)
         if generation == self._generation and answer.ttl > 0:
             self._cache.put(key, answer, self._clock())
         return answer
@@ -345,7 +351,7 @@ class Resolver:
         clients = list(self._fast or ())
         if qtype is None or not clients or not name.isascii():
             return None
-        timeouts = self._settings.timeouts
+        timeouts = self._timeouts
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.lifetime
         errors: list[str] = []

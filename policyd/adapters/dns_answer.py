@@ -107,6 +107,20 @@ class DnsAnswer:
         if self.ttl < 0:
             raise ValueError("ttl must not be negative")
 
+    def with_ttl(self, ttl: int) -> DnsAnswer:
+        """This answer with another TTL (the cache's bounds, or what is left of it); built
+        directly, as ``dataclasses.replace`` costs several times more per answer."""
+        return DnsAnswer(
+            self.name,
+            self.rdtype,
+            self.status,
+            self.rcode,
+            self.records,
+            self.canonical_name,
+            ttl,
+            self.error,
+        )
+
     @property
     def failed(self) -> bool:
         return self.status is DnsStatus.FAILED

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import replace
 
 from policyd.adapters.dns_answer import DnsAnswer
 from policyd.core.names import fold
@@ -43,7 +42,7 @@ class AnswerCache:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return replace(answer, ttl=math.ceil(remaining))
+        return answer.with_ttl(math.ceil(remaining))
 
     def put(self, key: Key, answer: DnsAnswer, now: float) -> None:
         self._entries[key] = (now + answer.ttl, answer)

@@ -114,8 +114,11 @@ def encode_query(qid: int, name: str, qtype: int, payload: int) -> bytes:
     return header + question + opt
 
 
-def _name(wire: bytes, offset: int) -> tuple[str, int]:
-    """The name at ``offset`` and the offset after it (compression followed)."""
+def _name(wire: bytes, offset: int, seen: dict[int, str] | None = None) -> tuple[str, int]:
+    """The name at ``offset`` and the offset after it (compression followed). ``seen``
+    maps offsets to the names already read there in this message: a pointer to one (the
+    question's name, as most owner names are) ends the walk with that name."""
+    start = offset
     labels: list[str] = []
     end = -1
     hops = 0
@@ -133,6 +136,14 @@ def _name(wire: bytes, offset: int) -> tuple[str, int]:
             if end < 0:
                 end = offset + 2
             offset = ((length & 0x3F) << 8) | wire[offset + 1]
+            known = seen.get(offset) if seen is not None else None
+            if known is not None:
+                if known:
+                    total += len(known) + 1
+                    if total > MAX_NAME:
+                        raise DnsWireError("name too long")
+                    labels.append(known)
+                break
             continue
         if length & 0xC0:
             raise DnsWireError("unknown label type")
@@ -147,7 +158,10 @@ def _name(wire: bytes, offset: int) -> tuple[str, int]:
             raise DnsWireError("name too long")
         labels.append(label.decode("latin-1").lower())
         offset += length
-    return ".".join(labels), (end if end >= 0 else offset)
+    name = ".".join(labels)
+    if seen is not None:
+        seen[start] = name
+    return name, (end if end >= 0 else offset)
 
 
 def _rdata(wire: bytes, rtype: int, start: int, end: int) -> object:
@@ -218,7 +232,8 @@ def decode_response(wire: bytes) -> Response:
         raise DnsWireError("not a response")
     if qd != 1:
         raise DnsWireError("expected one question")
-    qname, offset = _name(wire, _HEADER.size)
+    seen: dict[int, str] = {}
+    qname, offset = _name(wire, _HEADER.size, seen)
     if offset + 4 > len(wire):
         raise DnsWireError("truncated question")
     qtype = int.from_bytes(wire[offset : offset + 2], "big")
@@ -228,7 +243,7 @@ def decode_response(wire: bytes) -> Response:
     ede: list[tuple[int, str]] = []
     for index, count in enumerate((an, ns, ar)):
         for _ in range(count):
-            name, offset = _name(wire, offset)
+            name, offset = _name(wire, offset, seen)
             if offset + _RR.size > len(wire):
                 raise DnsWireError("truncated record")
             rtype, rclass, ttl, size = _RR.unpack_from(wire, offset)

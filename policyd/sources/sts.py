@@ -296,12 +296,15 @@ class StsSource:
     # -- discovery and fetch ---------------------------------------------------------------
 
     async def _refresh(self, domain: str, entry: DomainState) -> None:
-        answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
+        texts: tuple[str, ...] = ()
+        if entry.last is not None or not await self._nonexistent(domain):
+            answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
+            if answer.failed:
+                self._fail(domain, entry, self._clock(), f"TXT lookup failed: {answer.error}")
+                return
+            texts = answer.texts
         now = self._clock()
-        if answer.failed:
-            self._fail(domain, entry, now, f"TXT lookup failed: {answer.error}")
-            return
-        found = discover(answer.texts)  # NXDOMAIN or NODATA: no records, no policy
+        found = discover(texts)  # NXDOMAIN or NODATA: no records, no policy
         if isinstance(found, StsTxtProblem):
             # No usable record: no policy to discover, but a cached one stays until its
             # max_age (RFC 8461 5.1), so removing the record cannot downgrade us.
@@ -339,6 +342,15 @@ class StsSource:
         entry.error = ""
         # Shielded: a preempted (cancelled) job must not stop a policy half installed.
         await asyncio.shield(self._install(domain, entry, parsed, policy))
+
+    async def _nonexistent(self, domain: str) -> bool:
+        """A validated NXDOMAIN for the domain itself: nothing exists below it, so neither
+        does ``_mta-sts.<domain>`` (RFC 8020 2; the denial is DNSSEC-proven, RFC 4035 5.4),
+        and its TXT query is not sent. The MX query is the one the DNS source makes for the
+        same destination: the resolver shares it (in flight or cached). A failed or
+        unsigned answer proves nothing: the TXT record is then asked for as before."""
+        mx = await self._resolver.query(domain, "MX")
+        return mx.nxdomain and mx.secure
 
     def _absent_until(self, now: float) -> float:
         """now + recheck_interval, up to the next whole second: one float object for every

@@ -174,3 +174,25 @@ def test_one_mangled_byte_never_crashes(at: int, value: int) -> None:
         follow(r, "example.test", dns_wire.TYPE_MX)
     except DnsWireError:
         pass
+
+
+def _below_question(qname: str, label: bytes) -> bytes:
+    """A response whose one A record is owned by ``label`` + a pointer to the question."""
+    header = bytes.fromhex("1234 8180 0001 0001 0000 0000")
+    question = dns_wire.encode_name(qname) + bytes.fromhex("0001 0001")
+    owner = bytes([len(label)]) + label + b"\xc0\x0c"
+    return header + question + owner + bytes.fromhex("0001 0001 0000003c 0004 7f000001")
+
+
+def test_owner_names_through_the_question_name() -> None:
+    # The question's name is read once and reused where a pointer leads to it.
+    got = decode_response(_below_question("Example.TEST", b"Sub"))
+    assert got.qname == "example.test"
+    assert [(r.name, r.data) for r in got.answer] == [("sub.example.test", "127.0.0.1")]
+
+
+def test_name_too_long_through_a_pointer_to_the_question() -> None:
+    long_name = ".".join(["a" * 60] * 4)  # 245 octets in wire form
+    with pytest.raises(DnsWireError, match="name too long"):
+        decode_response(_below_question(long_name, b"x" * 20))
+    decode_response(_below_question(long_name, b"x" * 8))  # 254 octets: fine

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from policyd.adapters.dns import DnsAnswer
+from policyd.adapters.dns import DnsAnswer, Rcode
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.mtasts import MAX_AGE_CAP
@@ -72,12 +72,19 @@ class MemoryStore(fakes.MemoryStore):
 
 @dataclass
 class FakeTxt:
-    """The TXT answers of the resolver, by domain (the source asks ``_mta-sts.<domain>``)."""
+    """The TXT answers of the resolver, by domain (the source asks ``_mta-sts.<domain>``);
+    the domain's own MX (asked before a discovery) is a secure NODATA unless set in ``mx``.
+    ``names`` lists the TXT queries, ``mx_names`` the MX ones."""
 
     answers: dict[str, DnsAnswer] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    mx: dict[str, DnsAnswer] = field(default_factory=dict)
+    mx_names: list[str] = field(default_factory=list)
 
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        if rdtype == "MX":
+            self.mx_names.append(name)
+            return self.mx.get(name, dns_answer(name, "MX"))
         assert rdtype == "TXT"
         self.names.append(name)
         return self.answers.get(name.removeprefix("_mta-sts."), NO_TXT)
@@ -189,6 +196,49 @@ async def test_no_policy_published(w: World) -> None:
     publish(w)
     assert (await w.source.evidence(DOMAIN)).policy is not None
     assert len(w.txt.names) == 2
+
+
+async def test_validated_nxdomain_skips_the_txt_query(w: World) -> None:
+    # RFC 8020: nothing exists below a name proven not to exist, _mta-sts included.
+    w.txt.mx[DOMAIN] = dns_answer(DOMAIN, "MX", rcode=Rcode.NXDOMAIN)
+    ev = await w.source.evidence(DOMAIN)
+    assert ev == StsEvidence()
+    assert w.txt.mx_names == [DOMAIN] and w.txt.names == []
+    # Remembered as absent, as a TXT NXDOMAIN would be: nothing asked before the recheck.
+    w.clock.advance(StsSettings().recheck_interval - 1)
+    assert await w.source.evidence(DOMAIN) == StsEvidence()
+    assert w.txt.mx_names == [DOMAIN] and w.txt.names == []
+
+
+@pytest.mark.parametrize(
+    "mx",
+    [
+        dns_answer(DOMAIN, "MX", rcode=Rcode.NXDOMAIN, status=DnsStatus.INSECURE),
+        dns_failure(DOMAIN, "MX", "SERVFAIL"),
+        dns_failure(DOMAIN, "MX", "timeout"),
+    ],
+    ids=["unsigned-nxdomain", "servfail", "timeout"],
+)
+async def test_unproven_absence_still_asks_txt(w: World, mx: DnsAnswer) -> None:
+    # A failed MX lookup is never taken for absence, nor is an unsigned denial.
+    w.txt.mx[DOMAIN] = mx
+    publish(w)
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is not None and ev.policy.policy_id == "id1"
+    assert w.txt.names == [TXT_NAME]
+
+
+async def test_cached_policy_refresh_does_not_ask_mx(w: World) -> None:
+    publish(w, "id1")
+    assert (await w.source.evidence(DOMAIN)).policy is not None
+    w.txt.mx_names.clear()
+    w.txt.mx[DOMAIN] = dns_answer(DOMAIN, "MX", rcode=Rcode.NXDOMAIN)
+    w.clock.advance(StsSettings().recheck_interval)
+    publish(w, "id2")
+    await w.source.evidence(DOMAIN)
+    await w.source.wait_idle()
+    assert w.txt.mx_names == [] and w.txt.names == [TXT_NAME, TXT_NAME]
+    assert (await w.source.evidence(DOMAIN)).policy is not None
 
 
 async def test_domains_without_record_kept_compact_and_bounded(w: World) -> None:
