@@ -232,8 +232,9 @@ class PolicyService:
             # A TEMP decided from fresh evidence (a bogus zone) is the latest truth: what
             # was decided before it is not kept.
             fresh = now - seen.saved_at <= KEEP_ANSWERS_FOR
-            return seen.verdict if seen.verdict.outcome is not Outcome.TEMP and fresh else None
-        return await read_kept(self.store, dest.key, profile.name, now)
+            return seen.verdict if _keepable(seen.verdict) and fresh else None
+        kept = await read_kept(self.store, dest.key, profile.name, now)
+        return kept if kept is not None and _keepable(kept) else None
 
     def _finish(
         self, dest: Destination, profile: Profile, verdict: Verdict, evidence: Evidence
@@ -335,7 +336,7 @@ class PolicyService:
         kept = {}
         for name, seen_by_key in self._last.items():
             seen = seen_by_key.get(key)
-            if seen is not None and seen.verdict.outcome is not Outcome.TEMP:
+            if seen is not None and _keepable(seen.verdict):
                 kept[name] = seen.verdict
         self.writes.put(kept_record(key, kept, now))
 
@@ -414,6 +415,13 @@ class PolicyService:
         """Drop expired overrides from memory (periodic housekeeping)."""
         for key in self._overrides.expire(self._clock()):
             self.invalidate(key)
+
+
+def _keepable(verdict: Verdict) -> bool:
+    """Kept through an outage: an answer decided from evidence. Not a TEMP, and not an
+    override's: a deleted override's level (perhaps a weaker one the postmaster removed)
+    must not outlive it."""
+    return verdict.outcome is not Outcome.TEMP and verdict.rule is not Rule.OVERRIDE
 
 
 def level_text(verdict: Verdict) -> str:

@@ -393,6 +393,21 @@ async def test_fresh_temp_is_not_undone_by_an_outage() -> None:
     assert temp_reason(await ask(restarted_in_outage(store), "example.test"))
 
 
+async def test_a_deleted_override_is_not_kept_through_an_outage() -> None:
+    # The override answered "may" (weaker than the evidence's verify); deleted while the
+    # resolver is down, it must not live on as a kept answer: TEMP, in memory and after a
+    # restart, until evidence decides again.
+    svc, _, store, dane, outage = outage_service()
+    await svc.set_override(Override("example.test", parse("may"), author="root"))
+    assert policy_of(await ask(svc, "example.test")) == "may"
+    await svc.writes.flush()
+    dane.answers["example.test"] = BROKEN
+    outage.down = True
+    assert await svc.delete_override("example.test")
+    assert temp_reason(await ask(svc, "example.test"))
+    assert temp_reason(await ask(restarted_in_outage(store), "example.test"))
+
+
 async def test_kept_answers_expire() -> None:
     svc, _, store, _, _ = outage_service()
     assert policy_of(await ask(svc, "example.test")) == VERIFY
