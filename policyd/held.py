@@ -18,10 +18,6 @@ import math
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-# Destinations held in memory by default ([server] max_destinations); beyond it the least
-# recently used is forgotten and comes back from the slow path (fresh evidence) or, in an
-# outage, from the store.
-DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
 # Distinct verdicts and encoded replies shared between destinations (most destinations get
 # one of a few: NOTFOUND for want of evidence, ...); beyond it new ones are not shared.
 MAX_SHARED: Final = 4096

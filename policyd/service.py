@@ -33,10 +33,11 @@ from policyd.core.profile import Profile
 from policyd.core.types import SPACED_ATTRS, Outcome, Policy, Rule, Verdict
 from policyd.counters import ServiceCounters
 from policyd.gathering import DaneSourceLike, Gathering, ProbeSourceLike, StsSourceLike
-from policyd.held import DEFAULT_MAX_DESTINATIONS, HeldDestinations, Seconds
+from policyd.held import HeldDestinations, Seconds
 from policyd.held import shared as _shared
 from policyd.kept_answers import KEEP_ANSWERS_FOR, KEEP_REFRESH, kept_record, read_kept
 from policyd.overrides import Overrides
+from policyd.settings import DEFAULT_MAX_DESTINATIONS
 from policyd.told import as_sent, label_of
 
 log = logging.getLogger("policyd")

@@ -25,6 +25,10 @@ from policyd.core.types import SMTP_PORT
 
 # The one configuration file of the three programs (each takes --config).
 DEFAULT_CONFIG_PATH: Final = "/etc/policyd/policyd.toml"
+# [server] max_destinations: destinations whose answers are held in memory (policyd.held);
+# beyond it the least recently used is forgotten and comes back from the slow path (fresh
+# evidence) or, in an outage, from the store.
+DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
 DEFAULT_PORT: Final = 7672  # the default socketmap listener: inet:127.0.0.1:7672
 MAX_MODE: Final = 0o777  # permission bits only: no setuid, setgid or sticky bit
 MAX_TCP_PORT: Final = 65535
@@ -120,7 +124,7 @@ class ServerSettings:
     lookup_budget: float = 8.0  # seconds before a lookup answers TEMP
     # Destinations whose answers and verdicts are kept in memory; the least recently used
     # beyond it are forgotten (their next lookup gathers fresh evidence).
-    max_destinations: int = 1_000_000
+    max_destinations: int = DEFAULT_MAX_DESTINATIONS
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:  # at 0 no connection could ever be admitted

@@ -25,9 +25,9 @@ from policyd.core.evidence import (
 )
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
-from policyd.held import DEFAULT_MAX_DESTINATIONS
 from policyd.kept_answers import KEEP_ANSWERS_FOR, answers_from_json, answers_to_json
 from policyd.service import TEMP_ANSWER_TTL, Answer, PolicyService
+from policyd.settings import DEFAULT_MAX_DESTINATIONS
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingCache
 from tests.fakes import ServiceClock as Clock
 

@@ -9,10 +9,10 @@ from policyd.codec import netstring
 from policyd.codec.postfix_policy import parse
 from policyd.core.evidence import DnsEvidence, DnsStatus, Override, ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES, Profile
-from policyd.held import DEFAULT_MAX_DESTINATIONS
 from policyd.server import reply_cache
 from policyd.server.reply_cache import MAX_PAYLOADS_PER_DESTINATION, ReplyCache
 from policyd.service import TEMP_ANSWER_TTL, PolicyService
+from policyd.settings import DEFAULT_MAX_DESTINATIONS
 from tests.fakes import SERVICE_NOW, FakeDane, FakeProbe, reply
 from tests.fakes import ServiceClock as Clock
 from tests.unit import test_service
