@@ -63,7 +63,6 @@ from policyd.service import PolicyService, level_text
 from policyd.singleflight import SingleFlight, TaskSet
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
-from policyd.told import as_sent
 
 if TYPE_CHECKING:
     from policyd.adapters.fleet_redis import RedisFleet  # redis-py: optional
@@ -225,7 +224,7 @@ class Admin:
             connections=None if listeners is None else listeners.connections,
             refused=None if listeners is None else listeners.refused,
             cache=CacheCounts(
-                service.cached_answers, len(service.remembered()), len(service.overrides)
+                service.cached_answers, service.remembered_count, len(service.overrides)
             ),
             lookups=LookupCounts(stats.lookups, stats.hits, stats.temp, stats.perm),
             probe=ProbeQueueCounts(
@@ -364,7 +363,8 @@ class Admin:
 
 
 def _verdict_row(profile: Profile, verdict: Verdict) -> VerdictRow:
-    reply = socketmap.reply_for(as_sent(verdict)).decode("utf-8", "replace").rstrip()
+    # The service's explain has already put each verdict through as_sent.
+    reply = socketmap.reply_for(verdict).decode("utf-8", "replace").rstrip()
     rule, reason = verdict.rule.value, verdict.reason
     if profile.dry_run:
         # Postfix is told NOTFOUND; the decision is what it would be told.

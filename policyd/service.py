@@ -118,7 +118,6 @@ class PolicyService:
         # first; only max_destinations of them (the bound on memory, shared with the
         # reply cache: see policyd.held).
         self.held = HeldDestinations(max_destinations, self._evict)
-        self.max_destinations = max_destinations
         self._caches: list[AnswerCache] = []
         self._verdicts: dict[Verdict, Verdict] = {}  # one copy of each, shared
         # Profile name -> destination key -> its latest verdict (one dict per profile: no
@@ -155,6 +154,11 @@ class PolicyService:
     def subscribe(self, cache: AnswerCache) -> None:
         """Tell ``cache`` from now on which answers go stale (see :meth:`invalidate`)."""
         self._caches.append(cache)
+
+    @property
+    def remembered_count(self) -> int:
+        """How many (profile, destination) latest verdicts are held: policyctl status."""
+        return sum(len(by_key) for by_key in self._last.values())
 
     def remembered(self) -> dict[tuple[str, str], Verdict]:
         """The latest verdict per (profile name, destination key): policyctl report."""
@@ -276,7 +280,7 @@ class PolicyService:
         now = self._clock()
         since = self._temp_since.get(key)
         if since is None:
-            if len(self._temp_since) >= self.max_destinations:
+            if len(self._temp_since) >= self.held.limit:
                 del self._temp_since[next(iter(self._temp_since))]
             self._temp_since[key] = since = now
         if self.dane_temp_after and now - since >= self.dane_temp_after:
@@ -295,12 +299,8 @@ class PolicyService:
         before = None if seen is None else seen.verdict
         if (
             seen is not None
-            and before is not None
-            and (before.outcome, before.policy)
-            == (
-                verdict.outcome,
-                verdict.policy,
-            )
+            and seen.verdict.outcome is verdict.outcome
+            and seen.verdict.policy == verdict.policy
         ):
             if verdict.outcome is not Outcome.TEMP and now - seen.saved_at > KEEP_REFRESH:
                 seen.saved_at = self._saved_second(now)
@@ -426,10 +426,8 @@ def _keepable(verdict: Verdict) -> bool:
 
 
 def level_text(verdict: Verdict) -> str:
-    if verdict.outcome is Outcome.TEMP:
-        return "TEMP"
-    if verdict.policy is None:
-        return "NOTFOUND"
+    if verdict.outcome is Outcome.TEMP or verdict.policy is None:
+        return label_of(verdict)
     # One word for log lines and reports: without the policy_string lines (spaces inside),
     # which repeat the mx patterns for TLSRPT.
     pol = verdict.policy

@@ -281,7 +281,7 @@ class Daemon:
             name for name in RESTART_TABLES if getattr(new, name) != getattr(self.config, name)
         ]
         if later:
-            tables = ", ".join(f"[{name.partition('_')[0]}]" for name in later)
+            tables = ", ".join(f"[{name}]" for name in later)
             log.warning("reload: changes to %s take effect after a restart", tables)
         self.config = new
         set_log_level(new.log.level)

@@ -321,9 +321,10 @@ class Doctor:
     ) -> Check:
         shown = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
         problem = connect_as(owner, target)
-        who = f"user {owner}" + (f" ({where})" if where else "")
+        suffix = f" ({where})" if where else ""
+        who = f"user {owner}{suffix}"
         if os.geteuid() != 0:
-            who = f"this user, not {owner} (doctor is not root)" + (f" ({where})" if where else "")
+            who = f"this user, not {owner} (doctor is not root){suffix}"
         if problem is None:
             if os.geteuid() != 0:
                 return Check(

@@ -46,6 +46,7 @@ from policyd.cli.startup import config_or_exit
 from policyd.codec import control
 from policyd.codec.destination import DestinationError, parse_key
 from policyd.config import DEFAULT_CONFIG_PATH, Config
+from policyd.core.types import SMTP_PORT
 from policyd.settings import MilterAction, MilterSettings
 
 log = logging.getLogger("policyd.milter")
@@ -150,7 +151,7 @@ def recipient_domain(rcpt: str) -> str | None:
         dest = parse_key(domain)
     except DestinationError:
         return None
-    if dest.bracketed or dest.parent_form or dest.port != 25:
+    if dest.bracketed or dest.parent_form or dest.port != SMTP_PORT:
         return None
     return dest.key
 

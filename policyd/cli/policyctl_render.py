@@ -27,7 +27,7 @@ def ago(age: float | None) -> str:
 def within(seconds: float | None) -> str:
     if seconds is None:
         return "never"
-    return f"in {format_duration(seconds)}" if seconds >= 0 else f"{format_duration(-seconds)} ago"
+    return f"in {format_duration(seconds)}" if seconds >= 0 else ago(-seconds)
 
 
 def clock(at: float | None) -> str:

@@ -8,7 +8,6 @@ form ``.example.com``. Internationalised names are turned into A-labels (IDNA 20
 from __future__ import annotations
 
 import ipaddress
-from typing import Final
 
 from policyd.core.evidence import Destination, DestinationForm
 from policyd.core.names import MAX_NAME, DomainNameError
@@ -21,10 +20,9 @@ class DestinationError(ValueError):
     """A key that is not a destination Postfix could send."""
 
 
-DOMAIN: Final = DestinationForm.DOMAIN
-
-
-def _named(name: str, port: int = SMTP_PORT, form: DestinationForm = DOMAIN) -> Destination:
+def _named(
+    name: str, port: int = SMTP_PORT, form: DestinationForm = DestinationForm.DOMAIN
+) -> Destination:
     """A destination by name: Destination checks and normalises the name (once)."""
     try:
         return Destination(name, port, form)

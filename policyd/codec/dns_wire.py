@@ -16,10 +16,9 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from policyd.core.names import fold
+from policyd.core.names import MAX_LABEL, fold
 
 MAX_NAME: Final = 255  # octets in wire form (RFC 1035 2.3.4)
-MAX_LABEL: Final = 63
 MAX_POINTERS: Final = 64  # compression pointers followed per name: loops end here
 
 FLAG_QR: Final = 0x8000

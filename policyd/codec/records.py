@@ -332,8 +332,6 @@ def event_from_json(text: str) -> Event:
         rule=Rule(rule),  # ValueError for an unknown rule
         level=text_field(doc.get("level"), "event level", MAX_WORD_CHARS),
         reason=text_field(doc.get("reason"), "event reason", MAX_EVENT_CHARS),
-        previous=None
-        if previous is None
-        else text_field(previous, "event previous", MAX_WORD_CHARS),
+        previous=previous,
         dry_run=bool_field(doc.get("dry_run", False), "event dry_run"),
     )

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from policyd.core.names import domain_name, fold, host_name
+from policyd.core.names import domain_name, fold, host_name, is_address
 from policyd.core.types import SMTP_PORT, Policy, one_line
 
 # The most mx patterns one MTA-STS policy may carry. RFC 8461 sets no number and real
@@ -177,14 +177,6 @@ class DnsEvidence:
     error: str = ""
     fetched_at: float = 0.0
     expires_at: float = 0.0
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def is_ip_literal(pattern: str) -> bool:
@@ -385,7 +377,7 @@ class Destination:
             raise ValueError(f"port {port} out of range")
         if form is DestinationForm.PARENT and port != SMTP_PORT:
             raise ValueError("the parent-domain form has no port")
-        if form is DestinationForm.HOST and _is_address(name):
+        if form is DestinationForm.HOST and is_address(name):
             # [192.0.2.1] is an address to Postfix, never a host name to look up.
             raise ValueError(f"{name} is an address: the ADDRESS form, not HOST")
 

@@ -106,12 +106,13 @@ def _normalise(text: str) -> str:
 def host_name(text: str) -> str:
     """An MX host as evidence names it: the IP literal of an address destination as it
     is, any other name as a :class:`DomainName` (or :class:`DomainNameError`)."""
-    if _is_ip_literal(text):
+    if is_address(text):
         return text
     return domain_name(text)
 
 
-def _is_ip_literal(text: str) -> bool:
+def is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address in its text form."""
     if ":" not in text and not text.replace(".", "").isdigit():
         return False
     try:

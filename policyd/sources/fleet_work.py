@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Final
 
 from policyd.adapters.claims import ClaimBusy, Job, WorkClaims, WorkKind
-from policyd.adapters.https import FetchError
+from policyd.adapters.https import MAX_POLICY_BYTES, FetchError
 from policyd.adapters.smtp_probe import MAX_ADDRESSES_PER_HOST
 from policyd.codec.records import probe_state_from_json, probe_state_to_json
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeState, ProbeVerdict
@@ -47,7 +47,6 @@ ADDRESS_SPACING: Final = 1.0
 # new id within this window would be served the body fetched just before.
 MIN_PROBE_KEEP: Final = 5.0
 STS_KEEP: Final = 30.0
-MAX_SHARED_BODY: Final = 64 * 1024  # RFC 8461 3.3 bound, as the fetcher enforces
 
 log = logging.getLogger("policyd.fleet")
 
@@ -63,7 +62,8 @@ def claimed_prober(
     keep = max(settings.host_min_interval, MIN_PROBE_KEEP)
     spacing = min(ADDRESS_SPACING, settings.host_min_interval)
 
-    async def probe_one(mx: MxHost, port: int, name: str, address: str) -> list[ProbeHost]:
+    async def probe_one(mx: MxHost, port: int, address: str) -> list[ProbeHost]:
+        name = mx.name  # a DomainName (MxHost): already in normal form
         single = replace(mx, addresses=(address,))
 
         async def work() -> str:
@@ -96,10 +96,9 @@ def claimed_prober(
     async def probe(mx: MxHost, port: int) -> list[ProbeHost]:
         if mx.address is DnsStatus.FAILED or not mx.addresses:
             return await prober(mx, port)  # nothing to connect to: the prober says why
-        name = mx.name  # a DomainName (MxHost): already in normal form
         found: list[ProbeHost] = []
         for address in mx.addresses[:MAX_ADDRESSES_PER_HOST]:
-            found.extend(await probe_one(mx, port, name, address))
+            found.extend(await probe_one(mx, port, address))
         return found
 
     return probe
@@ -140,7 +139,7 @@ class ClaimedFetcher:
 
 def _decode(domain: str, text: str) -> bytes:
     """A shared fetch back into the body, or the FetchError it was; ValueError if foreign."""
-    if len(text) > 2 * MAX_SHARED_BODY:
+    if len(text) > 2 * MAX_POLICY_BYTES:
         raise ValueError("too large")
     doc = json.loads(text)
     if not isinstance(doc, dict):
@@ -154,6 +153,6 @@ def _decode(domain: str, text: str) -> bytes:
         raw = base64.b64decode(body, validate=True)
     except binascii.Error as exc:
         raise ValueError(f"bad body: {exc}") from exc
-    if len(raw) > MAX_SHARED_BODY:
+    if len(raw) > MAX_POLICY_BYTES:
         raise ValueError("body too large")
     return raw
