@@ -81,6 +81,7 @@ RESTART_TABLES: Final = (
     "sts",
     "probe",
     "metrics",
+    "fleet",
 )
 
 

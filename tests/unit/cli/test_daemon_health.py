@@ -14,7 +14,7 @@ from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.adapters.write_behind import BatchStore
 from policyd.cli import daemon as daemon_module
-from policyd.config import Config
+from policyd.config import Config, load
 from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES
 from policyd.server.notify import Notifier
@@ -173,3 +173,28 @@ async def test_counted_store_passes_batches_and_expiry_through(tmp_path: Path) -
     await memory.write_batch([Record(Kind.PROBE, "a", "{}", 1.0)], [event(1.0, "a")])
     assert await memory.get(Kind.PROBE, "a") is not None
     assert await memory.delete_expired(2.0) == 0
+
+
+class _ReloadedService:
+    """What a reload touches on the service."""
+
+    dane_temp_after = 0.0
+
+    def set_profiles(self, profiles: object) -> None:
+        pass
+
+    async def load_overrides(self) -> None:
+        pass
+
+
+async def test_a_reload_names_a_changed_fleet_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "policyd.toml"
+    path.write_text("")
+    d = daemon_module.Daemon(load(str(path)))
+    d.service = _ReloadedService()  # type: ignore[assignment]
+    path.write_text("[fleet]\nenabled = false\n")
+    with caplog.at_level(logging.WARNING, logger="policyd"):
+        assert await d.reload()
+    assert "reload: changes to [fleet] take effect after a restart" in caplog.text
