@@ -1,0 +1,212 @@
+"""Known destinations never wait (issue 14 point 2): Zipf-distributed lookups over 10,000
+destinations whose DNS records live 60 s, for 10 minutes; prints the share answered from
+memory, the latency and the refreshes (``[server] prefetch``).
+
+Builds the test world (network namespace, signed bind9 tree, validating unbound: needs
+root) with the ``bench.cold_world`` zones: every ``z<n>.cold.test`` is a signed name with an
+implicit MX (MX NODATA, a wildcard A, AAAA and TLSA NODATA), every record and denial with
+a 60 s TTL. The world's unbound caps its cache at 30 s (5 s negative) for the tests; here
+it is restarted with those caps lifted, so that it hands out the zone's own 60 s, and with
+unbound's ``prefetch: yes`` unless ``--no-unbound-prefetch`` (policyd can be no fresher
+than its resolver: without it unbound keeps the old record until it expires). policyd runs
+with ``[dns] min_ttl = 0`` so that its DNS cache does not lift the TTLs either.
+
+Every destination is looked up once (so all are known), then ``bench/c/loadgen.c`` asks a
+seeded Zipf (s = 1) sequence of them over ``--connections`` closed-loop connections for
+``--seconds``. The share answered from memory is the daemon's own count (hits against
+misses and TEMPs, from its metrics before and after); the latency is the client's.
+Figures only, no assertions.
+
+    .venv/bin/python bench/prefetch.py [--seconds 600] [--prefetch 0.1] [--connections 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import cold_world  # noqa: E402
+from bench.harness import Running, bench_world, is_root, machine, start_policyd  # noqa: E402
+from bench.hot_path import C_SOURCES, LOADGEN_SLACK, MAP_NAME  # noqa: E402
+from tests.daemon import base_sections, free_port  # noqa: E402
+from tests.world.world import World  # noqa: E402
+
+DESTINATIONS: Final = 10_000
+ZIPF_S: Final = 1.0
+SEED: Final = 14
+# Lookups in the key file loadgen cycles through: enough that the cycle does not show.
+SEQUENCE: Final = 2_000_000
+WARM_CONNECTIONS: Final = 20  # connections that look every destination up once first
+# Issue 14 point 2.
+TARGET_SHARE: Final = 0.999
+TARGET_P99_US: Final = 1000.0
+# unbound.conf lines of the test world replaced for the bench (tests/world/nameservers.py).
+UNBOUND_CAPS: Final = (
+    (re.compile(r"cache-max-ttl: \d+"), "cache-max-ttl: 86400"),
+    (re.compile(r"cache-max-negative-ttl: \d+"), "cache-max-negative-ttl: 3600"),
+)
+COUNTERS: Final = re.compile(
+    r'^policyd_(lookups|prefetches)_total\{result="(\w+)"\} ([0-9.e+]+)$', re.MULTILINE
+)
+
+
+def keys() -> list[str]:
+    return [f"z{i}.cold.test" for i in range(DESTINATIONS)]
+
+
+def zipf_sequence(names: Sequence[str], count: int, seed: int) -> list[str]:
+    """``count`` names drawn with probability proportional to 1 / rank**ZIPF_S; the ranks
+    are shuffled over the names (seeded), so rank and spelling are unrelated."""
+    rng = random.Random(seed)
+    ranked = list(names)
+    rng.shuffle(ranked)
+    weights = [1 / (rank**ZIPF_S) for rank in range(1, len(ranked) + 1)]
+    return rng.choices(ranked, weights=weights, k=count)
+
+
+def resolver_as_deployed(world: World, prefetch: bool) -> None:
+    """unbound with the zone's own TTLs (and its prefetch), restarted with an empty cache."""
+    conf = world.unbound.conf
+    text = conf.read_text()
+    for pattern, line in UNBOUND_CAPS:
+        text = pattern.sub(line, text)
+    if prefetch:
+        text = text.replace("    num-threads: 1\n", "    num-threads: 1\n    prefetch: yes\n")
+    conf.write_text(text)
+    world.restart_unbound()
+
+
+def policyd(world: World, directory: Path, fraction: float, metrics_port: int) -> Running:
+    sections = base_sections(directory, world.resolver)
+    sections["server"]["prefetch"] = fraction
+    sections["probe"] = {"enabled": False}
+    sections["dns"] = {"nameservers": [world.resolver], "min_ttl": 0}  # TTLs as published
+    sections["log"] = {"level": "warning"}
+    sections["metrics"] = {"listen": f"inet:127.0.0.1:{metrics_port}"}
+    return start_policyd(world, directory, sections)
+
+
+def counters(metrics_port: int) -> dict[str, float]:
+    """policyd's lookup and prefetch counters, as ``lookups.hit``, ``prefetches.started``..."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {f"{m[1]}.{m[2]}": float(m[3]) for m in COUNTERS.finditer(text)}
+
+
+def compile_loadgen(directory: Path) -> Path:
+    out = directory / "loadgen"
+    source = C_SOURCES / "loadgen.c"
+    subprocess.run(["cc", "-O2", "-Wall", "-o", str(out), str(source)], check=True)
+    return out
+
+
+def loadgen(
+    binary: Path, port: int, keyfile: Path, connections: int, seconds: float, *, once: bool
+) -> dict[str, str]:
+    cmd = [str(binary), "-t", f"inet:127.0.0.1:{port}", "-k", str(keyfile), "-n", MAP_NAME]
+    cmd += ["-c", str(connections), "-s", str(seconds), "-w", "0"]
+    if once:
+        cmd.append("-o")
+    done = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=seconds + LOADGEN_SLACK
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen: {done.stderr.strip()}")
+    return dict(item.split("=", 1) for item in done.stdout.split())
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--connections", type=int, default=10)
+    ap.add_argument("--prefetch", type=float, default=0.1, help="[server] prefetch; 0: off")
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--no-unbound-prefetch", action="store_true")
+    args = ap.parse_args(argv)
+    if not is_root():
+        return 2
+    with bench_world("policyd-prefetch-", "bench.cold_world") as bench:
+        world, tmp, daemons = bench.world, bench.dir, bench.daemons
+        resolver_as_deployed(world, not args.no_unbound_prefetch)
+        binary = compile_loadgen(tmp)
+        names = keys()
+        warm = tmp / "warm.txt"
+        warm.write_text("".join(f"{k}\n" for k in names))
+        sequence = tmp / "zipf.txt"
+        sequence.write_text("".join(f"{k}\n" for k in zipf_sequence(names, SEQUENCE, args.seed)))
+        (tmp / "policyd").mkdir()
+        metrics_port = free_port()
+        daemon = policyd(world, tmp / "policyd", args.prefetch, metrics_port)
+        daemons.append(daemon)
+        unbound = "prefetch: no" if args.no_unbound_prefetch else "prefetch: yes"
+        print(f"# known destinations never wait (issue 14 point 2); {machine()}")
+        print(
+            f"# {DESTINATIONS:,} destinations <n>.{cold_world.EXISTING} (implicit MX, DNSSEC), "
+            f"every record 60 s TTL; unbound {unbound}; policyd [server] prefetch "
+            f"{args.prefetch:g}, [dns] min_ttl 0"
+        )
+        print(
+            f"# Zipf s={ZIPF_S:g} (seed {args.seed}), {args.connections} closed-loop "
+            f"connections (bench/c/loadgen.c) over TCP, {args.seconds:g} s; "
+            f"load average before: {load_average()}",
+            flush=True,
+        )
+        started = time.monotonic()
+        filled = loadgen(binary, daemon.port, warm, WARM_CONNECTIONS, 60, once=True)
+        print(
+            f"warm-up: {int(filled['answered']):,} lookups in "
+            f"{time.monotonic() - started:.1f} s, errors {filled['errors']}",
+            flush=True,
+        )
+        before = counters(metrics_port)
+        got = loadgen(binary, daemon.port, sequence, args.connections, args.seconds, once=False)
+        after = counters(metrics_port)
+        print(report(got, before, after, load_average()))
+    return 0
+
+
+def report(
+    got: dict[str, str], before: dict[str, float], after: dict[str, float], load: str
+) -> str:
+    delta = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    hits = delta.get("lookups.hit", 0.0)
+    slow = delta.get("lookups.miss", 0.0) + delta.get("lookups.temp", 0.0)
+    share = hits / (hits + slow) if hits + slow else 0.0
+    p99 = float(got["p99_us"])
+    lines = [
+        f"lookups: {int(got['count']):,} in {float(got['seconds']):.0f} s "
+        f"({float(got['rate']):,.0f}/s), errors (TEMP or worse) {got['errors']}",
+        f"answered from memory: {share:.4%} ({int(hits):,} hits, {int(slow):,} from the slow "
+        f"path: {int(delta.get('lookups.miss', 0)):,} misses, "
+        f"{int(delta.get('lookups.temp', 0)):,} TEMP)  target {TARGET_SHARE:.1%}: "
+        f"{'met' if share >= TARGET_SHARE else 'MISSED'}",
+        f"latency: p50 {float(got['p50_us']):.0f} us, p99 {p99:.0f} us, "
+        f"p99.9 {float(got['p999_us']):.0f} us, max {float(got['max_us']) / 1000:.1f} ms  "
+        f"target p99 < {TARGET_P99_US / 1000:g} ms: {'met' if p99 < TARGET_P99_US else 'MISSED'}",
+        f"prefetches: {int(delta.get('prefetches.started', 0)):,} started, "
+        f"{int(delta.get('prefetches.skipped', 0)):,} skipped (limit), "
+        f"{int(delta.get('prefetches.failed', 0)):,} failed",
+        f"load average after: {load}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
