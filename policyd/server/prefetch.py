@@ -30,9 +30,11 @@ from policyd.singleflight import SingleFlight
 # local resolver (milliseconds): 64 at once refresh thousands of destinations a second, and
 # a slow resolver cannot make refreshes pile up.
 MAX_REFRESHES: Final = 64
-# A refresh whose fresh evidence expires no later than the reply it replaces (the resolver
-# answered from its own cache, before its own prefetch renewed the record) is tried again
-# this many seconds later, while the reply still holds.
+# A refresh that did not renew the reply (the resolver answered from its own cache, its
+# records counting down, before its own prefetch renewed them) is tried again by a hit
+# after this share of the reply's remaining life, and at least RETRY_AFTER seconds later:
+# a few tries within the last fraction of its life, whatever its TTL.
+RETRY_SHARE: Final = 0.25
 RETRY_AFTER: Final = 1.0
 
 
@@ -64,6 +66,11 @@ class Prefetch:
         if not (self.fraction and refreshable):
             return until
         return min(until, self._due_second(until - ttl * self.fraction))
+
+    def retry(self, now: float, until: float) -> float:
+        """When a hit tries again to refresh a reply kept ``until`` whose refresh did not
+        renew it."""
+        return min(until, now + max(RETRY_AFTER, (until - now) * RETRY_SHARE))
 
     def start(self, payload: bytes, refresh: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Refresh ``payload``'s reply unless that is under way or the limit is reached."""

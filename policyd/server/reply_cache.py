@@ -34,7 +34,7 @@ from policyd.core.evidence import Destination
 from policyd.core.profile import Profile
 from policyd.core.types import Outcome
 from policyd.held import Seconds, payloads_of, shared
-from policyd.server.prefetch import RETRY_AFTER, Prefetch
+from policyd.server.prefetch import Prefetch
 from policyd.service import Answer, PolicyService
 from policyd.settings import DEFAULT_PREFETCH
 from policyd.told import answer_label
@@ -244,9 +244,11 @@ class ReplyCache:
         new = self._answers.get(payload)
         if new is old:  # not to be cached (no TTL left, too many payloads)
             self._due(payload, old, old[4])
-        elif new is not None and new[4] <= old[4]:
-            # The resolver still had the old records: ask again soon, within the old life.
-            self._due(payload, new, min(new[4], self.now + RETRY_AFTER))
+        elif new is not None and new[4] < old[4] + (old[4] - old[1]):
+            # Not renewed by a whole refresh window: the resolver handed back its cached
+            # records, counting down. Try again later within their life, when its own
+            # prefetch may have renewed them.
+            self._due(payload, new, self._prefetch.retry(self.now, new[4]))
 
     async def _refreshed(self, payload: bytes) -> _Decided | None:
         """A reply to ``payload`` from fresh evidence, or None if it did not get one (a TEMP,

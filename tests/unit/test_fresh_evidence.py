@@ -36,9 +36,7 @@ async def test_a_dns_source_over_fresh_queries_asks_every_record_again() -> None
 
 def gathering(dane: FakeDane, fresh: FakeDane) -> Gathering:
     overrides = Overrides(MemoryStore())
-    return Gathering(
-        dane, FakeSts(), FakeProbe(), overrides, lambda: SERVICE_NOW, fresh_dane=fresh
-    )
+    return Gathering(dane, FakeSts(), FakeProbe(), overrides, lambda: SERVICE_NOW, fresh_dane=fresh)
 
 
 async def test_a_refresh_does_not_join_an_ordinary_gathering() -> None:
@@ -47,7 +45,9 @@ async def test_a_refresh_does_not_join_an_ordinary_gathering() -> None:
     dest = Destination("example.test")
     ordinary = asyncio.ensure_future(g.evidence(dest))
     await run_ready()
-    await g.evidence(dest, fresh=True)  # done while the ordinary one still waits
+    refresh = asyncio.ensure_future(g.evidence(dest, fresh=True))
+    await run_ready()
+    assert refresh.done()  # while the ordinary one still waits
     assert (dane.calls, fresh.calls) == (1, 1)
     assert dane.gate is not None
     dane.gate.set()

@@ -14,9 +14,8 @@ from policyd.server import prefetch
 from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService, Stats
 from policyd.settings import ServerSettings
-from tests.fakes import SERVICE_NOW, FakeDane, FakeProbe, FakeSts, MemoryStore, plain_dns
+from tests.fakes import SERVICE_NOW, FakeDane, FakeProbe, FakeSts, MemoryStore, plain_dns, run_ready
 from tests.fakes import ServiceClock as Clock
-from tests.fakes import run_ready
 
 PAYLOAD = b"postfix example.test"
 TTL = 300.0  # plain_dns: the fake evidence lives this long
@@ -115,23 +114,27 @@ async def test_a_failed_refresh_leaves_the_old_expiry(down: bool) -> None:
     assert (dane.calls, svc.stats.lookups) == (3, 2)
 
 
-async def test_a_refresh_that_got_the_same_expiry_is_tried_again_later() -> None:
+@pytest.mark.parametrize("later", [0, 1], ids=["same-expiry", "one-second-later"])
+async def test_a_refresh_that_did_not_renew_is_tried_again_later(later: int) -> None:
     """The resolver answered from its own cache (its prefetch not done yet): the evidence
-    expires when the old did. Another hit within RETRY_AFTER starts nothing; one after it
-    refreshes again, and that one outlives the old reply."""
-    dane = FakeDane({"example.test": plain_dns("example.test", SERVICE_NOW)})
+    expires when the old did, give or take its TTL's rounding. A hit before the retry time
+    starts nothing; one after it refreshes again, and that one outlives the old reply."""
+    dane = FakeDane()
     cache, svc, clock = make(dane)
     await cache.reply_for(PAYLOAD)
+    dane.answers["example.test"] = plain_dns("example.test", SERVICE_NOW + later, TTL)
     at(cache, clock, DUE + 1)
     cache.cached(PAYLOAD)
     await run_ready()
     assert (svc.stats.prefetched, svc.stats.prefetch_failed) == (1, 0)
-    at(cache, clock, DUE + 1 + prefetch.RETRY_AFTER / 2)
+    left = EXPIRES + later - DUE - 1
+    retry_at = DUE + 1 + max(prefetch.RETRY_AFTER, left * prefetch.RETRY_SHARE)
+    at(cache, clock, retry_at - 0.5)
     cache.cached(PAYLOAD)
     await run_ready()
     assert svc.stats.prefetched == 1
     dane.answers.clear()  # the resolver has renewed the records
-    at(cache, clock, DUE + 2 + prefetch.RETRY_AFTER)
+    at(cache, clock, retry_at + 0.5)
     cache.cached(PAYLOAD)
     await run_ready()
     assert svc.stats.prefetched == 2
