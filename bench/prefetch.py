@@ -3,13 +3,13 @@ destinations whose DNS records live 60 s, for 10 minutes; prints the share answe
 memory, the latency and the refreshes (``[server] prefetch``).
 
 Builds the test world (network namespace, signed bind9 tree, validating unbound: needs
-root) with the ``bench.cold_world`` zones: every ``z<n>.cold.test`` is a signed name with an
-implicit MX (MX NODATA, a wildcard A, AAAA and TLSA NODATA), every record and denial with
-a 60 s TTL. The world's unbound caps its cache at 30 s (5 s negative) for the tests; here
-it is restarted with those caps lifted, so that it hands out the zone's own 60 s, and with
-unbound's ``prefetch: yes`` unless ``--no-unbound-prefetch`` (policyd can be no fresher
-than its resolver: without it unbound keeps the old record until it expires). policyd runs
-with ``[dns] min_ttl = 0`` so that its DNS cache does not lift the TTLs either.
+root) with the ``bench.prefetch_world`` zone: every ``z<n>.known.test`` has its own MX host
+with A, AAAA and TLSA records (a dane-only answer), every record with a 60 s TTL. The
+world's unbound caps its cache at 30 s for the tests; here it is restarted with the caps
+lifted, so that it hands out the zone's own 60 s, and with unbound's ``prefetch: yes``
+unless ``--no-unbound-prefetch`` (policyd can be no fresher than its resolver: without it
+unbound keeps the old record until it expires). policyd runs with ``[dns] min_ttl = 0`` so
+that its DNS cache does not lift the TTLs either.
 
 Every destination is looked up once (so all are known), in a random order spread over one
 TTL (answers cached all at once would expire, and be refreshed, all at once), then
@@ -39,14 +39,14 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import cold_world  # noqa: E402
+from bench import prefetch_world  # noqa: E402
 from bench.client import lookups  # noqa: E402
 from bench.harness import Running, bench_world, is_root, machine, start_policyd  # noqa: E402
 from bench.hot_path import C_SOURCES, LOADGEN_SLACK, MAP_NAME  # noqa: E402
 from tests.daemon import base_sections, free_port  # noqa: E402
 from tests.world.world import World  # noqa: E402
 
-DESTINATIONS: Final = 10_000
+DESTINATIONS: Final = prefetch_world.DESTINATIONS
 TTL: Final = 60.0  # seconds, of every record in the zone (tests/world/dns.py)
 ZIPF_S: Final = 1.0
 SEED: Final = 14
@@ -67,7 +67,7 @@ COUNTERS: Final = re.compile(
 
 
 def keys() -> list[str]:
-    return [f"z{i}.cold.test" for i in range(DESTINATIONS)]
+    return [prefetch_world.destination(i) for i in range(DESTINATIONS)]
 
 
 def zipf_sequence(names: Sequence[str], count: int, seed: int) -> list[str]:
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not is_root():
         return 2
-    with bench_world("policyd-prefetch-", "bench.cold_world") as bench:
+    with bench_world("policyd-prefetch-", "bench.prefetch_world") as bench:
         world, tmp, daemons = bench.world, bench.dir, bench.daemons
         resolver_as_deployed(world, not args.no_unbound_prefetch)
         binary = compile_loadgen(tmp)
@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         unbound = "prefetch: no" if args.no_unbound_prefetch else "prefetch: yes"
         print(f"# known destinations never wait (issue 14 point 2); {machine()}")
         print(
-            f"# {DESTINATIONS:,} destinations <n>.{cold_world.EXISTING} (implicit MX, DNSSEC), "
+            f"# {DESTINATIONS:,} destinations z<n>.{prefetch_world.ZONE} (signed MX, A, AAAA, "
+            "TLSA), "
             f"every record 60 s TTL; unbound {unbound}; policyd [server] prefetch "
             f"{args.prefetch:g}, [dns] min_ttl 0"
         )
