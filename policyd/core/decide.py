@@ -35,7 +35,9 @@ def decide(ev: Evidence, profile: Profile, now: float) -> Verdict:
     dest = ev.destination
     ov = ev.override
     if ov is not None and ov.active_at(now):
-        why = f"override by {ov.author or 'postmaster'}"
+        # A parent-form override (.example.com) reaching a subdomain names itself.
+        whose = "" if ov.key == dest.key else f" of {ov.key}"
+        why = f"override{whose} by {ov.author or 'postmaster'}"
         if ov.comment:
             why += f": {ov.comment}"
         if ov.policy is None:
