@@ -73,7 +73,8 @@ class MemoryStore(fakes.MemoryStore):
 @dataclass
 class FakeTxt:
     """The TXT answers of the resolver, by domain (the source asks ``_mta-sts.<domain>``);
-    the domain's own MX (asked before a discovery) is a secure NODATA unless set in ``mx``.
+    the domain's own MX (asked before a discovery, and to compare with a cached enforce
+    policy) is ``mx.<domain>``, as the policies published here list, unless set in ``mx``.
     ``names`` lists the TXT queries, ``mx_names`` the MX ones."""
 
     answers: dict[str, DnsAnswer] = field(default_factory=dict)
@@ -84,7 +85,7 @@ class FakeTxt:
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         if rdtype == "MX":
             self.mx_names.append(name)
-            return self.mx.get(name, dns_answer(name, "MX"))
+            return self.mx.get(name) or dns_answer(name, "MX", f"10 mx.{name}.")
         assert rdtype == "TXT"
         self.names.append(name)
         return self.answers.get(name.removeprefix("_mta-sts."), NO_TXT)
