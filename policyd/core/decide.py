@@ -16,7 +16,14 @@ a signed zone of their own) all leave the MTA-STS ``secure match=...`` in force.
 from __future__ import annotations
 
 from policyd.core import dane, sts
-from policyd.core.evidence import DnsStatus, Evidence, ProbeLevel, ProbeVerdict, StsMode
+from policyd.core.evidence import (
+    DnsStatus,
+    Evidence,
+    ProbeLevel,
+    ProbeVerdict,
+    StsEvidence,
+    StsMode,
+)
 from policyd.core.profile import ColdSts, Fallback, Profile, VerifiedAs
 from policyd.core.types import Policy, Rule, TlsLevel, Verdict, notfound, policy, temp
 
@@ -46,7 +53,8 @@ def decide(ev: Evidence, profile: Profile, now: float) -> Verdict:
     if dest.parent_form:
         return notfound(Rule.DEFAULT, "parent-domain form: no policy unless overridden")
 
-    sts_ev = ev.sts
+    # A smart host's policy (RFC 8461 3.4) only where the profile wants it.
+    sts_ev = ev.sts if profile.sts_smart_host or not dest.bracketed else StsEvidence()
     cached = sts_ev.policy
     enforce = (
         cached

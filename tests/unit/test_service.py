@@ -93,6 +93,20 @@ async def test_sts_enforce_and_profiles() -> None:
     assert policy_of(await ask(svc, "example.test", "strict")) == got
 
 
+async def test_sts_for_a_smart_host_on_port_25() -> None:
+    """Review D8 (RFC 8461 3.4): a bracketed next hop on port 25 takes the policy of its own
+    name, unless the profile turns sts_smart_host off; other ports never do."""
+    pol = StsPolicy(StsMode.ENFORCE, ("smtp.relay.test",), 86400, "1", NOW - 10)
+    svc, _, _ = make(sts=FakeSts({"smtp.relay.test": StsEvidence(pol)}))
+    svc.set_profiles((*DEFAULT_PROFILES, Profile("nosmart", sts_smart_host=False)))
+    got = await ask(svc, "[smtp.relay.test]")
+    assert policy_of(got) == "secure match=smtp.relay.test servername=hostname"
+    assert got.verdict.rule is Rule.MTA_STS
+    assert policy_of(await ask(svc, "[smtp.relay.test]", "strict")) == policy_of(got)
+    assert (await ask(svc, "[smtp.relay.test]", "nosmart")).verdict.rule is not Rule.MTA_STS
+    assert (await ask(svc, "[smtp.relay.test]:587")).verdict.rule is not Rule.MTA_STS
+
+
 async def test_sts_attributes_profile_logs_one_word_level(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
