@@ -318,19 +318,15 @@ class StsSource:
         """Refresh now, fetching whatever the id, when the cached enforce policy matches
         none of the domain's MX hosts: it moved its mail, perhaps without a new id (RFC
         8461 5.1: check for a new policy before failing; review D16). The cached policy
-        answers meanwhile. The MX query is the DNS source's (shared by the resolver). A
-        refresh that came due while this job held the domain's place runs as well."""
+        answers meanwhile. The MX query is the DNS source's (shared by the resolver)."""
         hosts = mx_names(domain, await self._resolver.query(domain, "MX"))
         now = self._now()
         policy = entry.policy(now)
-        if policy is None:
-            return
-        if not hosts or any_mx_matches(policy, hosts):
-            if self._due(entry, policy, now, recheck=True):
-                await self._refresh(domain, entry)
-            return
-        log_mismatch(self._log, domain, hosts, policy)
-        await self._refresh(domain, entry, force=True)
+        if policy is not None and hosts and not any_mx_matches(policy, hosts):
+            log_mismatch(self._log, domain, hosts, policy)
+            await self._refresh(domain, entry, force=True)
+        elif policy is not None and self._due(entry, policy, now, recheck=True):
+            await self._refresh(domain, entry)  # came due while this job ran
 
     async def _refresh(self, domain: str, entry: DomainState, *, force: bool = False) -> None:
         """Read the TXT record; fetch the policy when new, stale or ``force``d."""
@@ -351,12 +347,18 @@ class StsSource:
             entry.error = "" if found.kind is TxtProblemKind.NONE else found.detail
             if entry.error:
                 self._log.warning("%s: mta-sts %s", domain, entry.error)
-            return
+            # [sts] refresh_without_txt (review D15): a stale one is fetched under its id.
+            kept = entry.policy(now) if self.settings.refresh_without_txt else None
+            if kept is None or not (force or self._stale(kept, now)):
+                return
+            policy_id = kept.policy_id
+        else:
+            policy_id = found.policy_id
         last = entry.last
         if (
             not force
             and last is not None
-            and last.policy_id == found.policy_id
+            and last.policy_id == policy_id
             and last.valid_at(now)
             and not self._stale(last, now)
         ):
@@ -367,7 +369,7 @@ class StsSource:
         try:
             body = await self._fetcher.fetch(domain)
             parsed = parse_policy(body, domain, self._now())
-            policy = parsed.policy(found.policy_id)
+            policy = parsed.policy(policy_id)
         except FetchError as exc:
             self.counters.fetch_failures += 1
             self._fail(domain, entry, now, f"policy fetch failed: {exc.reason}")

@@ -173,3 +173,52 @@ def test_clock_steps_tolerance() -> None:
     elapsed.now += 500  # time passing is no step
     wall.advance(500)
     assert steps.step() == 0.0
+
+
+# -- [sts] refresh_without_txt (review D15) -----------------------------------------------
+
+
+def without_txt(w: World, on: bool) -> StsSource:
+    return w.restart(StsSettings(refresh_without_txt=on))
+
+
+@pytest.mark.parametrize("on", [False, True], ids=["rfc-default", "refresh_without_txt"])
+async def test_deleted_txt_record_and_a_policy_still_served(w: World, on: bool) -> None:
+    source = without_txt(w, on)
+    publish(w, "id1", policy_body(max_age=86400))
+    assert (await source.evidence(DOMAIN)).policy is not None
+    w.txt.set(DOMAIN, dns_answer(TXT_NAME, "TXT"))  # deleted by accident
+    w.fetcher.calls.clear()
+    w.clock.advance(86400 / 2)  # stale: half its max_age
+    await source.evidence(DOMAIN)
+    await source.wait_idle()
+    kept = source.cached(DOMAIN, w.clock.now).policy
+    assert kept is not None and kept.policy_id == "id1"
+    if on:  # refetched under its own id: lives on
+        assert w.fetcher.calls == [DOMAIN] and kept.fetched_at == w.clock.now
+        w.clock.advance(86400 / 2)
+        assert source.cached(DOMAIN, w.clock.now).policy is not None
+    else:  # RFC 8461: kept unrefreshed, lapses at max_age
+        assert w.fetcher.calls == []
+        w.clock.advance(86400 / 2)
+        assert source.cached(DOMAIN, w.clock.now).policy is None
+
+
+async def test_refresh_without_txt_fetches_only_when_stale_and_mode_none_removes(
+    w: World,
+) -> None:
+    source = without_txt(w, True)
+    publish(w, "id1", policy_body(max_age=86400))
+    await source.evidence(DOMAIN)
+    w.txt.set(DOMAIN, dns_answer(TXT_NAME, "TXT"))
+    w.fetcher.calls.clear()
+    w.clock.advance(StsSettings().recheck_interval)  # a TXT check, nothing stale
+    await source.evidence(DOMAIN)
+    await source.wait_idle()
+    assert w.fetcher.calls == []
+    w.fetcher.bodies[DOMAIN] = policy_body(mode="none")
+    w.clock.advance(86400 / 2)
+    await source.evidence(DOMAIN)
+    await source.wait_idle()
+    assert w.fetcher.calls == [DOMAIN]
+    assert source.cached(DOMAIN, w.clock.now).policy is None
