@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -134,13 +135,17 @@ class World:
         return self.source
 
 
-def make_source(w: World, settings: StsSettings | None = None) -> StsSource:
+def make_source(
+    w: World, settings: StsSettings | None = None, elapsed: Callable[[], float] | None = None
+) -> StsSource:
+    """A source on the world's fakes; ``elapsed`` to find steps of its clock."""
     source = StsSource(
         w.store,
         w.txt,
         w.fetcher,
         settings or StsSettings(),
         clock=w.clock,
+        elapsed=elapsed,
         log=logging.getLogger("test.sts"),
     )
     source.on_change = w.changes.append

@@ -19,6 +19,7 @@ from tests.unit.sources.test_sts import (
     TXT_NAME,
     Clock,
     World,
+    make_source,
     policy_body,
     publish,
     w,
@@ -115,16 +116,7 @@ class Elapsed:
 
 def stepped_world(w: World) -> tuple[StsSource, Elapsed]:
     elapsed = Elapsed()
-    source = StsSource(
-        w.store,
-        w.txt,
-        w.fetcher,
-        StsSettings(),
-        clock=w.clock,
-        elapsed=elapsed,
-        log=logging.getLogger("test.sts"),
-    )
-    return source, elapsed
+    return make_source(w, elapsed=elapsed), elapsed
 
 
 def advance(clock: Clock, elapsed: Elapsed, seconds: float) -> None:
