@@ -36,7 +36,7 @@ from policyd.gathering import DaneSourceLike, Gathering, ProbeSourceLike, StsSou
 from policyd.held import HeldDestinations, Seconds
 from policyd.held import shared as _shared
 from policyd.kept_answers import KEEP_ANSWERS_FOR, KEEP_REFRESH, kept_record, read_kept
-from policyd.overrides import Overrides
+from policyd.overrides import Overrides, under_parent
 from policyd.settings import DEFAULT_MAX_DESTINATIONS
 from policyd.told import as_sent, label_of
 
@@ -185,9 +185,16 @@ class PolicyService:
 
     def invalidate(self, key: str | None) -> None:
         """Answers given for one destination key, or for all, are stale: every subscribed
-        cache drops them (a changed override, a flush, fresher evidence, new profiles)."""
+        cache drops them (a changed override, a flush, fresher evidence, new profiles).
+        A parent-form key (``.example.com``) also stands for every destination under it,
+        which its override reaches (:mod:`policyd.overrides`): a scan, on admin changes."""
+        keys = [key] if key is None or not key.startswith(".") else [key, *self._under(key)]
         for cache in self._caches:
-            cache.invalidate(key)
+            for each in keys:
+                cache.invalidate(each)
+
+    def _under(self, parent: str) -> list[str]:
+        return [k for k in self.held.order if k.endswith(parent) and under_parent(k, parent)]
 
     def _touch(self, key: str) -> None:
         """Make ``key`` the most recently used destination held in memory."""

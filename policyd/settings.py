@@ -270,6 +270,10 @@ class StsSettings:
     # How often a lookup re-reads the TXT record of a domain in use, to see a changed id
     # (RFC 8461 3.1), or to find a policy for a domain that had none.
     recheck_interval: float = 3600.0
+    # Refetch a stale cached policy over HTTPS although its TXT record is gone (review
+    # D15): continuity across an accidental deletion. Off: RFC 8461 expects the record to
+    # stay (and mode none to be published first, 8.3), so the policy lapses at max_age.
+    refresh_without_txt: bool = False
     max_concurrent_fetches: int = 16
     # Discoveries and refreshes waiting for a slot; beyond it the oldest background
     # discovery is dropped for urgent work, or the new one is refused (and counted).
