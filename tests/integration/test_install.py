@@ -30,6 +30,7 @@ from typing import Final
 
 import pytest
 
+from tests.daemon import WORLD_NETWORK
 from tests.postfix_conf import postmap_cmd
 from tests.postfix_sender import PostfixSender, Submitted
 from tests.world.procs import Background
@@ -134,6 +135,7 @@ class Installation:
             + f'[server]\ncontrol = "unix:{self.runtime}/control.sock"\n'
             + f'[dns]\nnameservers = ["{self.world.resolver}"]\n'
             + f'[tls]\nca_file = "{ca}"\n'
+            + f'[outbound]\nallow_networks = ["{WORLD_NETWORK}"]\n'
             + f'[store]\nurl = "sqlite:///{self.state}/policyd.db"\n'
         )
         for path in (self.prefix, *self.prefix.rglob("*")):
