@@ -28,6 +28,7 @@ from policyd.core.evidence import (
     StsPolicy,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.report import build_report as core_build_report
 from policyd.server.control import ControlServer, Peer
 from policyd.service import PolicyService
 from policyd.settings import ControlSettings
@@ -232,7 +233,7 @@ async def test_report_is_built_off_the_event_loop(monkeypatch: pytest.MonkeyPatc
     await service.answer(Destination("sts.example"), service.profiles[0])
     loop_thread = threading.get_ident()
     built_in: list[int] = []
-    real = admin_module.build_report
+    real = core_build_report
 
     def build_report(*args: Any, **kwargs: Any) -> Any:
         built_in.append(threading.get_ident())
@@ -248,7 +249,7 @@ async def test_reports_are_built_one_at_a_time(monkeypatch: pytest.MonkeyPatch) 
     admin, _ = make_admin(FakeDane())
     running = 0
     most = 0
-    real = admin_module.build_report
+    real = core_build_report
 
     def build_report(*args: Any, **kwargs: Any) -> Any:
         nonlocal running, most
