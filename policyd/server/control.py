@@ -113,8 +113,8 @@ def peer_access(uid: int, gid: int, settings: ControlSettings) -> tuple[str, Acc
         user, gids = f"uid{uid}", {gid}
     if uid == 0 or _in_group(settings.group, user, gids):
         return user, Access.WRITE
-    # The daemon's own user (policyd-milter runs as it) may read: it could read the
-    # store's files anyway.
+    # The daemon's own user may read: it could read the store's files anyway. The
+    # milter has a user of its own and reads through read_group (review L7).
     if uid == os.getuid() or _in_group(settings.read_group, user, gids):
         return user, Access.READ
     return user, Access.NONE
