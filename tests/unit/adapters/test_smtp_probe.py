@@ -119,22 +119,25 @@ async def probe(port: int, timeouts: ProbeTimeouts = FAST, roots: Store | None =
     )
 
 
+async def probe_mx(mx: MxHost, *, port: int = 25, reach: Reach = LOCAL) -> list[ProbeHost]:
+    return await probe_host(
+        mx,
+        port=port,
+        roots=PKI.store,
+        timeouts=FAST,
+        helo_name="probe.example.test",
+        now=clock,
+        reach=reach,
+    )
+
+
 PKI = make_pki()
 
 
 async def test_valid_certificate_records_tls_details(tmp_path: Path) -> None:
     leaf, key = PKI.leaf(HOST)
     async with aiosmtpd_server(server_context(tmp_path, [leaf, PKI.inter], key)) as port:
-        result = await probe_address(
-            HOST,
-            LOOPBACK,
-            port=port,
-            roots=PKI.store,
-            timeouts=FAST,
-            helo_name="probe.example.test",
-            now=clock,
-            reach=LOCAL,
-        )
+        result = await probe(port)
     assert result.verdict is ProbeVerdict.VALID, result.detail
     assert result.protocol == "TLSv1.3"
     assert result.cipher.startswith("TLS_")
@@ -146,15 +149,7 @@ async def test_valid_certificate_records_tls_details(tmp_path: Path) -> None:
 async def test_expired_certificate(tmp_path: Path) -> None:
     leaf, key = PKI.leaf(HOST, not_before=NOW - 100 * DAY, not_after=NOW - DAY)
     async with aiosmtpd_server(server_context(tmp_path, [leaf, PKI.inter], key)) as port:
-        result = await probe_host(
-            MxHost(HOST, 10, DnsStatus.SECURE, (LOOPBACK,)),
-            port=port,
-            roots=PKI.store,
-            timeouts=FAST,
-            helo_name="probe.example.test",
-            now=clock,
-            reach=LOCAL,
-        )
+        result = await probe_mx(MxHost(HOST, 10, DnsStatus.SECURE, (LOOPBACK,)), port=port)
     assert [r.verdict for r in result] == [ProbeVerdict.EXPIRED]
     assert result[0].leaf_sha256 == fingerprints(leaf)[0]
 
@@ -341,13 +336,7 @@ async def test_a_non_global_address_is_refused_without_a_connection(
         raise AssertionError("no connection may be attempted")
 
     monkeypatch.setattr(asyncio, "open_connection", open_connection)
-    result = await probe_host(
-        MxHost(HOST, 10, DnsStatus.SECURE, (address,)),
-        roots=PKI.store,
-        timeouts=FAST,
-        helo_name="probe.example.test",
-        now=clock,
-    )
+    result = await probe_mx(MxHost(HOST, 10, DnsStatus.SECURE, (address,)), reach=Reach())
     assert dialled == []
     assert [r.verdict for r in result] == [ProbeVerdict.UNREACHABLE]
     assert result[0].detail.startswith(f"address not allowed: {address} is ")
@@ -358,14 +347,6 @@ async def test_an_allowed_network_is_probed(tmp_path: Path) -> None:
     leaf, key = PKI.leaf(HOST)
     async with aiosmtpd_server(server_context(tmp_path, [leaf, PKI.inter], key)) as port:
         mx = MxHost(HOST, 10, DnsStatus.SECURE, (LOOPBACK, "10.0.0.25"))
-        result = await probe_host(
-            mx,
-            port=port,
-            roots=PKI.store,
-            timeouts=FAST,
-            helo_name="probe.example.test",
-            now=clock,
-            reach=LOCAL,
-        )
+        result = await probe_mx(mx, port=port, reach=LOCAL)
     assert [r.verdict for r in result] == [ProbeVerdict.VALID, ProbeVerdict.UNREACHABLE]
     assert result[1].detail.startswith("address not allowed: 10.0.0.25 is private")
