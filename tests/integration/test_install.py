@@ -333,7 +333,7 @@ def test_the_milter_user_reads_through_the_control_socket_but_not_the_store(
     ctl = [str(installed.bin / "policyctl"), "--socket", str(installed.runtime / "control.sock")]
     status = installed.as_milter(*ctl, "status")
     assert status.returncode == 0, status.stderr
-    flush = installed.as_milter(*ctl, "flush")
+    flush = installed.as_milter(*ctl, "flush", "example.com")
     assert flush.returncode != 0 and "may not make changes" in flush.stderr, flush
     db = installed.state / "policyd.db"
     assert db.exists()
