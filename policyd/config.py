@@ -37,6 +37,7 @@ from policyd.settings import (
     MetricsSettings,
     MilterSettings,
     OctalMode,
+    OutboundSettings,
     ProbeSettings,
     ServerSettings,
     StoreSettings,
@@ -70,6 +71,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     milter: MilterSettings = field(default_factory=MilterSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     profiles: tuple[Profile, ...] = DEFAULT_PROFILES
 
     def profile(self, name: str) -> Profile | None:

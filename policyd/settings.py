@@ -143,9 +143,19 @@ class TlsSettings:
     ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
 
 
+# [store] redis_max_connections: connections per Redis pool (the store's, the fleet link's;
+# review L8). A call that finds them all busy waits at most the store's command timeout.
+DEFAULT_REDIS_CONNECTIONS: Final = 32
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str = "sqlite:///var/lib/policyd/policyd.db"
+    redis_max_connections: int = DEFAULT_REDIS_CONNECTIONS  # Redis only
+
+    def __post_init__(self) -> None:
+        if self.redis_max_connections < 1:
+            raise ValueError("redis_max_connections must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +380,16 @@ class ProbeSettings:
             tls=self.tls_timeout,
             total=self.total_timeout,
         )
+
+
+# [outbound] (review L2): the non-global networks probes and MTA-STS fetches may reach
+# (policyd.core.reach), e.g. internal MX hosts; empty: global addresses only.
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    allow_networks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _ = [ipaddress.ip_network(text) for text in self.allow_networks]  # ValueError names it
 
 
 # -- [milter] ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,7 +226,10 @@ class Env:
 
 
 async def start_env(
-    sock_dir: Path, capsys: pytest.CaptureFixture[str], control: ControlSettings
+    sock_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    control: ControlSettings,
+    **limits: Any,  # ControlServer.of's max_connections and monotonic
 ) -> tuple[Env, ControlServer]:
     clock = Clock()
     store = await SqliteStore.open("sqlite://:memory:")
@@ -256,7 +260,7 @@ async def start_env(
         clock=clock,
         monotonic=loop.time,
     )
-    server = ControlServer.of(admin, config, lambda: config.control)
+    server = ControlServer.of(admin, config, lambda: config.control, **limits)
     try:
         await server.start()
     except OSError:
