@@ -43,10 +43,11 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.listeners import parse_listener
 from policyd.server.control import ControlServer
 from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
-from policyd.settings import ControlSettings, ServerSettings, StoreSettings, parse_listener
+from policyd.settings import ControlSettings, ServerSettings, StoreSettings
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
 from tests import fakes
