@@ -58,16 +58,13 @@ from policyd.adapters.dns_answer import (
     Rcode,
     Record,
     chain_of,
-    describe,
-    describe_wire,
     failed,
-    from_wire,
     library_errors,
     library_records,
     status_of,
 )
 from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
-from policyd.adapters.dns_udp import NoResponse, UdpResolver
+from policyd.adapters.dns_udp import UdpResolver, resolve
 from policyd.codec import dns_wire
 from policyd.counters import DnsCounters
 from policyd.settings import DnsSettings
@@ -94,6 +91,8 @@ RESOLV_CONF: Final = "/etc/resolv.conf"
 HEALTH_NAME: Final = "localhost."
 # The error of lookups failed by the open breaker.
 NOT_ANSWERING: Final = "resolver not answering"
+# A timer may fire this early (event loops round delays to milliseconds), seconds.
+TIMER_SLACK: Final = 0.002
 
 # The breaker's messages go where the caller says (the daemon: its log); one-shot users
 # (policyctl doctor) stay quiet.
@@ -151,6 +150,9 @@ class Resolver:
         self._library: dns.asyncresolver.Resolver | None = None
         self._cache = AnswerCache(settings.cache_entries)
         self._inflight: SingleFlight[Key, DnsAnswer] = SingleFlight()
+        self._asking: dict[int, float] = {}  # resolutions under way: their start (loop time)
+        self._tokens = 0  # the key of the latest one in _asking
+        self._slow: asyncio.TimerHandle | None = None  # the timer of _sweep_slow
         self._generation = 0
         self.counters = DnsCounters()
 
@@ -176,6 +178,8 @@ class Resolver:
         """Stop the health check and close the sockets (shutdown)."""
         if self._checker is not None:
             self._checker.cancel()
+        if self._slow is not None:
+            self._slow.cancel()
         for client in self._fast or ():
             client.close()
 
@@ -223,11 +227,15 @@ class Resolver:
 
     async def _ask(self, name: str, rdtype: str) -> DnsAnswer:
         """One resolution, watched by the breaker."""
-        suspect = asyncio.get_running_loop().call_later(self._health.after, self._suspect)
+        loop = asyncio.get_running_loop()
+        token = self._tokens = self._tokens + 1
+        self._asking[token] = loop.time()
+        if self._slow is None:
+            self._slow = loop.call_later(self._health.after, self._sweep_slow)
         try:
             answer, responded = await self._resolve(name, rdtype)
         finally:
-            suspect.cancel()
+            del self._asking[token]
         if not responded:
             # No server said anything: wait for the health check's verdict (at most its
             # timeout) so that an outage is known before this failure is reported.
@@ -237,6 +245,24 @@ class Resolver:
         return answer
 
     # -- the breaker -------------------------------------------------------------------
+
+    def _sweep_slow(self) -> None:
+        """The timer of the resolutions under way (one for all: a timer per query cost
+        more than the query's own work on the cold path): any unanswered for
+        ``HealthTimes.after`` seconds makes the resolver suspect. Re-armed for the oldest
+        one younger than that."""
+        self._slow = None
+        loop = asyncio.get_running_loop()
+        due = loop.time() - self._health.after
+        slow = False
+        for started in self._asking.values():  # oldest first (insertion order)
+            if started <= due + TIMER_SLACK:
+                slow = True
+                continue
+            self._slow = loop.call_later(started - due, self._sweep_slow)
+            break
+        if slow:
+            self._suspect()
 
     def _suspect(self) -> asyncio.Future[None]:
         """A query went unanswered: check the resolver itself, once at a time. Returns a
@@ -339,9 +365,7 @@ class Resolver:
         return library
 
     async def _resolve_fast(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool] | None:
-        """One lookup over :mod:`policyd.adapters.dns_udp`, with dnspython's semantics (a
-        try per server until the lifetime ends; SERVFAIL final; REFUSED and the like move
-        on to the next server; an unreachable server is dropped for this lookup). None:
+        """One lookup over :mod:`policyd.adapters.dns_udp` (see its ``resolve``). None:
         not for this path (test servers, a truncated response, a name that is not ASCII)."""
         qtype = dns_wire.TYPES.get(rdtype)
         try:
@@ -352,49 +376,9 @@ class Resolver:
         if qtype is None or not clients or not name.isascii():
             return None
         timeouts = self._timeouts
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.lifetime
-        errors: list[str] = []
-        rcode: Rcode | None = None
-        responded = False
-        while clients:
-            for client in list(clients):
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    response = await client.query(name, qtype, min(timeouts.per_try, left))
-                except dns_wire.DnsWireError as exc:
-                    if not responded and not errors:
-                        return None  # a name this path cannot send: dnspython's turn
-                    responded = True
-                    errors.append(f"FormError: {exc}")
-                    clients.remove(client)
-                    continue
-                except NoResponse:
-                    errors.append("timeout")
-                    continue
-                except OSError as exc:
-                    errors.append(describe(exc, None))
-                    clients.remove(client)
-                    continue
-                responded = True
-                if response.truncated:
-                    return None  # dnspython retries over TCP
-                answer = from_wire(name, rdtype, qtype, response)
-                if answer is not None:
-                    return answer, True
-                code = Rcode.of(response.rcode)
-                text = code.value if code is not None else f"RCODE{response.rcode}"
-                errors.append(describe_wire(text, response.ede))
-                rcode = rcode or code
-                clients.remove(client)
-            if loop.time() >= deadline:
-                break
-        if errors and all(e == "timeout" for e in errors):
-            return failed(name, rdtype, "timeout"), responded
-        unique = list(dict.fromkeys(e for e in errors if e != "timeout")) or ["timeout"]
-        return failed(name, rdtype, "; ".join(unique), rcode), responded
+        return await resolve(
+            clients, name, rdtype, qtype, per_try=timeouts.per_try, lifetime=timeouts.lifetime
+        )
 
     async def _resolve(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool]:
         """One lookup through dnspython, and whether any server responded at all; every
