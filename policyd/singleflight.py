@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-__all__ = ["SingleFlight", "TaskSet"]
+__all__ = ["SingleFlight", "TaskSet", "pass_on"]
 
 
 class SingleFlight(Generic[K, V]):
@@ -33,7 +33,8 @@ class SingleFlight(Generic[K, V]):
     __slots__ = ("_tasks",)
 
     def __init__(self) -> None:
-        self._tasks: dict[K, asyncio.Task[V]] = {}
+        # A task per key; or a future whose work runs without a task (see adopt).
+        self._tasks: dict[K, asyncio.Future[V]] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -41,14 +42,24 @@ class SingleFlight(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._tasks
 
-    def task(self, key: K, factory: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Task[V]:
-        """The running task for ``key``, started from ``factory()`` if there is none."""
+    def task(self, key: K, factory: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Future[V]:
+        """The running work for ``key``, a task started from ``factory()`` if there is none."""
         task = self._tasks.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(factory())
-            self._tasks[key] = task
-            task.add_done_callback(lambda done: self._drop(key, done))
+            self.adopt(key, task)
         return task
+
+    def adopt(self, key: K, future: asyncio.Future[V]) -> None:
+        """Make ``future`` the work for ``key`` (which has none): for work driven by
+        callbacks, without a task. ``cancel_all`` cancels it like a task."""
+        assert key not in self._tasks
+        self._tasks[key] = future
+        future.add_done_callback(lambda done: self._drop(key, done))
+
+    def get(self, key: K) -> asyncio.Future[V] | None:
+        """The work running for ``key``, if any."""
+        return self._tasks.get(key)
 
     async def run(self, key: K, factory: Callable[[], Coroutine[Any, Any, V]]) -> V:
         """The result of the one task for ``key``; cancelling this caller leaves it running.
@@ -59,7 +70,7 @@ class SingleFlight(Generic[K, V]):
         if task.done():
             return task.result()
         waiter: asyncio.Future[V] = task.get_loop().create_future()
-        settle = functools.partial(_settle, waiter)
+        settle = functools.partial(pass_on, waiter)
         task.add_done_callback(settle)
         try:
             return await waiter
@@ -79,15 +90,16 @@ class SingleFlight(Generic[K, V]):
         for task in tasks:
             task.cancel()
 
-    def _drop(self, key: K, done: asyncio.Task[V]) -> None:
+    def _drop(self, key: K, done: asyncio.Future[V]) -> None:
         if self._tasks.get(key) is done:
             del self._tasks[key]
         if not done.cancelled():
             done.exception()  # retrieved: the waiters got it; no "never retrieved" warning
 
 
-def _settle(waiter: asyncio.Future[V], task: asyncio.Task[V]) -> None:
-    """Pass the outcome of ``task`` to one caller waiting for it, unless it left."""
+def pass_on(waiter: asyncio.Future[V], task: asyncio.Future[V]) -> None:
+    """Pass the outcome of ``task`` to ``waiter`` (one caller waiting for it), unless the
+    waiter is done already (the caller left)."""
     if waiter.done():
         return
     if task.cancelled():

@@ -16,6 +16,7 @@ queries anyway.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import random
@@ -122,6 +123,16 @@ class _Socket(asyncio.DatagramProtocol):
                 future.set_exception(exc or ConnectionError("socket closed"))
 
 
+def _ended(sock: _Socket, qid: int, future: asyncio.Future[Response]) -> None:
+    """A query is over (answered, timed out, given up): its ID is free again. Its deadline
+    is left to the socket's timer: cheaper than a cancel."""
+    entry = sock.pending.get(qid)
+    if entry is not None and entry[0] is future:
+        del sock.pending[qid]
+    if sock.sent >= MAX_QUERIES_PER_SOCKET and not sock.pending and sock.transport:
+        sock.transport.close()
+
+
 class UdpResolver:
     """One nameserver address and port; sockets opened on first use."""
 
@@ -171,6 +182,18 @@ class UdpResolver:
     async def query(self, qname: str, qtype: int, timeout: float) -> Response:
         """Send one query and wait for its response; ``qname`` lower case, no final dot."""
         sock = self._ready_socket() or await self._socket()
+        return await self._send(sock, qname, qtype, timeout)
+
+    def send(self, qname: str, qtype: int, timeout: float) -> asyncio.Future[Response] | None:
+        """:meth:`query` without the wait, for work that callbacks drive: the future of the
+        response (cancel it to give up), or None while no socket is open (:meth:`query`
+        opens them). Raises as :meth:`query` does when the query cannot be sent."""
+        sock = self._ready_socket()
+        return None if sock is None else self._send(sock, qname, qtype, timeout)
+
+    def _send(
+        self, sock: _Socket, qname: str, qtype: int, timeout: float
+    ) -> asyncio.Future[Response]:
         if len(sock.pending) >= MAX_INFLIGHT:
             raise NoResponse("too many queries in flight")
         qid = self._ids.getrandbits(16)
@@ -186,11 +209,11 @@ class UdpResolver:
         try:
             assert sock.transport is not None
             sock.transport.sendto(wire)
-            return await future
-        finally:
-            del sock.pending[qid]  # its deadline is left to the timer: cheaper than a cancel
-            if sock.sent >= MAX_QUERIES_PER_SOCKET and not sock.pending and sock.transport:
-                sock.transport.close()
+        except BaseException:
+            del sock.pending[qid]
+            raise
+        future.add_done_callback(functools.partial(_ended, sock, qid))
+        return future
 
     def close(self) -> None:
         for sock in self._sockets:
