@@ -90,8 +90,7 @@ HEALTH_NAME: Final = "localhost."
 # The error of lookups failed by the open breaker.
 NOT_ANSWERING: Final = "resolver not answering"
 
-# The breaker's messages go where the caller says (the daemon: its log); one-shot users
-# (policyctl doctor) stay quiet.
+# The breaker's messages go to the caller's log; one-shot users (policyctl doctor): none.
 _QUIET = logging.getLogger("policyd.dns.quiet")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
@@ -284,13 +283,15 @@ class Resolver:
     def _fast_done(self, fast: _Fast, udp: asyncio.Future[dns_wire.Response]) -> None:
         if not self._fast_end(fast):
             return  # the breaker ended it
-        name, rdtype = fast.key
         if not udp.cancelled() and udp.exception() is None:
-            response = udp.result()
-            qtype = dns_wire.TYPES[rdtype]
-            answer = None if response.truncated else from_wire(name, rdtype, qtype, response)
-            if answer is not None:
-                fast.shared.set_result(self._store(fast.key, fast.generation, answer))
+            r = udp.result()
+            try:  # a bug reaches the callers (as from a task), never leaves them waiting
+                answer = None if r.truncated else from_wire(*fast.key, r.qtype, r)
+                if answer is not None:
+                    fast.shared.set_result(self._store(fast.key, fast.generation, answer))
+            except Exception as exc:  # noqa: BLE001 (the callback is the boundary)
+                fast.shared.set_exception(exc)
+            if fast.shared.done():
                 return
         # Not the usual case: a task takes over, for those waiting and those to come.
         left = max(fast.deadline - asyncio.get_running_loop().time(), TIMER_SLACK)
@@ -304,9 +305,8 @@ class Resolver:
         for fast in list(self._fast_lookups):
             self._fast_end(fast)
             fast.udp.cancel()
-            answer = failed(*fast.key, error)
-            self.counters.outcomes.inc(answer.status.value)
-            fast.shared.set_result(answer)
+            # Counted; never cached (no generation is -1).
+            fast.shared.set_result(self._store(fast.key, -1, failed(*fast.key, error)))
 
     def _fast_end(self, fast: _Fast) -> bool:
         """Take ``fast`` off the books; False if it had ended already."""

@@ -19,6 +19,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from policyd.adapters import dns as dns_adapter
 from policyd.adapters import dns_udp
 from policyd.adapters.dns import HealthTimes, MxRecord, Rcode, Resolver
 from policyd.codec import dns_wire
@@ -330,4 +331,20 @@ async def test_the_breaker_ends_lookups_without_a_task(
     assert all(a.failed for a in got) and r.down
     assert loop.time() - t0 < 1.5  # after (0.2 s) + health timeout (0.2 s), not 5 s
     assert not r._fast_lookups and not r._asking
+    r.close()
+
+
+async def test_a_bug_in_the_callback_reaches_the_caller(
+    serve: Callable[[Handler], asyncio.Future[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    r = await warmed(server)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(dns_adapter, "from_wire", broken)
+    with pytest.raises(RuntimeError, match="bug"):
+        await asyncio.wait_for(r.query("f.test", "A"), 2.0)  # not left waiting
+    assert not r._fast_lookups
     r.close()
