@@ -24,26 +24,29 @@ from typing import Any, Final, TypeVar
 
 from policyd.alerts import AlertSettings
 from policyd.core.profile import DEFAULT_PROFILES, Profile
+from policyd.listeners import (
+    DEFAULT_PORT,
+    Listener,
+    ListenerKind,
+    OctalMode,
+    parse_listener,
+    parse_mode,
+)
 from policyd.settings import (
     DEFAULT_CONFIG_PATH,
-    DEFAULT_PORT,
     REDIS_SCHEMES,
     ControlSettings,
     DnsSettings,
     FleetSettings,
-    Listener,
-    ListenerKind,
     LogSettings,
     MetricsSettings,
     MilterSettings,
-    OctalMode,
+    OutboundSettings,
     ProbeSettings,
     ServerSettings,
     StoreSettings,
     StsSettings,
     TlsSettings,
-    parse_listener,
-    parse_mode,
 )
 
 STORE_SCHEMES: Final = ("sqlite", *REDIS_SCHEMES)  # [store] url
@@ -70,6 +73,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     milter: MilterSettings = field(default_factory=MilterSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     profiles: tuple[Profile, ...] = DEFAULT_PROFILES
 
     def profile(self, name: str) -> Profile | None:

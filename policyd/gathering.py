@@ -82,7 +82,7 @@ class Gathering:
         override = self._overrides.active(dest.key, now)
         if dest.parent_form or dest.is_address:
             return Evidence(dest, override=override)
-        sts_wanted = not dest.bracketed and dest.port == 25
+        sts_wanted = dest.port == 25  # [host] too: a smart host (profiles' sts_smart_host)
         dns_task = asyncio.ensure_future(dane.gather(dest, now))
         try:
             # For a known domain the STS source answers from memory at once and refreshes

@@ -51,18 +51,32 @@ async def read_kept(store: Store, key: str, profile: str, now: float) -> Verdict
 
 def answers_to_json(kept: Mapping[str, Verdict]) -> str:
     """Kept answers per profile name: the policy (Postfix syntax, null for NOTFOUND), the
-    rule and the reason."""
-    return json.dumps(
-        {
-            name: {
+    rule and the reason (``json.dumps(..., sort_keys=True)`` of that, each verdict's part
+    encoded once: every never-seen destination saves one, from a few distinct verdicts)."""
+    parts = [f"{json.dumps(name)}: {_verdict_json(kept[name])}" for name in sorted(kept)]
+    return "{" + ", ".join(parts) + "}"
+
+
+def _verdict_json(v: Verdict) -> str:
+    text = _ENCODED.get(v)
+    if text is None:
+        if len(_ENCODED) >= MAX_ENCODED:
+            _ENCODED.clear()
+        text = _ENCODED[v] = json.dumps(
+            {
                 "policy": None if v.policy is None else postfix_policy.render(v.policy),
                 "rule": v.rule.value,
                 "reason": v.reason,
-            }
-            for name, v in kept.items()
-        },
-        sort_keys=True,
-    )
+            },
+            sort_keys=True,
+        )
+    return text
+
+
+# Verdicts whose JSON is remembered; past this many the memo starts again (a reason can
+# name a host, so distinct verdicts are not a closed set).
+MAX_ENCODED: Final = 4096
+_ENCODED: dict[Verdict, str] = {}
 
 
 def answers_from_json(text: str) -> dict[str, Verdict]:

@@ -2,6 +2,14 @@
 
 Every change goes to the store first (``Kind.OVERRIDE``), then to memory; the methods say
 which keys changed, so that the service drops the answers decided without them.
+
+A parent-form override (``.example.com``) reaches every subdomain at any depth, as in
+Postfix's own table walk (``tls_policy_lookup`` in ``smtp_tls_policy.c``: ``sub.example.com``,
+then ``.example.com``, then ``.com``), but here also when the subdomain has evidence of its
+own: Postfix would ask for the parent form only after a NOTFOUND, and an override outranks
+all evidence. The most specific override wins; ``example.com`` itself is not under
+``.example.com``. Bracketed next hops and ``domain:port`` get their exact key only, as in
+Postfix.
 """
 
 from __future__ import annotations
@@ -23,10 +31,16 @@ class Overrides:
         self.by_key: dict[str, Override] = {}
 
     def active(self, key: str, now: float) -> Override | None:
-        ov = self.by_key.get(key)
-        if ov is None or not ov.active_at(now):
+        """The override for ``key``: its own, else the nearest parent form's (an expired
+        one counts as none and lets a parent's through)."""
+        by_key = self.by_key
+        if not by_key:
             return None
-        return ov
+        for form in parent_walk(key):
+            ov = by_key.get(form)
+            if ov is not None and ov.active_at(now):
+                return ov
+        return None
 
     async def load(self) -> set[str]:
         """(Re)read every override from the store; the keys whose override changed."""
@@ -67,6 +81,24 @@ class Overrides:
         for key in expired:
             del self.by_key[key]
         return expired
+
+
+def parent_walk(key: str) -> tuple[str, ...]:
+    """The keys Postfix would try for ``key``, most specific first: ``a.b.example`` gives
+    itself, ``.b.example``, ``.example``. A bracketed key or one with a port only itself."""
+    if key.startswith("[") or ":" in key:
+        return (key,)
+    forms = [key]
+    dot = key.find(".", 1)
+    while dot != -1:
+        forms.append(key[dot:])
+        dot = key.find(".", dot + 1)
+    return tuple(forms)
+
+
+def under_parent(key: str, parent: str) -> bool:
+    """Whether the parent-form key ``parent`` (``.example.com``) reaches ``key``."""
+    return parent in parent_walk(key)[1:]
 
 
 def _readable(rec: Record) -> Override | None:

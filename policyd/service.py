@@ -36,7 +36,7 @@ from policyd.gathering import DaneSourceLike, Gathering, ProbeSourceLike, StsSou
 from policyd.held import HeldDestinations, Seconds
 from policyd.held import shared as _shared
 from policyd.kept_answers import KEEP_ANSWERS_FOR, KEEP_REFRESH, kept_record, read_kept
-from policyd.overrides import Overrides
+from policyd.overrides import Overrides, under_parent
 from policyd.settings import DEFAULT_MAX_DESTINATIONS
 from policyd.told import as_sent, label_of
 
@@ -88,8 +88,7 @@ class Stats:
     hits: int = 0
     temp: int = 0
     perm: int = 0
-    # Cached answers refreshed before they expire (policyd.server.prefetch): refreshes
-    # started, not started at the limit in flight, and failed (the old answer expires).
+    # Refreshes before expiry (policyd.server.prefetch): started, skipped at the limit, failed.
     prefetched: int = 0
     prefetch_skipped: int = 0
     prefetch_failed: int = 0
@@ -131,7 +130,6 @@ class PolicyService:
         self._last: dict[str, dict[str, _Seen]] = {p.name: {} for p in profiles}
         # Whole seconds as one float object for every verdict saved within that second.
         self._saved_second = Seconds()
-        # fresh_dane: DNS evidence for refreshes, not from the DNS cache (see answer()).
         self._gathering = Gathering(dane, sts, probe, self._overrides, clock, fresh_dane=fresh_dane)
         self._dns_down = dns_down
         # Events and kept answers reach the store from here; the daemon runs writes.run().
@@ -192,9 +190,16 @@ class PolicyService:
 
     def invalidate(self, key: str | None) -> None:
         """Answers given for one destination key, or for all, are stale: every subscribed
-        cache drops them (a changed override, a flush, fresher evidence, new profiles)."""
+        cache drops them (a changed override, a flush, fresher evidence, new profiles).
+        A parent-form key (``.example.com``) also stands for every destination under it,
+        which its override reaches (:mod:`policyd.overrides`): a scan, on admin changes."""
+        keys = [key] if key is None or not key.startswith(".") else [key, *self._under(key)]
         for cache in self._caches:
-            cache.invalidate(key)
+            for each in keys:
+                cache.invalidate(each)
+
+    def _under(self, parent: str) -> list[str]:
+        return [k for k in self.held.order if k.endswith(parent) and under_parent(k, parent)]
 
     def _touch(self, key: str) -> None:
         """Make ``key`` the most recently used destination held in memory."""
@@ -210,8 +215,7 @@ class PolicyService:
     # -- deciding ----------------------------------------------------------------------
 
     async def answer(self, dest: Destination, profile: Profile, *, fresh: bool = False) -> Answer:
-        """``fresh``: a refresh of a cached answer about to expire, from DNS evidence asked
-        again (not from the DNS cache, which would expire with the cached answer)."""
+        """``fresh``: a refresh before expiry; its DNS asked again, not read from the cache."""
         now = self._clock()
         override = self._override(dest, now)
         if override is not None:

@@ -22,6 +22,7 @@ from typing import Annotated, Final
 
 from policyd.codec.netstring import DEFAULT_MAX_PAYLOAD
 from policyd.core.types import SMTP_PORT
+from policyd.listeners import DEFAULT_PORT, MAX_TCP_PORT, Listener, ListenerKind, OctalMode
 
 # The one configuration file of the three programs (each takes --config).
 DEFAULT_CONFIG_PATH: Final = "/etc/policyd/policyd.toml"
@@ -32,9 +33,6 @@ DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
 # [server] prefetch: a cached answer hit in this last fraction of its life is refreshed in
 # the background (unbound's prefetch uses the last 10%); 0 turns it off.
 DEFAULT_PREFETCH: Final = 0.1
-DEFAULT_PORT: Final = 7672  # the default socketmap listener: inet:127.0.0.1:7672
-MAX_MODE: Final = 0o777  # permission bits only: no setuid, setgid or sticky bit
-MAX_TCP_PORT: Final = 65535
 
 
 def _positive_seconds(timeouts: object, what: str) -> None:
@@ -43,69 +41,6 @@ def _positive_seconds(timeouts: object, what: str) -> None:
         value = getattr(timeouts, f.name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{what} timeout {f.name} must be a positive number of seconds")
-
-
-# -- listeners and modes -----------------------------------------------------------------
-
-
-class ListenerKind(enum.Enum):
-    UNIX = "unix"
-    INET = "inet"
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """``unix:/path`` or ``inet:host:port`` (``inet:[::1]:8461`` for IPv6), parsed."""
-
-    kind: ListenerKind
-    path: str = ""  # unix
-    host: str = ""  # inet, without brackets
-    port: int = 0  # inet
-
-    def __post_init__(self) -> None:
-        if self.kind is ListenerKind.UNIX and not self.path:
-            raise ValueError("a unix listener needs a path")
-        if self.kind is ListenerKind.INET and not (self.host and 0 < self.port <= MAX_TCP_PORT):
-            raise ValueError("an inet listener needs a host and a port 1-65535")
-
-    def __str__(self) -> str:
-        if self.kind is ListenerKind.UNIX:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_listener(spec: str) -> Listener:
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ValueError(f"{spec!r}: expected unix:/path or inet:host:port")
-    if kind == ListenerKind.UNIX.value:
-        return Listener(ListenerKind.UNIX, path=rest)
-    if kind == ListenerKind.INET.value:
-        host, sep, port_text = rest.rpartition(":")
-        digits = port_text.isascii() and port_text.isdigit()
-        if not sep or not digits or not 0 < int(port_text) <= MAX_TCP_PORT:
-            raise ValueError(f"{spec!r}: expected inet:host:port")
-        host = host.removeprefix("[").removesuffix("]")
-        if not host:
-            raise ValueError(f"{spec!r}: missing host")
-        return Listener(ListenerKind.INET, host=host, port=int(port_text))
-    raise ValueError(f"{spec!r}: unknown listener type {kind!r}")
-
-
-class OctalMode:
-    """Marks an int setting written as an octal string: ``Annotated[int, OctalMode]``."""
-
-
-def parse_mode(text: str) -> int:
-    """An octal permission string such as ``"0660"``."""
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an octal mode") from None
-    if not 0 <= mode <= MAX_MODE:
-        raise ValueError("mode out of range")
-    return mode
 
 
 # -- [server], [control] and the small tables ----------------------------------------------
@@ -150,9 +85,19 @@ class TlsSettings:
     ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
 
 
+# [store] redis_max_connections: connections per Redis pool (the store's, the fleet link's;
+# review L8). A call that finds them all busy waits at most the store's command timeout.
+DEFAULT_REDIS_CONNECTIONS: Final = 32
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str = "sqlite:///var/lib/policyd/policyd.db"
+    redis_max_connections: int = DEFAULT_REDIS_CONNECTIONS  # Redis only
+
+    def __post_init__(self) -> None:
+        if self.redis_max_connections < 1:
+            raise ValueError("redis_max_connections must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +222,10 @@ class StsSettings:
     # How often a lookup re-reads the TXT record of a domain in use, to see a changed id
     # (RFC 8461 3.1), or to find a policy for a domain that had none.
     recheck_interval: float = 3600.0
+    # Refetch a stale cached policy over HTTPS although its TXT record is gone (review
+    # D15): continuity across an accidental deletion. Off: RFC 8461 expects the record to
+    # stay (and mode none to be published first, 8.3), so the policy lapses at max_age.
+    refresh_without_txt: bool = False
     max_concurrent_fetches: int = 16
     # Discoveries and refreshes waiting for a slot; beyond it the oldest background
     # discovery is dropped for urgent work, or the new one is refused (and counted).
@@ -373,6 +322,16 @@ class ProbeSettings:
             tls=self.tls_timeout,
             total=self.total_timeout,
         )
+
+
+# [outbound] (review L2): the non-global networks probes and MTA-STS fetches may reach
+# (policyd.core.reach), e.g. internal MX hosts; empty: global addresses only.
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    allow_networks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _ = [ipaddress.ip_network(text) for text in self.allow_networks]  # ValueError names it
 
 
 # -- [milter] ----------------------------------------------------------------------------

@@ -211,6 +211,9 @@ def postmap(table: str, keys: tuple[str, ...] | list[str]) -> list[str]:
     return [found.get(k, "NOTFOUND") for k in keys]
 
 
+WORLD_NETWORK: Final = "127.0.0.0/8"  # every address of every test world
+
+
 def base_sections(
     directory: Path, nameserver: str = "127.0.0.1", *, store: str | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -227,6 +230,9 @@ def base_sections(
         "dns": {"nameservers": [nameserver], "timeout": 1.0, "lifetime": 2.0},
         "store": {"url": store or f"sqlite:///{directory}/policyd.db"},
         "log": {"level": "debug"},
+        # The test worlds' MX and MTA-STS hosts live on 127.0.0.0/8 (tests/world/addresses),
+        # which policyd refuses to reach unless allowed (security review L2).
+        "outbound": {"allow_networks": [WORLD_NETWORK]},
     }
 
 

@@ -1,4 +1,4 @@
-"""DNS lookups with the DNSSEC outcome of each answer, over ``dns.asyncresolver``.
+"""DNS lookups with the DNSSEC outcome of each answer.
 
 The daemon trusts the AD bit of a validating resolver on this host (RFC 6698 4.1,
 RFC 7672 2.1.1). Every lookup ends in one of three states that are never confused:
@@ -21,9 +21,9 @@ and the check is repeated every ``HealthTimes.retry`` seconds until any response
 the breaker by itself.
 
 Queries to configured addresses go through :mod:`policyd.adapters.dns_udp` (long-lived
-UDP sockets, :mod:`policyd.codec.dns_wire` to read responses): on the cold path that costs
-a fraction of dnspython's resolver. dnspython still serves what that path does not: a
-truncated response (retried over TCP), a name that is not ASCII, and test servers.
+UDP sockets, :mod:`policyd.codec.dns_wire` to read responses), the usual one without a
+task (a callback takes the answer); dnspython (:mod:`policyd.adapters.dns_library`)
+serves the rest: a truncated response (over TCP), a name not ASCII, test servers.
 
 Seam for tests: ``Resolver(..., servers=[...])`` takes ``dns.nameserver.Nameserver``
 objects in place of the configured addresses. A fake one returns real
@@ -34,6 +34,7 @@ objects in place of the configured addresses. A fake one returns real
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -57,23 +58,19 @@ from policyd.adapters.dns_answer import (
     MxRecord,
     Rcode,
     Record,
-    chain_of,
-    describe,
-    describe_wire,
     failed,
     from_wire,
-    library_errors,
-    library_records,
-    status_of,
 )
 from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
-from policyd.adapters.dns_udp import NoResponse, UdpResolver
+from policyd.adapters.dns_library import EDNS_PAYLOAD, answers, build_library, library_resolve
+from policyd.adapters.dns_udp import TIMER_SLACK, NoResponse, UdpResolver, resolve
 from policyd.codec import dns_wire
 from policyd.counters import DnsCounters
 from policyd.settings import DnsSettings
-from policyd.singleflight import SingleFlight
+from policyd.singleflight import SingleFlight, pass_on
 
 __all__ = [
+    "EDNS_PAYLOAD",
     "DnsAnswer",
     "HealthTimes",
     "MxRecord",
@@ -85,8 +82,6 @@ __all__ = [
 # A failed lookup is cached this long: a dead resolver is not hammered by every
 # queued mail, yet a recovered one is used again within seconds.
 FAILED_TTL: Final = 5
-# EDNS(0) UDP payload size: the DNS Flag Day 2020 value, which avoids IP fragmentation.
-EDNS_PAYLOAD: Final = 1232
 # Where the nameservers come from when none are configured (resolv.conf(5)).
 RESOLV_CONF: Final = "/etc/resolv.conf"
 # The breaker's health check asks for this name: every resolver answers it without
@@ -95,18 +90,10 @@ HEALTH_NAME: Final = "localhost."
 # The error of lookups failed by the open breaker.
 NOT_ANSWERING: Final = "resolver not answering"
 
-# The breaker's messages go where the caller says (the daemon: its log); one-shot users
-# (policyctl doctor) stay quiet.
+# The breaker's messages go to the caller's log; one-shot users (policyctl doctor): none.
 _QUIET = logging.getLogger("policyd.dns.quiet")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
-
-# dnspython >= 2.8 rejects a TLSA record whose data length does not fit its matching
-# type, and with it the whole response (FormError): one malformed record would turn the
-# lookup into a failure and the domain into a deferral. RFC 7672 3.1 and Postfix treat
-# such a record as unusable and go on with the others, so TLSA data is taken as
-# published and judged by policyd.core.evidence.Tlsa.usable. (TLSA only, not SMIMEA.)
-dns.rdtypes.ANY.TLSA.TLSA._cert_length_by_mtype = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +111,19 @@ class HealthTimes:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"health {name} must be a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # eq=False: each one is itself (a set member)
+class _Fast:
+    """A lookup under way without a task (see ``Resolver._fast_start``)."""
+
+    key: Key
+    generation: int
+    flight: SingleFlight[Key, DnsAnswer]  # the resolver's at the start (clear() makes another)
+    shared: asyncio.Future[DnsAnswer]  # what the callers wait for
+    udp: asyncio.Future[dns_wire.Response]
+    token: int  # its key in Resolver._asking
+    deadline: float  # loop time: the end of the lookup's lifetime
 
 
 class Resolver:
@@ -151,6 +151,10 @@ class Resolver:
         self._library: dns.asyncresolver.Resolver | None = None
         self._cache = AnswerCache(settings.cache_entries)
         self._inflight: SingleFlight[Key, DnsAnswer] = SingleFlight()
+        self._asking: dict[int, float] = {}  # resolutions under way: their start (loop time)
+        self._tokens = 0  # the key of the latest one in _asking
+        self._slow: asyncio.TimerHandle | None = None  # the timer of _sweep_slow
+        self._fast_lookups: set[_Fast] = set()  # under way without a task: the breaker ends them
         self._generation = 0
         self.counters = DnsCounters()
 
@@ -176,6 +180,9 @@ class Resolver:
         """Stop the health check and close the sockets (shutdown)."""
         if self._checker is not None:
             self._checker.cancel()
+        if self._slow is not None:
+            self._slow.cancel()
+        self._fast_stop("resolver closed")
         for client in self._fast or ():
             client.close()
 
@@ -185,8 +192,7 @@ class Resolver:
         return self._down
 
     async def query(self, name: str, rdtype: str, *, fresh: bool = False) -> DnsAnswer:
-        """Look up ``rdtype`` records of ``name`` (absolute; no search list); ``fresh``:
-        not from the cache (a refresh before the cached answer expires replaces it)."""
+        """Look up ``rdtype`` records of ``name`` (absolute); ``fresh``: not from the cache."""
         rdtype = rdtype.upper()
         # The types of the wire path are data types; only others need dnspython's table.
         if rdtype not in dns_wire.TYPES and dns.rdatatype.is_metatype(
@@ -200,18 +206,27 @@ class Resolver:
         if self._down:
             return failed(key[0], rdtype, NOT_ANSWERING)
         generation = self._generation
+        flight = self._inflight
+        if key not in flight:
+            fast = self._fast_start(key, generation, flight)
+            if fast is not None:
+                flight.adopt(key, fast)
         # One caller giving up (cancelled) does not cancel the lookup the others share.
-        return await self._inflight.run(key, lambda: self._lookup(key, generation))
+        return await flight.run(key, lambda: self._lookup(key, generation))
 
-    async def _lookup(self, key: Key, generation: int) -> DnsAnswer:
+    async def _lookup(self, key: Key, generation: int, lifetime: float = 0.0) -> DnsAnswer:
         try:
-            answer = await self._ask(*key)
+            answer = await self._ask(*key, lifetime)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self._down or task is None:
                 raise
             task.uncancel()  # our own cancel (see _watch): the lookup ends FAILED
             answer = failed(key[0], key[1], NOT_ANSWERING)
+        return self._store(key, generation, answer)
+
+    def _store(self, key: Key, generation: int, answer: DnsAnswer) -> DnsAnswer:
+        """Count a lookup's answer and cache it, with its TTL clamped."""
         self.counters.outcomes.inc(answer.status.value)
         if answer.error == NOT_ANSWERING:
             return answer  # not cached: the breaker answers as long as the outage lasts
@@ -222,13 +237,13 @@ class Resolver:
             self._cache.put(key, answer, self._clock())
         return answer
 
-    async def _ask(self, name: str, rdtype: str) -> DnsAnswer:
+    async def _ask(self, name: str, rdtype: str, lifetime: float) -> DnsAnswer:
         """One resolution, watched by the breaker."""
-        suspect = asyncio.get_running_loop().call_later(self._health.after, self._suspect)
+        token = self._watch_slow()
         try:
-            answer, responded = await self._resolve(name, rdtype)
+            answer, responded = await self._resolve(name, rdtype, lifetime)
         finally:
-            suspect.cancel()
+            del self._asking[token]
         if not responded:
             # No server said anything: wait for the health check's verdict (at most its
             # timeout) so that an outage is known before this failure is reported.
@@ -237,7 +252,98 @@ class Resolver:
                 return replace(answer, error=NOT_ANSWERING)
         return answer
 
+    # -- lookups without a task --------------------------------------------------------
+
+    def _fast_start(
+        self, key: Key, generation: int, flight: SingleFlight[Key, DnsAnswer]
+    ) -> asyncio.Future[DnsAnswer] | None:
+        """The usual lookup without a task: one query on an open UDP socket, its answer
+        taken by a callback (:meth:`_fast_done`); a task (:meth:`_lookup`) takes over for
+        anything else, within the rest of the lifetime. None: not for this path (no
+        socket open yet: the first lookups build them; a name or type it cannot send)."""
+        name, rdtype = key
+        qtype = dns_wire.TYPES.get(rdtype)
+        if qtype is None or not self._fast or not name.isascii():
+            return None
+        lifetime = self._timeouts.lifetime
+        try:
+            udp = self._fast[0].send(name, qtype, min(self._timeouts.per_try, lifetime))
+        except (dns_wire.DnsWireError, NoResponse, OSError):
+            udp = None  # the task's way says what went wrong
+        if udp is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lifetime
+        token = self._watch_slow()
+        fast = _Fast(key, generation, flight, loop.create_future(), udp, token, deadline)
+        self._fast_lookups.add(fast)
+        udp.add_done_callback(functools.partial(self._fast_done, fast))
+        return fast.shared
+
+    def _fast_done(self, fast: _Fast, udp: asyncio.Future[dns_wire.Response]) -> None:
+        if not self._fast_end(fast):
+            return  # the breaker ended it
+        if not udp.cancelled() and udp.exception() is None:
+            r = udp.result()
+            try:  # a bug reaches the callers (as from a task), never leaves them waiting
+                answer = None if r.truncated else from_wire(*fast.key, r.qtype, r)
+                if answer is not None:
+                    fast.shared.set_result(self._store(fast.key, fast.generation, answer))
+            except Exception as exc:  # noqa: BLE001 (the callback is the boundary)
+                fast.shared.set_exception(exc)
+            if fast.shared.done():
+                return
+        # Not the usual case: a task takes over, for those waiting and those to come.
+        left = max(fast.deadline - asyncio.get_running_loop().time(), TIMER_SLACK)
+        if fast.flight.get(fast.key) is fast.shared:
+            fast.flight.forget(fast.key)
+        task = fast.flight.task(fast.key, lambda: self._lookup(fast.key, fast.generation, left))
+        task.add_done_callback(functools.partial(pass_on, fast.shared))
+
+    def _fast_stop(self, error: str) -> None:
+        """End every lookup under way without a task FAILED with ``error``."""
+        for fast in list(self._fast_lookups):
+            self._fast_end(fast)
+            fast.udp.cancel()
+            # Counted; never cached (no generation is -1).
+            fast.shared.set_result(self._store(fast.key, -1, failed(*fast.key, error)))
+
+    def _fast_end(self, fast: _Fast) -> bool:
+        """Take ``fast`` off the books; False if it had ended already."""
+        if fast not in self._fast_lookups:
+            return False
+        self._fast_lookups.remove(fast)
+        del self._asking[fast.token]
+        return True
+
     # -- the breaker -------------------------------------------------------------------
+
+    def _watch_slow(self) -> int:
+        """Put a resolution under the breaker's watch; returns its key in ``_asking``."""
+        loop = asyncio.get_running_loop()
+        token = self._tokens = self._tokens + 1
+        self._asking[token] = loop.time()
+        if self._slow is None:
+            self._slow = loop.call_later(self._health.after, self._sweep_slow)
+        return token
+
+    def _sweep_slow(self) -> None:
+        """The timer of the resolutions under way (one for all: a timer per query cost
+        more than the query's own work on the cold path): any unanswered for
+        ``HealthTimes.after`` seconds makes the resolver suspect. Re-armed for the oldest
+        one younger than that."""
+        self._slow = None
+        loop = asyncio.get_running_loop()
+        due = loop.time() - self._health.after
+        slow = False
+        for started in self._asking.values():  # oldest first (insertion order)
+            if started <= due + TIMER_SLACK:
+                slow = True
+                continue
+            self._slow = loop.call_later(started - due, self._sweep_slow)
+            break
+        if slow:
+            self._suspect()
 
     def _suspect(self) -> asyncio.Future[None]:
         """A query went unanswered: check the resolver itself, once at a time. Returns a
@@ -266,6 +372,7 @@ class Resolver:
                     "dns: resolver not answering; lookups fail at once until it does "
                     "(cached answers are kept)"
                 )
+                self._fast_stop(NOT_ANSWERING)
                 self._inflight.cancel_all()  # each lookup ends FAILED in _lookup
             if not first.done():
                 first.set_result(None)
@@ -280,20 +387,7 @@ class Resolver:
             library = self._resolver()
         except dns.exception.DNSException:
             return False  # no nameservers configured: nothing to wait for
-        request = dns.message.make_query(HEALTH_NAME, "A", flags=dns.flags.RD)
-        backend = dns.asyncbackend.get_default_backend()
-        for entry in library.nameservers:
-            server = (
-                dns.nameserver.Do53Nameserver(entry, library.port)
-                if isinstance(entry, str)
-                else entry
-            )
-            try:
-                await server.async_query(request, self._health.timeout, None, 0, False, backend)
-            except (dns.exception.DNSException, OSError, EOFError, ValueError):
-                continue
-            return True
-        return False
+        return await answers(library, HEALTH_NAME, self._health.timeout)
 
     def _cache_ttl(self, answer: DnsAnswer) -> int:
         s = self._settings
@@ -309,23 +403,7 @@ class Resolver:
         if self._library is not None:
             return self._library
         s = self._settings
-        library = dns.asyncresolver.Resolver(configure=False)
-        servers: list[str | dns.nameserver.Nameserver] = list(self._servers)
-        if not servers:
-            servers = list(s.nameservers) or list(_resolv_conf_nameservers())
-        library.nameservers = servers
-        library.port = s.port
-        library.timeout = s.timeouts.per_try
-        library.lifetime = s.timeouts.lifetime
-        library.cache = None  # this class caches, with its own TTL bounds
-        library.retry_servfail = False  # a validator's SERVFAIL (bogus) will not improve
-        # AD in the query asks for the AD bit alone (RFC 6840 5.7); without DO the resolver
-        # leaves out RRSIG and NSEC records (RFC 3225 3), which nothing here reads: answers
-        # stay small and quick to parse. EDNS stays for the payload size and for Extended
-        # DNS Errors (RFC 8914). CD stays clear: the resolver must validate.
-        library.use_edns(0, 0, EDNS_PAYLOAD)
-        library.flags = dns.flags.RD | dns.flags.AD
-        self._library = library
+        self._library = library = build_library(s, self._servers, RESOLV_CONF)
         self._fast = (
             []
             if self._servers
@@ -339,10 +417,10 @@ class Resolver:
         )
         return library
 
-    async def _resolve_fast(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool] | None:
-        """One lookup over :mod:`policyd.adapters.dns_udp`, with dnspython's semantics (a
-        try per server until the lifetime ends; SERVFAIL final; REFUSED and the like move
-        on to the next server; an unreachable server is dropped for this lookup). None:
+    async def _resolve_fast(
+        self, name: str, rdtype: str, lifetime: float
+    ) -> tuple[DnsAnswer, bool] | None:
+        """One lookup over :mod:`policyd.adapters.dns_udp` (see its ``resolve``). None:
         not for this path (test servers, a truncated response, a name that is not ASCII)."""
         qtype = dns_wire.TYPES.get(rdtype)
         try:
@@ -353,96 +431,20 @@ class Resolver:
         if qtype is None or not clients or not name.isascii():
             return None
         timeouts = self._timeouts
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.lifetime
-        errors: list[str] = []
-        rcode: Rcode | None = None
-        responded = False
-        while clients:
-            for client in list(clients):
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    response = await client.query(name, qtype, min(timeouts.per_try, left))
-                except dns_wire.DnsWireError as exc:
-                    if not responded and not errors:
-                        return None  # a name this path cannot send: dnspython's turn
-                    responded = True
-                    errors.append(f"FormError: {exc}")
-                    clients.remove(client)
-                    continue
-                except NoResponse:
-                    errors.append("timeout")
-                    continue
-                except OSError as exc:
-                    errors.append(describe(exc, None))
-                    clients.remove(client)
-                    continue
-                responded = True
-                if response.truncated:
-                    return None  # dnspython retries over TCP
-                answer = from_wire(name, rdtype, qtype, response)
-                if answer is not None:
-                    return answer, True
-                code = Rcode.of(response.rcode)
-                text = code.value if code is not None else f"RCODE{response.rcode}"
-                errors.append(describe_wire(text, response.ede))
-                rcode = rcode or code
-                clients.remove(client)
-            if loop.time() >= deadline:
-                break
-        if errors and all(e == "timeout" for e in errors):
-            return failed(name, rdtype, "timeout"), responded
-        unique = list(dict.fromkeys(e for e in errors if e != "timeout")) or ["timeout"]
-        return failed(name, rdtype, "; ".join(unique), rcode), responded
+        return await resolve(
+            clients,
+            name,
+            rdtype,
+            qtype,
+            per_try=timeouts.per_try,
+            lifetime=lifetime or timeouts.lifetime,
+        )
 
-    async def _resolve(self, name: str, rdtype: str) -> tuple[DnsAnswer, bool]:
+    async def _resolve(self, name: str, rdtype: str, lifetime: float) -> tuple[DnsAnswer, bool]:
         """One lookup through dnspython, and whether any server responded at all; every
         library exception becomes FAILED here."""
 
-        def failure(error: str, rcode: Rcode | None = None) -> tuple[DnsAnswer, bool]:
-            return failed(name, rdtype, error, rcode), True
-
-        fast = await self._resolve_fast(name, rdtype)
+        fast = await self._resolve_fast(name, rdtype, lifetime)
         if fast is not None:
             return fast
-        try:
-            qname = dns.name.from_text(name)
-        except dns.exception.DNSException as exc:  # label too long, bad IDNA...
-            return failure(f"invalid name: {exc}")
-        try:
-            library = self._resolver()
-            result = await library.resolve(qname, rdtype, raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN as exc:
-            # A completed answer: its AD bit says whether the denial was validated.
-            response = exc.kwargs.get("responses", {}).get(qname)
-            canonical, ttl = chain_of(qname, response)
-            status = status_of(response)
-            return DnsAnswer(name, rdtype, status, Rcode.NXDOMAIN, (), canonical, ttl), True
-        except dns.resolver.LifetimeTimeout as exc:
-            errors = exc.kwargs.get("errors", [])
-            return failed(name, rdtype, "timeout"), any(e[4] is not None for e in errors)
-        except dns.resolver.NoNameservers as exc:
-            errors = exc.kwargs.get("errors", [])
-            error, rcode = library_errors(errors)
-            return failed(name, rdtype, error, rcode), any(e[4] is not None for e in errors)
-        except dns.resolver.YXDOMAIN:
-            return failure("YXDOMAIN", Rcode.YXDOMAIN)
-        except dns.resolver.NoResolverConfiguration:
-            return failure(f"no nameservers in {RESOLV_CONF}")
-        except dns.exception.DNSException as exc:  # the library's root: anything else of it
-            return failure(f"{type(exc).__name__}: {exc}")
-        records = library_records(result.rrset) if result.rrset is not None else ()
-        canonical, ttl = chain_of(qname, result.response)
-        status = status_of(result.response)
-        return DnsAnswer(name, rdtype, status, Rcode.NOERROR, records, canonical, ttl), True
-
-
-def _resolv_conf_nameservers() -> Sequence[str | dns.nameserver.Nameserver]:
-    """Only the nameservers of resolv.conf: search lists, ndots and rotation do not apply
-    to the absolute names we look up. Raises NoResolverConfiguration (translated by the
-    caller) if there are none."""
-    reader = dns.resolver.Resolver(configure=False)
-    reader.read_resolv_conf(RESOLV_CONF)
-    return reader.nameservers
+        return await library_resolve(self._resolver, name, rdtype, RESOLV_CONF)

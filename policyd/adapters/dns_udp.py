@@ -16,11 +16,21 @@ queries anyway.
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import os
 import random
 import typing
 from typing import Final
 
+from policyd.adapters.dns_answer import (
+    DnsAnswer,
+    Rcode,
+    describe,
+    describe_wire,
+    failed,
+    from_wire,
+)
 from policyd.codec.dns_wire import DnsWireError, Response, decode_response, encode_query
 
 SOCKETS: Final = 4  # per nameserver: spreads queries over a few source ports
@@ -32,12 +42,50 @@ class NoResponse(Exception):
     """No matching response within the timeout."""
 
 
+# A timer may fire this early (event loops round delays to milliseconds), seconds.
+TIMER_SLACK: Final = 0.002
+
+
 class _Socket(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[Response], str, int]] = {}
+        # query ID -> (its future, name, type, deadline in loop time)
+        self.pending: dict[int, tuple[asyncio.Future[Response], str, int, float]] = {}
         self.sent = 0
         self.closed = False
+        # One timer per socket, due at the earliest deadline: a timer per query cost
+        # more than the query's own work on the cold path.
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = math.inf
+
+    def watch(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Make sure the timer fires by ``deadline``."""
+        if deadline < self._due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._due = deadline
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._due = math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time() + TIMER_SLACK
+        later = math.inf
+        for future, _, _, deadline in self.pending.values():
+            if deadline <= now:
+                if not future.done():
+                    future.set_exception(NoResponse("timeout"))
+            elif deadline < later:
+                later = deadline
+        if later < math.inf:
+            self.watch(loop, later)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._due = math.inf
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.DatagramTransport without subclassing it.
@@ -49,7 +97,7 @@ class _Socket(asyncio.DatagramProtocol):
         entry = self.pending.get(int.from_bytes(data[:2], "big"))
         if entry is None:
             return  # late, or not ours
-        future, qname, qtype = entry
+        future, qname, qtype, _ = entry
         try:
             response = decode_response(data)
         except DnsWireError as exc:
@@ -63,20 +111,26 @@ class _Socket(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable on a connected socket: every query on it went nowhere.
-        for future, _, _ in list(self.pending.values()):
+        for future, *_ in list(self.pending.values()):
             if not future.done():
                 future.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        for future, _, _ in list(self.pending.values()):
+        self.stop_timer()
+        for future, *_ in list(self.pending.values()):
             if not future.done():
                 future.set_exception(exc or ConnectionError("socket closed"))
 
 
-def _expire(future: asyncio.Future[Response]) -> None:
-    if not future.done():
-        future.set_exception(NoResponse("timeout"))
+def _ended(sock: _Socket, qid: int, future: asyncio.Future[Response]) -> None:
+    """A query is over (answered, timed out, given up): its ID is free again. Its deadline
+    is left to the socket's timer: cheaper than a cancel."""
+    entry = sock.pending.get(qid)
+    if entry is not None and entry[0] is future:
+        del sock.pending[qid]
+    if sock.sent >= MAX_QUERIES_PER_SOCKET and not sock.pending and sock.transport:
+        sock.transport.close()
 
 
 class UdpResolver:
@@ -93,12 +147,16 @@ class UdpResolver:
         # per query as secrets would make.
         self._ids = random.Random(os.urandom(16))
 
-    async def _socket(self) -> _Socket:
+    def _ready_socket(self) -> _Socket | None:
+        """The next socket in turn if all are open and usable (no await: the usual case)."""
         if len(self._sockets) == SOCKETS:
             self._next = (self._next + 1) % SOCKETS
             sock = self._sockets[self._next]
             if not sock.closed and sock.sent < MAX_QUERIES_PER_SOCKET:
                 return sock
+        return None
+
+    async def _socket(self) -> _Socket:
         live: list[_Socket] = []
         for sock in self._sockets:
             if sock.closed:
@@ -123,7 +181,19 @@ class UdpResolver:
 
     async def query(self, qname: str, qtype: int, timeout: float) -> Response:
         """Send one query and wait for its response; ``qname`` lower case, no final dot."""
-        sock = await self._socket()
+        sock = self._ready_socket() or await self._socket()
+        return await self._send(sock, qname, qtype, timeout)
+
+    def send(self, qname: str, qtype: int, timeout: float) -> asyncio.Future[Response] | None:
+        """:meth:`query` without the wait, for work that callbacks drive: the future of the
+        response (cancel it to give up), or None while no socket is open (:meth:`query`
+        opens them). Raises as :meth:`query` does when the query cannot be sent."""
+        sock = self._ready_socket()
+        return None if sock is None else self._send(sock, qname, qtype, timeout)
+
+    def _send(
+        self, sock: _Socket, qname: str, qtype: int, timeout: float
+    ) -> asyncio.Future[Response]:
         if len(sock.pending) >= MAX_INFLIGHT:
             raise NoResponse("too many queries in flight")
         qid = self._ids.getrandbits(16)
@@ -132,21 +202,81 @@ class UdpResolver:
         wire = encode_query(qid, qname, qtype, self._payload)  # DnsWireError: not sendable
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
-        sock.pending[qid] = (future, qname, qtype)
+        deadline = loop.time() + timeout
+        sock.pending[qid] = (future, qname, qtype, deadline)
         sock.sent += 1
-        timer = loop.call_later(timeout, _expire, future)
+        sock.watch(loop, deadline)
         try:
             assert sock.transport is not None
             sock.transport.sendto(wire)
-            return await future
-        finally:
-            timer.cancel()
+        except BaseException:
             del sock.pending[qid]
-            if sock.sent >= MAX_QUERIES_PER_SOCKET and not sock.pending and sock.transport:
-                sock.transport.close()
+            raise
+        future.add_done_callback(functools.partial(_ended, sock, qid))
+        return future
 
     def close(self) -> None:
         for sock in self._sockets:
+            sock.stop_timer()
             if sock.transport is not None:
                 sock.transport.close()
         self._sockets = []
+
+
+async def resolve(
+    clients: list[UdpResolver],
+    name: str,
+    rdtype: str,
+    qtype: int,
+    *,
+    per_try: float,
+    lifetime: float,
+) -> tuple[DnsAnswer, bool] | None:
+    """One lookup, with dnspython's semantics (a try per server until ``lifetime`` ends;
+    SERVFAIL final; REFUSED and the like move on to the next server; an unreachable server
+    is dropped for this lookup), and whether any server responded. ``clients`` is this
+    lookup's own list. None: a name or a response this path does not handle (dnspython's
+    turn: a truncated response, a name it cannot send)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lifetime
+    errors: list[str] = []
+    rcode: Rcode | None = None
+    responded = False
+    while clients:
+        for client in list(clients):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                response = await client.query(name, qtype, min(per_try, left))
+            except DnsWireError as exc:
+                if not responded and not errors:
+                    return None  # a name this path cannot send: dnspython's turn
+                responded = True
+                errors.append(f"FormError: {exc}")
+                clients.remove(client)
+                continue
+            except NoResponse:
+                errors.append("timeout")
+                continue
+            except OSError as exc:
+                errors.append(describe(exc, None))
+                clients.remove(client)
+                continue
+            responded = True
+            if response.truncated:
+                return None  # dnspython retries over TCP
+            answer = from_wire(name, rdtype, qtype, response)
+            if answer is not None:
+                return answer, True
+            code = Rcode.of(response.rcode)
+            text = code.value if code is not None else f"RCODE{response.rcode}"
+            errors.append(describe_wire(text, response.ede))
+            rcode = rcode or code
+            clients.remove(client)
+        if loop.time() >= deadline:
+            break
+    if errors and all(e == "timeout" for e in errors):
+        return failed(name, rdtype, "timeout"), responded
+    unique = list(dict.fromkeys(e for e in errors if e != "timeout")) or ["timeout"]
+    return failed(name, rdtype, "; ".join(unique), rcode), responded

@@ -53,6 +53,7 @@ from policyd.adapters.claims import ClaimBusy, Job, LocalClaims, WorkKind
 from policyd.adapters.redis_url import client_from_url, describe_url
 from policyd.adapters.store_redis import DEFAULT_PREFIX
 from policyd.codec.fleet import Change, change_from_json, change_to_json
+from policyd.settings import DEFAULT_REDIS_CONNECTIONS
 
 KEY_VERSION: Final = "v1"  # in every fleet key: a new layout gets new keys, never a clash
 CONNECT_TIMEOUT: Final = 1.0  # seconds; a claim falls back to local work after this
@@ -130,10 +131,20 @@ class RedisFleet:
         self.counters = FleetCounters()
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> RedisFleet:
-        """No I/O here: :meth:`run` connects, and reconnects for as long as it runs."""
+    def from_url(
+        cls,
+        url: str,
+        max_connections: int = DEFAULT_REDIS_CONNECTIONS,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> RedisFleet:
+        """No I/O here: :meth:`run` connects, and reconnects for as long as it runs. At most
+        ``max_connections`` at once (the subscription holds one); a call finding none free
+        waits COMMAND_TIMEOUT, then fails like a Redis that is down."""
         client = client_from_url(
             url,
+            max_connections=max_connections,
+            pool_timeout=COMMAND_TIMEOUT,
             decode_responses=True,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,

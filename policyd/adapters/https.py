@@ -5,11 +5,19 @@ the configured CA bundle for ``mta-sts.<domain>``, only HTTP 200 counts, redirec
 followed, no HTTP cache is used, the media type must be ``text/plain``, the body is read as
 a stream and abandoned past :data:`MAX_POLICY_BYTES`, and the whole fetch runs under one
 overall deadline. Every library, TLS and OS error becomes one :class:`FetchError`.
+
+``mta-sts.<domain>`` is resolved here, not inside httpx, so that an address policyd may
+not reach (:class:`~policyd.core.reach.Reach`: loopback, private, link-local, cloud metadata
+... unless ``[outbound] allow_networks`` lists it) is refused before any connection, and
+the address checked is the address connected to (no second lookup to rebind). The
+connection goes to that address with the real name as SNI and Host, and the certificate is
+verified for the real name, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable
 from types import TracebackType
@@ -19,9 +27,10 @@ import httpx
 
 from policyd.codec.mtasts import MAX_POLICY_BYTES
 from policyd.core.names import MAX_NAME, DomainNameError, domain_name, is_hostname
+from policyd.core.reach import GLOBAL_ONLY, Reach
 from policyd.settings import HttpsTimeouts
 
-__all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "fetch_policy"]
+__all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "Reach", "fetch_policy"]
 
 WELL_KNOWN_PATH: Final = "/.well-known/mta-sts.txt"  # RFC 8461 3.2
 POLICY_HOST_PREFIX: Final = "mta-sts."  # RFC 8461 3.2
@@ -54,7 +63,7 @@ class PolicyFetcher:
 
     ``address_override`` maps a host name to the address to connect to (unit tests only);
     TLS still sends and verifies the real name. Production resolves through the system
-    resolver.
+    resolver. Either way ``reach`` judges the address before a connection is made.
     """
 
     def __init__(
@@ -64,10 +73,12 @@ class PolicyFetcher:
         *,
         port: int = 443,
         address_override: Callable[[str], str] | None = None,
+        reach: Reach = GLOBAL_ONLY,
     ) -> None:
         self.timeouts = timeouts or HttpsTimeouts()
         self.port = port
         self._override = address_override
+        self._reach = reach
         try:
             context = ssl.create_default_context(cafile=ca_file)
         except (OSError, ssl.SSLError) as exc:
@@ -100,10 +111,39 @@ class PolicyFetcher:
             raise FetchError(domain, _describe(exc)) from exc
 
     async def _get(self, domain: str, host: str) -> bytes:
+        """Each allowed address in turn until one connects (as httpx would try them)."""
+        failure: httpx.ConnectError | None = None
+        for address in await self._addresses(domain, host):
+            try:
+                return await self._get_from(domain, host, address)
+            except httpx.ConnectError as exc:
+                failure = exc
+        assert failure is not None  # _addresses returns at least one
+        raise failure
+
+    async def _addresses(self, domain: str, host: str) -> list[str]:
+        """The addresses of ``host`` that ``reach`` allows, in resolver order; FetchError
+        when it has none, or none of them may be reached."""
+        if self._override is not None:
+            found = [self._override(host)]
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, self.port, type=socket.SOCK_STREAM
+                )
+            except socket.gaierror as exc:
+                raise FetchError(domain, f"cannot resolve {host}: {exc.strerror}") from None
+            found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        allowed = [address for address in found if self._reach.allows(address)]
+        if not allowed:
+            if not found:
+                raise FetchError(domain, f"cannot resolve {host}: no address")
+            raise FetchError(domain, f"{host}: {self._reach.refusal(found[0])}")
+        return allowed
+
+    async def _get_from(self, domain: str, host: str, address: str) -> bytes:
         netloc = host if self.port == 443 else f"{host}:{self.port}"
-        target = host if self._override is None else self._override(host)
-        if ":" in target:
-            target = f"[{target}]"
+        target = f"[{address}]" if ":" in address else address
         url = f"https://{target}:{self.port}{WELL_KNOWN_PATH}"
         headers = {
             "Host": netloc,
@@ -112,6 +152,7 @@ class PolicyFetcher:
             "Accept-Encoding": "identity",
             "Cache-Control": "no-cache",  # RFC 8461 3.3: HTTP caching MUST NOT be used
         }
+        # The URL names the address; TLS sends and verifies the real name (sni_hostname).
         request = self._client.build_request(
             "GET", url, headers=headers, extensions={"sni_hostname": host}
         )
@@ -189,8 +230,11 @@ async def fetch_policy(
     *,
     port: int = 443,
     address_override: Callable[[str], str] | None = None,
+    reach: Reach = GLOBAL_ONLY,
 ) -> bytes:
     """One fetch with a throwaway client (tools and tests; the daemon keeps a fetcher)."""
-    fetcher = PolicyFetcher(ca_file, timeouts, port=port, address_override=address_override)
+    fetcher = PolicyFetcher(
+        ca_file, timeouts, port=port, address_override=address_override, reach=reach
+    )
     async with fetcher:
         return await fetcher.fetch(domain)

@@ -49,17 +49,28 @@ def describe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def client_from_url(url: str, **options: Any) -> aioredis.Redis:
+def client_from_url(
+    url: str, *, max_connections: int, pool_timeout: float, **options: Any
+) -> aioredis.Redis:
     """A client (no I/O yet) with redis-py connection ``options`` (timeouts, retry,
-    decode_responses); StoreError for a URL that is not one of the forms above."""
+    decode_responses); StoreError for a URL that is not one of the forms above.
+
+    Its pool holds at most ``max_connections`` (review L8: before redis-py 8 the asyncio
+    pool had no bound). A call finding them all in use waits up to ``pool_timeout`` seconds
+    for one (BlockingConnectionPool), then fails with a ConnectionError, a RedisError like
+    any other: never an unbounded wait. Sentinel's pool has no blocking form: there a call
+    at the bound fails at once ("Too many connections")."""
     name = describe_url(url)
     if not is_redis_url(url):
         expected = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
         raise StoreError(f"not a redis URL: {name} (expected one of {expected})")
     try:
         if url.startswith(f"{SENTINEL_SCHEME}://"):
-            return _sentinel_client(url, options)
-        return aioredis.Redis.from_url(url, **options)
+            return _sentinel_client(url, {**options, "max_connections": max_connections})
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout, **options
+        )
+        return aioredis.Redis.from_pool(pool)  # the client closes the pool it owns
     except (ValueError, RedisError) as exc:  # redis-py rejects a malformed URL with either
         raise StoreError(f"{name}: {exc}") from exc
 

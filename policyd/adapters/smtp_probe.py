@@ -6,7 +6,9 @@ and the whole probe one more. Library errors are translated here into a
 :class:`~policyd.core.evidence.ProbeHost`; nothing but that leaves :func:`probe_address`.
 
 A host that cannot be reached or does not greet us is UNREACHABLE: that says nothing about
-its TLS and is never counted against it.
+its TLS and is never counted against it. So is an address policyd may not connect to
+(:class:`~policyd.core.reach.Reach`: loopback, private, link-local... unless allowed), which
+is refused before any connection is attempted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cryptography.x509.verification import Store
 
 from policyd.adapters.certverify import fingerprints, verdict_for
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.core.reach import GLOBAL_ONLY, Reach
 from policyd.core.types import SMTP_PORT
 from policyd.settings import ProbeTimeouts
 
@@ -98,15 +101,24 @@ async def probe_host(
     timeouts: ProbeTimeouts = ProbeTimeouts(),
     helo_name: str,
     now: Callable[[], float],
+    reach: Reach = GLOBAL_ONLY,
 ) -> list[ProbeHost]:
-    """Probe each address (IPv4 and IPv6) of one MX host, one after the other."""
+    """Probe each address (IPv4 and IPv6) of one MX host, one after the other; an address
+    ``reach`` refuses is UNREACHABLE without a connection."""
     host = mx.name  # a DomainName already (MxHost)
     if mx.address is DnsStatus.FAILED or not mx.addresses:
         detail = mx.address_error or "no address"
         return [ProbeHost(host, "", ProbeVerdict.UNREACHABLE, detail, probed_at=now())]
     return [
         await probe_address(
-            host, address, port=port, roots=roots, timeouts=timeouts, helo_name=helo_name, now=now
+            host,
+            address,
+            port=port,
+            roots=roots,
+            timeouts=timeouts,
+            helo_name=helo_name,
+            now=now,
+            reach=reach,
         )
         for address in mx.addresses[:MAX_ADDRESSES_PER_HOST]
     ]
@@ -121,11 +133,16 @@ async def probe_address(
     timeouts: ProbeTimeouts = ProbeTimeouts(),
     helo_name: str,
     now: Callable[[], float],
+    reach: Reach = GLOBAL_ONLY,
 ) -> ProbeHost:
-    """Probe ``address`` as the MX host ``host`` (the name the certificate must match)."""
+    """Probe ``address`` as the MX host ``host`` (the name the certificate must match);
+    UNREACHABLE with no connection attempted when ``reach`` refuses the address."""
     if not helo_name or any(c.isspace() for c in helo_name):
         raise ValueError(f"bad EHLO name {helo_name!r}")
     started = now()
+    refused = reach.refusal(address)
+    if refused:
+        return ProbeHost(host, address, ProbeVerdict.UNREACHABLE, refused, probed_at=started)
     target = _Target(host, address, port, timeouts, helo_name)
     try:
         async with asyncio.timeout(timeouts.total):

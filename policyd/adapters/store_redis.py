@@ -31,7 +31,9 @@ Multi-key updates use MULTI, so every key must live on one server: Redis Cluster
 supported (a replicated primary behind one address is fine).
 
 Every redis-py or OS error is translated into :class:`StoreError` at this boundary; time
-spent on a dead or stuck server is bounded by the connect and command timeouts below.
+spent on a dead or stuck server is bounded by the connect and command timeouts below, and
+the connections by ``[store] redis_max_connections`` (a call waits for a free one at most
+the command timeout, then fails: security review L8).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from policyd.adapters.redis_url import client_from_url, describe_url
 from policyd.adapters.store import SKIPPED_EVENTS, Kind, Record, StoreError, stored_event
 from policyd.codec.records import event_to_json
 from policyd.core.event import Event
+from policyd.settings import DEFAULT_REDIS_CONNECTIONS
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "policyd:"
@@ -126,12 +129,16 @@ class RedisStore:
         max_events: int = MAX_EVENTS,
         connect_timeout: float = CONNECT_TIMEOUT,
         command_timeout: float = COMMAND_TIMEOUT,
+        max_connections: int = DEFAULT_REDIS_CONNECTIONS,
     ) -> RedisStore:
         """Connect, PING and check (or write) the schema marker; a :class:`StoreError` if any
-        of it fails. See the module docstring for the URL forms."""
+        of it fails. See the module docstring for the URL forms. At most ``max_connections``
+        at once; a call finding none free waits ``command_timeout``, then is a StoreError."""
         name = describe_url(url)
         client = client_from_url(
             url,
+            max_connections=max_connections,
+            pool_timeout=command_timeout,
             decode_responses=True,
             socket_connect_timeout=connect_timeout,
             socket_timeout=command_timeout,

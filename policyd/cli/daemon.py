@@ -28,7 +28,7 @@ from policyd import __version__
 from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
-from policyd.adapters.https import PolicyFetcher
+from policyd.adapters.https import PolicyFetcher, Reach
 from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
@@ -44,7 +44,7 @@ from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.notify import Notifier
 from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
-from policyd.settings import is_redis_url
+from policyd.settings import StoreSettings, is_redis_url
 from policyd.singleflight import TaskSet
 from policyd.sources.dns import DnsSource, FreshQueries
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
@@ -64,12 +64,12 @@ HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh
 GC_THRESHOLDS: Final = (10_000, 50, 1000)
 
 
-async def open_store(url: str) -> Store:
-    if is_redis_url(url):
+async def open_store(settings: StoreSettings) -> Store:
+    if is_redis_url(settings.url):
         from policyd.adapters.store_redis import RedisStore
 
-        return await RedisStore.open(url)
-    return await SqliteStore.open(url)
+        return await RedisStore.open(settings.url, max_connections=settings.redis_max_connections)
+    return await SqliteStore.open(settings.url)
 
 
 # Config tables read once at start: a reload names them when they changed (review L6).
@@ -82,6 +82,7 @@ RESTART_TABLES: Final = (
     "probe",
     "metrics",
     "fleet",
+    "outbound",
 )
 
 
@@ -101,7 +102,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.started_at = loop.time()
         try:
-            store = CountedStore(await open_store(cfg.store.url))
+            store = CountedStore(await open_store(cfg.store))
         except StoreError as exc:
             log.error(
                 "store: cannot open [store] url %s: %s; its directory must exist and "
@@ -114,14 +115,15 @@ class Daemon:
         if cfg.fleet.enabled and is_redis_url(cfg.store.url):
             from policyd.adapters.fleet_redis import RedisFleet  # redis-py: optional
 
-            fleet = RedisFleet.from_url(cfg.store.url)  # the URL opened just now
+            fleet = RedisFleet.from_url(cfg.store.url, cfg.store.redis_max_connections)
         self.fleet = fleet
         claims: WorkClaims = fleet if fleet is not None else LocalClaims()
         shared: Store = store if fleet is None else PublishingStore(store, fleet.publish)
         resolver = Resolver(cfg.dns, log=log)
         try:
-            fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts.timeouts)
-            prober = make_prober(cfg.probe, cfg.tls.ca_file)
+            reach = Reach.of(cfg.outbound.allow_networks)  # review L2
+            fetcher = PolicyFetcher(cfg.tls.ca_file, cfg.sts.timeouts, reach=reach)
+            prober = make_prober(cfg.probe, cfg.tls.ca_file, reach=reach)
         except (OSError, ValueError) as exc:
             log.error(
                 "[tls] ca_file %s is not usable: %s; install ca-certificates or name a PEM "

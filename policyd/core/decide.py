@@ -16,7 +16,14 @@ a signed zone of their own) all leave the MTA-STS ``secure match=...`` in force.
 from __future__ import annotations
 
 from policyd.core import dane, sts
-from policyd.core.evidence import DnsStatus, Evidence, ProbeLevel, ProbeVerdict, StsMode
+from policyd.core.evidence import (
+    DnsStatus,
+    Evidence,
+    ProbeLevel,
+    ProbeVerdict,
+    StsEvidence,
+    StsMode,
+)
 from policyd.core.profile import ColdSts, Fallback, Profile, VerifiedAs
 from policyd.core.types import Policy, Rule, TlsLevel, Verdict, notfound, policy, temp
 
@@ -35,7 +42,9 @@ def decide(ev: Evidence, profile: Profile, now: float) -> Verdict:
     dest = ev.destination
     ov = ev.override
     if ov is not None and ov.active_at(now):
-        why = f"override by {ov.author or 'postmaster'}"
+        # A parent-form override (.example.com) reaching a subdomain names itself.
+        whose = "" if ov.key == dest.key else f" of {ov.key}"
+        why = f"override{whose} by {ov.author or 'postmaster'}"
         if ov.comment:
             why += f": {ov.comment}"
         if ov.policy is None:
@@ -44,7 +53,8 @@ def decide(ev: Evidence, profile: Profile, now: float) -> Verdict:
     if dest.parent_form:
         return notfound(Rule.DEFAULT, "parent-domain form: no policy unless overridden")
 
-    sts_ev = ev.sts
+    # A smart host's policy (RFC 8461 3.4) only where the profile wants it.
+    sts_ev = ev.sts if profile.sts_smart_host or not dest.bracketed else StsEvidence()
     cached = sts_ev.policy
     enforce = (
         cached

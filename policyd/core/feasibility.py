@@ -40,7 +40,8 @@ from policyd.core.evidence import (
     TlsaSelector,
     TlsaUsage,
 )
-from policyd.core.names import fold, sts_pattern_matches
+from policyd.core.names import fold
+from policyd.core.sts import any_mx_matches
 from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
 
 SHA256_HEX: Final = 64  # hex digits of a SHA-256 digest
@@ -85,7 +86,7 @@ def sts_problem(policy: StsPolicy, hosts: tuple[MxHost, ...]) -> str | None:
     """RFC 8461 4.1: an enforce policy whose mx patterns match no MX host."""
     if policy.mode is not StsMode.ENFORCE or not hosts:
         return None
-    if any(sts_pattern_matches(fold(p), h.name) for h in hosts for p in policy.mx):
+    if any_mx_matches(policy, (h.name for h in hosts)):
         return None
     return (
         f"MTA-STS enforce: no MX host ({_names(h.name for h in hosts)}) "

@@ -36,6 +36,9 @@ class Profile:
     unknown: Fallback = Fallback.NOTFOUND
     sts_attributes: bool = False
     sts_cold: ColdSts = ColdSts.CONTINUE
+    # MTA-STS for a bracketed next hop on port 25 ([smtp.relay.example], a smart host):
+    # its name is the policy domain and must match the policy's mx patterns (RFC 8461 3.4).
+    sts_smart_host: bool = True
     # Decide, log and count as usual but answer NOTFOUND: watch before enforcing.
     dry_run: bool = False
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from policyd.core.event import Event
 from policyd.core.evidence import ProbeState, StsEvidence
+from policyd.core.names import is_address
 from policyd.core.types import Outcome, Rule, Verdict
 
 
@@ -114,7 +115,11 @@ def build_report(
 
 def policy_domain(key: str) -> str | None:
     """The domain whose MTA-STS policy applies to a destination key: the domain of
-    ``example.com`` or ``example.com:587``; None for a bracketed host (``[mx.example]``,
-    no MX lookup) or a parent-domain form (``.example.com``)."""
+    ``example.com`` or ``example.com:587``, the smart host ``[smtp.relay.example]`` on
+    port 25 (RFC 8461 3.4); None for other bracketed next hops, IP literals and the
+    parent-domain form (``.example.com``)."""
+    if key.startswith("["):
+        host, _, port = key[1:].partition("]")
+        return None if port or is_address(host) else host
     name = key.partition(":")[0]
-    return None if name.startswith(("[", ".")) else name
+    return None if name.startswith(".") else name

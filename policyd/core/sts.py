@@ -11,6 +11,7 @@ before 3.10 defers mail on any of these attributes ("invalid attribute name").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from policyd.core.evidence import StsPolicy
@@ -24,6 +25,13 @@ def mx_matches(pattern: str, host: str) -> bool:
     """RFC 8461 4.1: exact match, or ``*.`` standing for exactly one left-most label; any
     case, with or without a trailing dot."""
     return sts_pattern_matches(fold(pattern), fold(host))
+
+
+def any_mx_matches(sts: StsPolicy, hosts: Iterable[str]) -> bool:
+    """Whether one of ``hosts`` (MX host names in normal form) matches one of the
+    policy's mx patterns (RFC 8461 4.1)."""
+    patterns = [fold(p) for p in sts.mx]
+    return any(sts_pattern_matches(p, h) for h in hosts for p in patterns)
 
 
 def postfix_match(pattern: str) -> str:

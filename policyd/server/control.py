@@ -12,7 +12,11 @@ changes the groups applies to the next connection:
 * anyone else is refused.
 
 One JSON request per line, many per connection, answered in order. Bounded: line size
-(:data:`policyd.codec.control.MAX_LINE`), read chunk, idle time, connections. Each request
+(:data:`policyd.codec.control.MAX_LINE`), read chunk, the time from a request's first byte
+to its end (so trickling bytes keeps no connection open), idle time between requests, and
+connections: at the limit the longest-idle one is closed to admit the new one, as the
+socketmap listener does (security review L7: 32 peers sending a byte a minute no longer
+lock out policyctl and the milter). Each request
 is dispatched exhaustively to one operation of :class:`policyd.admin.Admin`; this module
 adds only the audit log lines, which name the peer.
 """
@@ -27,6 +31,7 @@ import os
 import pwd
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, assert_never
@@ -43,8 +48,12 @@ log = logging.getLogger("policyd")
 
 READ_CHUNK: Final = 4096  # bytes per read from a control connection
 IDLE_TIMEOUT: Final = 60.0  # seconds a connection may wait between requests
+# Seconds from a request's first byte to its newline: policyctl and the milter send a
+# request in one write; a peer trickling bytes is closed, however often they come.
+REQUEST_TIMEOUT: Final = 10.0
 WRITE_TIMEOUT: Final = 10.0  # seconds to hand a reply to a peer that stopped reading
-MAX_CONNECTIONS: Final = 32  # concurrent control connections; more are closed at once
+# Concurrent control connections; at the limit the longest-idle is closed for a new one.
+MAX_CONNECTIONS: Final = 32
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
@@ -59,6 +68,16 @@ class Peer:
 
     def __str__(self) -> str:
         return f"{self.user}(uid={self.uid},pid={self.pid})"
+
+
+class _Conn:
+    """One control connection's place in the eviction order (ControlServer._conns)."""
+
+    __slots__ = ("busy", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.busy = False  # running a command: evicted only when every connection is
 
 
 class Access(enum.Enum):
@@ -94,8 +113,8 @@ def peer_access(uid: int, gid: int, settings: ControlSettings) -> tuple[str, Acc
         user, gids = f"uid{uid}", {gid}
     if uid == 0 or _in_group(settings.group, user, gids):
         return user, Access.WRITE
-    # The daemon's own user (policyd-milter runs as it) may read: it could read the
-    # store's files anyway.
+    # The daemon's own user may read: it could read the store's files anyway. The
+    # milter has a user of its own and reads through read_group (review L7).
     if uid == os.getuid() or _in_group(settings.read_group, user, gids):
         return user, Access.READ
     return user, Access.NONE
@@ -123,19 +142,32 @@ class ControlServer:
         mode: int,
         group: str,
         access: Callable[[], ControlSettings],
+        max_connections: int = MAX_CONNECTIONS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._admin = admin
         self._path = path
         self._mode = mode
         self._group = group
         self._access = access
+        self._max_connections = max_connections
+        self._clock = monotonic
         self._server: asyncio.Server | None = None
         self._bound: BoundSocket | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        # Insertion order is activity order: the first is the longest idle (_touch).
+        self._conns: dict[asyncio.Task[None], _Conn] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # every connection's, evicted ones too
+        self.evicted = 0  # connections closed to admit new ones, since start
 
     @classmethod
     def of(
-        cls, admin: Admin, config: Config, access: Callable[[], ControlSettings]
+        cls,
+        admin: Admin,
+        config: Config,
+        access: Callable[[], ControlSettings],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> ControlServer:
         """The control socket ``config`` names, with its mode and group."""
         return cls(
@@ -144,6 +176,8 @@ class ControlServer:
             mode=config.control.mode,
             group=config.control.group,
             access=access,
+            max_connections=max_connections,
+            monotonic=monotonic,
         )
 
     @property
@@ -168,22 +202,44 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._bound is not None:
             self._bound.remove()  # only the socket this process made, never a successor's
             self._bound = None
         self._server = None
 
+    def _admit(self, task: asyncio.Task[None], conn: _Conn) -> None:
+        """Take a new connection; at the limit close the longest-idle one first (one not
+        running a command if there is any), never the newcomer."""
+        while len(self._conns) >= self._max_connections:
+            victim = next((t for t, c in self._conns.items() if not c.busy), None)
+            if victim is None:
+                victim = next(iter(self._conns))
+            self._conns.pop(victim).writer.close()  # its read ends, and so does its task
+            self.evicted += 1
+            if self.evicted % 100 == 1:
+                log.warning(
+                    "control: %d connections reached, closed the longest-idle to admit "
+                    "another (closed so far: %d)",
+                    self._max_connections,
+                    self.evicted,
+                )
+        self._conns[task] = conn
+
+    def _touch(self, task: asyncio.Task[None]) -> None:
+        """The connection was active: it becomes the last to be evicted."""
+        conn = self._conns.pop(task, None)
+        if conn is not None:
+            self._conns[task] = conn
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._conns) >= MAX_CONNECTIONS:
-            log.warning("control: %d connections reached, refusing one", MAX_CONNECTIONS)
-            writer.close()
-            return
-        self._conns.add(task)
+        conn = _Conn(writer)
+        self._tasks.add(task)
+        self._admit(task, conn)
         peer_text = "unknown peer"
         try:
             sock = writer.get_extra_info("socket")
@@ -191,7 +247,7 @@ class ControlServer:
             user, access = await asyncio.to_thread(peer_access, uid, gid, self._access())
             peer = Peer(pid, uid, gid, user)
             peer_text = str(peer)
-            await self._converse(reader, writer, peer, access)
+            await self._converse(reader, writer, peer, access, conn)
         except asyncio.CancelledError:
             # Only close() cancels these tasks; ending quietly keeps asyncio's stream
             # callback from logging the cancellation as an error.
@@ -201,7 +257,9 @@ class ControlServer:
         except Exception:  # the per-connection catch-all: one bad peer never stops others
             log.exception("control %s: internal error, closing connection", peer_text)
         finally:
-            self._conns.discard(task)
+            self._tasks.discard(task)
+            if self._conns.get(task) is conn:
+                del self._conns[task]
             writer.close()
 
     async def _converse(
@@ -210,8 +268,13 @@ class ControlServer:
         writer: asyncio.StreamWriter,
         peer: Peer,
         access: Access,
+        conn: _Conn,
     ) -> None:
         decoder = control.request_decoder()
+        task = asyncio.current_task()
+        assert task is not None
+        idle_since = self._clock()  # the end of the last reply, or the connection's start
+        started = 0.0  # when the first byte of the unfinished request came; 0: none yet
         while True:
             try:
                 req = decoder.next_message()
@@ -222,16 +285,35 @@ class ControlServer:
                     return
                 continue
             if req is control.NEED_DATA:
+                now = self._clock()
+                if decoder.buffered:  # a request has begun: its deadline runs from then
+                    left = started + REQUEST_TIMEOUT - now
+                    if left <= 0:
+                        log.warning("control %s: request not finished in time, closing", peer)
+                        return
+                else:
+                    left = idle_since + IDLE_TIMEOUT - now
+                    if left <= 0:
+                        return
                 try:
-                    async with asyncio.timeout(IDLE_TIMEOUT):
+                    async with asyncio.timeout(left):
                         data = await reader.read(READ_CHUNK)
                 except TimeoutError:
                     return
                 if not data:
                     return
+                if not decoder.buffered:
+                    started = self._clock()
                 decoder.receive_data(data)
+                self._touch(task)
                 continue
-            await _send(writer, await self._answer(req, peer, access))
+            conn.busy = True
+            try:
+                await _send(writer, await self._answer(req, peer, access))
+            finally:
+                conn.busy = False
+            idle_since = started = self._clock()  # bytes still buffered began a new request
+            self._touch(task)
 
     async def _answer(self, req: control.Request, peer: Peer, access: Access) -> control.Reply:
         cmd = req.command

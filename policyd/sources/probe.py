@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,6 +36,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.names import fold
 from policyd.core.probe import Damping, advance, observed_level
+from policyd.core.reach import Reach
 from policyd.core.types import SMTP_PORT
 from policyd.counters import ProbeCounters
 from policyd.settings import ProbeSettings
@@ -43,6 +45,9 @@ from policyd.singleflight import SingleFlight
 # Probes one MX host on a port (that of the destination's next hop).
 Prober = Callable[[MxHost, int], Awaitable[list[ProbeHost]]]
 
+# Postfix's own name for itself, read with postconf(1) when [probe] helo_name is empty.
+POSTCONF_MYHOSTNAME: Final = ("postconf", "-h", "myhostname")
+POSTCONF_TIMEOUT: Final = 5.0  # seconds; postconf answers in milliseconds
 MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x backoff_initial is past any backoff_max
 MAX_HOSTS_IN_LOG: Final = 6  # addresses listed per log line
 # Destinations with probe evidence kept in memory at most: beyond it, prune() forgets the
@@ -70,26 +75,52 @@ class _Job:
 
 
 def make_prober(
-    settings: ProbeSettings, ca_file: str, clock: Callable[[], float] = time.time
+    settings: ProbeSettings,
+    ca_file: str,
+    clock: Callable[[], float] = time.time,
+    *,
+    reach: Reach,
 ) -> Prober:
-    """The real prober: STARTTLS to each address of an MX host, chains judged against
-    ``ca_file`` (read once here: OSError or ValueError when unusable)."""
+    """The real prober: STARTTLS to each address of an MX host that ``reach`` allows,
+    chains judged against ``ca_file`` (read once here: OSError or ValueError when
+    unusable)."""
     roots = load_roots(ca_file)
     helo_name = settings.helo_name or default_helo_name()
     timeouts = settings.timeouts
 
     async def prober(mx: MxHost, port: int) -> list[ProbeHost]:
         return await probe_host(
-            mx, port=port, roots=roots, timeouts=timeouts, helo_name=helo_name, now=clock
+            mx,
+            port=port,
+            roots=roots,
+            timeouts=timeouts,
+            helo_name=helo_name,
+            now=clock,
+            reach=reach,
         )
 
     return prober
 
 
-def default_helo_name() -> str:
-    """This host's FQDN (RFC 5321 4.1.4: EHLO gives the client's primary host name)."""
-    name = socket.getfqdn()
-    return name if name and not any(c.isspace() for c in name) else "localhost"
+def default_helo_name(postconf: Sequence[str] = POSTCONF_MYHOSTNAME) -> str:
+    """The name EHLO announces when ``[probe] helo_name`` is empty, read once at start:
+    Postfix's ``myhostname`` (``postconf -h myhostname``), the name this host's mail
+    already goes out under, else this host's FQDN (RFC 5321 4.1.4: the client's primary
+    host name), which may be an internal name (security review L2). Blocking: at start."""
+    try:
+        done = subprocess.run(
+            postconf, capture_output=True, text=True, timeout=POSTCONF_TIMEOUT, check=False
+        )
+        name = done.stdout.strip() if done.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        name = ""
+    if not _helo_ok(name):
+        name = socket.getfqdn()
+    return name if _helo_ok(name) else "localhost"
+
+
+def _helo_ok(name: str) -> bool:
+    return bool(name) and name.isascii() and name.isprintable() and " " not in name
 
 
 class ProbeSource:

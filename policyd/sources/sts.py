@@ -10,6 +10,10 @@ the fetch finishes in the background. Discoveries and refreshes share a bounded,
 prioritised queue (:mod:`policyd.sources.fetch_queue`): refreshes of cached policies
 first, then discoveries a lookup waits for, then the rest, so slow domains cannot keep a
 real one from being fetched on first contact.
+
+A cached enforce policy matching none of the domain's MX hosts is checked for a new one at
+once (:meth:`StsSource._check_mx`); wall-clock steps do not age cached policies
+(:mod:`policyd.sources.clock_steps`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from policyd.adapters.https import FetchError
@@ -35,16 +38,23 @@ from policyd.codec.mtasts import (
 from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
 from policyd.core.evidence import StsEvidence, StsMode, StsPolicy
 from policyd.core.names import fold
-from policyd.core.sts import describe_mx
+from policyd.core.sts import any_mx_matches
 from policyd.counters import StsCounters
 from policyd.settings import StsSettings
+from policyd.sources.clock_steps import ClockSteps, real_elapsed
 from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
+from policyd.sources.sts_absent import AbsentDomains, shift_all
 from policyd.sources.sts_state import (
     NEVER,
     DomainState,
     describe_policy,
+    log_failure,
+    log_mismatch,
+    log_parsed,
+    mx_names,
     same_policy,
+    unrefreshed,
 )
 
 __all__ = ["PolicyFetcherProtocol", "StsSettings", "StsSource"]
@@ -55,6 +65,9 @@ TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 # next lookup reads the TXT record again (the daemon passes [server] max_destinations).
 DEFAULT_MAX_ABSENT: Final = 1_000_000
 DROPS_LOGGED_EVERY: Final = 100  # one log line per this many fetches dropped (queue full)
+# A cached enforce policy is compared with the domain's MX hosts on a lookup at most this
+# often, and so refetched for matching none at most this often, per domain (seconds).
+MX_MISMATCH_RECHECK: Final = 300.0
 
 
 class PolicyFetcherProtocol(Protocol):
@@ -64,6 +77,8 @@ class PolicyFetcherProtocol(Protocol):
 
 
 _NOTHING: Final = StsEvidence()
+# A domain's job in the fetch queue: a refresh, or the MX comparison.
+DomainWork = Callable[[str, DomainState], Awaitable[None]]
 
 
 class StsSource:
@@ -75,26 +90,23 @@ class StsSource:
         settings: StsSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        elapsed: Callable[[], float] | None = None,
         log: logging.Logger | None = None,
         max_absent: int = DEFAULT_MAX_ABSENT,
     ) -> None:
-        if max_absent < 1:
-            raise ValueError("max_absent must be at least 1")
+        """``elapsed`` finds steps of ``clock`` (by default real_elapsed with the real
+        wall clock, none with the caller's: a test's, moved by hand)."""
         self.settings = settings or StsSettings()
         self._store = store
         self._resolver = resolver
         self._fetcher = fetcher
         self._clock = clock
+        if elapsed is None and clock is time.time:
+            elapsed = real_elapsed
+        self._steps = None if elapsed is None else ClockSteps(clock, elapsed)
         self._log = log or logging.getLogger("policyd.sts")
         self._domains: dict[str, DomainState] = {}
-        # The common case kept compact: a domain whose last discovery found no record (and
-        # nothing else worth remembering) -> when to look again. Oldest first (insertion
-        # order: recheck_interval is one value, so also soonest due first), at most
-        # max_absent of them; a forgotten one is only read again, never answered weaker
-        # (it has no policy to lose).
-        self._absent: dict[str, float] = {}
-        self.max_absent = max_absent
-        self._until = NEVER  # the last absent_until stored: one float shared per second
+        self._absent = AbsentDomains(max_absent)
         self._fetches = FetchQueue(
             self.settings.max_concurrent_fetches, self.settings.max_queued_fetches
         )
@@ -108,7 +120,7 @@ class StsSource:
     async def load(self) -> None:
         """Read persisted policies (a StoreError propagates: without them the daemon would
         be open to the downgrade the cache exists to prevent)."""
-        now = self._clock()
+        now = self._now()
         loaded = 0
         for rec in await self._store.scan(Kind.STS):
             try:
@@ -125,7 +137,7 @@ class StsSource:
     async def refresh_due(self) -> int:
         """Start a background refresh of every cached policy that is due, and drop what
         memory no longer needs. Returns the number of refreshes started."""
-        now = self._clock()
+        now = self._now()
         started = 0
         for domain, entry in list(self._domains.items()):
             policy = entry.policy(now)
@@ -135,11 +147,7 @@ class StsSource:
                     started += 1
             elif not entry.running and now >= entry.absent_until and self._may_try(entry, now):
                 del self._domains[domain]  # nothing cached, no throttle left to remember
-        absent = self._absent
-        for domain in list(absent):
-            if absent[domain] > now:
-                break  # oldest first: the rest are due later
-            del absent[domain]
+        self._absent.expire(now)
         return started
 
     async def wait_idle(self) -> None:
@@ -160,6 +168,12 @@ class StsSource:
             if entry is not None and entry.job is not None:
                 entry.job.cancel()
 
+    def _now(self) -> float:
+        """The wall clock, after moving the times held by any step it took."""
+        if self._steps is not None and (step := self._steps.step()):
+            shift_all(self._log, step, self._domains.values(), self._absent)
+        return self._clock()
+
     def queue_stats(self) -> QueueStats:
         """The fetch queue's figures (``policyctl status``)."""
         return self._fetches.stats()
@@ -168,6 +182,7 @@ class StsSource:
 
     def cached(self, domain: str, now: float) -> StsEvidence:
         """From memory only, never awaits."""
+        self._now()  # a step of the wall clock: held times moved first
         entry = self._domains.get(fold(domain))
         if entry is None:
             return _NOTHING  # unknown, or known to publish no record
@@ -175,19 +190,18 @@ class StsSource:
 
     async def evidence(self, domain: str) -> StsEvidence:
         domain = fold(domain)
-        now = self._clock()
+        now = self._now()
         entry = self._domains.get(domain)
-        if entry is None:
-            until = self._absent.get(domain)
-            if until is not None:
-                if now < until:
-                    return _NOTHING
-                del self._absent[domain]  # due: discover again
+        if entry is None and self._absent.holds(domain, now):
+            return _NOTHING
         if entry is not None:
             policy = entry.policy(now)
             if policy is not None:
                 if self._refresh_due(entry, policy, now, recheck=True):
                     self._start(domain, entry, Lane.REFRESH)
+                elif self._mx_check_due(entry, policy, now):
+                    entry.mx_checked_at = now
+                    self._start(domain, entry, Lane.REFRESH, self._check_mx)
                 return self._evidence(entry, now)
             if not entry.running and not self._discovery_due(entry, now):
                 return self._evidence(entry, now)
@@ -202,7 +216,7 @@ class StsSource:
             entry.waiters -= 1
             if not entry.waiters and not job.done():
                 self._fetches.demote(domain)
-        return self.cached(domain, self._clock())
+        return self.cached(domain, self._now())
 
     def _evidence(self, entry: DomainState, now: float) -> StsEvidence:
         policy = entry.policy(now)
@@ -223,12 +237,23 @@ class StsSource:
         """A cached policy wants a refresh when stale (but a stale policy whose TXT record
         is gone is looked at again only after retry_after_failure) or, on the lookup path,
         when its TXT id has not been checked for recheck_interval."""
-        if entry.running or not self._may_try(entry, now):
+        return not entry.running and self._due(entry, policy, now, recheck=recheck)
+
+    def _due(self, entry: DomainState, policy: StsPolicy, now: float, *, recheck: bool) -> bool:
+        if not self._may_try(entry, now):
             return False
         since_check = now - entry.checked_at
         if self._stale(policy, now) and since_check >= self.settings.retry_after_failure:
             return True
         return recheck and since_check >= self.settings.recheck_interval
+
+    def _mx_check_due(self, entry: DomainState, policy: StsPolicy, now: float) -> bool:
+        return (
+            policy.mode is StsMode.ENFORCE
+            and not entry.running
+            and now - entry.mx_checked_at >= MX_MISMATCH_RECHECK
+            and self._may_try(entry, now)
+        )
 
     def _discovery_due(self, entry: DomainState, now: float) -> bool:
         return self._may_try(entry, now) and now >= entry.absent_until
@@ -243,24 +268,18 @@ class StsSource:
     def _compact(self, domain: str, entry: DomainState) -> None:
         """Keep a domain that publishes no record as one float in ``_absent`` instead of
         an entry, when that float is all there is to remember about it."""
-        if (
-            entry.last is not None
-            or entry.job is not None
-            or entry.refused
-            or entry.error
-            or entry.failed_at != NEVER
-            or entry.absent_until == NEVER
-            or self._domains.get(domain) is not entry
-        ):
+        if not entry.only_absence or self._domains.get(domain) is not entry:
             return
         del self._domains[domain]
-        absent = self._absent
-        if len(absent) >= self.max_absent:
-            del absent[next(iter(absent))]
-        absent[domain] = entry.absent_until
+        self._absent.add(domain, entry.absent_until)
 
-    def _start(self, domain: str, entry: DomainState, lane: Lane) -> asyncio.Future[None]:
-        job = self._fetches.submit(domain, lane, functools.partial(self._refresh, domain, entry))
+    def _start(
+        self, domain: str, entry: DomainState, lane: Lane, work: DomainWork | None = None
+    ) -> asyncio.Future[None]:
+        """Queue ``work(domain, entry)`` (by default a refresh) as the domain's job."""
+        job = self._fetches.submit(
+            domain, lane, functools.partial(work or self._refresh, domain, entry)
+        )
         if entry.job is not job:
             entry.job = job
             entry.refused = False
@@ -289,35 +308,57 @@ class StsSource:
                 self._log.warning("%s: mta-sts %s (%d so far)", domain, entry.error, dropped)
             return
         # A bug, not an expected failure: report it, and hold off like after a failure.
-        entry.failed_at = self._clock()
+        entry.failed_at = self._now()
         entry.error = f"internal error: {type(exc).__name__}"
         self._log.error("%s: mta-sts refresh crashed: %r", domain, exc)
 
     # -- discovery and fetch ---------------------------------------------------------------
 
-    async def _refresh(self, domain: str, entry: DomainState) -> None:
+    async def _check_mx(self, domain: str, entry: DomainState) -> None:
+        """Refresh now, fetching whatever the id, when the cached enforce policy matches
+        none of the domain's MX hosts: it moved its mail, perhaps without a new id (RFC
+        8461 5.1: check for a new policy before failing; review D16). The cached policy
+        answers meanwhile. The MX query is the DNS source's (shared by the resolver)."""
+        hosts = mx_names(domain, await self._resolver.query(domain, "MX"))
+        now = self._now()
+        policy = entry.policy(now)
+        if policy is not None and hosts and not any_mx_matches(policy, hosts):
+            log_mismatch(self._log, domain, hosts, policy)
+            await self._refresh(domain, entry, force=True)
+        elif policy is not None and self._due(entry, policy, now, recheck=True):
+            await self._refresh(domain, entry)  # came due while this job ran
+
+    async def _refresh(self, domain: str, entry: DomainState, *, force: bool = False) -> None:
+        """Read the TXT record; fetch the policy when new, stale or ``force``d."""
         texts: tuple[str, ...] = ()
         if entry.last is not None or not await self._nonexistent(domain):
             answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
             if answer.failed:
-                self._fail(domain, entry, self._clock(), f"TXT lookup failed: {answer.error}")
+                self._fail(domain, entry, self._now(), f"TXT lookup failed: {answer.error}")
                 return
             texts = answer.texts
-        now = self._clock()
+        now = self._now()
         found = discover(texts)  # NXDOMAIN or NODATA: no records, no policy
         if isinstance(found, StsTxtProblem):
             # No usable record: no policy to discover, but a cached one stays until its
             # max_age (RFC 8461 5.1), so removing the record cannot downgrade us.
             entry.checked_at = now
-            entry.absent_until = self._absent_until(now)
+            entry.absent_until = self._absent.until(now, self.settings.recheck_interval)
             entry.error = "" if found.kind is TxtProblemKind.NONE else found.detail
             if entry.error:
                 self._log.warning("%s: mta-sts %s", domain, entry.error)
-            return
+            # [sts] refresh_without_txt (review D15): a stale one is fetched under its id.
+            kept = entry.policy(now) if self.settings.refresh_without_txt else None
+            if kept is None or not (force or self._stale(kept, now)):
+                return
+            policy_id = kept.policy_id
+        else:
+            policy_id = found.policy_id
         last = entry.last
         if (
-            last is not None
-            and last.policy_id == found.policy_id
+            not force
+            and last is not None
+            and last.policy_id == policy_id
             and last.valid_at(now)
             and not self._stale(last, now)
         ):
@@ -327,8 +368,8 @@ class StsSource:
         self.counters.fetches += 1
         try:
             body = await self._fetcher.fetch(domain)
-            parsed = parse_policy(body, domain, self._clock())
-            policy = parsed.policy(found.policy_id)
+            parsed = parse_policy(body, domain, self._now())
+            policy = parsed.policy(policy_id)
         except FetchError as exc:
             self.counters.fetch_failures += 1
             self._fail(domain, entry, now, f"policy fetch failed: {exc.reason}")
@@ -352,56 +393,23 @@ class StsSource:
         mx = await self._resolver.query(domain, "MX")
         return mx.nxdomain and mx.secure
 
-    def _absent_until(self, now: float) -> float:
-        """now + recheck_interval, up to the next whole second: one float object for every
-        domain found without a record within the same second."""
-        until = float(math.ceil(now + self.settings.recheck_interval))
-        if until == self._until:
-            return self._until
-        self._until = until
-        return until
-
     def _fail(self, domain: str, entry: DomainState, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""
         entry.failed_at = now
         entry.error = reason
         kept = entry.policy(now)
-        if kept is None:
-            self._log.warning("%s: mta-sts %s", domain, reason)
-        else:
+        if kept is not None:
             self.counters.refresh_failures += 1
-            self._log.warning(
-                "%s: mta-sts %s; keeping cached policy id=%s for %d more seconds",
-                domain,
-                reason,
-                kept.policy_id,
-                int(kept.expires_at - now),
-            )
+        log_failure(self._log, domain, reason, kept, now)
 
     async def _install(
         self, domain: str, entry: DomainState, parsed: ParsedPolicy, policy: StsPolicy
     ) -> None:
-        now = self._clock()
+        now = self._now()
         before = entry.policy(now)
         changed = not same_policy(entry.last, policy)
         entry.last = policy
-        if parsed.capped:
-            self._log.warning(
-                "%s: mta-sts max_age %d capped to %d",
-                domain,
-                parsed.declared_max_age,
-                policy.max_age,
-            )
-        if parsed.ignored:
-            self._log.warning(
-                "%s: mta-sts repeated fields ignored: %s", domain, ",".join(parsed.ignored)
-            )
-        if parsed.ignored_mx:
-            self._log.warning(
-                "%s: mta-sts mx patterns that are IP addresses ignored: %s",
-                domain,
-                describe_mx(parsed.ignored_mx),
-            )
+        log_parsed(self._log, domain, parsed, policy)
         if policy.mode is StsMode.NONE:
             entry.absent_until = now + self.settings.recheck_interval
             if changed:
@@ -433,17 +441,8 @@ class StsSource:
         return sum(1 for entry in self._domains.values() if entry.policy(now) is not None)
 
     def unrefreshed(self, now: float, older_than: float) -> list[tuple[str, float, str]]:
-        """(domain, seconds, last error) of cached policies neither fetched nor confirmed
-        by their TXT id for ``older_than`` seconds while refreshes fail (RFC 8461 3.3)."""
-        out: list[tuple[str, float, str]] = []
-        for domain, entry in self._domains.items():
-            policy = entry.policy(now)
-            if policy is None or not entry.error:
-                continue
-            age = now - max(policy.fetched_at, entry.checked_at)
-            if age > older_than:
-                out.append((domain, age, entry.error))
-        return out
+        """See :func:`policyd.sources.sts_state.unrefreshed`."""
+        return unrefreshed(self._domains, now, older_than)
 
     def _notify(self, domain: str) -> None:
         if self.on_change is not None:

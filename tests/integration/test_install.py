@@ -30,6 +30,7 @@ from typing import Final
 
 import pytest
 
+from tests.daemon import WORLD_NETWORK
 from tests.postfix_conf import postmap_cmd
 from tests.postfix_sender import PostfixSender, Submitted
 from tests.world.procs import Background
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.integration
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 UNIT: Final = ROOT / "systemd" / "policyd.service"
+MILTER_UNIT: Final = ROOT / "systemd" / "policyd-milter.service"
 SNIPPET: Final = ROOT / "etc" / "postfix" / "main.cf.snippet"
 SHIPPED_CONFIG: Final = ROOT / "etc" / "policyd.toml"
 WHEELHOUSE: Final = ROOT / ".venv" / "wheelhouse"
@@ -53,10 +55,10 @@ CTL_TIMEOUT: Final = 60.0
 CHROOT_ETC: Final = ("services", "hosts", "nsswitch.conf", "localtime", "host.conf")
 
 
-def unit_service() -> dict[str, str]:
+def unit_service(unit: Path = UNIT) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(UNIT.read_text())
+    parser.read_string(unit.read_text())
     return dict(parser["Service"])
 
 
@@ -92,6 +94,8 @@ class Installation:
         self.runtime = prefix / "run" / self.unit["RuntimeDirectory"]
         self.state = prefix / "var" / "lib" / self.unit["StateDirectory"]
         self.created_user = False
+        self.milter = unit_service(MILTER_UNIT)
+        self.created_milter_user = False
         self.daemon: Background | None = None
 
     def rooted(self, path: str) -> str:
@@ -122,6 +126,14 @@ class Installation:
         except KeyError:
             run(["adduser", "--system", "--group", "--no-create-home", self.user])
             self.created_user = True
+        # The milter's user, as the README makes it: its own, a member of the daemon's group.
+        milter_user = self.milter["User"]
+        try:
+            pwd.getpwnam(milter_user)
+        except KeyError:
+            run(["adduser", "--system", "--group", "--no-create-home", milter_user])
+            self.created_milter_user = True
+        run(["adduser", milter_user, self.group])
         # install -D -m 0644 etc/policyd.toml /etc/policyd/policyd.toml, with the test
         # world's resolver and CA, and the runtime and state directories under the prefix.
         ca = self.prefix / "etc" / "ssl" / "ca.pem"
@@ -134,6 +146,8 @@ class Installation:
             + f'[server]\ncontrol = "unix:{self.runtime}/control.sock"\n'
             + f'[dns]\nnameservers = ["{self.world.resolver}"]\n'
             + f'[tls]\nca_file = "{ca}"\n'
+            + f'[outbound]\nallow_networks = ["{WORLD_NETWORK}"]\n'
+            + f'[control]\nread_group = "{self.group}"\n'  # the README's milter step
             + f'[store]\nurl = "sqlite:///{self.state}/policyd.db"\n'
         )
         for path in (self.prefix, *self.prefix.rglob("*")):
@@ -200,7 +214,20 @@ class Installation:
         path = self.prefix / "policyd.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def as_milter(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``argv`` as policyd-milter.service would run it: its user, group and groups."""
+        m = self.milter
+        groups = ",".join(m.get("SupplementaryGroups", "").split())
+        privs = ["setpriv", f"--reuid={m['User']}", f"--regid={m['Group']}"]
+        privs.append(f"--groups={groups}" if groups else "--clear-groups")
+        return subprocess.run(
+            [*privs, "--", *argv], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False
+        )
+
     def remove_user(self) -> None:
+        if self.created_milter_user:
+            subprocess.run(["userdel", self.milter["User"]], check=False, capture_output=True)
+            subprocess.run(["groupdel", self.milter["Group"]], check=False, capture_output=True)
         if self.created_user:
             subprocess.run(["userdel", self.user], check=False, capture_output=True)
             subprocess.run(["groupdel", self.group], check=False, capture_output=True)
@@ -296,6 +323,22 @@ def test_runs_as_the_unit_says(installed: Installation) -> None:
     assert "running as root" not in installed.log()
     db = installed.state / "policyd.db"
     assert db.exists() and db.stat().st_uid == uid
+
+
+def test_the_milter_user_reads_through_the_control_socket_but_not_the_store(
+    installed: Installation,
+) -> None:
+    """Security review L7: the milter's own user reaches the read-only commands through
+    the daemon's group and read_group, and neither the write commands nor the store."""
+    ctl = [str(installed.bin / "policyctl"), "--socket", str(installed.runtime / "control.sock")]
+    status = installed.as_milter(*ctl, "status")
+    assert status.returncode == 0, status.stderr
+    flush = installed.as_milter(*ctl, "flush", "example.com")
+    assert flush.returncode != 0 and "may not make changes" in flush.stderr, flush
+    db = installed.state / "policyd.db"
+    assert db.exists()
+    read = installed.as_milter("cat", str(db))
+    assert read.returncode != 0 and "Permission denied" in read.stderr, read.returncode
 
 
 def test_postmap_as_postfix_user_reaches_the_default_listener(installed: Installation) -> None:

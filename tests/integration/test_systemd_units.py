@@ -8,6 +8,7 @@ value, a missing section) fails the test; a deliberately broken copy proves it w
 
 from __future__ import annotations
 
+import configparser
 import re
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parents[2] / "systemd"
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "systemd"
 STAND_IN = "/bin/true"  # exists everywhere, accepts any arguments
 OUR_BINARIES = re.compile(r"/usr/bin/(policyd-milter|policyd)\b")
 
@@ -81,3 +83,33 @@ def test_a_missing_executable_would_be_reported(tmp_path: Path) -> None:
     path.write_text(unit)
     findings = verify([path])
     assert any("/nonexistent/policyd-milter" in f for f in findings)
+
+
+def service_section(name: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((UNITS / name).read_text())
+    return dict(parser["Service"])
+
+
+def test_the_milter_has_a_user_of_its_own_in_the_daemons_group() -> None:
+    """Security review L7: the milter's uid is not the daemon's (which would grant READ
+    unnamed, the store's files and ptrace); the daemon's group admits it to the control
+    socket and nothing more: the state directory has no group or other access."""
+    daemon = service_section("policyd.service")
+    milter = service_section("policyd-milter.service")
+    assert milter["User"] == "policyd-milter" != daemon["User"]
+    assert milter["Group"] != daemon["Group"]
+    assert daemon["Group"] in milter["SupplementaryGroups"].split()
+    assert int(daemon["StateDirectoryMode"], 8) & 0o077 == 0
+    assert "StateDirectory" not in milter
+
+
+def test_the_readme_creates_the_milter_user_as_its_unit_names_it() -> None:
+    daemon = service_section("policyd.service")
+    milter = service_section("policyd-milter.service")
+    readme = (ROOT / "README.md").read_text()
+    user, group = milter["User"], daemon["Group"]
+    assert f"adduser --system --group --no-create-home {user}\n" in readme
+    assert f"adduser {user} {group} " in readme
+    assert f'read_group = "{group}"' in readme

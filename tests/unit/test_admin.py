@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from policyd import admin as admin_module
 from policyd.admin import MAX_WARM_TASKS, Admin, AdminError, Facts
 from policyd.codec import control
 from policyd.codec.control import ErrorCode, results
@@ -25,6 +28,7 @@ from policyd.core.evidence import (
     StsPolicy,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.report import build_report as core_build_report
 from policyd.server.control import ControlServer, Peer
 from policyd.service import PolicyService
 from policyd.settings import ControlSettings
@@ -218,3 +222,43 @@ async def test_the_server_dispatches_every_command_to_its_operation() -> None:
     with pytest.raises(AdminError, match="no override"):
         await server.run(control.OverrideDel(dest), PEER)
     await admin.close()
+
+
+# -- report off the event loop (security review L7) --------------------------------------
+
+
+async def test_report_is_built_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorting a million verdicts takes seconds: they must not be the lookups' seconds."""
+    admin, service = make_admin(FakeDane())
+    await service.answer(Destination("sts.example"), service.profiles[0])
+    loop_thread = threading.get_ident()
+    built_in: list[int] = []
+    real = core_build_report
+
+    def build_report(*args: Any, **kwargs: Any) -> Any:
+        built_in.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(admin_module, "build_report", build_report)
+    result = await admin.report(3600.0)
+    assert built_in and loop_thread not in built_in
+    assert "sts.example" in json.dumps(result.to_json())  # the snapshot reached the report
+
+
+async def test_reports_are_built_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    admin, _ = make_admin(FakeDane())
+    running = 0
+    most = 0
+    real = core_build_report
+
+    def build_report(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        time.sleep(0.01)  # long enough for a second thread to start, if one were allowed
+        running -= 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(admin_module, "build_report", build_report)
+    await asyncio.gather(*(admin.report(60.0) for _ in range(4)))
+    assert most == 1

@@ -257,6 +257,18 @@ def check_error(data: dict[str, Any], key: str, problem: str) -> None:
         ({"tls": {"ca_file": 1}}, "tls.ca_file", "expected a string"),
         ({"store": {"url": "mysql://x"}}, "store.url", "expected sqlite:///PATH"),
         ({"store": {"uri": "sqlite:///x"}}, "store.uri", "unknown key"),
+        (
+            {"store": {"redis_max_connections": 0}},
+            "store.redis_max_connections",
+            "at least 1",
+        ),
+        ({"outbound": {"allow_networks": "10.0.0.0/8"}}, "outbound.allow_networks", "a list"),
+        (
+            {"outbound": {"allow_networks": ["10.1.2.3/8"]}},
+            "outbound.allow_networks",
+            "has host bits set",
+        ),
+        ({"outbound": {"allow_networks": ["intranet"]}}, "outbound.allow_networks", "intranet"),
         ({"sts": "x"}, "sts", "expected a table"),
         ({"sts": {"cold": 1.0}}, "sts.cold", "unknown key"),
         ({"sts": {"connect": 1.0}}, "sts.connect", "unknown key"),
@@ -509,3 +521,15 @@ def test_config_imports_nothing_heavy() -> None:
 def test_listener_values_are_validated(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="listener needs"):
         Listener(**kwargs)
+
+
+def test_outbound_and_redis_pool_keys() -> None:
+    cfg = parse(
+        {
+            "outbound": {"allow_networks": ["10.1.0.0/16", "fd12:3456::/48"]},
+            "store": {"redis_max_connections": 8},
+        }
+    )
+    assert cfg.outbound.allow_networks == ("10.1.0.0/16", "fd12:3456::/48")
+    assert cfg.store.redis_max_connections == 8
+    assert parse({}).outbound.allow_networks == ()

@@ -93,6 +93,20 @@ async def test_sts_enforce_and_profiles() -> None:
     assert policy_of(await ask(svc, "example.test", "strict")) == got
 
 
+async def test_sts_for_a_smart_host_on_port_25() -> None:
+    """Review D8 (RFC 8461 3.4): a bracketed next hop on port 25 takes the policy of its own
+    name, unless the profile turns sts_smart_host off; other ports never do."""
+    pol = StsPolicy(StsMode.ENFORCE, ("smtp.relay.test",), 86400, "1", NOW - 10)
+    svc, _, _ = make(sts=FakeSts({"smtp.relay.test": StsEvidence(pol)}))
+    svc.set_profiles((*DEFAULT_PROFILES, Profile("nosmart", sts_smart_host=False)))
+    got = await ask(svc, "[smtp.relay.test]")
+    assert policy_of(got) == "secure match=smtp.relay.test servername=hostname"
+    assert got.verdict.rule is Rule.MTA_STS
+    assert policy_of(await ask(svc, "[smtp.relay.test]", "strict")) == policy_of(got)
+    assert (await ask(svc, "[smtp.relay.test]", "nosmart")).verdict.rule is not Rule.MTA_STS
+    assert (await ask(svc, "[smtp.relay.test]:587")).verdict.rule is not Rule.MTA_STS
+
+
 async def test_sts_attributes_profile_logs_one_word_level(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -131,6 +145,52 @@ async def test_override_wins_and_invalidates_cache() -> None:
     assert await svc.delete_override("example.test")
     assert cache.invalidated == ["example.test", "example.test"]
     assert policy_of(await ask(svc, "example.test")) == "verify servername=hostname"
+
+
+async def test_parent_override_beats_a_subdomains_own_evidence() -> None:
+    """Review D14: ``.example.test`` reaches ``sub.example.test`` (any depth) although
+    the probe gave the subdomain an answer; not ``example.test`` itself. Every held answer under
+    the parent form goes stale when the override is set or deleted."""
+    verify = ProbeState(ProbeLevel.VERIFY)
+    probe = FakeProbe({k: verify for k in ("sub.example.test", "example.test")})
+    svc, _, _ = make(probe=probe)
+    cache = RecordingCache()
+    svc.subscribe(cache)
+    before = policy_of(await ask(svc, "sub.example.test"))
+    assert before == "verify servername=hostname"
+    await ask(svc, "a.b.example.test")
+    await ask(svc, "example.test")
+    await ask(svc, "[mx.example.test]")
+    await svc.set_override(Override(".example.test", parse("encrypt"), author="root"))
+    assert sorted(k for k in cache.invalidated if k) == [
+        ".example.test",
+        "a.b.example.test",
+        "sub.example.test",
+    ]
+    got = await ask(svc, "sub.example.test")
+    assert policy_of(got) == "encrypt"
+    assert got.verdict.reason == "override of .example.test by root"
+    assert policy_of(await ask(svc, "a.b.example.test")) == "encrypt"
+    assert policy_of(await ask(svc, "example.test")) == before  # not under .example.test
+    [(_, verdict, evidence), *_] = await svc.explain(parse_key("sub.example.test"))
+    assert verdict.reason == "override of .example.test by root"
+    assert evidence.override is not None and evidence.override.key == ".example.test"
+    cache.invalidated.clear()
+    assert await svc.delete_override(".example.test")
+    assert "sub.example.test" in cache.invalidated
+    assert policy_of(await ask(svc, "sub.example.test")) == before
+
+
+async def test_expiring_parent_override_drops_subdomain_answers() -> None:
+    svc, clock, _ = make()
+    cache = RecordingCache()
+    svc.subscribe(cache)
+    await svc.set_override(Override(".example.test", parse("may"), expires_at=NOW + 60))
+    assert policy_of(await ask(svc, "sub.example.test")) == "may"
+    clock.advance(61)
+    cache.invalidated.clear()
+    svc.expire_overrides()
+    assert sorted(k for k in cache.invalidated if k) == [".example.test", "sub.example.test"]
 
 
 async def test_policy_longer_than_a_reply_is_temp_never_cut() -> None:

@@ -132,3 +132,17 @@ async def test_task_set_cancel_all_waits_for_the_tasks() -> None:
     await tasks.cancel_all()
     assert ended == ["yes", "yes"]
     assert len(tasks) == 0
+
+
+async def test_callers_of_cancelled_work_are_cancelled_and_leavers_spare_it() -> None:
+    flight: SingleFlight[str, None] = SingleFlight()
+    never = asyncio.Event()
+    leaver = asyncio.ensure_future(flight.run("k", never.wait))  # type: ignore[arg-type]
+    stayer = asyncio.ensure_future(flight.run("k", never.wait))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    leaver.cancel()
+    await asyncio.sleep(0)
+    assert leaver.cancelled() and not stayer.done() and "k" in flight
+    flight.cancel_all()
+    with pytest.raises(asyncio.CancelledError):
+        await stayer

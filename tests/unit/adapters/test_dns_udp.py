@@ -19,6 +19,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from policyd.adapters import dns as dns_adapter
 from policyd.adapters import dns_udp
 from policyd.adapters.dns import HealthTimes, MxRecord, Rcode, Resolver
 from policyd.codec import dns_wire
@@ -52,6 +53,10 @@ class Server(asyncio.DatagramProtocol):
     handler: Handler
     transport: asyncio.DatagramTransport | None = None
     asked: list[str] = field(default_factory=list)
+    # Queries the handler left unanswered, with where they came from (to answer late).
+    unanswered: list[tuple[dns.message.Message, tuple[str | object, ...]]] = field(
+        default_factory=list
+    )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.DatagramTransport, transport)
@@ -60,7 +65,9 @@ class Server(asyncio.DatagramProtocol):
         query = dns.message.from_wire(data)
         self.asked.append(query.question[0].name.to_text())
         reply = self.handler(query)
-        if reply is not None and self.transport is not None:
+        if reply is None:
+            self.unanswered.append((query, addr))
+        elif self.transport is not None:
             self.transport.sendto(reply, addr)
 
     @property
@@ -228,4 +235,116 @@ async def test_udp_path_types_txt_mx_and_tlsa_records(
     tlsa = await r.query("x.test", "TLSA")
     assert tlsa.tlsa == (Tlsa(3, 1, 1, bytes.fromhex("ab" * 32)),)
     assert r._fast  # the UDP path, not dnspython's resolver
+    r.close()
+
+
+# -- the lookups without a task (Resolver._fast_start) -----------------------------------
+
+
+async def warmed(server: Server, lifetime: float = 2.0) -> Resolver:
+    """A resolver whose sockets are open: its next lookups take the path without a task."""
+    r = resolver(server.port, lifetime)
+    await asyncio.gather(*(r.query(f"warm{i}.test", "A") for i in range(dns_udp.SOCKETS)))
+    assert r._fast is not None and len(r._fast[0]._sockets) == dns_udp.SOCKETS
+    return r
+
+
+async def test_a_lookup_without_a_task_is_answered_and_cached(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 300 IN A 192.0.2.7"))
+    r = await warmed(server)
+    pending = asyncio.ensure_future(r.query("a.test", "A"))
+    await asyncio.sleep(0)
+    assert len(r._fast_lookups) == 1  # under way without a task
+    got = await pending
+    assert got.texts == ("192.0.2.7",) and got.secure
+    assert not r._fast_lookups and not r._asking
+    asked = len(server.asked)
+    assert (await r.query("a.test", "A")) == got  # from the cache
+    assert len(server.asked) == asked
+    r.close()
+
+
+async def test_a_caller_leaving_a_lookup_without_a_task_spares_it(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.8"))
+    r = await warmed(server)
+    server.handler = lambda q: None  # held: answered below
+    first = asyncio.ensure_future(r.query("b.test", "A"))
+    second = asyncio.ensure_future(r.query("b.test", "A"))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    await asyncio.sleep(0)
+    ((query, addr),) = server.unanswered  # one query for both callers
+    assert server.transport is not None
+    server.transport.sendto(answer(query, "b.test. 60 IN A 192.0.2.8"), addr)
+    assert (await second).texts == ("192.0.2.8",)
+    assert first.cancelled()
+    r.close()
+
+
+async def test_a_lookup_without_a_task_hands_over_to_one_when_unanswered(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    """No response to the first try: a task tries again within what is left of the
+    lifetime, and its answer reaches the caller."""
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    r = await warmed(server, lifetime=3.0)
+    tries = 0
+
+    def second_try(q: dns.message.Message) -> bytes | None:
+        nonlocal tries
+        if q.question[0].name.to_text() != "c.test.":
+            return answer(q)  # the breaker's health check: the resolver is alive
+        tries += 1
+        return None if tries == 1 else answer(q, "c.test. 60 IN A 192.0.2.9")
+
+    server.handler = second_try
+    got = await r.query("c.test", "A")  # per try 1 s: answered on the second
+    assert got.texts == ("192.0.2.9",) and tries == 2
+    assert not r._fast_lookups and not r._asking and not r.down
+    r.close()
+
+
+async def test_a_refusal_on_the_path_without_a_task_fails_as_on_the_other(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    r = await warmed(server)
+    server.handler = lambda q: answer(q, rcode=dns.rcode.REFUSED)
+    got = await r.query("d.test", "A")
+    assert got.failed and got.rcode is Rcode.REFUSED and got.error == "REFUSED"
+    r.close()
+
+
+async def test_the_breaker_ends_lookups_without_a_task(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    r = await warmed(server, lifetime=5.0)
+    server.handler = lambda q: None  # the resolver goes silent, health check included
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    got = await asyncio.gather(*(r.query(f"e{i}.test", "A") for i in range(3)))
+    assert all(a.failed for a in got) and r.down
+    assert loop.time() - t0 < 1.5  # after (0.2 s) + health timeout (0.2 s), not 5 s
+    assert not r._fast_lookups and not r._asking
+    r.close()
+
+
+async def test_a_bug_in_the_callback_reaches_the_caller(
+    serve: Callable[[Handler], asyncio.Future[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    r = await warmed(server)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(dns_adapter, "from_wire", broken)
+    with pytest.raises(RuntimeError, match="bug"):
+        await asyncio.wait_for(r.query("f.test", "A"), 2.0)  # not left waiting
+    assert not r._fast_lookups
     r.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from policyd.adapters.https import MAX_POLICY_BYTES, FetchError, PolicyFetcher, fetch_policy
+from policyd.core.reach import Reach
 from policyd.settings import HttpsTimeouts
 from tests.pki import Ca
 
@@ -19,6 +21,7 @@ DOMAIN = "example.test"
 HOST = "mta-sts.example.test"
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 86400\r\n"
 FAST = HttpsTimeouts(connect=2.0, read=2.0, total=3.0)
+LOCAL = Reach.of(("127.0.0.0/8",))  # the servers here listen on loopback
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,11 @@ async def good(pki: dict[str, Path]) -> AsyncIterator[Server]:
 
 def fetcher(pki: dict[str, Path], server: Server, timeouts: HttpsTimeouts = FAST) -> PolicyFetcher:
     return PolicyFetcher(
-        str(pki["ca"]), timeouts, port=server.port, address_override=lambda _host: "127.0.0.1"
+        str(pki["ca"]),
+        timeouts,
+        port=server.port,
+        address_override=lambda _host: "127.0.0.1",
+        reach=LOCAL,
     )
 
 
@@ -280,6 +287,93 @@ def test_timeouts_validate() -> None:
 async def test_fetch_policy_function(pki: dict[str, Path], good: Server) -> None:
     good.handler = canned(response())
     body = await fetch_policy(
-        DOMAIN, str(pki["ca"]), FAST, port=good.port, address_override=lambda _h: "127.0.0.1"
+        DOMAIN,
+        str(pki["ca"]),
+        FAST,
+        port=good.port,
+        address_override=lambda _h: "127.0.0.1",
+        reach=LOCAL,
     )
     assert body == POLICY
+
+
+# -- addresses policyd may not reach (security review L2) --------------------------------
+
+AddrInfo = tuple[int, int, int, str, tuple[str, int] | tuple[str, int, int, int]]
+
+
+def resolving(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> list[str]:
+    """The running loop's getaddrinfo answers ``addresses``; returns the names asked."""
+    asked: list[str] = []
+
+    async def getaddrinfo(host: str, port: int, **_kwargs: object) -> list[AddrInfo]:
+        asked.append(host)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, port, 0, 0))
+            if ":" in a
+            else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in addresses
+        ]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [("127.0.0.1",), ("::ffff:127.0.0.1",), ("169.254.169.254",), ("10.0.0.1", "::1")],
+)
+async def test_a_name_resolving_to_no_global_address_is_not_fetched(
+    pki: dict[str, Path], good: Server, monkeypatch: pytest.MonkeyPatch, addresses: tuple[str]
+) -> None:
+    good.handler = canned(response())
+    asked = resolving(monkeypatch, *addresses)
+    async with PolicyFetcher(str(pki["ca"]), FAST, port=good.port) as f:
+        with pytest.raises(FetchError) as info:
+            await f.fetch(DOMAIN)
+    assert asked == [HOST]
+    assert info.value.reason.startswith(f"{HOST}: address not allowed: {addresses[0]} is ")
+    assert good.requests == [] and good.sni == []  # no connection was made
+
+
+async def test_an_override_address_is_judged_too(pki: dict[str, Path], good: Server) -> None:
+    good.handler = canned(response())
+    fetcher = PolicyFetcher(
+        str(pki["ca"]), FAST, port=good.port, address_override=lambda _host: "127.0.0.1"
+    )
+    async with fetcher as f:
+        with pytest.raises(FetchError, match=r"address not allowed: 127\.0\.0\.1 is loopback"):
+            await f.fetch(DOMAIN)
+    assert good.requests == []
+
+
+async def test_the_allowed_resolved_address_is_fetched_with_the_real_name(
+    pki: dict[str, Path], good: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good.handler = canned(response())
+    resolving(monkeypatch, "10.0.0.1", "127.0.0.1")  # 10/8 is not in the allowlist
+    async with PolicyFetcher(str(pki["ca"]), FAST, port=good.port, reach=LOCAL) as f:
+        assert await f.fetch(DOMAIN) == POLICY
+    assert good.sni == [HOST]  # the certificate was verified for the name, not the address
+    assert f"Host: {HOST}:{good.port}".encode() in good.requests[0]
+
+
+async def test_the_next_address_is_tried_when_one_refuses(
+    pki: dict[str, Path], good: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good.handler = canned(response())
+    resolving(monkeypatch, "127.0.0.2", "127.0.0.1")  # nothing listens on 127.0.0.2
+    async with PolicyFetcher(str(pki["ca"]), FAST, port=good.port, reach=LOCAL) as f:
+        assert await f.fetch(DOMAIN) == POLICY
+
+
+async def test_a_name_that_does_not_resolve(
+    pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def getaddrinfo(host: str, port: int, **_kwargs: object) -> list[AddrInfo]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    async with PolicyFetcher(str(pki["ca"]), FAST) as f:
+        with pytest.raises(FetchError, match=f"cannot resolve {HOST}: Name or service"):
+            await f.fetch(DOMAIN)

@@ -24,12 +24,14 @@ from cryptography.x509.verification import Store
 from policyd.adapters.certverify import fingerprints
 from policyd.adapters.smtp_probe import MAX_REPLY_LINE, probe_address, probe_host
 from policyd.core.evidence import DnsStatus, MxHost, ProbeHost, ProbeVerdict
+from policyd.core.reach import Reach
 from policyd.settings import ProbeTimeouts
 from tests.unit.adapters.test_certverify import DAY, NOW, PrivateKey, make_pki
 
 HOST = "mx.example.test"
 LOOPBACK = "127.0.0.1"
 FAST = ProbeTimeouts(connect=2.0, banner=2.0, command=2.0, tls=2.0, total=10.0)
+LOCAL = Reach.of(("127.0.0.0/8",))  # the servers here listen on loopback
 
 
 def clock() -> float:
@@ -113,6 +115,19 @@ async def probe(port: int, timeouts: ProbeTimeouts = FAST, roots: Store | None =
         timeouts=timeouts,
         helo_name="probe.example.test",
         now=clock,
+        reach=LOCAL,
+    )
+
+
+async def probe_mx(mx: MxHost, *, port: int = 25, reach: Reach = LOCAL) -> list[ProbeHost]:
+    return await probe_host(
+        mx,
+        port=port,
+        roots=PKI.store,
+        timeouts=FAST,
+        helo_name="probe.example.test",
+        now=clock,
+        reach=reach,
     )
 
 
@@ -122,15 +137,7 @@ PKI = make_pki()
 async def test_valid_certificate_records_tls_details(tmp_path: Path) -> None:
     leaf, key = PKI.leaf(HOST)
     async with aiosmtpd_server(server_context(tmp_path, [leaf, PKI.inter], key)) as port:
-        result = await probe_address(
-            HOST,
-            LOOPBACK,
-            port=port,
-            roots=PKI.store,
-            timeouts=FAST,
-            helo_name="probe.example.test",
-            now=clock,
-        )
+        result = await probe(port)
     assert result.verdict is ProbeVerdict.VALID, result.detail
     assert result.protocol == "TLSv1.3"
     assert result.cipher.startswith("TLS_")
@@ -142,14 +149,7 @@ async def test_valid_certificate_records_tls_details(tmp_path: Path) -> None:
 async def test_expired_certificate(tmp_path: Path) -> None:
     leaf, key = PKI.leaf(HOST, not_before=NOW - 100 * DAY, not_after=NOW - DAY)
     async with aiosmtpd_server(server_context(tmp_path, [leaf, PKI.inter], key)) as port:
-        result = await probe_host(
-            MxHost(HOST, 10, DnsStatus.SECURE, (LOOPBACK,)),
-            port=port,
-            roots=PKI.store,
-            timeouts=FAST,
-            helo_name="probe.example.test",
-            now=clock,
-        )
+        result = await probe_mx(MxHost(HOST, 10, DnsStatus.SECURE, (LOOPBACK,)), port=port)
     assert [r.verdict for r in result] == [ProbeVerdict.EXPIRED]
     assert result[0].leaf_sha256 == fingerprints(leaf)[0]
 
@@ -316,3 +316,37 @@ async def test_bad_helo_name_is_a_programming_error() -> None:
 def test_timeouts_validate() -> None:
     with pytest.raises(ValueError, match="banner"):
         ProbeTimeouts(banner=0)
+
+
+# -- addresses policyd may not reach (security review L2) --------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.25", "169.254.169.254", "fe80::1",
+     "fd00::25", "0.0.0.0", "224.0.0.1"],
+)  # fmt: skip
+async def test_a_non_global_address_is_refused_without_a_connection(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dialled: list[str] = []
+
+    async def open_connection(host: str, *args: object, **kwargs: object) -> None:
+        dialled.append(host)
+        raise AssertionError("no connection may be attempted")
+
+    monkeypatch.setattr(asyncio, "open_connection", open_connection)
+    result = await probe_mx(MxHost(HOST, 10, DnsStatus.SECURE, (address,)), reach=Reach())
+    assert dialled == []
+    assert [r.verdict for r in result] == [ProbeVerdict.UNREACHABLE]
+    assert result[0].detail.startswith(f"address not allowed: {address} is ")
+    assert "[outbound] allow_networks" in result[0].detail
+
+
+async def test_an_allowed_network_is_probed(tmp_path: Path) -> None:
+    leaf, key = PKI.leaf(HOST)
+    async with aiosmtpd_server(server_context(tmp_path, [leaf, PKI.inter], key)) as port:
+        mx = MxHost(HOST, 10, DnsStatus.SECURE, (LOOPBACK, "10.0.0.25"))
+        result = await probe_mx(mx, port=port, reach=LOCAL)
+    assert [r.verdict for r in result] == [ProbeVerdict.VALID, ProbeVerdict.UNREACHABLE]
+    assert result[1].detail.startswith("address not allowed: 10.0.0.25 is private")

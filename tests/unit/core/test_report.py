@@ -76,7 +76,14 @@ def test_levels_rules_and_temp_per_profile() -> None:
 
 def test_held_and_failing_mta_sts_by_policy_domain() -> None:
     verdict = notfound(Rule.DEFAULT, "none")
-    keys = ["a.example", "b.example:587", "[192.0.2.1]", ".parent.example"]
+    keys = [
+        "a.example",
+        "b.example:587",
+        "[192.0.2.1]",
+        ".parent.example",
+        "[smtp.relay.example]",
+        "[submit.relay.example]:587",
+    ]
     got = report(
         [],
         {("postfix", k): verdict for k in keys},
@@ -84,13 +91,17 @@ def test_held_and_failing_mta_sts_by_policy_domain() -> None:
         sts={
             "a.example": StsEvidence(POLICY, error="policy fetch: HTTP 404"),
             "b.example": StsEvidence(error="timeout"),
-            # never asked: a bracketed host and a parent form have no MTA-STS domain
+            # a smart host on port 25 is its own policy domain (RFC 8461 3.4)
+            "smtp.relay.example": StsEvidence(error="no TXT"),
+            # never asked: an IP literal, a parent form, another port have no MTA-STS domain
             "[192.0.2.1]": StsEvidence(error="x"),
             ".parent.example": StsEvidence(error="x"),
+            "submit.relay.example": StsEvidence(error="x"),
         },
     )
     assert got.held == (("b.example:587", HELD),)
     assert got.sts_failing == (
+        StsFailing("[smtp.relay.example]", "no TXT", cached=False),
         StsFailing("a.example", "policy fetch: HTTP 404", cached=True),
         StsFailing("b.example:587", "timeout", cached=False),
     )

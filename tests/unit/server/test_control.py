@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,10 +43,11 @@ from policyd.core.evidence import (
     Tlsa,
 )
 from policyd.core.profile import DEFAULT_PROFILES
+from policyd.listeners import parse_listener
 from policyd.server.control import ControlServer
 from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService
-from policyd.settings import ControlSettings, ServerSettings, StoreSettings, parse_listener
+from policyd.settings import ControlSettings, ServerSettings, StoreSettings
 from policyd.sources.fetch_queue import QueueStats
 from policyd.sources.probe import ProbeStats
 from tests import fakes
@@ -225,7 +227,10 @@ class Env:
 
 
 async def start_env(
-    sock_dir: Path, capsys: pytest.CaptureFixture[str], control: ControlSettings
+    sock_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    control: ControlSettings,
+    **limits: Any,  # ControlServer.of's max_connections and monotonic
 ) -> tuple[Env, ControlServer]:
     clock = Clock()
     store = await SqliteStore.open("sqlite://:memory:")
@@ -256,7 +261,7 @@ async def start_env(
         clock=clock,
         monotonic=loop.time,
     )
-    server = ControlServer.of(admin, config, lambda: config.control)
+    server = ControlServer.of(admin, config, lambda: config.control, **limits)
     try:
         await server.start()
     except OSError:

@@ -25,10 +25,11 @@ from policyd.codec import netstring
 from policyd.core.evidence import ProbeLevel, ProbeState
 from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.counters import MAX_LABEL_SETS, OTHER, Histogram, LabelledCounter
+from policyd.listeners import parse_listener
 from policyd.server.metrics import MetricsServer, PolicydCollector
 from policyd.server.reply_cache import HOT_SAMPLE_EVERY, ReplyCache
 from policyd.service import PolicyService
-from policyd.settings import DnsSettings, parse_listener
+from policyd.settings import DnsSettings
 from policyd.sources.probe import ProbeSource
 from policyd.sources.sts import StsSource
 from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, reply

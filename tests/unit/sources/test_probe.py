@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,8 +26,9 @@ from policyd.core.evidence import (
     ProbeState,
     ProbeVerdict,
 )
+from policyd.core.reach import Reach
 from policyd.settings import ProbeSettings
-from policyd.sources.probe import ProbeSource, make_prober
+from policyd.sources.probe import ProbeSource, default_helo_name, make_prober
 from tests.fakes import MemoryStore
 from tests.unit.adapters.test_certverify import make_pki
 
@@ -534,7 +536,9 @@ def test_settings_defaults() -> None:
 async def test_make_prober_without_addresses(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_bytes(make_pki().root.public_bytes(serialization.Encoding.PEM))
-    prober = make_prober(ProbeSettings(helo_name="probe.example.test"), str(ca), Clock())
+    prober = make_prober(
+        ProbeSettings(helo_name="probe.example.test"), str(ca), Clock(), reach=Reach()
+    )
     failed = MxHost("mx.example.test", 10, DnsStatus.FAILED, address_error="timeout")
     found = await prober(failed, 25)
     assert [(h.verdict, h.detail, h.probed_at) for h in found] == [
@@ -550,3 +554,30 @@ async def test_stopping_the_workers_stops_shared_probes() -> None:
         await wait_for(lambda: w.prober.active == 1)
     await wait_for(lambda: w.prober.active == 0)
     assert w.source.cached("example.test") is None
+
+
+async def test_make_prober_refuses_loopback_unless_allowed(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(make_pki().root.public_bytes(serialization.Encoding.PEM))
+    settings = ProbeSettings(helo_name="probe.example.test")
+    local = MxHost("mx.example.test", 10, DnsStatus.SECURE, ("127.0.0.1",))
+    found = await make_prober(settings, str(ca), Clock(), reach=Reach())(local, 25)
+    assert [h.verdict for h in found] == [ProbeVerdict.UNREACHABLE]
+    assert found[0].detail.startswith("address not allowed: 127.0.0.1 is loopback")
+
+
+def test_the_default_helo_name_is_postfix_myhostname(tmp_path: Path) -> None:
+    postconf = tmp_path / "postconf"
+    postconf.write_text("#!/bin/sh\necho mail.example.net\n")
+    postconf.chmod(0o755)
+    assert default_helo_name((str(postconf), "-h", "myhostname")) == "mail.example.net"
+
+
+def test_without_postfix_the_default_helo_name_is_the_fqdn(tmp_path: Path) -> None:
+    fqdn = socket.getfqdn()
+    expected = fqdn if fqdn and " " not in fqdn else "localhost"
+    assert default_helo_name((str(tmp_path / "no-postconf"),)) == expected
+    broken = tmp_path / "postconf"
+    broken.write_text("#!/bin/sh\necho 'two words'\nexit 0\n")
+    broken.chmod(0o755)
+    assert default_helo_name((str(broken),)) == expected

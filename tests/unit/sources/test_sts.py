@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -73,7 +74,8 @@ class MemoryStore(fakes.MemoryStore):
 @dataclass
 class FakeTxt:
     """The TXT answers of the resolver, by domain (the source asks ``_mta-sts.<domain>``);
-    the domain's own MX (asked before a discovery) is a secure NODATA unless set in ``mx``.
+    the domain's own MX (asked before a discovery, and to compare with a cached enforce
+    policy) is ``mx.<domain>``, as the policies published here list, unless set in ``mx``.
     ``names`` lists the TXT queries, ``mx_names`` the MX ones."""
 
     answers: dict[str, DnsAnswer] = field(default_factory=dict)
@@ -84,7 +86,7 @@ class FakeTxt:
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         if rdtype == "MX":
             self.mx_names.append(name)
-            return self.mx.get(name, dns_answer(name, "MX"))
+            return self.mx.get(name) or dns_answer(name, "MX", f"10 mx.{name}.")
         assert rdtype == "TXT"
         self.names.append(name)
         return self.answers.get(name.removeprefix("_mta-sts."), NO_TXT)
@@ -133,13 +135,17 @@ class World:
         return self.source
 
 
-def make_source(w: World, settings: StsSettings | None = None) -> StsSource:
+def make_source(
+    w: World, settings: StsSettings | None = None, elapsed: Callable[[], float] | None = None
+) -> StsSource:
+    """A source on the world's fakes; ``elapsed`` to find steps of its clock."""
     source = StsSource(
         w.store,
         w.txt,
         w.fetcher,
         settings or StsSettings(),
         clock=w.clock,
+        elapsed=elapsed,
         log=logging.getLogger("test.sts"),
     )
     source.on_change = w.changes.append

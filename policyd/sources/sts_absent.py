@@ -1,0 +1,76 @@
+"""The domains the MTA-STS source (:mod:`policyd.sources.sts`) knows to publish no record.
+
+The common case kept compact: a domain whose last discovery found no record (and nothing
+else worth remembering) -> when to look again, one float each. Oldest first (insertion
+order: ``recheck_interval`` is one value, so also soonest due first), at most ``limit`` of
+them; a forgotten one is only read again, never answered weaker (it has no policy to lose).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+from policyd.sources.sts_state import NEVER, DomainState
+
+
+class AbsentDomains(dict[str, float]):
+    __slots__ = ("_until", "limit")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError("max_absent must be at least 1")
+        self.limit = limit
+        self._until = NEVER  # the last time handed out by until(): one float per second
+
+    def holds(self, domain: str, now: float) -> bool:
+        """Whether ``domain`` is known to publish no record at ``now``; forgotten when due
+        (discover it again)."""
+        until = self.get(domain)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self[domain]
+        return False
+
+    def add(self, domain: str, until: float) -> None:
+        """Remember ``domain`` until ``until``, forgetting the oldest beyond the limit."""
+        if len(self) >= self.limit:
+            del self[next(iter(self))]
+        self[domain] = until
+
+    def expire(self, now: float) -> None:
+        """Forget the domains due at ``now``."""
+        for domain in list(self):
+            if self[domain] > now:
+                break  # oldest first: the rest are due later
+            del self[domain]
+
+    def until(self, now: float, interval: float) -> float:
+        """now + interval, up to the next whole second: one float object for every domain
+        found without a record within the same second."""
+        until = float(math.ceil(now + interval))
+        if until == self._until:
+            return self._until
+        self._until = until
+        return until
+
+    def shift(self, step: float) -> None:
+        """The wall clock was stepped by ``step`` seconds: move every time with it."""
+        for domain in self:
+            self[domain] += step
+        self._until = NEVER
+
+
+def shift_all(
+    log: logging.Logger, step: float, entries: Iterable[DomainState], absent: AbsentDomains
+) -> None:
+    """The wall clock was stepped by ``step`` seconds (:mod:`policyd.sources.clock_steps`):
+    every time the source holds moves with it, so cached policies keep their real age."""
+    log.warning("wall clock stepped by %+.0f seconds: cached mta-sts policies keep their age", step)
+    for entry in entries:
+        entry.shift(step)
+    absent.shift(step)
