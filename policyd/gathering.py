@@ -37,7 +37,16 @@ class ProbeSourceLike(Protocol):
 
 
 class Gathering:
-    __slots__ = ("_clock", "_dane", "_flights", "_overrides", "_probe", "_sts")
+    __slots__ = (
+        "_clock",
+        "_dane",
+        "_flights",
+        "_fresh_dane",
+        "_fresh_flights",
+        "_overrides",
+        "_probe",
+        "_sts",
+    )
 
     def __init__(
         self,
@@ -46,6 +55,8 @@ class Gathering:
         probe: ProbeSourceLike,
         overrides: Overrides,
         clock: Callable[[], float],
+        *,
+        fresh_dane: DaneSourceLike | None = None,
     ) -> None:
         self._dane = dane
         self._sts = sts
@@ -53,18 +64,26 @@ class Gathering:
         self._overrides = overrides
         self._clock = clock
         self._flights: SingleFlight[str, Evidence] = SingleFlight()
+        # A refresh (prefetch) gathers DNS evidence that is not from the DNS cache, through
+        # its own source, sharing only gatherings that are as fresh.
+        self._fresh_dane = fresh_dane or dane
+        self._fresh_flights: SingleFlight[str, Evidence] = SingleFlight()
 
-    async def evidence(self, dest: Destination) -> Evidence:
-        """The evidence for ``dest``, from the gathering in flight if there is one."""
-        return await self._flights.run(dest.key, lambda: self._gather(dest))
+    async def evidence(self, dest: Destination, *, fresh: bool = False) -> Evidence:
+        """The evidence for ``dest``, from the gathering in flight if there is one;
+        ``fresh``: for a refresh, its DNS asked again rather than read from the cache."""
+        if fresh:
+            dane = self._fresh_dane
+            return await self._fresh_flights.run(dest.key, lambda: self._gather(dest, dane))
+        return await self._flights.run(dest.key, lambda: self._gather(dest, self._dane))
 
-    async def _gather(self, dest: Destination) -> Evidence:
+    async def _gather(self, dest: Destination, dane: DaneSourceLike) -> Evidence:
         now = self._clock()
         override = self._overrides.active(dest.key, now)
         if dest.parent_form or dest.is_address:
             return Evidence(dest, override=override)
         sts_wanted = dest.port == 25  # [host] too: a smart host (profiles' sts_smart_host)
-        dns_task = asyncio.ensure_future(self._dane.gather(dest, now))
+        dns_task = asyncio.ensure_future(dane.gather(dest, now))
         try:
             # For a known domain the STS source answers from memory at once and refreshes
             # in the background; a cold one is fetched inline within the source's budget.

@@ -88,6 +88,10 @@ class Stats:
     hits: int = 0
     temp: int = 0
     perm: int = 0
+    # Refreshes before expiry (policyd.server.prefetch): started, skipped at the limit, failed.
+    prefetched: int = 0
+    prefetch_skipped: int = 0
+    prefetch_failed: int = 0
 
 
 class PolicyService:
@@ -105,6 +109,7 @@ class PolicyService:
         max_destinations: int = DEFAULT_MAX_DESTINATIONS,
         alerts: Alerts | None = None,
         dane_temp_after: float = 0.0,
+        fresh_dane: DaneSourceLike | None = None,
     ) -> None:
         self._profiles = {p.name: p for p in profiles}
         self.store = store
@@ -125,7 +130,7 @@ class PolicyService:
         self._last: dict[str, dict[str, _Seen]] = {p.name: {} for p in profiles}
         # Whole seconds as one float object for every verdict saved within that second.
         self._saved_second = Seconds()
-        self._gathering = Gathering(dane, sts, probe, self._overrides, clock)
+        self._gathering = Gathering(dane, sts, probe, self._overrides, clock, fresh_dane=fresh_dane)
         self._dns_down = dns_down
         # Events and kept answers reach the store from here; the daemon runs writes.run().
         self.writes = WriteBehind(store)
@@ -209,7 +214,8 @@ class PolicyService:
 
     # -- deciding ----------------------------------------------------------------------
 
-    async def answer(self, dest: Destination, profile: Profile) -> Answer:
+    async def answer(self, dest: Destination, profile: Profile, *, fresh: bool = False) -> Answer:
+        """``fresh``: a refresh before expiry; its DNS asked again, not read from the cache."""
         now = self._clock()
         override = self._override(dest, now)
         if override is not None:
@@ -218,7 +224,7 @@ class PolicyService:
             return self._finish(dest, profile, decide(evidence, profile, now), evidence)
         try:
             async with asyncio.timeout(self.lookup_budget):
-                evidence = await self._gathering.evidence(dest)
+                evidence = await self._gathering.evidence(dest, fresh=fresh)
         except TimeoutError:
             verdict = Verdict(
                 Outcome.TEMP,

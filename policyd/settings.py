@@ -30,6 +30,9 @@ DEFAULT_CONFIG_PATH: Final = "/etc/policyd/policyd.toml"
 # beyond it the least recently used is forgotten and comes back from the slow path (fresh
 # evidence) or, in an outage, from the store.
 DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
+# [server] prefetch: a cached answer hit in this last fraction of its life is refreshed in
+# the background (unbound's prefetch uses the last 10%); 0 turns it off.
+DEFAULT_PREFETCH: Final = 0.1
 
 
 def _positive_seconds(timeouts: object, what: str) -> None:
@@ -60,10 +63,14 @@ class ServerSettings:
     # Destinations whose answers and verdicts are kept in memory; the least recently used
     # beyond it are forgotten (their next lookup gathers fresh evidence).
     max_destinations: int = DEFAULT_MAX_DESTINATIONS
+    # A cached answer hit in this last fraction of its life is refreshed before it expires.
+    prefetch: float = DEFAULT_PREFETCH
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:  # at 0 no connection could ever be admitted
             raise ValueError("max_connections must be at least 1")
+        if not 0 <= self.prefetch < 1:  # NaN fails too
+            raise ValueError("prefetch must be at least 0 and less than 1")
 
 
 @dataclass(frozen=True, slots=True)

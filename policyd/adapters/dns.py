@@ -191,8 +191,8 @@ class Resolver:
         """The breaker is open: the resolver did not answer its health check."""
         return self._down
 
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
-        """Look up ``rdtype`` records of ``name`` (absolute; no search list)."""
+    async def query(self, name: str, rdtype: str, *, fresh: bool = False) -> DnsAnswer:
+        """Look up ``rdtype`` records of ``name`` (absolute); ``fresh``: not from the cache."""
         rdtype = rdtype.upper()
         # The types of the wire path are data types; only others need dnspython's table.
         if rdtype not in dns_wire.TYPES and dns.rdatatype.is_metatype(
@@ -200,7 +200,7 @@ class Resolver:
         ):
             raise ValueError(f"{rdtype} is not a data type")  # a caller's bug, not DNS
         key = cache_key(name, rdtype)
-        cached = self._cache.get(key, self._clock())
+        cached = None if fresh else self._cache.get(key, self._clock())
         if cached is not None:
             return cached
         if self._down:

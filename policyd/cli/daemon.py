@@ -46,7 +46,7 @@ from policyd.server.socketmap import SocketmapServer
 from policyd.service import PolicyService
 from policyd.settings import StoreSettings, is_redis_url
 from policyd.singleflight import TaskSet
-from policyd.sources.dns import DnsSource
+from policyd.sources.dns import DnsSource, FreshQueries
 from policyd.sources.fleet_work import ClaimedFetcher, claimed_prober
 from policyd.sources.probe import ProbeSource, make_prober
 from policyd.sources.sts import StsSource
@@ -160,6 +160,7 @@ class Daemon:
             max_destinations=cfg.server.max_destinations,
             alerts=alerts,
             dane_temp_after=cfg.alerts.dane_temp_after,
+            fresh_dane=DnsSource(FreshQueries(resolver)),
         )
         try:
             # Unreadable records are skipped with a log line each; only a store that

@@ -108,6 +108,19 @@ class PolicydCollector:
         for path, hist in (("hot", counters.hot), ("slow", counters.slow)):
             latency.add_metric([path], _buckets(hist), hist.sum)
         yield latency
+        prefetches = CounterMetricFamily(
+            "policyd_prefetches",
+            "Cached answers refreshed before they expire ([server] prefetch): started, "
+            "skipped (at the limit in flight), failed (the old answer expires at its time).",
+            labels=["result"],
+        )
+        for result, value in (
+            ("started", stats.prefetched),
+            ("skipped", stats.prefetch_skipped),
+            ("failed", stats.prefetch_failed),
+        ):
+            prefetches.add_metric([result], value)
+        yield prefetches
         yield GaugeMetricFamily(
             "policyd_destinations_cached",
             "Destinations with a cached answer.",

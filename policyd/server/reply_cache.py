@@ -14,20 +14,32 @@ sends is built here or by the codec (PERM for a bad request, TEMP for a lookup t
 The cache subscribes to the service, which says when answers go stale (a changed override,
 a flush, fresher evidence). Its destinations are bounded with the service's latest verdicts
 (:mod:`policyd.held`): a hit refreshes the destination in that one table.
+
+A reply hit in the last ``[server] prefetch`` fraction of its life is refreshed in the
+background from fresh evidence and served meanwhile (:mod:`policyd.server.prefetch`): the
+hot path compares the hit's refresh time where it compared its expiry, and only a hit past
+it looks at the expiry itself.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
 
 from policyd.codec import netstring, socketmap
 from policyd.codec.destination import DestinationError, parse_key
+from policyd.core.evidence import Destination
+from policyd.core.profile import Profile
 from policyd.core.types import Outcome
 from policyd.held import Seconds, payloads_of, shared
+from policyd.server.prefetch import Prefetch
 from policyd.service import Answer, PolicyService
+from policyd.settings import DEFAULT_PREFETCH
 from policyd.told import answer_label
+
+log = logging.getLogger("policyd")
 
 # Cached request payloads per destination (profiles, spellings of the key); more are
 # answered but not cached, so that one destination cannot hold unbounded memory.
@@ -40,6 +52,13 @@ HOT_SAMPLE_EVERY: Final = 64
 CLOCK_TICK: Final = 0.1
 # What a dry-run profile tells Postfix whatever was decided: Postfix keeps its own default.
 _DRY_RUN_REPLY: Final = socketmap.reply(socketmap.Status.NOTFOUND)
+
+# A cached reply: (encoded netstring reply, refresh due (monotonic; a hit after it refreshes
+# the reply, or finds it expired), dest key, the answers counter cell of its profile and
+# level, valid until (monotonic)). Without prefetch the two times are one float.
+_Entry = tuple[bytes, float, str, list[int], float]
+# What a refresh decided: the encoded reply, the answer, dest key, answers counter cell.
+_Decided = tuple[bytes, Answer, str, list[int]]
 
 
 def perm(why: str) -> bytes:
@@ -59,6 +78,7 @@ class ReplyCache:
         "_counters",
         "_held",
         "_monotonic",
+        "_prefetch",
         "_replies",
         "_sample_in",
         "_service",
@@ -68,15 +88,19 @@ class ReplyCache:
     )
 
     def __init__(
-        self, service: PolicyService, *, monotonic: Callable[[], float] = time.monotonic
+        self,
+        service: PolicyService,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        prefetch: float = DEFAULT_PREFETCH,
     ) -> None:
         self._service = service
         self._stats = service.stats
         self._counters = service.counters
         self._monotonic = monotonic
-        # raw request payload -> (encoded netstring reply, valid until (monotonic), dest key,
-        # the answers counter cell of its profile and level)
-        self._answers: dict[bytes, tuple[bytes, float, str, list[int]]] = {}
+        # raw request payload -> its reply (_Entry)
+        self._answers: dict[bytes, _Entry] = {}
+        self._prefetch = Prefetch(prefetch, service.stats)
         # Destination key -> its cached payloads, least recently used first: the table that
         # bounds destinations in memory, shared with the service (policyd.held).
         self._held = service.held
@@ -106,7 +130,7 @@ class ReplyCache:
         hit = self._answers.get(payload)
         if hit is None:
             return None
-        if hit[1] < self.now:
+        if hit[1] < self.now and not self._late(payload, hit):
             return None
         self._stats.hits += 1
         hit[3][0] += 1
@@ -116,6 +140,15 @@ class ReplyCache:
         if payloads is not None:
             by_key[hit[2]] = payloads
         return hit[0]
+
+    def _late(self, payload: bytes, hit: _Entry) -> bool:
+        """A hit past its refresh time: whether it still holds. If so, its refresh starts
+        (unless under way); the reply is served meanwhile."""
+        if hit[4] < self.now:
+            return False
+        if payload not in self._prefetch:
+            self._prefetch.start(payload, lambda: self._refresh(payload, hit))
+        return True
 
     def _timed_cached(self, payload: bytes) -> bytes | None:
         """:meth:`cached`, timed for the latency histogram."""
@@ -139,20 +172,11 @@ class ReplyCache:
 
     async def _reply_for(self, payload: bytes) -> bytes:
         self._stats.lookups += 1
-        try:
-            req = socketmap.parse_request(payload)
-        except socketmap.SocketmapError as exc:
+        parsed = self._parse(payload)
+        if isinstance(parsed, bytes):
             self._stats.perm += 1
-            return perm(str(exc))
-        profile = self._service.profile(req.name)
-        if profile is None:
-            self._stats.perm += 1
-            return perm(f"unknown map name {req.name[:64]!r}")
-        try:
-            dest = parse_key(req.key)
-        except DestinationError as exc:
-            self._stats.perm += 1
-            return perm(str(exc))
+            return parsed
+        dest, profile = parsed
         answer = await self._service.answer(dest, profile)
         if answer.verdict.outcome is Outcome.TEMP:
             self._counters.temp += 1
@@ -160,10 +184,24 @@ class ReplyCache:
             self._counters.misses += 1
         cell = self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
         cell[0] += 1
-        told = _DRY_RUN_REPLY if profile.dry_run else socketmap.reply_for(answer.verdict)
-        encoded = netstring.encode(told)
+        encoded = _encoded(profile, answer)
         self._remember(payload, encoded, answer, dest.key, cell)
         return encoded
+
+    def _parse(self, payload: bytes) -> tuple[Destination, Profile] | bytes:
+        """The destination and profile a request asks for, or the PERM reply to it."""
+        try:
+            req = socketmap.parse_request(payload)
+        except socketmap.SocketmapError as exc:
+            return perm(str(exc))
+        profile = self._service.profile(req.name)
+        if profile is None:
+            return perm(f"unknown map name {req.name[:64]!r}")
+        try:
+            dest = parse_key(req.key)
+        except DestinationError as exc:
+            return perm(str(exc))
+        return dest, profile
 
     def _remember(
         self, payload: bytes, encoded: bytes, answer: Answer, key: str, cell: list[int]
@@ -180,7 +218,58 @@ class ReplyCache:
         # coarse clock (never served longer).
         self.now = now = self._monotonic()
         until = self._until_second(now + answer.ttl - CLOCK_TICK)
-        self._answers[payload] = (encoded, until, key, cell)
+        # A TEMP or an answer kept through an outage is not refreshed: it is held briefly,
+        # and the next lookup after it asks again anyway.
+        refreshable = not answer.kept and answer.verdict.outcome is not Outcome.TEMP
+        due = self._prefetch.due(until, answer.ttl, refreshable)
+        self._answers[payload] = (encoded, due, key, cell, until)
+
+    # -- refreshes (prefetch) ------------------------------------------------------------
+
+    async def _refresh(self, payload: bytes, old: _Entry) -> None:
+        """Replace ``old``, the reply to ``payload``, with one from fresh evidence. One
+        that fails leaves the old reply to expire when it would have."""
+        try:
+            decided = await self._refreshed(payload)
+        except Exception:
+            log.exception("prefetch: refreshing %r failed", payload[:200])
+            decided = None
+        if self._answers.get(payload) is not old:
+            return  # gone stale or forgotten meanwhile: nothing to refresh
+        if decided is None:
+            self._prefetch.failed()
+            self._due(payload, old, old[4])  # no other refresh; it expires at its time
+            return
+        self._remember(payload, *decided)
+        new = self._answers.get(payload)
+        if new is old:  # not to be cached (no TTL left, too many payloads)
+            self._due(payload, old, old[4])
+        elif new is not None and new[4] < old[4] + (old[4] - old[1]):
+            # Not renewed by a whole refresh window: the resolver handed back its cached
+            # records, counting down. Try again later within their life, when its own
+            # prefetch may have renewed them.
+            self._due(payload, new, self._prefetch.retry(self.now, new[4]))
+
+    async def _refreshed(self, payload: bytes) -> _Decided | None:
+        """A reply to ``payload`` from fresh evidence, or None if it did not get one (a TEMP,
+        an answer kept through an outage)."""
+        parsed = self._parse(payload)
+        if isinstance(parsed, bytes):
+            return None
+        dest, profile = parsed
+        answer = await self._service.answer(dest, profile, fresh=True)
+        if answer.kept or answer.verdict.outcome is Outcome.TEMP:
+            return None
+        cell = self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
+        return _encoded(profile, answer), answer, dest.key, cell
+
+    def _due(self, payload: bytes, entry: _Entry, at: float) -> None:
+        """Set when a hit refreshes ``entry`` (held for ``payload``) again."""
+        self._answers[payload] = (entry[0], at, entry[2], entry[3], entry[4])
+
+    def close(self) -> None:
+        """Stop the refreshes under way (shutdown)."""
+        self._prefetch.cancel_all()
 
     # -- told by the service -----------------------------------------------------------
 
@@ -196,3 +285,9 @@ class ReplyCache:
             for payload in payloads_of(by_key[key]):
                 self._answers.pop(payload, None)
             by_key[key] = ()
+
+
+def _encoded(profile: Profile, answer: Answer) -> bytes:
+    """The encoded socketmap reply that tells Postfix ``answer`` under ``profile``."""
+    told = _DRY_RUN_REPLY if profile.dry_run else socketmap.reply_for(answer.verdict)
+    return netstring.encode(told)

@@ -201,7 +201,7 @@ class SocketmapServer:
     ) -> None:
         self.service = service
         self.settings = settings
-        self.cache = ReplyCache(service, monotonic=monotonic)
+        self.cache = ReplyCache(service, monotonic=monotonic, prefetch=settings.prefetch)
         # Insertion order is activity order as of the last settle(), which moves connections
         # active since then to the end: the first one is the longest idle.
         self._conns: dict[_Conn, None] = {}
@@ -319,6 +319,7 @@ class SocketmapServer:
             self._sweeper.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
+        self.cache.close()
         for bound in self._bound:
             bound.remove()  # only the socket this process made, never a successor's
         self._bound.clear()

@@ -189,3 +189,26 @@ def _evidence(
         fetched_at=now,
         expires_at=now + ttl,
     )
+
+
+# -- refreshes (prefetch) ------------------------------------------------------------------
+
+
+class FreshDnsQuery(Protocol):
+    """A resolver that can be asked past its cache (:meth:`policyd.adapters.dns.Resolver.query`)."""
+
+    async def query(self, name: str, rdtype: str, *, fresh: bool = False) -> DnsAnswer: ...
+
+
+class FreshQueries:
+    """``resolver``'s lookups, never answered from its cache: what a refresh gathers its
+    evidence through (``DnsSource(FreshQueries(resolver))``), so that the refreshed answer
+    does not expire with the cached one it replaces."""
+
+    __slots__ = ("_resolver",)
+
+    def __init__(self, resolver: FreshDnsQuery) -> None:
+        self._resolver = resolver
+
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        return await self._resolver.query(name, rdtype, fresh=True)

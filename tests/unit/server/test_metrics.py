@@ -193,6 +193,11 @@ async def test_collector_renders_what_was_counted() -> None:
     assert got["policyd_resolver_validating"] == {(): 0}
     assert got["policyd_alerts_total"][(("alert", "resolver-not-validating"),)] == 1
     assert got["policyd_destinations_cached"] == {(): 1}
+    assert got["policyd_prefetches_total"] == {
+        (("result", "started"),): 0,
+        (("result", "skipped"),): 0,
+        (("result", "failed"),): 0,
+    }
     for name in got:
         assert name.startswith("policyd_"), name
 

@@ -1,0 +1,207 @@
+"""Prefetch (issue 14 point 2): a cached reply hit in the last fraction of its life is
+refreshed in the background from fresh evidence and served meanwhile; a refresh that
+fails never extends it. Fake clock, no sleeping: the refresh is let run with run_ready."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from policyd.core.evidence import DnsEvidence, DnsStatus
+from policyd.core.profile import DEFAULT_PROFILES
+from policyd.server import prefetch
+from policyd.server.reply_cache import ReplyCache
+from policyd.service import PolicyService, Stats
+from policyd.settings import ServerSettings
+from tests.fakes import SERVICE_NOW, FakeDane, FakeProbe, FakeSts, MemoryStore, plain_dns, run_ready
+from tests.fakes import ServiceClock as Clock
+
+PAYLOAD = b"postfix example.test"
+TTL = 300.0  # plain_dns: the fake evidence lives this long
+# The reply is kept until a whole second less one tick: 1000 + 300 - 0.1 -> 1299 (monotonic
+# starts at 1000); the last tenth of its life starts at 1299 - 30 = 1269.
+EXPIRES = 1299.0
+DUE = 1269.0
+
+
+def make(
+    dane: FakeDane, fraction: float = 0.1, fresh: FakeDane | None = None, down: bool = False
+) -> tuple[ReplyCache, PolicyService, Clock]:
+    clock = Clock()
+    svc = PolicyService(
+        DEFAULT_PROFILES,
+        MemoryStore(),
+        dane,
+        FakeSts(),
+        FakeProbe(),
+        lookup_budget=1.0,
+        clock=clock.wall,
+        dns_down=lambda: down,
+        fresh_dane=fresh,
+    )
+    return ReplyCache(svc, monotonic=clock.monotonic, prefetch=fraction), svc, clock
+
+
+def at(cache: ReplyCache, clock: Clock, mono: float) -> None:
+    """Move both clocks to ``mono`` on the monotonic one, and tick the hot path's clock."""
+    clock.advance(mono - clock.mono)
+    cache.tick()
+
+
+async def test_a_hit_in_the_last_tenth_refreshes_once_and_the_refresh_outlives_the_old() -> None:
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, DUE - 1)
+    assert cache.cached(PAYLOAD) is not None
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (0, 1)  # not yet in the last tenth
+
+    dane.gate = asyncio.Event()  # the refresh waits for its evidence
+    at(cache, clock, DUE + 1)
+    old = cache.cached(PAYLOAD)
+    assert old is not None  # served from memory meanwhile
+    await run_ready()
+    assert cache.cached(PAYLOAD) == old  # a second hit meanwhile starts no other refresh
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (1, 2)
+
+    dane.gate.set()
+    await run_ready()
+    at(cache, clock, EXPIRES + 5)  # past the old reply's expiry
+    assert cache.cached(PAYLOAD) == old
+    assert (dane.calls, svc.stats.lookups, svc.stats.prefetch_failed) == (2, 1, 0)
+    at(cache, clock, DUE + TTL - 4)  # the refreshed one (from DUE + 1) in its last tenth
+    assert cache.cached(PAYLOAD) is not None
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (2, 3)
+
+
+async def test_the_refresh_gathers_through_the_fresh_dns_source() -> None:
+    dane, fresh = FakeDane(), FakeDane()
+    cache, _, clock = make(dane, fresh=fresh)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, DUE + 1)
+    cache.cached(PAYLOAD)
+    await run_ready()
+    assert (dane.calls, fresh.calls) == (1, 1)
+
+
+FAILED = DnsEvidence(DnsStatus.FAILED, error="MX lookup for example.test: SERVFAIL")
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["temp", "kept-through-outage"])
+async def test_a_failed_refresh_leaves_the_old_expiry(down: bool) -> None:
+    dane = FakeDane()
+    outage = [False]
+    cache, svc, clock = make(dane)
+    svc._dns_down = lambda: outage[0]  # the resolver goes down after the first answer
+    first = await cache.reply_for(PAYLOAD)
+    dane.answers["example.test"] = FAILED
+    outage[0] = down
+    at(cache, clock, DUE + 1)
+    assert cache.cached(PAYLOAD) == first
+    await run_ready()
+    assert (svc.stats.prefetched, svc.stats.prefetch_failed, dane.calls) == (1, 1, 2)
+    at(cache, clock, EXPIRES - 1)
+    assert cache.cached(PAYLOAD) == first  # not weakened, and no other refresh
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (1, 2)
+    at(cache, clock, EXPIRES + 1)
+    assert cache.cached(PAYLOAD) is None  # not extended: the slow path takes over
+    await cache.reply_for(PAYLOAD)
+    assert (dane.calls, svc.stats.lookups) == (3, 2)
+
+
+@pytest.mark.parametrize("later", [0, 1], ids=["same-expiry", "one-second-later"])
+async def test_a_refresh_that_did_not_renew_is_tried_again_later(later: int) -> None:
+    """The resolver answered from its own cache (its prefetch not done yet): the evidence
+    expires when the old did, give or take its TTL's rounding. A hit before the retry time
+    starts nothing; one after it refreshes again, and that one outlives the old reply."""
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    dane.answers["example.test"] = plain_dns("example.test", SERVICE_NOW + later, TTL)
+    at(cache, clock, DUE + 1)
+    cache.cached(PAYLOAD)
+    await run_ready()
+    assert (svc.stats.prefetched, svc.stats.prefetch_failed) == (1, 0)
+    left = EXPIRES + later - DUE - 1
+    retry_at = DUE + 1 + max(prefetch.RETRY_AFTER, left * prefetch.RETRY_SHARE)
+    at(cache, clock, retry_at - 0.5)
+    cache.cached(PAYLOAD)
+    await run_ready()
+    assert svc.stats.prefetched == 1
+    dane.answers.clear()  # the resolver has renewed the records
+    at(cache, clock, retry_at + 0.5)
+    cache.cached(PAYLOAD)
+    await run_ready()
+    assert svc.stats.prefetched == 2
+    at(cache, clock, EXPIRES + 5)
+    assert cache.cached(PAYLOAD) is not None
+    assert svc.stats.lookups == 1
+
+
+async def test_refreshes_in_flight_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch, "MAX_REFRESHES", 2)
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    payloads = [f"postfix d{i}.test".encode() for i in range(3)]
+    for payload in payloads:
+        await cache.reply_for(payload)
+    dane.gate = asyncio.Event()
+    at(cache, clock, DUE + 1)
+    for payload in payloads:
+        assert cache.cached(payload) is not None
+    await run_ready()
+    assert (svc.stats.prefetched, svc.stats.prefetch_skipped, dane.calls) == (2, 1, 5)
+    dane.gate.set()
+    await run_ready()
+    assert cache.cached(payloads[2]) is not None  # room again: the skipped one's turn
+    await run_ready()
+    assert (svc.stats.prefetched, svc.stats.prefetch_skipped) == (3, 1)
+
+
+async def test_a_reply_made_stale_during_its_refresh_is_not_brought_back() -> None:
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    dane.gate = asyncio.Event()
+    at(cache, clock, DUE + 1)
+    cache.cached(PAYLOAD)
+    await run_ready()
+    svc.invalidate("example.test")  # an override changed, say
+    dane.gate.set()
+    await run_ready()
+    assert cache.cached(PAYLOAD) is None
+
+
+async def test_prefetch_zero_refreshes_nothing() -> None:
+    dane = FakeDane()
+    cache, svc, clock = make(dane, fraction=0.0)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, EXPIRES - 1)
+    assert cache.cached(PAYLOAD) is not None
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (0, 1)
+    at(cache, clock, EXPIRES + 1)
+    assert cache.cached(PAYLOAD) is None
+
+
+async def test_a_temp_reply_is_not_refreshed() -> None:
+    dane = FakeDane({"example.test": FAILED})
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, clock.mono + 3.5)  # TEMP kept until 1004: in its last tenth
+    assert cache.cached(PAYLOAD) is not None
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (0, 1)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, float("nan")])
+def test_the_fraction_is_checked(fraction: float) -> None:
+    with pytest.raises(ValueError, match="prefetch"):
+        prefetch.Prefetch(fraction, Stats())
+    with pytest.raises(ValueError, match="prefetch"):
+        ServerSettings(prefetch=fraction)
