@@ -35,6 +35,7 @@ from policyd.adapters.store_published import PublishingStore
 from policyd.adapters.store_sqlite import SqliteStore
 from policyd.admin import Admin, Facts
 from policyd.alerts import Alerts
+from policyd.cli.logs import set_log_level, setup_logging
 from policyd.cli.startup import config_or_exit
 from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from policyd.server.alert_checks import watch_resolver, watch_sts
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     from policyd.adapters.fleet_redis import RedisFleet
 
 log = logging.getLogger("policyd")
-MAX_LOG_LINE: Final = 2048  # characters per log line (RFC 5424 6.1: 2048 octets)
 
 HOUSEKEEPING_INTERVAL: Final = 60.0  # seconds: override expiry, MTA-STS refresh check
 # Cycle collector thresholds: at the default (700, 10, 10) a cold lookup's allocations set
@@ -361,31 +361,6 @@ def config_warnings(config: Config) -> list[str]:
     return out
 
 
-def set_log_level(level: str) -> None:
-    logging.getLogger().setLevel(level.upper())
-
-
-class BoundedFormatter(logging.Formatter):
-    """Cuts a log line at MAX_LOG_LINE characters (a traceback still follows in full): some
-    of what is logged comes from remote parties, and RFC 5424 6.1 only asks syslog
-    receivers to take 2048 octets."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        text = super().formatMessage(record)
-        if len(text) > MAX_LOG_LINE:
-            return text[: MAX_LOG_LINE - 3] + "..."
-        return text
-
-
-def setup_logging(level: str) -> None:
-    # Postfix style: "policyd[PID]: message"; journald or the terminal adds the time.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(BoundedFormatter(f"policyd[{os.getpid()}]: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    set_log_level(level)
-
-
 def raise_fd_limit() -> None:
     """Many Postfix processes keep a connection each; use the hard limit on descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -430,7 +405,7 @@ def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = No
     )
     if isinstance(config, int):
         return config
-    setup_logging(config.log.level)
+    setup_logging("policyd", config.log.level)
     if os.geteuid() == 0:
         log.warning(
             "running as root: policyd needs no privileges. Run it as its own user "

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ import Milter
 
 from policyd import __version__
 from policyd.cli.control_client import ControlClient, ControlError
+from policyd.cli.logs import setup_logging
 from policyd.cli.startup import config_or_exit
 from policyd.codec import control
 from policyd.codec.destination import DestinationError, parse_key
@@ -266,15 +266,6 @@ def make_factory(config: Config) -> Callable[[], PolicydMilter]:
     return lambda: PolicydMilter(config.milter, exchange, memo)
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    # Postfix style, like the daemon: "policyd-milter[PID]: message".
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{MILTER_NAME}[{os.getpid()}]: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=MILTER_NAME,
@@ -305,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config, int):
         return config
     settings = config.milter
-    setup_logging()
+    setup_logging(MILTER_NAME, logging.INFO)
     Milter.factory = make_factory(config)
     # Ask Postfix only for the one modification this milter may make.
     flags = Milter.ADDHDRS if settings.action is MilterAction.HEADER else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from policyd.cli.daemon import MAX_LOG_LINE, BoundedFormatter
+from policyd.cli.logs import MAX_LOG_LINE, BoundedFormatter
 
 
 def record(msg: str, *args: object) -> logging.LogRecord:
