@@ -38,6 +38,7 @@ from policyd.codec.control.results import (
     LookupCounts,
     OverrideDeleted,
     Overrides,
+    PrefetchCounts,
     ProbeQueueCounts,
     ProbeQueued,
     Reloaded,
@@ -228,6 +229,9 @@ class Admin:
                 service.cached_answers, service.remembered_count, len(service.overrides)
             ),
             lookups=LookupCounts(stats.lookups, stats.hits, stats.temp, stats.perm),
+            prefetch=PrefetchCounts(
+                stats.prefetched, stats.prefetch_skipped, stats.prefetch_failed
+            ),
             probe=ProbeQueueCounts(
                 probe.queued, probe.running, probe.dropped, probe.done, probe.known
             ),

@@ -211,6 +211,8 @@ def status(doc: r.StatusResult) -> str:
             f" {look.temp} TEMP, {look.perm} PERM",
         ),
     ]
+    if doc.prefetch is not None:
+        rows.append(("prefetches", _pairs(doc.prefetch.to_json())))
     if doc.probe is not None:
         rows.append(("probe queue", _pairs(doc.probe.to_json())))
     if doc.mta_sts is not None:

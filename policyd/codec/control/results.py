@@ -167,6 +167,15 @@ class LookupCounts(WireDoc):
 
 
 @wire_doc
+class PrefetchCounts(WireDoc):
+    started: int = wire("started", INT)  # refreshes before expiry, since start
+    skipped: int = wire("skipped", INT)  # not started: the in-flight limit
+    failed: int = wire("failed", INT)  # the old answer kept its expiry
+
+    WHAT = "prefetch"
+
+
+@wire_doc
 class ProbeQueueCounts(WireDoc):
     queued: int = wire("queued", INT)
     running: int = wire("running", INT)
@@ -213,6 +222,8 @@ class StatusResult(WireDoc):
     probe: ProbeQueueCounts | None = wire("probe", optional(nested(ProbeQueueCounts)))
     mta_sts: FetchQueueCounts | None = wire("mta_sts", optional(nested(FetchQueueCounts)))
     fleet: FleetCounts | None = wire("fleet", optional(nested(FleetCounts)))  # a Redis store only
+    # absent from a daemon before prefetch
+    prefetch: PrefetchCounts | None = wire("prefetch", optional(nested(PrefetchCounts)))
 
     WHAT = "status"
 

@@ -18,7 +18,7 @@ STATUS_DOC: control.JsonObject = {
     "version": "1", "uptime": 1.0, "listeners": [], "store": "sqlite", "connections": None,
     "refused": None, "cache": {"answers": 0, "verdicts": 0, "overrides": 0},
     "lookups": {"lookups": 0, "hits": 0, "temp": 0, "perm": 0}, "probe": None,
-    "mta_sts": None, "fleet": None,
+    "mta_sts": None, "fleet": None, "prefetch": None,
 }  # fmt: skip
 
 Script = Callable[[socket.socket, list[control.Request]], None]

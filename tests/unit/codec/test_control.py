@@ -401,10 +401,11 @@ def _every_result() -> list[results.Result]:
     status = results.StatusResult(
         "1.0", 2.5, ("a", "b"), "redis", 3, None, results.CacheCounts(1, 2, 3),
         results.LookupCounts(1, 2, 3, 4), results.ProbeQueueCounts(1, 2, 3, 4, 5),
-        results.FetchQueueCounts(1, 2, 3, 4), fleet,
+        results.FetchQueueCounts(1, 2, 3, 4), fleet, results.PrefetchCounts(5, 6, 7),
     )  # fmt: skip
     idle = results.StatusResult("1.0", 2, (), "sqlite", None, 4, results.CacheCounts(0, 0, 0),
-                                results.LookupCounts(0, 0, 0, 0), None, None, None)  # fmt: skip
+                                results.LookupCounts(0, 0, 0, 0), None, None, None,
+                                None)  # fmt: skip
     changes = (rp.ChangeRow(1.0, "a", "p", "secure", None, "r"),
                rp.ChangeRow(1.5, "b", "p", "x", "y", "r"))  # fmt: skip
     report = rp.ReportResult(
@@ -434,7 +435,7 @@ def test_result_wire_keys_in_order() -> None:
     by_type = {type(d): d.to_json() for d in reversed(_every_result())}
     assert list(by_type[results.StatusResult]) == [
         "version", "uptime", "listeners", "store", "connections", "refused", "cache", "lookups",
-        "probe", "mta_sts", "fleet",
+        "probe", "mta_sts", "fleet", "prefetch",
     ]  # fmt: skip
     assert by_type[results.ProbeQueued] == {"destination": "a", "queued": True}
     assert by_type[results.OverrideDeleted] == {"destination": "b", "deleted": True}

@@ -527,6 +527,7 @@ async def test_status(env: Env) -> None:
     assert "uptime       1h2m" in out
     assert "store        sqlite" in out
     assert "probe queue  queued=0, running=0, dropped=0, done=0, known=1" in out
+    assert "prefetches   started=0, skipped=0, failed=0" in out
     doc = await env.ctl_json("status")
     assert isinstance(doc, dict)
     assert doc["lookups"]["lookups"] == 1
