@@ -383,7 +383,7 @@ def test_policyctl_status_shows_the_fleet_link_only_with_redis() -> None:
         cache, lookups = CacheCounts(0, 0, 0), LookupCounts(0, 0, 0, 0)
         return StatusResult(
             "0", 1.0, (), store, None, None, cache, lookups, None, None, fleet, None
-        )  # noqa: E501
+        )
 
     assert "fleet" not in render_status(status("sqlite", None))
     work = {"probe": {"worked": 1, "shared": 2, "local": 3, "busy": 0}}
