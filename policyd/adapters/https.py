@@ -30,7 +30,7 @@ from policyd.core.names import MAX_NAME, DomainNameError, domain_name, is_hostna
 from policyd.core.reach import GLOBAL_ONLY, Reach
 from policyd.settings import HttpsTimeouts
 
-__all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "Reach", "fetch_policy"]
+__all__ = ["MAX_POLICY_BYTES", "FetchError", "PolicyFetcher", "fetch_policy"]
 
 WELL_KNOWN_PATH: Final = "/.well-known/mta-sts.txt"  # RFC 8461 3.2
 POLICY_HOST_PREFIX: Final = "mta-sts."  # RFC 8461 3.2

@@ -28,7 +28,7 @@ from policyd import __version__
 from policyd.adapters.claims import LocalClaims, WorkClaims
 from policyd.adapters.dns import Resolver
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
-from policyd.adapters.https import PolicyFetcher, Reach
+from policyd.adapters.https import PolicyFetcher
 from policyd.adapters.store import ExpiringStore, Store, StoreError
 from policyd.adapters.store_counted import CountedStore
 from policyd.adapters.store_published import PublishingStore
@@ -38,6 +38,7 @@ from policyd.alerts import Alerts
 from policyd.cli.logs import set_log_level, setup_logging
 from policyd.cli.startup import config_or_exit
 from policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from policyd.core.reach import Reach
 from policyd.server.alert_checks import watch_resolver, watch_sts
 from policyd.server.control import ControlServer
 from policyd.server.fleet_sync import FleetSync

@@ -182,7 +182,7 @@ class ReplyCache:
             self._counters.temp += 1
         else:
             self._counters.misses += 1
-        cell = self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
+        cell = self._cell(profile, answer)
         cell[0] += 1
         encoded = _encoded(profile, answer)
         self._remember(payload, encoded, answer, dest.key, cell)
@@ -260,8 +260,11 @@ class ReplyCache:
         answer = await self._service.answer(dest, profile, fresh=True)
         if answer.kept or answer.verdict.outcome is Outcome.TEMP:
             return None
-        cell = self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
-        return _encoded(profile, answer), answer, dest.key, cell
+        return _encoded(profile, answer), answer, dest.key, self._cell(profile, answer)
+
+    def _cell(self, profile: Profile, answer: Answer) -> list[int]:
+        """The answers counter cell of ``answer``'s profile and level."""
+        return self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
 
     def _due(self, payload: bytes, entry: _Entry, at: float) -> None:
         """Set when a hit refreshes ``entry`` (held for ``payload``) again."""

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 from policyd.adapters.certverify import load_roots
+from policyd.adapters.helo import default_helo_name
 from policyd.adapters.smtp_probe import probe_host
 from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.codec.records import probe_state_from_json, probe_state_to_json
@@ -45,9 +44,6 @@ from policyd.singleflight import SingleFlight
 # Probes one MX host on a port (that of the destination's next hop).
 Prober = Callable[[MxHost, int], Awaitable[list[ProbeHost]]]
 
-# Postfix's own name for itself, read with postconf(1) when [probe] helo_name is empty.
-POSTCONF_MYHOSTNAME: Final = ("postconf", "-h", "myhostname")
-POSTCONF_TIMEOUT: Final = 5.0  # seconds; postconf answers in milliseconds
 MAX_BACKOFF_DOUBLINGS: Final = 32  # 2**32 x backoff_initial is past any backoff_max
 MAX_HOSTS_IN_LOG: Final = 6  # addresses listed per log line
 # Destinations with probe evidence kept in memory at most: beyond it, prune() forgets the
@@ -100,27 +96,6 @@ def make_prober(
         )
 
     return prober
-
-
-def default_helo_name(postconf: Sequence[str] = POSTCONF_MYHOSTNAME) -> str:
-    """The name EHLO announces when ``[probe] helo_name`` is empty, read once at start:
-    Postfix's ``myhostname`` (``postconf -h myhostname``), the name this host's mail
-    already goes out under, else this host's FQDN (RFC 5321 4.1.4: the client's primary
-    host name), which may be an internal name (security review L2). Blocking: at start."""
-    try:
-        done = subprocess.run(
-            postconf, capture_output=True, text=True, timeout=POSTCONF_TIMEOUT, check=False
-        )
-        name = done.stdout.strip() if done.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
-        name = ""
-    if not _helo_ok(name):
-        name = socket.getfqdn()
-    return name if _helo_ok(name) else "localhost"
-
-
-def _helo_ok(name: str) -> bool:
-    return bool(name) and name.isascii() and name.isprintable() and " " not in name
 
 
 class ProbeSource:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from policyd.adapters.helo import default_helo_name
 from policyd.adapters.store import Kind, Record, StoreError
 from policyd.codec.records import probe_state_to_json
 from policyd.core.evidence import (
@@ -28,7 +29,7 @@ from policyd.core.evidence import (
 )
 from policyd.core.reach import Reach
 from policyd.settings import ProbeSettings
-from policyd.sources.probe import ProbeSource, default_helo_name, make_prober
+from policyd.sources.probe import ProbeSource, make_prober
 from tests.fakes import MemoryStore
 from tests.unit.adapters.test_certverify import make_pki
 
