@@ -9,12 +9,12 @@ the reply cache keeps for the destination (the request payloads it answered), so
 hot path refreshes the order and finds nothing else to update.
 
 Also the two tricks that keep a held destination small: equal values shared
-(:func:`shared`), and times down to the second as one float object (:class:`Seconds`).
+(:func:`shared`), and times down to the second as one float object
+(:class:`policyd.core.seconds.Seconds`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -63,23 +63,6 @@ class HeldDestinations:
             order.pop(oldest, None)
             self.evicted += 1
         return held
-
-
-class Seconds:
-    """A time down to a whole second, as one float object shared by every call within that
-    second (a float of its own per destination is 24 bytes)."""
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, at: float) -> float:
-        whole = float(math.floor(at))
-        if whole == self.last:
-            return self.last
-        self.last = whole
-        return whole
 
 
 _T = TypeVar("_T")

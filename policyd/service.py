@@ -30,10 +30,11 @@ from policyd.core.decide import decide
 from policyd.core.event import Event
 from policyd.core.evidence import Destination, Evidence, Override
 from policyd.core.profile import Profile
+from policyd.core.seconds import Seconds
 from policyd.core.types import SPACED_ATTRS, Outcome, Policy, Rule, Verdict
 from policyd.counters import ServiceCounters
 from policyd.gathering import DaneSourceLike, Gathering, ProbeSourceLike, StsSourceLike
-from policyd.held import HeldDestinations, Seconds
+from policyd.held import HeldDestinations
 from policyd.held import shared as _shared
 from policyd.kept_answers import KEEP_ANSWERS_FOR, KEEP_REFRESH, kept_record, read_kept
 from policyd.overrides import Overrides, under_parent

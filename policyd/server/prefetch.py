@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from policyd.held import Seconds
+from policyd.core.seconds import Seconds
 from policyd.service import Stats
 from policyd.singleflight import SingleFlight
 

@@ -32,8 +32,9 @@ from policyd.codec import netstring, socketmap
 from policyd.codec.destination import DestinationError, parse_key
 from policyd.core.evidence import Destination
 from policyd.core.profile import Profile
+from policyd.core.seconds import Seconds
 from policyd.core.types import Outcome
-from policyd.held import Seconds, payloads_of, shared
+from policyd.held import payloads_of, shared
 from policyd.server.prefetch import Prefetch
 from policyd.service import Answer, PolicyService
 from policyd.settings import DEFAULT_PREFETCH

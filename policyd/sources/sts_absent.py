@@ -9,10 +9,10 @@ them; a forgotten one is only read again, never answered weaker (it has no polic
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 
-from policyd.sources.sts_state import NEVER, DomainState
+from policyd.core.seconds import Seconds
+from policyd.sources.sts_state import DomainState
 
 
 class AbsentDomains(dict[str, float]):
@@ -23,7 +23,7 @@ class AbsentDomains(dict[str, float]):
         if limit < 1:
             raise ValueError("max_absent must be at least 1")
         self.limit = limit
-        self._until = NEVER  # the last time handed out by until(): one float per second
+        self._until = Seconds(up=True)  # what until() hands out: one float per second
 
     def holds(self, domain: str, now: float) -> bool:
         """Whether ``domain`` is known to publish no record at ``now``; forgotten when due
@@ -52,17 +52,13 @@ class AbsentDomains(dict[str, float]):
     def until(self, now: float, interval: float) -> float:
         """now + interval, up to the next whole second: one float object for every domain
         found without a record within the same second."""
-        until = float(math.ceil(now + interval))
-        if until == self._until:
-            return self._until
-        self._until = until
-        return until
+        return self._until(now + interval)
 
     def shift(self, step: float) -> None:
         """The wall clock was stepped by ``step`` seconds: move every time with it."""
         for domain in self:
             self[domain] += step
-        self._until = NEVER
+        self._until.forget()
 
 
 def shift_all(
