@@ -16,7 +16,6 @@ queries anyway.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import os
 import random
@@ -72,14 +71,26 @@ class _Socket(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         now = loop.time() + TIMER_SLACK
         later = math.inf
-        for future, _, _, deadline in self.pending.values():
+        over = []
+        for qid, (future, _, _, deadline) in self.pending.items():
             if deadline <= now:
+                over.append(qid)
                 if not future.done():
                     future.set_exception(NoResponse("timeout"))
             elif deadline < later:
                 later = deadline
+        for qid in over:
+            self.release(qid)
         if later < math.inf:
             self.watch(loop, later)
+
+    def release(self, qid: int) -> None:
+        """The query ``qid`` is over (answered, timed out, or its deadline passed after its
+        caller gave up): its ID is free again. Removed here by whoever ends it, not by a
+        done callback per query; an abandoned query keeps its ID until its deadline."""
+        del self.pending[qid]
+        if self.sent >= MAX_QUERIES_PER_SOCKET and not self.pending and self.transport:
+            self.transport.close()
 
     def stop_timer(self) -> None:
         if self._timer is not None:
@@ -94,43 +105,40 @@ class _Socket(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         if len(data) < 2:
             return
-        entry = self.pending.get(int.from_bytes(data[:2], "big"))
+        qid = int.from_bytes(data[:2], "big")
+        entry = self.pending.get(qid)
         if entry is None:
             return  # late, or not ours
         future, qname, qtype, _ = entry
         try:
             response = decode_response(data)
         except DnsWireError as exc:
+            self.release(qid)
             if not future.done():
                 future.set_exception(exc)
             return
         if response.qname != qname or response.qtype != qtype:
             return  # ID matched, question did not: ignore it (RFC 5452 9.1)
+        self.release(qid)
         if not future.done():
             future.set_result(response)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable on a connected socket: every query on it went nowhere.
-        for future, *_ in list(self.pending.values()):
+        pending = list(self.pending.values())
+        self.pending.clear()
+        for future, *_ in pending:
             if not future.done():
                 future.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.stop_timer()
-        for future, *_ in list(self.pending.values()):
+        pending = list(self.pending.values())
+        self.pending.clear()
+        for future, *_ in pending:
             if not future.done():
                 future.set_exception(exc or ConnectionError("socket closed"))
-
-
-def _ended(sock: _Socket, qid: int, future: asyncio.Future[Response]) -> None:
-    """A query is over (answered, timed out, given up): its ID is free again. Its deadline
-    is left to the socket's timer: cheaper than a cancel."""
-    entry = sock.pending.get(qid)
-    if entry is not None and entry[0] is future:
-        del sock.pending[qid]
-    if sock.sent >= MAX_QUERIES_PER_SOCKET and not sock.pending and sock.transport:
-        sock.transport.close()
 
 
 class UdpResolver:
@@ -212,7 +220,6 @@ class UdpResolver:
         except BaseException:
             del sock.pending[qid]
             raise
-        future.add_done_callback(functools.partial(_ended, sock, qid))
         return future
 
     def close(self) -> None:

@@ -75,8 +75,13 @@ _HOST_TEXT_FIELDS: Final = (
 # -- documents and fields (also used by policyd.codec.fleet) ------------------------------
 
 
+# json.dumps with these arguments would build an encoder per call; every never-seen
+# destination writes an event and a kept answer.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def dump_document(doc: dict[str, object]) -> str:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(doc)
 
 
 def load_document(
