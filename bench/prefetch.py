@@ -126,12 +126,15 @@ def measure(
     seconds: float,
     settle: float,
     metrics_port: int,
+    rate: float = 0.0,
 ) -> tuple[dict[str, str], dict[str, float]]:
     """One loadgen run of ``settle`` + ``seconds``, recording only the last ``seconds``; a
     line of the daemon's counters every SAMPLE_EVERY seconds meanwhile (where the misses
     fall in time). Returns what loadgen printed and the counters when the recording began."""
     cmd = [str(binary), "-t", f"inet:127.0.0.1:{port}", "-k", str(keyfile), "-n", MAP_NAME]
     cmd += ["-c", str(connections), "-s", str(seconds), "-w", str(settle)]
+    if rate > 0:
+        cmd += ["-r", str(rate)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = time.monotonic()
     last = counters(metrics_port)
@@ -191,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prefetch", type=float, default=0.1, help="[server] prefetch; 0: off")
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--no-unbound-prefetch", action="store_true")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="lookups/s over all connections, paced (an open loop); 0: closed loop, flat out",
+    )
     args = ap.parse_args(argv)
     if not is_root():
         return 2
@@ -213,9 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"every record 60 s TTL; unbound {unbound}; policyd [server] prefetch "
             f"{args.prefetch:g}, [dns] min_ttl 0"
         )
+        pace = f"paced at {args.rate:,.0f} lookups/s" if args.rate > 0 else "closed-loop"
         print(
-            f"# Zipf s={ZIPF_S:g} (seed {args.seed}), {args.connections} closed-loop "
-            f"connections (bench/c/loadgen.c) over TCP, {TTL:g} s to settle (not recorded), "
+            f"# Zipf s={ZIPF_S:g} (seed {args.seed}), {args.connections} connections {pace}"
+            f" (bench/c/loadgen.c) over TCP, {TTL:g} s to settle (not recorded), "
             f"then {args.seconds:g} s; "
             f"load average before: {load_average()}",
             flush=True,
@@ -236,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seconds,
             TTL,
             metrics_port,
+            args.rate,
         )
         after = counters(metrics_port)
         print(report(got, before, after, load_average()))

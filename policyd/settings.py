@@ -30,8 +30,9 @@ DEFAULT_CONFIG_PATH: Final = "/etc/policyd/policyd.toml"
 # beyond it the least recently used is forgotten and comes back from the slow path (fresh
 # evidence) or, in an outage, from the store.
 DEFAULT_MAX_DESTINATIONS: Final = 1_000_000
-# [server] prefetch: a cached answer hit in this last fraction of its life is refreshed in
-# the background (unbound's prefetch uses the last 10%); 0 turns it off.
+# [server] prefetch: a cached answer in use (hit since it was cached) is refreshed in the
+# background when this last fraction of its life begins (unbound's prefetch uses the last
+# 10%); 0 turns it off.
 DEFAULT_PREFETCH: Final = 0.1
 
 
@@ -63,7 +64,7 @@ class ServerSettings:
     # Destinations whose answers and verdicts are kept in memory; the least recently used
     # beyond it are forgotten (their next lookup gathers fresh evidence).
     max_destinations: int = DEFAULT_MAX_DESTINATIONS
-    # A cached answer hit in this last fraction of its life is refreshed before it expires.
+    # A cached answer in use is refreshed when this last fraction of its life begins.
     prefetch: float = DEFAULT_PREFETCH
 
     def __post_init__(self) -> None:

@@ -1,18 +1,26 @@
-"""Cached replies refreshed before they expire, as unbound's prefetch does.
+"""Cached replies refreshed before they expire, as unbound's prefetch does, for every reply
+in use.
 
-A reply is kept with two times: when it expires, and when a hit should refresh it (the last
+A reply is kept with two times: when it expires, and when it should be refreshed (the last
 ``[server] prefetch`` fraction of its life; with prefetch off, or for a reply that is not
-to be refreshed, the two are the same). The hot path compares the second one only
-(:meth:`policyd.server.reply_cache.ReplyCache.cached`): an ordinary hit costs nothing more.
-A hit past it, before the expiry, starts one refresh of that request payload here and is
-answered from memory meanwhile. The refresh asks the service for an answer from fresh
-evidence; :class:`~policyd.server.reply_cache.ReplyCache` keeps it in place of the old one
-through the same path as a miss. A refresh that fails does not extend the old reply: it
-expires when it would have, and the slow path takes over then.
+to be refreshed, the two are the same). A reply is in use once a lookup has hit it since it
+was cached: the first hit marks it (the hot path sends it off the fast branch once, by a
+negative refresh time, see :meth:`policyd.server.reply_cache.ReplyCache.cached`). When its
+refresh time comes, the reply cache's clock tick starts the refresh of every reply in use
+whose time it is, whether or not another lookup comes then; a hit past that time starts
+it too. Unbound refreshes only what a lookup hits in that last fraction, which leaves a
+destination asked a few times a minute to expire between lookups and wait on the slow path
+(bench/prefetch.py at 5,000 lookups/s: 98.5% answered from memory that way). A reply no
+lookup hit during its life is not refreshed: it expires, and the next lookup gathers anew.
+The refresh asks the service for an answer from fresh evidence;
+:class:`~policyd.server.reply_cache.ReplyCache` keeps it in place of the old one through
+the same path as a miss. A refresh that fails does not extend the old reply: it expires
+when it would have, and the slow path takes over then.
 
 This module holds the bound and the bookkeeping: one refresh per payload (a
-:class:`~policyd.singleflight.SingleFlight`), at most :data:`MAX_REFRESHES` at once, and the
-counters (in the service's :class:`~policyd.service.Stats`, beside the hits).
+:class:`~policyd.singleflight.SingleFlight`), at most :data:`MAX_REFRESHES` at once (the
+others wait for one to end), and the counters (in the service's
+:class:`~policyd.service.Stats`, beside the hits).
 """
 
 from __future__ import annotations
@@ -25,15 +33,17 @@ from policyd.core.seconds import Seconds
 from policyd.service import Stats
 from policyd.singleflight import SingleFlight
 
-# Refreshes in flight at once; a hit due for a refresh beyond it starts none (counted as
-# skipped; a later hit tries again). Each is one destination's gathering, a few queries to a
-# local resolver (milliseconds): 64 at once refresh thousands of destinations a second, and
-# a slow resolver cannot make refreshes pile up.
-MAX_REFRESHES: Final = 64
+# Refreshes in flight at once; one due beyond it waits (counted as skipped) and starts as
+# soon as one ends. Each is one destination's gathering, a few queries to a local resolver
+# (milliseconds): 8 at once refresh a thousand or more destinations a second, a slow
+# resolver cannot make refreshes pile up, and the event-loop steps of at most 8 gatherings
+# run between two hits (bench/prefetch.py: 64 at once, started together, put p99 at 23 ms).
+MAX_REFRESHES: Final = 8
 # A refresh that did not renew the reply (the resolver answered from its own cache, its
-# records counting down, before its own prefetch renewed them) is tried again by a hit
-# after this share of the reply's remaining life, and at least RETRY_AFTER seconds later:
-# a few tries within the last fraction of its life, whatever its TTL.
+# records counting down, before its own prefetch renewed them) is tried again (by the
+# sweep, or a hit) after this share of the reply's remaining life, and at least
+# RETRY_AFTER seconds later: a few tries within the last fraction of its life, whatever
+# its TTL.
 RETRY_SHARE: Final = 0.25
 RETRY_AFTER: Final = 1.0
 
@@ -41,14 +51,19 @@ RETRY_AFTER: Final = 1.0
 class Prefetch:
     """When a cached reply is due for a refresh, and the refreshes under way."""
 
-    __slots__ = ("_due_second", "_flights", "_stats", "fraction")
+    __slots__ = ("_due_second", "_flights", "_resume", "_stats", "_waiting", "fraction")
 
-    def __init__(self, fraction: float, stats: Stats) -> None:
+    def __init__(self, fraction: float, stats: Stats, resume: Callable[[bytes], object]) -> None:
         if not (math.isfinite(fraction) and 0 <= fraction < 1):
             raise ValueError("prefetch must be at least 0 and less than 1")
         self.fraction = fraction
         self._stats = stats
         self._flights: SingleFlight[bytes, None] = SingleFlight()
+        # Payloads due for a refresh while MAX_REFRESHES ran, oldest first (each once: at
+        # most one per cached reply). As each refresh ends, the next is handed to
+        # ``resume``, which starts it if its reply is still there and due.
+        self._waiting: dict[bytes, None] = {}
+        self._resume = resume
         # Refresh times down to the second, one float object for all within that second.
         self._due_second = Seconds()
 
@@ -73,19 +88,31 @@ class Prefetch:
         return min(until, now + max(RETRY_AFTER, (until - now) * RETRY_SHARE))
 
     def start(self, payload: bytes, refresh: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Refresh ``payload``'s reply unless that is under way or the limit is reached."""
+        """Refresh ``payload``'s reply unless that is under way; at the limit, it waits
+        for a refresh to end (counted as skipped)."""
         flights = self._flights
         if payload in flights:
             return
         if len(flights) >= MAX_REFRESHES:
-            self._stats.prefetch_skipped += 1
+            if payload not in self._waiting:
+                self._stats.prefetch_skipped += 1
+                self._waiting[payload] = None
             return
         self._stats.prefetched += 1
-        flights.task(payload, refresh)
+        flights.task(payload, refresh).add_done_callback(self._room)
+
+    def _room(self, _ended: object) -> None:
+        """A refresh ended: the waiting ones' turn, oldest first."""
+        waiting = self._waiting
+        while waiting and len(self._flights) < MAX_REFRESHES:
+            payload = next(iter(waiting))
+            del waiting[payload]
+            self._resume(payload)
 
     def failed(self) -> None:
         self._stats.prefetch_failed += 1
 
     def cancel_all(self) -> None:
         """Stop every refresh under way (shutdown)."""
+        self._waiting.clear()
         self._flights.cancel_all()

@@ -15,17 +15,19 @@ The cache subscribes to the service, which says when answers go stale (a changed
 a flush, fresher evidence). Its destinations are bounded with the service's latest verdicts
 (:mod:`policyd.held`): a hit refreshes the destination in that one table.
 
-A reply hit in the last ``[server] prefetch`` fraction of its life is refreshed in the
-background from fresh evidence and served meanwhile (:mod:`policyd.server.prefetch`): the
-hot path compares the hit's refresh time where it compared its expiry, and only a hit past
-it looks at the expiry itself.
+A reply in use (hit at least once since it was cached) is refreshed in the background from
+fresh evidence when the last ``[server] prefetch`` fraction of its life begins, and served
+meanwhile (:mod:`policyd.server.prefetch`): the hot path compares the hit's refresh time
+where it compared its expiry, and only a hit past it (the first hit of a reply, or one
+past its refresh time) leaves the fast branch.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from policyd.codec import netstring, socketmap
@@ -51,12 +53,18 @@ HOT_SAMPLE_EVERY: Final = 64
 # Granularity of the hot path's clock (ReplyCache.now), seconds: the server refreshes it this
 # often, and replies are kept this much less than their answers hold.
 CLOCK_TICK: Final = 0.1
+# Refreshes due in the same second are spread over this many ticks (one second).
+SPREAD_TICKS: Final = 10
+# Refresh-time entries kept beyond twice the cached replies before those of forgotten
+# replies are dropped (see ReplyCache._compact).
+MIN_REFS: Final = 1024
 # What a dry-run profile tells Postfix whatever was decided: Postfix keeps its own default.
 _DRY_RUN_REPLY: Final = socketmap.reply(socketmap.Status.NOTFOUND)
 
-# A cached reply: (encoded netstring reply, refresh due (monotonic; a hit after it refreshes
-# the reply, or finds it expired), dest key, the answers counter cell of its profile and
-# level, valid until (monotonic)). Without prefetch the two times are one float.
+# A cached reply: (encoded netstring reply, refresh time, dest key, the answers counter cell
+# of its profile and level, valid until (monotonic)). The refresh time is negative (minus
+# the time) until the first hit marks the reply in use; a hit after it refreshes the reply
+# (or finds it expired). Not to be refreshed (prefetch off, a TEMP): the expiry itself.
 _Entry = tuple[bytes, float, str, list[int], float]
 # What a refresh decided: the encoded reply, the answer, dest key, answers counter cell.
 _Decided = tuple[bytes, Answer, str, list[int]]
@@ -75,16 +83,20 @@ def failed() -> bytes:
 class ReplyCache:
     __slots__ = (
         "_answers",
+        "_buckets",
         "_by_key",
         "_counters",
         "_held",
         "_monotonic",
         "_prefetch",
+        "_refs",
         "_replies",
         "_sample_in",
         "_service",
         "_stats",
+        "_swept",
         "_until_second",
+        "_unused_second",
         "now",
     )
 
@@ -101,7 +113,7 @@ class ReplyCache:
         self._monotonic = monotonic
         # raw request payload -> its reply (_Entry)
         self._answers: dict[bytes, _Entry] = {}
-        self._prefetch = Prefetch(prefetch, service.stats)
+        self._prefetch = Prefetch(prefetch, service.stats, self._resume)
         # Destination key -> its cached payloads, least recently used first: the table that
         # bounds destinations in memory, shared with the service (policyd.held).
         self._held = service.held
@@ -110,16 +122,25 @@ class ReplyCache:
         self._replies: dict[bytes, bytes] = {}
         # Expiry down to the whole second, one float object for all within that second.
         self._until_second = Seconds()
+        self._unused_second = Seconds()  # the negative refresh times of unused replies
         self._sample_in = HOT_SAMPLE_EVERY
         self.now = monotonic()  # the coarse clock of the hot path, see tick()
+        # Refresh times, by tick (CLOCK_TICK): the payloads whose replies come due then (a
+        # reply replaced or forgotten since is skipped when its tick comes); _refs in all.
+        self._buckets: dict[int, list[bytes]] = {}
+        self._refs = 0
+        self._swept = int(self.now / CLOCK_TICK)  # the last tick whose bucket was looked at
         service.subscribe(self)
 
     def __len__(self) -> int:
         return len(self._answers)
 
     def tick(self) -> None:
-        """Refresh the hot path's clock; the server calls this every CLOCK_TICK seconds."""
-        self.now = self._monotonic()
+        """Refresh the hot path's clock, and start the refreshes that came due; the server
+        calls this every CLOCK_TICK seconds."""
+        self.now = now = self._monotonic()
+        if now >= (self._swept + 1) * CLOCK_TICK:
+            self._sweep(now)
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -143,13 +164,79 @@ class ReplyCache:
         return hit[0]
 
     def _late(self, payload: bytes, hit: _Entry) -> bool:
-        """A hit past its refresh time: whether it still holds. If so, its refresh starts
-        (unless under way); the reply is served meanwhile."""
-        if hit[4] < self.now:
+        """A hit past its refresh time: whether it still holds. The first hit of a reply
+        marks it in use (it is refreshed when its time comes); a hit past its refresh time
+        starts the refresh (unless under way). The reply is served meanwhile."""
+        now = self.now
+        if hit[4] < now:
             return False
-        if payload not in self._prefetch:
-            self._prefetch.start(payload, lambda: self._refresh(payload, hit))
+        due = hit[1]
+        if due < 0:
+            due = -due
+            self._answers[payload] = hit = (hit[0], due, hit[2], hit[3], hit[4])
+            if due >= now:
+                return True
+        self._start(payload, hit)
         return True
+
+    def _start(self, payload: bytes, hit: _Entry) -> None:
+        """Refresh ``hit``, the reply to ``payload`` (when there is room: see Prefetch)."""
+        if payload not in self._prefetch:  # every hit until it ends comes here
+            self._prefetch.start(payload, lambda: self._refresh(payload, hit))
+
+    def _resume(self, payload: bytes) -> None:
+        """Start the refresh of a reply that waited for room, if it is still due."""
+        hit = self._answers.get(payload)
+        now = self.now
+        if hit is not None and 0 < hit[1] <= now <= hit[4]:
+            self._start(payload, hit)
+
+    def _sweep(self, now: float) -> None:
+        """Start the refreshes of the replies in use whose refresh time has come."""
+        last = int(now / CLOCK_TICK)
+        buckets = self._buckets
+        if last - self._swept > len(buckets):
+            ticks: Iterable[int] = sorted(tick for tick in buckets if tick <= last)
+        else:
+            ticks = range(self._swept + 1, last + 1)
+        self._swept = last
+        answers = self._answers
+        for tick in ticks:
+            payloads = buckets.pop(tick, None)
+            if payloads is None:
+                continue
+            self._refs -= len(payloads)
+            for payload in payloads:
+                hit = answers.get(payload)
+                # Gone; never hit (it expires); a newer reply not due yet; expired.
+                if hit is None or not 0 < hit[1] <= now or hit[4] < now:
+                    continue
+                self._start(payload, hit)
+
+    def _register(self, payload: bytes, at: float, until: float) -> None:
+        """Look at ``payload``'s reply again at ``at`` (its refresh time), or within the
+        second after it: replies cached in the same second share their refresh time, and
+        their refreshes are spread over the ticks of that second rather than started at
+        once (each is a gathering, event-loop time that hits would wait behind)."""
+        spread = hash(payload) % SPREAD_TICKS
+        latest = math.floor(until / CLOCK_TICK) - 1  # never spread past the expiry
+        tick = max(min(math.ceil(at / CLOCK_TICK) + spread, latest), self._swept + 1)
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            self._buckets[tick] = [payload]
+        else:
+            bucket.append(payload)
+        self._refs += 1
+        if self._refs > 2 * len(self._answers) + MIN_REFS:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the payloads whose replies are gone (evicted, invalidated): those of
+        replies cached once and forgotten would otherwise wait for their seconds."""
+        answers = self._answers
+        kept = {s: [p for p in ps if p in answers] for s, ps in self._buckets.items()}
+        self._buckets = {s: ps for s, ps in kept.items() if ps}
+        self._refs = sum(len(ps) for ps in self._buckets.values())
 
     def _timed_cached(self, payload: bytes) -> bytes | None:
         """:meth:`cached`, timed for the latency histogram."""
@@ -223,6 +310,9 @@ class ReplyCache:
         # and the next lookup after it asks again anyway.
         refreshable = not answer.kept and answer.verdict.outcome is not Outcome.TEMP
         due = self._prefetch.due(until, answer.ttl, refreshable)
+        if due < until:
+            self._register(payload, due, until)
+            due = self._unused_second(-due)  # whole seconds already: no rounding
         self._answers[payload] = (encoded, due, key, cell, until)
 
     # -- refreshes (prefetch) ------------------------------------------------------------
@@ -268,8 +358,11 @@ class ReplyCache:
         return self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
 
     def _due(self, payload: bytes, entry: _Entry, at: float) -> None:
-        """Set when a hit refreshes ``entry`` (held for ``payload``) again."""
+        """Set when ``entry`` (held for ``payload``, in use) is refreshed again: by a hit
+        after ``at``, or by the sweep then."""
         self._answers[payload] = (entry[0], at, entry[2], entry[3], entry[4])
+        if at < entry[4]:
+            self._register(payload, at, entry[4])
 
     def close(self) -> None:
         """Stop the refreshes under way (shutdown)."""
@@ -282,6 +375,8 @@ class ReplyCache:
         by_key = self._by_key
         if key is None:
             self._answers.clear()
+            self._buckets.clear()
+            self._refs = 0
             for dest in by_key:
                 by_key[dest] = ()
             return

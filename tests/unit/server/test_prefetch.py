@@ -1,6 +1,7 @@
-"""Prefetch (issue 14 point 2): a cached reply hit in the last fraction of its life is
-refreshed in the background from fresh evidence and served meanwhile; a refresh that
-fails never extends it. Fake clock, no sleeping: the refresh is let run with run_ready."""
+"""Prefetch (issue 14 point 2): a cached reply in use (hit since it was cached) is
+refreshed in the background from fresh evidence when the last fraction of its life begins,
+and served meanwhile; a refresh that fails never extends it. Fake clock, no sleeping: the
+refresh is let run with run_ready."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from policyd.core.evidence import DnsEvidence, DnsStatus
 from policyd.core.profile import DEFAULT_PROFILES
-from policyd.server import prefetch
+from policyd.server import prefetch, reply_cache
 from policyd.server.reply_cache import ReplyCache
 from policyd.service import PolicyService, Stats
 from policyd.settings import ServerSettings
@@ -202,6 +203,99 @@ async def test_a_temp_reply_is_not_refreshed() -> None:
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, float("nan")])
 def test_the_fraction_is_checked(fraction: float) -> None:
     with pytest.raises(ValueError, match="prefetch"):
-        prefetch.Prefetch(fraction, Stats())
+        prefetch.Prefetch(fraction, Stats(), lambda _: None)
     with pytest.raises(ValueError, match="prefetch"):
         ServerSettings(prefetch=fraction)
+
+
+async def test_a_reply_in_use_is_refreshed_when_its_time_comes_without_another_hit() -> None:
+    """One hit early in its life marks the reply in use: the clock tick at its refresh time
+    refreshes it, and it is answered from memory past the old expiry (a destination asked
+    a few times a minute, never in the last tenth, does not wait on the slow path)."""
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    first = await cache.reply_for(PAYLOAD)
+    at(cache, clock, 1010.0)
+    assert cache.cached(PAYLOAD) == first  # the one hit
+    at(cache, clock, DUE - 1)
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (0, 1)  # not its time yet
+    at(cache, clock, DUE + 0.5)
+    await run_ready()
+    at(cache, clock, DUE + 1.05)  # no lookup now: the ticks alone (spread over a second)
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (1, 2)
+    at(cache, clock, EXPIRES + 10)
+    assert cache.cached(PAYLOAD) == first
+    assert svc.stats.lookups == 1  # never the slow path
+
+
+async def test_a_reply_nobody_hit_is_not_refreshed_and_expires() -> None:
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)  # the miss that cached it is not a use of the reply
+    at(cache, clock, EXPIRES - 1)
+    await run_ready()
+    assert (svc.stats.prefetched, dane.calls) == (0, 1)
+    at(cache, clock, EXPIRES + 1)
+    assert cache.cached(PAYLOAD) is None
+
+
+async def test_refreshes_beyond_the_limit_wait_and_start_as_one_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Due all at once (the tick's sweep), three replies in use with room for two: the third
+    waits, without another lookup or tick, until a refresh ends."""
+    monkeypatch.setattr(prefetch, "MAX_REFRESHES", 2)
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    payloads = [f"postfix d{i}.test".encode() for i in range(3)]
+    for payload in payloads:
+        await cache.reply_for(payload)
+        assert cache.cached(payload) is not None  # in use
+    dane.gate = asyncio.Event()
+    at(cache, clock, DUE + 1.05)  # past the second they are spread over
+    await run_ready()
+    assert (svc.stats.prefetched, svc.stats.prefetch_skipped, dane.calls) == (2, 1, 5)
+    dane.gate.set()
+    await run_ready()
+    assert (svc.stats.prefetched, svc.stats.prefetch_skipped, dane.calls) == (3, 1, 6)
+    at(cache, clock, EXPIRES + 5)
+    assert all(cache.cached(p) is not None for p in payloads)
+    assert svc.stats.lookups == 3
+
+
+async def test_refresh_times_of_forgotten_replies_are_dropped() -> None:
+    """Each reply cached notes its refresh time; replies forgotten before it (invalidated,
+    evicted) do not leave their notes to pile up."""
+    dane = FakeDane()
+    cache, svc, _ = make(dane)
+    for round_ in range(3):
+        for i in range(1000):
+            await cache.reply_for(f"postfix d{i}.test".encode())
+        for i in range(1000):
+            svc.invalidate(f"d{i}.test")
+        assert len(cache) == 0
+        assert cache._refs <= 1000 + 2 * len(cache) + reply_cache.MIN_REFS, round_
+
+
+async def test_refreshes_due_in_the_same_second_are_spread_over_its_ticks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies cached in the same second come due in the same second; their refreshes
+    start over that second's ticks, not all at the first (hits would wait behind them)."""
+    monkeypatch.setattr(prefetch, "MAX_REFRESHES", 1000)
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    payloads = [f"postfix d{i}.test".encode() for i in range(50)]
+    for payload in payloads:
+        await cache.reply_for(payload)
+        assert cache.cached(payload) is not None
+    dane.gate = asyncio.Event()  # none ends meanwhile
+    at(cache, clock, DUE + 0.45)  # the first half of the second (P(none or all) ~ 1e-15)
+    await run_ready()
+    assert 0 < svc.stats.prefetched < 50
+    at(cache, clock, DUE + 1.05)
+    await run_ready()
+    assert svc.stats.prefetched == 50
+    dane.gate.set()
