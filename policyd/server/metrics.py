@@ -111,7 +111,8 @@ class PolicydCollector:
         prefetches = CounterMetricFamily(
             "policyd_prefetches",
             "Cached answers refreshed before they expire ([server] prefetch): started, "
-            "skipped (at the limit in flight), failed (the old answer expires at its time).",
+            "skipped (at the limit in flight: each waits for one to end), "
+            "failed (the old answer expires at its time).",
             labels=["result"],
         )
         for result, value in (
