@@ -125,20 +125,20 @@ class _Socket(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable on a connected socket: every query on it went nowhere.
+        self._fail_all(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.stop_timer()
+        self._fail_all(exc or ConnectionError("socket closed"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        """End every query in flight on this socket with ``exc``; their IDs are free."""
         pending = list(self.pending.values())
         self.pending.clear()
         for future, *_ in pending:
             if not future.done():
                 future.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.stop_timer()
-        pending = list(self.pending.values())
-        self.pending.clear()
-        for future, *_ in pending:
-            if not future.done():
-                future.set_exception(exc or ConnectionError("socket closed"))
 
 
 class UdpResolver:

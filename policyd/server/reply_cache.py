@@ -113,7 +113,7 @@ class ReplyCache:
         self._monotonic = monotonic
         # raw request payload -> its reply (_Entry)
         self._answers: dict[bytes, _Entry] = {}
-        self._prefetch = Prefetch(prefetch, service.stats, self._resume)
+        self._prefetch = Prefetch(prefetch, service.stats, self._refresh_if_due)
         # Destination key -> its cached payloads, least recently used first: the table that
         # bounds destinations in memory, shared with the service (policyd.held).
         self._held = service.held
@@ -184,15 +184,17 @@ class ReplyCache:
         if payload not in self._prefetch:  # every hit until it ends comes here
             self._prefetch.start(payload, lambda: self._refresh(payload, hit))
 
-    def _resume(self, payload: bytes) -> None:
-        """Start the refresh of a reply that waited for room, if it is still due."""
+    def _refresh_if_due(self, payload: bytes) -> None:
+        """Start the refresh of ``payload``'s reply if it is in use and due now: its tick
+        came, or it waited for room. Not if gone, never hit (it expires), a newer reply
+        not due yet, or expired."""
         hit = self._answers.get(payload)
-        now = self.now
-        if hit is not None and 0 < hit[1] <= now <= hit[4]:
+        if hit is not None and 0 < hit[1] <= self.now <= hit[4]:
             self._start(payload, hit)
 
     def _sweep(self, now: float) -> None:
-        """Start the refreshes of the replies in use whose refresh time has come."""
+        """Start the refreshes of the replies in use whose refresh time has come (``now``
+        is the clock just ticked)."""
         last = int(now / CLOCK_TICK)
         buckets = self._buckets
         if last - self._swept > len(buckets):
@@ -200,18 +202,11 @@ class ReplyCache:
         else:
             ticks = range(self._swept + 1, last + 1)
         self._swept = last
-        answers = self._answers
         for tick in ticks:
-            payloads = buckets.pop(tick, None)
-            if payloads is None:
-                continue
+            payloads = buckets.pop(tick, ())
             self._refs -= len(payloads)
             for payload in payloads:
-                hit = answers.get(payload)
-                # Gone; never hit (it expires); a newer reply not due yet; expired.
-                if hit is None or not 0 < hit[1] <= now or hit[4] < now:
-                    continue
-                self._start(payload, hit)
+                self._refresh_if_due(payload)
 
     def _register(self, payload: bytes, at: float, until: float) -> None:
         """Look at ``payload``'s reply again at ``at`` (its refresh time), or within the
@@ -221,18 +216,14 @@ class ReplyCache:
         spread = hash(payload) % SPREAD_TICKS
         latest = math.floor(until / CLOCK_TICK) - 1  # never spread past the expiry
         tick = max(min(math.ceil(at / CLOCK_TICK) + spread, latest), self._swept + 1)
-        bucket = self._buckets.get(tick)
-        if bucket is None:
-            self._buckets[tick] = [payload]
-        else:
-            bucket.append(payload)
+        self._buckets.setdefault(tick, []).append(payload)
         self._refs += 1
         if self._refs > 2 * len(self._answers) + MIN_REFS:
             self._compact()
 
     def _compact(self) -> None:
         """Drop the payloads whose replies are gone (evicted, invalidated): those of
-        replies cached once and forgotten would otherwise wait for their seconds."""
+        replies cached once and forgotten would otherwise wait for their ticks."""
         answers = self._answers
         kept = {s: [p for p in ps if p in answers] for s, ps in self._buckets.items()}
         self._buckets = {s: ps for s, ps in kept.items() if ps}

@@ -44,6 +44,17 @@ def make(
     return ReplyCache(svc, monotonic=clock.monotonic, prefetch=fraction), svc, clock
 
 
+async def cache_replies(cache: ReplyCache, count: int, *, in_use: bool) -> list[bytes]:
+    """Cache the replies of ``count`` destinations d<i>.test (one miss each); ``in_use``:
+    hit each once as well."""
+    payloads = [f"postfix d{i}.test".encode() for i in range(count)]
+    for payload in payloads:
+        await cache.reply_for(payload)
+        if in_use:
+            assert cache.cached(payload) is not None
+    return payloads
+
+
 def at(cache: ReplyCache, clock: Clock, mono: float) -> None:
     """Move both clocks to ``mono`` on the monotonic one, and tick the hot path's clock."""
     clock.advance(mono - clock.mono)
@@ -148,9 +159,7 @@ async def test_refreshes_in_flight_are_bounded(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(prefetch, "MAX_REFRESHES", 2)
     dane = FakeDane()
     cache, svc, clock = make(dane)
-    payloads = [f"postfix d{i}.test".encode() for i in range(3)]
-    for payload in payloads:
-        await cache.reply_for(payload)
+    payloads = await cache_replies(cache, 3, in_use=False)
     dane.gate = asyncio.Event()
     at(cache, clock, DUE + 1)
     for payload in payloads:
@@ -249,10 +258,7 @@ async def test_refreshes_beyond_the_limit_wait_and_start_as_one_ends(
     monkeypatch.setattr(prefetch, "MAX_REFRESHES", 2)
     dane = FakeDane()
     cache, svc, clock = make(dane)
-    payloads = [f"postfix d{i}.test".encode() for i in range(3)]
-    for payload in payloads:
-        await cache.reply_for(payload)
-        assert cache.cached(payload) is not None  # in use
+    payloads = await cache_replies(cache, 3, in_use=True)
     dane.gate = asyncio.Event()
     at(cache, clock, DUE + 1.05)  # past the second they are spread over
     await run_ready()
@@ -271,8 +277,7 @@ async def test_refresh_times_of_forgotten_replies_are_dropped() -> None:
     dane = FakeDane()
     cache, svc, _ = make(dane)
     for round_ in range(3):
-        for i in range(1000):
-            await cache.reply_for(f"postfix d{i}.test".encode())
+        await cache_replies(cache, 1000, in_use=False)
         for i in range(1000):
             svc.invalidate(f"d{i}.test")
         assert len(cache) == 0
@@ -287,10 +292,7 @@ async def test_refreshes_due_in_the_same_second_are_spread_over_its_ticks(
     monkeypatch.setattr(prefetch, "MAX_REFRESHES", 1000)
     dane = FakeDane()
     cache, svc, clock = make(dane)
-    payloads = [f"postfix d{i}.test".encode() for i in range(50)]
-    for payload in payloads:
-        await cache.reply_for(payload)
-        assert cache.cached(payload) is not None
+    await cache_replies(cache, 50, in_use=True)
     dane.gate = asyncio.Event()  # none ends meanwhile
     at(cache, clock, DUE + 0.45)  # the first half of the second (P(none or all) ~ 1e-15)
     await run_ready()
