@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from policyd.adapters.https import FetchError
-from policyd.adapters.store import Kind, Record, Store, StoreError
+from policyd.adapters.store import Kind, Store
 from policyd.codec.mtasts import (
     ParsedPolicy,
     StsGrammarError,
@@ -35,7 +35,7 @@ from policyd.codec.mtasts import (
     discover,
     parse_policy,
 )
-from policyd.codec.records import sts_policy_from_json, sts_policy_to_json
+from policyd.codec.records import sts_policy_from_json
 from policyd.core.evidence import StsEvidence, StsMode, StsPolicy
 from policyd.core.names import fold
 from policyd.core.sts import any_mx_matches
@@ -44,7 +44,7 @@ from policyd.settings import StsSettings
 from policyd.sources.clock_steps import ClockSteps, real_elapsed
 from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
-from policyd.sources.sts_absent import AbsentDomains, shift_all
+from policyd.sources.sts_absent import AbsentDomains, nonexistent, shift_all
 from policyd.sources.sts_state import (
     NEVER,
     DomainState,
@@ -53,6 +53,7 @@ from policyd.sources.sts_state import (
     log_mismatch,
     log_parsed,
     mx_names,
+    persist,
     same_policy,
     unrefreshed,
 )
@@ -192,8 +193,10 @@ class StsSource:
         domain = fold(domain)
         now = self._now()
         entry = self._domains.get(domain)
-        if entry is None and self._absent.holds(domain, now):
-            return _NOTHING
+        if entry is None:
+            if self._absent.holds(domain, now) or await self._nothing_below(domain):
+                return _NOTHING
+            entry = self._domains.get(domain)  # one may have appeared meanwhile
         if entry is not None:
             policy = entry.policy(now)
             if policy is not None:
@@ -331,7 +334,7 @@ class StsSource:
     async def _refresh(self, domain: str, entry: DomainState, *, force: bool = False) -> None:
         """Read the TXT record; fetch the policy when new, stale or ``force``d."""
         texts: tuple[str, ...] = ()
-        if entry.last is not None or not await self._nonexistent(domain):
+        if entry.last is not None or not await nonexistent(self._resolver, domain):
             answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
             if answer.failed:
                 self._fail(domain, entry, self._now(), f"TXT lookup failed: {answer.error}")
@@ -384,14 +387,16 @@ class StsSource:
         # Shielded: a preempted (cancelled) job must not stop a policy half installed.
         await asyncio.shield(self._install(domain, entry, parsed, policy))
 
-    async def _nonexistent(self, domain: str) -> bool:
-        """A validated NXDOMAIN for the domain itself: nothing exists below it, so neither
-        does ``_mta-sts.<domain>`` (RFC 8020 2; the denial is DNSSEC-proven, RFC 4035 5.4),
-        and its TXT query is not sent. The MX query is the one the DNS source makes for the
-        same destination: the resolver shares it (in flight or cached). A failed or
-        unsigned answer proves nothing: the TXT record is then asked for as before."""
-        mx = await self._resolver.query(domain, "MX")
-        return mx.nxdomain and mx.secure
+    async def _nothing_below(self, domain: str) -> bool:
+        """A never-seen domain that does not exist: remembered as publishing no record
+        with no discovery job (half of the first contacts in some mail; one task and one
+        wait fewer each). Found as the job would find it: by the DNS source's MX query."""
+        if not await nonexistent(self._resolver, domain):
+            return False
+        if domain not in self._domains:
+            until = self._absent.until(self._now(), self.settings.recheck_interval)
+            self._absent.add(domain, until)
+        return True
 
     def _fail(self, domain: str, entry: DomainState, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""
@@ -415,24 +420,14 @@ class StsSource:
             if changed:
                 removed = "; cached policy removed" if before is not None else ""
                 self._log.info("%s: mta-sts policy %s%s", domain, describe_policy(policy), removed)
-            await self._persist(domain, None)
+            await persist(self._store, self._log, domain, None)
         else:
             entry.absent_until = NEVER
             if changed:
                 self._log.info("%s: mta-sts policy %s", domain, describe_policy(policy))
-            await self._persist(domain, policy)
+            await persist(self._store, self._log, domain, policy)
         if (before is None) != (entry.policy(now) is None) or changed:
             self._notify(domain)
-
-    async def _persist(self, domain: str, policy: StsPolicy | None) -> None:
-        try:
-            if policy is None:
-                await self._store.delete(Kind.STS, domain)
-            else:
-                record = Record(Kind.STS, domain, sts_policy_to_json(policy), policy.expires_at)
-                await self._store.put(record)
-        except StoreError as exc:
-            self._log.error("%s: mta-sts policy not saved: %s", domain, exc)
 
     # -- for metrics and alerts -------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable
 
 from policyd.core.seconds import Seconds
+from policyd.sources.dns import DnsQuery
 from policyd.sources.sts_state import DomainState
 
 
@@ -70,3 +71,13 @@ def shift_all(
     for entry in entries:
         entry.shift(step)
     absent.shift(step)
+
+
+async def nonexistent(resolver: DnsQuery, domain: str) -> bool:
+    """A validated NXDOMAIN for the domain itself: nothing exists below it, so neither
+    does ``_mta-sts.<domain>`` (RFC 8020 2; the denial is DNSSEC-proven, RFC 4035 5.4),
+    and its TXT query is not sent. The MX query is the one the DNS source makes for the
+    same destination: the resolver shares it (in flight or cached). A failed or
+    unsigned answer proves nothing: the TXT record is then asked for as before."""
+    mx = await resolver.query(domain, "MX")
+    return mx.nxdomain and mx.secure

@@ -10,7 +10,9 @@ import math
 from typing import Final
 
 from policyd.adapters.dns_answer import DnsAnswer
+from policyd.adapters.store import Kind, Record, Store, StoreError
 from policyd.codec.mtasts import ParsedPolicy
+from policyd.codec.records import sts_policy_to_json
 from policyd.core.evidence import StsMode, StsPolicy
 from policyd.core.names import fold
 from policyd.core.sts import describe_mx
@@ -158,3 +160,15 @@ def log_mismatch(
         policy.policy_id,
         describe_mx(policy.mx),
     )
+
+
+async def persist(store: Store, log: logging.Logger, domain: str, policy: StsPolicy | None) -> None:
+    """Save a domain's policy (None: delete it); a store error is logged, the policy in
+    memory stays in force."""
+    try:
+        if policy is None:
+            await store.delete(Kind.STS, domain)
+        else:
+            await store.put(Record(Kind.STS, domain, sts_policy_to_json(policy), policy.expires_at))
+    except StoreError as exc:
+        log.error("%s: mta-sts policy not saved: %s", domain, exc)

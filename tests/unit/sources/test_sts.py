@@ -443,6 +443,28 @@ async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
     assert (await w.source.evidence(DOMAIN)).policy is not None  # asked again
 
 
+async def test_nonexistent_domain_needs_no_queue_room(w: World) -> None:
+    """A never-seen domain proven not to exist is known without a discovery job: with
+    the queue full it is still answered as publishing no record, not as pending (which
+    strict profiles defer), and nothing is refused for it."""
+    w.restart(StsSettings(cold_budget=5.0, max_concurrent_fetches=1, max_queued_fetches=2))
+    w.fetcher.gate = asyncio.Event()
+    names = ["a.example", "b.example", "c.example"]
+    for d in names:
+        w.txt.set(d, txt("a"))
+        w.fetcher.bodies[d] = policy_body()
+    waiting = [asyncio.create_task(w.source.evidence(d)) for d in names]
+    await settle()
+    assert w.source.queue_stats().queued == 2
+    w.txt.mx[DOMAIN] = dns_answer(DOMAIN, "MX", rcode=Rcode.NXDOMAIN)
+    assert await w.source.evidence(DOMAIN) == StsEvidence()
+    assert w.source.queue_stats().dropped == 0 and w.txt.names.count(TXT_NAME) == 0
+    assert await w.source.evidence(DOMAIN) == StsEvidence()  # remembered: MX not asked again
+    assert w.txt.mx_names.count(DOMAIN) == 1
+    w.fetcher.gate.set()
+    await asyncio.gather(*waiting)
+
+
 async def test_preempted_discovery_runs_again(w: World) -> None:
     """A slow discovery stopped for urgent work is queued again, and finishes later."""
     w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=1))
