@@ -193,6 +193,8 @@ class StsSource:
         domain = fold(domain)
         now = self._now()
         entry = self._domains.get(domain)
+        loop = asyncio.get_running_loop()
+        asked_at = loop.time()  # cold_budget counts from here, the MX wait included
         if entry is None:
             if self._absent.holds(domain, now) or await self._nothing_below(domain):
                 return _NOTHING
@@ -214,7 +216,8 @@ class StsSource:
         # and one that outlives the budget still lands in the cache, as background work.
         entry.waiters += 1
         try:
-            await asyncio.wait({job}, timeout=self.settings.cold_budget)
+            left = self.settings.cold_budget - (loop.time() - asked_at)
+            await asyncio.wait({job}, timeout=max(0.0, left))
         finally:
             entry.waiters -= 1
             if not entry.waiters and not job.done():

@@ -465,6 +465,28 @@ async def test_nonexistent_domain_needs_no_queue_room(w: World) -> None:
     await asyncio.gather(*waiting)
 
 
+async def test_cold_budget_counts_the_mx_wait(w: World) -> None:
+    """A never-seen domain's MX answer is awaited before its discovery is queued; the
+    lookup still waits at most cold_budget in all (generous margins: real timers)."""
+    w.restart(StsSettings(cold_budget=0.4))
+    publish(w)
+    w.fetcher.hang.add(DOMAIN)
+    plain = w.txt.query
+
+    async def slow_mx(name: str, rdtype: str) -> DnsAnswer:
+        if rdtype == "MX":
+            await asyncio.sleep(0.3)
+        return await plain(name, rdtype)
+
+    w.txt.query = slow_mx  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.pending and ev.policy is None
+    assert 0.35 <= loop.time() - started < 0.6  # not 0.3 + 0.4
+    w.source.forget(None)
+
+
 async def test_preempted_discovery_runs_again(w: World) -> None:
     """A slow discovery stopped for urgent work is queued again, and finishes later."""
     w.restart(StsSettings(cold_budget=0.01, max_concurrent_fetches=1))
