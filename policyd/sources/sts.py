@@ -193,11 +193,15 @@ class StsSource:
         domain = fold(domain)
         now = self._now()
         entry = self._domains.get(domain)
-        loop = asyncio.get_running_loop()
-        asked_at = loop.time()  # cold_budget counts from here, the MX wait included
+        budget, work = self.settings.cold_budget, None
         if entry is None:
-            if self._absent.holds(domain, now) or await self._nothing_below(domain):
+            if self._absent.holds(domain, now):
                 return _NOTHING
+            asked_at = time.monotonic()
+            if await self._nothing_below(domain):
+                return _NOTHING
+            budget -= time.monotonic() - asked_at  # the MX wait counts against the budget
+            work = functools.partial(self._refresh, exists=True)  # MX not asked again
             entry = self._domains.get(domain)  # one may have appeared meanwhile
         if entry is not None:
             policy = entry.policy(now)
@@ -211,13 +215,12 @@ class StsSource:
             if not entry.running and not self._discovery_due(entry, now):
                 return self._evidence(entry, now)
         entry = entry or self._entry(domain)
-        job = self._start(domain, entry, Lane.WAITED)
+        job = self._start(domain, entry, Lane.WAITED, work)
         # Wait on the shared job without cancelling it: concurrent lookups join one fetch,
         # and one that outlives the budget still lands in the cache, as background work.
         entry.waiters += 1
         try:
-            left = self.settings.cold_budget - (loop.time() - asked_at)
-            await asyncio.wait({job}, timeout=max(0.0, left))
+            await asyncio.wait({job}, timeout=max(0.0, budget))
         finally:
             entry.waiters -= 1
             if not entry.waiters and not job.done():
@@ -334,10 +337,12 @@ class StsSource:
         elif policy is not None and self._due(entry, policy, now, recheck=True):
             await self._refresh(domain, entry)  # came due while this job ran
 
-    async def _refresh(self, domain: str, entry: DomainState, *, force: bool = False) -> None:
+    async def _refresh(
+        self, domain: str, entry: DomainState, *, force: bool = False, exists: bool = False
+    ) -> None:
         """Read the TXT record; fetch the policy when new, stale or ``force``d."""
         texts: tuple[str, ...] = ()
-        if entry.last is not None or not await nonexistent(self._resolver, domain):
+        if entry.last is not None or exists or not await nonexistent(self._resolver, domain):
             answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
             if answer.failed:
                 self._fail(domain, entry, self._now(), f"TXT lookup failed: {answer.error}")
@@ -391,14 +396,12 @@ class StsSource:
         await asyncio.shield(self._install(domain, entry, parsed, policy))
 
     async def _nothing_below(self, domain: str) -> bool:
-        """A never-seen domain that does not exist: remembered as publishing no record
-        with no discovery job (half of the first contacts in some mail; one task and one
-        wait fewer each). Found as the job would find it: by the DNS source's MX query."""
+        """A never-seen domain that does not exist (found as a job would find it) is
+        remembered as publishing no record with no job: one task and one wait fewer."""
         if not await nonexistent(self._resolver, domain):
             return False
-        if domain not in self._domains:
-            until = self._absent.until(self._now(), self.settings.recheck_interval)
-            self._absent.add(domain, until)
+        if domain not in self._domains:  # else that entry, newer, stands
+            self._absent.remember(domain, self._now(), self.settings.recheck_interval)
         return True
 
     def _fail(self, domain: str, entry: DomainState, now: float, reason: str) -> None:

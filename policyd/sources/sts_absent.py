@@ -43,6 +43,10 @@ class AbsentDomains(dict[str, float]):
             del self[next(iter(self))]
         self[domain] = until
 
+    def remember(self, domain: str, now: float, interval: float) -> None:
+        """Remember ``domain`` until ``interval`` after ``now`` (see :meth:`until`)."""
+        self.add(domain, self.until(now, interval))
+
     def expire(self, now: float) -> None:
         """Forget the domains due at ``now``."""
         for domain in list(self):

@@ -216,6 +216,13 @@ async def test_validated_nxdomain_skips_the_txt_query(w: World) -> None:
     assert w.txt.mx_names == [DOMAIN] and w.txt.names == []
 
 
+async def test_first_discovery_asks_mx_once(w: World) -> None:
+    # The lookup's MX check before queueing the discovery is the job's too.
+    publish(w)
+    assert (await w.source.evidence(DOMAIN)).policy is not None
+    assert w.txt.mx_names == [DOMAIN] and w.txt.names == [TXT_NAME]
+
+
 @pytest.mark.parametrize(
     "mx",
     [
@@ -420,12 +427,13 @@ async def test_queue_bounded_refuses_and_says_so(
     w.source.forget(None)
 
 
-async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
-    """With only waited-for work queued, a new discovery is refused at once: the lookup
-    answers at once, the policy still unknown (pending: strict profiles defer, answers
-    live only seconds), and the next lookup asks again."""
+async def fill_queue_with_waited_work(
+    w: World,
+) -> tuple[asyncio.Event, list[asyncio.Task[StsEvidence]]]:
+    """One discovery running and two queued, each a lookup waiting on it; the fetches end
+    when the returned gate is set."""
     w.restart(StsSettings(cold_budget=5.0, max_concurrent_fetches=1, max_queued_fetches=2))
-    w.fetcher.gate = asyncio.Event()
+    gate = w.fetcher.gate = asyncio.Event()
     names = ["a.example", "b.example", "c.example"]
     for d in names:
         w.txt.set(d, txt("a"))
@@ -433,12 +441,20 @@ async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
     waiting = [asyncio.create_task(w.source.evidence(d)) for d in names]
     await settle()
     assert w.source.queue_stats().queued == 2
+    return gate, waiting
+
+
+async def test_queue_full_of_urgent_work_refuses(w: World) -> None:
+    """With only waited-for work queued, a new discovery is refused at once: the lookup
+    answers at once, the policy still unknown (pending: strict profiles defer, answers
+    live only seconds), and the next lookup asks again."""
+    gate, waiting = await fill_queue_with_waited_work(w)
     publish(w)
     refused = await w.source.evidence(DOMAIN)
     assert refused.pending and refused.policy is None  # not known yet
     assert refused.error == "not fetched: 2 fetches already queued"
     assert w.source.queue_stats().dropped == 1
-    w.fetcher.gate.set()
+    gate.set()
     assert all(r.policy is not None for r in await asyncio.gather(*waiting))
     assert (await w.source.evidence(DOMAIN)).policy is not None  # asked again
 
@@ -447,21 +463,13 @@ async def test_nonexistent_domain_needs_no_queue_room(w: World) -> None:
     """A never-seen domain proven not to exist is known without a discovery job: with
     the queue full it is still answered as publishing no record, not as pending (which
     strict profiles defer), and nothing is refused for it."""
-    w.restart(StsSettings(cold_budget=5.0, max_concurrent_fetches=1, max_queued_fetches=2))
-    w.fetcher.gate = asyncio.Event()
-    names = ["a.example", "b.example", "c.example"]
-    for d in names:
-        w.txt.set(d, txt("a"))
-        w.fetcher.bodies[d] = policy_body()
-    waiting = [asyncio.create_task(w.source.evidence(d)) for d in names]
-    await settle()
-    assert w.source.queue_stats().queued == 2
+    gate, waiting = await fill_queue_with_waited_work(w)
     w.txt.mx[DOMAIN] = dns_answer(DOMAIN, "MX", rcode=Rcode.NXDOMAIN)
     assert await w.source.evidence(DOMAIN) == StsEvidence()
     assert w.source.queue_stats().dropped == 0 and w.txt.names.count(TXT_NAME) == 0
     assert await w.source.evidence(DOMAIN) == StsEvidence()  # remembered: MX not asked again
     assert w.txt.mx_names.count(DOMAIN) == 1
-    w.fetcher.gate.set()
+    gate.set()
     await asyncio.gather(*waiting)
 
 
