@@ -341,6 +341,23 @@ async def test_write_batch_is_one_transaction(store: SqliteStore) -> None:
     assert len(await store.events(0.0)) == 2
 
 
+async def test_write_batch_carries_every_column_exactly(store: SqliteStore) -> None:
+    # The batch travels as JSON (one statement per kind of row): text that JSON escapes,
+    # times to the last bit, and times JSON cannot carry, come back as SQLite stored them
+    # through bound parameters (a NaN and an infinite expiry: none, "never").
+    awkward = '{"reason": "quote \\" backslash \\\\ \u00e9 \u2713 \\u0000", "n": [1, 2]}'
+    expiries = {"a.example": 1.0000000000000002e9, "b.example": None, "c.example": 5}
+    odd = {"nan.example": float("nan"), "inf.example": float("inf")}
+    records = [Record(Kind.STS, k, awkward, e) for k, e in (expiries | odd).items()]
+    events = [event(1765000000.123456789 + i, f"k{i}.example", awkward) for i in range(300)]
+    await store.write_batch(records, events)
+    got = {r.key: r for r in await store.scan(Kind.STS)}
+    assert {k: got[k].expires_at for k in expiries} == expiries
+    assert all(got[k].value == awkward for k in got)
+    assert got["nan.example"].expires_at is None and got["inf.example"].expires_at is None
+    assert await store.events(0.0) == events  # in order, every field intact
+
+
 async def test_write_batch_keeps_the_event_log_bounded(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
