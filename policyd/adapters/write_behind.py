@@ -4,9 +4,12 @@ A lookup that changes a decision records an event and the answer to keep through
 resolver outage; writing each at once would put a store round trip (an SQLite transaction
 on its thread) behind every first contact. :class:`WriteBehind` queues them and writes
 everything queued once per ``interval`` seconds, in one transaction where the store offers
-:meth:`BatchStore.write_batch`. Both queues are bounded: beyond the bound a write is
-dropped and counted (``dropped``), never waited for; a failed batch is logged, counted and
-dropped, and the loop goes on. Records under the same (kind, key) coalesce: the newest wins.
+:meth:`BatchStore.write_batch`, or sooner once ``batch_size`` writes wait: preparing a
+batch runs on the event loop (an event's JSON, a few microseconds each), so a flood of
+first contacts gets many small batches, each a short pause, not one long one a second.
+Both queues are bounded: beyond the bound a write is dropped and counted (``dropped``),
+never waited for; a failed batch is logged, counted and dropped, and the loop goes on.
+Records under the same (kind, key) coalesce: the newest wins.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ DEFAULT_INTERVAL: Final = 1.0
 # Queued writes of each kind at most (about 200 bytes each): a store that stalls for
 # minutes under a flood costs at most a few MB, and the excess is counted, not kept.
 DEFAULT_MAX_QUEUED: Final = 10_000
+# Writes that start a batch before the interval ends: about 2 ms of the event loop's time
+# to prepare (measured: 2,600 events took 10 ms), where a second's flood of first contacts
+# in one batch paused every lookup for 15 ms.
+DEFAULT_BATCH_SIZE: Final = 500
 
 log = logging.getLogger("policyd")
 
@@ -52,14 +59,18 @@ class WriteBehind:
         *,
         interval: float = DEFAULT_INTERVAL,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if interval <= 0 or max_queued < 1:
-            raise ValueError("need interval > 0 and max_queued >= 1")
+        if interval <= 0 or max_queued < 1 or batch_size < 1:
+            raise ValueError("need interval > 0, max_queued >= 1 and batch_size >= 1")
         self._store = store
         self._interval = interval
         self._sleep = sleep  # tests pass one that lets no time pass
         self._max = max_queued
+        self._batch = batch_size
+        self._full = asyncio.Event()  # batch_size writes wait: the next batch starts now
+        self._failing = False  # the latest batch failed
         self._records: dict[tuple[Kind, str], Record] = {}
         self._events: deque[Event] = deque()
         self._lock = asyncio.Lock()  # one batch at a time, in order
@@ -72,25 +83,49 @@ class WriteBehind:
             self.dropped += 1
             return
         self._records[slot] = record
+        self._count()
 
     def event(self, event: Event) -> None:
         if len(self._events) >= self._max:
             self.dropped += 1
             return
         self._events.append(event)
+        self._count()
+
+    def _count(self) -> None:
+        if len(self._records) + len(self._events) >= self._batch:
+            self._full.set()
 
     def stats(self) -> WriteStats:
         return WriteStats(len(self._records) + len(self._events), self.written, self.dropped)
 
     async def run(self) -> None:
-        """Write a batch every interval until cancelled; then write what is left."""
+        """Write a batch every interval, or as soon as batch_size writes wait, until
+        cancelled; then write what is left."""
         try:
             while True:
-                await self._sleep(self._interval)
+                await self._due()
                 await self.flush()
         finally:
             if self._records or self._events:
                 await asyncio.shield(self.flush())
+
+    async def _due(self) -> None:
+        """Until the interval has passed or a batch is full, whichever comes first; after a
+        failed batch, the whole interval (a store that keeps failing logs once a second)."""
+        if self._failing:
+            await self._sleep(self._interval)
+        elif not self._full.is_set():
+            waits = {
+                asyncio.ensure_future(self._sleep(self._interval)),
+                asyncio.ensure_future(self._full.wait()),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        self._full.clear()
 
     async def flush(self) -> None:
         """Write everything queued now. A store error is logged and the batch counted as
@@ -105,6 +140,7 @@ class WriteBehind:
             try:
                 await self._write(records, events)
             except StoreError as exc:
+                self._failing = True
                 self.dropped += len(records) + len(events)
                 log.error(
                     "store: %d writes lost (events, kept answers): %s",
@@ -112,6 +148,7 @@ class WriteBehind:
                     exc,
                 )
                 return
+            self._failing = False
             self.written += len(records) + len(events)
 
     async def _write(self, records: list[Record], events: list[Event]) -> None:

@@ -121,3 +121,55 @@ async def test_sqlite_batch(tmp_path: Path) -> None:
     assert len(await store.scan(Kind.ANSWER)) == 100
     assert len(await store.events(0.0)) == 100
     await store.close()
+
+
+async def test_a_full_batch_is_written_before_the_interval_ends() -> None:
+    store = CountingStore()
+    w = WriteBehind(store, interval=3600, batch_size=3)
+    task = asyncio.create_task(w.run())
+    try:
+        w.put(rec("a"))
+        w.event(event(1.0, "a", "x"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert store.batches == 0  # two waiting: the hour's interval runs on
+        w.event(event(2.0, "b", "y"))
+        for _ in range(20):
+            if store.batches:
+                break
+            await asyncio.sleep(0)
+        assert store.batches == 1 and len(store.event_log) == 2
+        w.put(rec("c"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert store.batches == 1  # the count starts again after a batch
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_after_a_failed_batch_a_full_one_waits_for_the_interval() -> None:
+    store = CountingStore()
+    store.fail = 1
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.Event().wait()  # an interval that never ends within the test
+
+    w = WriteBehind(store, interval=60, batch_size=1, sleep=sleep)
+    task = asyncio.create_task(w.run())
+    try:
+        w.event(event(1.0, "a", "lost"))
+        for _ in range(20):
+            if w.dropped:
+                break
+            await asyncio.sleep(0)
+        assert w.dropped == 1
+        w.event(event(2.0, "b", "waits"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert store.event_log == [] and w.stats().queued == 1  # not retried at once
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
