@@ -4,6 +4,7 @@ fed whole, cut short and mangled: only DnsWireError escapes."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 
 import dns.edns
 import dns.flags
@@ -114,6 +115,24 @@ def test_negative_answers_take_the_soa_minimum() -> None:
     assert r.rcode == dns.rcode.NXDOMAIN
     chain = follow(r, "gone.example.test", dns_wire.TYPE_MX)
     assert chain.records == () and chain.ttl == 300
+
+
+def test_the_shortest_soa_is_read_a_shorter_one_is_an_error() -> None:
+    soa = "example.test. 3600 IN SOA . . 1 7200 900 1209600 60"  # two root names: 22 bytes
+    wire = response("gone.example.test.", "MX", rcode=dns.rcode.NXDOMAIN, authority=(soa,))
+    assert follow(decode_response(wire), "gone.example.test", dns_wire.TYPE_MX).ttl == 60
+    # The same record with its RDLENGTH cut to 21 and one byte of the message dropped.
+    at = wire.index(b"\x00\x06\x00\x01") + 8  # SOA type and class, then the TTL
+    assert wire[at : at + 2] == b"\x00\x16"
+    short = wire[:at] + b"\x00\x15" + wire[at + 2 : at + 3] + wire[at + 4 :]
+    with pytest.raises(DnsWireError, match="bad SOA"):
+        decode_response(short)
+
+
+@given(st.binary(min_size=4, max_size=4))
+def test_an_address_reads_as_ipaddress_writes_it(raw: bytes) -> None:
+    wire = response("a.example.test.", "A", f"a.example.test. 60 IN A {ipaddress.IPv4Address(raw)}")
+    assert [rr.data for rr in decode_response(wire).answer] == [str(ipaddress.IPv4Address(raw))]
 
 
 def test_extended_dns_error_is_read() -> None:
