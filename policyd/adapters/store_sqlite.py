@@ -281,7 +281,7 @@ class SqliteStore:
         Each kind of row goes in as one JSON array through ``json_each``: one statement
         step for the whole batch, where ``executemany`` would step once per row and hand
         the interpreter lock to and from the event loop's thread twice a row (measured in
-        the cold-lookup bench: 3.7% of the loop thread's time in futex wake-ups)."""
+        the cold-lookup bench: 2.7-3.7% of the loop thread's time in futex wake-ups)."""
         record_rows = [(r.kind.value, r.key, r.value, _finite(r.expires_at)) for r in records]
         event_rows = [_event_row(e) for e in events]
 
