@@ -30,6 +30,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
 HEADER_LIMIT: Final = 16384  # bytes of request head accepted
 READ_TIMEOUT: Final = 10.0  # seconds to receive the request head
 SLOW_DRIP: Final = 0.5  # seconds between two bytes of a "slow" body
@@ -44,6 +49,10 @@ class Server:
         self.servers: dict[str, asyncio.Server] = {}  # listener name -> running server
         self.sni_contexts: dict[str, ssl.SSLContext] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="sts-sni-"))
+        # The bulk CA's certificate and key and the shared leaf key, parsed once: a first
+        # contact costs one signature, not three PEM parses and imports (a benchmark's
+        # first cold lookup timed the server's imports, 40 ms, as the daemon's).
+        self.bulk_keys: tuple[x509.Certificate, PrivateKeyTypes, PrivateKeyTypes] | None = None
 
     # -- configuration and listeners ------------------------------------------------------
 
@@ -62,6 +71,13 @@ class Server:
         for name, spec in wanted.items():
             if name not in self.servers:
                 self.servers[name] = await self.listen(name, spec)
+        if "bulk" in self.config and self.bulk_keys is None:
+            bulk = self.config["bulk"]
+            self.bulk_keys = (
+                x509.load_pem_x509_certificate(Path(bulk["ca_cert"]).read_bytes()),
+                load_pem_private_key(Path(bulk["ca_key"]).read_bytes(), None),
+                load_pem_private_key(Path(bulk["leaf_key"]).read_bytes(), None),
+            )
         loaded = self.config_path.with_name(self.config_path.name + ".loaded")
         loaded.write_text(str(self.config.get("generation", 0)))
 
@@ -96,15 +112,9 @@ class Server:
 
     def issue_context(self, name: str) -> ssl.SSLContext:
         """A leaf for ``name`` signed by the bulk CA (one shared key: cheap)."""
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         bulk = self.config["bulk"]
-        ca_cert = x509.load_pem_x509_certificate(Path(bulk["ca_cert"]).read_bytes())
-        ca_key = load_pem_private_key(Path(bulk["ca_key"]).read_bytes(), None)
-        leaf_key_pem = Path(bulk["leaf_key"]).read_bytes()
-        leaf_key = load_pem_private_key(leaf_key_pem, None)
+        assert self.bulk_keys is not None  # parsed by reload() with the bulk config
+        ca_cert, ca_key, leaf_key = self.bulk_keys
         now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
