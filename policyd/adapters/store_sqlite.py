@@ -69,14 +69,14 @@ def _record(kind: Kind, key: object, value: object, expires_at: object) -> Recor
     return None if math.isnan(seconds) else Record(kind, key, value, seconds)
 
 
-def _event_row(event: Event) -> tuple[float | None, str, str]:
-    return (_finite(event.at), event.key, event_to_json(event))
+def _event_row(event: Event) -> tuple[float, str, str]:
+    return (event.at, event.key, event_to_json(event))  # Event refuses a time not finite
 
 
-def _finite(seconds: float | None) -> float | None:
-    """A time as JSON can carry it: NaN and infinities become NULL, as SQLite stores a
+def _finite(expires_at: float | None) -> float | None:
+    """An expiry as JSON can carry it: NaN and infinities become NULL, as SQLite stores a
     NaN bound as a parameter (an infinite expiry and none both mean "never")."""
-    return seconds if seconds is None or math.isfinite(seconds) else None
+    return expires_at if expires_at is None or math.isfinite(expires_at) else None
 
 
 # One statement per kind of row for a whole batch: each row is a JSON array of columns
