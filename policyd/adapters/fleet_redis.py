@@ -203,7 +203,7 @@ class RedisFleet:
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     async with asyncio.timeout(CLOSE_TIMEOUT):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed in redis 8
             await asyncio.sleep(pause * random.uniform(0.8, 1.2))
             pause = min(pause * 2, RECONNECT_MAX)
 

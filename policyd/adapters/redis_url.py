@@ -98,7 +98,7 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
             primary["username"] = unquote(user)
     # The Sentinels themselves get only the timeouts, never the primary's password.
     probe_opts = {k: v for k, v in options.items() if k.startswith("socket_")}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed in redis 8
         sentinels, sentinel_kwargs={**probe_opts, "decode_responses": True}
     )
     client: aioredis.Redis = sentinel.master_for(unquote(service), **primary)
