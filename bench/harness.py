@@ -54,6 +54,13 @@ def is_root() -> bool:
     return False
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` to run on ``cpus`` only (threads it starts later
+    inherit that from the thread that starts them)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
 def machine() -> str:
     """The interpreter and the machine, for a benchmark's header line."""
     return (

@@ -18,9 +18,13 @@ closed-loop connections for one TTL to settle (not recorded: the answers warmed 
 first seconds of the warm-up expire then, not refreshed, since nothing asked for them in
 their last tenth) and then ``--seconds``. The share answered from memory is the daemon's
 own count (hits against misses and TEMPs, from its metrics before and after); the latency
-is the client's. Figures only, no assertions.
+is the client's, paced from when each lookup was due (the issue's figure) and also from
+when it was written: a connection asks one lookup at a time, as Postfix does, so a lookup
+due while its connection waits for a slow one (a miss) waits too, and the second figure
+leaves that wait out. Figures only, no assertions.
 
     .venv/bin/python bench/prefetch.py [--seconds 600] [--prefetch 0.1] [--connections 10]
+        [--rate N] [--pin]
 """
 
 from __future__ import annotations
@@ -43,7 +47,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench import prefetch_world  # noqa: E402
 from bench.client import lookups  # noqa: E402
-from bench.harness import Running, bench_world, is_root, machine, start_policyd  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Running,
+    bench_world,
+    is_root,
+    machine,
+    pin,
+    start_policyd,
+)
 from bench.hot_path import C_SOURCES, LOADGEN_SLACK, MAP_NAME  # noqa: E402
 from tests.daemon import base_sections, free_port  # noqa: E402
 from tests.world.world import World  # noqa: E402
@@ -195,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--no-unbound-prefetch", action="store_true")
     ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="policyd alone on the last CPU; the load generator, unbound, named and this "
+        "script on the others (a diagnosis: how much of the tail is waiting for a CPU)",
+    )
+    ap.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -214,6 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port = free_port()
         daemon = policyd(world, tmp / "policyd", args.prefetch, metrics_port)
         daemons.append(daemon)
+        pinning = ""
+        if args.pin and len(os.sched_getaffinity(0)) >= 2:
+            alone = max(os.sched_getaffinity(0))
+            others = os.sched_getaffinity(0) - {alone}
+            pin(daemon.pid, {alone})
+            for proc in (world.unbound.proc.proc, world.named.proc.proc):
+                if proc is not None:
+                    pin(proc.pid, others)
+            pin(os.getpid(), others)  # and so the load generator it starts
+            pinning = f"; policyd alone on CPU {alone}, everything else on {sorted(others)}"
         unbound = "prefetch: no" if args.no_unbound_prefetch else "prefetch: yes"
         print(f"# known destinations never wait (issue 14 point 2); {machine()}")
         print(
@@ -227,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"# Zipf s={ZIPF_S:g} (seed {args.seed}), {args.connections} connections {pace}"
             f" (bench/c/loadgen.c) over TCP, {TTL:g} s to settle (not recorded), "
             f"then {args.seconds:g} s; "
-            f"load average before: {load_average()}",
+            f"load average before: {load_average()}{pinning}",
             flush=True,
         )
         started = time.monotonic()
@@ -271,6 +298,10 @@ def report(
         f"latency: p50 {float(got['p50_us']):.0f} us, p99 {p99:.0f} us, "
         f"p99.9 {float(got['p999_us']):.0f} us, max {float(got['max_us']) / 1000:.1f} ms  "
         f"target p99 < {TARGET_P99_US / 1000:g} ms: {'met' if p99 < TARGET_P99_US else 'MISSED'}",
+        f"  the same lookups timed from their write instead: p50 {float(got['sent_p50_us']):.0f} "
+        f"us, p99 {float(got['sent_p99_us']):.0f} us, p99.9 {float(got['sent_p999_us']):.0f} us; "
+        f"{int(got['held']):,} written over 1 ms late, held behind their connection's previous "
+        "lookup",
         f"prefetches: {int(delta.get('prefetches.started', 0)):,} started, "
         f"{int(delta.get('prefetches.skipped', 0)):,} skipped (limit), "
         f"{int(delta.get('prefetches.failed', 0)):,} failed",

@@ -15,10 +15,13 @@
  * once and stop (used to fill a server's cache).  Prints one line:
  *
  *   count=... seconds=... rate=... p50_us=... p90_us=... p99_us=... p999_us=... max_us=...
- *   errors=... answered=...
+ *   errors=... answered=... sent_p50_us=... sent_p99_us=... sent_p999_us=... held=...
  *
  * count: replies recorded (after the warm-up); answered: all replies, warm-up included;
- * errors counts replies that start with neither "OK" nor "NOTFOUND".
+ * errors counts replies that start with neither "OK" nor "NOTFOUND".  sent_*: the same
+ * requests timed from their write(2) instead (paced: without the time a request waited for
+ * its connection's previous reply); held: paced requests written more than 1 ms after they
+ * were due (that wait).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -44,6 +47,7 @@ struct conn {
     size_t next;     /* index of the next key this connection asks */
     size_t have;
     uint64_t sent_at;  /* when the request went out, or was due when paced */
+    uint64_t wrote_at; /* when it went out */
     uint64_t due;      /* paced: when the next request is due */
     int waiting;       /* a request is out */
     char buf[BUF_SIZE];
@@ -51,8 +55,8 @@ struct conn {
 
 static char **requests;
 static size_t *request_len, nkeys;
-static uint32_t *lat;
-static size_t nlat, caplat;
+static uint32_t *lat, *sent_lat;  /* from when due (or sent), from when sent */
+static size_t nlat, caplat, held;
 static uint64_t interval_ns;  /* paced: between one connection's requests; 0: closed loop */
 
 static uint64_t now_ns(void) {
@@ -119,11 +123,12 @@ static void send_next(struct conn *c, size_t stride) {
     size_t len = request_len[c->next % nkeys], done = 0;
     c->next += stride;
     c->waiting = 1;
+    c->wrote_at = now_ns();
     if (interval_ns) {
         c->sent_at = c->due;
         c->due += interval_ns;
     } else {
-        c->sent_at = now_ns();
+        c->sent_at = c->wrote_at;
     }
     while (done < len) {  /* a request is small: it goes in one write unless the peer stalls */
         ssize_t w = write(c->fd, req + done, len - done);
@@ -147,11 +152,13 @@ static int cmp_u32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double pct(double p) {
+static double pct_of(const uint32_t *sorted, double p) {
     if (!nlat) return 0;
     size_t i = (size_t)(p * (double)nlat);
-    return lat[i < nlat ? i : nlat - 1] / 1000.0;
+    return sorted[i < nlat ? i : nlat - 1] / 1000.0;
 }
+
+static double pct(double p) { return pct_of(lat, p); }
 
 int main(int argc, char **argv) {
     const char *target = NULL, *keyfile = NULL, *name = "postfix";
@@ -177,6 +184,8 @@ int main(int argc, char **argv) {
     if (rate > 0) interval_ns = (uint64_t)((double)conns * 1e9 / rate);
     caplat = 1 << 20;
     lat = malloc(caplat * sizeof *lat);
+    sent_lat = malloc(caplat * sizeof *sent_lat);
+    if (!lat || !sent_lat) die("malloc");
     int ep = epoll_create1(0);
     struct conn *cs = calloc((size_t)conns, sizeof *cs);
     for (int i = 0; i < conns; i++) {
@@ -228,8 +237,15 @@ int main(int argc, char **argv) {
             answered++;
             last = t;
             if (once || c->sent_at >= measure_from) {
-                if (nlat == caplat) { caplat *= 2; lat = realloc(lat, caplat * sizeof *lat); }
-                uint64_t d = t - c->sent_at;
+                if (nlat == caplat) {
+                    caplat *= 2;
+                    lat = realloc(lat, caplat * sizeof *lat);
+                    sent_lat = realloc(sent_lat, caplat * sizeof *sent_lat);
+                    if (!lat || !sent_lat) die("realloc");
+                }
+                uint64_t d = t - c->sent_at, w = t - c->wrote_at;
+                if (c->wrote_at > c->sent_at + 1000000u) held++;
+                sent_lat[nlat] = w > UINT32_MAX ? UINT32_MAX : (uint32_t)w;
                 lat[nlat++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
             }
             c->waiting = 0;
@@ -239,8 +255,11 @@ int main(int argc, char **argv) {
     }
     double took = once ? (double)(last - start) / 1e9 : seconds;
     qsort(lat, nlat, sizeof *lat, cmp_u32);
-    printf("count=%zu seconds=%.3f rate=%.0f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f errors=%zu answered=%zu\n",
+    qsort(sent_lat, nlat, sizeof *sent_lat, cmp_u32);
+    printf("count=%zu seconds=%.3f rate=%.0f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f errors=%zu answered=%zu"
+           " sent_p50_us=%.1f sent_p99_us=%.1f sent_p999_us=%.1f held=%zu\n",
            nlat, took, took > 0 ? (double)nlat / took : 0.0, pct(0.5), pct(0.9), pct(0.99), pct(0.999),
-           nlat ? lat[nlat - 1] / 1000.0 : 0.0, errors, answered);
+           nlat ? lat[nlat - 1] / 1000.0 : 0.0, errors, answered,
+           pct_of(sent_lat, 0.5), pct_of(sent_lat, 0.99), pct_of(sent_lat, 0.999), held);
     return 0;
 }
