@@ -15,7 +15,8 @@ The cache subscribes to the service, which says when answers go stale (a changed
 a flush, fresher evidence). Its destinations are bounded with the service's latest verdicts
 (:mod:`policyd.held`): a hit refreshes the destination in that one table.
 
-A reply in use (hit at least once since it was cached) is refreshed in the background from
+A reply in use (hit at least once since it was cached, or a refresh of one that was: on
+probation, see :mod:`policyd.server.prefetch`) is refreshed in the background from
 fresh evidence when the last ``[server] prefetch`` fraction of its life begins, and served
 meanwhile (:mod:`policyd.server.prefetch`): the hot path compares the hit's refresh time
 where it compared its expiry, and only a hit past it (the first hit of a reply, or one
@@ -89,6 +90,7 @@ class ReplyCache:
         "_held",
         "_monotonic",
         "_prefetch",
+        "_probation",
         "_refs",
         "_replies",
         "_sample_in",
@@ -128,6 +130,9 @@ class ReplyCache:
         # Refresh times, by tick (CLOCK_TICK): the payloads whose replies come due then (a
         # reply replaced or forgotten since is skipped when its tick comes); _refs in all.
         self._buckets: dict[int, list[bytes]] = {}
+        # Payloads whose reply, not hit (yet), is refreshed at its time all the same: the
+        # reply before it was hit (see _refresh_if_due). A subset of _answers' payloads.
+        self._probation: set[bytes] = set()
         self._refs = 0
         self._swept = int(self.now / CLOCK_TICK)  # the last tick whose bucket was looked at
         service.subscribe(self)
@@ -186,10 +191,17 @@ class ReplyCache:
 
     def _refresh_if_due(self, payload: bytes) -> None:
         """Start the refresh of ``payload``'s reply if it is in use and due now: its tick
-        came, or it waited for room. Not if gone, never hit (it expires), a newer reply
-        not due yet, or expired."""
+        came, or it waited for room. In use: hit since it was cached, or on probation (the
+        reply it replaced was hit: a destination asked a few times a TTL may see no lookup
+        in one life, and would otherwise wait on the slow path at its next). Not if gone,
+        neither of those (it expires), a newer reply not due yet, or expired."""
         hit = self._answers.get(payload)
-        if hit is not None and 0 < hit[1] <= self.now <= hit[4]:
+        if hit is None:
+            return
+        due = hit[1]
+        if due < 0 and payload in self._probation:
+            due = -due
+        if 0 < due <= self.now <= hit[4]:
             self._start(payload, hit)
 
     def _sweep(self, now: float) -> None:
@@ -228,6 +240,7 @@ class ReplyCache:
         kept = {s: [p for p in ps if p in answers] for s, ps in self._buckets.items()}
         self._buckets = {s: ps for s, ps in kept.items() if ps}
         self._refs = sum(len(ps) for ps in self._buckets.values())
+        self._probation &= answers.keys()
 
     def _timed_cached(self, payload: bytes) -> bytes | None:
         """:meth:`cached`, timed for the latency histogram."""
@@ -283,8 +296,17 @@ class ReplyCache:
         return dest, profile
 
     def _remember(
-        self, payload: bytes, encoded: bytes, answer: Answer, key: str, cell: list[int]
+        self,
+        payload: bytes,
+        encoded: bytes,
+        answer: Answer,
+        key: str,
+        cell: list[int],
+        *,
+        probation: bool = False,
     ) -> None:
+        """Keep ``encoded`` as the reply to ``payload``; ``probation``: refreshed at its
+        time even if no lookup hits it (a refresh of a reply that was hit)."""
         if answer.ttl <= 0:
             return
         payloads = payloads_of(self._held.touch(key))
@@ -304,6 +326,10 @@ class ReplyCache:
         if due < until:
             self._register(payload, due, until)
             due = self._unused_second(-due)  # whole seconds already: no rounding
+        if probation and due < 0:
+            self._probation.add(payload)
+        else:
+            self._probation.discard(payload)
         self._answers[payload] = (encoded, due, key, cell, until)
 
     # -- refreshes (prefetch) ------------------------------------------------------------
@@ -322,15 +348,16 @@ class ReplyCache:
             self._prefetch.failed()
             self._due(payload, old, old[4])  # no other refresh; it expires at its time
             return
-        self._remember(payload, *decided)
+        used = old[1] > 0  # hit in its life (else refreshed on probation)
+        self._remember(payload, *decided, probation=used)
         new = self._answers.get(payload)
         if new is old:  # not to be cached (no TTL left, too many payloads)
             self._due(payload, old, old[4])
-        elif new is not None and new[4] < old[4] + (old[4] - old[1]):
+        elif new is not None and new[4] < old[4] + (old[4] - abs(old[1])):
             # Not renewed by a whole refresh window: the resolver handed back its cached
             # records, counting down. Try again later within their life, when its own
             # prefetch may have renewed them.
-            self._due(payload, new, self._prefetch.retry(self.now, new[4]))
+            self._due(payload, new, self._prefetch.retry(self.now, new[4]), used=used)
 
     async def _refreshed(self, payload: bytes) -> _Decided | None:
         """A reply to ``payload`` from fresh evidence, or None if it did not get one (a TEMP,
@@ -348,10 +375,16 @@ class ReplyCache:
         """The answers counter cell of ``answer``'s profile and level."""
         return self._counters.answers.cell(profile.name, answer_label(answer.verdict, profile))
 
-    def _due(self, payload: bytes, entry: _Entry, at: float) -> None:
-        """Set when ``entry`` (held for ``payload``, in use) is refreshed again: by a hit
-        after ``at``, or by the sweep then."""
-        self._answers[payload] = (entry[0], at, entry[2], entry[3], entry[4])
+    def _due(self, payload: bytes, entry: _Entry, at: float, *, used: bool = True) -> None:
+        """Set when ``entry`` (held for ``payload``) is refreshed again: by a hit after
+        ``at``, or by the sweep then. ``used``: its life so far counts as hit (else it
+        stays unused, on probation: the sweep refreshes it, and what replaces it is not on
+        probation unless a lookup hits this one)."""
+        self._answers[payload] = (entry[0], at if used else -at, entry[2], entry[3], entry[4])
+        if used:
+            self._probation.discard(payload)
+        else:
+            self._probation.add(payload)
         if at < entry[4]:
             self._register(payload, at, entry[4])
 
@@ -366,6 +399,7 @@ class ReplyCache:
         by_key = self._by_key
         if key is None:
             self._answers.clear()
+            self._probation.clear()
             self._buckets.clear()
             self._refs = 0
             for dest in by_key:
@@ -374,6 +408,7 @@ class ReplyCache:
         if key in by_key:
             for payload in payloads_of(by_key[key]):
                 self._answers.pop(payload, None)
+                self._probation.discard(payload)
             by_key[key] = ()
 
 

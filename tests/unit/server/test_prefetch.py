@@ -301,3 +301,96 @@ async def test_refreshes_due_in_the_same_second_are_spread_over_its_ticks(
     await run_ready()
     assert svc.stats.prefetched == 50
     dane.gate.set()
+
+
+# The first refresh (ticks of DUE's second) is cached at about 1270: kept until 1569, due
+# from 1539; the one after it, cached at about 1540, until 1839, due from 1809.
+SECOND_DUE, SECOND_EXPIRES = 1539.0, 1569.0
+THIRD_DUE, THIRD_EXPIRES = 1809.0, 1839.0
+
+
+async def test_a_refresh_nobody_hit_is_refreshed_once_more_then_expires() -> None:
+    """A destination asked a few times a TTL may see no lookup in one life: the reply that a
+    refresh brought is refreshed at its time although nobody hit it (the reply before it
+    was hit), once; the next one, also unhit, expires and the slow path takes over."""
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, 1010.0)
+    assert cache.cached(PAYLOAD) is not None  # the one hit: in use
+    at(cache, clock, DUE + 1.05)
+    await run_ready()
+    assert svc.stats.prefetched == 1
+    at(cache, clock, SECOND_DUE + 1.05)  # no lookup in the refreshed reply's life
+    await run_ready()
+    assert svc.stats.prefetched == 2  # refreshed all the same
+    at(cache, clock, SECOND_EXPIRES + 5)
+    assert cache._answers[PAYLOAD][4] == THIRD_EXPIRES  # held on, without a hit to show it
+    at(cache, clock, THIRD_DUE + 1.05)  # again no lookup: not refreshed this time
+    await run_ready()
+    assert svc.stats.prefetched == 2
+    at(cache, clock, THIRD_EXPIRES + 1)
+    assert cache.cached(PAYLOAD) is None
+    assert svc.stats.lookups == 1
+
+
+async def test_a_hit_in_a_refreshed_life_keeps_the_reply_in_use() -> None:
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, 1010.0)
+    assert cache.cached(PAYLOAD) is not None
+    at(cache, clock, DUE + 1.05)
+    await run_ready()
+    at(cache, clock, 1300.0)
+    assert cache.cached(PAYLOAD) is not None  # a hit in the refreshed reply's life
+    at(cache, clock, SECOND_DUE + 1.05)
+    await run_ready()
+    at(cache, clock, THIRD_DUE + 1.05)  # none in the next: still refreshed (on probation)
+    await run_ready()
+    assert svc.stats.prefetched == 3
+    assert svc.stats.lookups == 1
+
+
+async def test_a_retry_of_an_unhit_refresh_ends_the_probation() -> None:
+    """The refresh on probation brings records the resolver had cached (not renewed): the
+    retry is made, and what it brings is not refreshed again without a hit."""
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, 1010.0)
+    assert cache.cached(PAYLOAD) is not None
+    at(cache, clock, DUE + 1.05)
+    await run_ready()
+    # The second refresh gets evidence that expires with the reply it replaces.
+    dane.answers["example.test"] = plain_dns("example.test", SERVICE_NOW + 270, TTL)
+    at(cache, clock, SECOND_DUE + 1.05)
+    await run_ready()
+    assert svc.stats.prefetched == 2
+    dane.answers.clear()  # renewed by the retry
+    at(cache, clock, SECOND_EXPIRES - 1)  # past the retry time (at most the expiry)
+    await run_ready()
+    at(cache, clock, SECOND_EXPIRES - 0.5)
+    await run_ready()
+    assert svc.stats.prefetched == 3
+    # The retry's reply (cached at 1568): until 1867, due from 1837; never hit.
+    assert cache._answers[PAYLOAD][4] == 1867.0
+    at(cache, clock, 1837 + 1.05)
+    await run_ready()
+    assert svc.stats.prefetched == 3
+    at(cache, clock, 1867 + 1)
+    assert cache.cached(PAYLOAD) is None
+
+
+async def test_probation_is_forgotten_with_the_reply() -> None:
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    payloads = await cache_replies(cache, 20, in_use=True)
+    at(cache, clock, DUE + 1.05)
+    await run_ready()
+    assert len(cache._probation) == 20
+    for i in range(10):
+        svc.invalidate(f"d{i}.test")
+    assert cache._probation == set(payloads[10:])
+    svc.invalidate(None)
+    assert not cache._probation
