@@ -300,8 +300,8 @@ def report(
         f"target p99 < {TARGET_P99_US / 1000:g} ms: {'met' if p99 < TARGET_P99_US else 'MISSED'}",
         f"  the same lookups timed from their write instead: p50 {float(got['sent_p50_us']):.0f} "
         f"us, p99 {float(got['sent_p99_us']):.0f} us, p99.9 {float(got['sent_p999_us']):.0f} us; "
-        f"{int(got['held']):,} written over 1 ms late, held behind their connection's previous "
-        "lookup",
+        f"written over 1 ms late: {int(got['held']):,} held behind their connection's "
+        f"previous lookup, {int(got['client_late']):,} by the load generator itself",
         f"prefetches: {int(delta.get('prefetches.started', 0)):,} started, "
         f"{int(delta.get('prefetches.skipped', 0)):,} skipped (limit), "
         f"{int(delta.get('prefetches.failed', 0)):,} failed",

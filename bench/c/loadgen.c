@@ -16,12 +16,15 @@
  *
  *   count=... seconds=... rate=... p50_us=... p90_us=... p99_us=... p999_us=... max_us=...
  *   errors=... answered=... sent_p50_us=... sent_p99_us=... sent_p999_us=... held=...
+ *   client_late=...
  *
  * count: replies recorded (after the warm-up); answered: all replies, warm-up included;
  * errors counts replies that start with neither "OK" nor "NOTFOUND".  sent_*: the same
  * requests timed from their write(2) instead (paced: without the time a request waited for
  * its connection's previous reply); held: paced requests written more than 1 ms after they
- * were due (that wait).
+ * were due because that reply came after then (that wait); client_late: paced requests
+ * written more than 1 ms late although their connection was free when they were due (this
+ * client was late: it did not get a CPU in time).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,6 +51,8 @@ struct conn {
     size_t have;
     uint64_t sent_at;  /* when the request went out, or was due when paced */
     uint64_t wrote_at; /* when it went out */
+    uint64_t replied_at; /* when the previous reply came */
+    int late;          /* paced, written over 1 ms late: 1 held by that reply, 2 the client */
     uint64_t due;      /* paced: when the next request is due */
     int waiting;       /* a request is out */
     char buf[BUF_SIZE];
@@ -56,7 +61,7 @@ struct conn {
 static char **requests;
 static size_t *request_len, nkeys;
 static uint32_t *lat, *sent_lat;  /* from when due (or sent), from when sent */
-static size_t nlat, caplat, held;
+static size_t nlat, caplat, held, client_late;
 static uint64_t interval_ns;  /* paced: between one connection's requests; 0: closed loop */
 
 static uint64_t now_ns(void) {
@@ -124,7 +129,9 @@ static void send_next(struct conn *c, size_t stride) {
     c->next += stride;
     c->waiting = 1;
     c->wrote_at = now_ns();
+    c->late = 0;
     if (interval_ns) {
+        if (c->wrote_at > c->due + 1000000u) c->late = c->replied_at > c->due ? 1 : 2;
         c->sent_at = c->due;
         c->due += interval_ns;
     } else {
@@ -244,11 +251,13 @@ int main(int argc, char **argv) {
                     if (!lat || !sent_lat) die("realloc");
                 }
                 uint64_t d = t - c->sent_at, w = t - c->wrote_at;
-                if (c->wrote_at > c->sent_at + 1000000u) held++;
+                if (c->late == 1) held++;
+                else if (c->late == 2) client_late++;
                 sent_lat[nlat] = w > UINT32_MAX ? UINT32_MAX : (uint32_t)w;
                 lat[nlat++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
             }
             c->waiting = 0;
+            c->replied_at = t;
             if (once && c->next >= nkeys) { active--; continue; }
             if (!interval_ns || c->due <= t) send_next(c, (size_t)conns);
         }
@@ -257,9 +266,10 @@ int main(int argc, char **argv) {
     qsort(lat, nlat, sizeof *lat, cmp_u32);
     qsort(sent_lat, nlat, sizeof *sent_lat, cmp_u32);
     printf("count=%zu seconds=%.3f rate=%.0f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f errors=%zu answered=%zu"
-           " sent_p50_us=%.1f sent_p99_us=%.1f sent_p999_us=%.1f held=%zu\n",
+           " sent_p50_us=%.1f sent_p99_us=%.1f sent_p999_us=%.1f held=%zu client_late=%zu\n",
            nlat, took, took > 0 ? (double)nlat / took : 0.0, pct(0.5), pct(0.9), pct(0.99), pct(0.999),
            nlat ? lat[nlat - 1] / 1000.0 : 0.0, errors, answered,
-           pct_of(sent_lat, 0.5), pct_of(sent_lat, 0.99), pct_of(sent_lat, 0.999), held);
+           pct_of(sent_lat, 0.5), pct_of(sent_lat, 0.99), pct_of(sent_lat, 0.999), held,
+           client_late);
     return 0;
 }
