@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+from policyd.adapters.dns import DnsAnswer
 from policyd.adapters.https import FetchError
 from policyd.adapters.store import Kind, Store
 from policyd.codec.mtasts import (
@@ -44,7 +45,13 @@ from policyd.settings import StsSettings
 from policyd.sources.clock_steps import ClockSteps, real_elapsed
 from policyd.sources.dns import DnsQuery
 from policyd.sources.fetch_queue import FetchQueue, FetchQueueFull, Lane, QueueStats
-from policyd.sources.sts_absent import AbsentDomains, nonexistent, shift_all
+from policyd.sources.sts_absent import (
+    TXT_PREFIX,
+    AbsentDomains,
+    nonexistent,
+    shift_all,
+    txt_of_new,
+)
 from policyd.sources.sts_state import (
     NEVER,
     DomainState,
@@ -60,7 +67,6 @@ from policyd.sources.sts_state import (
 
 __all__ = ["PolicyFetcherProtocol", "StsSettings", "StsSource"]
 
-TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 # Domains remembered as publishing no MTA-STS record (so that their TXT record is not read
 # again before recheck_interval), by default; beyond it the oldest is forgotten and its
 # next lookup reads the TXT record again (the daemon passes [server] max_destinations).
@@ -198,10 +204,13 @@ class StsSource:
             if self._absent.holds(domain, now):
                 return _NOTHING
             asked_at = time.monotonic()
-            if await self._nothing_below(domain):
+            txt = await txt_of_new(self._resolver, domain)
+            if txt is None:  # publishes nothing: remembered, no job
+                if domain not in self._domains:  # else that entry, newer, stands
+                    self._absent.remember(domain, self._now(), self.settings.recheck_interval)
                 return _NOTHING
-            budget -= time.monotonic() - asked_at  # the MX wait counts against the budget
-            work = functools.partial(self._refresh, exists=True)  # MX not asked again
+            budget -= time.monotonic() - asked_at  # the DNS waits count against the budget
+            work = functools.partial(self._refresh, txt=txt)  # MX and TXT not asked again
             entry = self._domains.get(domain)  # one may have appeared meanwhile
         if entry is not None:
             policy = entry.policy(now)
@@ -338,16 +347,24 @@ class StsSource:
             await self._refresh(domain, entry)  # came due while this job ran
 
     async def _refresh(
-        self, domain: str, entry: DomainState, *, force: bool = False, exists: bool = False
+        self,
+        domain: str,
+        entry: DomainState,
+        *,
+        force: bool = False,
+        txt: DnsAnswer | None = None,
     ) -> None:
-        """Read the TXT record; fetch the policy when new, stale or ``force``d."""
+        """Read the TXT record (unless given); fetch the policy when new, stale or forced."""
         texts: tuple[str, ...] = ()
-        if entry.last is not None or exists or not await nonexistent(self._resolver, domain):
-            answer = await self._resolver.query(TXT_PREFIX + domain, "TXT")
-            if answer.failed:
-                self._fail(domain, entry, self._now(), f"TXT lookup failed: {answer.error}")
+        if txt is None and (
+            entry.last is not None or not await nonexistent(self._resolver, domain)
+        ):
+            txt = await self._resolver.query(TXT_PREFIX + domain, "TXT")
+        if txt is not None:
+            if txt.failed:
+                self._fail(domain, entry, self._now(), f"TXT lookup failed: {txt.error}")
                 return
-            texts = answer.texts
+            texts = txt.texts
         now = self._now()
         found = discover(texts)  # NXDOMAIN or NODATA: no records, no policy
         if isinstance(found, StsTxtProblem):
@@ -394,15 +411,6 @@ class StsSource:
         entry.error = ""
         # Shielded: a preempted (cancelled) job must not stop a policy half installed.
         await asyncio.shield(self._install(domain, entry, parsed, policy))
-
-    async def _nothing_below(self, domain: str) -> bool:
-        """A never-seen domain that does not exist (found as a job would find it) is
-        remembered as publishing no record with no job: one task and one wait fewer."""
-        if not await nonexistent(self._resolver, domain):
-            return False
-        if domain not in self._domains:  # else that entry, newer, stands
-            self._absent.remember(domain, self._now(), self.settings.recheck_interval)
-        return True
 
     def _fail(self, domain: str, entry: DomainState, now: float, reason: str) -> None:
         """Keep any cached policy until its max_age (RFC 8461 5.1); remember why."""

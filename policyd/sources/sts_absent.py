@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Final
 
+from policyd.adapters.dns import DnsAnswer
+from policyd.codec.mtasts import StsTxtProblem, TxtProblemKind, discover
 from policyd.core.seconds import Seconds
 from policyd.sources.dns import DnsQuery
 from policyd.sources.sts_state import DomainState
+
+TXT_PREFIX: Final = "_mta-sts."  # RFC 8461 3.1
 
 
 class AbsentDomains(dict[str, float]):
@@ -85,3 +90,19 @@ async def nonexistent(resolver: DnsQuery, domain: str) -> bool:
     unsigned answer proves nothing: the TXT record is then asked for as before."""
     mx = await resolver.query(domain, "MX")
     return mx.nxdomain and mx.secure
+
+
+async def txt_of_new(resolver: DnsQuery, domain: str) -> DnsAnswer | None:
+    """A never-seen domain's TXT answer, for its discovery job; None when the domain does
+    not exist or its TXT query completes without a v=STSv1 record (found as the job would
+    find them): the caller remembers it as publishing no record, with no job (one task
+    and one wait fewer, and no room on the fetch queue needed, which is for policy
+    fetches: with the queue full, such a domain is still known to have no policy rather
+    than pending). A failed query, a record or a bad one is the job's to read and report."""
+    if await nonexistent(resolver, domain):
+        return None
+    answer = await resolver.query(TXT_PREFIX + domain, "TXT")
+    found = None if answer.failed else discover(answer.texts)
+    if isinstance(found, StsTxtProblem) and found.kind is TxtProblemKind.NONE:
+        return None
+    return answer

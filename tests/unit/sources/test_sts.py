@@ -473,6 +473,38 @@ async def test_nonexistent_domain_needs_no_queue_room(w: World) -> None:
     await asyncio.gather(*waiting)
 
 
+async def test_domain_without_record_needs_no_queue_room(w: World) -> None:
+    """A never-seen domain whose TXT query completes without a v=STSv1 record is known
+    without a discovery job: with the queue full it is answered as publishing no record,
+    not as pending, and the TXT record is not read again before recheck_interval."""
+    gate, waiting = await fill_queue_with_waited_work(w)
+    w.txt.set(DOMAIN, dns_answer(TXT_NAME, "TXT", "v=spf1 -all"))  # not an MTA-STS record
+    assert await w.source.evidence(DOMAIN) == StsEvidence()
+    assert await w.source.evidence(DOMAIN) == StsEvidence()
+    assert w.source.queue_stats().dropped == 0 and w.txt.names.count(TXT_NAME) == 1
+    gate.set()
+    await asyncio.gather(*waiting)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (DNS_FAILED, "TXT lookup failed: SERVFAIL"),
+        (dns_answer(TXT_NAME, "TXT", "v=STSv1; id="), "invalid v=STSv1 TXT record"),
+    ],
+    ids=["failed", "bad-record"],
+)
+async def test_a_new_domain_s_txt_answer_goes_to_its_job_once(
+    w: World, answer: DnsAnswer, error: str
+) -> None:
+    """A failed TXT query or a bad record is not taken for absence: the discovery job
+    reads the answer the lookup got (not a second query) and reports it."""
+    w.txt.set(DOMAIN, answer)
+    ev = await w.source.evidence(DOMAIN)
+    assert ev.policy is None and error in ev.error
+    assert w.txt.names.count(TXT_NAME) == 1
+
+
 async def test_cold_budget_counts_the_mx_wait(w: World) -> None:
     """A never-seen domain's MX answer is awaited before its discovery is queued; the
     lookup still waits at most cold_budget in all (generous margins: real timers)."""
