@@ -151,6 +151,8 @@ class UdpResolver:
         self._sockets: list[_Socket] = []
         self._opening = asyncio.Lock()
         self._next = 0
+        # Queries to send at the loop's next turn, all at once (see _flush).
+        self._outbox: list[tuple[_Socket, int, bytes]] = []
         # Query IDs: unpredictable from outside (seeded by the OS), without a system call
         # per query as secrets would make.
         self._ids = random.Random(os.urandom(16))
@@ -214,13 +216,28 @@ class UdpResolver:
         sock.pending[qid] = (future, qname, qtype, deadline)
         sock.sent += 1
         sock.watch(loop, deadline)
-        try:
-            assert sock.transport is not None
-            sock.transport.sendto(wire)
-        except BaseException:
-            del sock.pending[qid]
-            raise
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append((sock, qid, wire))
         return future
+
+    def _flush(self) -> None:
+        """Send the queries of a turn of the loop back to back: the resolver, woken by the
+        first, reads the others without another wake-up (a system call that wakes another
+        process was most of a query's cost on the cold path)."""
+        outbox, self._outbox = self._outbox, []
+        for sock, qid, wire in outbox:
+            entry = sock.pending.get(qid)
+            if entry is None:
+                continue  # ended meanwhile (the socket failed)
+            try:
+                if sock.transport is None or sock.transport.is_closing():
+                    raise ConnectionError("socket closed")
+                sock.transport.sendto(wire)
+            except Exception as exc:  # noqa: BLE001 (reaches the query's caller)
+                sock.release(qid)
+                if not entry[0].done():
+                    entry[0].set_exception(exc)
 
     def close(self) -> None:
         for sock in self._sockets:

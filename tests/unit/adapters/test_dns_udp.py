@@ -348,3 +348,60 @@ async def test_a_bug_in_the_callback_reaches_the_caller(
         await asyncio.wait_for(r.query("f.test", "A"), 2.0)  # not left waiting
     assert not r._fast_lookups
     r.close()
+
+
+class RecordingTransport:
+    """A socket's transport that notes each datagram before sending it."""
+
+    def __init__(self, real: asyncio.DatagramTransport) -> None:
+        self.real = real
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes) -> None:
+        self.sent.append(data)
+        self.real.sendto(data)
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing()
+
+    def close(self) -> None:
+        self.real.close()
+
+
+async def test_queries_of_one_turn_go_out_together(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    """Queries asked in one turn of the loop are sent at its next turn, back to back (the
+    resolver, woken by the first, reads the others without another wake-up)."""
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    client = dns_udp.UdpResolver("127.0.0.1", server.port, 1232)
+    await asyncio.gather(*(client.query(f"w{i}.test", dns_wire.TYPE_A, 1.0) for i in range(8)))
+    recorders = [
+        RecordingTransport(typing.cast(asyncio.DatagramTransport, s.transport))
+        for s in client._sockets
+    ]
+    for sock, recorder in zip(client._sockets, recorders, strict=True):
+        sock.transport = typing.cast(asyncio.DatagramTransport, recorder)
+    futures = [client.send(f"q{i}.test", dns_wire.TYPE_A, 1.0) for i in range(3)]
+    assert sum(len(r.sent) for r in recorders) == 0  # asked, not sent yet
+    await asyncio.sleep(0)
+    assert sum(len(r.sent) for r in recorders) == 3
+    got = await asyncio.gather(*(f for f in futures if f is not None))
+    assert [r.qname for r in got] == ["q0.test", "q1.test", "q2.test"]
+    client.close()
+
+
+async def test_a_query_whose_socket_closed_before_sending_fails(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    server = await serve(lambda q: answer(q, "a.test. 60 IN A 192.0.2.1"))
+    client = dns_udp.UdpResolver("127.0.0.1", server.port, 1232)
+    await asyncio.gather(*(client.query(f"w{i}.test", dns_wire.TYPE_A, 1.0) for i in range(8)))
+    future = client.send("a.test", dns_wire.TYPE_A, 1.0)
+    assert future is not None
+    for sock in client._sockets:
+        assert sock.transport is not None
+        sock.transport.close()
+    with pytest.raises(ConnectionError):
+        await future
+    client.close()
