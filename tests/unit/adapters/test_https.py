@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
 import ssl
 import time
@@ -12,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from policyd.adapters.https import MAX_POLICY_BYTES, FetchError, PolicyFetcher, fetch_policy
+from policyd.adapters.https import (
+    FIRST_REQUEST_MODULES,
+    MAX_POLICY_BYTES,
+    FetchError,
+    PolicyFetcher,
+    fetch_policy,
+)
 from policyd.core.reach import Reach
 from policyd.settings import HttpsTimeouts
 from tests.pki import Ca
@@ -377,3 +384,10 @@ async def test_a_name_that_does_not_resolve(
     async with PolicyFetcher(str(pki["ca"]), FAST) as f:
         with pytest.raises(FetchError, match=f"cannot resolve {HOST}: Name or service"):
             await f.fetch(DOMAIN)
+
+
+def test_the_modules_of_the_first_request_exist() -> None:
+    """The fetcher imports these up front (httpx's transport would on its first request);
+    the import errors are ignored there, so a dependency release that renames them would
+    silently bring the delay back to the first MTA-STS lookup: this test says so."""
+    assert all(importlib.util.find_spec(name) is not None for name in FIRST_REQUEST_MODULES)
