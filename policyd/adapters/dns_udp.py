@@ -7,10 +7,12 @@ query gets a random ID, and a response counts only if its ID and question match 
 flight (RFC 5452 9.1). The resolver is local (policyd trusts its AD bit only on this host),
 so the fixed source ports of long-lived sockets give an attacker nothing a spoofer on the
 loopback path would not already have; each socket is replaced after ``MAX_QUERIES_PER_SOCKET``
-queries anyway.
+queries anyway. The queries asked in one turn of the event loop go out together at the
+next (``UdpResolver._flush``).
 
 :meth:`UdpResolver.query` returns a decoded response or raises :class:`NoResponse`
-(nothing usable arrived in time) or ``OSError`` (refused, unreachable).
+(nothing usable arrived in time) or ``OSError`` (refused, unreachable, the socket closed
+before the query went out).
 """
 
 from __future__ import annotations
@@ -197,7 +199,9 @@ class UdpResolver:
     def send(self, qname: str, qtype: int, timeout: float) -> asyncio.Future[Response] | None:
         """:meth:`query` without the wait, for work that callbacks drive: the future of the
         response (cancel it to give up), or None while no socket is open (:meth:`query`
-        opens them). Raises as :meth:`query` does when the query cannot be sent."""
+        opens them). Raises :class:`~policyd.codec.dns_wire.DnsWireError` (a name it
+        cannot send) or :class:`NoResponse` (too many in flight); a failure to send reaches
+        the future."""
         sock = self._ready_socket()
         return None if sock is None else self._send(sock, qname, qtype, timeout)
 
