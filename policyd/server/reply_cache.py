@@ -342,8 +342,11 @@ class ReplyCache:
         except Exception:
             log.exception("prefetch: refreshing %r failed", payload[:200])
             decided = None
-        if self._answers.get(payload) is not old:
-            return  # gone stale or forgotten meanwhile: nothing to refresh
+        current = self._answers.get(payload)
+        if current is not old:
+            if current is None or current[0] is not old[0] or current[1] != -old[1]:
+                return  # gone stale or forgotten meanwhile: nothing to refresh
+            old = current  # only marked in use meanwhile (a first hit, see _late)
         if decided is None:
             self._prefetch.failed()
             self._due(payload, old, old[4])  # no other refresh; it expires at its time

@@ -394,3 +394,28 @@ async def test_probation_is_forgotten_with_the_reply() -> None:
     assert cache._probation == set(payloads[10:])
     svc.invalidate(None)
     assert not cache._probation
+
+
+async def test_a_hit_during_a_refresh_on_probation_keeps_its_result() -> None:
+    """The first hit of a reply on probation marks it in use while its refresh is under
+    way: the refresh's reply is kept (not taken for a reply gone stale meanwhile), and is
+    itself on probation, since the life it replaced was hit."""
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache.reply_for(PAYLOAD)
+    at(cache, clock, 1010.0)
+    assert cache.cached(PAYLOAD) is not None
+    at(cache, clock, DUE + 1.05)
+    await run_ready()
+    dane.gate = asyncio.Event()
+    at(cache, clock, SECOND_DUE + 1.05)
+    await run_ready()
+    assert svc.stats.prefetched == 2  # on probation, under way
+    assert cache.cached(PAYLOAD) is not None  # the hit meanwhile
+    dane.gate.set()
+    await run_ready()
+    assert cache._answers[PAYLOAD][4] == THIRD_EXPIRES  # the refresh's reply kept
+    at(cache, clock, THIRD_DUE + 1.05)
+    await run_ready()
+    assert svc.stats.prefetched == 3
+    assert svc.stats.lookups == 1
