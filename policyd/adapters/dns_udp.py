@@ -154,7 +154,7 @@ class UdpResolver:
         self._opening = asyncio.Lock()
         self._next = 0
         # Queries to send at the loop's next turn, all at once (see _flush).
-        self._outbox: list[tuple[_Socket, int, bytes]] = []
+        self._outbox: list[tuple[_Socket, int, asyncio.Future[Response], bytes]] = []
         # Query IDs: unpredictable from outside (seeded by the OS), without a system call
         # per query as secrets would make.
         self._ids = random.Random(os.urandom(16))
@@ -222,7 +222,7 @@ class UdpResolver:
         sock.watch(loop, deadline)
         if not self._outbox:
             loop.call_soon(self._flush)
-        self._outbox.append((sock, qid, wire))
+        self._outbox.append((sock, qid, future, wire))
         return future
 
     def _flush(self) -> None:
@@ -230,18 +230,18 @@ class UdpResolver:
         first, reads the others without another wake-up (a system call that wakes another
         process was most of a query's cost on the cold path)."""
         outbox, self._outbox = self._outbox, []
-        for sock, qid, wire in outbox:
+        for sock, qid, future, wire in outbox:
             entry = sock.pending.get(qid)
-            if entry is None:
-                continue  # ended meanwhile (the socket failed)
+            if entry is None or entry[0] is not future:
+                continue  # ended meanwhile (the socket failed), its ID perhaps reused
             try:
                 if sock.transport is None or sock.transport.is_closing():
                     raise ConnectionError("socket closed")
                 sock.transport.sendto(wire)
             except Exception as exc:  # noqa: BLE001 (reaches the query's caller)
                 sock.release(qid)
-                if not entry[0].done():
-                    entry[0].set_exception(exc)
+                if not future.done():
+                    future.set_exception(exc)
 
     def close(self) -> None:
         for sock in self._sockets:

@@ -326,11 +326,14 @@ class ReplyCache:
         if due < until:
             self._register(payload, due, until)
             due = self._unused_second(-due)  # whole seconds already: no rounding
-        if probation and due < 0:
+        self._on_probation(payload, probation and due < 0)
+        self._answers[payload] = (encoded, due, key, cell, until)
+
+    def _on_probation(self, payload: bytes, probation: bool) -> None:
+        if probation:
             self._probation.add(payload)
         else:
             self._probation.discard(payload)
-        self._answers[payload] = (encoded, due, key, cell, until)
 
     # -- refreshes (prefetch) ------------------------------------------------------------
 
@@ -384,10 +387,7 @@ class ReplyCache:
         stays unused, on probation: the sweep refreshes it, and what replaces it is not on
         probation unless a lookup hits this one)."""
         self._answers[payload] = (entry[0], at if used else -at, entry[2], entry[3], entry[4])
-        if used:
-            self._probation.discard(payload)
-        else:
-            self._probation.add(payload)
+        self._on_probation(payload, not used)
         if at < entry[4]:
             self._register(payload, at, entry[4])
 

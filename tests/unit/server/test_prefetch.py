@@ -309,18 +309,25 @@ SECOND_DUE, SECOND_EXPIRES = 1539.0, 1569.0
 THIRD_DUE, THIRD_EXPIRES = 1809.0, 1839.0
 
 
-async def test_a_refresh_nobody_hit_is_refreshed_once_more_then_expires() -> None:
-    """A destination asked a few times a TTL may see no lookup in one life: the reply that a
-    refresh brought is refreshed at its time although nobody hit it (the reply before it
-    was hit), once; the next one, also unhit, expires and the slow path takes over."""
+async def refreshed_once() -> tuple[ReplyCache, PolicyService, Clock, FakeDane]:
+    """A reply cached at 1000, hit once (in use), and refreshed at its time: the reply that
+    refresh brought (cached at about 1270) is on probation, never hit."""
     dane = FakeDane()
     cache, svc, clock = make(dane)
     await cache.reply_for(PAYLOAD)
     at(cache, clock, 1010.0)
-    assert cache.cached(PAYLOAD) is not None  # the one hit: in use
+    assert cache.cached(PAYLOAD) is not None
     at(cache, clock, DUE + 1.05)
     await run_ready()
     assert svc.stats.prefetched == 1
+    return cache, svc, clock, dane
+
+
+async def test_a_refresh_nobody_hit_is_refreshed_once_more_then_expires() -> None:
+    """A destination asked a few times a TTL may see no lookup in one life: the reply that a
+    refresh brought is refreshed at its time although nobody hit it (the reply before it
+    was hit), once; the next one, also unhit, expires and the slow path takes over."""
+    cache, svc, clock, _ = await refreshed_once()
     at(cache, clock, SECOND_DUE + 1.05)  # no lookup in the refreshed reply's life
     await run_ready()
     assert svc.stats.prefetched == 2  # refreshed all the same
@@ -335,13 +342,7 @@ async def test_a_refresh_nobody_hit_is_refreshed_once_more_then_expires() -> Non
 
 
 async def test_a_hit_in_a_refreshed_life_keeps_the_reply_in_use() -> None:
-    dane = FakeDane()
-    cache, svc, clock = make(dane)
-    await cache.reply_for(PAYLOAD)
-    at(cache, clock, 1010.0)
-    assert cache.cached(PAYLOAD) is not None
-    at(cache, clock, DUE + 1.05)
-    await run_ready()
+    cache, svc, clock, _ = await refreshed_once()
     at(cache, clock, 1300.0)
     assert cache.cached(PAYLOAD) is not None  # a hit in the refreshed reply's life
     at(cache, clock, SECOND_DUE + 1.05)
@@ -355,13 +356,7 @@ async def test_a_hit_in_a_refreshed_life_keeps_the_reply_in_use() -> None:
 async def test_a_retry_of_an_unhit_refresh_ends_the_probation() -> None:
     """The refresh on probation brings records the resolver had cached (not renewed): the
     retry is made, and what it brings is not refreshed again without a hit."""
-    dane = FakeDane()
-    cache, svc, clock = make(dane)
-    await cache.reply_for(PAYLOAD)
-    at(cache, clock, 1010.0)
-    assert cache.cached(PAYLOAD) is not None
-    at(cache, clock, DUE + 1.05)
-    await run_ready()
+    cache, svc, clock, dane = await refreshed_once()
     # The second refresh gets evidence that expires with the reply it replaces.
     dane.answers["example.test"] = plain_dns("example.test", SERVICE_NOW + 270, TTL)
     at(cache, clock, SECOND_DUE + 1.05)
@@ -400,13 +395,7 @@ async def test_a_hit_during_a_refresh_on_probation_keeps_its_result() -> None:
     """The first hit of a reply on probation marks it in use while its refresh is under
     way: the refresh's reply is kept (not taken for a reply gone stale meanwhile), and is
     itself on probation, since the life it replaced was hit."""
-    dane = FakeDane()
-    cache, svc, clock = make(dane)
-    await cache.reply_for(PAYLOAD)
-    at(cache, clock, 1010.0)
-    assert cache.cached(PAYLOAD) is not None
-    at(cache, clock, DUE + 1.05)
-    await run_ready()
+    cache, svc, clock, dane = await refreshed_once()
     dane.gate = asyncio.Event()
     at(cache, clock, SECOND_DUE + 1.05)
     await run_ready()
