@@ -29,6 +29,7 @@ from policyd.codec import postfix_policy
 from policyd.core.decide import decide
 from policyd.core.event import Event
 from policyd.core.evidence import Destination, Evidence, Override
+from policyd.core.frozen import quick_init
 from policyd.core.profile import Profile
 from policyd.core.seconds import Seconds
 from policyd.core.types import SPACED_ATTRS, Outcome, Policy, Rule, Verdict
@@ -61,6 +62,7 @@ class AnswerCache(Protocol):
     def __len__(self) -> int: ...
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     verdict: Verdict  # as Postfix can be told it (see policyd.told.as_sent)
@@ -321,6 +323,13 @@ class PolicyService:
                 self._save_kept(dest.key, now)
             return
         self._touch(dest.key)
+        if before is None and verdict.rule is Rule.NO_MAIL:
+            # A name first seen not to take mail (NXDOMAIN, null MX) has no level to
+            # change and nothing to keep through an outage (Postfix cannot deliver there
+            # either). Written, a flood of such names (typos, backscatter to forged
+            # domains) would push the real level changes out of the bounded event log and
+            # fill the store; its first answer that takes mail is logged as its first.
+            return
         # saved_at down to the second: a kept answer lives at most KEEP_ANSWERS_FOR.
         seen_by_key[dest.key] = _Seen(_shared(self._verdicts, verdict), self._saved_second(now))
         event = Event(

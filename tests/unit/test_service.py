@@ -16,6 +16,7 @@ from policyd.codec.socketmap import MAX_REPLY
 from policyd.core.evidence import (
     DnsEvidence,
     DnsStatus,
+    MxKind,
     Override,
     ProbeLevel,
     ProbeState,
@@ -28,7 +29,7 @@ from policyd.core.types import Outcome, Policy, Rule, TlsLevel, Verdict
 from policyd.kept_answers import KEEP_ANSWERS_FOR, answers_from_json, answers_to_json
 from policyd.service import TEMP_ANSWER_TTL, Answer, PolicyService
 from policyd.settings import DEFAULT_MAX_DESTINATIONS
-from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingCache
+from tests.fakes import FakeDane, FakeProbe, FakeSts, MemoryStore, RecordingCache, plain_dns
 from tests.fakes import ServiceClock as Clock
 
 NOW = 1_800_000_000.0
@@ -343,6 +344,27 @@ async def test_decision_change_is_logged_once(caplog: pytest.LogCaptureFixture) 
     assert store.event_log == []  # written off the answer's path, in batches
     await svc.writes.flush()
     assert len(store.event_log) == 1
+
+
+async def test_a_name_first_seen_taking_no_mail_writes_nothing() -> None:
+    """A flood of nonexistent names (NXDOMAIN, null MX) neither fills the store nor pushes
+    real level changes out of the event log; the first answer for such a name that takes
+    mail is logged and kept as its first."""
+    nx = DnsEvidence(DnsStatus.SECURE, MxKind.NXDOMAIN, fetched_at=NOW, expires_at=NOW + 60)
+    null = DnsEvidence(DnsStatus.SECURE, MxKind.NULL, fetched_at=NOW, expires_at=NOW + 60)
+    dane = FakeDane({"typo.test": nx, "nomail.test": null})
+    svc, _, store = make(dane=dane)
+    for key in ("typo.test", "nomail.test"):
+        assert (await ask(svc, key)).verdict.rule is Rule.NO_MAIL
+    await svc.writes.flush()
+    assert store.event_log == []
+    assert store.records == {}
+    dane.answers["typo.test"] = plain_dns("typo.test", NOW)  # registered since
+    svc.invalidate("typo.test")
+    assert (await ask(svc, "typo.test")).verdict.rule is Rule.DEFAULT
+    await svc.writes.flush()
+    assert [(e.key, e.previous) for e in store.event_log] == [("typo.test", None)]
+    assert [key for _, key in store.records] == ["typo.test"]
 
 
 async def test_probe_wanted_for_domains_with_hosts() -> None:
