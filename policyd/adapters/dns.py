@@ -65,6 +65,7 @@ from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
 from policyd.adapters.dns_library import EDNS_PAYLOAD, answers, build_library, library_resolve
 from policyd.adapters.dns_udp import TIMER_SLACK, NoResponse, UdpResolver, resolve
 from policyd.codec import dns_wire
+from policyd.core.frozen import quick_init
 from policyd.counters import DnsCounters
 from policyd.settings import DnsSettings
 from policyd.singleflight import SingleFlight, pass_on
@@ -113,6 +114,7 @@ class HealthTimes:
                 raise ValueError(f"health {name} must be a positive number of seconds")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: each one is itself (a set member)
 class _Fast:
     """A lookup under way without a task (see ``Resolver._fast_start``)."""

@@ -26,6 +26,7 @@ import dns.rdtypes.txtbase
 
 from policyd.codec import dns_wire
 from policyd.core.evidence import DnsStatus, Tlsa
+from policyd.core.frozen import quick_init
 from policyd.core.names import DomainName, DomainNameError, domain_name
 
 # Extended DNS Errors that mean DNSSEC validation failed (RFC 8914 4.7-4.13).
@@ -81,6 +82,7 @@ class MxRecord:
 Record = MxRecord | Tlsa | str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DnsAnswer:
     """The outcome of one lookup.

@@ -16,6 +16,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from policyd.codec.records import event_from_json
 from policyd.core.event import Event
+from policyd.core.frozen import quick_init
 
 
 class Kind(enum.Enum):
@@ -28,6 +29,7 @@ class Kind(enum.Enum):
     ANSWER = "answer"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Record:
     kind: Kind

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from policyd.codec import netstring, postfix_policy
+from policyd.core.frozen import quick_init
 from policyd.core.types import Outcome, Verdict
 
 # socketmap_table(5): the server's reply must not exceed 100000 bytes.
@@ -40,6 +41,7 @@ class Status(enum.Enum):
     PERM = "PERM"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Request:
     name: str

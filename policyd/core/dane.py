@@ -26,6 +26,7 @@ import enum
 from dataclasses import dataclass
 
 from policyd.core.evidence import DnsEvidence, DnsStatus, MxHost, MxKind
+from policyd.core.frozen import quick_init
 
 
 class DaneKind(enum.Enum):
@@ -38,6 +39,7 @@ class DaneKind(enum.Enum):
     HOSTS_FAILED = "hosts-failed"  # some hosts unusable, the rest without DANE
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DaneOutcome:
     kind: DaneKind

@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from policyd.core.frozen import quick_init
 from policyd.core.types import Rule, one_line
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Event:
     """The answer for ``key`` under ``profile`` became ``level`` at ``at``.

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from policyd.core.frozen import quick_init
 from policyd.core.names import domain_name, fold, host_name, is_address
 from policyd.core.types import SMTP_PORT, Policy, one_line
 
@@ -134,6 +135,7 @@ _DIGEST_LENGTH: Final[dict[int, int]] = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MxHost:
     """One MX host of a destination with what DNS said about it.
@@ -167,6 +169,7 @@ class MxKind(enum.Enum):
     NXDOMAIN = "nxdomain"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DnsEvidence:
     """What DNS said about a destination: the MX RRset and, per host, addresses and TLSA."""
@@ -355,6 +358,7 @@ class DestinationForm(enum.Enum):
     PARENT = "parent"  # .example.com: the parent-domain form, for subdomains
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Destination:
     """A normalised lookup key. ``name`` is a :class:`DomainName`, or for ADDRESS the
@@ -407,6 +411,7 @@ class Destination:
         return self.form is DestinationForm.ADDRESS
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """Everything known about one destination, as handed to :func:`decide`."""

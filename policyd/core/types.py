@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from policyd.core.frozen import quick_init
+
 SMTP_PORT: Final = 25  # RFC 5321 4.5.4.1: the port of a destination that names none
 
 # Characters of a verdict's reason: it is sent with TEMP, logged and kept in the event log,
@@ -126,6 +128,7 @@ class Rule(enum.Enum):
     DNS_FAILURE = "dns-failure"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The core's answer for one destination and profile, with a one-line reason."""

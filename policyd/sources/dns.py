@@ -29,6 +29,7 @@ from typing import Final, Protocol
 
 from policyd.adapters.dns import DnsAnswer, MxRecord
 from policyd.core.evidence import Destination, DnsEvidence, DnsStatus, MxHost, MxKind
+from policyd.core.frozen import quick_init
 from policyd.core.names import DomainName, domain_name, fold
 
 # MX hosts examined per destination, most preferred first. Postfix tries at most
@@ -45,6 +46,7 @@ class DnsQuery(Protocol):
     async def query(self, name: str, rdtype: str) -> DnsAnswer: ...
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Host:
     """One host's evidence and the answers it came from (for the expiry)."""
