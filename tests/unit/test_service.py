@@ -326,6 +326,26 @@ async def test_slow_evidence_gives_temp_within_budget() -> None:
     gate.set()  # the gathering, shielded from the timeout, still ends
 
 
+@pytest.mark.parametrize("budget", [0.05, 0.0])
+async def test_a_cancelled_caller_is_cancelled_not_answered(budget: float) -> None:
+    """The caller gone (a closed Postfix connection) ends its lookup with CancelledError,
+    before the budget runs out or as it does; the budget's timer does not outlive it."""
+    gate = asyncio.Event()
+    svc, _, _ = make(dane=FakeDane(gate=gate), budget=budget)
+    lookup = asyncio.ensure_future(ask(svc, "slow.test"))
+    if budget:
+        await asyncio.sleep(0.01)  # gathering, inside the budget
+    else:
+        await asyncio.sleep(0)  # the budget's timer is due, not yet run
+    lookup.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lookup
+    await asyncio.sleep(budget + 0.02)
+    gate.set()
+    still = Outcome.NOTFOUND if budget else Outcome.TEMP  # a budget of 0 s: always TEMP
+    assert (await ask(svc, "slow.test")).verdict.outcome is still
+
+
 async def test_dns_failure_is_temp_and_held_briefly() -> None:
     failed = DnsEvidence(DnsStatus.FAILED, error="MX lookup for broken.test: SERVFAIL")
     svc, _, _ = make(dane=FakeDane({"broken.test": failed}))
