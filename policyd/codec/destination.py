@@ -41,7 +41,9 @@ def _port(text: str) -> int:
 
 def parse_key(key: str) -> Destination:
     key = key.strip()
-    if not key or any(c.isspace() for c in key):
+    # One word (str.split splits at what str.isspace calls white space): 0.13 us, where a
+    # test of each character took 1 us, on every lookup that is not a cached reply.
+    if len(key.split(maxsplit=1)) != 1:
         raise DestinationError("empty key or key with white space")
     if key.startswith("["):
         host, sep, rest = key[1:].partition("]")
