@@ -322,9 +322,10 @@ class PolicyService:
             )
 
     def _log_change(self, dest: Destination, profile: Profile, verdict: Verdict) -> None:
+        key = dest.key  # a property that builds the string: read once
         seen_by_key = self._last.setdefault(profile.name, {})
         now = self._clock()
-        seen = seen_by_key.get(dest.key)
+        seen = seen_by_key.get(key)
         before = None if seen is None else seen.verdict
         if (
             seen is not None
@@ -333,9 +334,9 @@ class PolicyService:
         ):
             if verdict.outcome is not Outcome.TEMP and now - seen.saved_at > KEEP_REFRESH:
                 seen.saved_at = self._saved_second(now)
-                self._save_kept(dest.key, now)
+                self._save_kept(key, now)
             return
-        self._touch(dest.key)
+        self._touch(key)
         if before is None and verdict.rule is Rule.NO_MAIL:
             # A name first seen not to take mail (NXDOMAIN, null MX) has no level to
             # change and nothing to keep through an outage (Postfix cannot deliver there
@@ -344,10 +345,10 @@ class PolicyService:
             # fill the store; its first answer that takes mail is logged as its first.
             return
         # saved_at down to the second: a kept answer lives at most KEEP_ANSWERS_FOR.
-        seen_by_key[dest.key] = _Seen(_shared(self._verdicts, verdict), self._saved_second(now))
+        seen_by_key[key] = _Seen(_shared(self._verdicts, verdict), self._saved_second(now))
         event = Event(
             now,
-            dest.key,
+            key,
             profile.name,
             verdict.rule,
             level_text(verdict),
@@ -358,11 +359,11 @@ class PolicyService:
         # The log line names only a profile other than Postfix's default one.
         shown = "" if profile.name == "postfix" else f" profile={profile.name}"
         dry = " dry-run=yes" if profile.dry_run else ""
-        log.info("%s: level=%s%s%s reason=%s", dest.key, event.level, shown, dry, event.reason)
+        log.info("%s: level=%s%s%s reason=%s", key, event.level, shown, dry, event.reason)
         if before is not None:
             self._alert_if_weaker(dest, profile, before, verdict)
         self.writes.event(event)
-        self._save_kept(dest.key, now)
+        self._save_kept(key, now)
 
     def _save_kept(self, key: str, now: float) -> None:
         """Queue the record of the answers to keep for ``key``: every profile's latest
