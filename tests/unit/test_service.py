@@ -366,7 +366,9 @@ async def test_decision_change_is_logged_once(caplog: pytest.LogCaptureFixture) 
     assert len(store.event_log) == 1
 
 
-async def test_a_name_first_seen_taking_no_mail_writes_nothing() -> None:
+async def test_a_name_first_seen_taking_no_mail_writes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A flood of nonexistent names (NXDOMAIN, null MX) neither fills the store nor pushes
     real level changes out of the event log; the first answer for such a name that takes
     mail is logged and kept as its first."""
@@ -374,11 +376,13 @@ async def test_a_name_first_seen_taking_no_mail_writes_nothing() -> None:
     null = DnsEvidence(DnsStatus.SECURE, MxKind.NULL, fetched_at=NOW, expires_at=NOW + 60)
     dane = FakeDane({"typo.test": nx, "nomail.test": null})
     svc, _, store = make(dane=dane)
+    caplog.set_level(logging.INFO, "policyd")
     for key in ("typo.test", "nomail.test"):
         assert (await ask(svc, key)).verdict.rule is Rule.NO_MAIL
     await svc.writes.flush()
     assert store.event_log == []
     assert store.records == {}
+    assert not [r for r in caplog.records if "level=" in r.getMessage()]
     dane.answers["typo.test"] = plain_dns("typo.test", NOW)  # registered since
     svc.invalidate("typo.test")
     assert (await ask(svc, "typo.test")).verdict.rule is Rule.DEFAULT
