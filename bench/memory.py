@@ -44,22 +44,25 @@ from policyd.sources.sts import StsSource
 from tests.fakes import NullStore
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
-KINDS: Final = ("notfound", "dane-only", "mta-sts")
+KINDS: Final = ("notfound", "no-mail", "dane-only", "mta-sts")
 
 
 class Dane:
-    """NXDOMAIN for "notfound"; a signed MX host with a usable TLSA for "dane-only"; an
-    unsigned MX host for "mta-sts" (whose domains publish an enforce policy)."""
+    """An unsigned MX host and no MTA-STS record for "notfound" (the usual domain: NOTFOUND
+    by default, its verdict remembered); NXDOMAIN for "no-mail" (a name first seen not to
+    exist: answered, nothing remembered beyond the cached reply); a signed MX host with a
+    usable TLSA for "dane-only"; an unsigned MX host for "mta-sts" (whose domains publish
+    an enforce policy)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
     async def gather(self, dest: Destination, now: float) -> DnsEvidence:
-        if self.kind == "notfound":
+        if self.kind == "no-mail":
             return DnsEvidence(
                 DnsStatus.SECURE, MxKind.NXDOMAIN, fetched_at=now, expires_at=now + 3600
             )
-        if self.kind == "mta-sts":
+        if self.kind in ("mta-sts", "notfound"):
             plain = MxHost(f"mx.{dest.name}", 10, DnsStatus.INSECURE, ("192.0.2.1",))
             return DnsEvidence(
                 DnsStatus.INSECURE, hosts=(plain,), fetched_at=now, expires_at=now + 3600
@@ -172,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     plan = [
         ("notfound", args.destinations, 10_000_000),
+        ("no-mail", args.others, 10_000_000),
         ("dane-only", args.others, 10_000_000),
         ("mta-sts", args.others, 10_000_000),
         ("notfound", args.destinations, args.destinations // 10),
