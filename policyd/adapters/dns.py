@@ -65,7 +65,6 @@ from policyd.adapters.dns_cache import AnswerCache, Key, cache_key
 from policyd.adapters.dns_library import EDNS_PAYLOAD, answers, build_library, library_resolve
 from policyd.adapters.dns_udp import TIMER_SLACK, NoResponse, UdpResolver, resolve
 from policyd.codec import dns_wire
-from policyd.core.frozen import quick_init
 from policyd.counters import DnsCounters
 from policyd.settings import DnsSettings
 from policyd.singleflight import SingleFlight, pass_on
@@ -114,18 +113,40 @@ class HealthTimes:
                 raise ValueError(f"health {name} must be a positive number of seconds")
 
 
-@quick_init
-@dataclass(frozen=True, slots=True, eq=False)  # eq=False: each one is itself (a set member)
 class _Fast:
-    """A lookup under way without a task (see ``Resolver._fast_start``)."""
+    """A lookup under way without a task (see ``Resolver._fast_start``): also the sink
+    of its UDP query, which hands it the response in the socket's own callback."""
 
-    key: Key
-    generation: int
-    flight: SingleFlight[Key, DnsAnswer]  # the resolver's at the start (clear() makes another)
-    shared: asyncio.Future[DnsAnswer]  # what the callers wait for
-    udp: asyncio.Future[dns_wire.Response]
-    token: int  # its key in Resolver._asking
-    deadline: float  # loop time: the end of the lookup's lifetime
+    __slots__ = ("deadline", "flight", "generation", "key", "over", "resolver", "shared", "token")
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        key: Key,
+        *,
+        generation: int,
+        flight: SingleFlight[Key, DnsAnswer],  # the resolver's at the start
+        shared: asyncio.Future[DnsAnswer],  # what the callers wait for
+        token: int,  # its key in Resolver._asking
+        deadline: float,  # loop time: the end of the lookup's lifetime
+    ) -> None:
+        self.resolver = resolver
+        self.key = key
+        self.generation = generation
+        self.flight = flight
+        self.shared = shared
+        self.token = token
+        self.deadline = deadline
+        self.over = False  # ended: by its response, its failure, or the breaker
+
+    def done(self) -> bool:
+        return self.over
+
+    def set_result(self, result: dns_wire.Response, /) -> None:
+        self.resolver._fast_done(self, result, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.resolver._fast_done(self, None, exception)
 
 
 class Resolver:
@@ -268,25 +289,34 @@ class Resolver:
         if qtype is None or not self._fast or not name.isascii():
             return None
         lifetime = self._timeouts.lifetime
-        try:
-            udp = self._fast[0].send(name, qtype, min(self._timeouts.per_try, lifetime))
-        except (dns_wire.DnsWireError, NoResponse, OSError):
-            udp = None  # the task's way says what went wrong
-        if udp is None:
-            return None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + lifetime
         token = self._watch_slow()
-        fast = _Fast(key, generation, flight, loop.create_future(), udp, token, deadline)
+        fast = _Fast(
+            self,
+            key,
+            generation=generation,
+            flight=flight,
+            shared=loop.create_future(),
+            token=token,
+            deadline=loop.time() + lifetime,
+        )
+        try:
+            sent = self._fast[0].send(name, qtype, min(self._timeouts.per_try, lifetime), fast)
+        except (dns_wire.DnsWireError, NoResponse, OSError):
+            sent = False  # the task's way says what went wrong
+        if not sent:
+            del self._asking[token]
+            return None
         self._fast_lookups.add(fast)
-        udp.add_done_callback(functools.partial(self._fast_done, fast))
         return fast.shared
 
-    def _fast_done(self, fast: _Fast, udp: asyncio.Future[dns_wire.Response]) -> None:
+    def _fast_done(
+        self, fast: _Fast, r: dns_wire.Response | None, error: BaseException | None
+    ) -> None:
+        """The response (or the failure) of ``fast``'s query, in the socket's callback."""
         if not self._fast_end(fast):
             return  # the breaker ended it
-        if not udp.cancelled() and udp.exception() is None:
-            r = udp.result()
+        if r is not None:
             try:  # a bug reaches the callers (as from a task), never leaves them waiting
                 answer = None if r.truncated else from_wire(*fast.key, r.qtype, r)
                 if answer is not None:
@@ -295,7 +325,8 @@ class Resolver:
                 fast.shared.set_exception(exc)
             if fast.shared.done():
                 return
-        # Not the usual case: a task takes over, for those waiting and those to come.
+        # Not the usual case (a failure, a truncated response): a task takes over, for
+        # those waiting and those to come, within the rest of the lifetime.
         left = max(fast.deadline - asyncio.get_running_loop().time(), TIMER_SLACK)
         if fast.flight.get(fast.key) is fast.shared:
             fast.flight.forget(fast.key)
@@ -305,15 +336,15 @@ class Resolver:
     def _fast_stop(self, error: str) -> None:
         """End every lookup under way without a task FAILED with ``error``."""
         for fast in list(self._fast_lookups):
-            self._fast_end(fast)
-            fast.udp.cancel()
+            self._fast_end(fast)  # its query's response, if one comes, is ignored
             # Counted; never cached (no generation is -1).
             fast.shared.set_result(self._store(fast.key, -1, failed(*fast.key, error)))
 
     def _fast_end(self, fast: _Fast) -> bool:
         """Take ``fast`` off the books; False if it had ended already."""
-        if fast not in self._fast_lookups:
+        if fast.over:
             return False
+        fast.over = True
         self._fast_lookups.remove(fast)
         del self._asking[fast.token]
         return True

@@ -43,6 +43,17 @@ class NoResponse(Exception):
     """No matching response within the timeout."""
 
 
+class Sink(typing.Protocol):
+    """Where a query's outcome goes: an asyncio future, or an object that takes it at
+    once, in the socket's own callback (:meth:`UdpResolver.send`)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Response, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 # A timer may fire this early (event loops round delays to milliseconds), seconds.
 TIMER_SLACK: Final = 0.002
 
@@ -50,8 +61,8 @@ TIMER_SLACK: Final = 0.002
 class _Socket(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        # query ID -> (its future, name, type, deadline in loop time)
-        self.pending: dict[int, tuple[asyncio.Future[Response], str, int, float]] = {}
+        # query ID -> (where its outcome goes, name, type, deadline in loop time)
+        self.pending: dict[int, tuple[Sink, str, int, float]] = {}
         self.sent = 0
         self.closed = False
         # One timer per socket, due at the earliest deadline: a timer per query cost
@@ -154,7 +165,7 @@ class UdpResolver:
         self._opening = asyncio.Lock()
         self._next = 0
         # Queries to send at the loop's next turn, all at once (see _flush).
-        self._outbox: list[tuple[_Socket, int, asyncio.Future[Response], bytes]] = []
+        self._outbox: list[tuple[_Socket, int, Sink, bytes]] = []
         # Query IDs: unpredictable from outside (seeded by the OS), without a system call
         # per query as secrets would make.
         self._ids = random.Random(os.urandom(16))
@@ -194,20 +205,24 @@ class UdpResolver:
     async def query(self, qname: str, qtype: int, timeout: float) -> Response:
         """Send one query and wait for its response; ``qname`` lower case, no final dot."""
         sock = self._ready_socket() or await self._socket()
-        return await self._send(sock, qname, qtype, timeout)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._send(sock, qname, qtype, timeout, future)
+        return await future
 
-    def send(self, qname: str, qtype: int, timeout: float) -> asyncio.Future[Response] | None:
-        """:meth:`query` without the wait, for work that callbacks drive: the future of the
-        response (cancel it to give up), or None while no socket is open (:meth:`query`
+    def send(self, qname: str, qtype: int, timeout: float, sink: Sink) -> bool:
+        """:meth:`query` without a future, for work that callbacks drive: ``sink`` takes
+        the response or the failure as soon as it is known, from the socket's callback
+        (once done, it takes nothing more). False while no socket is open (:meth:`query`
         opens them). Raises :class:`~policyd.codec.dns_wire.DnsWireError` (a name it
-        cannot send) or :class:`NoResponse` (too many in flight); a failure to send reaches
-        the future."""
+        cannot send) or :class:`NoResponse` (too many in flight); a failure to send
+        reaches the sink."""
         sock = self._ready_socket()
-        return None if sock is None else self._send(sock, qname, qtype, timeout)
+        if sock is None:
+            return False
+        self._send(sock, qname, qtype, timeout, sink)
+        return True
 
-    def _send(
-        self, sock: _Socket, qname: str, qtype: int, timeout: float
-    ) -> asyncio.Future[Response]:
+    def _send(self, sock: _Socket, qname: str, qtype: int, timeout: float, sink: Sink) -> None:
         if len(sock.pending) >= MAX_INFLIGHT:
             raise NoResponse("too many queries in flight")
         qid = self._ids.getrandbits(16)
@@ -215,15 +230,13 @@ class UdpResolver:
             qid = self._ids.getrandbits(16)
         wire = encode_query(qid, qname, qtype, self._payload)  # DnsWireError: not sendable
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
         deadline = loop.time() + timeout
-        sock.pending[qid] = (future, qname, qtype, deadline)
+        sock.pending[qid] = (sink, qname, qtype, deadline)
         sock.sent += 1
         sock.watch(loop, deadline)
         if not self._outbox:
             loop.call_soon(self._flush)
-        self._outbox.append((sock, qid, future, wire))
-        return future
+        self._outbox.append((sock, qid, sink, wire))
 
     def _flush(self) -> None:
         """Send the queries of a turn of the loop back to back: the resolver, woken by the

@@ -334,6 +334,31 @@ async def test_the_breaker_ends_lookups_without_a_task(
     r.close()
 
 
+async def test_a_response_after_the_breaker_ended_the_lookup_is_ignored(
+    serve: Callable[[Handler], asyncio.Future[Server]],
+) -> None:
+    """The query's sink is the lookup itself: once the breaker has ended it, a response
+    that still comes is dropped by the socket, not delivered again."""
+    server = await serve(lambda q: answer(q, f"{q.question[0].name} 60 IN A 192.0.2.9"))
+    r = await warmed(server)
+    server.handler = lambda q: None  # this query stays unanswered
+    lookup = asyncio.ensure_future(r.query("late.test", "A"))
+    await asyncio.sleep(0.05)  # sent
+    assert r._fast is not None
+    sock = next(s for s in r._fast[0]._sockets if s.pending)
+    qid, (sink, *_) = next(iter(sock.pending.items()))
+    r._fast_stop("ended by the breaker")
+    got = await lookup
+    assert got.failed and got.error == "ended by the breaker"
+    assert sink.done()
+    query = dns.message.make_query("late.test", "A")
+    query.id = qid
+    sock.datagram_received(answer(query, "late.test. 60 IN A 192.0.2.9"), ("127.0.0.1", 53))
+    assert qid not in sock.pending and not r._fast_lookups and not r._asking
+    assert r.cached == dns_udp.SOCKETS  # the warm-up's answers only: the late one is not kept
+    r.close()
+
+
 async def test_a_bug_in_the_callback_reaches_the_caller(
     serve: Callable[[Handler], asyncio.Future[Server]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -382,11 +407,14 @@ async def test_queries_of_one_turn_go_out_together(
     ]
     for sock, recorder in zip(client._sockets, recorders, strict=True):
         sock.transport = typing.cast(asyncio.DatagramTransport, recorder)
-    futures = [client.send(f"q{i}.test", dns_wire.TYPE_A, 1.0) for i in range(3)]
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[dns_wire.Response]] = [loop.create_future() for _ in range(3)]
+    for i, future in enumerate(futures):
+        assert client.send(f"q{i}.test", dns_wire.TYPE_A, 1.0, future)
     assert sum(len(r.sent) for r in recorders) == 0  # asked, not sent yet
     await asyncio.sleep(0)
     assert sum(len(r.sent) for r in recorders) == 3
-    got = await asyncio.gather(*(f for f in futures if f is not None))
+    got = await asyncio.gather(*futures)
     assert [r.qname for r in got] == ["q0.test", "q1.test", "q2.test"]
     client.close()
 
@@ -397,8 +425,8 @@ async def test_a_query_whose_socket_closed_before_sending_fails(
     server = await serve(lambda q: answer(q, "a.test. 60 IN A 192.0.2.1"))
     client = dns_udp.UdpResolver("127.0.0.1", server.port, 1232)
     await asyncio.gather(*(client.query(f"w{i}.test", dns_wire.TYPE_A, 1.0) for i in range(8)))
-    future = client.send("a.test", dns_wire.TYPE_A, 1.0)
-    assert future is not None
+    future: asyncio.Future[dns_wire.Response] = asyncio.get_running_loop().create_future()
+    assert client.send("a.test", dns_wire.TYPE_A, 1.0, future)
     for sock in client._sockets:
         assert sock.transport is not None
         sock.transport.close()
