@@ -44,7 +44,6 @@ from policyd.sources.sts import StsSource
 from tests.fakes import NullStore
 
 CONCURRENCY: Final = 200  # lookups in flight while filling
-KINDS: Final = ("notfound", "no-mail", "dane-only", "mta-sts")
 
 
 class Dane:

@@ -113,31 +113,19 @@ class HealthTimes:
                 raise ValueError(f"health {name} must be a positive number of seconds")
 
 
+@dataclass(slots=True, eq=False)  # eq=False: each one is itself (a set member)
 class _Fast:
     """A lookup under way without a task (see ``Resolver._fast_start``): also the sink
     of its UDP query, which hands it the response in the socket's own callback."""
 
-    __slots__ = ("deadline", "flight", "generation", "key", "over", "resolver", "shared", "token")
-
-    def __init__(
-        self,
-        resolver: Resolver,
-        key: Key,
-        *,
-        generation: int,
-        flight: SingleFlight[Key, DnsAnswer],  # the resolver's at the start
-        shared: asyncio.Future[DnsAnswer],  # what the callers wait for
-        token: int,  # its key in Resolver._asking
-        deadline: float,  # loop time: the end of the lookup's lifetime
-    ) -> None:
-        self.resolver = resolver
-        self.key = key
-        self.generation = generation
-        self.flight = flight
-        self.shared = shared
-        self.token = token
-        self.deadline = deadline
-        self.over = False  # ended: by its response, its failure, or the breaker
+    resolver: Resolver
+    key: Key
+    generation: int
+    flight: SingleFlight[Key, DnsAnswer]  # the resolver's at the start (clear() makes another)
+    shared: asyncio.Future[DnsAnswer]  # what the callers wait for
+    deadline: float  # loop time: the end of the lookup's lifetime
+    token: int = 0  # its key in Resolver._asking, once its query is sent
+    over: bool = False  # ended: by its response, its failure, or the breaker
 
     def done(self) -> bool:
         return self.over
@@ -290,23 +278,15 @@ class Resolver:
             return None
         lifetime = self._timeouts.lifetime
         loop = asyncio.get_running_loop()
-        token = self._watch_slow()
-        fast = _Fast(
-            self,
-            key,
-            generation=generation,
-            flight=flight,
-            shared=loop.create_future(),
-            token=token,
-            deadline=loop.time() + lifetime,
-        )
+        shared: asyncio.Future[DnsAnswer] = loop.create_future()
+        fast = _Fast(self, key, generation, flight, shared, loop.time() + lifetime)
         try:
             sent = self._fast[0].send(name, qtype, min(self._timeouts.per_try, lifetime), fast)
         except (dns_wire.DnsWireError, NoResponse, OSError):
             sent = False  # the task's way says what went wrong
         if not sent:
-            del self._asking[token]
             return None
+        fast.token = self._watch_slow()  # its response comes at a later turn of the loop
         self._fast_lookups.add(fast)
         return fast.shared
 

@@ -26,15 +26,8 @@ class Plain:
 
 @quick_init
 @dataclass(frozen=True, slots=True)
-class Quick:
-    a: int
-    b: str = "b"
-    c: list[int] = field(default_factory=list)
-    d: float = field(default=1.5, kw_only=True)
-
-    def __post_init__(self) -> None:
-        if self.a < 0:
-            object.__setattr__(self, "a", 0)
+class Quick(Plain):
+    """Plain's fields and __post_init__, built by quick_init's __init__."""
 
 
 @quick_init
@@ -54,6 +47,11 @@ def test_builds_what_the_dataclass_builds(
     assert dataclasses.astuple(plain) == dataclasses.astuple(quick)
     assert repr(quick) == repr(plain).replace("Plain", "Quick")
     assert quick == Quick(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_quick_sets_fields_through_the_slot_descriptors() -> None:
+    assert "_set_a" in Quick.__init__.__globals__  # quick_init's __init__, not the dataclass's
+    assert "_set_a" not in Plain.__init__.__globals__
 
 
 def test_factories_are_called_per_instance() -> None:
