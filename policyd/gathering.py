@@ -1,8 +1,10 @@
 """Evidence for one destination: DNS (DANE), MTA-STS and the probe, gathered together.
 
 One gathering per destination is in flight however many lookups wait for it (shared through
-:class:`~policyd.singleflight.SingleFlight`, shielded: one slow caller timing out does not
-cancel the others' work). The sources are seams, typed here by what the service needs.
+:meth:`~policyd.singleflight.SingleFlight.run_here`: the first lookup gathers in its own
+task, the others wait on it; if that lookup times out, a task takes the gathering up again,
+for the others and so that it completes, its DNS answers shared or cached by the resolver).
+The sources are seams, typed here by what the service needs.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ class Gathering:
         ``fresh``: for a refresh, its DNS asked again rather than read from the cache."""
         if fresh:
             dane = self._fresh_dane
-            return await self._fresh_flights.run(dest.key, lambda: self._gather(dest, dane))
-        return await self._flights.run(dest.key, lambda: self._gather(dest, self._dane))
+            return await self._fresh_flights.run_here(dest.key, lambda: self._gather(dest, dane))
+        return await self._flights.run_here(dest.key, lambda: self._gather(dest, self._dane))
 
     async def _gather(self, dest: Destination, dane: DaneSourceLike) -> Evidence:
         now = self._clock()

@@ -78,6 +78,40 @@ class SingleFlight(Generic[K, V]):
             task.remove_done_callback(settle)  # this caller left (or the task was cancelled)
             raise
 
+    async def run_here(self, key: K, factory: Callable[[], Coroutine[Any, Any, V]]) -> V:
+        """:meth:`run`, with the work done in this caller's own task when none is under
+        way for ``key``: a task, a waiter and two callbacks fewer for the usual caller,
+        who has the key to itself. Callers arriving meanwhile wait on a future, as on a
+        task. If this caller is cancelled, a task takes the work up again from the start
+        (for those waiting and those to come: the work must be safe to repeat), so that
+        it still completes, as :meth:`run`'s shielded task would."""
+        tasks = self._tasks
+        if key in tasks:
+            return await self.run(key, factory)
+        shared: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        tasks[key] = shared  # no _drop callback: this caller takes it off when done
+        try:
+            result = await factory()
+        except asyncio.CancelledError:
+            if not shared.done():  # else cancel_all() ended it: nothing to take up
+                self._end(key, shared)
+                self.task(key, factory).add_done_callback(functools.partial(pass_on, shared))
+            raise
+        except BaseException as exc:
+            if not shared.done():
+                self._end(key, shared)
+                shared.set_exception(exc)
+                shared.exception()  # retrieved: raised here, and in any caller waiting
+            raise
+        if not shared.done():
+            self._end(key, shared)
+            shared.set_result(result)
+        return result
+
+    def _end(self, key: K, work: asyncio.Future[V]) -> None:
+        if self._tasks.get(key) is work:
+            del self._tasks[key]
+
     def forget(self, key: K) -> None:
         """The next caller of ``key`` starts new work; a task already running finishes for
         the callers waiting on it."""

@@ -4,6 +4,7 @@ failures that reach every caller and are logged when nobody waits."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -146,3 +147,110 @@ async def test_callers_of_cancelled_work_are_cancelled_and_leavers_spare_it() ->
     flight.cancel_all()
     with pytest.raises(asyncio.CancelledError):
         await stayer
+
+
+async def test_run_here_does_the_first_callers_work_in_its_own_task() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    ran_in: list[asyncio.Task[object] | None] = []
+
+    async def work() -> int:
+        ran_in.append(asyncio.current_task())
+        await gate.wait()
+        return 7
+
+    first = asyncio.ensure_future(flight.run_here("k", work))
+    others = [asyncio.ensure_future(flight.run_here("k", work)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert ran_in == [first] and len(flight) == 1
+    gate.set()
+    assert await asyncio.gather(first, *others) == [7] * 4
+    assert len(ran_in) == 1 and len(flight) == 0
+    assert await flight.run_here("k", work) == 7  # nothing remembered: new work
+    assert len(ran_in) == 2
+
+
+async def test_run_here_hands_the_work_to_a_task_when_its_caller_is_cancelled() -> None:
+    flight: SingleFlight[str, str] = SingleFlight()
+    gate = asyncio.Event()
+    runs = 0
+
+    async def work() -> str:
+        nonlocal runs
+        runs += 1
+        await gate.wait()
+        return "done"
+
+    first = asyncio.ensure_future(flight.run_here("k", work))
+    second = asyncio.ensure_future(flight.run_here("k", work))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert first.cancelled() and not second.done()
+    assert runs == 2 and "k" in flight  # taken up again from the start, by a task
+    third = asyncio.ensure_future(flight.run_here("k", work))  # joins the task
+    gate.set()
+    assert list(await asyncio.gather(second, third)) == ["done", "done"]
+    assert runs == 2
+    await asyncio.sleep(0)
+    assert len(flight) == 0
+
+
+async def test_run_here_work_outlives_its_only_caller() -> None:
+    flight: SingleFlight[str, None] = SingleFlight()
+    gate = asyncio.Event()
+    finished: list[str] = []
+
+    async def work() -> None:
+        await gate.wait()
+        finished.append("yes")
+
+    caller = asyncio.ensure_future(flight.run_here("k", work))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert caller.cancelled() and finished == ["yes"] and len(flight) == 0
+
+
+async def test_run_here_failure_reaches_every_caller_and_is_not_remembered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    calls = 0
+
+    async def failing() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        raise RuntimeError("boom")
+
+    results = await asyncio.gather(
+        flight.run_here("k", failing), flight.run_here("k", failing), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+    assert calls == 1 and len(flight) == 0
+    with pytest.raises(RuntimeError):
+        await flight.run_here("k", failing)  # alone: nobody waits on its future
+    assert calls == 2
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+async def test_run_here_callers_of_cancelled_work_are_cancelled() -> None:
+    flight: SingleFlight[str, None] = SingleFlight()
+    never = asyncio.Event()
+    first = asyncio.ensure_future(flight.run_here("k", never.wait))  # type: ignore[arg-type]
+    joiner = asyncio.ensure_future(flight.run_here("k", never.wait))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    flight.cancel_all()
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    assert not first.done()  # the first caller's own work is its own to end
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert len(flight) == 0
