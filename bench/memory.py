@@ -19,7 +19,7 @@ import multiprocessing as mp
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -56,7 +56,9 @@ class Dane:
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence:
         if self.kind == "no-mail":
             return DnsEvidence(
                 DnsStatus.SECURE, MxKind.NXDOMAIN, fetched_at=now, expires_at=now + 3600

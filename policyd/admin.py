@@ -91,7 +91,9 @@ class AdminError(Exception):
 
 
 class DnsGatherer(Protocol):
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence: ...
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence: ...
 
 
 class Prober(Protocol):

@@ -19,7 +19,13 @@ from policyd.singleflight import SingleFlight
 
 
 class DaneSourceLike(Protocol):
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence: ...
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence:
+        """``takes_mail``: called once the destination is known to have hosts to deliver to
+        (or its MX lookup failed), before their lookups; not for a name that takes no mail
+        (NXDOMAIN, null MX)."""
+        ...
 
 
 class StsSourceLike(Protocol):
@@ -84,16 +90,32 @@ class Gathering:
         override = self._overrides.active(dest.key, now)
         if dest.parent_form or dest.is_address:
             return Evidence(dest, override=override)
-        sts_wanted = dest.port == 25  # [host] too: a smart host (profiles' sts_smart_host)
-        dns_task = asyncio.ensure_future(dane.gather(dest, now))
+        # [host] too: a smart host (profiles' sts_smart_host).
+        sts_wanted = dest.port == 25
+        # For a known domain the STS source answers from memory at once and refreshes in
+        # the background; a cold one is fetched within the source's budget, its TXT query
+        # asked after the MX one (a name that does not exist has no policy, RFC 8020).
+        # So the DNS source runs here and the STS source in a task started once the DNS
+        # source knows the name takes mail, alongside the hosts' lookups; for a name that
+        # takes none (half of a flood of never-seen names) there is no task: the STS
+        # source answers afterwards, from the MX answer the resolver has just cached.
+        sts_task: asyncio.Future[StsEvidence] | None = None
+
+        def takes_mail() -> None:
+            nonlocal sts_task
+            if sts_wanted and sts_task is None:
+                sts_task = asyncio.ensure_future(self._sts.evidence(dest.name))
+
         try:
-            # For a known domain the STS source answers from memory at once and refreshes
-            # in the background; a cold one is fetched inline within the source's budget.
-            sts_ev = await self._sts.evidence(dest.name) if sts_wanted else StsEvidence()
+            dns = await dane.gather(dest, now, takes_mail)
         except BaseException:
-            dns_task.cancel()  # not left running unowned, its failure never retrieved
+            if sts_task is not None:
+                sts_task.cancel()  # not left running unowned, its failure never retrieved
             raise
-        dns = await dns_task
+        if sts_task is not None:
+            sts_ev = await sts_task
+        else:
+            sts_ev = await self._sts.evidence(dest.name) if sts_wanted else StsEvidence()
         if dns.hosts:
             self._probe.want(dest, dns)
         return Evidence(

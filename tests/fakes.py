@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from policyd.adapters.claims import ClaimBusy, Job
@@ -87,13 +88,18 @@ class FakeDane:
     delay: float = 0.0
     gate: asyncio.Event | None = None  # when given, every lookup waits until it is set
 
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.gate is not None:
             await self.gate.wait()
-        return self.answers.get(dest.name) or plain_dns(dest.name, now)
+        evidence = self.answers.get(dest.name) or plain_dns(dest.name, now)
+        if takes_mail is not None and (evidence.hosts or evidence.mx is DnsStatus.FAILED):
+            takes_mail()  # as DnsSource does, here after the wait (before it, the MX)
+        return evidence
 
 
 @dataclass

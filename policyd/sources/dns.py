@@ -23,7 +23,7 @@ failed answers a short TTL, so a failure is retried soon.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -64,7 +64,12 @@ class DnsSource:
         self._resolver = resolver
         self._max_mx_hosts = max_mx_hosts
 
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence:
+        """``takes_mail``: called once ``dest`` is known to have hosts to deliver to (or its
+        MX lookup failed), before their lookups: the caller's other work for a destination
+        that takes mail (its MTA-STS discovery) starts then."""
         if dest.is_address:
             # No DNS name, so no DANE: the literal is the one host, without TLSA.
             host = MxHost(dest.name, 0, DnsStatus.INSECURE, (dest.name,))
@@ -73,9 +78,15 @@ class DnsSource:
             )
         if dest.bracketed:
             # [host]:port: no MX lookup (Postfix smtp(8)); the name is configuration.
+            if takes_mail is not None:
+                takes_mail()
             hosts = await self._hosts([(domain_name(dest.name), 0)], dest.port)
             return _evidence(DnsStatus.SECURE, MxKind.LISTED, hosts, [], now)
         mx = await self._resolver.query(dest.name, "MX")
+        # Hosts to deliver to: the listed exchanges, or the implicit MX (no MX RRset).
+        listed = _mx_hosts(mx.mx) if mx.records else []
+        if takes_mail is not None and (mx.failed or mx.nodata or listed):
+            takes_mail()
         if mx.failed:
             error = f"MX lookup for {dest.name}: {mx.error}"
             return DnsEvidence(
@@ -87,7 +98,6 @@ class DnsSource:
             # No MX RRset: the domain itself is the implicit MX, preference 0 (RFC 5321 5.1).
             hosts = await self._hosts([(domain_name(dest.name), 0)], dest.port)
             return _evidence(mx.status, MxKind.IMPLICIT, hosts, [mx], now)
-        listed = _mx_hosts(mx.mx)
         if not listed:
             # Only "." exchanges: the domain accepts no mail (RFC 7505 3).
             return _evidence(mx.status, MxKind.NULL, [], [mx], now)

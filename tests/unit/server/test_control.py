@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,9 @@ class FakeDane:
     def __init__(self) -> None:
         self.world = dict(WORLD)
 
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence:
         if dest.name == "boom.example":
             raise RuntimeError("resolver exploded")
         return self.world.get(

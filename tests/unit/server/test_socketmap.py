@@ -5,6 +5,7 @@ at the pipeline limit and resumed, PERM then close on a broken netstring."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -26,7 +27,9 @@ from tests.fakes import ServiceClock as Clock
 
 
 class BrokenDane(FakeDane):
-    async def gather(self, dest: Destination, now: float) -> DnsEvidence:
+    async def gather(
+        self, dest: Destination, now: float, takes_mail: Callable[[], object] | None = None
+    ) -> DnsEvidence:
         raise RuntimeError("a bug in a source")
 
 

@@ -126,6 +126,35 @@ async def test_null_mx(status: DnsStatus) -> None:
     assert fake.asked == [("example.test", "MX")]
 
 
+async def asked_when_told(fake: FakeResolver, dest: Destination = DOMAIN) -> int | None:
+    """How many queries the source had asked when it said the destination takes mail
+    (None: it never said so)."""
+    told: list[int] = []
+    await DnsSource(fake).gather(dest, NOW, lambda: told.append(len(fake.asked)))
+    assert len(told) <= 1  # once at most
+    return told[0] if told else None
+
+
+async def test_takes_mail_is_said_after_the_mx_lookup_before_the_hosts_lookups() -> None:
+    listed = FakeResolver(ok("example.test", "MX", "10 mx.example.test."), *host("mx.example.test"))
+    assert await asked_when_told(listed) == 1
+    assert len(listed.asked) > 1
+    implicit = FakeResolver(ok("example.test", "MX"), *host("example.test"))
+    assert await asked_when_told(implicit) == 1
+    failed = FakeResolver(fail("example.test", "MX"))
+    assert await asked_when_told(failed) == 1
+    relay = FakeResolver(*host("relay.example.test"))
+    bracketed = Destination("relay.example.test", 587, DestinationForm.HOST)
+    assert await asked_when_told(relay, bracketed) == 0  # no MX lookup for [host]
+
+
+@pytest.mark.parametrize("status", [S, I])
+async def test_takes_mail_is_not_said_for_a_name_that_takes_none(status: DnsStatus) -> None:
+    assert await asked_when_told(FakeResolver(nx("example.test", "MX", status))) is None
+    null = FakeResolver(ok("example.test", "MX", "0 .", status=status))
+    assert await asked_when_told(null) is None
+
+
 async def test_null_mx_mixed_with_hosts_keeps_the_hosts() -> None:
     mx = ok("example.test", "MX", "0 .", "10 mx.example.test.")
     fake = FakeResolver(mx, *host("mx.example.test"))
