@@ -6,7 +6,8 @@ usual read (one whole request, nothing buffered or unanswered before it) skips t
 decoder (:func:`policyd.codec.netstring.parse_whole`, as strict), reads no clock (the reply
 cache's coarse one) and updates no connection table (activity is a flag, see
 :meth:`SocketmapServer.settle`). Replies leave in request order; misses are answered
-by tasks whose results are written as the head of the per-connection queue completes. The
+by tasks, each writing its reply when it is the head of the per-connection queue, and the
+replies of the tasks behind it that are done. The
 replies themselves, cached or not, come from :mod:`policyd.server.reply_cache`.
 
 Limits, each named in :class:`~policyd.config.ServerSettings`: request size (PERM and close
@@ -142,29 +143,38 @@ class _Conn(asyncio.Protocol):
         # else: the same unfinished request; its clock keeps running from its first byte
 
     def _ask(self, payload: bytes) -> None:
-        """The slow path, or a reply queued behind one: answered in order by _flush."""
-        fut = asyncio.ensure_future(self._cache.reply_for(payload))
-        self._pending.append(fut)
-        fut.add_done_callback(self._flush)
+        """The slow path, or a reply queued behind one: each task writes its reply once it
+        is the head of the queue, then those of the tasks behind it that are done (no
+        done callback, and no turn of the loop, between an answer and its write)."""
+        self._pending.append(asyncio.ensure_future(self._answer(payload)))
         if len(self._pending) >= MAX_PIPELINE and not self._paused:
             self._paused = True
             assert self._transport is not None
             self._transport.pause_reading()
 
-    def _flush(self, _done: asyncio.Future[bytes]) -> None:
+    async def _answer(self, payload: bytes) -> bytes:
+        try:
+            reply = await self._cache.reply_for(payload)
+        except Exception as exc:  # noqa: BLE001 (a bug: the request still gets a reply)
+            log.error("socketmap %s: lookup failed: %r", self.peer, exc)
+            reply = failed()
+        pending = self._pending
+        if pending and pending[0] is asyncio.current_task():
+            pending.popleft()  # the head: written now, not done yet (see _flush)
+            if not self._closed and self._transport is not None:
+                self._transport.write(reply)
+            self._flush()
+        return reply
+
+    def _flush(self) -> None:
+        """Write the replies of the tasks done at the head of the queue, in order."""
         pending = self._pending
         transport = self._transport
         while pending and pending[0].done():
             fut = pending.popleft()
             if fut.cancelled() or self._closed or transport is None:
                 continue
-            exc = fut.exception()
-            if exc is not None:
-                log.error("socketmap %s: lookup failed: %r", self.peer, exc)
-                reply = failed()
-            else:
-                reply = fut.result()
-            transport.write(reply)
+            transport.write(fut.result())  # _answer turns a failure into a reply
         if self._paused and len(pending) < MAX_PIPELINE // 2 and transport is not None:
             self._paused = False
             transport.resume_reading()

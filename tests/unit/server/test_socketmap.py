@@ -12,9 +12,9 @@ import pytest
 from policyd.codec import netstring
 from policyd.config import ServerSettings
 from policyd.core.evidence import Destination, DnsEvidence, DnsStatus
-from policyd.core.profile import DEFAULT_PROFILES
+from policyd.core.profile import DEFAULT_PROFILES, Profile
 from policyd.server.socketmap import MAX_PIPELINE, SocketmapServer, _Conn
-from policyd.service import PolicyService
+from policyd.service import Answer, PolicyService
 from tests.fakes import (
     FakeDane,
     FakeProbe,
@@ -90,6 +90,25 @@ async def test_a_cached_reply_is_written_at_once() -> None:
     s.conn.data_received(request("a.test"))
     assert s.replies() == [b"NOTFOUND "]  # inside data_received: no task, no await
     assert s.dane.calls == calls
+    assert not s.conn.busy
+
+
+async def test_a_miss_is_written_by_its_own_task_as_it_is_answered() -> None:
+    s = Setup()
+    answer = s.service.answer
+    answered: list[bool] = []
+
+    async def noted(dest: Destination, profile: Profile, *, fresh: bool = False) -> Answer:
+        got = await answer(dest, profile, fresh=fresh)
+        answered.append(True)
+        return got
+
+    s.service.answer = noted  # type: ignore[method-assign]
+    s.conn.data_received(request("new.test"))
+    while not answered:
+        assert not s.transport.written
+        await asyncio.sleep(0)
+    assert s.replies() == [b"NOTFOUND "]  # in the turn that answered: no callback's turn
     assert not s.conn.busy
 
 
