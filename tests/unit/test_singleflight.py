@@ -12,23 +12,29 @@ import pytest
 from policyd.singleflight import SingleFlight, TaskSet
 
 
+class Gated:
+    """Work that counts its runs and returns ``result`` once ``gate`` is set."""
+
+    def __init__(self, result: str) -> None:
+        self.gate = asyncio.Event()
+        self.runs = 0
+        self.result = result
+
+    async def __call__(self) -> str:
+        self.runs += 1
+        await self.gate.wait()
+        return self.result
+
+
 async def test_callers_of_one_key_share_one_task() -> None:
-    flight: SingleFlight[str, int] = SingleFlight()
-    gate = asyncio.Event()
-    started = 0
-
-    async def work() -> int:
-        nonlocal started
-        started += 1
-        await gate.wait()
-        return 7
-
+    flight: SingleFlight[str, str] = SingleFlight()
+    work = Gated("seven")
     callers = [asyncio.ensure_future(flight.run("a", work)) for _ in range(5)]
     await asyncio.sleep(0)
     assert "a" in flight and len(flight) == 1
-    gate.set()
-    assert await asyncio.gather(*callers) == [7] * 5
-    assert started == 1
+    work.gate.set()
+    assert await asyncio.gather(*callers) == ["seven"] * 5
+    assert work.runs == 1
     assert len(flight) == 0
 
 
@@ -50,8 +56,12 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_work() -> None:
     assert first.cancelled()
 
 
-async def test_a_failure_reaches_every_caller_and_is_not_remembered() -> None:
+@pytest.mark.parametrize("way", ["run", "run_here"])
+async def test_a_failure_reaches_every_caller_and_is_not_remembered(
+    way: str, caplog: pytest.LogCaptureFixture
+) -> None:
     flight: SingleFlight[str, int] = SingleFlight()
+    run = getattr(flight, way)
     calls = 0
 
     async def failing() -> int:
@@ -60,14 +70,16 @@ async def test_a_failure_reaches_every_caller_and_is_not_remembered() -> None:
         await asyncio.sleep(0)
         raise RuntimeError("boom")
 
-    results = await asyncio.gather(
-        flight.run("k", failing), flight.run("k", failing), return_exceptions=True
-    )
+    results = await asyncio.gather(run("k", failing), run("k", failing), return_exceptions=True)
     assert [type(r) for r in results] == [RuntimeError, RuntimeError]
     assert calls == 1
     with pytest.raises(RuntimeError):
-        await flight.run("k", failing)
+        await run("k", failing)  # alone: nobody else waits for its outcome
     assert calls == 2
+    await asyncio.sleep(0)
+    assert len(flight) == 0
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 async def test_forget_lets_the_next_caller_start_new_work() -> None:
@@ -172,15 +184,7 @@ async def test_run_here_does_the_first_callers_work_in_its_own_task() -> None:
 
 async def test_run_here_hands_the_work_to_a_task_when_its_caller_is_cancelled() -> None:
     flight: SingleFlight[str, str] = SingleFlight()
-    gate = asyncio.Event()
-    runs = 0
-
-    async def work() -> str:
-        nonlocal runs
-        runs += 1
-        await gate.wait()
-        return "done"
-
+    work = Gated("done")
     first = asyncio.ensure_future(flight.run_here("k", work))
     second = asyncio.ensure_future(flight.run_here("k", work))
     await asyncio.sleep(0)
@@ -188,11 +192,11 @@ async def test_run_here_hands_the_work_to_a_task_when_its_caller_is_cancelled() 
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert first.cancelled() and not second.done()
-    assert runs == 2 and "k" in flight  # taken up again from the start, by a task
+    assert work.runs == 2 and "k" in flight  # taken up again from the start, by a task
     third = asyncio.ensure_future(flight.run_here("k", work))  # joins the task
-    gate.set()
+    work.gate.set()
     assert list(await asyncio.gather(second, third)) == ["done", "done"]
-    assert runs == 2
+    assert work.runs == 2
     await asyncio.sleep(0)
     assert len(flight) == 0
 
@@ -214,30 +218,6 @@ async def test_run_here_work_outlives_its_only_caller() -> None:
     for _ in range(3):
         await asyncio.sleep(0)
     assert caller.cancelled() and finished == ["yes"] and len(flight) == 0
-
-
-async def test_run_here_failure_reaches_every_caller_and_is_not_remembered(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    flight: SingleFlight[str, int] = SingleFlight()
-    calls = 0
-
-    async def failing() -> int:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0)
-        raise RuntimeError("boom")
-
-    results = await asyncio.gather(
-        flight.run_here("k", failing), flight.run_here("k", failing), return_exceptions=True
-    )
-    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
-    assert calls == 1 and len(flight) == 0
-    with pytest.raises(RuntimeError):
-        await flight.run_here("k", failing)  # alone: nobody waits on its future
-    assert calls == 2
-    gc.collect()
-    assert "never retrieved" not in caplog.text
 
 
 async def test_run_here_callers_of_cancelled_work_are_cancelled() -> None:
