@@ -6,6 +6,8 @@ caller awaits the shared task through a future of its own (as :func:`asyncio.shi
 does), so a caller that is cancelled (a Postfix connection gone, a policyctl timeout) does
 not cancel the work the others wait for. The entry disappears when the task ends, whatever
 the outcome; a failure reaches every waiting caller and is not remembered.
+:meth:`SingleFlight.run_here` does the same with the first caller's own task doing the
+work (no task of its own), handed to a task if that caller is cancelled.
 
 :class:`TaskSet` holds background tasks (the event loop keeps only a weak reference to a
 task) and logs any that dies with an exception, so nothing dies silently.
