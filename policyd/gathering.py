@@ -103,19 +103,21 @@ class Gathering:
 
         def takes_mail() -> None:
             nonlocal sts_task
-            if sts_wanted and sts_task is None:
+            if sts_task is None:
                 sts_task = asyncio.ensure_future(self._sts.evidence(dest.name))
 
         try:
-            dns = await dane.gather(dest, now, takes_mail)
+            dns = await dane.gather(dest, now, takes_mail if sts_wanted else None)
         except BaseException:
             if sts_task is not None:
                 sts_task.cancel()  # not left running unowned, its failure never retrieved
             raise
         if sts_task is not None:
             sts_ev = await sts_task
+        elif sts_wanted:
+            sts_ev = await self._sts.evidence(dest.name)
         else:
-            sts_ev = await self._sts.evidence(dest.name) if sts_wanted else StsEvidence()
+            sts_ev = StsEvidence()
         if dns.hosts:
             self._probe.want(dest, dns)
         return Evidence(

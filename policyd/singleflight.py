@@ -101,13 +101,12 @@ class SingleFlight(Generic[K, V]):
             raise
         except BaseException as exc:
             if not shared.done():
-                self._end(key, shared)
-                shared.set_exception(exc)
-                shared.exception()  # retrieved: raised here, and in any caller waiting
+                shared.set_exception(exc)  # raised here too: _drop marks it retrieved
+                self._drop(key, shared)
             raise
         if not shared.done():
-            self._end(key, shared)
             shared.set_result(result)
+            self._drop(key, shared)
         return result
 
     def _end(self, key: K, work: asyncio.Future[V]) -> None:
@@ -127,8 +126,7 @@ class SingleFlight(Generic[K, V]):
             task.cancel()
 
     def _drop(self, key: K, done: asyncio.Future[V]) -> None:
-        if self._tasks.get(key) is done:
-            del self._tasks[key]
+        self._end(key, done)
         if not done.cancelled():
             done.exception()  # retrieved: the waiters got it; no "never retrieved" warning
 
