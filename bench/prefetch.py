@@ -24,7 +24,7 @@ due while its connection waits for a slow one (a miss) waits too, and the second
 leaves that wait out. Figures only, no assertions.
 
     .venv/bin/python bench/prefetch.py [--seconds 600] [--prefetch 0.1] [--connections 10]
-        [--rate N] [--pin]
+        [--rate N] [--pin] [--client-rt]
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ SEED: Final = 14
 # Lookups in the key file loadgen cycles through: enough that the cycle does not show.
 SEQUENCE: Final = 2_000_000
 SAMPLE_EVERY: Final = 10.0  # seconds between the counter lines printed during the run
+# SCHED_FIFO priority of the load generator with --client-rt (any real-time priority above
+# the normal processes' does; the kernel still keeps 5% of each second for them).
+CLIENT_RT_PRIORITY: Final = 50
 # Issue 14 point 2.
 TARGET_SHARE: Final = 0.999
 TARGET_P99_US: Final = 1000.0
@@ -138,15 +141,19 @@ def measure(
     settle: float,
     metrics_port: int,
     rate: float = 0.0,
+    realtime: bool = False,
 ) -> tuple[dict[str, str], dict[str, float]]:
     """One loadgen run of ``settle`` + ``seconds``, recording only the last ``seconds``; a
     line of the daemon's counters every SAMPLE_EVERY seconds meanwhile (where the misses
-    fall in time). Returns what loadgen printed and the counters when the recording began."""
+    fall in time); with ``realtime``, loadgen runs at a real-time priority. Returns what
+    loadgen printed and the counters when the recording began."""
     cmd = [str(binary), "-t", f"inet:127.0.0.1:{port}", "-k", str(keyfile), "-n", MAP_NAME]
     cmd += ["-c", str(connections), "-s", str(seconds), "-w", str(settle)]
     if rate > 0:
         cmd += ["-r", str(rate)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if realtime:
+        os.sched_setscheduler(proc.pid, os.SCHED_FIFO, os.sched_param(CLIENT_RT_PRIORITY))
     started = time.monotonic()
     last = counters(metrics_port)
     at_settle = last if not settle else {}
@@ -212,6 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "script on the others (a diagnosis: how much of the tail is waiting for a CPU)",
     )
     ap.add_argument(
+        "--client-rt",
+        action="store_true",
+        help="the load generator at a real-time priority (SCHED_FIFO), so that it writes "
+        "each lookup when due rather than when a CPU is free of the daemon, unbound and "
+        "named (a diagnosis: the latency without the client's own lateness)",
+    )
+    ap.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -242,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pin(os.getpid(), others)  # and so the load generator it starts
             pinning = f"; policyd alone on CPU {alone}, everything else on {sorted(others)}"
         unbound = "prefetch: no" if args.no_unbound_prefetch else "prefetch: yes"
+        realtime = ""
+        if args.client_rt:
+            realtime = f"; load generator at SCHED_FIFO priority {CLIENT_RT_PRIORITY}"
         print(f"# known destinations never wait (issue 14 point 2); {machine()}")
         print(
             f"# {DESTINATIONS:,} destinations z<n>.{prefetch_world.ZONE} (signed MX, A, AAAA, "
@@ -254,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"# Zipf s={ZIPF_S:g} (seed {args.seed}), {args.connections} connections {pace}"
             f" (bench/c/loadgen.c) over TCP, {TTL:g} s to settle (not recorded), "
             f"then {args.seconds:g} s; "
-            f"load average before: {load_average()}{pinning}",
+            f"load average before: {load_average()}{pinning}{realtime}",
             flush=True,
         )
         started = time.monotonic()
@@ -274,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             TTL,
             metrics_port,
             args.rate,
+            args.client_rt,
         )
         after = counters(metrics_port)
         print(report(got, before, after, load_average()))
