@@ -153,7 +153,12 @@ def measure(
         cmd += ["-r", str(rate)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if realtime:
-        os.sched_setscheduler(proc.pid, os.SCHED_FIFO, os.sched_param(CLIENT_RT_PRIORITY))
+        try:
+            os.sched_setscheduler(proc.pid, os.SCHED_FIFO, os.sched_param(CLIENT_RT_PRIORITY))
+        except OSError as exc:  # a container without real-time time, say
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"--client-rt: no real-time priority for loadgen: {exc}") from exc
     started = time.monotonic()
     last = counters(metrics_port)
     at_settle = last if not settle else {}
