@@ -279,9 +279,9 @@ class SocketmapServer:
         self._ticker = loop.call_later(CLOCK_TICK, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Refresh the reply cache's coarse clock, every CLOCK_TICK seconds."""
-        self.cache.tick()
-        self._ticker = loop.call_later(CLOCK_TICK, self._tick, loop)
+        """Refresh the reply cache's coarse clock, at least every CLOCK_TICK seconds (more
+        often while refreshes come due: see ReplyCache.tick)."""
+        self._ticker = loop.call_later(self.cache.tick(), self._tick, loop)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
         if listener.kind is ListenerKind.UNIX:

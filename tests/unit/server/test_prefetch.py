@@ -6,6 +6,7 @@ refresh is let run with run_ready."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -20,10 +21,20 @@ from tests.fakes import ServiceClock as Clock
 
 PAYLOAD = b"postfix example.test"
 TTL = 300.0  # plain_dns: the fake evidence lives this long
-# The reply is kept until a whole second less one tick: 1000 + 300 - 0.1 -> 1299 (monotonic
-# starts at 1000); the last tenth of its life starts at 1299 - 30 = 1269.
-EXPIRES = 1299.0
-DUE = 1269.0
+# Past the second over whose ticks the refreshes due in it are spread.
+SPREAD = 1.05
+
+
+def kept_until(cached_at: float) -> float:
+    """How long a reply cached at ``cached_at`` is kept: until a whole second no later than
+    its answer's expiry less one tick of the hot path's clock."""
+    return float(math.floor(cached_at + TTL - reply_cache.CLOCK_TICK))
+
+
+# Monotonic starts at 1000: the first reply is kept until 1299, and the last tenth of its
+# life starts at 1299 - 30 = 1269.
+EXPIRES = kept_until(1000.0)
+DUE = EXPIRES - TTL / 10
 
 
 def make(
@@ -231,7 +242,7 @@ async def test_a_reply_in_use_is_refreshed_when_its_time_comes_without_another_h
     assert (svc.stats.prefetched, dane.calls) == (0, 1)  # not its time yet
     at(cache, clock, DUE + 0.5)
     await run_ready()
-    at(cache, clock, DUE + 1.05)  # no lookup now: the ticks alone (spread over a second)
+    at(cache, clock, DUE + SPREAD)  # no lookup now: the ticks alone (spread over a second)
     await run_ready()
     assert (svc.stats.prefetched, dane.calls) == (1, 2)
     at(cache, clock, EXPIRES + 10)
@@ -260,7 +271,7 @@ async def test_refreshes_beyond_the_limit_wait_and_start_as_one_ends(
     cache, svc, clock = make(dane)
     payloads = await cache_replies(cache, 3, in_use=True)
     dane.gate = asyncio.Event()
-    at(cache, clock, DUE + 1.05)  # past the second they are spread over
+    at(cache, clock, DUE + SPREAD)  # past the second they are spread over
     await run_ready()
     assert (svc.stats.prefetched, svc.stats.prefetch_skipped, dane.calls) == (2, 1, 5)
     dane.gate.set()
@@ -297,16 +308,66 @@ async def test_refreshes_due_in_the_same_second_are_spread_over_its_ticks(
     at(cache, clock, DUE + 0.45)  # the first half of the second (P(none or all) ~ 1e-15)
     await run_ready()
     assert 0 < svc.stats.prefetched < 50
-    at(cache, clock, DUE + 1.05)
+    at(cache, clock, DUE + SPREAD)
     await run_ready()
     assert svc.stats.prefetched == 50
     dane.gate.set()
 
 
-# The first refresh (ticks of DUE's second) is cached at about 1270: kept until 1569, due
-# from 1539; the one after it, cached at about 1540, until 1839, due from 1809.
-SECOND_DUE, SECOND_EXPIRES = 1539.0, 1569.0
-THIRD_DUE, THIRD_EXPIRES = 1809.0, 1839.0
+async def test_a_tick_starts_a_small_share_of_a_second_s_refreshes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 refreshes due in one second (a busy host's rate) start a few per tick of the
+    hot path's clock, each REFRESH_STEP while they come due, not twenty at a time: the hits
+    that come meanwhile wait behind the refreshes a tick starts (at a tick every 0.1 s,
+    about twenty ran back to back)."""
+    monkeypatch.setattr(prefetch, "MAX_REFRESHES", 1000)
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    await cache_replies(cache, 200, in_use=True)
+    dane.gate = asyncio.Event()  # none ends meanwhile
+    per_tick = []
+    for step in range(round(SPREAD / reply_cache.REFRESH_STEP) + 1):
+        before = svc.stats.prefetched
+        at(cache, clock, DUE + (step + 0.5) * reply_cache.REFRESH_STEP)
+        await run_ready()
+        per_tick.append(svc.stats.prefetched - before)
+    assert sum(per_tick) == 200
+    # About two a tick at 10 ms; over 12 in one tick has odds of about 1e-5 (hash order).
+    assert max(per_tick) <= 12, per_tick
+    dane.gate.set()
+
+
+async def test_the_clock_ticks_fast_only_while_refreshes_come_due() -> None:
+    """The server calls tick() again after the delay it returns: every CLOCK_TICK while no
+    refresh is due within one (an idle daemon wakes ten times a second), every
+    REFRESH_STEP from one CLOCK_TICK before a refresh is due until it has started."""
+    dane = FakeDane()
+    cache, svc, clock = make(dane)
+    assert cache.tick() == reply_cache.CLOCK_TICK  # nothing cached
+    await cache_replies(cache, 1, in_use=True)
+    at(cache, clock, DUE - 1)
+    assert cache.tick() == reply_cache.CLOCK_TICK  # due in a second or more
+    delays = []
+    while svc.stats.prefetched == 0:
+        assert clock.mono < DUE + SPREAD
+        delay = cache.tick()
+        delays.append(delay)
+        at(cache, clock, clock.mono + delay)
+        await run_ready()
+    fast = delays.index(reply_cache.REFRESH_STEP)
+    assert set(delays[:fast]) == {reply_cache.CLOCK_TICK}
+    assert set(delays[fast:]) == {reply_cache.REFRESH_STEP}
+    assert len(delays) - fast <= reply_cache.LOOKAHEAD_STEPS + 1
+    assert cache.tick() == reply_cache.CLOCK_TICK  # started: nothing due any more
+
+
+# The first refresh is cached at DUE + SPREAD (the clock moves there in one step), the one
+# after it at SECOND_DUE + SPREAD.
+SECOND_EXPIRES = kept_until(DUE + SPREAD)
+SECOND_DUE = SECOND_EXPIRES - TTL / 10
+THIRD_EXPIRES = kept_until(SECOND_DUE + SPREAD)
+THIRD_DUE = THIRD_EXPIRES - TTL / 10
 
 
 async def refreshed_once() -> tuple[ReplyCache, PolicyService, Clock, FakeDane]:
@@ -317,7 +378,7 @@ async def refreshed_once() -> tuple[ReplyCache, PolicyService, Clock, FakeDane]:
     await cache.reply_for(PAYLOAD)
     at(cache, clock, 1010.0)
     assert cache.cached(PAYLOAD) is not None
-    at(cache, clock, DUE + 1.05)
+    at(cache, clock, DUE + SPREAD)
     await run_ready()
     assert svc.stats.prefetched == 1
     return cache, svc, clock, dane
@@ -328,12 +389,12 @@ async def test_a_refresh_nobody_hit_is_refreshed_once_more_then_expires() -> Non
     refresh brought is refreshed at its time although nobody hit it (the reply before it
     was hit), once; the next one, also unhit, expires and the slow path takes over."""
     cache, svc, clock, _ = await refreshed_once()
-    at(cache, clock, SECOND_DUE + 1.05)  # no lookup in the refreshed reply's life
+    at(cache, clock, SECOND_DUE + SPREAD)  # no lookup in the refreshed reply's life
     await run_ready()
     assert svc.stats.prefetched == 2  # refreshed all the same
     at(cache, clock, SECOND_EXPIRES + 5)
     assert cache._answers[PAYLOAD][4] == THIRD_EXPIRES  # held on, without a hit to show it
-    at(cache, clock, THIRD_DUE + 1.05)  # again no lookup: not refreshed this time
+    at(cache, clock, THIRD_DUE + SPREAD)  # again no lookup: not refreshed this time
     await run_ready()
     assert svc.stats.prefetched == 2
     at(cache, clock, THIRD_EXPIRES + 1)
@@ -345,9 +406,9 @@ async def test_a_hit_in_a_refreshed_life_keeps_the_reply_in_use() -> None:
     cache, svc, clock, _ = await refreshed_once()
     at(cache, clock, 1300.0)
     assert cache.cached(PAYLOAD) is not None  # a hit in the refreshed reply's life
-    at(cache, clock, SECOND_DUE + 1.05)
+    at(cache, clock, SECOND_DUE + SPREAD)
     await run_ready()
-    at(cache, clock, THIRD_DUE + 1.05)  # none in the next: still refreshed (on probation)
+    at(cache, clock, THIRD_DUE + SPREAD)  # none in the next: still refreshed (on probation)
     await run_ready()
     assert svc.stats.prefetched == 3
     assert svc.stats.lookups == 1
@@ -359,7 +420,7 @@ async def test_a_retry_of_an_unhit_refresh_ends_the_probation() -> None:
     cache, svc, clock, dane = await refreshed_once()
     # The second refresh gets evidence that expires with the reply it replaces.
     dane.answers["example.test"] = plain_dns("example.test", SERVICE_NOW + 270, TTL)
-    at(cache, clock, SECOND_DUE + 1.05)
+    at(cache, clock, SECOND_DUE + SPREAD)
     await run_ready()
     assert svc.stats.prefetched == 2
     dane.answers.clear()  # renewed by the retry
@@ -368,12 +429,14 @@ async def test_a_retry_of_an_unhit_refresh_ends_the_probation() -> None:
     at(cache, clock, SECOND_EXPIRES - 0.5)
     await run_ready()
     assert svc.stats.prefetched == 3
-    # The retry's reply (cached at 1568): until 1867, due from 1837; never hit.
-    assert cache._answers[PAYLOAD][4] == 1867.0
-    at(cache, clock, 1837 + 1.05)
+    # The retry's reply, cached at SECOND_EXPIRES - 1 (the first step past the retry time);
+    # never hit.
+    retried_until = kept_until(SECOND_EXPIRES - 1)
+    assert cache._answers[PAYLOAD][4] == retried_until
+    at(cache, clock, retried_until - TTL / 10 + SPREAD)
     await run_ready()
     assert svc.stats.prefetched == 3
-    at(cache, clock, 1867 + 1)
+    at(cache, clock, retried_until + 1)
     assert cache.cached(PAYLOAD) is None
 
 
@@ -381,7 +444,7 @@ async def test_probation_is_forgotten_with_the_reply() -> None:
     dane = FakeDane()
     cache, svc, clock = make(dane)
     payloads = await cache_replies(cache, 20, in_use=True)
-    at(cache, clock, DUE + 1.05)
+    at(cache, clock, DUE + SPREAD)
     await run_ready()
     assert len(cache._probation) == 20
     for i in range(10):
@@ -397,14 +460,14 @@ async def test_a_hit_during_a_refresh_on_probation_keeps_its_result() -> None:
     itself on probation, since the life it replaced was hit."""
     cache, svc, clock, dane = await refreshed_once()
     dane.gate = asyncio.Event()
-    at(cache, clock, SECOND_DUE + 1.05)
+    at(cache, clock, SECOND_DUE + SPREAD)
     await run_ready()
     assert svc.stats.prefetched == 2  # on probation, under way
     assert cache.cached(PAYLOAD) is not None  # the hit meanwhile
     dane.gate.set()
     await run_ready()
     assert cache._answers[PAYLOAD][4] == THIRD_EXPIRES  # the refresh's reply kept
-    at(cache, clock, THIRD_DUE + 1.05)
+    at(cache, clock, THIRD_DUE + SPREAD)
     await run_ready()
     assert svc.stats.prefetched == 3
     assert svc.stats.lookups == 1
