@@ -7,10 +7,11 @@ to be refreshed, the two are the same). A reply is in use once a lookup has hit 
 was cached: the first hit marks it (the hot path sends it off the fast branch once, by a
 negative refresh time, see :meth:`policyd.server.reply_cache.ReplyCache.cached`). When its
 refresh time comes, the reply cache's clock tick starts the refresh of every reply in use
-whose time it is, whether or not another lookup comes then; a hit past that time starts
-it too. Unbound refreshes only what a lookup hits in that last fraction, which leaves a
-destination asked a few times a minute to expire between lookups and wait on the slow path
-(bench/prefetch.py at 5,000 lookups/s: 98.5% answered from memory that way). A reply no
+whose time it is (spread over the tick's 10 ms steps), whether or not another lookup comes
+then; a hit past that time starts it too. Unbound refreshes only what a lookup hits in
+that last fraction, which leaves a destination asked a few times a minute to expire between
+lookups and wait on the slow path (bench/prefetch.py at 5,000 lookups/s: 98.5% answered
+from memory that way). A reply no
 lookup hit during its life is not refreshed: it expires, and the next lookup gathers anew;
 unless it is itself a refresh of a reply that was hit (on probation): a destination asked a
 few times a TTL sees no lookup in some of its lives (at 3 lookups a TTL, 5% of them), and
@@ -42,7 +43,8 @@ from policyd.singleflight import SingleFlight
 # (milliseconds): 8 at once refresh a thousand or more destinations a second, a slow
 # resolver cannot make refreshes pile up, and the event-loop steps of at most 8 gatherings
 # run between two hits. (bench/prefetch.py paced at 5,000/s: 64 at once with all due in a
-# second started together, p99 23 ms; 8 at once spread over ticks, 8.8 ms; 2, 7.7 ms.)
+# second started together, p99 23 ms; 8 at once spread over ticks, 8.8 ms; 2, 7.7 ms; 8 at
+# once spread over ticks and each tick's over its 10 ms steps, about 1 ms, seldom 8 at once.)
 MAX_REFRESHES: Final = 8
 # A refresh that did not renew the reply (the resolver answered from its own cache, its
 # records counting down, before its own prefetch renewed them) is tried again (by the

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -54,18 +55,17 @@ HOT_SAMPLE_EVERY: Final = 64
 # Granularity of the hot path's clock (ReplyCache.now), seconds: the server refreshes it at
 # least this often, and replies are kept this much less than their answers hold.
 CLOCK_TICK: Final = 0.1
-# Refresh times are kept to this step, and while a refresh comes due within the next
-# CLOCK_TICK the clock ticks this often (ReplyCache.tick), each tick starting the refreshes
-# whose time came. Started a CLOCK_TICK at a time, the twenty or so refreshes a tick held at
-# 200 a second ran back to back, and the hits meanwhile waited behind them (bench/prefetch.py
-# paced at 5,000/s: p99 1.8 ms, 0.94 ms with this step). The clock ticks at this step only
-# then: a hundred wake-ups a second cost an idle daemon 1.3% of a CPU on a 2-vCPU VM (0.27% at
-# CLOCK_TICK).
+# Refreshes due in the same second are spread over this many ticks (one second).
+SPREAD_TICKS: Final = round(1 / CLOCK_TICK)
+# The refreshes a tick finds due are started over its steps of this many seconds, the clock
+# ticking that often until they all have (ReplyCache.tick). All started at the tick, the
+# twenty or so a tick holds at 200 refreshes a second ran back to back, and the hits
+# meanwhile waited behind them (bench/prefetch.py paced at 5,000/s: p99 1.8 ms, about 1 ms
+# with this step). Only then: a tick every step all the time cost an idle daemon 1.3% of a
+# CPU on a 2-vCPU VM (0.27% at CLOCK_TICK).
 REFRESH_STEP: Final = 0.01
-# How many steps ahead a tick looks for a refresh due (one CLOCK_TICK).
-LOOKAHEAD_STEPS: Final = round(CLOCK_TICK / REFRESH_STEP)
-# Refreshes due in the same second are spread over this many steps (one second).
-SPREAD_STEPS: Final = round(1 / REFRESH_STEP)
+# The shortest wait the tick asks for (event loops' timers have a millisecond's grain).
+MIN_WAIT: Final = 0.001
 # Refresh-time entries kept beyond twice the cached replies before those of forgotten
 # replies are dropped (see ReplyCache._compact).
 MIN_REFS: Final = 1024
@@ -105,6 +105,7 @@ class ReplyCache:
         "_replies",
         "_sample_in",
         "_service",
+        "_starting",
         "_stats",
         "_swept",
         "_until_second",
@@ -137,32 +138,41 @@ class ReplyCache:
         self._unused_second = Seconds()  # the negative refresh times of unused replies
         self._sample_in = HOT_SAMPLE_EVERY
         self.now = monotonic()  # the coarse clock of the hot path, see tick()
-        # Refresh times, by step (REFRESH_STEP): the payloads whose replies come due then (a
-        # reply replaced or forgotten since is skipped when its step comes); _refs in all.
+        # Refresh times, by tick (CLOCK_TICK): the payloads whose replies come due then (a
+        # reply replaced or forgotten since is skipped when its tick comes); _refs in all.
         self._buckets: dict[int, list[bytes]] = {}
+        # The payloads of the ticks swept whose refreshes have not been started yet: they
+        # start over the steps of the current tick (see tick()).
+        self._starting: deque[bytes] = deque()
         # Payloads whose reply, not hit (yet), is refreshed at its time all the same: the
         # reply before it was hit (see _refresh_if_due). A subset of _answers' payloads.
         self._probation: set[bytes] = set()
         self._refs = 0
-        self._swept = int(self.now / REFRESH_STEP)  # the last step whose bucket was looked at
+        self._swept = int(self.now / CLOCK_TICK)  # the last tick whose bucket was looked at
         service.subscribe(self)
 
     def __len__(self) -> int:
         return len(self._answers)
 
     def tick(self) -> float:
-        """Refresh the hot path's clock, and start the refreshes that came due. Returns when
-        the server should call this again, in seconds: REFRESH_STEP while a refresh comes
-        due within the next CLOCK_TICK, else CLOCK_TICK."""
+        """Refresh the hot path's clock, and start refreshes that came due: those of the
+        tick just begun spread over its steps (REFRESH_STEP), a share at each, rather than
+        all at once. Returns how long the server waits before the next call, in seconds: a
+        step while some wait to start, the time to the next tick if it has refreshes due
+        (on time for them), else CLOCK_TICK (an idle daemon wakes ten times a second)."""
         self.now = now = self._monotonic()
-        if now >= (self._swept + 1) * REFRESH_STEP:
+        if now >= (self._swept + 1) * CLOCK_TICK:
             self._sweep(now)
-        buckets = self._buckets
-        if buckets:
-            step = self._swept
-            for ahead in range(step + 1, step + LOOKAHEAD_STEPS + 1):
-                if ahead in buckets:
-                    return REFRESH_STEP
+        starting = self._starting
+        next_tick = (self._swept + 1) * CLOCK_TICK
+        if starting:
+            steps_left = max(1, round((next_tick - now) / REFRESH_STEP))
+            for _ in range(-(-len(starting) // steps_left)):
+                self._refresh_if_due(starting.popleft())
+            if starting:
+                return REFRESH_STEP
+        if self._swept + 1 in self._buckets:
+            return max(MIN_WAIT, next_tick - now)
         return CLOCK_TICK
 
     # -- the hot path ------------------------------------------------------------------
@@ -223,30 +233,29 @@ class ReplyCache:
             self._start(payload, hit)
 
     def _sweep(self, now: float) -> None:
-        """Start the refreshes of the replies in use whose refresh time has come (``now``
-        is the clock just ticked)."""
-        last = int(now / REFRESH_STEP)
+        """Queue the refreshes of the replies whose refresh time has come (``now`` is the
+        clock just ticked) to start over this tick's steps."""
+        last = int(now / CLOCK_TICK)
         buckets = self._buckets
         if last - self._swept > len(buckets):
-            steps: Iterable[int] = sorted(step for step in buckets if step <= last)
+            ticks: Iterable[int] = sorted(tick for tick in buckets if tick <= last)
         else:
-            steps = range(self._swept + 1, last + 1)
+            ticks = range(self._swept + 1, last + 1)
         self._swept = last
-        for step in steps:
-            payloads = buckets.pop(step, ())
+        for tick in ticks:
+            payloads = buckets.pop(tick, ())
             self._refs -= len(payloads)
-            for payload in payloads:
-                self._refresh_if_due(payload)
+            self._starting.extend(payloads)
 
     def _register(self, payload: bytes, at: float, until: float) -> None:
         """Look at ``payload``'s reply again at ``at`` (its refresh time), or within the
         second after it: replies cached in the same second share their refresh time, and
-        their refreshes are spread over the steps of that second rather than started at
+        their refreshes are spread over the ticks of that second rather than started at
         once (each is a gathering, event-loop time that hits would wait behind)."""
-        spread = hash(payload) % SPREAD_STEPS
-        latest = math.floor(until / REFRESH_STEP) - 1  # never spread past the expiry
-        step = max(min(math.ceil(at / REFRESH_STEP) + spread, latest), self._swept + 1)
-        self._buckets.setdefault(step, []).append(payload)
+        spread = hash(payload) % SPREAD_TICKS
+        latest = math.floor(until / CLOCK_TICK) - 1  # never spread past the expiry
+        tick = max(min(math.ceil(at / CLOCK_TICK) + spread, latest), self._swept + 1)
+        self._buckets.setdefault(tick, []).append(payload)
         self._refs += 1
         if self._refs > 2 * len(self._answers) + MIN_REFS:
             self._compact()
@@ -411,6 +420,7 @@ class ReplyCache:
 
     def close(self) -> None:
         """Stop the refreshes under way (shutdown)."""
+        self._starting.clear()
         self._prefetch.cancel_all()
 
     # -- told by the service -----------------------------------------------------------
@@ -422,6 +432,7 @@ class ReplyCache:
             self._answers.clear()
             self._probation.clear()
             self._buckets.clear()
+            self._starting.clear()
             self._refs = 0
             for dest in by_key:
                 by_key[dest] = ()

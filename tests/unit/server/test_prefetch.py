@@ -67,9 +67,21 @@ async def cache_replies(cache: ReplyCache, count: int, *, in_use: bool) -> list[
 
 
 def at(cache: ReplyCache, clock: Clock, mono: float) -> None:
-    """Move both clocks to ``mono`` on the monotonic one, and tick the hot path's clock."""
+    """Move both clocks to ``mono`` on the monotonic one, ticking the hot path's clock on the
+    way as the server does (after each wait it asks for), and at ``mono``."""
+    wait = min(reply_cache.REFRESH_STEP, mono - clock.mono)
+    while clock.mono + wait < mono:
+        clock.advance(wait)
+        wait = cache.tick()
     clock.advance(mono - clock.mono)
     cache.tick()
+
+
+def after(cache: ReplyCache, clock: Clock, wait: float) -> float:
+    """The server's next tick, ``wait`` seconds later as the last one asked; returns the
+    wait this one asks for."""
+    clock.advance(wait)
+    return cache.tick()
 
 
 async def test_a_hit_in_the_last_tenth_refreshes_once_and_the_refresh_outlives_the_old() -> None:
@@ -314,52 +326,53 @@ async def test_refreshes_due_in_the_same_second_are_spread_over_its_ticks(
     dane.gate.set()
 
 
-async def test_a_tick_starts_a_small_share_of_a_second_s_refreshes(
+async def test_a_tick_starts_its_refreshes_over_its_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """200 refreshes due in one second (a busy host's rate) start a few per tick of the
-    hot path's clock, each REFRESH_STEP while they come due, not twenty at a time: the hits
-    that come meanwhile wait behind the refreshes a tick starts (at a tick every 0.1 s,
-    about twenty ran back to back)."""
+    """200 refreshes due in one second (a busy host's rate) start a few per step of the
+    hot path's clock (REFRESH_STEP), not twenty at each tick: the hits that come meanwhile
+    wait behind the refreshes started together (all at the tick, about twenty ran back to
+    back). The clock ticks at each step while some wait to start."""
     monkeypatch.setattr(prefetch, "MAX_REFRESHES", 1000)
     dane = FakeDane()
     cache, svc, clock = make(dane)
     await cache_replies(cache, 200, in_use=True)
     dane.gate = asyncio.Event()  # none ends meanwhile
-    per_tick = []
-    for step in range(round(SPREAD / reply_cache.REFRESH_STEP) + 1):
-        before = svc.stats.prefetched
-        at(cache, clock, DUE + (step + 0.5) * reply_cache.REFRESH_STEP)
+    at(cache, clock, DUE - 1)
+    per_call: list[int] = []
+    wait = cache.tick()
+    while clock.mono < DUE + SPREAD:
+        wait = after(cache, clock, wait)
         await run_ready()
-        per_tick.append(svc.stats.prefetched - before)
-    assert sum(per_tick) == 200
-    # About two a tick at 10 ms; over 12 in one tick has odds of about 1e-5 (hash order).
-    assert max(per_tick) <= 12, per_tick
+        if svc.stats.prefetched or per_call:
+            per_call.append(svc.stats.prefetched - sum(per_call))
+    assert sum(per_call) == 200
+    # About two a step; over 12 in one has odds of about 1e-5 (hash order over the ticks).
+    assert max(per_call) <= 12, per_call
+    steps_per_tick = round(reply_cache.CLOCK_TICK / reply_cache.REFRESH_STEP)
+    assert len(per_call) >= 5 * steps_per_tick  # spread over the steps of most ticks
     dane.gate.set()
 
 
-async def test_the_clock_ticks_fast_only_while_refreshes_come_due() -> None:
-    """The server calls tick() again after the delay it returns: every CLOCK_TICK while no
-    refresh is due within one (an idle daemon wakes ten times a second), every
-    REFRESH_STEP from one CLOCK_TICK before a refresh is due until it has started."""
+async def test_the_clock_ticks_fast_only_while_refreshes_start() -> None:
+    """The server calls tick() again after the wait it returns: CLOCK_TICK while no refresh
+    is due within one (an idle daemon wakes ten times a second), then exactly to the tick
+    whose refresh is due, where it starts."""
     dane = FakeDane()
     cache, svc, clock = make(dane)
     assert cache.tick() == reply_cache.CLOCK_TICK  # nothing cached
     await cache_replies(cache, 1, in_use=True)
-    at(cache, clock, DUE - 1)
-    assert cache.tick() == reply_cache.CLOCK_TICK  # due in a second or more
-    delays = []
+    at(cache, clock, DUE - 1 + 0.037)  # ticks out of phase with the tick boundaries
+    waits = [cache.tick()]
     while svc.stats.prefetched == 0:
         assert clock.mono < DUE + SPREAD
-        delay = cache.tick()
-        delays.append(delay)
-        at(cache, clock, clock.mono + delay)
+        waits.append(after(cache, clock, waits[-1]))
         await run_ready()
-    fast = delays.index(reply_cache.REFRESH_STEP)
-    assert set(delays[:fast]) == {reply_cache.CLOCK_TICK}
-    assert set(delays[fast:]) == {reply_cache.REFRESH_STEP}
-    assert len(delays) - fast <= reply_cache.LOOKAHEAD_STEPS + 1
-    assert cache.tick() == reply_cache.CLOCK_TICK  # started: nothing due any more
+    assert set(waits[:-2]) == {reply_cache.CLOCK_TICK}
+    assert waits[-2] < reply_cache.CLOCK_TICK  # to the boundary of the refresh's tick
+    ticks = clock.mono / reply_cache.CLOCK_TICK
+    assert abs(ticks - round(ticks)) * reply_cache.CLOCK_TICK < reply_cache.MIN_WAIT
+    assert waits[-1] == reply_cache.CLOCK_TICK  # started: nothing due any more
 
 
 # The first refresh is cached at DUE + SPREAD (the clock moves there in one step), the one
