@@ -280,8 +280,14 @@ class SocketmapServer:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         """Refresh the reply cache's coarse clock, at least every CLOCK_TICK seconds (more
-        often while refreshes come due: see ReplyCache.tick)."""
-        self._ticker = loop.call_later(self.cache.tick(), self._tick, loop)
+        often while refreshes start: see ReplyCache.tick). Should a tick fail (the loop's
+        exception handler logs it), the next is still scheduled: with the clock stopped,
+        cached replies would never expire."""
+        wait = CLOCK_TICK
+        try:
+            wait = self.cache.tick()
+        finally:
+            self._ticker = loop.call_later(wait, self._tick, loop)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
         if listener.kind is ListenerKind.UNIX:

@@ -13,6 +13,7 @@ from policyd.codec import netstring
 from policyd.config import ServerSettings
 from policyd.core.evidence import Destination, DnsEvidence, DnsStatus
 from policyd.core.profile import DEFAULT_PROFILES, Profile
+from policyd.server.reply_cache import CLOCK_TICK, ReplyCache
 from policyd.server.socketmap import MAX_PIPELINE, SocketmapServer, _Conn
 from policyd.service import Answer, PolicyService
 from tests.fakes import (
@@ -230,3 +231,27 @@ async def test_at_max_connections_the_longest_idle_is_closed() -> None:
     extra = _Conn(server)
     extra.connection_made(FakeTransport())
     assert [t.closed for t in transports] == [False, True, True, False]
+
+
+async def test_the_clock_ticks_after_the_wait_the_cache_asks_and_after_a_failed_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's ticker waits what ReplyCache.tick returns; a tick that raises still
+    schedules the next one (a stopped clock would keep cached replies for ever)."""
+    s = Setup()
+    server = SocketmapServer(s.service, ServerSettings())
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(ReplyCache, "tick", lambda _: 0.5)
+    server._tick(loop)
+    assert server._ticker is not None
+    assert server._ticker.when() == pytest.approx(loop.time() + 0.5, abs=0.05)
+    server._ticker.cancel()
+
+    def broken(_: ReplyCache) -> float:
+        raise RuntimeError("tick failed")
+
+    monkeypatch.setattr(ReplyCache, "tick", broken)
+    with pytest.raises(RuntimeError):
+        server._tick(loop)
+    assert server._ticker.when() == pytest.approx(loop.time() + CLOCK_TICK, abs=0.05)
+    server._ticker.cancel()
