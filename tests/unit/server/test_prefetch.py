@@ -375,8 +375,8 @@ async def test_the_clock_ticks_fast_only_while_refreshes_start() -> None:
     assert waits[-1] == reply_cache.CLOCK_TICK  # started: nothing due any more
 
 
-# The first refresh is cached at DUE + SPREAD (the clock moves there in one step), the one
-# after it at SECOND_DUE + SPREAD.
+# The first refresh is cached at DUE + SPREAD (started on the way there, it runs at the
+# run_ready that follows), the one after it at SECOND_DUE + SPREAD.
 SECOND_EXPIRES = kept_until(DUE + SPREAD)
 SECOND_DUE = SECOND_EXPIRES - TTL / 10
 THIRD_EXPIRES = kept_until(SECOND_DUE + SPREAD)
@@ -442,8 +442,8 @@ async def test_a_retry_of_an_unhit_refresh_ends_the_probation() -> None:
     at(cache, clock, SECOND_EXPIRES - 0.5)
     await run_ready()
     assert svc.stats.prefetched == 3
-    # The retry's reply, cached at SECOND_EXPIRES - 1 (the first step past the retry time);
-    # never hit.
+    # The retry's reply, cached at SECOND_EXPIRES - 1 (started on the way there, run at the
+    # run_ready that follows); never hit.
     retried_until = kept_until(SECOND_EXPIRES - 1)
     assert cache._answers[PAYLOAD][4] == retried_until
     at(cache, clock, retried_until - TTL / 10 + SPREAD)
