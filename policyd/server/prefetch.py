@@ -11,13 +11,12 @@ whose time it is (spread over the tick's 10 ms steps), whether or not another lo
 then; a hit past that time starts it too. Unbound refreshes only what a lookup hits in
 that last fraction, which leaves a destination asked a few times a minute to expire between
 lookups and wait on the slow path (bench/prefetch.py at 5,000 lookups/s: 98.5% answered
-from memory that way). A reply no
-lookup hit during its life is not refreshed: it expires, and the next lookup gathers anew;
-unless it is itself a refresh of a reply that was hit (on probation): a destination asked a
-few times a TTL sees no lookup in some of its lives (at 3 lookups a TTL, 5% of them), and
-its next lookup would wait on the slow path. So a reply is refreshed if hit in its life
-or the one before, and a destination no longer asked costs one refresh more.
-The refresh asks the service for an answer from fresh evidence;
+from memory that way). A reply no lookup hit during its life is not refreshed: it expires,
+and the next lookup gathers anew; unless it is itself a refresh of a reply that was hit (on
+probation): a destination asked a few times a TTL sees no lookup in some of its lives (at 3
+lookups a TTL, 5% of them), and its next lookup would wait on the slow path. So a reply is
+refreshed if hit in its life or the one before, and a destination no longer asked costs one
+refresh more. The refresh asks the service for an answer from fresh evidence;
 :class:`~policyd.server.reply_cache.ReplyCache` keeps it in place of the old one through
 the same path as a miss. A refresh that fails does not extend the old reply: it expires
 when it would have, and the slow path takes over then.

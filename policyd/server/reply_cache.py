@@ -167,7 +167,7 @@ class ReplyCache:
         next_tick = (self._swept + 1) * CLOCK_TICK
         if starting:
             steps_left = max(1, round((next_tick - now) / REFRESH_STEP))
-            for _ in range(-(-len(starting) // steps_left)):
+            for _ in range(math.ceil(len(starting) / steps_left)):
                 self._refresh_if_due(starting.popleft())
             if starting:
                 return REFRESH_STEP
