@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from policyd import __version__
 from policyd.adapters.claims import LocalClaims, WorkClaims
+from policyd.adapters.cpu_slice import Outcome, request_slice
 from policyd.adapters.dns import Resolver
 from policyd.adapters.hostaddr import remote_nameservers, resolv_conf_nameservers
 from policyd.adapters.https import PolicyFetcher
@@ -362,6 +363,30 @@ def config_warnings(config: Config) -> list[str]:
     return out
 
 
+def ask_cpu_slice(seconds: float) -> None:
+    """[server] cpu_slice for the daemon's threads (policyd.adapters.cpu_slice): asked in the
+    main thread before any other starts, since threads inherit it; 0 asks nothing."""
+    if not seconds:
+        return
+    result = request_slice(seconds)
+    if result.outcome is Outcome.SET:
+        log.info("scheduler slice %.2f ms ([server] cpu_slice)", result.slice * 1e3)
+    elif result.outcome is Outcome.REFUSED:
+        log.warning(
+            "[server] cpu_slice not applied (%s): the kernel's own slice is used, and on a "
+            "busy host lookups may wait longer for a CPU (a systemd SystemCallFilter needs "
+            "@resources or @system-service)",
+            result.detail,
+        )
+    else:
+        reason = {
+            Outcome.IGNORED: "this kernel keeps its own slices (Linux 6.12 or later uses it)",
+            Outcome.KEPT: f"{result.detail}, not the fair scheduler: left as it is",
+            Outcome.UNSUPPORTED: f"not supported on {result.detail}",
+        }[result.outcome]
+        log.info("[server] cpu_slice not applied: %s", reason)
+
+
 def raise_fd_limit() -> None:
     """Many Postfix processes keep a connection each; use the hard limit on descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -415,6 +440,7 @@ def main(argv: list[str] | None = None, run: Callable[[Config], int] | None = No
     raise_fd_limit()
     if run is not None:
         return run(config)
+    ask_cpu_slice(config.server.cpu_slice)
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop

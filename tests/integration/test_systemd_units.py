@@ -113,3 +113,33 @@ def test_the_readme_creates_the_milter_user_as_its_unit_names_it() -> None:
     assert f"adduser --system --group --no-create-home {user}\n" in readme
     assert f"adduser {user} {group} " in readme
     assert f'read_group = "{group}"' in readme
+
+
+def named_calls(entry: str) -> set[str]:
+    """The system calls a SystemCallFilter= entry names: one call, or a @group expanded
+    (groups name groups) as this systemd defines it."""
+    if not entry.startswith("@"):
+        return {entry}
+    shown = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager", entry],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    calls: set[str] = set()
+    for line in shown.splitlines()[1:]:  # the first line is the group's own name
+        word = line.strip()
+        if word and not word.startswith("#"):
+            calls |= named_calls(word)
+    return calls
+
+
+def test_the_daemons_filter_lets_it_ask_for_its_cpu_slice() -> None:
+    """policyd asks for [server] cpu_slice with sched_getattr and sched_setattr
+    (policyd.adapters.cpu_slice): its unit's allow list must hold both."""
+    value = service_section("policyd.service")["SystemCallFilter"]
+    assert not value.startswith("~"), value  # an allow list, as shipped
+    allowed = set().union(*(named_calls(entry) for entry in value.split()))
+    assert {"sched_getattr", "sched_setattr"} <= allowed
+    assert "sched_setattr" not in named_calls("@basic-io")  # the check can fail

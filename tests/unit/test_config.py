@@ -239,6 +239,9 @@ def check_error(data: dict[str, Any], key: str, problem: str) -> None:
         ({"server": {"max_request": True}}, "server.max_request", "expected an integer"),
         ({"server": {"max_request": -1}}, "server.max_request", "must not be negative"),
         ({"server": {"max_connections": 0}}, "server.max_connections", "at least 1"),
+        ({"server": {"cpu_slice": 0.00005}}, "server.cpu_slice", "0 or from 0.0001 to 0.1"),
+        ({"server": {"cpu_slice": 0.2}}, "server.cpu_slice", "0 or from 0.0001 to 0.1"),
+        ({"server": {"cpu_slice": -0.001}}, "server.cpu_slice", "must not be negative"),
         ({"server": {"request_timeout": "5"}}, "server.request_timeout", "expected a number"),
         ({"server": {"request_timeout": False}}, "server.request_timeout", "expected a number"),
         ({"server": {"request_timeout": -0.5}}, "server.request_timeout", "must not be negative"),
@@ -343,6 +346,7 @@ def test_value_errors_name_the_setting(data: dict[str, Any], word: str) -> None:
     [
         {"server": {"request_timeout": float("nan")}},
         {"server": {"lookup_budget": float("inf")}},
+        {"server": {"cpu_slice": float("nan")}},
         {"probe": {"confirm_seconds": float("nan")}},
     ],
 )
