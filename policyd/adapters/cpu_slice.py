@@ -76,18 +76,19 @@ def request_slice(seconds: float) -> SliceResult:
     if calls is None:
         return SliceResult(Outcome.UNSUPPORTED, detail=f"{sys.platform} {platform.machine()}")
     setattr_nr, getattr_nr = calls
-    libc = ctypes.CDLL(None, use_errno=True)
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
     buf = ctypes.create_string_buffer(_ATTR.size)
-    if libc.syscall(getattr_nr, 0, buf, _ATTR.size, 0) != 0:
+    size, zero = ctypes.c_long(_ATTR.size), ctypes.c_long(0)  # syscall(2) takes longs
+    if syscall(ctypes.c_long(getattr_nr), zero, buf, size, zero) != 0:
         return _refused("sched_getattr")
     _, policy, _, nice, priority, *_ = _ATTR.unpack(buf.raw)
     if policy not in (_SCHED_OTHER, _SCHED_BATCH):
         return SliceResult(Outcome.KEPT, detail=f"scheduling policy {policy}")
     wanted = round(seconds * 1e9)
     _ATTR.pack_into(buf, 0, _ATTR.size, policy, 0, nice, priority, wanted, 0, 0)
-    if libc.syscall(setattr_nr, 0, buf, 0) != 0:
+    if syscall(ctypes.c_long(setattr_nr), zero, buf, zero) != 0:
         return _refused("sched_setattr")
-    if libc.syscall(getattr_nr, 0, buf, _ATTR.size, 0) != 0:
+    if syscall(ctypes.c_long(getattr_nr), zero, buf, size, zero) != 0:
         return _refused("sched_getattr")
     runtime = _ATTR.unpack(buf.raw)[5]
     if runtime == 0:  # kernels before 6.12 report no slice for a fair thread
