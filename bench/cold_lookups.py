@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,8 @@ def policyd(world: World, directory: Path, profile: Path | None) -> Running:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        # The daemon imported the hook when its interpreter started (it is up now).
+        shutil.rmtree(hook, ignore_errors=True)
 
 
 def fmt(f: Figures) -> str:
