@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
-import platform
 import struct
 import sys
 from dataclasses import dataclass
@@ -49,8 +48,6 @@ _CALLS: Final[dict[str, tuple[int, int]]] = {
 # struct sched_attr as of Linux 3.14 (SCHED_ATTR_SIZE_VER0): size, policy, flags, nice,
 # priority, runtime, deadline, period.
 _ATTR: Final = struct.Struct("=IIQiIQQQ")
-_SCHED_OTHER: Final = 0
-_SCHED_BATCH: Final = 3
 
 
 class Outcome(enum.Enum):
@@ -72,9 +69,10 @@ def request_slice(seconds: float) -> SliceResult:
     """Ask for a slice of ``seconds`` (the kernel clamps it to 0.1-100 ms, see
     :data:`policyd.settings.MIN_CPU_SLICE`) for the calling thread, keeping its policy and
     nice value."""
-    calls = _CALLS.get(platform.machine()) if sys.platform == "linux" else None
+    machine = os.uname().machine if sys.platform == "linux" else ""
+    calls = _CALLS.get(machine)
     if calls is None:
-        return SliceResult(Outcome.UNSUPPORTED, detail=f"{sys.platform} {platform.machine()}")
+        return SliceResult(Outcome.UNSUPPORTED, detail=f"{sys.platform} {machine}".rstrip())
     setattr_nr, getattr_nr = calls
     syscall = ctypes.CDLL(None, use_errno=True).syscall
     buf = ctypes.create_string_buffer(_ATTR.size)
@@ -82,7 +80,7 @@ def request_slice(seconds: float) -> SliceResult:
     if syscall(ctypes.c_long(getattr_nr), zero, buf, size, zero) != 0:
         return _refused("sched_getattr")
     _, policy, _, nice, priority, *_ = _ATTR.unpack(buf.raw)
-    if policy not in (_SCHED_OTHER, _SCHED_BATCH):
+    if policy not in (os.SCHED_OTHER, os.SCHED_BATCH):
         return SliceResult(Outcome.KEPT, detail=f"scheduling policy {policy}")
     wanted = round(seconds * 1e9)
     _ATTR.pack_into(buf, 0, _ATTR.size, policy, 0, nice, priority, wanted, 0, 0)

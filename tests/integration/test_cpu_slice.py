@@ -4,38 +4,25 @@
 from __future__ import annotations
 
 import os
-import platform
-import sys
 from pathlib import Path
 
 import pytest
 
 from policyd.settings import DEFAULT_CPU_SLICE
 from tests.daemon import started
+from tests.sched_slices import KERNEL_USES_SLICES, thread_slice, thread_slices
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
-        sys.platform != "linux"
-        or tuple(int(x) for x in platform.release().split(".")[:2]) < (6, 12),
+        not KERNEL_USES_SLICES,
         reason="Linux 6.12 or later keeps a fair thread's sched_runtime as its slice",
     ),
 ]
 
 
-def thread_slices(pid: int) -> dict[int, int]:
-    """se.slice, in nanoseconds, of each thread of ``pid``."""
-    slices = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/sched", encoding="ascii") as sched:
-            for line in sched:
-                if line.startswith("se.slice"):
-                    slices[int(tid)] = int(line.split(":")[1])
-    return slices
-
-
 def own_slice() -> int:
-    return thread_slices(os.getpid())[os.getpid()]
+    return thread_slice(os.getpid())
 
 
 def test_the_daemon_runs_with_the_default_slice(tmp_path: Path) -> None:

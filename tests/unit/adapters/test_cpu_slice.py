@@ -14,6 +14,7 @@ import pytest
 
 from policyd.adapters import cpu_slice
 from policyd.adapters.cpu_slice import Outcome, SliceResult, request_slice
+from tests.sched_slices import KERNEL_USES_SLICES, thread_slice
 
 T = TypeVar("T")
 
@@ -21,12 +22,6 @@ pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.machine() not in cpu_slice._CALLS,
     reason="sched_setattr(2) is Linux's, numbered here for the common architectures",
 )
-
-
-def _kernel_uses_slices() -> bool:
-    """Linux 6.12 and later keep a fair thread's sched_runtime as its slice."""
-    major, minor = (int(part) for part in platform.release().split(".")[:2])
-    return (major, minor) >= (6, 12)
 
 
 def in_thread(work: Callable[[], T]) -> T:
@@ -37,25 +32,16 @@ def in_thread(work: Callable[[], T]) -> T:
     return results[0]
 
 
-def proc_slice(tid: int) -> int:
-    """se.slice of a thread, in nanoseconds, as /proc shows it."""
-    with open(f"/proc/self/task/{tid}/sched", encoding="ascii") as sched:
-        for line in sched:
-            if line.startswith("se.slice"):
-                return int(line.split(":")[1])
-    raise AssertionError("no se.slice in /proc")
-
-
 def test_the_thread_gets_the_slice_and_keeps_its_nice_value() -> None:
     def work() -> tuple[SliceResult, int, int]:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, 5)  # on Linux, this thread's nice value
         result = request_slice(0.0002)
-        return result, proc_slice(tid), os.getpriority(os.PRIO_PROCESS, tid)
+        return result, thread_slice(tid), os.getpriority(os.PRIO_PROCESS, tid)
 
     result, seen, nice = in_thread(work)
     assert nice == 5  # a set that reset the nice value to 0 would fail here
-    if _kernel_uses_slices():
+    if KERNEL_USES_SLICES:
         assert result == SliceResult(Outcome.SET, slice=0.0002)
         assert seen == 200_000
     else:
@@ -64,9 +50,9 @@ def test_the_thread_gets_the_slice_and_keeps_its_nice_value() -> None:
 
 def test_the_calling_threads_slice_only() -> None:
     main = threading.get_native_id()
-    before = proc_slice(main)
+    before = thread_slice(main)
     in_thread(lambda: request_slice(0.0003))
-    assert proc_slice(main) == before
+    assert thread_slice(main) == before
 
 
 def test_a_thread_under_another_policy_is_left_as_it_is() -> None:
@@ -89,6 +75,6 @@ def test_a_failing_call_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_an_unknown_architecture_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(platform, "machine", lambda: "vax")
+    monkeypatch.delitem(cpu_slice._CALLS, platform.machine())
     result = in_thread(lambda: request_slice(0.0001))
-    assert result == SliceResult(Outcome.UNSUPPORTED, detail="linux vax")
+    assert result == SliceResult(Outcome.UNSUPPORTED, detail=f"linux {platform.machine()}")
